@@ -1,0 +1,53 @@
+"""ngdjax: natural gradient descent for over-parameterised networks, in JAX.
+
+Implements Zhang, Martens & Grosse, "Fast Convergence of Natural Gradient
+Descent for Over-parameterized Neural Networks" (NeurIPS 2019). See
+``MATH.md`` for the conventions (sum loss, ``G = J J^T``).
+"""
+
+from ngdjax import kernels, losses, models
+from ngdjax.jacobian import (
+    GramMethod,
+    gram,
+    gram_vp,
+    jacobian,
+    jvp,
+    per_example_jacobian,
+    vjp,
+)
+from ngdjax.kernels import (
+    lambda_0,
+    relu_gram_inf,
+    relu_ntk_inf,
+    two_layer_ntk_inf,
+)
+from ngdjax.linalg import lambda_min, normalize_rows
+from ngdjax.losses import Loss
+from ngdjax.models import LayerFactors, Model, mlp, two_layer_relu
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GramMethod",
+    "LayerFactors",
+    "Loss",
+    "Model",
+    "__version__",
+    "gram",
+    "gram_vp",
+    "jacobian",
+    "jvp",
+    "kernels",
+    "lambda_0",
+    "lambda_min",
+    "losses",
+    "mlp",
+    "models",
+    "normalize_rows",
+    "per_example_jacobian",
+    "relu_gram_inf",
+    "relu_ntk_inf",
+    "two_layer_ntk_inf",
+    "two_layer_relu",
+    "vjp",
+]

@@ -1,0 +1,427 @@
+"""Jacobians, Jacobian products and the empirical Gram matrix ``G = J J^T``.
+
+Conventions (MATH.md section 1): outputs ``u`` are ``(n, c)`` and flattened
+row-major, ``vec(u)[i * c + k] = u[i, k]`` (length ``N = n c``); parameters are
+flattened in ``jax.flatten_util.ravel_pytree`` order; ``G = J J^T`` has no
+``1/n``.
+
+Every function takes either a ``Model`` or a bare ``apply(params, x)``; the
+outputs of example ``i`` must depend on ``x[i]`` alone (no batch statistics),
+which is what makes per-example and chunked evaluation exact.
+
+``gram`` has several implementations of one quantity (after neural-tangents'
+``NtkImplementation``), all tested against a dense ``jax.jacrev`` reference:
+
+* ``"jacobian"``: materialise per-example Jacobians (``(N, p)`` in total) and
+  contract leaf by leaf, ``G = sum_leaf J_leaf J_leaf^T``. ``O(N^2 p)`` flops,
+  ``O(N p)`` memory. Fastest for small ``p``.
+* ``"products"``: never holds ``J``. For a block of examples ``C``, VJPs give
+  the rows ``J_C`` (``(|C| c, p)``) and JVPs with those rows as tangents give
+  ``J_D J_C^T`` for every block ``D``. ``O(N^2 p)`` flops, memory bounded by
+  ``chunk_size`` (``O(chunk c p)`` plus the activations of one block).
+* ``"structured"``: the closed form of dense-layer networks (``Model``s with
+  ``layer_factors``): ``G = sum_l (A_l A_l^T) (x) (B_l B_l^T)``, an elementwise
+  product of an input Gram and a backpropagated-gradient Gram per layer. For
+  the two-layer net this is ``(X X^T) * (S S^T) / m`` (MATH.md 3):
+  ``O(n^2 (d + m))`` instead of ``O(n^2 m d)``.
+* ``"auto"``: ``"structured"`` when the model has layer factors, else
+  ``"jacobian"`` when ``J`` fits in ``AUTO_JACOBIAN_BYTES``, else
+  ``"products"``.
+
+Example:
+
+  >>> import jax, ngdjax
+  >>> model = ngdjax.models.two_layer_relu(width=128)
+  >>> params = model.init(jax.random.key(0), in_dim=4)
+  >>> x = ngdjax.normalize_rows(jax.random.normal(jax.random.key(1), (8, 4)))
+  >>> ngdjax.gram(model, params, x).shape
+  (8, 8)
+  >>> ngdjax.jacobian(model, params, x).shape
+  (8, 512)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from ngdjax import _checks
+from ngdjax.models import LayerFactors, Model
+
+Array = jax.Array
+Params = Any
+ApplyOrModel = Callable[[Params, Array], Array] | Model
+
+# "auto" materialises the Jacobian only below this size (bytes).
+AUTO_JACOBIAN_BYTES = 1 << 28
+
+
+class GramMethod(enum.Enum):
+  """Implementations of ``gram``; see the module docstring for trade-offs."""
+
+  JACOBIAN = "jacobian"
+  PRODUCTS = "products"
+  STRUCTURED = "structured"
+  AUTO = "auto"
+
+
+def split_model(apply_or_model: ApplyOrModel) -> tuple[Callable, Model | None]:
+  """Returns ``(apply, model_or_None)`` for a ``Model`` or a bare function."""
+  if isinstance(apply_or_model, Model):
+    return apply_or_model.apply, apply_or_model
+  if callable(apply_or_model):
+    return apply_or_model, None
+  raise ValueError(
+      "apply_or_model must be an ngdjax Model or a function "
+      f"apply(params, x), got {type(apply_or_model).__name__}"
+  )
+
+
+def _outputs_2d(apply: Callable, params: Params, x: Array) -> Array:
+  """``apply`` with outputs as ``(n, c)`` (a 1-D output is one column)."""
+  u = apply(params, x)
+  return u[:, None] if u.ndim == 1 else u
+
+
+def _per_example(apply: Callable) -> Callable:
+  """``(params, x_i (d,)) -> (c,)`` from a batched ``apply``."""
+  return lambda params, xi: _outputs_2d(apply, params, xi[None])[0]
+
+
+def _check_chunk(chunk_size):
+  if chunk_size is not None:
+    _checks.check_scalar("chunk_size", chunk_size, positive=True, integer=True)
+    return int(chunk_size)
+  return None
+
+
+def _validate(params, x, name="x"):
+  _checks.check_inputs(name, x)
+  leaves = jax.tree_util.tree_leaves(params)
+  if not leaves:
+    raise ValueError("params has no array leaves")
+  for leaf in leaves:
+    _checks.check_array("params", leaf, allow_empty=True)
+
+
+def output_dim(apply_or_model: ApplyOrModel, params: Params, x: Array) -> int:
+  """Number of outputs ``c`` (from the model, or by shape evaluation)."""
+  apply, model = split_model(apply_or_model)
+  if model is not None:
+    return model.out_dim
+  out = jax.eval_shape(lambda p, z: _outputs_2d(apply, p, z), params, x[:1])
+  return out.shape[1]
+
+
+# --------------------------------------------------------------------------
+# Jacobian and Jacobian-vector products.
+# --------------------------------------------------------------------------
+
+
+def per_example_jacobian(
+    apply_or_model: ApplyOrModel,
+    params: Params,
+    x: Array,
+    chunk_size: int | None = None,
+) -> Params:
+  """Per-example Jacobians as a pytree like ``params``, leaves ``(n, c, *s)``.
+
+  Computed by ``vmap`` of reverse mode over examples (``O(n c p)``), in blocks
+  of ``chunk_size`` examples via ``lax.map``.
+  """
+  apply, _ = split_model(apply_or_model)
+  chunk_size = _check_chunk(chunk_size)
+  jac_one = jax.jacrev(_per_example(apply))
+  return jax.lax.map(lambda xi: jac_one(params, xi), x, batch_size=chunk_size)
+
+
+def jacobian(
+    apply_or_model: ApplyOrModel,
+    params: Params,
+    x: Array,
+    chunk_size: int | None = None,
+) -> Array:
+  """The Jacobian ``J = d vec(u) / d theta``.
+
+  Args:
+    apply_or_model: a ``Model`` or ``apply(params, x) -> (n, c)``.
+    params: parameter pytree.
+    x: inputs, ``(n, d)``.
+    chunk_size: examples per ``vmap`` block (bounds intermediate memory).
+
+  Returns:
+    ``(n * c, p)`` array, columns in ``ravel_pytree(params)`` order.
+  """
+  _validate(params, x)
+  per_ex = per_example_jacobian(apply_or_model, params, x, chunk_size)
+  n = x.shape[0]
+  leaves = jax.tree_util.tree_leaves(per_ex)
+  c = leaves[0].shape[1]
+  # ravel_pytree flattens leaves in tree order, each leaf row-major.
+  return jnp.concatenate([leaf.reshape(n * c, -1) for leaf in leaves], axis=1)
+
+
+def jvp(
+    apply_or_model: ApplyOrModel, params: Params, x: Array, tangent: Params
+) -> Array:
+  """``J t`` as a flat ``(n * c,)`` vector; ``tangent`` is shaped like params."""
+  apply, _ = split_model(apply_or_model)
+  _, out = jax.jvp(lambda p: _outputs_2d(apply, p, x), (params,), (tangent,))
+  return out.reshape(-1)
+
+
+def vjp(
+    apply_or_model: ApplyOrModel, params: Params, x: Array, v: Array
+) -> Params:
+  """``J^T v`` as a pytree like ``params``; ``v`` is ``(n * c,)`` or ``(n, c)``."""
+  apply, _ = split_model(apply_or_model)
+  u, pullback = jax.vjp(lambda p: _outputs_2d(apply, p, x), params)
+  return pullback(v.reshape(u.shape).astype(u.dtype))[0]
+
+
+def _pad_rows(x: Array, multiple: int) -> tuple[Array, int]:
+  """Pads ``x`` with copies of its first row to a multiple of ``multiple``."""
+  n = x.shape[0]
+  pad = (-n) % multiple
+  if pad:
+    x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])
+  return x, pad
+
+
+def gram_vp(
+    apply_or_model: ApplyOrModel,
+    params: Params,
+    x: Array,
+    v: Array,
+    chunk_size: int | None = None,
+) -> Array:
+  """Gram-vector product ``G v = J (J^T v)`` without forming ``G`` or ``J``.
+
+  One VJP and one JVP (``O(n c p)`` each, like two gradient evaluations). With
+  ``chunk_size`` both run over blocks of examples (``J^T v`` is accumulated by
+  ``lax.scan``), so activation memory is that of ``chunk_size`` examples.
+
+  Args:
+    apply_or_model: a ``Model`` or ``apply(params, x)``.
+    params: parameter pytree.
+    x: ``(n, d)`` inputs.
+    v: ``(n * c,)`` vector, or ``(n * c, k)`` for ``k`` vectors at once.
+    chunk_size: examples per block; ``None`` processes all at once.
+
+  Returns:
+    ``G v`` with the shape of ``v``.
+  """
+  apply, _ = split_model(apply_or_model)
+  chunk_size = _check_chunk(chunk_size)
+  n = x.shape[0]
+  if v.shape[0] % n:
+    raise ValueError(
+        f"v has {v.shape[0]} rows, which is not n * c for n = {n} examples"
+    )
+  c = v.shape[0] // n
+  if v.ndim == 2:
+    return jax.vmap(
+        lambda col: gram_vp(apply_or_model, params, x, col, chunk_size),
+        in_axes=1,
+        out_axes=1,
+    )(v)
+  v2 = v.reshape(n, c)
+  if chunk_size is None or chunk_size >= n:
+    return jvp(apply, params, x, vjp(apply, params, x, v2))
+
+  xp, pad = _pad_rows(x, chunk_size)
+  vp = jnp.concatenate([v2, jnp.zeros((pad, c), v2.dtype)]) if pad else v2
+  blocks = xp.shape[0] // chunk_size
+  xb = xp.reshape(blocks, chunk_size, -1)
+  vb = vp.reshape(blocks, chunk_size, c)
+
+  def accumulate(total, block):
+    xc, vc = block
+    g = vjp(apply, params, xc, vc)
+    return jax.tree_util.tree_map(jnp.add, total, g), None
+
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  jt_v, _ = jax.lax.scan(accumulate, zero, (xb, vb))
+  out = jax.lax.map(lambda xc: jvp(apply, params, xc, jt_v), xb)
+  return out.reshape(-1)[: n * c]
+
+
+# --------------------------------------------------------------------------
+# Gram matrices.
+# --------------------------------------------------------------------------
+
+
+def _gram_jacobian(apply, params, x1, x2, chunk_size):
+  j1 = per_example_jacobian(apply, params, x1, chunk_size)
+  j2 = j1 if x2 is None else per_example_jacobian(apply, params, x2, chunk_size)
+  total = 0.0
+  for a, b in zip(
+      jax.tree_util.tree_leaves(j1), jax.tree_util.tree_leaves(j2), strict=True
+  ):
+    a = a.reshape(a.shape[0] * a.shape[1], -1)
+    b = b.reshape(b.shape[0] * b.shape[1], -1)
+    total = total + a @ b.T
+  return total
+
+
+def _gram_products(apply, params, x1, x2, chunk_size):
+  """``G[D, C] = J_D J_C^T``: rows of ``J_C`` by VJP, products by JVP."""
+  x2 = x1 if x2 is None else x2
+  n1, n2 = x1.shape[0], x2.shape[0]
+  chunk = chunk_size or max(n1, n2)
+  jac_one = jax.jacrev(_per_example(apply))
+
+  def column_block(xc):
+    # Rows of J for the examples in xc: leaves (chunk, c, *s) -> (chunk c, *s).
+    rows = jax.vmap(lambda xi: jac_one(params, xi))(xc)
+    rows = jax.tree_util.tree_map(
+        lambda leaf: leaf.reshape((-1,) + leaf.shape[2:]), rows
+    )
+    # J_D t for each row t, over blocks D of x1: (n1 c, chunk c).
+    cols = jax.lax.map(
+        lambda xd: jax.vmap(lambda t: jvp(apply, params, xd, t), out_axes=1)(
+            rows
+        ),
+        _pad_rows(x1, chunk)[0].reshape(-1, chunk, x1.shape[1]),
+    )
+    return cols.reshape(-1, cols.shape[-1])
+
+  x2p, _ = _pad_rows(x2, chunk)
+  blocks = jax.lax.map(
+      column_block, x2p.reshape(-1, chunk, x2.shape[1])
+  )  # (blocks2, n1p c, chunk c)
+  c = blocks.shape[-1] // chunk
+  g = jnp.moveaxis(blocks, 0, 1).reshape(blocks.shape[1], -1)
+  return g[: n1 * c, : n2 * c]
+
+
+def structured_gram_from_factors(
+    factors1: tuple[LayerFactors, ...],
+    factors2: tuple[LayerFactors, ...] | None = None,
+    chunk_size: int | None = None,
+) -> Array:
+  """``G = sum_l (A_l A_l^T) (x) (B_l B_l^T)`` from layer factors.
+
+  ``G[(i, k), (j, q)] = sum_l (a_li . a_lj) (b_lik . b_ljq)`` with ``a`` the
+  layer inputs and ``b`` the pre-activation gradients, i.e. the Jacobian rows
+  ``vec(a_li b_lik^T)`` contracted without being formed.
+
+  Args:
+    factors1: per-layer factors of the row examples (``n1`` of them).
+    factors2: of the column examples; ``None`` means the same as ``factors1``.
+    chunk_size: row examples per block (bounds the ``(chunk, c, n2, c)``
+      intermediate); ``None`` computes all rows at once.
+
+  Returns:
+    ``(n1 c, n2 c)`` array.
+  """
+  factors2 = factors1 if factors2 is None else factors2
+  n1, c = factors1[0].output_grads.shape[:2]
+  n2 = factors2[0].output_grads.shape[0]
+
+  def rows(block):
+    total = 0.0
+    for (a1, b1), f2 in zip(block, factors2, strict=True):
+      input_gram = a1 @ f2.inputs.T  # (chunk, n2)
+      if c == 1:
+        grad_gram = b1[:, 0] @ f2.output_grads[:, 0].T
+        total = total + input_gram * grad_gram
+      else:
+        grad_gram = jnp.einsum("ikb,jqb->ikjq", b1, f2.output_grads)
+        total = total + input_gram[:, None, :, None] * grad_gram
+    return total.reshape(-1, n2 * c)
+
+  if chunk_size is None or chunk_size >= n1:
+    return rows(factors1)
+  padded = []
+  for a1, b1 in factors1:
+    a1p, _ = _pad_rows(a1, chunk_size)
+    b1p, _ = _pad_rows(b1, chunk_size)
+    padded.append(
+        LayerFactors(
+            a1p.reshape(-1, chunk_size, a1.shape[1]),
+            b1p.reshape((-1, chunk_size) + b1.shape[1:]),
+        )
+    )
+  out = jax.lax.map(rows, tuple(padded))
+  return out.reshape(-1, n2 * c)[: n1 * c]
+
+
+def _gram_structured(model, params, x1, x2, chunk_size):
+  if model is None or model.layer_factors is None:
+    raise ValueError(
+        'method="structured" needs a Model with layer_factors (two_layer_relu '
+        'or mlp); use method="products" or "jacobian" for a bare function'
+    )
+  f1 = model.layer_factors(params, x1)
+  f2 = None if x2 is None else model.layer_factors(params, x2)
+  return structured_gram_from_factors(f1, f2, chunk_size)
+
+
+def resolve_gram_method(
+    apply_or_model: ApplyOrModel, params: Params, x: Array, method
+) -> GramMethod:
+  """The method ``"auto"`` stands for, for these arguments."""
+  try:
+    method = GramMethod(method)
+  except ValueError:
+    choices = [m.value for m in GramMethod]
+    raise ValueError(
+        f"method must be one of {choices}, got {method!r}"
+    ) from None
+  if method is not GramMethod.AUTO:
+    return method
+  _, model = split_model(apply_or_model)
+  if model is not None and model.layer_factors is not None:
+    return GramMethod.STRUCTURED
+  p = ravel_pytree(params)[0].size
+  n_out = x.shape[0] * output_dim(apply_or_model, params, x)
+  if n_out * p * x.dtype.itemsize <= AUTO_JACOBIAN_BYTES:
+    return GramMethod.JACOBIAN
+  return GramMethod.PRODUCTS
+
+
+def gram(
+    apply_or_model: ApplyOrModel,
+    params: Params,
+    x: Array,
+    x2: Array | None = None,
+    method: str | GramMethod = "auto",
+    chunk_size: int | None = None,
+) -> Array:
+  """The empirical Gram (neural tangent kernel) matrix ``G = J J^T``.
+
+  Args:
+    apply_or_model: a ``Model`` or ``apply(params, x) -> (n, c)``.
+    params: parameter pytree.
+    x: ``(n, d)`` inputs (rows of ``G``).
+    x2: optional ``(n2, d)`` inputs for a cross-Gram ``J(x) J(x2)^T`` (for
+      predictions on test points); ``None`` means ``x2 = x``.
+    method: ``"auto"``, ``"structured"``, ``"products"`` or ``"jacobian"``
+      (see the module docstring for the trade-offs).
+    chunk_size: examples per block; bounds the memory of every method's
+      intermediates (``"products"`` never holds more than ``chunk_size``
+      Jacobian rows).
+
+  Returns:
+    ``(n c, n2 c)`` array, index ``i * c + k`` for output ``k`` of example ``i``.
+
+  Raises:
+    ValueError: on malformed inputs or an unavailable method.
+  """
+  apply, model = split_model(apply_or_model)
+  _validate(params, x)
+  if x2 is not None:
+    _checks.check_inputs("x2", x2, in_dim=x.shape[1])
+  chunk_size = _check_chunk(chunk_size)
+  resolved = resolve_gram_method(apply_or_model, params, x, method)
+  if resolved is GramMethod.STRUCTURED:
+    return _gram_structured(model, params, x, x2, chunk_size)
+  if resolved is GramMethod.JACOBIAN:
+    return _gram_jacobian(apply, params, x, x2, chunk_size)
+  return _gram_products(apply, params, x, x2, chunk_size)

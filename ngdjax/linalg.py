@@ -1,0 +1,37 @@
+"""Small linear-algebra helpers shared across modules."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ngdjax import _checks
+
+Array = jax.Array
+
+
+def normalize_rows(x: Array, eps: float = 0.0) -> Array:
+  """Scales each row of ``x`` (``(n, d)``) to unit Euclidean norm.
+
+  Zero rows have no direction: they raise (on concrete input) rather than
+  silently turning into NaN. ``eps`` is added to the norms (``eps = 0`` keeps
+  the rows exactly unit).
+  """
+  _checks.check_array("x", x, ndim=2)
+  _checks.check_nonzero_rows("x", x)
+  return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
+
+
+def lambda_min(g: Array) -> Array:
+  """Smallest eigenvalue of a symmetric matrix ``g`` (``(N, N)``).
+
+  Uses ``eigvalsh`` on the symmetrised matrix, so round-off asymmetry of a
+  computed Gram does not matter.
+  """
+  _checks.check_square("g", g)
+  return jnp.linalg.eigvalsh(0.5 * (g + g.T))[0]
+
+
+def symmetrize(a: Array) -> Array:
+  """``(a + a^T) / 2``."""
+  return 0.5 * (a + a.T)

@@ -1,0 +1,40 @@
+"""Optimizers with one signature: ``Optimizer(init, step)``.
+
+    opt = ngd(model, learning_rate=1.0, damping=1e-6)
+    state = opt.init(params)
+    params, state, info = jax.jit(opt.step)(params, state, x, y)
+
+* ``gd``, ``optax_optimizer``: baselines (``gd.py``).
+* ``ngd``: exact natural gradient in kernel form, Cholesky or CG, and
+  ``ngd_preconditioner`` for ``optax.chain`` (``ngd.py``, MATH.md 2).
+* ``kfac``: K-FAC with primal/dual factor solves (``kfac.py``, MATH.md 4).
+* Damping: a number, a schedule, or ``levenberg_marquardt(...)``
+  (``damping.py``); Cholesky fallback and CG in ``solvers.py``.
+"""
+
+from ngdjax.optim.base import Optimizer
+from ngdjax.optim.damping import LevenbergMarquardt, levenberg_marquardt
+from ngdjax.optim.gd import GDState, OptaxState, gd, optax_optimizer
+from ngdjax.optim.kfac import KFACState, kfac
+from ngdjax.optim.ngd import (
+    NGDPreconditionerState,
+    NGDState,
+    ngd,
+    ngd_preconditioner,
+)
+
+__all__ = [
+    "GDState",
+    "KFACState",
+    "LevenbergMarquardt",
+    "NGDPreconditionerState",
+    "NGDState",
+    "OptaxState",
+    "Optimizer",
+    "gd",
+    "kfac",
+    "levenberg_marquardt",
+    "ngd",
+    "ngd_preconditioner",
+    "optax_optimizer",
+]

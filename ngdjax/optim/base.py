@@ -1,0 +1,145 @@
+"""The shape every ngdjax optimizer shares, and the plumbing they reuse.
+
+An optimizer is ``Optimizer(init, step)``, a pair of pure functions:
+
+    state = opt.init(params)
+    params, state, info = opt.step(params, state, x, y)
+
+``step`` is full-batch on ``(x, y)`` (``x`` ``(n, d)``, ``y`` ``(n,)`` or
+``(n, c)``) and is meant to be wrapped in ``jax.jit`` by the caller: the
+library never jits. ``info`` is a dict of scalar arrays; every optimizer
+reports at least ``loss`` (at the params the step started from),
+``residual_norm`` (``||u - y||``), ``update_norm`` (``||theta_new -
+theta||``), ``damping`` and ``learning_rate``, plus its solver's diagnostics.
+
+Hyper-parameters are validated in Python when the optimizer is built;
+``step`` validates its batch before it traces (shapes always, values when the
+arrays are concrete), so bad input raises ``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ngdjax import _checks
+from ngdjax import losses as losses_lib
+
+# ngdjax.jacobian is shadowed by the function ngdjax.jacobian: import names.
+from ngdjax.jacobian import output_dim
+
+Array = jax.Array
+Params = Any
+Schedule = Callable[[Array], Array]
+ScalarOrSchedule = float | Schedule
+
+
+class Optimizer(NamedTuple):
+  """A full-batch optimizer as two pure functions.
+
+  Attributes:
+    init: ``params -> state``.
+    step: ``(params, state, x (n, d), y (n,) | (n, c)) -> (params, state,
+      info)`` with ``info`` a dict of scalar arrays.
+  """
+
+  init: Callable[[Params], Any]
+  step: Callable[[Params, Any, Array, Array], tuple[Params, Any, dict]]
+
+
+def check_learning_rate(learning_rate, name: str = "learning_rate"):
+  """Validates a step size: a positive finite number or a schedule.
+
+  A schedule is any callable of the (int32) step count, as in optax; it is
+  evaluated once at count 0 here, so a schedule that returns NaN or a
+  negative value is caught before anything is traced.
+
+  Returns:
+    A callable ``count -> step size``.
+  """
+  if callable(learning_rate):
+    try:
+      first = learning_rate(jnp.zeros((), jnp.int32))
+    except Exception as e:  # noqa: BLE001 - re-raised with the name
+      raise ValueError(
+          f"{name} is callable but cannot be evaluated at step 0: {e}"
+      ) from e
+    _checks.check_scalar(f"{name}(0)", first, nonnegative=True)
+    return learning_rate
+  _checks.check_scalar(name, learning_rate, positive=True)
+  value = float(learning_rate)
+  return lambda count: value
+
+
+def check_loss(loss) -> losses_lib.Loss:
+  """A ``Loss`` from a name or a ``Loss`` (``ValueError`` otherwise)."""
+  if not isinstance(loss, (str, losses_lib.Loss)):
+    raise ValueError(
+        f"loss must be a name in {sorted(losses_lib.LOSSES)} or an "
+        f"ngdjax.losses.Loss, got {type(loss).__name__}"
+    )
+  return losses_lib.get(loss)
+
+
+def outputs_fn(apply: Callable, x: Array) -> Callable[[Params], Array]:
+  """``params -> u`` with ``u`` as ``(n, c)`` (a 1-D output is a column)."""
+
+  def f(params):
+    u = apply(params, x)
+    return u[:, None] if u.ndim == 1 else u
+
+  return f
+
+
+def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
+  """The thin check ``step`` runs before tracing anything.
+
+  Shapes are checked always (they are static under ``jit``); NaN/Inf only
+  when ``x``/``y`` hold values.
+
+  Returns:
+    ``(x, y)`` with ``y`` as ``(n, c)``.
+  """
+  x = _checks.check_inputs("x", x)
+  c = output_dim(apply_or_model, params, x)
+  y = _checks.check_targets("y", y, x.shape[0], out_dim=c)
+  y = jnp.asarray(y)
+  return x, (y[:, None] if y.ndim == 1 else y)
+
+
+def param_dtype(params) -> jnp.dtype:
+  """The floating dtype of the parameters (for the state's scalars)."""
+  leaves = jax.tree_util.tree_leaves(params)
+  if not leaves:
+    raise ValueError("params has no array leaves")
+  dtype = jnp.result_type(*leaves)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"params must be floating point, got dtype {dtype}")
+  return dtype
+
+
+def tree_norm(tree) -> Array:
+  """Euclidean norm of all leaves of a pytree together."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
+
+
+def tree_axpy(alpha, x, y):
+  """``alpha * x + y`` leaf by leaf, keeping each leaf of ``y``'s dtype."""
+  return jax.tree_util.tree_map(
+      lambda a, b: (b + alpha * a).astype(b.dtype), x, y
+  )
+
+
+def base_info(loss_value, u, y, update_norm, damping, learning_rate, dtype):
+  """The info keys every optimizer reports, as scalars of ``dtype``."""
+  return {
+      "loss": jnp.asarray(loss_value, dtype),
+      "residual_norm": jnp.linalg.norm(u - y).astype(dtype),
+      "update_norm": jnp.asarray(update_norm, dtype),
+      "damping": jnp.asarray(damping, dtype),
+      "learning_rate": jnp.asarray(learning_rate, dtype),
+  }

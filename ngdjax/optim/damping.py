@@ -1,0 +1,167 @@
+"""Damping for the curvature solves: fixed, scheduled, or Levenberg-Marquardt.
+
+Every curvature-based optimizer (``ngd``, ``kfac``) takes ``damping`` as
+
+* a number ``lam >= 0``: fixed;
+* a callable ``count -> lam`` (an optax-style schedule of the step count);
+* ``levenberg_marquardt(...)``: adapted after every step by the reduction
+  ratio rule below.
+
+Reduction ratio (Levenberg-Marquardt; More 1978, Martens 2010 section 4.1).
+A step ``delta`` is judged by
+
+    rho = (L(theta + delta) - L(theta)) / (L(u + J delta) - L(u))
+
+the actual change of the loss over the change predicted by the *linearised
+network*: the loss evaluated exactly at the first-order outputs
+``u + J delta``. ``J delta`` costs nothing extra for NGD (it is ``-eta G v``,
+with ``G`` and ``v`` already at hand) and one JVP for K-FAC. For the squared
+loss the prediction is exactly the Gauss-Newton quadratic model that the
+step minimises (so ``rho = 1`` on a linear model); for a non-quadratic loss
+it keeps the loss's own curvature and isolates what damping is for, the
+network's nonlinearity. Then
+
+    rho < lower  ->  lam <- lam * increase     (model too optimistic)
+    rho > upper  ->  lam <- lam * decrease     (model trustworthy)
+
+clipped to ``[min_damping, max_damping]``. The step is always taken (as in
+K-FAC and Hessian-free): only the damping of the next step changes. When the
+predicted change is not a decrease (a zero gradient), ``rho`` is reported as
+1 and the damping relaxes toward ``min_damping``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ngdjax import _checks
+
+Array = jax.Array
+
+
+class LevenbergMarquardt(NamedTuple):
+  """Settings of the adaptive damping rule (see the module docstring).
+
+  Attributes:
+    init: damping of the first step (``> 0``: the rule is multiplicative).
+    decrease: factor in ``(0, 1)`` applied when ``rho > upper``.
+    increase: factor ``> 1`` applied when ``rho < lower``.
+    lower: reduction-ratio threshold below which damping increases.
+    upper: threshold above which damping decreases (``lower < upper``).
+    min_damping: floor (``>= 0``), keeps the rule from reaching 0 exactly.
+    max_damping: ceiling.
+  """
+
+  init: float = 1.0
+  decrease: float = 2.0 / 3.0
+  increase: float = 1.5
+  lower: float = 0.25
+  upper: float = 0.75
+  min_damping: float = 1e-8
+  max_damping: float = 1e8
+
+
+def levenberg_marquardt(
+    init: float = 1.0,
+    decrease: float = 2.0 / 3.0,
+    increase: float = 1.5,
+    lower: float = 0.25,
+    upper: float = 0.75,
+    min_damping: float = 1e-8,
+    max_damping: float = 1e8,
+) -> LevenbergMarquardt:
+  """Validated ``LevenbergMarquardt`` settings; pass as ``damping=``.
+
+  The defaults are Martens (2010)'s ``2/3`` and ``3/2`` with thresholds
+  ``1/4`` and ``3/4``.
+  """
+  _checks.check_scalar("init", init, positive=True)
+  _checks.check_scalar("decrease", decrease, positive=True)
+  _checks.check_scalar("increase", increase, positive=True)
+  _checks.check_scalar("lower", lower)
+  _checks.check_scalar("upper", upper)
+  _checks.check_scalar("min_damping", min_damping, nonnegative=True)
+  _checks.check_scalar("max_damping", max_damping, positive=True)
+  if not decrease < 1.0:
+    raise ValueError(f"decrease must be in (0, 1), got {decrease!r}")
+  if not increase > 1.0:
+    raise ValueError(f"increase must be > 1, got {increase!r}")
+  if not lower < upper:
+    raise ValueError(
+        f"lower must be below upper, got lower={lower!r}, upper={upper!r}"
+    )
+  if not min_damping <= init <= max_damping:
+    raise ValueError(
+        f"init must lie in [min_damping, max_damping] = [{min_damping!r}, "
+        f"{max_damping!r}], got {init!r}"
+    )
+  return LevenbergMarquardt(
+      float(init), float(decrease), float(increase), float(lower),
+      float(upper), float(min_damping), float(max_damping),
+  )
+
+
+class DampingRule(NamedTuple):
+  """A resolved ``damping`` argument (internal to the optimizers).
+
+  Attributes:
+    initial: value stored in the optimizer state by ``init``.
+    current: ``(state_damping (), count ()) -> damping of this step``.
+    adaptive: the Levenberg-Marquardt settings, or ``None``.
+    static_zero: True when the damping is the constant 0 (the solvers then
+      use pseudo-inverses where a factor is known to be singular).
+  """
+
+  initial: float
+  current: Callable[[Array, Array], Array]
+  adaptive: LevenbergMarquardt | None
+  static_zero: bool
+
+
+def resolve(damping, name: str = "damping") -> DampingRule:
+  """Validates ``damping`` (number, schedule or ``LevenbergMarquardt``)."""
+  if isinstance(damping, LevenbergMarquardt):
+    lm = levenberg_marquardt(*damping)  # re-validate hand-built tuples
+    return DampingRule(lm.init, lambda lam, count: lam, lm, False)
+  if callable(damping):
+    try:
+      first = damping(jnp.zeros((), jnp.int32))
+    except Exception as e:  # noqa: BLE001 - re-raised with the name
+      raise ValueError(
+          f"{name} is callable but cannot be evaluated at step 0: {e}"
+      ) from e
+    _checks.check_scalar(f"{name}(0)", first, nonnegative=True)
+    return DampingRule(float(first), lambda lam, count: damping(count), None,
+                       False)
+  _checks.check_scalar(name, damping, nonnegative=True)
+  value = float(damping)
+  return DampingRule(value, lambda lam, count: value, None, value == 0.0)
+
+
+def reduction_ratio(actual: Array, predicted: Array) -> Array:
+  """``rho = actual / predicted`` for loss changes (1 when nothing predicted).
+
+  Args:
+    actual: ``L(theta + delta) - L(theta)``, scalar.
+    predicted: ``L(u + J delta) - L(u)``, scalar (negative for a descent
+      step).
+  """
+  decrease = predicted < 0
+  safe = jnp.where(decrease, predicted, -1.0)
+  return jnp.where(decrease, actual / safe, 1.0)
+
+
+def lm_update(rule: LevenbergMarquardt, damping: Array, rho: Array) -> Array:
+  """Next damping from the reduction ratio (module docstring)."""
+  factor = jnp.where(
+      rho < rule.lower, rule.increase, jnp.where(rho > rule.upper,
+                                                 rule.decrease, 1.0)
+  )
+  # A NaN ratio (a diverged step) is treated as a failed model: more damping.
+  factor = jnp.where(jnp.isnan(rho), rule.increase, factor)
+  new = jnp.clip(damping * factor, rule.min_damping, rule.max_damping)
+  return new.astype(damping.dtype)

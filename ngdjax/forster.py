@@ -68,13 +68,14 @@ Remark 5); it is opt-in because it changes the data.
 
 Example:
 
-  >>> import jax, ngdjax
-  >>> x = jax.random.normal(jax.random.key(0), (50, 4)) * jax.numpy.array(
-  ...     [1.0, 10.0, 100.0, 1000.0])
-  >>> res = ngdjax.forster.forster(x)
+  >>> import jax, jax.numpy as jnp
+  >>> from ngdjax.forster import apply_forster, forster
+  >>> scales = jnp.array([1.0, 10.0, 100.0, 1000.0])
+  >>> x = jax.random.normal(jax.random.key(0), (50, 4)) * scales
+  >>> res = forster(x)
   >>> res.A.shape, res.Z.shape, bool(res.converged)
   ((4, 4), (50, 4), True)
-  >>> ngdjax.forster.apply_forster(res, x[:3]).shape
+  >>> apply_forster(res, x[:3]).shape
   (3, 4)
 """
 
@@ -97,6 +98,7 @@ Array = jax.Array
 _PROGRESS = 1e-3
 # Backtracking halvings before a Newton line search gives up.
 _MAX_HALVINGS = 40
+_FORCING = lambda e: jnp.minimum(0.1, e)
 # Armijo sufficient-decrease constant.
 _ARMIJO = 1e-4
 
@@ -311,7 +313,7 @@ def _hessian_vp(s_mat, u, c, target):
   changing the solution, because the gradient is traceless.
   """
   d = c.shape[0]
-  q = jnp.einsum("ij,jk,ik->i", u, s_mat, u)  # u_i^T S u_i
+  q = jnp.sum((u @ s_mat) * u, axis=1)  # u_i^T S u_i
   h = symmetrize(s_mat @ c) - (u.T * q) @ u
   return h + (target * jnp.trace(s_mat) / d) * jnp.eye(d, dtype=c.dtype)
 
@@ -329,7 +331,7 @@ def _newton_direction(u, c, g, err, target, max_cg):
   bnorm = jnp.linalg.norm(b)
   # Eisenstat-Walker forcing term: loose far away, tight near the solution,
   # which keeps the outer convergence superlinear with few products.
-  eta = jnp.minimum(0.1, err)
+  eta = _FORCING(err)
 
   def cg_cond(st):
     j, _, r, _, _ = st

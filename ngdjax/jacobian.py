@@ -169,7 +169,7 @@ def jacobian(
 def jvp(
     apply_or_model: ApplyOrModel, params: Params, x: Array, tangent: Params
 ) -> Array:
-  """``J t`` as a flat ``(n * c,)`` vector; ``tangent`` is shaped like params."""
+  """``J t`` as a flat ``(n * c,)`` vector; ``tangent`` is like ``params``."""
   apply, _ = split_model(apply_or_model)
   _, out = jax.jvp(lambda p: _outputs_2d(apply, p, x), (params,), (tangent,))
   return out.reshape(-1)
@@ -178,7 +178,7 @@ def jvp(
 def vjp(
     apply_or_model: ApplyOrModel, params: Params, x: Array, v: Array
 ) -> Params:
-  """``J^T v`` as a pytree like ``params``; ``v`` is ``(n * c,)`` or ``(n, c)``."""
+  """``J^T v``, a pytree like ``params``; ``v`` is ``(n c,)`` or ``(n, c)``."""
   apply, _ = split_model(apply_or_model)
   u, pullback = jax.vjp(lambda p: _outputs_2d(apply, p, x), params)
   return pullback(v.reshape(u.shape).astype(u.dtype))[0]
@@ -409,7 +409,8 @@ def gram(
       Jacobian rows).
 
   Returns:
-    ``(n c, n2 c)`` array, index ``i * c + k`` for output ``k`` of example ``i``.
+    ``(n c, n2 c)`` array; index ``i * c + k`` is output ``k`` of example
+    ``i``.
 
   Raises:
     ValueError: on malformed inputs or an unavailable method.

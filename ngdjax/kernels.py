@@ -33,7 +33,7 @@ Array = jax.Array
 
 
 def _angles(gram: Array, diag1: Array, diag2: Array) -> tuple[Array, Array]:
-  """``(cos, theta)`` of a covariance ``gram`` with diagonals ``diag1, diag2``."""
+  """``(cos, theta)`` of a covariance with diagonals ``diag1, diag2``."""
   norms = jnp.sqrt(diag1[:, None] * diag2[None, :])
   cos = jnp.clip(gram / norms, -1.0, 1.0)
   return cos, jnp.arccos(cos)
@@ -69,7 +69,7 @@ def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
 
 
 def relu_covariance_inf(x: Array, nu: float = 1.0) -> Array:
-  """``E_w[relu(w^T x_i) relu(w^T x_j)]`` for ``w ~ N(0, nu^2 I)``: ``(n, n)``."""
+  """``E_w[relu(w^T x_i) relu(w^T x_j)]``, ``w ~ N(0, nu^2 I)``: ``(n, n)``."""
   _check_x(x)
   inner = x @ x.T
   sq = jnp.sum(x * x, -1)

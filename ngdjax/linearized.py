@@ -490,26 +490,33 @@ class MinNormSolution(NamedTuple):
   norm: Array
 
 
+def _cholesky_solve(chol, g, b):
+  del g
+  return jax.scipy.linalg.cho_solve((chol, True), b)
+
+
+def _pinv_solve(chol, g, b):
+  del chol
+  s, v, live = _eigh(g)
+  return v @ jnp.where(live, (v.T @ b) / jnp.where(live, s, 1.0), 0.0)
+
+
 def _solve_psd(g: Array, b: Array) -> Array:
   """``G^{-1} b`` by Cholesky; the pseudo-inverse when ``G`` is singular."""
   g = linalg.symmetrize(g)
   chol = jnp.linalg.cholesky(g)
   pivots = jnp.diagonal(chol) ** 2
   scale = jnp.max(jnp.diagonal(g))
-  # A singular Gram (N > p) fails Cholesky (NaN) or leaves round-off pivots
-  # of order N eps ||G||; either way fall back to the eigendecomposition.
+  # A singular Gram (N > p) either fails (NaN) or, often, "succeeds" with
+  # round-off pivots (seen up to ~1e-11 relative in float64) and a garbage
+  # solution. Pivots above sqrt(eps) relative are far from that; anything
+  # else (singular or very ill-conditioned) goes to the eigendecomposition.
   ok = jnp.all(jnp.isfinite(chol)) & jnp.all(
-      pivots > g.shape[0] * jnp.finfo(g.dtype).eps * scale
+      pivots > jnp.sqrt(jnp.finfo(g.dtype).eps) * scale
   )
-
-  def by_cholesky():
-    return jax.scipy.linalg.cho_solve((chol, True), b)
-
-  def by_eigh():
-    s, v, live = _eigh(g)
-    return v @ jnp.where(live, (v.T @ b) / jnp.where(live, s, 1.0), 0.0)
-
-  return jax.lax.cond(ok, by_cholesky, by_eigh)
+  # Module-level branches: outside jit, lax.cond caches its compilation on
+  # the functions' identity, so repeated eager calls do not recompile.
+  return jax.lax.cond(ok, _cholesky_solve, _pinv_solve, chol, g, b)
 
 
 def min_norm_solution(

@@ -132,8 +132,7 @@ def two_layer_relu(
   m = _check_width("width", width)
   c = _check_width("out_dim", out_dim)
   _checks.check_scalar("nu", nu, positive=True)
-  signs = np.random.default_rng(output_seed).integers(0, 2, size=(m, c))
-  a = jnp.asarray(2.0 * signs - 1.0, dtype=jnp.float32)
+  a = jnp.asarray(output_layer(m, c, output_seed), dtype=jnp.float32)
 
   def init(key, in_dim: int) -> Params:
     d = _check_width("in_dim", in_dim)
@@ -176,6 +175,18 @@ def two_layer_relu(
       kernel_inf=kernel_inf,
   )
   return model
+
+
+def output_layer(width: int, out_dim: int = 1, output_seed: int = 0):
+  """The fixed output layer ``a`` of ``two_layer_relu``: ``(m, c)`` of +-1.
+
+  Drawn with numpy from ``output_seed`` so that it is a constant of the
+  model, not a traced value.
+  """
+  signs = np.random.default_rng(output_seed).integers(
+      0, 2, size=(width, out_dim)
+  )
+  return 2.0 * signs - 1.0
 
 
 # --------------------------------------------------------------------------
@@ -264,14 +275,14 @@ def mlp(
     pre-activation gradients.
     """
     h, inputs = x, []
-    for l, layer in enumerate(params):
+    for depth, layer in enumerate(params):
       z = w_std * h @ layer["W"] / math.sqrt(h.shape[-1])
       if use_bias:
         z = z + b_std * layer["b"]
       inputs.append(layer_inputs(h))
       if perturbations is not None:
-        z = z + perturbations[l]
-      h = phi(z) if l + 1 < len(params) else z
+        z = z + perturbations[depth]
+      h = phi(z) if depth + 1 < len(params) else z
     return h, inputs
 
   def apply(params, x):
@@ -335,10 +346,3 @@ def mlp(
       kernel_inf=kernel_inf,
   )
 
-
-def validate_model(model) -> Model:
-  if not isinstance(model, Model):
-    raise ValueError(
-        f"model must be an ngdjax.models.Model, got {type(model).__name__}"
-    )
-  return model

@@ -1,0 +1,128 @@
+"""Times every Gram method, as ratios to a matmul-only floor, with FLOP counts.
+
+Usage:
+  python benchmarks/gram.py            # the sizes of the README
+  python benchmarks/gram.py --quick    # tiny sizes, checks the script runs
+
+The floor for the two-layer net is the three matmuls that any method must do
+(``X W^T`` for the activation pattern, ``S S^T`` and ``X X^T``), timed in the
+same process on arrays of the same shapes; for the MLP it is one forward pass
+plus the per-layer ``A A^T`` and ``B B^T`` matmuls. Every time is the median of
+``--repeats`` runs after a warm-up call (compilation excluded), in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+import ngdjax
+
+
+def _time(fn, *args, repeats=3):
+  """Median wall time of ``fn(*args)`` after one warm-up (compile) call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _sphere(key, n, d):
+  return ngdjax.normalize_rows(jax.random.normal(key, (n, d)))
+
+
+def two_layer(n, d, m, methods, repeats):
+  key_x, key_w, key_s = jax.random.split(jax.random.key(0), 3)
+  x = _sphere(key_x, n, d)
+  model = ngdjax.two_layer_relu(m)
+  params = model.init(key_w, d)
+  s = (jax.random.uniform(key_s, (n, m)) > 0.5).astype(jnp.float32)
+
+  floor = _time(
+      jax.jit(lambda x, w, s: ((x @ w.T) > 0, s @ s.T, x @ x.T)),
+      x, params["W"], s, repeats=repeats,
+  )
+  flops = {
+      "floor": 2 * n * m * d + 2 * n * n * m + 2 * n * n * d,
+      "structured": 2 * n * m * d + 2 * n * n * m + 2 * n * n * d,
+      "jacobian": 2 * n * m * d + 2 * n * n * m * d,
+      "products": 2 * n * n * m * d * 2,
+  }
+  rows = [("matmul floor", floor, flops["floor"])]
+  for method in methods:
+    fn = jax.jit(lambda p, x, method=method: ngdjax.gram(model, p, x,
+                                                        method=method))
+    rows.append(
+        (method, _time(fn, params, x, repeats=repeats), flops[method])
+    )
+  return f"two-layer ReLU n={n} d={d} m={m}", floor, rows
+
+
+def mlp(n, d, width, depth, methods, repeats):
+  key_x, key_w = jax.random.split(jax.random.key(1))
+  x = _sphere(key_x, n, d)
+  model = ngdjax.mlp([width] * depth)
+  params = model.init(key_w, d)
+  sizes = [d] + [width] * depth + [1]
+  p = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+  fwd = sum(2 * n * a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+  factor_grams = sum(2 * n * n * (a + 1 + b)
+                     for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+  def floor_fn(params, x):
+    acts = [model.apply(params, x)]
+    h = x
+    for layer in params[:-1]:
+      h = jax.nn.relu(h @ layer["W"])
+      acts.append(h @ h.T)
+    return acts
+
+  floor = _time(jax.jit(floor_fn), params, x, repeats=repeats)
+  flops = {
+      "structured": 3 * fwd + factor_grams,
+      "jacobian": 3 * fwd + 2 * n * n * p,
+      "products": 2 * 3 * fwd * n + 2 * n * n * p,
+  }
+  rows = [("forward + factor-Gram floor", floor, fwd + factor_grams)]
+  for method in methods:
+    fn = jax.jit(lambda p, x, method=method: ngdjax.gram(model, p, x,
+                                                        method=method))
+    rows.append(
+        (method, _time(fn, params, x, repeats=repeats), flops[method])
+    )
+  return f"MLP n={n} d={d} width={width} hidden layers={depth}", floor, rows
+
+
+def _print(title, floor, rows):
+  print(f"\n{title}")
+  print(f"  {'method':<28}{'time (s)':>10}{'/ floor':>10}{'GFLOP':>10}")
+  for name, t, flops in rows:
+    print(f"  {name:<28}{t:>10.4f}{t / floor:>10.2f}{flops / 1e9:>10.1f}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args()
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, float32")
+  all_methods = ["structured", "jacobian", "products"]
+  if args.quick:
+    _print(*two_layer(64, 8, 128, all_methods, 1))
+    _print(*mlp(32, 8, 32, 3, all_methods, 1))
+    return
+  _print(*two_layer(1024, 128, 4096, all_methods, args.repeats))
+  # The dense methods need ~1e13 flops here; only the structured one runs.
+  _print(*two_layer(4096, 256, 16384, ["structured"], args.repeats))
+  _print(*mlp(256, 128, 512, 3, all_methods, args.repeats))
+
+
+if __name__ == "__main__":
+  main()

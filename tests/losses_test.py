@@ -1,0 +1,50 @@
+"""Losses: gradients against autodiff, curvature against mu and L."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ngdjax import losses
+
+
+@pytest.mark.parametrize("loss", [losses.squared(), losses.squared_log_cosh(),
+                                  losses.squared_log_cosh(3.0)])
+def test_grad_and_curvature_bounds(loss):
+  rng = np.random.default_rng(0)
+  u = jnp.asarray(rng.standard_normal((5, 2)) * 3)
+  y = jnp.asarray(rng.standard_normal((5, 2)))
+  np.testing.assert_allclose(loss.grad(u, y), jax.grad(loss.value)(u, y),
+                             atol=1e-12)
+  # The Hessian in u is diagonal; its entries lie in [mu, L].
+  e = jnp.linspace(-30.0, 30.0, 2001)
+  curv = jax.vmap(jax.grad(jax.grad(lambda t: loss.value(t, 0.0))))(e)
+  assert float(curv.min()) >= loss.mu - 1e-12
+  assert float(curv.max()) <= loss.L + 1e-12
+  assert float(curv.max()) >= loss.L - 1e-6  # L is attained (at e = 0)
+
+
+def test_squared_is_half_sum():
+  u = jnp.array([[1.0, 2.0], [3.0, 0.0]])
+  assert float(losses.squared().value(u, jnp.zeros((2, 2)))) == 7.0
+
+
+def test_log_cosh_is_stable_for_large_residuals():
+  loss = losses.squared_log_cosh(1.0)
+  big = jnp.array([1e4])
+  v = loss.value(big, jnp.zeros(1))
+  np.testing.assert_allclose(v, 0.5e8 + 1e4 - np.log(2.0), rtol=1e-12)
+
+
+def test_rate_factor():
+  loss = losses.squared_log_cosh(1.0)
+  assert loss.rate_factor == pytest.approx(2 * 1 * 2 / 3)
+  assert losses.squared().rate_factor == 1.0
+
+
+def test_get_and_bad_input():
+  assert losses.get("squared").name == "squared"
+  with pytest.raises(ValueError, match="loss must be one of"):
+    losses.get("hinge")
+  with pytest.raises(ValueError, match="alpha must be non-negative"):
+    losses.squared_log_cosh(-1.0)

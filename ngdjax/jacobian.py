@@ -393,6 +393,7 @@ def gram(
     x2: Array | None = None,
     method: str | GramMethod = "auto",
     chunk_size: int | None = None,
+    mesh=None,
 ) -> Array:
   """The empirical Gram (neural tangent kernel) matrix ``G = J J^T``.
 
@@ -407,6 +408,9 @@ def gram(
     chunk_size: examples per block; bounds the memory of every method's
       intermediates (``"products"`` never holds more than ``chunk_size``
       Jacobian rows).
+    mesh: optional one-axis ``jax.sharding.Mesh``: shard the example axis
+      over its devices (``ngdjax.parallel.sharded_gram``); the result is
+      sharded by rows. Not combined with ``x2``.
 
   Returns:
     ``(n c, n2 c)`` array; index ``i * c + k`` is output ``k`` of example
@@ -421,6 +425,14 @@ def gram(
     _checks.check_inputs("x2", x2, in_dim=x.shape[1])
   chunk_size = _check_chunk(chunk_size)
   resolved = resolve_gram_method(apply_or_model, params, x, method)
+  if mesh is not None:
+    if x2 is not None:
+      raise ValueError("x2 is not supported together with mesh")
+    from ngdjax import parallel  # parallel imports this module
+
+    return parallel.sharded_gram(
+        apply_or_model, params, x, mesh, resolved.value, chunk_size
+    )
   if resolved is GramMethod.STRUCTURED:
     return _gram_structured(model, params, x, x2, chunk_size)
   if resolved is GramMethod.JACOBIAN:

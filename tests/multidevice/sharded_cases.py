@@ -1,0 +1,73 @@
+"""Sharded computations equal their single-device versions (float64).
+
+Run by ``tests/parallel_test.py`` in a child process with 4 CPU devices; not
+collected by the main pytest run (the file name does not end in ``_test``).
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import ngdjax  # noqa: E402
+from ngdjax import parallel  # noqa: E402
+
+MODELS = {
+    "two_layer_c1": ngdjax.two_layer_relu(32),
+    "two_layer_c2": ngdjax.two_layer_relu(16, out_dim=2),
+    "mlp": ngdjax.mlp([8, 8], out_dim=1),
+}
+
+
+def _x(n):
+  x = np.random.default_rng(0).standard_normal((n, 3))
+  return jnp.asarray(x / np.linalg.norm(x, axis=1, keepdims=True))
+
+
+def test_four_devices():
+  assert jax.device_count() == 4
+
+
+@pytest.mark.parametrize(
+    "name,method,n",
+    [("two_layer_c1", "structured", 8),
+     ("two_layer_c2", "structured", 11),  # 11: padded to a multiple of 4
+     ("mlp", "structured", 8),
+     ("mlp", "jacobian", 11),
+     ("two_layer_c2", "products", 8)],
+)
+def test_sharded_gram_equals_unsharded(name, method, n):
+  model = MODELS[name]
+  params = model.init(jax.random.key(1), 3)
+  x = _x(n)
+  mesh = parallel.data_mesh()
+  ref = ngdjax.gram(model, params, x, method=method)
+  out = ngdjax.gram(model, params, x, method=method, mesh=mesh)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-13)
+  if n % 4 == 0:
+    assert out.sharding.spec[0] == "data"  # rows stay sharded
+
+
+@pytest.mark.parametrize("name", ["two_layer_c2", "mlp"])
+def test_sharded_gram_vp_equals_unsharded(name):
+  model = MODELS[name]
+  params = model.init(jax.random.key(1), 3)
+  x = _x(10)
+  g = ngdjax.gram(model, params, x)
+  v = jnp.asarray(np.random.default_rng(2).standard_normal(g.shape[0]))
+  out = parallel.gram_vp_sharded(model, params, x, v, parallel.data_mesh())
+  np.testing.assert_allclose(np.asarray(out), np.asarray(g @ v), atol=1e-12)
+
+
+def test_sharded_gram_under_jit():
+  model = MODELS["two_layer_c1"]
+  params = model.init(jax.random.key(1), 3)
+  x = _x(8)
+  mesh = parallel.data_mesh()
+  fn = jax.jit(lambda p, z: ngdjax.gram(model, p, z, mesh=mesh))
+  np.testing.assert_allclose(np.asarray(fn(params, x)),
+                             np.asarray(ngdjax.gram(model, params, x)),
+                             atol=1e-13)

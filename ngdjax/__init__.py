@@ -5,7 +5,7 @@ Descent for Over-parameterized Neural Networks" (NeurIPS 2019). See
 ``MATH.md`` for the conventions (sum loss, ``G = J J^T``).
 """
 
-from ngdjax import kernels, losses, models
+from ngdjax import kernels, losses, models, parallel
 from ngdjax.jacobian import (
     GramMethod,
     gram,
@@ -44,6 +44,7 @@ __all__ = [
     "mlp",
     "models",
     "normalize_rows",
+    "parallel",
     "per_example_jacobian",
     "relu_gram_inf",
     "relu_ntk_inf",

@@ -59,6 +59,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -182,7 +183,7 @@ def _check_vector(name: str, v, size: int, size_of: str) -> Array:
   if v.size != size:
     raise ValueError(
         f"{name} has {v.size} entries (shape {tuple(v.shape)}) but {size_of} "
-        f"is {size}; pass vec(u - y) flattened row-major"
+        f"is {size}; flatten outputs row-major, vec(u)[i * c + k] = u[i, k]"
     )
   return jnp.asarray(v).reshape(-1)
 
@@ -295,6 +296,11 @@ def _decay(s, live, t, method, learning_rate, damping):
   return e, one_minus_e
 
 
+# The cores below are jitted (method static) although the library otherwise
+# leaves jit to the caller: eagerly, their ~40 small primitives would each be
+# compiled on every new shape; one compilation per shape is much cheaper, and
+# inside a caller's jit a nested jit is simply inlined.
+@functools.partial(jax.jit, static_argnames="method")
 def _spectral(g, r0, t, method, learning_rate, damping):
   """``(e, phi, V, V^T r0)`` for the trajectory formulas of the docstring."""
   s, v, live = _eigh(g)
@@ -303,6 +309,7 @@ def _spectral(g, r0, t, method, learning_rate, damping):
   return e, phi, v, v.T @ r0.astype(v.dtype)
 
 
+@functools.partial(jax.jit, static_argnames="method")
 def _dual_coefficients(g, r0, t, method, learning_rate, damping):
   """``a(t) = V diag(phi(t)) V^T r0``, ``(len(t), N)``: ``w - w0 = -J^T a``."""
   _, phi, v, coeffs = _spectral(g, r0, t, method, learning_rate, damping)
@@ -501,6 +508,7 @@ def _pinv_solve(chol, g, b):
   return v @ jnp.where(live, (v.T @ b) / jnp.where(live, s, 1.0), 0.0)
 
 
+@jax.jit
 def _solve_psd(g: Array, b: Array) -> Array:
   """``G^{-1} b`` by Cholesky; the pseudo-inverse when ``G`` is singular."""
   g = linalg.symmetrize(g)
@@ -514,8 +522,6 @@ def _solve_psd(g: Array, b: Array) -> Array:
   ok = jnp.all(jnp.isfinite(chol)) & jnp.all(
       pivots > jnp.sqrt(jnp.finfo(g.dtype).eps) * scale
   )
-  # Module-level branches: outside jit, lax.cond caches its compilation on
-  # the functions' identity, so repeated eager calls do not recompile.
   return jax.lax.cond(ok, _cholesky_solve, _pinv_solve, chol, g, b)
 
 

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -99,8 +100,13 @@ def sphere(n: int, d: int, seed=0, targets: str = "gaussian",
   if targets not in SPHERE_TARGETS:
     raise ValueError(f"targets must be one of {SPHERE_TARGETS}, got "
                      f"{targets!r}")
-  dtype = _float_dtype(dtype)
-  kx, ky = jax.random.split(_key(seed))
+  return _sphere(_key(seed), n, d, c, targets, _float_dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _sphere(key, n, d, c, targets, dtype):
+  # One compiled sampler per shape instead of one compilation per eager op.
+  kx, ky = jax.random.split(key)
   x = jax.random.normal(kx, (n, d), dtype)
   x = x / jnp.linalg.norm(x, axis=1, keepdims=True)
   if targets == "gaussian":

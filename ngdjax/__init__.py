@@ -5,7 +5,7 @@ Descent for Over-parameterized Neural Networks" (NeurIPS 2019). See
 ``MATH.md`` for the conventions (sum loss, ``G = J J^T``).
 """
 
-from ngdjax import kernels, losses, models, parallel
+from ngdjax import kernels, linearized, losses, models, parallel
 from ngdjax.jacobian import (
     GramMethod,
     gram,
@@ -22,6 +22,7 @@ from ngdjax.kernels import (
     two_layer_ntk_inf,
 )
 from ngdjax.linalg import lambda_min, normalize_rows
+from ngdjax.linearized import MinNormSolution, linearize, min_norm_solution
 from ngdjax.losses import Loss
 from ngdjax.models import LayerFactors, Model, mlp, two_layer_relu
 
@@ -31,6 +32,7 @@ __all__ = [
     "GramMethod",
     "LayerFactors",
     "Loss",
+    "MinNormSolution",
     "Model",
     "__version__",
     "gram",
@@ -40,7 +42,10 @@ __all__ = [
     "kernels",
     "lambda_0",
     "lambda_min",
+    "linearize",
+    "linearized",
     "losses",
+    "min_norm_solution",
     "mlp",
     "models",
     "normalize_rows",

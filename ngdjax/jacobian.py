@@ -100,7 +100,8 @@ def _check_chunk(chunk_size):
   return None
 
 
-def _validate(params, x, name="x"):
+def check_params_and_inputs(params, x, name="x"):
+  """Validates a params pytree and an ``(n, d)`` input array (ValueError)."""
   _checks.check_inputs(name, x)
   leaves = jax.tree_util.tree_leaves(params)
   if not leaves:
@@ -157,7 +158,7 @@ def jacobian(
   Returns:
     ``(n * c, p)`` array, columns in ``ravel_pytree(params)`` order.
   """
-  _validate(params, x)
+  check_params_and_inputs(params, x)
   per_ex = per_example_jacobian(apply_or_model, params, x, chunk_size)
   n = x.shape[0]
   leaves = jax.tree_util.tree_leaves(per_ex)
@@ -420,7 +421,7 @@ def gram(
     ValueError: on malformed inputs or an unavailable method.
   """
   apply, model = split_model(apply_or_model)
-  _validate(params, x)
+  check_params_and_inputs(params, x)
   if x2 is not None:
     _checks.check_inputs("x2", x2, in_dim=x.shape[1])
   chunk_size = _check_chunk(chunk_size)

@@ -76,7 +76,7 @@ from ngdjax.jacobian import (
     split_model,
     vjp,
 )
-from ngdjax.jacobian import _validate as _check_params_and_inputs
+from ngdjax.jacobian import check_params_and_inputs as _check_params_and_inputs
 from ngdjax.models import Model
 
 Array = jax.Array

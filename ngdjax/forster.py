@@ -64,7 +64,10 @@ matrix, and Algorithm 1 can report a tiny error on its own ``Z`` while
   ``raise_on_failure=False``, returns ``converged=False`` and a ``reason``).
 
 ``perturb=`` adds a tiny seeded random perturbation first (the appendix's
-Remark 5); it is opt-in because it changes the data.
+Remark 5); it is opt-in because it changes the data, and on degenerate data
+the transform then rests on the perturbation: ``A`` amplifies it (``cond(A)``
+grows like ``1 / perturb``), and the unperturbed rows mapped by ``A`` are not
+isotropic.
 
 Example:
 
@@ -98,7 +101,6 @@ Array = jax.Array
 _PROGRESS = 1e-3
 # Backtracking halvings before a Newton line search gives up.
 _MAX_HALVINGS = 40
-_FORCING = lambda e: jnp.minimum(0.1, e)
 # Armijo sufficient-decrease constant.
 _ARMIJO = 1e-4
 
@@ -329,9 +331,9 @@ def _newton_direction(u, c, g, err, target, max_cg):
 
   b = -g
   bnorm = jnp.linalg.norm(b)
-  # Eisenstat-Walker forcing term: loose far away, tight near the solution,
-  # which keeps the outer convergence superlinear with few products.
-  eta = _FORCING(err)
+  # Forcing term (Eisenstat & Walker): loose far from the solution, tight
+  # near it, so the outer convergence stays quadratic with few products.
+  eta = jnp.minimum(0.5, err)
 
   def cg_cond(st):
     j, _, r, _, _ = st
@@ -359,7 +361,7 @@ def _newton_direction(u, c, g, err, target, max_cg):
 
 
 def _line_search(u, s_mat, g, target):
-  """Armijo backtracking on ``phi(A exp(t S) A^T)``; returns ``(t, lam, v)``.
+  """Step length along ``M(t) = A exp(t S) A^T``; returns ``(t, lam, v)``.
 
   With ``S = V diag(lam) V^T`` and ``W = U V`` (unit rows), the change of
   ``phi`` along the line is
@@ -370,6 +372,12 @@ def _line_search(u, s_mat, g, target):
   ``O(n d)`` per trial once ``W`` is formed. Written with ``log1p``/``expm1``
   because near the solution the decrease (about ``err^2``) is far below the
   round-off of ``phi`` itself, and a search on ``phi`` would accept noise.
+
+  ``t`` is halved from 1 until the Armijo condition holds and halving no
+  longer lowers ``phi``: ``phi`` is convex in ``t``, so this is the best power
+  of two. Far from the solution a full Newton step can satisfy Armijo while
+  overshooting the minimum along the line by orders of magnitude in
+  ``cond(A)`` (seen on near-degenerate data), which the second test prevents.
   """
   lam, v = jnp.linalg.eigh(s_mat)
   w2 = (u @ v) ** 2
@@ -385,18 +393,20 @@ def _line_search(u, s_mat, g, target):
     return jnp.where(jnp.max(tl) > 600.0, jnp.inf, val)
 
   def ls_cond(st):
-    j, t = st
-    return (j < _MAX_HALVINGS) & ~(dphi(t) <= _ARMIJO * t * slope)
+    j, t, f_t, f_half = st
+    armijo = f_t <= _ARMIJO * t * slope
+    return (j < _MAX_HALVINGS) & (~armijo | (f_half < f_t))
 
   def ls_body(st):
-    j, t = st
-    return j + 1, 0.5 * t
+    j, t, _, f_half = st
+    return j + 1, 0.5 * t, f_half, dphi(0.25 * t)
 
-  j, t = jax.lax.while_loop(
-      ls_cond, ls_body, (jnp.int32(0), jnp.asarray(1.0, u.dtype))
+  one = jnp.asarray(1.0, u.dtype)
+  j, t, f_t, _ = jax.lax.while_loop(
+      ls_cond, ls_body, (jnp.int32(0), one, dphi(one), dphi(0.5 * one))
   )
   # A failed search leaves t = 0: no step, and the stall test ends the loop.
-  t = jnp.where(j < _MAX_HALVINGS, t, 0.0)
+  t = jnp.where((j < _MAX_HALVINGS) & (f_t < 0), t, 0.0)
   return t, lam, v
 
 
@@ -446,8 +456,8 @@ def _newton(xn, tol, max_cond, max_iters, patience):
 # Public entry points.
 
 
-@functools.partial(jax.jit, static_argnames=("method", "max_iters", "patience"))
-def _forster_jit(xn, tol, max_cond, *, method, max_iters, patience):
+@functools.partial(jax.jit, static_argnames=("method", "max_iters"))
+def _forster_jit(xn, tol, max_cond, patience, *, method, max_iters):
   """The jitted iteration on row-normalised ``xn``; see ``forster``."""
   n, d = xn.shape
   run = _newton if method == ForsterMethod.NEWTON.value else _fixed_point
@@ -634,11 +644,11 @@ def forster(
 
   Validation (shapes, NaN/Inf, zero rows, ``n < d``, rank) runs in Python on
   concrete inputs before anything is traced; the iteration itself is one
-  jitted ``lax.while_loop`` (compiled once per shape, dtype, ``method``,
-  ``max_iters`` and ``patience``). Rows are normalised first (the transform
-  is blind to row scales). ``forster`` may itself be called under ``jit``;
-  then value checks and ``raise_on_failure`` are skipped, and the caller
-  must look at ``converged``.
+  jitted ``lax.while_loop``, compiled once per shape, dtype, ``method`` and
+  ``max_iters`` (``tol``, ``max_cond`` and ``patience`` are traced). Rows are
+  normalised first (the transform is blind to row scales). ``forster`` may
+  itself be called under ``jit``; then value checks and ``raise_on_failure``
+  are skipped, and the caller must look at ``converged``.
 
   Args:
     x: ``(n, d)`` inputs with ``n >= d``, finite, no zero rows, rank ``d``.
@@ -723,9 +733,9 @@ def forster(
       xn,
       jnp.asarray(tol, dtype),
       jnp.asarray(max_cond, dtype),
+      jnp.asarray(patience, jnp.int32),
       method=method,
       max_iters=int(max_iters),
-      patience=int(patience),
   )
   if concrete and raise_on_failure and not bool(res.converged):
     raise ValueError(_failure_message(res, np.asarray(x, np.float64), method))

@@ -133,7 +133,8 @@ _REASONS = {
     ForsterStatus.STALLED: (
         "stalled: the error stopped decreasing above tol (the data is"
         " degenerate, or so close to it that tol is below the accuracy that"
-        " cond(A) allows in this dtype)"
+        " cond(A) allows in this dtype; raise patience if it was still"
+        " improving slowly)"
     ),
     ForsterStatus.ILL_CONDITIONED: (
         "ill-conditioned: cond(A) exceeded max_cond; the rows are not in"
@@ -187,6 +188,7 @@ class ForsterResult(NamedTuple):
 
 def isotropy_error(z: Array) -> Array:
   """``||Z^T Z - (n/d) I||_F / (n/d)`` for ``z`` of shape ``(n, d)``."""
+  z = _checks.check_array("z", z, ndim=2)
   n, d = z.shape
   return _error_of_gram(_gram(z), n, d)
 
@@ -558,8 +560,9 @@ def _collapsed_rows(xn: np.ndarray, a: np.ndarray):
   On degenerate data the iterations drive ``A`` towards a map that kills the
   over-full subspace, so the (unit) rows inside it have ``||x_i A||``
   orders of magnitude below the others. The set is cut at the largest gap
-  (in log scale) of those norms when it exceeds 100x; its dimension is cut
-  at the largest gap of its singular values, again when it exceeds 100x.
+  (in log scale) of those norms when it exceeds 10x; its dimension is cut
+  at the largest gap of its singular values when that exceeds 100x (so a
+  chance gap among generic rows is not mistaken for a subspace).
 
   Returns:
     ``(count, dim, dist)`` (``dist``: the largest relative distance of those
@@ -570,7 +573,7 @@ def _collapsed_rows(xn: np.ndarray, a: np.ndarray):
   r = np.maximum(np.linalg.norm(xn @ a, axis=1), 1e-300)
   order = np.argsort(r)
   gaps = np.diff(np.log10(r[order]))
-  if gaps.size == 0 or gaps.max() < 2.0:
+  if gaps.size == 0 or gaps.max() < 1.0:
     return None
   count = int(np.argmax(gaps)) + 1
   rows = xn[order[:count]]

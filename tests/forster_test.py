@@ -175,6 +175,20 @@ def test_methods_agree_and_newton_needs_fewer_iterations():
   assert int(nt.cg_iterations) > 0 and int(fp.cg_iterations) == 0
 
 
+def test_near_critical_data_is_not_refused():
+  # 46 of 200 rows exactly in a 2-dim subspace: just below 2 n / d = 50, so
+  # the transform exists (no false "degenerate" verdict) but Algorithm 1
+  # converges slowly; Newton's method does not care.
+  x = _gaussian()
+  rng = np.random.default_rng(4)
+  x[:46] = rng.standard_normal((46, 2)) @ rng.standard_normal((2, D))
+  fp = forster(x, method="fixed_point")
+  nt = forster(x, method="newton")
+  _check_transform(x, fp, tol=1e-10)
+  _check_transform(x, nt, tol=1e-10)
+  assert int(fp.iterations) > 100 and int(nt.iterations) < 10
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_float32(method):
   x = _gaussian().astype(np.float32)

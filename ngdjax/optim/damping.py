@@ -25,9 +25,14 @@ network's nonlinearity. Then
     rho > upper  ->  lam <- lam * decrease     (model trustworthy)
 
 clipped to ``[min_damping, max_damping]``. The step is always taken (as in
-K-FAC and Hessian-free): only the damping of the next step changes. When the
-predicted change is not a decrease (a zero gradient), ``rho`` is reported as
-1 and the damping relaxes toward ``min_damping``.
+K-FAC and Hessian-free): only the damping of the next step changes.
+
+Degenerate predictions. When the linearised model itself predicts an
+*increase* (``predicted > 0``: a step longer than the model's minimiser,
+which K-FAC with a large ``eta`` can take, or NGD with ``eta > 2``), the raw
+quotient would be positive and could read as a good step; ``rho`` is set to
+0 instead, so the damping grows. When nothing is predicted
+(``predicted == 0``: a zero gradient), ``rho = 1`` and the damping relaxes.
 """
 
 from __future__ import annotations
@@ -143,16 +148,22 @@ def resolve(damping, name: str = "damping") -> DampingRule:
 
 
 def reduction_ratio(actual: Array, predicted: Array) -> Array:
-  """``rho = actual / predicted`` for loss changes (1 when nothing predicted).
+  """``rho = actual / predicted`` for loss changes (module docstring).
 
   Args:
     actual: ``L(theta + delta) - L(theta)``, scalar.
-    predicted: ``L(u + J delta) - L(u)``, scalar (negative for a descent
-      step).
+    predicted: ``L(u + J delta) - L(u)``, scalar (negative when the model
+      predicts a decrease).
+
+  Returns:
+    ``actual / predicted`` when ``predicted < 0``; 0 when ``predicted > 0``
+    (the model predicts an increase: treated as a failed step); 1 when
+    ``predicted == 0``.
   """
   decrease = predicted < 0
   safe = jnp.where(decrease, predicted, -1.0)
-  return jnp.where(decrease, actual / safe, 1.0)
+  return jnp.where(decrease, actual / safe,
+                   jnp.where(predicted > 0, 0.0, 1.0))
 
 
 def lm_update(rule: LevenbergMarquardt, damping: Array, rho: Array) -> Array:

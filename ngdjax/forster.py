@@ -143,9 +143,12 @@ _REASONS = {
     ),
     ForsterStatus.NONFINITE: "non-finite values appeared during the iteration",
     ForsterStatus.INCONSISTENT: (
-        "inconsistent: the iterate Z reached tol but normalize_rows(x A)"
-        " did not; A is too ill-conditioned to be applied in this dtype"
-        " (degenerate data)"
+        "inconsistent: Algorithm 1's own iterate Z reached tol but"
+        " normalize_rows(x A) did not. They drift apart when A is too"
+        " ill-conditioned to be applied in this dtype (degenerate data; see"
+        " cond(A)) or through round-off accumulated over many steps (then"
+        " use method='newton', which recomputes Z from x A at every step,"
+        " or a looser tol)"
     ),
 }
 
@@ -407,7 +410,7 @@ def _line_search(u, s_mat, g, target):
   j, t, f_t, _ = jax.lax.while_loop(
       ls_cond, ls_body, (jnp.int32(0), one, dphi(one), dphi(0.5 * one))
   )
-  # A failed search leaves t = 0: no step, and the stall test ends the loop.
+  # A failed search returns t = 0 (no step); the caller then stops.
   t = jnp.where((j < _MAX_HALVINGS) & (f_t < 0), t, 0.0)
   return t, lam, v
 
@@ -448,6 +451,13 @@ def _newton(xn, tol, max_cond, max_iters, patience):
     k = s.k + 1
     hist = s.hist.at[k].set(err)
     status = _next_status(err, _cond(a), hist, k, tol, max_cond, patience)
+    # No step that lowers phi at working precision: waiting for the stall
+    # test would only repeat this step.
+    status = jnp.where(
+        (t == 0) & (status == ForsterStatus.RUNNING),
+        ForsterStatus.STALLED,
+        status,
+    ).astype(jnp.int32)
     return _NewtonState(k, a, u, c, err, hist, status, s.cg + j)
 
   s = jax.lax.while_loop(cond_fn, body, init)
@@ -612,9 +622,9 @@ def _diagnosis(x: np.ndarray, a: np.ndarray) -> str:
     return f" {where}: the rows are not in general position and the " + (
         "transform does not exist."
     )
-  return f" {where}: the transform exists only with cond(A) of order " + (
-      f"{1 / dist:.1g}, too ill-conditioned for tol in this dtype (loosen "
-      "tol, or remove the near-degeneracy)."
+  return f" {where}: the transform exists but its A is ill-conditioned " + (
+      "(cond(A) grows as that distance shrinks), too much so for tol in "
+      "this dtype (loosen tol, or remove the near-degeneracy)."
   )
 
 

@@ -76,8 +76,10 @@ def sphere(n: int, d: int, seed=0, targets: str = "gaussian",
   """``n`` points uniform on the unit sphere ``S^{d-1}``, with targets.
 
   Points are normalised standard Gaussians (rotation invariance makes them
-  uniform). Two rows are parallel with probability zero, so ``G_inf`` is
-  positive definite (Condition 1).
+  uniform), drawn with the non-partitionable threefry stream so that a seed
+  means the same points under either ``jax_threefry_partitionable``. Two
+  rows are parallel with probability zero, so ``G_inf`` is positive
+  definite (Condition 1).
 
   Args:
     n: number of points.
@@ -100,7 +102,11 @@ def sphere(n: int, d: int, seed=0, targets: str = "gaussian",
   if targets not in SPHERE_TARGETS:
     raise ValueError(f"targets must be one of {SPHERE_TARGETS}, got "
                      f"{targets!r}")
-  return _sphere(_key(seed), n, d, c, targets, _float_dtype(dtype))
+  # The classic threefry stream, whatever jax_threefry_partitionable says:
+  # the same seed gives the same points under either setting, and on CPU it
+  # compiles about 7x faster per shape (see ngdjax.experiment.runner).
+  with jax.threefry_partitionable(False):
+    return _sphere(_key(seed), n, d, c, targets, _float_dtype(dtype))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))

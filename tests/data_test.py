@@ -3,6 +3,7 @@
 import gzip
 import struct
 
+import jax
 import numpy as np
 import pytest
 
@@ -172,3 +173,10 @@ def test_mnist_from_idx_directory(tmp_path):
   np.testing.assert_allclose(np.linalg.norm(ds.x_train, axis=1), 1.0)
   with pytest.raises(ValueError, match="has no train-images"):
     data.mnist(tmp_path / "nowhere")
+
+
+def test_sphere_samples_do_not_depend_on_threefry_flag():
+  x1, _ = data.sphere(5, 3, seed=0)
+  with jax.threefry_partitionable(True):
+    x2, _ = data.sphere(5, 3, seed=0)
+  np.testing.assert_array_equal(x1, x2)

@@ -71,6 +71,14 @@ def _initial_grams(model, d, keys, x):
       keys)
 
 
+@functools.lru_cache(maxsize=64)
+def _model(width: int, nu: float) -> models.Model:
+  # One Model object per (width, nu) in a process: it is a static argument
+  # of the jitted _initial_grams, so a rerun (resume, tests, reproduce)
+  # reuses the compiled code instead of compiling every width again.
+  return models.two_layer_relu(width, nu=nu)
+
+
 def threshold_width(widths, ok) -> float | None:
   """Smallest width ``m*`` with ``ok`` true at every point of width >= m*."""
   widths = np.asarray(widths, float)
@@ -99,7 +107,7 @@ def run(config: ml_collections.ConfigDict,
     r.start_progress(len(widths_run), interval_s=2.0)
 
     def measure(m, log):
-      model = models.two_layer_relu(m, nu=config.nu)
+      model = _model(m, float(config.nu))
       keys = jnp.stack([r.key(unit_key(width=m, rep=s))
                         for s in range(config.reps)])
       out = {"rel_error_fro": [], "rel_error_max": [],

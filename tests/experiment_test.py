@@ -1,0 +1,325 @@
+"""Tests for ngdjax.experiment: run files, resume, config checks, experiments.
+
+The experiment smoke tests call each library ``run`` with a tiny config, as
+the entry points do with a real one, and check that every file parses.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from ngdjax import experiment
+from ngdjax.experiment import config as config_lib
+from ngdjax.experiment import (
+    gram_limit,
+    lambda0_vs_n,
+    metrics,
+    plots,
+    reproduce,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------
+# Files: atomic summary, flushed metrics.
+# --------------------------------------------------------------------------
+
+
+def test_summary_is_written_atomically(tmp_path):
+  metrics.write_summary(tmp_path, {"passed": True, "x": np.float64(1.5)})
+  assert metrics.read_summary(tmp_path) == {"passed": True, "x": 1.5}
+  # A write that fails half-way (an unserialisable value) leaves the old
+  # file intact and no temporary file behind.
+  with pytest.raises(TypeError, match="cannot write object"):
+    metrics.write_summary(tmp_path, {"passed": False, "bad": object()})
+  assert metrics.read_summary(tmp_path) == {"passed": True, "x": 1.5}
+  assert sorted(os.listdir(tmp_path)) == ["summary.json"]
+
+
+def test_atomic_write_uses_replace(tmp_path, monkeypatch):
+  calls = []
+  real = os.replace
+  monkeypatch.setattr(os, "replace",
+                      lambda a, b: calls.append((a, b)) or real(a, b))
+  metrics.write_summary(tmp_path, {"a": 1})
+  assert len(calls) == 1 and Path(calls[0][1]) == tmp_path / "summary.json"
+  assert Path(calls[0][0]).parent == tmp_path  # same file system
+
+
+def test_metrics_lines_are_flushed_per_step(tmp_path):
+  writer = metrics.MetricsWriter(tmp_path)
+  writer.write({"loss": 1.0}, step=0)
+  # Readable by another reader before the writer is closed.
+  assert metrics.read_metrics(tmp_path) == [{"step": 0, "loss": 1.0}]
+  writer.write({"loss": np.float32(0.5), "ratio": float("nan"),
+                "vec": jax.numpy.arange(2)}, step=1)
+  records = metrics.read_metrics(tmp_path)
+  assert records[1]["loss"] == 0.5 and records[1]["vec"] == [0, 1]
+  assert np.isnan(plots.as_float(records[1]["ratio"]))
+  writer.close()
+
+
+def test_read_metrics_skips_truncated_last_line_only(tmp_path):
+  path = tmp_path / metrics.METRICS_FILE
+  path.write_text('{"step": 0}\n{"step": 1, "lo')  # killed mid-write
+  assert metrics.read_metrics(tmp_path) == [{"step": 0}]
+  path.write_text('{"step": 0}\n{"ste\n{"step": 2}\n')
+  with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+    metrics.read_metrics(tmp_path)
+
+
+# --------------------------------------------------------------------------
+# Config and workdir checks, at start.
+# --------------------------------------------------------------------------
+
+
+def _defaults():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.width = 8
+  c.eta = 0.5
+  c.widths = (1, 2)
+  c.name = "a"
+  c.optim = ml_collections.ConfigDict({"damping": 1e-3})
+  return c
+
+
+def test_check_config_names_unknown_missing_and_mistyped_fields():
+  config_lib.check_config(_defaults(), _defaults())
+  # Built from a dict: a config file can hold any of these mistakes.
+  bad = _defaults().to_dict()
+  bad["widht"] = bad.pop("width")
+  bad["eta"] = "fast"
+  bad["optim"]["dampin"] = 1.0
+  bad = ml_collections.ConfigDict(bad)
+  with pytest.raises(ValueError) as e:
+    config_lib.check_config(bad, _defaults())
+  msg = str(e.value)
+  assert "config.widht is not a field" in msg
+  assert "did you mean config.width?" in msg
+  assert "config.width is missing" in msg
+  assert "config.eta must be a number" in msg
+  assert "config.optim.dampin is not a field" in msg
+  ok = _defaults()
+  ok.eta = 1  # an int where a float is expected is fine
+  config_lib.check_config(ok, _defaults())
+
+
+def test_run_with_unknown_field_fails_before_writing(tmp_path):
+  bad = gram_limit.default_config()
+  with bad.unlocked():
+    bad.widht = 3
+  with pytest.raises(ValueError, match=r"config\.widht is not a field"):
+    gram_limit.run(bad, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_workdir_fails_at_start(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(ValueError, match="is not a writable directory"):
+    config_lib.check_workdir(blocker / "run")
+  with pytest.raises(ValueError, match="is not a writable directory"):
+    lambda0_vs_n.run(lambda0_vs_n.default_config(), blocker / "run")
+  with pytest.raises(ValueError, match="workdir must be"):
+    config_lib.check_workdir("")
+
+
+def test_load_config_file_presets_and_presets_match_schema():
+  for name, module in (("gram_limit", gram_limit),
+                       ("lambda0_vs_n", lambda0_vs_n)):
+    path = REPO / "configs" / f"{name}.py"
+    for spec in (str(path), f"{path}:small"):
+      config_lib.check_config(config_lib.load_config_file(spec),
+                              module.default_config())
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+      config_lib.load_config_file(f"{path}:huge")
+  with pytest.raises(ValueError, match="does not exist"):
+    config_lib.load_config_file("configs/nowhere.py")
+
+
+def test_initialize_distributed_calls_jax_only_when_enabled(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize",
+                      lambda **kw: calls.append(kw))
+  assert not config_lib.initialize_distributed(False)
+  assert calls == []
+  assert config_lib.initialize_distributed(True, num_processes=1)
+  assert calls == [{"num_processes": 1}]
+
+
+# --------------------------------------------------------------------------
+# Resume, seeding, progress.
+# --------------------------------------------------------------------------
+
+
+def _tiny_run(workdir, fail_at=None):
+  """Five units; unit ``fail_at`` raises half-way (after logging a step)."""
+  config = ml_collections.ConfigDict({"seed": 3})
+  computed = []
+  with experiment.Run(workdir, config, config, name="tiny") as r:
+    r.start_progress(5)
+
+    def compute(i, log):
+      log(step=0, partial=i)
+      if i == fail_at:
+        raise KeyboardInterrupt  # as if the job were killed
+      computed.append(i)
+      value = float(jax.random.uniform(r.key(f"unit={i}")))
+      return {"i": i, "value": value}
+
+    results = [r.unit(f"unit={i}", lambda log, i=i: compute(i, log))
+               for i in range(5)]
+  return computed, results
+
+
+def test_interrupted_run_resumes_and_loses_no_finished_unit(tmp_path):
+  with pytest.raises(KeyboardInterrupt):
+    _tiny_run(tmp_path, fail_at=3)
+  assert sorted(experiment.UnitStore(tmp_path).finished()) == [
+      "unit=0", "unit=1", "unit=2"]
+  computed, results = _tiny_run(tmp_path)
+  assert computed == [3, 4]  # finished units are skipped, not redone
+  _, fresh = _tiny_run(tmp_path / "fresh")
+  assert results == fresh  # same numbers as an uninterrupted run
+  # The interrupted unit's partial metrics were dropped, not duplicated.
+  partial = [r["unit"] for r in metrics.read_metrics(tmp_path)
+             if "partial" in r]
+  assert sorted(partial) == [f"unit={i}" for i in range(5)]
+
+
+def test_run_refuses_a_workdir_of_another_config(tmp_path):
+  config = ml_collections.ConfigDict({"seed": 0})
+  with experiment.Run(tmp_path, config, config):
+    pass
+  other = ml_collections.ConfigDict({"seed": 1})
+  with pytest.raises(ValueError, match=r"config\.seed: 0 -> 1"):
+    experiment.Run(tmp_path, other, other)
+
+
+def test_seed_key_is_deterministic_and_distinct():
+  data = lambda k: jax.random.key_data(k).tolist()  # noqa: E731
+  assert data(experiment.seed_key(0, "a", 1)) == data(
+      experiment.seed_key(0, "a", 1))
+  assert data(experiment.seed_key(0, "a", 1)) != data(
+      experiment.seed_key(0, "a", 2))
+  assert data(experiment.seed_key(0, "a")) != data(experiment.seed_key(1, "a"))
+  assert experiment.unit_key(width=4, rep=0) == "width=4/rep=0"
+
+
+def test_progress_eta_ignores_resumed_units():
+  p = experiment.Progress(total=10, name="t", interval_s=0.0)
+  p.skip(5)
+  assert p.eta_s() is None
+  p.update()
+  assert p.done == 6 and p.eta_s() is not None and p.eta_s() >= 0
+
+
+# --------------------------------------------------------------------------
+# Experiments: smoke tests with tiny configs.
+# --------------------------------------------------------------------------
+
+
+def _check_files(workdir, figures):
+  config = json.loads((workdir / "config.json").read_text())
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  assert lines and all(isinstance(json.loads(x), dict) for x in lines)
+  summary = json.loads((workdir / "summary.json").read_text())
+  for f in figures:
+    assert (workdir / f).read_bytes()[:8] == PNG_MAGIC
+  return config, summary
+
+
+# Tiny configs, shared by the smoke tests and the reproduction test (same
+# shapes, so the second run reuses the compiled code).
+TINY = {
+    "gram_limit": "c.n, c.d, c.widths, c.reps = 6, 3, (4, 16, 64), 2",
+    "lambda0_vs_n": "c.d, c.ns, c.reps = 4, (8, 16, 32), 2",
+}
+
+
+def _tiny(module):
+  c = module.default_config()
+  exec(TINY[module.NAME], {"c": c})  # noqa: S102 - test fixture text
+  return c
+
+
+def test_gram_limit_smoke_and_resume(tmp_path):
+  config = _tiny(gram_limit)
+  summary = gram_limit.run(config, tmp_path)
+  saved_config, saved = _check_files(tmp_path, summary["figures"])
+  assert saved_config["widths"] == [4, 16, 64]
+  assert saved["claim"] == "C5" and isinstance(saved["passed"], bool)
+  assert set(saved["checks"]) == {"exponent", "lemma6"}
+  assert saved["passed"] == all(saved["checks"].values())
+  assert -1.0 < saved["measured"]["exponent"] < 0.0
+  assert summary["figures"] == ["gram_error.png", "lambda_min.png"]
+  again = gram_limit.run(config, tmp_path)
+  assert again["resumed_units"] == 3
+  assert again["measured"] == saved["measured"]
+
+
+def test_threshold_width():
+  widths = [4, 4, 16, 16, 64, 64]
+  assert gram_limit.threshold_width(widths, [0, 0, 1, 0, 1, 1]) == 64
+  assert gram_limit.threshold_width(widths, [1, 0, 1, 1, 1, 1]) == 16
+  assert gram_limit.threshold_width(widths, [1, 1, 1, 1, 1, 0]) is None
+
+
+def test_lambda0_vs_n_smoke(tmp_path):
+  config = _tiny(lambda0_vs_n)
+  summary = lambda0_vs_n.run(config, tmp_path)
+  _, saved = _check_files(tmp_path, summary["figures"])
+  assert saved["claim"] == "C8"
+  assert saved["passed"] == all(saved["checks"].values())
+  assert saved["measured"]["exponent"] < 0
+
+
+def test_reproduce_report_with_tiny_configs_and_rerun(tmp_path):
+  configs = tmp_path / "configs"
+  configs.mkdir()
+  for name, fields in TINY.items():
+    (configs / f"{name}.py").write_text(
+        f"from ngdjax.experiment import {name}\n"
+        "def get_config(arg=None):\n"
+        f"  c = {name}.default_config()\n"
+        f"  {fields}\n"
+        "  return c\n")
+  out = tmp_path / "out"
+  result = reproduce.run(out, configs_dir=configs)
+  rows = {r["claim"]: r for r in result["rows"]}
+  assert list(rows) == [f"C{i}" for i in range(1, 13)]
+  assert rows["C5"]["status"] in ("PASS", "FAIL")
+  assert rows["C8"]["status"] in ("PASS", "FAIL")
+  not_run = [c for c, r in rows.items() if r["status"] == "NOT RUN"]
+  assert len(not_run) == 10 and "C5" not in not_run
+  report = (out / "report.md").read_text()
+  assert report.count("NOT RUN (not implemented)") == 10
+  assert "C5_gram_limit_small/gram_error.png" in report
+  assert json.loads((out / "report.json").read_text())["counts"][
+      "NOT RUN"] == 10
+  again = reproduce.run(out, configs_dir=configs, only="C5,C8")
+  assert all(r["skipped"] for r in again["rows"])
+  with pytest.raises(ValueError, match=r"unknown claims \['C13'\]"):
+    reproduce.run(out, configs_dir=configs, only="C13")
+
+
+def test_entry_point_rejects_misspelled_override(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.gram_limit",
+       "--config=configs/gram_limit.py:small", "--config.widht=3",
+       f"--workdir={tmp_path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode != 0
+  assert "widht" in proc.stderr
+  assert not (tmp_path / "config.json").exists()

@@ -37,14 +37,19 @@ Methods (``ForsterMethod``):
   The Newton system is solved matrix-free by conjugate gradients (each product
   ``O(n d^2)``, memory ``O(n d)``, so large ``d`` is fine), preconditioned by
   the inverse of ``S -> (S C + C S) / 2``, which makes the first CG iterate
-  Algorithm 1's step to first order. A backtracking line search on ``phi``
-  (convex along the chart's lines) makes it globally convergent. It starts
-  from whitening, ``A = (x_n^T x_n)^{-1/2}`` on the row-normalised inputs, so
-  the whole method is invariant under ``x -> x L``: anisotropy costs nothing.
-  Converges quadratically; typically 3-6 steps to 1e-10.
+  Algorithm 1's step to first order. A line search on ``phi`` (convex along
+  the chart's lines; best power-of-two step) makes it globally convergent.
+  It starts from whitening, ``A = (x_n^T x_n)^{-1/2}`` on the row-normalised
+  inputs, so the whole method is invariant under ``x -> x L``: anisotropy
+  costs nothing. Converges quadratically: 3-8 steps to 1e-10 where
+  Algorithm 1 takes 10-40, and 5-7 where Algorithm 1 takes hundreds (a
+  subspace holding just under ``k n / d`` rows). Per step it costs about
+  three times Algorithm 1, so on easy data the two take similar time
+  (``benchmarks/forster.py``).
 
 Degenerate inputs. The transform exists only if no ``k``-dimensional subspace
-holds more than ``k n / d`` rows (Forster 2002 asks for general position).
+holds more than ``k n / d`` rows, nor exactly ``k n / d`` unless the rest
+lie in a complementary subspace (Forster 2002 asks for general position).
 Otherwise ``phi`` is unbounded below, the iterations drive ``A`` to a singular
 matrix, and Algorithm 1 can report a tiny error on its own ``Z`` while
 ``normalize_rows(x A)`` is far from isotropic (MATH.md 5: ``cond(A)`` about
@@ -281,8 +286,8 @@ def _fixed_point(xn, tol, max_cond, max_iters, patience):
   def body(s):
     t = _inv_sqrt_psd(s.c)
     # Algorithm 1 propagates Z itself (Z <- normalize(Z T)), not x A; the
-    # two drift apart exactly when A is numerically singular, which is
-    # checked after the loop.
+    # two drift apart when A is numerically singular (or by round-off over
+    # many steps), which is checked after the loop.
     z = normalize_rows(s.z @ t)
     a = s.a @ t
     a = a / a[0, 0]

@@ -6,6 +6,12 @@ Descent for Over-parameterized Neural Networks" (NeurIPS 2019). See
 """
 
 from ngdjax import kernels, linearized, losses, models, parallel
+from ngdjax.forster import (
+    ForsterResult,
+    apply_forster,
+    forster,
+    isotropy_error,
+)
 from ngdjax.jacobian import (
     GramMethod,
     gram,
@@ -29,15 +35,19 @@ from ngdjax.models import LayerFactors, Model, mlp, two_layer_relu
 __version__ = "0.1.0"
 
 __all__ = [
+    "ForsterResult",
     "GramMethod",
     "LayerFactors",
     "Loss",
     "MinNormSolution",
     "Model",
     "__version__",
+    "apply_forster",
+    "forster",
     "gram",
     "gram_vp",
     "jacobian",
+    "isotropy_error",
     "jvp",
     "kernels",
     "lambda_0",

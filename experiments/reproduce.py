@@ -7,6 +7,8 @@ Small presets take a few minutes on 2 CPU cores. A rerun with the same
 workdir skips finished experiments and resumes an interrupted one.
 """
 
+from pathlib import Path
+
 from absl import app, flags
 
 from experiments import common
@@ -24,7 +26,7 @@ _ONLY = flags.DEFINE_list("only", [], "Claim ids to run, e.g. C5,C8 "
 def main(argv):
   common.start(argv)
   result = reproduce.run(_WORKDIR.value, full=_FULL.value, only=_ONLY.value)
-  print(open(result["report"]).read())
+  print(Path(result["report"]).read_text())
   bad = result["counts"]["FAIL"] + result["counts"]["ERROR"]
   return 1 if bad else 0
 

@@ -104,7 +104,10 @@ def run(config: ml_collections.ConfigDict,
     g_inf = kernels.relu_gram_inf(x)
     lam0 = float(linalg.lambda_min(g_inf))
     widths_run = [int(m) for m in config.widths]
-    r.start_progress(len(widths_run), interval_s=2.0)
+    # Work per unit ~ a fixed cost (compilation) plus n^2 m for the Gram.
+    work = {m: 1.0 + m / 4096 for m in widths_run}
+    r.start_progress(len(widths_run), interval_s=2.0,
+                     work=sum(work.values()))
 
     def measure(m, log):
       model = _model(m, float(config.nu))
@@ -125,8 +128,8 @@ def run(config: ml_collections.ConfigDict,
       return {"width": m, **out}
 
     # A unit is one width (all its repetitions): the resume granularity.
-    results = [r.unit(unit_key(width=m), functools.partial(measure, m))
-               for m in widths_run]
+    results = [r.unit(unit_key(width=m), functools.partial(measure, m),
+                      work=work[m]) for m in widths_run]
     reps = config.reps
     widths = np.repeat([u["width"] for u in results], reps).astype(float)
     errors = {k: np.concatenate([u[f"rel_error_{k}"] for u in results])

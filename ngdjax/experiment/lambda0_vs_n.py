@@ -71,7 +71,10 @@ def run(config: ml_collections.ConfigDict,
     if len(config.ns) < 3:
       raise ValueError("config.ns needs at least 3 sample sizes for a fit")
     ns = [int(n) for n in config.ns]
-    r.start_progress(len(ns), interval_s=2.0)
+    # Work per unit: a fixed cost (compilation, ~1 unit) plus the n^3 of the
+    # eigendecompositions, which overtakes it near n = 600 on a CPU core.
+    work = {n: 1.0 + (n / 600) ** 3 for n in ns}
+    r.start_progress(len(ns), interval_s=2.0, work=sum(work.values()))
 
     def measure(n, log):
       out = {"lambda_0": [], "max_cos": []}
@@ -87,8 +90,8 @@ def run(config: ml_collections.ConfigDict,
       return {"n": n, **out}
 
     # A unit is one sample size (all its repetitions).
-    results = [r.unit(unit_key(n=n), functools.partial(measure, n))
-               for n in ns]
+    results = [r.unit(unit_key(n=n), functools.partial(measure, n),
+                      work=work[n]) for n in ns]
     n_all = np.repeat([u["n"] for u in results], config.reps).astype(float)
     lam = np.concatenate([u["lambda_0"] for u in results])
     if np.any(lam <= 0):

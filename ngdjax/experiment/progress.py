@@ -33,39 +33,52 @@ def format_seconds(seconds: float) -> str:
 class Progress:
   """Counts finished units and logs ``done/total``, elapsed time and ETA.
 
+  Units may carry an amount of work (e.g. ``n^3`` for an eigendecomposition
+  of an ``n x n`` Gram): the ETA then extrapolates seconds per unit of work,
+  not per unit, which matters when the last units are the largest.
+
   Args:
     total: number of units in the run.
     name: prefix of every log line (the experiment's name).
     interval_s: minimum seconds between two log lines (the first and the
       last unit are always logged).
+    work: total work of all units; default ``total`` (one per unit).
   """
 
   def __init__(self, total: int, name: str = "run",
-               interval_s: float = 5.0):
+               interval_s: float = 5.0, work: float | None = None):
     self.total = int(total)
     self.name = name
     self.interval_s = float(interval_s)
+    self.work = float(total if work is None else work)
     self.done = 0
     self.skipped = 0
+    self.work_done = 0.0
+    self.work_skipped = 0.0
     self.start = time.monotonic()
     self._last_log = -float("inf")
 
-  def skip(self, n: int = 1) -> None:
+  def skip(self, n: int = 1, work: float | None = None) -> None:
     """Counts ``n`` units finished by an earlier run (resume)."""
+    w = float(n if work is None else work)
     self.done += n
     self.skipped += n
+    self.work_done += w
+    self.work_skipped += w
 
   def eta_s(self) -> float | None:
     """Seconds left, from this process's rate; ``None`` before any unit."""
-    fresh = self.done - self.skipped
-    if fresh <= 0:
+    fresh = self.work_done - self.work_skipped
+    if self.done - self.skipped <= 0 or fresh <= 0:
       return None
     rate = (time.monotonic() - self.start) / fresh
-    return rate * (self.total - self.done)
+    return rate * max(self.work - self.work_done, 0.0)
 
-  def update(self, n: int = 1, **info: Any) -> None:
+  def update(self, n: int = 1, work: float | None = None,
+             **info: Any) -> None:
     """Counts ``n`` units finished now and logs (rate-limited)."""
     self.done += n
+    self.work_done += float(n if work is None else work)
     now = time.monotonic()
     last = self.done >= self.total
     if not last and now - self._last_log < self.interval_s:
@@ -76,7 +89,7 @@ class Progress:
     logging.info(
         "%s [%d/%d] %3.0f%% elapsed %s ETA %s%s%s",
         self.name, self.done, self.total,
-        100.0 * self.done / max(self.total, 1),
+        100.0 * self.work_done / max(self.work, 1e-300),
         format_seconds(now - self.start),
         "?" if eta is None else format_seconds(eta),
         f" (resumed {self.skipped})" if self.skipped else "",

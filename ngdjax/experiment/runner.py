@@ -130,22 +130,25 @@ class Run:
 
   # -- units of work -------------------------------------------------------
 
-  def start_progress(self, total: int, interval_s: float = 5.0) -> Progress:
-    self.progress = Progress(total, self.name, interval_s)
+  def start_progress(self, total: int, interval_s: float = 5.0,
+                     work: float | None = None) -> Progress:
+    """Starts ETA logging for ``total`` units (of ``work`` total work)."""
+    self.progress = Progress(total, self.name, interval_s, work)
     return self.progress
 
-  def unit(self, key: str,
-           compute: Callable[[Log], Mapping[str, Any]]) -> dict[str, Any]:
+  def unit(self, key: str, compute: Callable[[Log], Mapping[str, Any]],
+           work: float | None = None) -> dict[str, Any]:
     """The result of unit ``key``: reloaded if finished, else computed.
 
     ``compute(log)`` returns a dict of JSON-able results; it may call
     ``log(step=..., **metrics)`` for per-step metrics, which go to
     ``metrics.jsonl`` tagged with the unit. The result itself is also
-    logged as one line (tagged ``unit``), then saved, then counted.
+    logged as one line (tagged ``unit``), then saved, then counted
+    (``work``: this unit's share of the progress's total work).
     """
     if self.units.is_done(key):
       if self.progress is not None:
-        self.progress.skip()
+        self.progress.skip(work=work)
       return self.units.load(key)
 
     def log(step: int | None = None, **values: Any) -> None:
@@ -155,7 +158,7 @@ class Run:
     self.metrics.write(result, unit=key)
     self.units.save(key, result)
     if self.progress is not None:
-      self.progress.update(unit=key)
+      self.progress.update(work=work, unit=key)
     return result
 
   # -- results --------------------------------------------------------------
@@ -194,6 +197,9 @@ class Run:
         "figures": list(figures),
         "details": dict(details or {}),
         "resumed_units": len(self.resumed_units),
+        "environment": {"jax": jax.__version__,
+                        "backend": jax.default_backend(),
+                        "float64": bool(jax.config.jax_enable_x64)},
         "elapsed_s": time.monotonic() - self._start,
     }
     metrics.write_summary(self.workdir, summary)

@@ -5,7 +5,15 @@ Descent for Over-parameterized Neural Networks" (NeurIPS 2019). See
 ``MATH.md`` for the conventions (sum loss, ``G = J J^T``).
 """
 
-from ngdjax import kernels, linearized, losses, models, parallel
+from ngdjax import (
+    data,
+    diagnostics,
+    kernels,
+    linearized,
+    losses,
+    models,
+    parallel,
+)
 from ngdjax.forster import (
     ForsterResult,
     apply_forster,
@@ -43,6 +51,8 @@ __all__ = [
     "Model",
     "__version__",
     "apply_forster",
+    "data",
+    "diagnostics",
     "forster",
     "gram",
     "gram_vp",

@@ -1,0 +1,261 @@
+"""C7: the Forster transform, Algorithm 1 against Newton's method.
+
+MATH.md 5: Algorithm 1 of the appendix (``ngdjax.forster(method=
+"fixed_point")``) converges linearly to radial isotropic position; Newton's
+method on Barthe's convex potential (``method="newton"``) is the faster
+alternative MATH.md asks for, quadratically convergent and invariant under
+``x -> x L`` (anisotropy costs it nothing).
+
+Measured, on each kind of data of ``config.kinds`` (``n`` rows, ``d``
+columns, Gaussian entries; see ``make_data``):
+
+* the error ``||Z^T Z - (n/d) I||_F / (n/d)`` after every update, from
+  ``ForsterResult.history`` (for Newton, ``history[0]`` is the error after
+  its whitening start, for Algorithm 1 that of the row-normalised data);
+* updates to ``tol`` (iterations), Newton's inner conjugate-gradient
+  products, the final error of ``normalize_rows(x A)``, ``cond(A)``;
+* wall time of the iteration: ``forster`` under ``jax.jit`` (which skips
+  the input checks, identical for both methods), median of
+  ``config.repeats`` calls, the two methods interleaved, after a warm-up
+  call that compiles.
+
+Pass criterion (stated before measuring): on every kind of data both methods
+converge (``error <= tol`` with ``cond(A) <= max_cond``; ``forster``'s own
+``converged``), and Newton's method takes fewer updates than Algorithm 1.
+Wall time is reported, not required: a Newton step costs a few Algorithm 1
+steps (``benchmarks/forster.py``), so on easy data the two take similar
+time.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import time
+import zlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ngdjax.experiment.runner import Run, unit_key
+from ngdjax.forster import forster
+
+NAME = "forster_convergence"
+CLAIM = "C7"
+TITLE = "Forster transform: Algorithm 1 and Newton's method converge"
+METHODS = ("fixed_point", "newton")
+KINDS = ("gaussian", "anisotropic", "near_degenerate", "near_critical")
+_LABELS = {"fixed_point": "Algorithm 1 (fixed point)",
+           "newton": "Newton (Barthe's potential)"}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The full run (its fields are the experiment's schema)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.n = 1000  # rows
+  c.d = 20  # columns
+  c.kinds = KINDS  # data kinds, see make_data
+  c.anisotropy = 1e4  # anisotropic: column scales span this factor
+  c.degenerate_noise = 1e-3  # near_degenerate: distance from the subspace
+  c.critical_fraction = 0.96  # near_critical: rows in the plane / (2 n / d)
+  c.tol = 1e-10  # target error (float64)
+  c.max_iters = 2000  # updates allowed to either method
+  c.repeats = 9  # timed calls per method (median reported)
+  return c
+
+
+def make_data(kind: str, n: int, d: int, rng: np.random.Generator, *,
+              anisotropy: float = 1e4, degenerate_noise: float = 1e-3,
+              critical_fraction: float = 0.96) -> np.ndarray:
+  """``(n, d)`` data of one kind (the kinds of ``benchmarks/forster.py``).
+
+  * ``"gaussian"``: i.i.d. standard normal entries.
+  * ``"anisotropic"``: the same with column scales ``logspace(0,
+    log10(anisotropy), d)``.
+  * ``"near_degenerate"``: half the rows within ``degenerate_noise`` of a
+    random 2-dimensional subspace (the transform exists; ``cond(A)`` grows
+    like ``1 / degenerate_noise``).
+  * ``"near_critical"``: ``critical_fraction * 2 n / d`` rows exactly in a
+    2-dimensional subspace, just under the existence threshold ``2 n / d``;
+    Algorithm 1's linear rate tends to 1 there.
+  """
+  x = rng.standard_normal((n, d))
+  if kind == "gaussian":
+    return x
+  if kind == "anisotropic":
+    return x * np.logspace(0, np.log10(anisotropy), d)
+  if kind == "near_degenerate":
+    basis = rng.standard_normal((2, d))
+    half = n // 2
+    x[:half] = rng.standard_normal((half, 2)) @ basis
+    x[:half] += degenerate_noise * rng.standard_normal((half, d))
+    return x
+  if kind == "near_critical":
+    count = int(critical_fraction * 2 * n / d)
+    basis = rng.standard_normal((2, d))
+    x[:count] = rng.standard_normal((count, 2)) @ basis
+    return x
+  raise ValueError(f"unknown data kind {kind!r}; known: {KINDS}")
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_forster(method: str, tol: float, max_iters: int):
+  # One jitted function per setting in a process, so that every data kind
+  # (and a resumed or repeated run) reuses its compilation.
+  return jax.jit(functools.partial(forster, tol=tol, max_iters=max_iters,
+                                   method=method))
+
+
+def _timed(calls: dict[str, Any], repeats: int) -> dict[str, float]:
+  """Median seconds per call, the calls interleaved (shared-machine load
+  then affects every method alike)."""
+  times = {m: [] for m in calls}
+  for _ in range(repeats):
+    for m, call in calls.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(call())
+      times[m].append(time.perf_counter() - t0)
+  return {m: statistics.median(ts) for m, ts in times.items()}
+
+
+def run(config: ml_collections.ConfigDict,
+        workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs C7 and returns its summary (also written to ``summary.json``)."""
+  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
+    unknown = [k for k in config.kinds if k not in KINDS]
+    if unknown or not config.kinds:
+      raise ValueError(f"config.kinds must be a non-empty subset of {KINDS}, "
+                       f"got {tuple(config.kinds)}")
+    if config.n < config.d:
+      raise ValueError(f"config.n = {config.n} < config.d = {config.d}: "
+                       "the transform needs n >= d")
+    kinds = list(config.kinds)
+    r.start_progress(len(kinds), interval_s=2.0)
+
+    def measure(kind, log):
+      rng = np.random.default_rng([config.seed, zlib.crc32(kind.encode())])
+      x = make_data(kind, config.n, config.d, rng,
+                    anisotropy=config.anisotropy,
+                    degenerate_noise=config.degenerate_noise,
+                    critical_fraction=config.critical_fraction)
+      # forster under jit skips the input checks (a numpy SVD of x, the
+      # same for both methods, on a shared machine slower than the
+      # iteration itself), so the calls time the iteration alone. The first
+      # call compiles (once per shape and method) and gives the result.
+      xj = jax.numpy.asarray(x)
+      calls = {m: functools.partial(
+          _jitted_forster(m, float(config.tol), int(config.max_iters)), xj)
+               for m in METHODS}
+      results = {m: jax.block_until_ready(call()) for m, call in calls.items()}
+      seconds = _timed(calls, config.repeats)
+      out = {"kind": kind}
+      for m, res in results.items():
+        hist = np.asarray(res.history, np.float64)
+        hist = hist[: int(res.iterations) + 1]
+        for k, e in enumerate(hist):
+          log(step=k, kind=kind, method=m, error=float(e))
+        out[m] = {
+            "iterations": int(res.iterations),
+            "converged": bool(res.converged),
+            "error": float(res.error),
+            "cond": float(res.cond),
+            "cg_products": int(res.cg_iterations),
+            "time_s": seconds[m],
+            "reason": res.reason,
+            "history": hist.tolist(),
+        }
+      return out
+
+    results = {k: r.unit(unit_key(kind=k), functools.partial(measure, k))
+               for k in kinds}
+    figures = _plot(r, config, results)
+
+    converged = all(results[k][m]["converged"]
+                    for k in kinds for m in METHODS)
+    fewer = all(results[k]["newton"]["iterations"]
+                < results[k]["fixed_point"]["iterations"] for k in kinds)
+    measured = {}
+    parts = []
+    for k in kinds:
+      fp, nt = results[k]["fixed_point"], results[k]["newton"]
+      for m, res in (("fixed_point", fp), ("newton", nt)):
+        for field in ("iterations", "error", "cond", "time_s", "converged"):
+          measured[f"{k}/{m}/{field}"] = res[field]
+      measured[f"{k}/newton/cg_products"] = nt["cg_products"]
+      measured[f"{k}/time_ratio_newton_over_alg1"] = (
+          nt["time_s"] / fp["time_s"])
+      parts.append(
+          f"{k}: Alg. 1 {fp['iterations']} it ({1e3 * fp['time_s']:.1f} ms)"
+          f"{'' if fp['converged'] else ' NOT CONVERGED'}, Newton "
+          f"{nt['iterations']} it ({1e3 * nt['time_s']:.1f} ms)"
+          f"{'' if nt['converged'] else ' NOT CONVERGED'}")
+    text = (f"iterations to error <= {config.tol:g} (n={config.n}, "
+            f"d={config.d}, float{'64' if jax.config.jax_enable_x64 else '32'}"
+            "): " + "; ".join(parts))
+    expectation = (
+        f"both methods reach error <= {config.tol:g} on every kind of data "
+        "and Newton needs fewer iterations than Algorithm 1 (wall time "
+        "reported, not required)")
+    return r.finish(
+        passed=converged and fewer,
+        checks={"both_converge": converged, "newton_fewer_iterations": fewer},
+        measured=measured,
+        measured_text=text,
+        expectation=expectation,
+        figures=figures,
+        title=TITLE,
+        details={k: {m: {f: v for f, v in results[k][m].items()
+                         if f != "history"} for m in METHODS}
+                 for k in kinds},
+    )
+
+
+def _plot(r: Run, config, results) -> list[str]:
+  """Error vs iteration, one panel per kind, from ``metrics.jsonl``."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  from matplotlib.ticker import MaxNLocator
+
+  from ngdjax.experiment import plots
+
+  records = [rec for rec in r.records() if "error" in rec]
+  kinds = list(config.kinds)
+  cols = min(2, len(kinds))
+  rows = -(-len(kinds) // cols)
+  fig = Figure(figsize=(5.2 * cols, 3.8 * rows))
+  FigureCanvasAgg(fig)
+  fig.subplots_adjust(left=0.09, right=0.98, bottom=0.08, top=0.9,
+                      hspace=0.42, wspace=0.22)
+  styles = {"fixed_point": ("C0", "o"), "newton": ("C3", "s")}
+  for i, kind in enumerate(kinds):
+    ax = fig.add_subplot(rows, cols, i + 1)
+    for m in METHODS:
+      series = plots.series_from_records(
+          records, "step", "error",
+          where=lambda rec, m=m, kind=kind: (rec["kind"] == kind
+                                             and rec["method"] == m))
+      (xs, ys), = series.values()
+      res = results[kind][m]
+      color, marker = styles[m]
+      ax.plot(xs, np.maximum(ys, 1e-300), marker=marker,
+              ms=3 if len(xs) < 60 else 0, lw=1.3, color=color,
+              label=f"{_LABELS[m]}: {res['iterations']} it, "
+                    f"{1e3 * res['time_s']:.1f} ms")
+    ax.axhline(config.tol, color="gray", ls=":", lw=1.2,
+               label=f"tol = {config.tol:g}")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration (updates of A)")
+    ax.set_ylabel("||Z^T Z - (n/d) I||_F / (n/d)")
+    ax.set_title(kind.replace("_", "-"), fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7.5)
+  fig.suptitle(f"C7: Forster transform, error vs iteration (n={config.n}, "
+               f"d={config.d})", fontsize=11)
+  name = "error_vs_iteration.png"
+  fig.savefig(r.path(name), dpi=100)
+  return [name]

@@ -1,0 +1,216 @@
+"""One optimizer step of each method, as time ratios, beside a FLOP model.
+
+    python benchmarks/steps.py                  # n=2048, d=128, m=8192 + MLP
+    python benchmarks/steps.py --quick          # tiny sizes: checks it runs
+    python benchmarks/steps.py --dtype float64
+
+Every step is the user-facing ``jax.jit(opt.step)`` on one full batch. Times
+are medians of ``--repeats`` calls after a warm-up call (compilation
+excluded), with ``block_until_ready``; the methods are timed alternately so
+that load from other processes on a shared machine affects all alike. Only
+ratios measured in this one process are meaningful.
+
+Two-layer net (``c = 1``), FLOP model of the dominant terms (multiply-add =
+2 flops):
+
+* GD: forward ``2 n m d`` + VJP ``2 n m d``.
+* NGD (Cholesky, structured Gram ``(X X^T) * (S S^T) / m``): forward and VJP
+  ``4 n m d``, activation pattern ``2 n m d``, Gram ``2 n^2 (m + d)``,
+  Cholesky ``n^3 / 3``. Against GD: ``1.5 + n (m + d) / (2 m d) + ...``:
+  about ``n / (2 d)`` for ``m >> d``, so NGD/GD grows with ``n / d``.
+* K-FAC primal: ``S~^T S~`` ``2 n m^2`` and its Cholesky ``m^3 / 3``.
+* K-FAC auto (dual on ``S~``, primal on ``X^T X``): ``S~ S~^T`` ``2 n^2 m``
+  and an ``n x n`` Cholesky ``n^3 / 3``.
+* K-FAC dual (both factors dual): ``X X^T`` and two ``n x n`` solves with
+  ``n`` right-hand sides (``4 n^3``) on top of auto's ``S~`` side.
+
+For the MLP the model is summed over layers (``a_l`` inputs incl. bias,
+``b_l`` outputs): GD ``6 n sum a_l b_l``; NGD adds the Gram
+``2 n^2 sum (a_l + b_l)``; K-FAC primal ``sum 2 n (a_l^2 + b_l^2) +
+(a_l^3 + b_l^3) / 3``, auto the smaller of each factor's two forms.
+``xla`` is the compiler's own count (``cost_analysis``), which leaves out
+the LAPACK calls (Cholesky, triangular solves, eigh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import ngdjax
+from ngdjax.optim import gd, kfac, ngd
+
+
+def _interleaved_times(fns: dict, repeats: int) -> dict:
+  """Seconds of each call of each zero-argument function, timed alternately.
+
+  Returns ``{name: (median, min)}``: on a shared machine the minimum is the
+  figure least disturbed by other processes, the median the typical one.
+  """
+  for fn in fns.values():
+    jax.block_until_ready(fn())  # warm-up: compile
+  times = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[k].append(time.perf_counter() - t0)
+  return {k: (statistics.median(v), min(v)) for k, v in times.items()}
+
+
+def _xla_flops(step, *args) -> float:
+  try:
+    cost = step.lower(*args).compile().cost_analysis()
+    if isinstance(cost, list):
+      cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+  except Exception:  # noqa: BLE001 - informational only
+    return float("nan")
+
+
+def _data(n, d, c, dtype, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((n, d))
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  y = rng.choice([-1.0, 1.0], (n, c))
+  return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+
+
+def _run(title, model, params, x, y, optimizers, models, repeats):
+  """Times every optimizer's jitted step; prints times, flops, ratios."""
+  steps, fns, infos = {}, {}, {}
+  for name, opt in optimizers.items():
+    step = jax.jit(opt.step)
+    state = opt.init(params)
+    steps[name] = (step, state)
+    fns[name] = (lambda s=step, st=state: s(params, st, x, y))
+  times = _interleaved_times(fns, repeats)
+  for name, (step, state) in steps.items():
+    infos[name] = step(params, state, x, y)[2]
+  print(f"\n{title}")
+  header = (f"{'method':<12} {'median ms':>10} {'min ms':>9} {'/ gd':>6} "
+            f"{'(min)':>6} {'model GF':>9} {'xla GF':>7} {'fallback':>8}")
+  print(header)
+  print("-" * len(header))
+  gd_med, gd_min = times["gd"]
+  for name, (med, low) in times.items():
+    step, state = steps[name]
+    flops = _xla_flops(step, params, state, x, y)
+    failed = int(infos[name].get("cholesky_failed", 0))
+    print(f"{name:<12} {1e3 * med:>10.1f} {1e3 * low:>9.1f} "
+          f"{med / gd_med:>6.2f} {low / gd_min:>6.2f} "
+          f"{models[name] / 1e9:>9.2f} {flops / 1e9:>7.2f} {failed:>8d}")
+  return times
+
+
+def two_layer(n, d, m, dtype, repeats, damping):
+  model = ngdjax.two_layer_relu(m)
+  params = jax.tree_util.tree_map(lambda t: t.astype(dtype),
+                                  model.init(jax.random.key(0), d))
+  x, y = _data(n, d, 1, dtype)
+  optimizers = {
+      "gd": gd(model, 0.1),
+      "ngd": ngd(model, 1.0, damping=damping),
+      "kfac_auto": kfac(model, 1.0 / d, damping=damping),
+      "kfac_primal": kfac(model, 1.0 / d, damping=damping, form="primal"),
+      "kfac_dual": kfac(model, 1.0 / d, damping=damping, form="dual"),
+  }
+  common = 4 * n * m * d
+  models = {
+      "gd": common,
+      "ngd": common + 2 * n * m * d + 2 * n * n * (m + d) + n**3 / 3,
+      "kfac_auto": (common + 2 * n * d * d + 2 * n * n * m
+                    + (d**3 + n**3) / 3 + 2 * n * n * d + 2 * d * d * m),
+      "kfac_primal": (common + 2 * n * d * d + 2 * n * m * m
+                      + (d**3 + m**3) / 3 + 2 * m * d * (m + d)),
+      # Both factors dual: two n x n solves with n right-hand sides.
+      "kfac_dual": (common + 2 * n * n * (d + m) + 2 * n**3 / 3
+                    + 4 * n**3 + 2 * n * n * d + 2 * n * d * m),
+  }
+  times = _run(f"two_layer_relu n={n} d={d} m={m} {dtype.__name__} "
+               f"damping={damping:g} median of {repeats} "
+               f"({jax.devices()[0].platform})",
+               model, params, x, y, optimizers, models, repeats)
+  return times, models
+
+
+def mlp(n, d, widths, dtype, repeats, damping):
+  model = ngdjax.mlp(widths, out_dim=1)
+  params = jax.tree_util.tree_map(lambda t: t.astype(dtype),
+                                  model.init(jax.random.key(0), d))
+  x, y = _data(n, d, 1, dtype)
+  optimizers = {
+      "gd": gd(model, 0.1),
+      "ngd": ngd(model, 1.0, damping=damping),
+      "kfac_auto": kfac(model, 0.1, damping=damping),
+      "kfac_primal": kfac(model, 0.1, damping=damping, form="primal"),
+  }
+  sizes = (d, *widths, 1)
+  layers = [(a + 1, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+  gd_flops = 6 * n * sum(a * b for a, b in layers)
+
+  def factor(k, rows, dual):
+    return (2 * rows * rows * k + rows**3 / 3) if dual else (
+        2 * rows * k * k + k**3 / 3)
+
+  models = {
+      "gd": gd_flops,
+      "ngd": gd_flops + 2 * n * n * sum(a + b for a, b in layers) + n**3 / 3,
+      "kfac_auto": gd_flops + sum(factor(a, n, n < a) + factor(b, n, n < b)
+                                  for a, b in layers),
+      "kfac_primal": gd_flops + sum(factor(a, n, False) + factor(b, n, False)
+                                    for a, b in layers),
+  }
+  times = _run(f"mlp widths={list(widths)} n={n} d={d} {dtype.__name__} "
+               f"damping={damping:g} median of {repeats}",
+               model, params, x, y, optimizers, models, repeats)
+  return times, models
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--n", type=int, default=2048)
+  parser.add_argument("--d", type=int, default=128)
+  parser.add_argument("--m", type=int, default=8192)
+  parser.add_argument("--mlp-n", type=int, default=1024)
+  parser.add_argument("--mlp-widths", default="2048,2048")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--damping", type=float, default=1e-3)
+  parser.add_argument("--dtype", default="float32",
+                      choices=("float32", "float64"))
+  parser.add_argument("--quick", action="store_true",
+                      help="tiny sizes, to check that the script runs")
+  args = parser.parse_args()
+  if args.dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+  dtype = np.float64 if args.dtype == "float64" else np.float32
+  widths = tuple(int(w) for w in args.mlp_widths.split(","))
+  if args.quick:
+    args.n, args.d, args.m, args.mlp_n, widths = 64, 8, 256, 32, (64, 64)
+    args.repeats = 2
+
+  t2, f2 = two_layer(args.n, args.d, args.m, dtype, args.repeats,
+                     args.damping)
+  tm, fm = mlp(args.mlp_n, args.d, widths, dtype, args.repeats,
+               args.damping)
+
+  def ratio(times, flops, a, b):
+    med, low = times[a][0] / times[b][0], times[a][1] / times[b][1]
+    return f"{med:.2f} (min {low:.2f}) [model {flops[a] / flops[b]:.2f}]"
+
+  print("\nratios of median times (of minimum times) [FLOP model]")
+  for label, times, flops in (("two_layer", t2, f2), ("mlp", tm, fm)):
+    print(f"  {label}: NGD / GD = {ratio(times, flops, 'ngd', 'gd')}")
+    print(f"  {label}: K-FAC primal / auto = "
+          f"{ratio(times, flops, 'kfac_primal', 'kfac_auto')}")
+  print(f"  two_layer: K-FAC primal / dual = "
+        f"{ratio(t2, f2, 'kfac_primal', 'kfac_dual')}")
+
+
+if __name__ == "__main__":
+  main()

@@ -102,7 +102,8 @@ CLAIMS: tuple[Claim, ...] = (
           experiment="linearized_paths"),
     Claim("C11", "The appendix's Figure 1",
           "output-space paths of GD and NGD on digits 4 vs 9, two outputs",
-          "NGD moves on a straight line, GD does not"),
+          "NGD moves on a straight line, GD does not",
+          experiment="figure1"),
     Claim("C12", "Training curves",
           "loss vs step and wall-clock: NGD, K-FAC (with and without "
           "Forster), GD, Adam on digits across widths",

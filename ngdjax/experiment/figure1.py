@@ -1,0 +1,300 @@
+"""C11: the appendix's Figure 1, output-space paths of GD and NGD.
+
+MATH.md 6: on the linearised network, gradient flow moves the outputs by
+``u(t) - y = exp(-G t) (u(0) - y)`` and natural-gradient flow by
+``u(t) - y = exp(-t) (u(0) - y)``. NGD therefore moves every output, and the
+whole output vector, along the straight segment from ``u(0)`` to ``y``; GD
+shrinks the fast eigen-directions of ``G`` first and its path bends. Both
+end at ``y``. The appendix's Figure 1 shows these paths for a randomly
+initialised network on MNIST digits 4 and 9 with two outputs; here the
+digits are scikit-learn's 8x8 ones (no download), rows scaled to unit norm,
+one-hot targets, and the net is ``two_layer_relu(width, out_dim=2)``.
+
+Measured, with ``G`` and ``u(0)`` at the random initialisation and the
+closed forms of ``ngdjax.linearized.residuals`` on a time grid from 0 to the
+time at which GD's slowest mode has decayed to ``config.decay`` (and
+``t = inf``):
+
+* the 2-D output path ``u_i(t)`` of every training example, from ``u_i(0)``
+  to ``y_i``; ``config.examples`` of them are drawn (the first of each
+  class, in training order);
+* straightness: the largest distance of ``u_i(t)`` from the segment
+  ``[u_i(0), y_i]``, relative to ``||y_i - u_i(0)||``, per example and for
+  the whole output vector ``u(t)`` in ``R^{2n}``, GD and NGD;
+* the end points: ``||u(inf) - y|| / ||u(0) - y||``, GD and NGD;
+* the closed form of GD's path against ``scipy.linalg.expm(-G t) r0``.
+
+Pass criterion (stated before measuring), with the round-off tolerance
+``tol = roundoff_factor * N * eps`` (``N = 2n`` outputs; the paths are an
+``N``-dimensional orthogonal transform and back, no solve):
+
+* ``ngd_straight``: NGD's largest relative deviation, over every example
+  and the whole vector, is at most ``tol``;
+* ``gd_curves``: GD's whole-vector path strays at least ``min_path_gap``
+  (relative) from the segment, far above round-off;
+* ``both_reach_y``: ``||u(inf) - y|| <= tol ||u(0) - y||`` for both;
+* ``closed_form``: GD's path matches ``expm`` within ``tol`` (relative to
+  ``||u(0) - y||``), so the figure draws the true flow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import scipy.linalg
+
+from ngdjax import data, linearized, models
+from ngdjax.experiment.linearized_paths import segment_deviation
+from ngdjax.experiment.runner import Run
+from ngdjax.jacobian import gram
+
+NAME = "figure1"
+CLAIM = "C11"
+TITLE = ("The appendix's Figure 1: output-space paths of linearised GD and "
+         "NGD on digits 4 vs 9, two outputs")
+METHODS = ("gd", "ngd")
+_LABELS = {"gd": "GD flow", "ngd": "NGD flow"}
+_COLORS = {"gd": "C0", "ngd": "C3"}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The full run (its fields are the experiment's schema)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.classes = (4, 9)  # digits; output k is the one-hot entry of classes[k]
+  c.n_train = 256  # training examples (N = 2 n outputs)
+  c.width = 4096  # hidden units m
+  c.nu = 1.0  # first-layer init scale
+  c.examples = 6  # examples drawn (half from each class)
+  c.num_times = 200  # points of each path
+  c.decay = 1e-12  # paths run until GD's slowest mode is this small
+  c.roundoff_factor = 10.0  # tol = roundoff_factor * N * eps
+  c.min_path_gap = 1e-3  # GD's whole-vector path must stray this far
+  return c
+
+
+def _shown(labels: np.ndarray, count: int) -> list[int]:
+  """The first ``count // 2`` examples of class 0, then of class 1."""
+  half = count // 2
+  picked = []
+  for k, want in ((0, half), (1, count - half)):
+    picked += [int(i) for i in np.flatnonzero(labels == k)[:want]]
+  return picked
+
+
+def run(config: ml_collections.ConfigDict,
+        workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs C11 and returns its summary (also written to ``summary.json``)."""
+  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
+    if len(config.classes) != 2:
+      raise ValueError(f"config.classes must hold two digits (two outputs), "
+                       f"got {tuple(config.classes)}")
+    if not 2 <= config.examples <= config.n_train:
+      raise ValueError("config.examples must lie in [2, config.n_train]")
+    ds = data.digits(classes=tuple(config.classes), targets="onehot",
+                     n_train=config.n_train, seed=config.seed)
+    x, y = ds.x_train, ds.y_train
+    model = models.two_layer_relu(config.width, out_dim=2, nu=config.nu)
+    params0 = model.init(r.key("init"), x.shape[1])
+    shown = _shown(np.asarray(ds.labels_train), config.examples)
+    r.start_progress(1)
+    res = r.unit("paths", lambda log: _paths(config, model, params0, x, y,
+                                             shown, log))
+    figures = _plot(r, config, res, ds.classes)
+
+    tol = res["tol"]
+    checks = {
+        "ngd_straight": res["ngd_deviation_max"] <= tol,
+        "gd_curves": res["gd_deviation_vector"] >= config.min_path_gap,
+        "both_reach_y": max(res["gd_end"], res["ngd_end"]) <= tol,
+        "closed_form": res["closed_form_error"] <= tol,
+    }
+    text = (
+        f"max deviation from the straight segment u(0) -> y, relative: NGD "
+        f"{res['ngd_deviation_max']:.2g} (every example and the whole "
+        f"vector), GD {res['gd_deviation_vector']:.3g} (whole vector), per "
+        f"example median {res['gd_deviation_median']:.3g}, max "
+        f"{res['gd_deviation_examples_max']:.3g}; ||u(inf) - y|| / ||r0||: "
+        f"GD {res['gd_end']:.2g}, NGD {res['ngd_end']:.2g}; at the last "
+        f"drawn time GD {res['gd_end_drawn']:.2g} (digits "
+        f"{config.classes[0]} vs {config.classes[1]}, n={config.n_train}, "
+        f"m={config.width}, cond(G)={res['cond_G']:.3g})")
+    expectation = (
+        f"NGD straight to round-off tol = {config.roundoff_factor:g} N eps = "
+        f"{tol:.2g}; GD's path strays >= {config.min_path_gap:g} ||r0||; "
+        "both end at y (to tol)")
+    measured = {k: v for k, v in res.items() if not isinstance(v, list)}
+    return r.finish(
+        passed=all(checks.values()),
+        checks=checks,
+        measured=measured,
+        measured_text=text,
+        expectation=expectation,
+        figures=figures,
+        title=TITLE,
+        details={"shown_examples": shown,
+                 "shown_labels": [int(ds.classes[k]) for k in
+                                  np.asarray(ds.labels_train)[shown]],
+                 "deviation_per_shown_example": {
+                     m: res[f"{m}_deviation_shown"] for m in METHODS}},
+    )
+
+
+def _paths(config, model, params0, x, y, shown, log) -> dict[str, Any]:
+  """The closed-form output paths and their measurements."""
+  n = x.shape[0]
+  u0 = model.apply(params0, x)
+  r0 = (u0 - y).reshape(-1)
+  g = gram(model, params0, x)
+  eig = np.linalg.eigvalsh(np.asarray(g, np.float64))
+  lam_max, lam_min = float(eig[-1]), float(eig[0])
+  eps = float(jnp.finfo(g.dtype).eps)
+  tol = config.roundoff_factor * 2 * n * eps
+  t_end = math.log(1 / config.decay) / lam_min
+  t = np.concatenate([[0.0], np.geomspace(1e-3 / lam_max, t_end,
+                                          config.num_times), [np.inf]])
+  u0_64 = np.asarray(u0, np.float64)
+  y64 = np.asarray(y, np.float64)
+  r64 = np.asarray(r0, np.float64)
+  r_norm = float(np.linalg.norm(r64))
+  out: dict[str, Any] = {"lambda_max_G": lam_max, "lambda_min_G": lam_min,
+                         "cond_G": lam_max / lam_min, "tol": tol,
+                         "t_end": t_end, "r0_norm": r_norm}
+  paths = {}
+  for m in METHODS:
+    res = np.asarray(linearized.residuals(g, r0, t, m), np.float64)
+    out[f"{m}_end"] = float(np.linalg.norm(res[-1]) / r_norm)
+    out[f"{m}_end_drawn"] = float(np.linalg.norm(res[-2]) / r_norm)
+    res = res[:-1]  # the drawn (finite) times
+    paths[m] = res
+    per_example = res.reshape(len(res), n, 2) + y64[None]
+    dev = np.array([
+        segment_deviation(per_example[:, i], u0_64[i], y64[i]).max()
+        / np.linalg.norm(y64[i] - u0_64[i]) for i in range(n)])
+    vec = float(segment_deviation(res, r64, np.zeros_like(r64)).max()
+                / r_norm)
+    out[f"{m}_deviation_vector"] = vec
+    out[f"{m}_deviation_examples_max"] = float(dev.max())
+    out[f"{m}_deviation_median"] = float(np.median(dev))
+    out[f"{m}_deviation_max"] = max(vec, float(dev.max()))
+    out[f"{m}_deviation_shown"] = dev[shown].tolist()
+
+  # The whole output vector in the plane of the segment (e1, towards y)
+  # and of GD's largest excursion from it (e2).
+  e1 = -r64 / r_norm
+  moved = paths["gd"] - r64
+  ortho = moved - np.outer(moved @ e1, e1)
+  e2 = ortho[np.argmax(np.linalg.norm(ortho, axis=1))]
+  e2 = e2 / np.linalg.norm(e2)
+  for m in METHODS:
+    res = paths[m]
+    u = res.reshape(len(res), n, 2) + y64[None]
+    moved = res - r64
+    for k in range(len(res)):
+      log(step=k, method=m, t=float(t[k]),
+          residual_rel=float(np.linalg.norm(res[k]) / r_norm),
+          proj_x=float(moved[k] @ e1 / r_norm),
+          proj_y=float(moved[k] @ e2 / r_norm),
+          shown_u=u[k, shown].tolist())
+
+  # The drawn GD path against a dense matrix exponential.
+  g64 = np.asarray(g, np.float64)
+  errors = [np.linalg.norm(scipy.linalg.expm(-g64 * t[k]) @ r64
+                           - paths["gd"][k]) / r_norm
+            for k in np.linspace(1, config.num_times, 5).astype(int)]
+  out["closed_form_error"] = float(max(errors))
+  out["shown_u0"] = u0_64[shown].tolist()
+  out["shown_y"] = y64[shown].tolist()
+  return out
+
+
+def _plot(r: Run, config, res, classes) -> list[str]:
+  """``figure1.png`` (per-example planes) and ``whole_vector.png``."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  records = [rec for rec in r.records() if "shown_u" in rec]
+  paths = {}
+  for m in METHODS:
+    rows = sorted((rec for rec in records if rec["method"] == m),
+                  key=lambda rec: rec["step"])
+    paths[m] = {
+        "u": np.array([rec["shown_u"] for rec in rows], float),
+        "proj": np.array([[rec["proj_x"], rec["proj_y"]] for rec in rows]),
+        "t": np.array([rec["t"] for rec in rows]),
+        "residual": np.array([rec["residual_rel"] for rec in rows]),
+    }
+  u0 = np.asarray(res["shown_u0"])
+  y = np.asarray(res["shown_y"])
+  count = u0.shape[0]
+  cols = min(3, count)
+  rows_ = -(-count // cols)
+  fig = Figure(figsize=(4.0 * cols, 3.9 * rows_ + 0.5))
+  FigureCanvasAgg(fig)
+  fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.84,
+                      hspace=0.42, wspace=0.3)
+  for i in range(count):
+    ax = fig.add_subplot(rows_, cols, i + 1)
+    for m in METHODS:
+      ax.plot(paths[m]["u"][:, i, 0], paths[m]["u"][:, i, 1],
+              color=_COLORS[m], lw=2, ls="-" if m == "gd" else "--",
+              label=_LABELS[m])
+    ax.plot(*u0[i], "ko", ms=8, label="u(0) (random init)")
+    ax.plot(*y[i], "*", color="C2", mec="black", ms=15, label="target y")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel(f"output 1 (digit {classes[0]})")
+    ax.set_ylabel(f"output 2 (digit {classes[1]})")
+    label = classes[int(np.argmax(y[i]))]
+    ax.set_title(f"example of digit {label}: off the line by GD "
+                 f"{res['gd_deviation_shown'][i]:.2f}, NGD "
+                 f"{res['ngd_deviation_shown'][i]:.0e}", fontsize=8.5)
+    ax.grid(True, alpha=0.3)
+  handles, labels = fig.axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9,
+             bbox_to_anchor=(0.5, 0.935), frameon=False)
+  fig.suptitle(
+      f"C11 (appendix Figure 1): output-space paths of linearised GD and NGD"
+      f"\nfrom a random initialisation, digits {classes[0]} vs {classes[1]}, "
+      f"two outputs (n={config.n_train}, m={config.width})", fontsize=10.5,
+      y=0.995)
+  f1 = "figure1.png"
+  fig.savefig(r.path(f1), dpi=100)
+
+  fig = Figure(figsize=(11.0, 4.3))
+  FigureCanvasAgg(fig)
+  fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88,
+                      wspace=0.25)
+  ax = fig.add_subplot(1, 2, 1)
+  for m in METHODS:
+    ax.plot(*paths[m]["proj"].T, color=_COLORS[m], lw=2,
+            ls="-" if m == "gd" else "--", label=_LABELS[m])
+  ax.plot([0], [0], "ko", ms=8, label="u(0)")
+  ax.plot([1], [0], "*", color="C2", mec="black", ms=15, label="y")
+  ax.set_xlabel("along y - u(0): <u(t) - u(0), y - u(0)> / ||y - u(0)||^2")
+  ax.set_ylabel("orthogonal (GD's largest excursion), / ||y - u(0)||")
+  ax.set_title(f"whole output vector (R^{2 * config.n_train}): GD strays "
+               f"{res['gd_deviation_vector']:.2f}, NGD "
+               f"{res['ngd_deviation_vector']:.0e}", fontsize=9)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  ax = fig.add_subplot(1, 2, 2)
+  for m in METHODS:
+    keep = (paths[m]["t"] > 0) & (paths[m]["residual"] > 1e-3 * config.decay)
+    ax.plot(paths[m]["t"][keep], paths[m]["residual"][keep],
+            color=_COLORS[m], lw=2, ls="-" if m == "gd" else "--",
+            label=_LABELS[m])
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("time t")
+  ax.set_ylabel("||u(t) - y|| / ||u(0) - y||")
+  ax.set_title(f"residual (cond(G) = {res['cond_G']:.3g})", fontsize=9)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  f2 = "whole_vector.png"
+  fig.savefig(r.path(f2), dpi=100)
+  return [f1, f2]

@@ -1,0 +1,48 @@
+"""Smoke test of C11 (``ngdjax.experiment.figure1``)."""
+
+import json
+
+import pytest
+
+from ngdjax.experiment import figure1
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny():
+  c = figure1.default_config()
+  c.n_train, c.width, c.examples, c.num_times = 8, 32, 2, 10
+  return c
+
+
+def test_figure1_smoke_and_resume(tmp_path):
+  config = _tiny()
+  summary = figure1.run(config, tmp_path)
+  saved = json.loads((tmp_path / "summary.json").read_text())
+  records = [json.loads(line) for line in
+             (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert json.loads((tmp_path / "config.json").read_text())["n_train"] == 8
+  assert saved["claim"] == "C11" and isinstance(saved["passed"], bool)
+  assert set(saved["checks"]) == {"ngd_straight", "gd_curves",
+                                  "both_reach_y", "closed_form"}
+  assert saved["passed"] == all(saved["checks"].values())
+  assert summary["figures"] == ["figure1.png", "whole_vector.png"]
+  for f in summary["figures"]:
+    assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC
+  paths = [rec for rec in records if "shown_u" in rec]
+  assert len(paths) == 2 * (config.num_times + 1)
+  assert all(len(rec["shown_u"]) == 2 for rec in paths)
+  # One example of each digit is drawn.
+  assert sorted(saved["details"]["shown_labels"]) == [4, 9]
+  m = saved["measured"]
+  assert m["ngd_deviation_max"] < m["gd_deviation_vector"]
+  again = figure1.run(config, tmp_path)
+  assert again["resumed_units"] == 1
+  assert again["measured"] == saved["measured"]
+
+
+def test_three_classes_fail_at_start(tmp_path):
+  config = _tiny()
+  config.classes = (4, 9, 1)
+  with pytest.raises(ValueError, match="config.classes"):
+    figure1.run(config, tmp_path)

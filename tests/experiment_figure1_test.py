@@ -1,9 +1,11 @@
 """Smoke test of C11 (``ngdjax.experiment.figure1``)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import figure1
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -46,3 +48,12 @@ def test_three_classes_fail_at_start(tmp_path):
   config.classes = (4, 9, 1)
   with pytest.raises(ValueError, match="config.classes"):
     figure1.run(config, tmp_path)
+
+
+def test_presets_load_and_match_schema():
+  path = Path(__file__).resolve().parents[1] / "configs" / "figure1.py"
+  for spec in (str(path), f"{path}:small"):
+    config = config_lib.load_config_file(spec)
+    config_lib.check_config(config, figure1.default_config())
+  with pytest.raises(ValueError, match="unknown preset"):
+    config_lib.load_config_file(f"{path}:huge")

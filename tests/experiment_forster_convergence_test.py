@@ -1,10 +1,12 @@
 """Smoke test of C7 (``ngdjax.experiment.forster_convergence``)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import forster_convergence
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -61,3 +63,13 @@ def test_unknown_kind_fails_at_start(tmp_path):
   config.kinds = ("gaussian", "cubic")
   with pytest.raises(ValueError, match="config.kinds"):
     forster_convergence.run(config, tmp_path)
+
+
+def test_presets_load_and_match_schema():
+  path = (Path(__file__).resolve().parents[1] / "configs"
+          / "forster_convergence.py")
+  for spec in (str(path), f"{path}:small"):
+    config = config_lib.load_config_file(spec)
+    config_lib.check_config(config, forster_convergence.default_config())
+  with pytest.raises(ValueError, match="unknown preset"):
+    config_lib.load_config_file(f"{path}:huge")

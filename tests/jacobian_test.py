@@ -219,3 +219,29 @@ class TestBadInput:
   def test_not_callable(self):
     with pytest.raises(ValueError, match="apply_or_model"):
       ngdjax.gram(3, self.params, _inputs())
+
+
+@pytest.mark.parametrize("model", [ngdjax.two_layer_relu(16),
+                                   ngdjax.mlp([6], out_dim=2)],
+                         ids=["two_layer", "mlp_c2"])
+def test_large_self_gram_uses_symmetric_blocks_and_matches_dense(model):
+  from ngdjax.jacobian import SYMMETRIC_MIN_ROWS
+
+  n = SYMMETRIC_MIN_ROWS + 3  # uneven blocks
+  params = model.init(jax.random.key(0), 3)
+  x = _inputs(n)
+  j = _dense_jacobian(model, params, x)
+  out = ngdjax.gram(model, params, x, method="structured")
+  np.testing.assert_allclose(out, j @ j.T, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,fn,params", CASES[:4], ids=IDS[:4])
+def test_structured_gram_vp_matches_dense(name, fn, params):
+  from ngdjax.jacobian import structured_gram_vp
+
+  x = _inputs()
+  j = _dense_jacobian(fn, params, x)
+  v = np.random.default_rng(5).standard_normal((x.shape[0], fn.out_dim))
+  out = structured_gram_vp(fn.layer_factors(params, x), jnp.asarray(v))
+  np.testing.assert_allclose(out.reshape(-1), j @ j.T @ v.reshape(-1),
+                             atol=1e-12)

@@ -49,7 +49,13 @@ import optax
 from ngdjax import _checks
 
 # ngdjax.jacobian is shadowed by the function ngdjax.jacobian: import names.
-from ngdjax.jacobian import GramMethod, gram, gram_vp, split_model
+from ngdjax.jacobian import (
+    GramMethod,
+    gram,
+    gram_vp,
+    split_model,
+    structured_gram_vp,
+)
 from ngdjax.optim import base, solvers
 from ngdjax.optim import damping as damping_lib
 
@@ -127,20 +133,6 @@ def _check_config(
                  float(cg_tol), cg_maxiter)
 
 
-def _factored_gram_vp(factors, v: Array) -> Array:
-  """``G v = sum_l J_l (J_l^T v)`` from layer factors; ``v`` is ``(n, c)``.
-
-  ``J_l^T v = A_l^T (sum_k v_k B_lk)`` is an ``(a_l, b_l)`` matrix and
-  ``(J_l t)[i, k] = A_l[i] t B_l[i, k]``: ``4 n a_l b_l`` flops per layer,
-  the cost of a JVP plus a VJP without re-running the network.
-  """
-  out = jnp.zeros_like(v)
-  for f in factors:
-    t = f.inputs.T @ jnp.einsum("ik,ikb->ib", v, f.output_grads)
-    out = out + jnp.einsum("ib,ikb->ik", f.inputs @ t, f.output_grads)
-  return out
-
-
 def _structured(cfg: _Config) -> bool:
   return (
       cfg.model is not None
@@ -169,7 +161,7 @@ def _direction(cfg: _Config, params, x, y, lam) -> _Direction:
       factors = cfg.model.layer_factors(params, x)
 
       def matvec(vec):
-        return _factored_gram_vp(factors, vec.reshape(n, c)).reshape(-1)
+        return structured_gram_vp(factors, vec.reshape(n, c)).reshape(-1)
     elif cfg.chunk_size is not None:
 
       def matvec(vec):

@@ -84,7 +84,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C6", "K-FAC and the Forster transform (Theorem 4)",
           "K-FAC rate vs cond(X^T X); K-FAC after Forster vs NGD",
           "rate depends on cond(X^T X); after Forster equal to NGD "
-          "(eta = 1/d)"),
+          "(eta = 1/d)", experiment="kfac_forster"),
     Claim("C7", "Forster transform (Algorithm 1)",
           "error vs iteration, Algorithm 1 and the faster method",
           "converges; the faster method needs fewer iterations",

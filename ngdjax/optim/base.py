@@ -110,6 +110,30 @@ def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
   return x, (y[:, None] if y.ndim == 1 else y)
 
 
+def check_mesh(mesh):
+  """Validates an optional example-axis mesh (``ngdjax.parallel``)."""
+  if mesh is not None:
+    from ngdjax import parallel
+
+    parallel.row_sharding(mesh)  # raises ValueError naming ``mesh``
+  return mesh
+
+
+def shard_batch(x: Array, y: Array, mesh) -> tuple[Array, Array]:
+  """Constrains the example axis of ``x`` and ``y`` to be split over ``mesh``.
+
+  Everything downstream (forward pass, VJPs, factor reductions) is then
+  partitioned by JAX's SPMD compiler, with the reductions over examples
+  turned into all-reduces; ``mesh=None`` returns the inputs unchanged.
+  """
+  if mesh is None:
+    return x, y
+  from ngdjax import parallel
+
+  return (jax.lax.with_sharding_constraint(x, parallel.row_sharding(mesh)),
+          jax.lax.with_sharding_constraint(y, parallel.row_sharding(mesh)))
+
+
 def param_dtype(params) -> jnp.dtype:
   """The floating dtype of the parameters (for the state's scalars)."""
   leaves = jax.tree_util.tree_leaves(params)

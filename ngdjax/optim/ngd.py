@@ -89,6 +89,7 @@ class _Config(NamedTuple):
   chunk_size: int | None
   cg_tol: float
   cg_maxiter: int | None
+  mesh: Any = None
 
 
 class _Direction(NamedTuple):
@@ -151,8 +152,15 @@ def _direction(cfg: _Config, params, x, y, lam) -> _Direction:
   lam = jnp.asarray(lam, u.dtype)
   if cfg.solver == "cholesky":
     g_mat = gram(cfg.model or cfg.apply, params, x,
-                 method=cfg.gram_method, chunk_size=cfg.chunk_size)
+                 method=cfg.gram_method, chunk_size=cfg.chunk_size,
+                 mesh=cfg.mesh)
     g_mat = g_mat.astype(u.dtype)
+    if cfg.mesh is not None:
+      # The N x N factorisation runs replicated: G (row-sharded) is
+      # all-gathered once; N^2 words against the N^2 p of the Gram.
+      g_mat = jax.lax.with_sharding_constraint(
+          g_mat, jax.sharding.NamedSharding(cfg.mesh,
+                                            jax.sharding.PartitionSpec()))
     v, failed = solvers.psd_solve(g_mat, g_flat, lam)
     gv = g_mat @ v
     diagnostics = {"cholesky_failed": failed}
@@ -197,6 +205,7 @@ def ngd(
     chunk_size: int | None = None,
     cg_tol: float = 1e-6,
     cg_maxiter: int | None = None,
+    mesh=None,
 ) -> base.Optimizer:
   """Exact NGD, ``theta <- theta - eta J^T (G + lam I)^{-1} grad_u L``.
 
@@ -215,6 +224,12 @@ def ngd(
     chunk_size: examples per block for the Gram / Gram-vector products.
     cg_tol: relative residual at which CG stops.
     cg_maxiter: CG iteration cap (default ``N = n c``).
+    mesh: optional one-axis ``jax.sharding.Mesh`` (``ngdjax.parallel``): the
+      example axis is split over its devices. The Gram is computed by row
+      blocks (``ngdjax.parallel.sharded_gram``), gathered, and the
+      ``N x N`` Cholesky solve runs replicated; with ``solver="cg"`` the
+      Gram-vector products stay sharded (only ``p``-sized reductions cross
+      devices). Params stay replicated. Results equal the unsharded step.
 
   Returns:
     ``Optimizer(init, step)``; ``step(params, state, x, y)`` returns info
@@ -230,7 +245,7 @@ def ngd(
   lr_fn = base.check_learning_rate(learning_rate)
   rule = damping_lib.resolve(damping)
   cfg = _check_config(model_or_apply, loss, solver, gram_method, chunk_size,
-                      cg_tol, cg_maxiter)
+                      cg_tol, cg_maxiter)._replace(mesh=base.check_mesh(mesh))
 
   def init(params) -> NGDState:
     dtype = base.param_dtype(params)
@@ -238,6 +253,7 @@ def ngd(
 
   def step(params, state: NGDState, x, y):
     x, y = base.check_batch(model_or_apply, params, x, y)
+    x, y = base.shard_batch(x, y, cfg.mesh)
     dtype = state.damping.dtype
     lam = jnp.asarray(rule.current(state.damping, state.count), dtype)
     lr = jnp.asarray(lr_fn(state.count), dtype)

@@ -71,3 +71,45 @@ def test_sharded_gram_under_jit():
   np.testing.assert_allclose(np.asarray(fn(params, x)),
                              np.asarray(ngdjax.gram(model, params, x)),
                              atol=1e-13)
+
+
+def _tree_close(a, b, atol):
+  for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b),
+                  strict=True):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=atol)
+
+
+@pytest.mark.parametrize(
+    "name,solver,n",
+    [("two_layer_c1", "cholesky", 8),
+     ("two_layer_c2", "cholesky", 10),  # uneven split over 4 devices
+     ("mlp", "cg", 8)],
+)
+def test_sharded_ngd_step_equals_unsharded(name, solver, n):
+  model = MODELS[name]
+  params = model.init(jax.random.key(2), 3)
+  x = _x(n)
+  y = jnp.sin(3 * x[:, :model.out_dim])
+  mesh = parallel.data_mesh()
+  results = []
+  for m in (None, mesh):
+    opt = ngdjax.ngd(model, learning_rate=0.5, damping=1e-3, solver=solver,
+                     cg_tol=1e-12, cg_maxiter=200, mesh=m)
+    step = jax.jit(opt.step)
+    results.append(step(params, opt.init(params), x, y))
+  (p0, _, i0), (p1, _, i1) = results
+  _tree_close(p1, p0, atol=1e-10)
+  np.testing.assert_allclose(float(i1["loss"]), float(i0["loss"]),
+                             rtol=1e-12)
+
+
+def test_sharded_kfac_step_equals_unsharded():
+  model = MODELS["two_layer_c1"]
+  params = model.init(jax.random.key(3), 3)
+  x = _x(8)
+  y = jnp.cos(2 * x[:, :1])
+  results = []
+  for m in (None, parallel.data_mesh()):
+    opt = ngdjax.kfac(model, learning_rate=0.3, damping=1e-3, mesh=m)
+    results.append(jax.jit(opt.step)(params, opt.init(params), x, y))
+  _tree_close(results[1][0], results[0][0], atol=1e-10)

@@ -65,7 +65,7 @@ class Claim:
 CLAIMS: tuple[Claim, ...] = (
     Claim("C1", "NGD rate (Theorem 1)",
           "per-step ratio ||r(k+1)||^2 / ||r(k)||^2, several widths and eta",
-          "<= 1 - eta"),
+          "<= 1 - eta", experiment="ngd_rate"),
     Claim("C2", "General loss (Theorem 2)",
           "measured contraction with a strongly convex, smooth loss",
           "<= 1 - 2 eta mu L / (mu + L)"),

@@ -1,0 +1,304 @@
+"""C1: NGD contracts the squared residual by ``1 - eta`` per step (Theorem 1).
+
+MATH.md 2: under Conditions 1-2 (``||J - J(0)||_2 <= (C/3)
+sqrt(lambda_min(G(0)))`` in the ball of radius ``R``, ``C < 1/2``) and
+``eta <= (1 - 2C) / (1 + C)^2``, exact NGD on the squared loss has
+
+    ||y - u(k+1)||^2 <= (1 - eta) ||y - u(k)||^2.
+
+Theorem 3 makes ``C`` as small as wanted by widening the net, so the rate
+should hold for wide enough nets; at ``eta = 1`` it asks ``C = 0`` (the
+linear model, which converges in one step), so ``eta = 1`` is outside the
+theorem for every finite width and is measured as its limit instead: the
+proof's eqn. (27) gives a first-step ratio of at most ``4C + C^2``, which
+should vanish as the width grows.
+
+Measured, for every width ``m``, repetition (fresh ``W``; the data are
+fixed) and step size ``eta`` (the same initialisation for every ``eta``):
+exact NGD (``ngdjax.optim.ngd``, damping 0) on the two-layer ReLU net,
+``n`` points uniform on the sphere with Gaussian targets, for
+``config.num_steps`` steps or until ``||r(k)|| <= config.residual_floor
+||r(0)||`` (round-off). Every per-step ratio ``||r(k+1)||^2 / ||r(k)||^2``
+(``diagnostics.contraction_ratios``) and, at every iterate,
+``||J(k) - J(0)||_2`` by the matrix-free power iteration
+(``diagnostics.jacobian_change_norm``), from which the run's Condition 2
+constant ``C = 3 max_k ||J(k) - J(0)||_2 / sqrt(lambda_min(G(0)))`` and
+Theorem 1's step limit ``(1 - 2C) / (1 + C)^2`` follow. ``C`` is measured
+at the iterates only, so it is a lower estimate of the ball's.
+
+Pass criterion (stated before measuring), with a ratio ``rho`` counted as
+within ``1 - eta`` when ``rho <= (1 - eta)(1 + config.ratio_rtol)``:
+
+* ``rate_wide``: for every ``eta < 1`` in the sweep there is a width ``m*``
+  from which on every run (every repetition, every step) has all ratios
+  within ``1 - eta`` (the theorem is about wide nets; the narrowest widths
+  may fail, and where they do is reported);
+* ``theorem``: every run whose measured ``C`` satisfies the theorem's
+  hypotheses (``C < 1/2`` and ``eta <= (1 - 2C) / (1 + C)^2``) has all
+  ratios within ``1 - eta`` (vacuous when no run qualifies; the count is
+  reported);
+* ``eta1_vanishes`` (when ``1.0`` is in the sweep): the first-step ratio at
+  ``eta = 1`` falls with width: the power law fitted over all (width,
+  repetition) points has ``exponent + 2 stderr < 0``.
+
+Seen (configs/ngd_rate.py has the numbers): the ratios sit near
+``(1 - eta)^2``, far inside ``1 - eta``, from m = 64 on; the narrowest widths
+(m = 8, and m = 16 on the full run) break the bound, and at m = 8 the Gram
+turns singular (an example's activations all die) and NGD stalls. The
+measured ``C`` stays above 1/2 at every width in the sweep (about 1.1-1.5 at
+m = 16384), so the theorem's hypotheses never hold and its rate is seen
+well outside the regime it was proved for.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import ml_collections
+
+from ngdjax import data, diagnostics
+from ngdjax.experiment import ngd_training as training
+from ngdjax.experiment import plots
+from ngdjax.experiment.gram_limit import threshold_width
+from ngdjax.experiment.runner import Run, unit_key
+
+NAME = "ngd_rate"
+CLAIM = "C1"
+TITLE = ("NGD rate (Theorem 1): ||r(k+1)||^2 <= (1 - eta) ||r(k)||^2 for "
+         "wide nets")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The full run (its fields are the experiment's schema)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.n = 32  # training points on S^{d-1}
+  c.d = 10
+  c.nu = 1.0  # first-layer init scale
+  # From a narrow net (p = m d barely above n) to a wide one.
+  c.widths = (8, 16, 64, 256, 1024, 4096, 16384)
+  c.learning_rates = (0.25, 0.5, 1.0)
+  c.reps = 2  # initialisations per width (shared by every eta)
+  c.num_steps = 12
+  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
+  c.ratio_rtol = 1e-9  # round-off allowance on ratio <= 1 - eta
+  return c
+
+
+def _check(config) -> None:
+  if len(config.widths) < 3:
+    raise ValueError("config.widths needs at least 3 widths")
+  if not config.learning_rates or any(
+      not 0 < float(e) <= 1 for e in config.learning_rates):
+    raise ValueError("config.learning_rates must be non-empty, each in "
+                     f"(0, 1], got {tuple(config.learning_rates)}")
+  if config.num_steps < 1:
+    raise ValueError(f"config.num_steps must be >= 1, got "
+                     f"{config.num_steps}")
+  if config.reps < 1:
+    raise ValueError(f"config.reps must be >= 1, got {config.reps}")
+
+
+def run(config: ml_collections.ConfigDict,
+        workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs C1 and returns its summary (also written to ``summary.json``)."""
+  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
+    _check(config)
+    x, y = data.sphere(config.n, config.d, seed=r.key("data"))
+    widths = [int(m) for m in config.widths]
+    etas = [float(e) for e in config.learning_rates]
+    units = [(m, s, eta) for m in widths for s in range(config.reps)
+             for eta in etas]
+    # Work per unit: a fixed cost (compilation, power iterations) plus the
+    # steps' n^2 m.
+    work = {m: 1.0 + m / 4096 for m in widths}
+    r.start_progress(len(units), interval_s=2.0,
+                     work=sum(work[m] for m, _, _ in units))
+
+    def measure(m, s, eta, log):
+      model = training.two_layer_model(m, float(config.nu))
+      params0 = model.init(r.key(unit_key(width=m, rep=s)), config.d)
+      t = training.train(model, params0, x, y, learning_rate=eta,
+                         num_steps=config.num_steps,
+                         residual_floor=config.residual_floor,
+                         jacobian=True, log=log, width=m, rep=s, eta=eta)
+      lam_g0 = t["lambda_min_G"][0]
+      c = training.condition2_constant(max(t["jacobian_change"]), lam_g0)
+      eta_max = training.theorem1_eta_max(c)
+      return {
+          "width": m, "rep": s, "eta": eta,
+          "max_ratio": max(t["ratios"]),
+          "first_ratio": t["ratios"][0],
+          "ratios": t["ratios"],
+          "lambda_min_G0": lam_g0,
+          "C": c,
+          "eta_max": eta_max,
+          "in_theorem": bool(c < 0.5 and eta <= eta_max),
+          "steps": t["steps"],
+          "reached_floor": t["reached_floor"],
+          "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
+          "power_iteration_converged": all(t["jacobian_converged"]),
+      }
+
+    results = [
+        r.unit(unit_key(width=m, rep=s, eta=eta),
+               functools.partial(measure, m, s, eta), work=work[m])
+        for m, s, eta in units
+    ]
+    return _summarise(r, config, results, etas)
+
+
+def _holds(u, rtol) -> bool:
+  return u["max_ratio"] <= (1.0 - u["eta"]) * (1.0 + rtol)
+
+
+def _summarise(r: Run, config, results, etas) -> dict[str, Any]:
+  rtol = config.ratio_rtol
+  for u in results:
+    u["holds"] = _holds(u, rtol)
+  widest = max(u["width"] for u in results)
+  m_star, at_widest = {}, {}
+  for eta in etas:
+    rows = [u for u in results if u["eta"] == eta]
+    m_star[eta] = threshold_width([u["width"] for u in rows],
+                                  [u["holds"] for u in rows])
+    at_widest[eta] = max(u["max_ratio"] for u in rows
+                         if u["width"] == widest)
+  sub_one = [eta for eta in etas if eta < 1.0]
+  in_theorem = [u for u in results if u["in_theorem"]]
+  checks = {
+      "rate_wide": bool(sub_one) and all(m_star[e] is not None
+                                         for e in sub_one),
+      "theorem": all(u["holds"] for u in in_theorem),
+  }
+  fit = None
+  if 1.0 in etas:
+    rows = [u for u in results if u["eta"] == 1.0]
+    fit = diagnostics.fit_power_law([u["width"] for u in rows],
+                                    [u["first_ratio"] for u in rows])
+    checks["eta1_vanishes"] = fit.exponent + 2 * fit.exponent_stderr < 0
+  failures = [u for u in results if u["eta"] < 1.0 and not u["holds"]]
+  cs = [u["C"] for u in results]
+
+  measured = {
+      "widest_width": widest,
+      "runs": len(results),
+      "runs_in_theorem": len(in_theorem),
+      "runs_failing_rate": len(failures),
+      "C_min": min(cs),
+      "C_at_widest": max(u["C"] for u in results if u["width"] == widest),
+      "cholesky_failed_steps": sum(u["cholesky_failed_steps"]
+                                   for u in results),
+      "power_iteration_converged": all(u["power_iteration_converged"]
+                                       for u in results),
+  }
+  for eta in etas:
+    measured[f"max_ratio_at_widest/eta={eta:g}"] = at_widest[eta]
+    measured[f"m_star/eta={eta:g}"] = m_star[eta]
+  if fit is not None:
+    measured["eta1_first_ratio_exponent"] = fit.exponent
+    measured["eta1_first_ratio_exponent_stderr"] = fit.exponent_stderr
+
+  rate_text = "; ".join(
+      f"eta={eta:g}: max ratio at m={widest} {at_widest[eta]:.3g} (bound "
+      f"{1 - eta:g}), holds for m >= "
+      f"{'none' if m_star[eta] is None else f'{m_star[eta]:.0f}'}"
+      for eta in sub_one)
+  fail_text = ("no run breaks the bound" if not failures else
+               "breaks: " + ", ".join(
+                   f"m={u['width']} eta={u['eta']:g} ({u['max_ratio']:.3g})"
+                   for u in failures[:4])
+               + (" ..." if len(failures) > 4 else ""))
+  eta1_text = ("" if fit is None else
+               f"; eta=1 first-step ratio ~ m^({fit.exponent:.2f} +- "
+               f"{fit.exponent_stderr:.2f}), "
+               f"{at_widest[1.0]:.2g} at m={widest}")
+  text = (
+      f"{rate_text}; {fail_text}; measured Condition 2 constant C = "
+      f"{min(cs):.2g}..{max(cs):.3g} ({measured['C_at_widest']:.2g} at the "
+      f"widest), Theorem 1's hypotheses hold in {len(in_theorem)} of "
+      f"{len(results)} runs{eta1_text} (n={config.n}, d={config.d}, "
+      f"{config.reps} reps)")
+  expectation = (
+      "every per-step ratio <= 1 - eta for eta < 1 from some width on "
+      f"(rtol {rtol:g}); <= 1 - eta wherever the measured C < 1/2 and "
+      "eta <= (1 - 2C)/(1 + C)^2"
+      + ("; eta = 1 (outside the theorem unless C = 0): first-step ratio "
+         "falls with width (exponent + 2 stderr < 0)" if fit else ""))
+  figures = _plot(r, config, results, etas, fit)
+  return r.finish(
+      passed=all(checks.values()),
+      checks=checks,
+      measured=measured,
+      measured_text=text,
+      expectation=expectation,
+      figures=figures,
+      title=TITLE,
+      details={"runs": [{k: v for k, v in u.items() if k != "ratios"}
+                        for u in results]},
+  )
+
+
+def _plot(r: Run, config, results, etas, fit) -> list[str]:
+  """Figures from ``metrics.jsonl`` (so they can be redrawn from files)."""
+  records = [rec for rec in r.records() if "ratio" in rec]
+  widths = sorted({u["width"] for u in results})
+  series = []
+  for i, eta in enumerate(etas):
+    if eta < 1.0:  # eta = 1's bound is 0: drawn on its own below
+      series += training.ratio_series(
+          records, results, eta, 1 - eta, f"eta={eta:g}: max over steps",
+          f"Theorem 1: 1 - eta = {1 - eta:g}", f"C{i}")
+  figures = []
+  if series:
+    figures.append("ratio_vs_width.png")
+    plots.line_plot(
+        r.path(figures[-1]), series, xlabel="width m",
+        ylabel="||r(k+1)||^2 / ||r(k)||^2",
+        title=f"C1: NGD per-step ratio (dots: every step; n={config.n}, "
+              f"d={config.d})",
+        logx=True, logy=True, xticks=widths)
+  if fit is not None:
+    rows = [u for u in results if u["eta"] == 1.0]
+    xs = [u["width"] for u in rows]
+    ys = [u["first_ratio"] for u in rows]
+    ux, mean, _, _ = plots.mean_by_x(xs, ys)
+    color = f"C{etas.index(1.0)}"
+    figures.append("eta1_first_step.png")
+    plots.line_plot(
+        r.path(figures[-1]),
+        [plots.Series(xs, ys, "runs", "scatter", color=color),
+         plots.Series(ux, mean, "mean over reps", color=color),
+         plots.Series(ux, fit.predict(ux),
+                      f"fit: m^({fit.exponent:.2f} +- "
+                      f"{fit.exponent_stderr:.2f})", "dashed", color="gray")],
+        xlabel="width m", ylabel="||r(1)||^2 / ||r(0)||^2 at eta = 1",
+        title="C1: NGD with eta = 1 (one step in the linear limit)",
+        logx=True, logy=True, xticks=widths)
+
+  series = training.residual_series(
+      r.records(), etas, widths[-1], widths[0],
+      {eta: 1 - eta if eta < 1 else None for eta in etas})
+  figures.append("residuals.png")
+  plots.line_plot(
+      r.path(figures[-1]), series, xlabel="NGD step k",
+      ylabel="||y - u(k)|| / ||y - u(0)||",
+      title="C1: residuals at the widest (lines) and narrowest (dots) "
+            "width", logy=True)
+
+  series = []
+  for i, eta in enumerate(etas):
+    rows = [u for u in results if u["eta"] == eta]
+    xs = [u["width"] for u in rows]
+    ux, mean, _, _ = plots.mean_by_x(xs, [u["C"] for u in rows])
+    series.append(plots.Series(ux, mean, f"eta={eta:g}", color=f"C{i}"))
+  figures.append("condition2.png")
+  plots.line_plot(
+      r.path(figures[-1]), series, xlabel="width m",
+      ylabel="C = 3 max_k ||J(k) - J(0)||_2 / sqrt(lambda_min(G(0)))",
+      title="C1: measured Condition 2 constant (Theorem 1 needs C < 1/2)",
+      logx=True, logy=True, xticks=widths,
+      hlines=[(0.5, "C = 1/2")])
+  return figures

@@ -171,22 +171,84 @@ def jacobian(
   return jnp.concatenate([leaf.reshape(n * c, -1) for leaf in leaves], axis=1)
 
 
-def jvp(
-    apply_or_model: ApplyOrModel, params: Params, x: Array, tangent: Params
+def _blocks(x: Array, chunk_size: int) -> tuple[Array, int]:
+  """``x`` padded and reshaped to ``(blocks, chunk_size, ...)``; pad count."""
+  xp, pad = _pad_rows(x, chunk_size)
+  return xp.reshape((-1, chunk_size) + x.shape[1:]), pad
+
+
+def outputs(
+    apply_or_model: ApplyOrModel,
+    params: Params,
+    x: Array,
+    chunk_size: int | None = None,
 ) -> Array:
-  """``J t`` as a flat ``(n * c,)`` vector; ``tangent`` is like ``params``."""
+  """``u = apply(params, x)`` as ``(n, c)``, in blocks of ``chunk_size``."""
   apply, _ = split_model(apply_or_model)
-  _, out = jax.jvp(lambda p: _outputs_2d(apply, p, x), (params,), (tangent,))
-  return out.reshape(-1)
+  if chunk_size is None or chunk_size >= x.shape[0]:
+    return _outputs_2d(apply, params, x)
+  xb, _ = _blocks(x, chunk_size)
+  u = jax.lax.map(lambda xc: _outputs_2d(apply, params, xc), xb)
+  return u.reshape(-1, u.shape[-1])[: x.shape[0]]
+
+
+def jvp(
+    apply_or_model: ApplyOrModel,
+    params: Params,
+    x: Array,
+    tangent: Params,
+    chunk_size: int | None = None,
+) -> Array:
+  """``J t`` as a flat ``(n * c,)`` vector; ``tangent`` is like ``params``.
+
+  With ``chunk_size`` the examples are processed in blocks (``lax.map``), so
+  activation memory is that of ``chunk_size`` examples.
+  """
+  apply, _ = split_model(apply_or_model)
+
+  def one(xc):
+    return jax.jvp(lambda p: _outputs_2d(apply, p, xc), (params,),
+                   (tangent,))[1]
+
+  if chunk_size is None or chunk_size >= x.shape[0]:
+    return one(x).reshape(-1)
+  xb, _ = _blocks(x, chunk_size)
+  out = jax.lax.map(one, xb)
+  return out.reshape(-1)[: x.shape[0] * out.shape[-1]]
 
 
 def vjp(
-    apply_or_model: ApplyOrModel, params: Params, x: Array, v: Array
+    apply_or_model: ApplyOrModel,
+    params: Params,
+    x: Array,
+    v: Array,
+    chunk_size: int | None = None,
 ) -> Params:
-  """``J^T v``, a pytree like ``params``; ``v`` is ``(n c,)`` or ``(n, c)``."""
+  """``J^T v``, a pytree like ``params``; ``v`` is ``(n c,)`` or ``(n, c)``.
+
+  With ``chunk_size`` the sum over examples is accumulated block by block
+  (``lax.scan``; padded rows carry ``v = 0``), bounding activation memory.
+  """
   apply, _ = split_model(apply_or_model)
-  u, pullback = jax.vjp(lambda p: _outputs_2d(apply, p, x), params)
-  return pullback(v.reshape(u.shape).astype(u.dtype))[0]
+
+  def one(xc, vc):
+    u, pullback = jax.vjp(lambda p: _outputs_2d(apply, p, xc), params)
+    return pullback(vc.reshape(u.shape).astype(u.dtype))[0]
+
+  n = x.shape[0]
+  if chunk_size is None or chunk_size >= n:
+    return one(x, v)
+  v2 = v.reshape(n, -1)
+  xb, pad = _blocks(x, chunk_size)
+  vb, _ = _blocks(jnp.concatenate([v2, jnp.zeros((pad,) + v2.shape[1:],
+                                                 v2.dtype)]) if pad else v2,
+                  chunk_size)
+
+  def accumulate(total, block):
+    return jax.tree_util.tree_map(jnp.add, total, one(*block)), None
+
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  return jax.lax.scan(accumulate, zero, (xb, vb))[0]
 
 
 def _pad_rows(x: Array, multiple: int) -> tuple[Array, int]:
@@ -235,25 +297,8 @@ def gram_vp(
         in_axes=1,
         out_axes=1,
     )(v)
-  v2 = v.reshape(n, c)
-  if chunk_size is None or chunk_size >= n:
-    return jvp(apply, params, x, vjp(apply, params, x, v2))
-
-  xp, pad = _pad_rows(x, chunk_size)
-  vp = jnp.concatenate([v2, jnp.zeros((pad, c), v2.dtype)]) if pad else v2
-  blocks = xp.shape[0] // chunk_size
-  xb = xp.reshape(blocks, chunk_size, -1)
-  vb = vp.reshape(blocks, chunk_size, c)
-
-  def accumulate(total, block):
-    xc, vc = block
-    g = vjp(apply, params, xc, vc)
-    return jax.tree_util.tree_map(jnp.add, total, g), None
-
-  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
-  jt_v, _ = jax.lax.scan(accumulate, zero, (xb, vb))
-  out = jax.lax.map(lambda xc: jvp(apply, params, xc, jt_v), xb)
-  return out.reshape(-1)[: n * c]
+  jt_v = vjp(apply, params, x, v.reshape(n, c), chunk_size)
+  return jvp(apply, params, x, jt_v, chunk_size)
 
 
 # --------------------------------------------------------------------------
@@ -408,9 +453,41 @@ def _gram_structured(model, params, x1, x2, chunk_size):
         'method="structured" needs a Model with layer_factors (two_layer_relu '
         'or mlp); use method="products" or "jacobian" for a bare function'
     )
-  f1 = model.layer_factors(params, x1)
-  f2 = None if x2 is None else model.layer_factors(params, x2)
-  return structured_gram_from_factors(f1, f2, chunk_size)
+  n_max = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
+  if chunk_size is None or chunk_size >= n_max:
+    f1 = model.layer_factors(params, x1)
+    f2 = None if x2 is None else model.layer_factors(params, x2)
+    return structured_gram_from_factors(f1, f2)
+  return _gram_structured_streamed(model, params, x1, x2, chunk_size)
+
+
+def _gram_structured_streamed(model, params, x1, x2, chunk_size):
+  """The structured Gram block by block, never holding all layer factors.
+
+  For each block of rows the factors are computed once, and for each block
+  of columns again (``lax.map`` over both), so memory is the factors of two
+  blocks plus one ``(chunk c, n2 c)`` row block of the output. The price is
+  recomputing the column factors once per row block: ``n / chunk`` extra
+  factor passes (for the two-layer net ``2 n m d`` flops each, against the
+  Gram's ``2 n^2 m``: a fraction ``d / chunk`` more work).
+  """
+  x2 = x1 if x2 is None else x2
+  n1, n2 = x1.shape[0], x2.shape[0]
+  rows_b, _ = _blocks(x1, chunk_size)
+  cols_b, _ = _blocks(x2, chunk_size)
+
+  def row_block(xr):
+    fr = model.layer_factors(params, xr)
+    blocks = jax.lax.map(
+        lambda xc: structured_gram_from_factors(
+            fr, model.layer_factors(params, xc)),
+        cols_b)  # (col blocks, chunk c, chunk c)
+    return jnp.moveaxis(blocks, 0, 1).reshape(blocks.shape[1], -1)
+
+  g = jax.lax.map(row_block, rows_b)  # (row blocks, chunk c, n2p c)
+  g = g.reshape(-1, g.shape[-1])
+  c = g.shape[0] // rows_b.shape[0] // chunk_size
+  return g[: n1 * c, : n2 * c]
 
 
 def resolve_gram_method(

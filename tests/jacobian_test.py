@@ -245,3 +245,30 @@ def test_structured_gram_vp_matches_dense(name, fn, params):
   out = structured_gram_vp(fn.layer_factors(params, x), jnp.asarray(v))
   np.testing.assert_allclose(out.reshape(-1), j @ j.T @ v.reshape(-1),
                              atol=1e-12)
+
+
+@pytest.mark.parametrize("name,fn,params", CASES[1:4] + CASES[5:6],
+                         ids=IDS[1:4] + IDS[5:6])
+def test_chunked_products_and_streamed_cross_gram(name, fn, params):
+  from ngdjax.jacobian import outputs
+
+  x, x2 = _inputs(7), _inputs(5, seed=9)
+  j = _dense_jacobian(fn, params, x)
+  flat, unravel = ravel_pytree(params)
+  rng = np.random.default_rng(4)
+  t = jnp.asarray(rng.standard_normal(flat.size))
+  v = jnp.asarray(rng.standard_normal(j.shape[0]))
+  np.testing.assert_allclose(ngdjax.jvp(fn, params, x, unravel(t), 3),
+                             j @ t, atol=1e-12)
+  np.testing.assert_allclose(
+      ravel_pytree(ngdjax.vjp(fn, params, x, v, chunk_size=3))[0], j.T @ v,
+      atol=1e-12)
+  apply = getattr(fn, "apply", fn)
+  u = apply(params, x)
+  np.testing.assert_allclose(
+      outputs(fn, params, x, 3),
+      u.reshape(x.shape[0], -1), atol=1e-14)
+  if isinstance(fn, ngdjax.Model):
+    j2 = _dense_jacobian(fn, params, x2)
+    out = ngdjax.gram(fn, params, x, x2, method="structured", chunk_size=2)
+    np.testing.assert_allclose(out, j @ j2.T, atol=1e-12)

@@ -465,3 +465,17 @@ def test_bad_batches_raise():
   tx = ngd_preconditioner(model)
   with pytest.raises(ValueError, match="x, y"):
     tx.update(params, tx.init(params), params)
+
+
+def test_chunked_step_equals_unchunked():
+  """chunk_size bounds memory (streamed Gram, blocked outputs and VJP)."""
+  model = ngdjax.two_layer_relu(64, out_dim=2)
+  params = model.init(jax.random.key(0), 3)
+  x = ngdjax.normalize_rows(jax.random.normal(jax.random.key(1), (11, 3)))
+  y = jnp.stack([jnp.sin(3 * x[:, 0]), jnp.cos(x[:, 1])], axis=1)
+  out = []
+  for chunk in (None, 4):
+    opt = ngdjax.ngd(model, learning_rate=0.7, damping=1e-4, chunk_size=chunk)
+    out.append(jax.jit(opt.step)(params, opt.init(params), x, y))
+  np.testing.assert_allclose(out[1][0]["W"], out[0][0]["W"], atol=1e-12)
+  np.testing.assert_allclose(out[1][2]["loss"], out[0][2]["loss"], rtol=1e-12)

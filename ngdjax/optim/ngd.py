@@ -53,8 +53,10 @@ from ngdjax.jacobian import (
     GramMethod,
     gram,
     gram_vp,
+    outputs,
     split_model,
     structured_gram_vp,
+    vjp,
 )
 from ngdjax.optim import base, solvers
 from ngdjax.optim import damping as damping_lib
@@ -145,7 +147,12 @@ def _structured(cfg: _Config) -> bool:
 def _direction(cfg: _Config, params, x, y, lam) -> _Direction:
   """``v = (G + lam I)^{-1} grad_u L`` and ``J^T v`` (MATH.md 2)."""
   f = base.outputs_fn(cfg.apply, x)
-  u, pullback = jax.vjp(f, params)
+  if cfg.chunk_size is None:
+    u, pullback = jax.vjp(f, params)
+  else:
+    # Bounded memory: outputs and J^T v in blocks of chunk_size examples.
+    u = outputs(cfg.apply, params, x, cfg.chunk_size)
+    pullback = lambda w: (vjp(cfg.apply, params, x, w, cfg.chunk_size),)  # noqa: E731
   n, c = u.shape
   g = cfg.loss.grad(u, y).astype(u.dtype)
   g_flat = g.reshape(-1)

@@ -95,7 +95,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C9", "Generalization measure (Theorem 6)",
           "sqrt(2 y^T G_inf^{-1} y / n), true vs random labels and label "
           "noise on digits 4/9, beside the test error",
-          "larger for random labels, growing with label noise"),
+          "larger for random labels, growing with label noise",
+          experiment="generalization"),
     Claim("C10", "Linearised GD vs NGD (Section 6 of MATH.md)",
           "end points and paths of linearised GD and NGD; NGD at eta = 1",
           "same minimum-norm limit, different paths; NGD in one step",

@@ -1,0 +1,192 @@
+"""Gram and NGD-step time and peak memory versus n, and versus device count.
+
+    python benchmarks/scale.py                 # README table (CPU: ~3 min)
+    python benchmarks/scale.py --quick         # tiny sizes: checks it runs
+    /usr/bin/time -v python benchmarks/scale.py --memory-check
+                                               # n=4096, d=256, m=16384 in one
+                                               # process (issue 7's 8 GB check)
+
+Every configuration runs in a child process so that its peak memory is its
+own: the child reports its peak resident set size (``getrusage``; on an
+accelerator also the device's ``peak_bytes_in_use``). Times are wall-clock
+of the jitted call after a warm-up call (compilation excluded). Ratios are
+against the smallest n in the same run. The device-count sweep simulates
+devices on the CPU with ``--xla_force_host_platform_device_count``: the
+devices share the machine's cores, so it measures the overhead of sharding,
+not a speed-up.
+
+The same script runs as is on a GPU machine (``jax[cuda]`` installed): the
+child processes see the accelerator, and the device sweep is skipped there
+unless several devices are present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+_CHILD_FLAG = "--child"
+
+
+def _child(spec: dict) -> dict:
+  """Runs one configuration and returns its times (called in a subprocess)."""
+  import jax
+  import jax.numpy as jnp
+
+  import ngdjax
+
+  n, d, m = spec["n"], spec["d"], spec["m"]
+  chunk = spec.get("chunk")
+  model = ngdjax.two_layer_relu(m)
+  params = model.init(jax.random.key(0), d)
+  x = ngdjax.normalize_rows(jax.random.normal(jax.random.key(1), (n, d)))
+  y = jnp.sin(3 * x[:, 0])
+  mesh = ngdjax.parallel.data_mesh() if spec.get("mesh") else None
+  out = {"devices": jax.device_count(), "platform": jax.default_backend()}
+
+  def timed(fn, *args):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = jax.block_until_ready(fn(*args))
+    return res, time.perf_counter() - t0, first
+
+  gram_fn = jax.jit(lambda p, x: ngdjax.gram(
+      model, p, x, method=spec.get("method", "auto"), chunk_size=chunk,
+      mesh=mesh))
+  _, out["gram_s"], out["gram_first_s"] = timed(gram_fn, params, x)
+  if spec.get("step", True):
+    opt = ngdjax.ngd(model, learning_rate=1.0, damping=1e-3, chunk_size=chunk,
+                     solver=spec.get("solver", "cholesky"), mesh=mesh)
+    step = jax.jit(opt.step)
+    (_, _, info), out["step_s"], _ = timed(step, params, opt.init(params), x,
+                                           y)
+    out["step_fallback"] = int(info.get("cholesky_failed", 0))
+  stats = jax.devices()[0].memory_stats() or {}
+  out["device_peak_bytes"] = stats.get("peak_bytes_in_use")
+  return out
+
+
+def _run_child(spec: dict, devices: int | None = None) -> dict:
+  env = dict(os.environ)
+  if devices:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={devices}")
+    env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.Popen(
+      [sys.executable, __file__, _CHILD_FLAG, json.dumps(spec)],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+  stdout, stderr = proc.communicate()
+  if proc.returncode != 0:
+    return {"error": stderr.strip().splitlines()[-1] if stderr else "failed"}
+  result = json.loads(stdout.strip().splitlines()[-1])
+  result["peak_rss_gb"] = result.pop("peak_rss_kb") / 2**20
+  return result
+
+
+def _print_table(title, rows, keys):
+  print(f"\n{title}")
+  print("  " + "".join(f"{k:>14}" for k in keys))
+  for row in rows:
+    cells = []
+    for k in keys:
+      v = row.get(k)
+      if isinstance(v, float):
+        cells.append(f"{v:>14.3f}")
+      else:
+        cells.append(f"{'-' if v is None else v!s:>14}")
+    print("  " + "".join(cells))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--memory-check", action="store_true")
+  parser.add_argument("--d", type=int, default=256)
+  parser.add_argument("--m", type=int, default=16384)
+  parser.add_argument("--ns", default="512,1024,2048,4096")
+  parser.add_argument("--chunk", type=int, default=1024)
+  parser.add_argument("--budget-gb", type=float, default=24.0)
+  args = parser.parse_args()
+
+  if args.memory_check:
+    spec = {"n": 4096, "d": 256, "m": 16384}
+    print(json.dumps(_child(spec)))
+    return
+
+  if args.quick:
+    d, m, ns, chunk = 8, 64, [32, 64], 16
+  else:
+    d, m, ns, chunk = args.d, args.m, [int(v) for v in args.ns.split(",")], \
+        args.chunk
+  rows = []
+  for n in ns:
+    for c in (None, chunk):
+      res = _run_child({"n": n, "d": d, "m": m, "chunk": c})
+      res.update(n=n, chunk=c or "-")
+      rows.append(res)
+  base = {r["chunk"]: r for r in rows if r["n"] == ns[0]}
+  for r in rows:
+    b = base[r["chunk"]]
+    if "gram_s" in r and "gram_s" in b:
+      r["gram / n0"] = r["gram_s"] / b["gram_s"]
+      r["step / n0"] = r["step_s"] / b["step_s"]
+  _print_table(
+      f"two-layer ReLU d={d} m={m}: structured Gram and one NGD step "
+      "(Cholesky), each in its own process",
+      rows, ["n", "chunk", "gram_s", "gram / n0", "step_s", "step / n0",
+             "peak_rss_gb", "error"])
+
+  # Largest n within the budget, from a fit of peak memory to a + b n + c n^2
+  # (the n x n Gram and its factor are the quadratic terms).
+  for c in (None, chunk):
+    pts = [(r["n"], r["peak_rss_gb"]) for r in rows
+           if r["chunk"] == (c or "-") and "peak_rss_gb" in r]
+    if len(pts) >= 3:
+      nn, mem = np.array(pts, dtype=float).T
+      coef = np.polyfit(nn, mem, 2)
+      roots = np.roots(coef - np.array([0, 0, args.budget_gb]))
+      feasible = [r.real for r in roots if abs(r.imag) < 1e-9 and r.real > 0]
+      if feasible:
+        print(f"  chunk={c or '-'}: peak memory fit {coef[0]:.3g} n^2 + "
+              f"{coef[1]:.3g} n + {coef[2]:.3g} GB -> largest n within "
+              f"{args.budget_gb:g} GB ~ {int(min(feasible)):,} "
+              "(extrapolated)")
+
+  if args.quick:
+    sweep_n, sweep_m = 32, 64
+  else:
+    sweep_n, sweep_m = 2048, 4096
+  sweep = []
+  for devices in (1, 2, 4):
+    res = _run_child({"n": sweep_n, "d": d, "m": sweep_m, "mesh": True},
+                     devices=devices)
+    res.update(simulated_devices=devices)
+    sweep.append(res)
+  for r in sweep:
+    if "gram_s" in r and "gram_s" in sweep[0]:
+      r["gram / 1 dev"] = r["gram_s"] / sweep[0]["gram_s"]
+      r["step / 1 dev"] = r["step_s"] / sweep[0]["step_s"]
+  _print_table(
+      f"sharded over simulated CPU devices, n={sweep_n} d={d} m={sweep_m} "
+      "(devices share the same cores)",
+      sweep, ["simulated_devices", "gram_s", "gram / 1 dev", "step_s",
+              "step / 1 dev", "peak_rss_gb", "error"])
+
+
+if __name__ == "__main__":
+  if len(sys.argv) == 3 and sys.argv[1] == _CHILD_FLAG:
+    import resource
+
+    result = _child(json.loads(sys.argv[2]))
+    result["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(result))
+  else:
+    main()

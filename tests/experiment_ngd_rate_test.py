@@ -76,4 +76,5 @@ def test_theory_constants():
   b7 = training.lemma7_bound(8, 2.0, 1.0, 0.1, 1e6)
   b8 = training.lemma8_flip_bound(2.0, 1.0, 0.1, 1e6)
   assert b7**2 == pytest.approx(8 * b8)
-  assert training.lemma8_flip_bound(2.0, 1.0, 0.1, 1.0) == 1.0
+  # Vacuous (>= 1) up to m = 8 (R / (nu delta))^2.
+  assert training.lemma8_flip_bound(2.0, 1.0, 0.1, 3200.0) == pytest.approx(1)

@@ -224,11 +224,10 @@ def lemma8_flip_bound(radius: float, nu: float, delta: float,
   or more flipped neurons inside the ball of radius ``R`` when Lemma 7's
   event holds (probability ``1 - delta``): the flipped fraction of the
   ``(n, m)`` activation pattern is at most ``2 (R / (nu delta))^{2/3}
-  m^{-1/3}`` (capped at 1).
+  m^{-1/3}``. Not capped at 1: the bound says nothing (is vacuous) below
+  ``m = 8 (R / (nu delta))^2``, and the figures show how far it is from 1.
   """
-  return min(1.0, 2.0 * (radius / (nu * delta)) ** (2 / 3)
-             / width ** (1 / 3))
-
+  return 2.0 * (radius / (nu * delta)) ** (2 / 3) / width ** (1 / 3)
 
 
 # --------------------------------------------------------------------------

@@ -68,7 +68,7 @@ CLAIMS: tuple[Claim, ...] = (
           "<= 1 - eta", experiment="ngd_rate"),
     Claim("C2", "General loss (Theorem 2)",
           "measured contraction with a strongly convex, smooth loss",
-          "<= 1 - 2 eta mu L / (mu + L)"),
+          "<= 1 - 2 eta mu L / (mu + L)", experiment="general_loss"),
     Claim("C3", "Conditions along training (Theorem 1's proof)",
           "lambda_min(G(k)), ||w(k) - w(0)||, activation-pattern flips",
           "lambda_min(G(k)) >= (4/9) lambda_min(G(0)); ||w(k) - w(0)|| <= "

@@ -1,0 +1,250 @@
+"""C2: NGD with a general strongly convex, smooth loss (Theorem 2).
+
+MATH.md 2: for a loss ``l(u_i, y_i)`` that is ``mu``-strongly convex in
+``u`` with an ``L``-Lipschitz gradient, the update ``theta <- theta - eta
+J^T G^{-1} grad_u L(u)`` contracts
+
+    ||u(k+1) - y||^2 <= (1 - 2 eta mu L / (mu + L)) ||u(k) - y||^2
+
+when ``||P(k)||_2 <= C`` (which Condition 2 with the same ``C`` gives) and
+``eta < 2 / (mu + L) * (1 - (1 + kappa) C) / (1 + C)^2``, ``kappa = L / mu``
+(appendix eqn. 33). For wide nets ``C -> 0`` and the step limit tends to
+``2 / (mu + L)``, where the bound is tight for the linearised model.
+
+The loss is ``losses.squared_log_cosh(alpha)``: ``l(e) = e^2 / 2 + alpha
+log cosh(e)``, ``mu = 1``, ``L = 1 + alpha``, smooth and strongly convex but
+not quadratic, so NGD's output update is no longer a rescaling of the
+residual. Step sizes are fractions of the limit: ``eta = f * 2 / (mu +
+L)`` for ``f`` in ``config.eta_fractions``.
+
+Measured, for every width, repetition (fresh ``W``; the data are fixed) and
+``eta``: exact NGD with this loss (``ngdjax.optim.ngd(..., loss=...)``,
+damping 0) on the two-layer ReLU net, ``n`` points uniform on the sphere
+with Gaussian targets (residuals of order 1, where ``l''`` ranges over
+``[mu, L]``), for ``config.num_steps`` steps or until ``||u(k) - y|| <=
+config.residual_floor ||u(0) - y||``. Every per-step ratio ``||u(k+1) -
+y||^2 / ||u(k) - y||^2``, and ``||J(k) - J(0)||_2`` at every iterate by the
+matrix-free power iteration, giving the run's ``C = 3 max_k ||J(k) -
+J(0)||_2 / sqrt(lambda_min(G(0)))`` (a lower estimate: iterates only).
+
+Pass criterion (stated before measuring), a ratio ``rho`` counting as
+within the bound ``b = 1 - 2 eta mu L / (mu + L)`` when ``rho <= b (1 +
+config.ratio_rtol)``:
+
+* ``rate_wide``: for every ``eta`` in the sweep there is a width ``m*`` from
+  which on every run (every repetition, every step) has all ratios within
+  ``b`` (the theorem is about wide nets; where narrow ones fail is
+  reported);
+* ``theorem``: every run whose measured ``C`` meets the theorem's step
+  limit has all ratios within ``b`` (vacuous when none does; the count is
+  reported).
+
+Seen (configs/general_loss.py has the numbers): the ratios stay well inside
+the bound from m = 64 on (at ``eta = 0.9 * 2/(mu + L)`` they sit at ``(1 -
+2 eta)^2 = 0.04`` against 0.2); m = 8 breaks it at every step size. As in C1
+the measured ``C`` is above 1/2 at every width, so the theorem's hypotheses
+never hold: the rate is seen outside the regime it was proved for.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import ml_collections
+
+from ngdjax import data
+from ngdjax.experiment import ngd_training as training
+from ngdjax.experiment import plots
+from ngdjax.experiment.gram_limit import threshold_width
+from ngdjax.experiment.runner import Run, unit_key
+
+NAME = "general_loss"
+CLAIM = "C2"
+TITLE = ("General loss (Theorem 2): ||u(k+1) - y||^2 <= (1 - 2 eta mu L / "
+         "(mu + L)) ||u(k) - y||^2")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The full run (its fields are the experiment's schema)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.n = 32  # training points on S^{d-1}
+  c.d = 10
+  c.nu = 1.0  # first-layer init scale
+  c.widths = (8, 64, 512, 4096, 16384)
+  c.alpha = 1.0  # squared_log_cosh(alpha): mu = 1, L = 1 + alpha
+  # eta = f * 2 / (mu + L): Theorem 2's step limit as C -> 0 is f < 1.
+  c.eta_fractions = (0.25, 0.5, 0.9)
+  c.reps = 2  # initialisations per width (shared by every eta)
+  c.num_steps = 12
+  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
+  c.ratio_rtol = 1e-9  # round-off allowance on ratio <= bound
+  return c
+
+
+def _check(config) -> None:
+  if len(config.widths) < 2:
+    raise ValueError("config.widths needs at least 2 widths")
+  if not config.eta_fractions or any(
+      not 0 < float(f) < 1 for f in config.eta_fractions):
+    raise ValueError("config.eta_fractions must be non-empty, each in "
+                     f"(0, 1), got {tuple(config.eta_fractions)}")
+  if config.alpha <= 0:
+    raise ValueError(f"config.alpha must be positive (alpha = 0 is the "
+                     f"squared loss of C1), got {config.alpha}")
+  if config.num_steps < 1 or config.reps < 1:
+    raise ValueError("config.num_steps and config.reps must be >= 1")
+
+
+def run(config: ml_collections.ConfigDict,
+        workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs C2 and returns its summary (also written to ``summary.json``)."""
+  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
+    _check(config)
+    loss = training.loss_for("squared_log_cosh", float(config.alpha))
+    mu, lip = loss.mu, loss.L
+    x, y = data.sphere(config.n, config.d, seed=r.key("data"))
+    widths = [int(m) for m in config.widths]
+    etas = [float(f) * 2.0 / (mu + lip) for f in config.eta_fractions]
+    units = [(m, s, eta) for m in widths for s in range(config.reps)
+             for eta in etas]
+    work = {m: 1.0 + m / 4096 for m in widths}
+    r.start_progress(len(units), interval_s=2.0,
+                     work=sum(work[m] for m, _, _ in units))
+
+    def measure(m, s, eta, log):
+      model = training.two_layer_model(m, float(config.nu))
+      params0 = model.init(r.key(unit_key(width=m, rep=s)), config.d)
+      t = training.train(model, params0, x, y, learning_rate=eta,
+                         num_steps=config.num_steps, loss=loss,
+                         residual_floor=config.residual_floor,
+                         jacobian=True, log=log, width=m, rep=s, eta=eta)
+      lam_g0 = t["lambda_min_G"][0]
+      c = training.condition2_constant(max(t["jacobian_change"]), lam_g0)
+      eta_max = training.theorem2_eta_max(c, mu, lip)
+      return {
+          "width": m, "rep": s, "eta": eta,
+          "max_ratio": max(t["ratios"]),
+          "ratios": t["ratios"],
+          "lambda_min_G0": lam_g0,
+          "C": c,
+          "eta_max": eta_max,
+          "in_theorem": bool(eta < eta_max),
+          "steps": t["steps"],
+          "reached_floor": t["reached_floor"],
+          "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
+          "power_iteration_converged": all(t["jacobian_converged"]),
+      }
+
+    results = [
+        r.unit(unit_key(width=m, rep=s, eta=f"{eta:.6g}"),
+               functools.partial(measure, m, s, eta), work=work[m])
+        for m, s, eta in units
+    ]
+    return _summarise(r, config, results, etas, loss)
+
+
+def _summarise(r: Run, config, results, etas, loss) -> dict[str, Any]:
+  factor = loss.rate_factor  # 2 mu L / (mu + L)
+  bound = {eta: 1.0 - eta * factor for eta in etas}
+  for u in results:
+    u["bound"] = bound[u["eta"]]
+    u["holds"] = u["max_ratio"] <= u["bound"] * (1.0 + config.ratio_rtol)
+  widest = max(u["width"] for u in results)
+  m_star, at_widest = {}, {}
+  for eta in etas:
+    rows = [u for u in results if u["eta"] == eta]
+    m_star[eta] = threshold_width([u["width"] for u in rows],
+                                  [u["holds"] for u in rows])
+    at_widest[eta] = max(u["max_ratio"] for u in rows
+                         if u["width"] == widest)
+  in_theorem = [u for u in results if u["in_theorem"]]
+  failures = [u for u in results if not u["holds"]]
+  checks = {
+      "rate_wide": all(m_star[e] is not None for e in etas),
+      "theorem": all(u["holds"] for u in in_theorem),
+  }
+  cs = [u["C"] for u in results]
+  measured = {
+      "loss": loss.name,
+      "mu": loss.mu,
+      "L": loss.L,
+      "rate_factor": factor,
+      "eta_limit": 2.0 / (loss.mu + loss.L),
+      "widest_width": widest,
+      "runs": len(results),
+      "runs_in_theorem": len(in_theorem),
+      "runs_failing_rate": len(failures),
+      "C_min": min(cs),
+      "C_at_widest": max(u["C"] for u in results if u["width"] == widest),
+      "cholesky_failed_steps": sum(u["cholesky_failed_steps"]
+                                   for u in results),
+      "power_iteration_converged": all(u["power_iteration_converged"]
+                                       for u in results),
+  }
+  for eta in etas:
+    measured[f"max_ratio_at_widest/eta={eta:.4g}"] = at_widest[eta]
+    measured[f"bound/eta={eta:.4g}"] = bound[eta]
+    measured[f"m_star/eta={eta:.4g}"] = m_star[eta]
+
+  rate_text = "; ".join(
+      f"eta={eta:.3g}: max ratio at m={widest} {at_widest[eta]:.3g} (bound "
+      f"{bound[eta]:.3g}), holds for m >= "
+      f"{'none' if m_star[eta] is None else f'{m_star[eta]:.0f}'}"
+      for eta in etas)
+  fail_text = ("no run breaks the bound" if not failures else
+               "breaks: " + ", ".join(
+                   f"m={u['width']} eta={u['eta']:.3g} ({u['max_ratio']:.3g}"
+                   f" > {u['bound']:.3g})" for u in failures[:4])
+               + (" ..." if len(failures) > 4 else ""))
+  text = (
+      f"{loss.name} (mu={loss.mu:g}, L={loss.L:g}): {rate_text}; "
+      f"{fail_text}; measured C = {min(cs):.2g}..{max(cs):.3g} "
+      f"({measured['C_at_widest']:.2g} at the widest), Theorem 2's "
+      f"hypotheses hold in {len(in_theorem)} of {len(results)} runs "
+      f"(n={config.n}, d={config.d}, {config.reps} reps)")
+  expectation = (
+      f"every per-step ratio <= 1 - 2 eta mu L/(mu + L) = 1 - "
+      f"{factor:.4g} eta from some width on, for eta = f * 2/(mu + L), f in "
+      f"{tuple(config.eta_fractions)} (rtol {config.ratio_rtol:g}); also "
+      "wherever the measured C meets Theorem 2's step limit")
+  figures = _plot(r, config, results, etas, bound, loss)
+  return r.finish(
+      passed=all(checks.values()),
+      checks=checks,
+      measured=measured,
+      measured_text=text,
+      expectation=expectation,
+      figures=figures,
+      title=TITLE,
+      details={"runs": [{k: v for k, v in u.items() if k != "ratios"}
+                        for u in results]},
+  )
+
+
+def _plot(r: Run, config, results, etas, bound, loss) -> list[str]:
+  """Figures from ``metrics.jsonl`` (so they can be redrawn from files)."""
+  records = r.records()
+  widths = sorted({u["width"] for u in results})
+  series = []
+  for i, eta in enumerate(etas):
+    series += training.ratio_series(
+        [rec for rec in records if "ratio" in rec], results, eta,
+        bound[eta], f"eta={eta:.3g}: max over steps",
+        f"Theorem 2: 1 - 2 eta mu L/(mu+L) = {bound[eta]:.3g}", f"C{i}")
+  f1 = "ratio_vs_width.png"
+  plots.line_plot(
+      r.path(f1), series, xlabel="width m",
+      ylabel="||u(k+1) - y||^2 / ||u(k) - y||^2",
+      title=f"C2: NGD per-step ratio, {loss.name} (dots: every step)",
+      logx=True, logy=True, xticks=widths)
+  f2 = "residuals.png"
+  plots.line_plot(
+      r.path(f2),
+      training.residual_series(records, etas, widths[-1], widths[0], bound),
+      xlabel="NGD step k", ylabel="||u(k) - y|| / ||u(0) - y||",
+      title=f"C2: {loss.name}, widest (lines) / narrowest (dots) width",
+      logy=True)
+  return [f1, f2]

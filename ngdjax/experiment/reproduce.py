@@ -72,10 +72,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C3", "Conditions along training (Theorem 1's proof)",
           "lambda_min(G(k)), ||w(k) - w(0)||, activation-pattern flips",
           "lambda_min(G(k)) >= (4/9) lambda_min(G(0)); ||w(k) - w(0)|| <= "
-          "3 ||y - u(0)|| / sqrt(lambda_0)"),
+          "3 ||y - u(0)|| / sqrt(lambda_0)", experiment="training_conditions"),
     Claim("C4", "Jacobian stability (Lemma 7)",
           "||J(k) - J(0)||_2 vs width, fitted exponent",
-          "below the Lemma 7 bound, decaying with width"),
+          "below the Lemma 7 bound, decaying with width",
+          experiment="jacobian_stability"),
     Claim("C5", "G(0) -> G_inf with width (Lemma 6)",
           "relative error of G(0) vs width (fitted exponent); "
           "lambda_min(G(0)) / lambda_0",

@@ -1,0 +1,332 @@
+"""C3: the conditions of Theorem 1's proof, measured along NGD training.
+
+The proof (appendix B, Lemmas 2-4; MATH.md 2) keeps two things true at every
+iterate ``k`` of exact NGD on the squared loss, given Conditions 1-2:
+
+* Lemma 2: ``lambda_min(G(k)) >= (4/9) lambda_min(G(0))``;
+* Lemma 3: ``||w(k) - w(0)|| <= R = 3 ||y - u(0)|| / sqrt(lambda_min(G(0)))``
+  (``diagnostics.distance_bound``).
+
+Both hold for wide enough nets (Theorem 3). Behind Condition 2 for the
+two-layer net is that few activations flip: the proof of Lemmas 7-8 shows
+(probability ``1 - delta``) that inside the ball of radius ``R`` the flipped
+fraction of the ``(n, m)`` pattern is at most ``2 (R / (nu delta))^{2/3}
+m^{-1/3}``, which vanishes with width.
+
+MATH.md 2 writes ``lambda_0`` for ``lambda_min(G(0))`` in these statements;
+the proof uses ``lambda_min(G(0))`` and so does the check. The radius with
+``lambda_0 = lambda_min(G_inf)`` (MATH.md 3) is reported beside it.
+
+Measured, for every width and repetition (fresh ``W``; the data are fixed):
+exact NGD (``ngdjax.optim.ngd``, damping 0, ``eta = config.learning_rate``)
+on the two-layer ReLU net, ``n`` points uniform on the sphere with Gaussian
+targets, for ``config.num_steps`` steps or until ``||u(k) - y|| <=
+config.residual_floor ||u(0) - y||``; at every iterate ``lambda_min(G(k))``
+(``diagnostics.gram_lambda_min``), ``||w(k) - w(0)||``
+(``diagnostics.distance_from_init``) and the flipped fraction
+(``diagnostics.activation_flips``).
+
+Pass criterion (stated before measuring). With ``m*`` the smallest width
+from which on every run at every larger width satisfies a condition (the
+proof is about wide nets; where narrow ones fail is reported):
+
+* ``gram``: ``min_k lambda_min(G(k)) >= config.lambda_fraction
+  lambda_min(G(0))`` (4/9) past some ``m*``;
+* ``distance``: ``max_k ||w(k) - w(0)|| <= config.distance_factor ||y -
+  u(0)|| / sqrt(lambda_min(G(0)))`` (factor 3) past some ``m*``;
+* ``flips_bound``: ``max_k`` flipped fraction ``<= 2 (R_meas / (nu
+  delta))^{2/3} m^{-1/3}`` past some ``m*``, with ``R_meas = max_k ||w(k) -
+  w(0)||`` (the trajectory lies in that ball) and ``delta =
+  config.delta``;
+* ``flips_shrink``: the flipped fraction falls with width: the power law
+  fitted over all (width, repetition) points has ``exponent + 2 stderr <
+  0``.
+
+Seen (configs/training_conditions.py has the numbers): Lemma 2's and
+Lemma 3's conclusions hold from small widths on (m >= 16-32; the distance
+bound at every width, with a margin of 4-5x); at m = 8 the Gram turns
+singular. Flips fall like ``m^(-0.45)``, faster than the bound's
+``m^(-1/3)``, but the bound itself stays above 1 (vacuous, so the
+``flips_bound`` check passes trivially) up to m ~ 1e5, past the sweep.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any
+
+import ml_collections
+
+from ngdjax import data, diagnostics, kernels, linalg
+from ngdjax.experiment import ngd_training as training
+from ngdjax.experiment import plots
+from ngdjax.experiment.gram_limit import threshold_width
+from ngdjax.experiment.runner import Run, unit_key
+
+NAME = "training_conditions"
+CLAIM = "C3"
+TITLE = ("Conditions along training: lambda_min(G(k)) >= (4/9) "
+         "lambda_min(G(0)), ||w(k) - w(0)|| <= 3 ||y - u(0)|| / "
+         "sqrt(lambda_min(G(0))), few activation flips")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The full run (its fields are the experiment's schema)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.n = 32  # training points on S^{d-1}
+  c.d = 10
+  c.nu = 1.0  # first-layer init scale
+  c.widths = (8, 16, 64, 256, 1024, 4096, 16384)
+  c.reps = 3  # initialisations per width
+  c.learning_rate = 0.5
+  c.num_steps = 40
+  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
+  c.lambda_fraction = 4 / 9  # Lemma 2
+  c.distance_factor = 3.0  # Lemma 3: R = factor ||y - u(0)|| / sqrt(lam)
+  c.delta = 0.1  # failure probability in the Lemma 7-8 flip bound
+  return c
+
+
+def _check(config) -> None:
+  if len(config.widths) < 3:
+    raise ValueError("config.widths needs at least 3 widths for a fit")
+  if not 0 < config.learning_rate <= 1:
+    raise ValueError(f"config.learning_rate must lie in (0, 1] (Theorem "
+                     f"1's range), got {config.learning_rate}")
+  if not 0 < config.delta < 1:
+    raise ValueError(f"config.delta must lie in (0, 1), got {config.delta}")
+  if config.num_steps < 1 or config.reps < 1:
+    raise ValueError("config.num_steps and config.reps must be >= 1")
+
+
+def run(config: ml_collections.ConfigDict,
+        workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs C3 and returns its summary (also written to ``summary.json``)."""
+  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
+    _check(config)
+    x, y = data.sphere(config.n, config.d, seed=r.key("data"))
+    lam0 = float(linalg.lambda_min(kernels.relu_gram_inf(x)))
+    widths = [int(m) for m in config.widths]
+    units = [(m, s) for m in widths for s in range(config.reps)]
+    work = {m: 1.0 + m / 4096 for m in widths}
+    r.start_progress(len(units), interval_s=2.0,
+                     work=sum(work[m] for m, _ in units))
+
+    def measure(m, s, log):
+      model = training.two_layer_model(m, float(config.nu))
+      params0 = model.init(r.key(unit_key(width=m, rep=s)), config.d)
+      t = training.train(model, params0, x, y,
+                         learning_rate=float(config.learning_rate),
+                         num_steps=config.num_steps,
+                         residual_floor=config.residual_floor, log=log,
+                         width=m, rep=s)
+      u0 = model.apply(params0, x)
+      lam_g0 = t["lambda_min_G"][0]
+      scale = config.distance_factor / 3.0  # distance_bound's factor is 3
+      bound = (scale * float(diagnostics.distance_bound(y, u0, lam_g0))
+               if lam_g0 > 0 else math.inf)
+      bound_inf = scale * float(diagnostics.distance_bound(y, u0, lam0))
+      r_meas = max(t["distance"])
+      return {
+          "width": m, "rep": s,
+          "lambda_min_G0": lam_g0,
+          "lambda_ratio_min": (min(t["lambda_min_G"]) / lam_g0
+                               if lam_g0 > 0 else -math.inf),
+          "distance_max": r_meas,
+          "distance_bound": bound,
+          "distance_bound_lambda_0": bound_inf,
+          "flips_max": max(t["flips"]),
+          "flips_final": t["flips"][-1],
+          "flip_bound": training.lemma8_flip_bound(
+              r_meas, float(config.nu), float(config.delta), m),
+          "steps": t["steps"],
+          "reached_floor": t["reached_floor"],
+          "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
+      }
+
+    results = [r.unit(unit_key(width=m, rep=s),
+                      functools.partial(measure, m, s), work=work[m])
+               for m, s in units]
+    return _summarise(r, config, results, lam0)
+
+
+def _summarise(r: Run, config, results, lam0) -> dict[str, Any]:
+  ws = [u["width"] for u in results]
+  ok = {
+      "gram": [u["lambda_ratio_min"] >= config.lambda_fraction
+               for u in results],
+      "distance": [u["distance_max"] <= u["distance_bound"]
+                   for u in results],
+      "flips_bound": [u["flips_max"] <= u["flip_bound"] for u in results],
+  }
+  m_star = {k: threshold_width(ws, v) for k, v in ok.items()}
+  positive = [(u["width"], u["flips_max"]) for u in results
+              if u["flips_max"] > 0]
+  fit = None
+  if len({w for w, _ in positive}) >= 2 and len(positive) >= 3:
+    fit = diagnostics.fit_power_law(*zip(*positive, strict=True))
+  checks = {k: m is not None for k, m in m_star.items()}
+  checks["flips_shrink"] = (fit is not None
+                            and fit.exponent + 2 * fit.exponent_stderr < 0)
+  widest = max(ws)
+  wide = [u for u in results if u["width"] == widest]
+  measured = {
+      "lambda_0": lam0,
+      "widest_width": widest,
+      "runs": len(results),
+      "lambda_ratio_min_overall": min(u["lambda_ratio_min"] for u in results),
+      "lambda_ratio_min_at_widest": min(u["lambda_ratio_min"] for u in wide),
+      "distance_over_bound_max_at_widest": max(
+          u["distance_max"] / u["distance_bound"] for u in wide),
+      "distance_over_bound_max_overall": max(
+          u["distance_max"] / u["distance_bound"] for u in results),
+      "distance_max_at_widest": max(u["distance_max"] for u in wide),
+      "distance_bound_at_widest": min(u["distance_bound"] for u in wide),
+      "distance_bound_lambda_0_at_widest": min(
+          u["distance_bound_lambda_0"] for u in wide),
+      "flips_max_at_widest": max(u["flips_max"] for u in wide),
+      "flip_bound_at_widest": min(u["flip_bound"] for u in wide),
+      # Below this width the flip bound is >= 1 and says nothing.
+      "flip_bound_vacuous_below": max(
+          8 * (u["distance_max"] / (config.nu * config.delta)) ** 2
+          for u in wide),
+      "flips_exponent": None if fit is None else fit.exponent,
+      "flips_exponent_stderr": None if fit is None else fit.exponent_stderr,
+      "cholesky_failed_steps": sum(u["cholesky_failed_steps"]
+                                   for u in results),
+  }
+  for k, m in m_star.items():
+    measured[f"m_star/{k}"] = m
+
+  def star(k):
+    return "none" if m_star[k] is None else f"{m_star[k]:.0f}"
+
+  fails = {k: sorted({u["width"] for u, good in zip(results, v, strict=True)
+                      if not good}) for k, v in ok.items()}
+  fail_text = "; ".join(f"{k} fails at m = {v}" for k, v in fails.items()
+                        if v) or "no width fails"
+  fit_text = ("no fit (too few runs with flips)" if fit is None else
+              f"~ m^({fit.exponent:.3f} +- {fit.exponent_stderr:.3f})")
+  text = (
+      f"min_k lambda_min(G(k))/lambda_min(G(0)) = "
+      f"{measured['lambda_ratio_min_at_widest']:.3g} at m={widest} "
+      f"(>= {config.lambda_fraction:.3g} for m >= {star('gram')}; lowest "
+      f"{measured['lambda_ratio_min_overall']:.3g}); max_k ||w(k)-w(0)|| = "
+      f"{measured['distance_max_at_widest']:.3g} vs bound "
+      f"{measured['distance_bound_at_widest']:.3g} at m={widest} (within "
+      f"for m >= {star('distance')}; with lambda_0 = lambda_min(G_inf) the "
+      f"bound is {measured['distance_bound_lambda_0_at_widest']:.3g}); "
+      f"flipped fraction {measured['flips_max_at_widest']:.3g} at m={widest}"
+      f" vs Lemma 7-8 bound {measured['flip_bound_at_widest']:.3g} (within "
+      f"for m >= {star('flips_bound')}; the bound is vacuous, >= 1, below m "
+      f"~ {measured['flip_bound_vacuous_below']:.2g}), {fit_text}; "
+      f"{fail_text} "
+      f"(n={config.n}, d={config.d}, eta={config.learning_rate:g}, "
+      f"{config.reps} reps)")
+  expectation = (
+      f"past some width, at every iterate: lambda_min(G(k)) >= "
+      f"{config.lambda_fraction:.3g} lambda_min(G(0)); ||w(k)-w(0)|| <= "
+      f"{config.distance_factor:g} ||y-u(0)||/sqrt(lambda_min(G(0))); "
+      f"flipped fraction <= 2 (R/(nu delta))^(2/3) m^(-1/3) (delta="
+      f"{config.delta:g}, R the measured distance); flips fall with width "
+      "(exponent + 2 stderr < 0)")
+  figures = _plot(r, config, results, fit, m_star)
+  return r.finish(
+      passed=all(checks.values()),
+      checks=checks,
+      measured=measured,
+      measured_text=text,
+      expectation=expectation,
+      figures=figures,
+      title=TITLE,
+      details={"runs": results},
+  )
+
+
+def _plot(r: Run, config, results, fit, m_star) -> list[str]:
+  """Figures from ``metrics.jsonl`` (so they can be redrawn from files)."""
+  records = r.records()
+  widths = sorted({u["width"] for u in results})
+  xs = [u["width"] for u in results]
+
+  def by_width(key):
+    ys = [u[key] for u in results]
+    ux, mean, _, _ = plots.mean_by_x(xs, ys)
+    return ys, ux, mean
+
+  ys, ux, mean = by_width("lambda_ratio_min")
+  f1 = "lambda_min.png"
+  plots.line_plot(
+      r.path(f1),
+      [plots.Series(xs, ys, "runs", "scatter", color="C0"),
+       plots.Series(ux, mean, "mean over reps", color="C0")],
+      xlabel="width m",
+      ylabel="min_k lambda_min(G(k)) / lambda_min(G(0))",
+      title="C3: Lemma 2, the Gram stays positive definite",
+      logx=True, xticks=widths,
+      hlines=[(config.lambda_fraction,
+               f"Lemma 2: {config.lambda_fraction:.3g}")],
+      vlines=([] if m_star["gram"] is None
+              else [(m_star["gram"], f"m* = {m_star['gram']:.0f}")]))
+
+  # lambda_min(G(k)) / lambda_min(G(0)) along training, repetition 0.
+  series = []
+  for i, m in enumerate(widths):
+    got = plots.series_from_records(
+        [rec for rec in records if rec.get("rep") == 0 and "step" in rec],
+        "step", "lambda_min_G", where=lambda rec, w=m: rec["width"] == w)
+    if not got:
+      continue
+    (ks, lam), = got.values()
+    if lam[0] > 0:
+      series.append(plots.Series(ks, lam / lam[0], f"m={m}",
+                                 color=f"C{i % 10}"))
+  f2 = "lambda_path.png"
+  plots.line_plot(
+      r.path(f2), series, xlabel="NGD step k",
+      ylabel="lambda_min(G(k)) / lambda_min(G(0))",
+      title=f"C3: along training (eta={config.learning_rate:g}, rep 0)",
+      hlines=[(config.lambda_fraction,
+               f"Lemma 2: {config.lambda_fraction:.3g}")])
+
+  ys, ux, mean = by_width("distance_max")
+  _, bx, bmean = by_width("distance_bound")
+  _, ix, imean = by_width("distance_bound_lambda_0")
+  f3 = "distance.png"
+  plots.line_plot(
+      r.path(f3),
+      [plots.Series(xs, ys, None, "scatter", color="C0"),
+       plots.Series(ux, mean, "max_k ||w(k) - w(0)|| (mean over reps)",
+                    color="C0"),
+       plots.Series(bx, bmean, "Lemma 3: 3 ||y - u(0)|| / "
+                    "sqrt(lambda_min(G(0)))", "dashed", color="C3"),
+       plots.Series(ix, imean, "same with lambda_0 = lambda_min(G_inf)",
+                    "dashed", color="C2")],
+      xlabel="width m", ylabel="distance from initialisation",
+      title="C3: Lemma 3, the weights stay in the ball",
+      logx=True, logy=True, xticks=widths)
+
+  ys, ux, mean = by_width("flips_max")
+  _, bx, bmean = by_width("flip_bound")
+  series = [plots.Series(xs, ys, None, "scatter", color="C0"),
+            plots.Series(ux, mean, "max_k flipped fraction (mean over reps)",
+                         color="C0"),
+            plots.Series(bx, bmean, f"Lemma 7-8: 2 (R/(nu delta))^(2/3) "
+                         f"m^(-1/3), delta={config.delta:g}", "dashed",
+                         color="C3")]
+  hlines = [(1.0, "fraction 1 (a bound above says nothing)")]
+  if fit is not None:
+    series.append(plots.Series(
+        ux, fit.predict(ux), f"fit: m^({fit.exponent:.3f} +- "
+        f"{fit.exponent_stderr:.3f})", "dashed", color="gray"))
+  f4 = "flips.png"
+  plots.line_plot(
+      r.path(f4), series, xlabel="width m",
+      ylabel="fraction of activations flipped",
+      title="C3: activation-pattern flips along training",
+      logx=True, logy=True, xticks=widths, hlines=hlines)
+  return [f1, f2, f3, f4]
+

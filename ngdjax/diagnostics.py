@@ -191,8 +191,12 @@ def jacobian_change_norm(
     method = "dense" if big_n * p <= DENSE_JACOBIAN_ENTRIES else "power"
   if method == "dense":
     diff = jacobian(model, params, x) - jacobian(model, params0, x)
-    return SpectralNormEstimate(float(jnp.linalg.norm(diff, 2)), 0, True,
-                                "dense")
+    # ||A||_2^2 is the top eigenvalue of the smaller of A A^T and A^T A
+    # (``norm(A, 2)`` would run a full SVD, whose p x p factor does not fit
+    # for a wide net).
+    small = diff @ diff.T if diff.shape[0] <= diff.shape[1] else diff.T @ diff
+    top = float(jnp.linalg.eigvalsh(small)[-1])
+    return SpectralNormEstimate(math.sqrt(max(top, 0.0)), 0, True, "dense")
   if method != "power":
     raise ValueError(f'method must be "auto", "dense" or "power", '
                      f"got {method!r}")

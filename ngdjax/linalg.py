@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ngdjax import _checks
 
@@ -35,3 +36,24 @@ def lambda_min(g: Array) -> Array:
 def symmetrize(a: Array) -> Array:
   """``(a + a^T) / 2``."""
   return 0.5 * (a + a.T)
+
+
+def self_outer(a: Array, blocks: int = 4, min_rows: int = 512) -> Array:
+  """``a a^T`` (``(k, k)`` for ``a`` ``(k, r)``), exploiting its symmetry.
+
+  From ``min_rows`` rows on, only the ``blocks (blocks + 1) / 2`` upper
+  blocks are multiplied and the lower ones are their transposes: about
+  ``(blocks + 1) / (2 blocks)`` of the matmul work (XLA has no ``syrk``).
+  """
+  k = a.shape[0]
+  if k < min_rows:
+    return a @ a.T
+  bounds = np.linspace(0, k, blocks + 1).astype(int)
+  parts = [a[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+  rows = [[None] * blocks for _ in range(blocks)]
+  for p in range(blocks):
+    for q in range(p, blocks):
+      rows[p][q] = parts[p] @ parts[q].T
+      if q > p:
+        rows[q][p] = rows[p][q].T
+  return jnp.block(rows)

@@ -86,6 +86,7 @@ from ngdjax import _checks
 
 # ngdjax.jacobian is shadowed by the function ngdjax.jacobian: import names.
 from ngdjax.jacobian import jvp
+from ngdjax.linalg import self_outer
 from ngdjax.models import Model
 from ngdjax.optim import base, solvers
 from ngdjax.optim import damping as damping_lib
@@ -187,38 +188,38 @@ def factored_update(
   bf = grads.reshape(n * c, b)
 
   def right_dual(t):  # t (r, n c) -> t (B B^T + lam_B)^{-1} B, (r, b)
-    s, failed = solvers.psd_solve(bf @ bf.T, t.T, lam_b, pinv=pinv_b)
+    s, failed = solvers.psd_solve(self_outer(bf), t.T, lam_b, pinv=pinv_b)
     return s.T @ bf, failed
 
   def right_primal(y):  # y (r, b) = t B -> y (B^T B + lam_B)^{-1}
-    s, failed = solvers.psd_solve(bf.T @ bf, y.T, lam_b, pinv=pinv_b)
+    s, failed = solvers.psd_solve(self_outer(bf.T), y.T, lam_b, pinv=pinv_b)
     return s.T, failed
 
   if dual_a and dual_b:
     # K = (A A^T + lam_A)^{-1} Gamma (B B^T + lam_B)^{-1} is (n, n c) and
     # delta = A^T K B; multiply out in the cheaper order (flops / 2n):
     # (A^T K) B costs n^2 c + a c (n + b), A^T (K B) costs b (n + n c + a).
-    k_t, f1 = solvers.psd_solve(bf @ bf.T, _gamma_dense(g).T, lam_b,
+    k_t, f1 = solvers.psd_solve(self_outer(bf), _gamma_dense(g).T, lam_b,
                                 pinv=pinv_b)  # K^T before the A side
     if n * n * c + a * c * (n + b) < b * (n + n * c + a):
-      k, f2 = solvers.psd_solve(inputs @ inputs.T, k_t.T, lam_a, pinv=pinv_a)
+      k, f2 = solvers.psd_solve(self_outer(inputs), k_t.T, lam_a, pinv=pinv_a)
       delta = (inputs.T @ k) @ bf
     else:
-      s, f2 = solvers.psd_solve(inputs @ inputs.T, k_t.T @ bf, lam_a,
+      s, f2 = solvers.psd_solve(self_outer(inputs), k_t.T @ bf, lam_a,
                                 pinv=pinv_a)
       delta = inputs.T @ s
   elif dual_a:
     t, f1 = right_primal(jnp.einsum("ik,ikb->ib", g, grads))
-    s, f2 = solvers.psd_solve(inputs @ inputs.T, t, lam_a, pinv=pinv_a)
+    s, f2 = solvers.psd_solve(self_outer(inputs), t, lam_a, pinv=pinv_a)
     delta = inputs.T @ s
   elif dual_b:
     # A^T Gamma as (a, n c): column (i, k) is A[i] g[i, k].
     z = (inputs.T[:, :, None] * g[None, :, :]).reshape(a, n * c)
     t, f1 = right_dual(z)
-    delta, f2 = solvers.psd_solve(inputs.T @ inputs, t, lam_a, pinv=pinv_a)
+    delta, f2 = solvers.psd_solve(self_outer(inputs.T), t, lam_a, pinv=pinv_a)
   else:
     t, f1 = right_primal(inputs.T @ jnp.einsum("ik,ikb->ib", g, grads))
-    delta, f2 = solvers.psd_solve(inputs.T @ inputs, t, lam_a, pinv=pinv_a)
+    delta, f2 = solvers.psd_solve(self_outer(inputs.T), t, lam_a, pinv=pinv_a)
   return n * delta, f1 + f2
 
 
@@ -250,16 +251,16 @@ def exact_update(
   n, c, b = grads.shape
   bf = grads.reshape(n * c, b)
   if dual_b:
-    eb, ub = jnp.linalg.eigh(bf @ bf.T)
+    eb, ub = jnp.linalg.eigh(self_outer(bf))
     right = jnp.einsum("ik,ikq->iq", g, ub.reshape(n, c, n * c))
   else:
-    eb, qb = jnp.linalg.eigh(bf.T @ bf)
+    eb, qb = jnp.linalg.eigh(self_outer(bf.T))
     right = jnp.einsum("ik,ikb->ib", g, grads) @ qb
   if dual_a:
-    ea, ua = jnp.linalg.eigh(inputs @ inputs.T)
+    ea, ua = jnp.linalg.eigh(self_outer(inputs))
     core = ua.T @ right
   else:
-    ea, qa = jnp.linalg.eigh(inputs.T @ inputs)
+    ea, qa = jnp.linalg.eigh(self_outer(inputs.T))
     core = qa.T @ (inputs.T @ right)
   ea = solvers.clamp_spectrum(ea) + lam_a
   eb = solvers.clamp_spectrum(eb) + lam_b

@@ -1,11 +1,14 @@
 """Smoke test of C9 (``ngdjax.experiment.generalization``)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import generalization
 
+REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["measure.png", "test_error.png", "training_residual.png"]
 
@@ -51,3 +54,10 @@ def test_sweep_without_clean_labels_fails_at_start(tmp_path):
   config.label_noise = (0.2, 0.5)
   with pytest.raises(ValueError, match="config.label_noise"):
     generalization.run(config, tmp_path)
+
+
+def test_presets_match_schema():
+  path = REPO / "configs" / "generalization.py"
+  for spec in (str(path), f"{path}:small"):
+    config_lib.check_config(config_lib.load_config_file(spec),
+                            generalization.default_config())

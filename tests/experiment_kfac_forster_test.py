@@ -1,12 +1,15 @@
 """Smoke test of C6 (``ngdjax.experiment.kfac_forster``)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import kfac_forster
 
+REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["rate_vs_cond.png", "residuals_theorem_step.png",
            "forster_one_step.png"]
@@ -67,3 +70,10 @@ def test_narrow_width_fails_at_start(tmp_path):
   config.width = 8
   with pytest.raises(ValueError, match="config.width"):
     kfac_forster.run(config, tmp_path)
+
+
+def test_presets_match_schema():
+  path = REPO / "configs" / "kfac_forster.py"
+  for spec in (str(path), f"{path}:small"):
+    config_lib.check_config(config_lib.load_config_file(spec),
+                            kfac_forster.default_config())

@@ -109,7 +109,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C12", "Training curves",
           "loss vs step and wall-clock: NGD, K-FAC (with and without "
           "Forster), GD, Adam on digits across widths",
-          "NGD and K-FAC after Forster converge in the fewest steps"),
+          "NGD and K-FAC after Forster converge in the fewest steps",
+          experiment="training_curves"),
 )
 
 

@@ -1,8 +1,9 @@
 """C12: training curves of NGD, K-FAC (+- Forster), GD and Adam on digits.
 
-Small preset (about 25 s on 2 CPU cores, of which about 5 s import
-scikit-learn; digits 4 vs 9, n = 256, PCA to d = 32, widths 512 and 2048;
-budgets 20 steps for NGD/K-FAC, 200 for GD/Adam)::
+Small preset (about 25 s on 2 shared CPU cores standalone, of which about
+5 s import scikit-learn; 19 s inside reproduce; digits 4 vs 9, n = 256,
+PCA to d = 32, widths 512 and 2048; budgets 20 steps for NGD/K-FAC, 200
+for GD/Adam)::
 
   python -m experiments.training_curves \
       --config=configs/training_curves.py:small \

@@ -263,7 +263,7 @@ def _plot(r: Run, config, res, classes) -> list[str]:
       f"two outputs (n={config.n_train}, m={config.width})", fontsize=10.5,
       y=0.995)
   f1 = "figure1.png"
-  fig.savefig(r.path(f1), dpi=100)
+  fig.savefig(r.path(f1), dpi=100, bbox_inches="tight")
 
   fig = Figure(figsize=(11.0, 4.3))
   FigureCanvasAgg(fig)
@@ -296,5 +296,5 @@ def _plot(r: Run, config, res, classes) -> list[str]:
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   f2 = "whole_vector.png"
-  fig.savefig(r.path(f2), dpi=100)
+  fig.savefig(r.path(f2), dpi=100, bbox_inches="tight")
   return [f1, f2]

@@ -257,5 +257,5 @@ def _plot(r: Run, config, results) -> list[str]:
   fig.suptitle(f"C7: Forster transform, error vs iteration (n={config.n}, "
                f"d={config.d})", fontsize=11)
   name = "error_vs_iteration.png"
-  fig.savefig(r.path(name), dpi=100)
+  fig.savefig(r.path(name), dpi=100, bbox_inches="tight")
   return [name]

@@ -486,4 +486,4 @@ def _path_figure(path, records, lin) -> None:
                fontsize=10)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8, loc="upper right")
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")

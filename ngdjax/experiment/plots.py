@@ -168,5 +168,5 @@ def line_plot(
   if any(s.label for s in series) or hlines or vlines:
     ax.legend(fontsize=8)
   path = Path(path)
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   return path

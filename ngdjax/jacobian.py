@@ -316,11 +316,26 @@ def _gram_jacobian(apply, params, x1, x2, chunk_size):
   return total
 
 
+# Default block of the "products" method: at most this many examples, and
+# at most AUTO_JACOBIAN_BYTES of Jacobian rows per block. A block of JVPs
+# holds (block c) x block examples' activations, so the block is kept small.
+PRODUCTS_MAX_BLOCK = 128
+
+
+def _default_products_chunk(apply, params, x) -> int:
+  p = ravel_pytree(params)[0].size
+  c = jax.eval_shape(lambda p_, z: _outputs_2d(apply, p_, z), params,
+                     x[:1]).shape[1]
+  rows = AUTO_JACOBIAN_BYTES // max(1, c * p * x.dtype.itemsize)
+  return int(max(1, min(PRODUCTS_MAX_BLOCK, rows)))
+
+
 def _gram_products(apply, params, x1, x2, chunk_size):
   """``G[D, C] = J_D J_C^T``: rows of ``J_C`` by VJP, products by JVP."""
   x2 = x1 if x2 is None else x2
   n1, n2 = x1.shape[0], x2.shape[0]
-  chunk = chunk_size or max(n1, n2)
+  chunk = chunk_size or _default_products_chunk(apply, params, x1)
+  chunk = min(chunk, max(n1, n2))
   jac_one = jax.jacrev(_per_example(apply))
 
   def column_block(xc):
@@ -527,7 +542,9 @@ def gram(
       (see the module docstring for the trade-offs).
     chunk_size: examples per block; bounds the memory of every method's
       intermediates (``"products"`` never holds more than ``chunk_size``
-      Jacobian rows).
+      Jacobian rows; its default block is at most ``PRODUCTS_MAX_BLOCK``
+      examples and ``AUTO_JACOBIAN_BYTES`` of rows; ``"structured"`` with a
+      block streams the layer factors).
     mesh: optional one-axis ``jax.sharding.Mesh``: shard the example axis
       over its devices (``ngdjax.parallel.sharded_gram``); the result is
       sharded by rows. Not combined with ``x2``.

@@ -15,7 +15,9 @@ Two-layer net (``c = 1``), FLOP model of the dominant terms (multiply-add =
 
 * GD: forward ``2 n m d`` + VJP ``2 n m d``.
 * NGD (Cholesky, structured Gram ``(X X^T) * (S S^T) / m``): forward and VJP
-  ``4 n m d``, activation pattern ``2 n m d``, Gram ``2 n^2 (m + d)``,
+  ``4 n m d``, activation pattern ``2 n m d``, Gram ``2 n^2 (m + d)`` times
+  5/8 from 512 rows on (``linalg.self_outer`` multiplies only the upper
+  blocks of a symmetric product; the same applies to K-FAC's factors),
   Cholesky ``n^3 / 3``. Against GD: ``1.5 + n (m + d) / (2 m d) + ...``:
   about ``n / (2 d)`` for ``m >> d``, so NGD/GD grows with ``n / d``.
 * K-FAC primal: ``S~^T S~`` ``2 n m^2`` and its Cholesky ``m^3 / 3``.
@@ -43,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ngdjax
+from ngdjax.linalg import SELF_OUTER_BLOCKS, SELF_OUTER_MIN_ROWS
 from ngdjax.optim import gd, kfac, ngd
 
 
@@ -108,6 +111,13 @@ def _run(title, model, params, x, y, optimizers, models, repeats):
   return times
 
 
+def _sym(rows: int) -> float:
+  """Fraction of an ``a a^T`` product's work ``linalg.self_outer`` does."""
+  if rows < SELF_OUTER_MIN_ROWS:
+    return 1.0
+  return (SELF_OUTER_BLOCKS + 1) / (2 * SELF_OUTER_BLOCKS)
+
+
 def two_layer(n, d, m, dtype, repeats, damping):
   model = ngdjax.two_layer_relu(m)
   params = jax.tree_util.tree_map(lambda t: t.astype(dtype),
@@ -123,13 +133,16 @@ def two_layer(n, d, m, dtype, repeats, damping):
   common = 4 * n * m * d
   models = {
       "gd": common,
-      "ngd": common + 2 * n * m * d + 2 * n * n * (m + d) + n**3 / 3,
-      "kfac_auto": (common + 2 * n * d * d + 2 * n * n * m
+      "ngd": (common + 2 * n * m * d + 2 * n * n * (m + d) * _sym(n)
+              + n**3 / 3),
+      "kfac_auto": (common + 2 * n * d * d * _sym(d)
+                    + 2 * n * n * m * _sym(n)
                     + (d**3 + n**3) / 3 + 2 * n * n * d + 2 * d * d * m),
-      "kfac_primal": (common + 2 * n * d * d + 2 * n * m * m
+      "kfac_primal": (common + 2 * n * d * d * _sym(d)
+                      + 2 * n * m * m * _sym(m)
                       + (d**3 + m**3) / 3 + 2 * m * d * (m + d)),
       # Both factors dual: two n x n solves with n right-hand sides.
-      "kfac_dual": (common + 2 * n * n * (d + m) + 2 * n**3 / 3
+      "kfac_dual": (common + 2 * n * n * (d + m) * _sym(n) + 2 * n**3 / 3
                     + 4 * n**3 + 2 * n * n * d + 2 * n * d * m),
   }
   times = _run(f"two_layer_relu n={n} d={d} m={m} {dtype.__name__} "
@@ -155,12 +168,13 @@ def mlp(n, d, widths, dtype, repeats, damping):
   gd_flops = 6 * n * sum(a * b for a, b in layers)
 
   def factor(k, rows, dual):
-    return (2 * rows * rows * k + rows**3 / 3) if dual else (
-        2 * rows * k * k + k**3 / 3)
+    return (2 * rows * rows * k * _sym(rows) + rows**3 / 3) if dual else (
+        2 * rows * k * k * _sym(k) + k**3 / 3)
 
   models = {
       "gd": gd_flops,
-      "ngd": gd_flops + 2 * n * n * sum(a + b for a, b in layers) + n**3 / 3,
+      "ngd": (gd_flops + 2 * n * n * sum(a + b for a, b in layers) * _sym(n)
+              + n**3 / 3),
       "kfac_auto": gd_flops + sum(factor(a, n, n < a) + factor(b, n, n < b)
                                   for a, b in layers),
       "kfac_primal": gd_flops + sum(factor(a, n, False) + factor(b, n, False)

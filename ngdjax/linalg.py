@@ -38,7 +38,17 @@ def symmetrize(a: Array) -> Array:
   return 0.5 * (a + a.T)
 
 
-def self_outer(a: Array, blocks: int = 4, min_rows: int = 512) -> Array:
+# linalg.self_outer splits a product into this many row blocks from this
+# many rows on.
+SELF_OUTER_BLOCKS = 4
+SELF_OUTER_MIN_ROWS = 512
+
+
+def self_outer(
+    a: Array,
+    blocks: int = SELF_OUTER_BLOCKS,
+    min_rows: int = SELF_OUTER_MIN_ROWS,
+) -> Array:
   """``a a^T`` (``(k, k)`` for ``a`` ``(k, r)``), exploiting its symmetry.
 
   From ``min_rows`` rows on, only the ``blocks (blocks + 1) / 2`` upper

@@ -144,21 +144,30 @@ def main():
       rows, ["n", "chunk", "gram_s", "gram / n0", "step_s", "step / n0",
              "peak_rss_gb", "error"])
 
-  # Largest n within the budget, from a fit of peak memory to a + b n + c n^2
-  # (the n x n Gram and its factor are the quadratic terms).
-  for c in (None, chunk):
-    pts = [(r["n"], r["peak_rss_gb"]) for r in rows
-           if r["chunk"] == (c or "-") and "peak_rss_gb" in r]
-    if len(pts) >= 3:
-      nn, mem = np.array(pts, dtype=float).T
-      coef = np.polyfit(nn, mem, 2)
-      roots = np.roots(coef - np.array([0, 0, args.budget_gb]))
-      feasible = [r.real for r in roots if abs(r.imag) < 1e-9 and r.real > 0]
-      if feasible:
-        print(f"  chunk={c or '-'}: peak memory fit {coef[0]:.3g} n^2 + "
-              f"{coef[1]:.3g} n + {coef[2]:.3g} GB -> largest n within "
-              f"{args.budget_gb:g} GB ~ {int(min(feasible)):,} "
-              "(extrapolated)")
+  # Largest n within the budget. The n x n terms (the Gram, its Cholesky
+  # factor, workspace) dominate at large n; their bytes per entry are
+  # measured at a small width, where the n-linear factor memory is small,
+  # from the slope of peak memory against n^2.
+  big_ns = [256, 512] if args.quick else [4096, 8192, 16384]
+  quad = []
+  for n in big_ns:
+    res = _run_child({"n": n, "d": 64, "m": 1024, "chunk": chunk})
+    res.update(n=n, chunk=chunk, m=1024, d=64)
+    quad.append(res)
+  _print_table(f"n x n memory (d=64, m=1024, chunk={chunk})", quad,
+               ["n", "gram_s", "step_s", "peak_rss_gb", "error"])
+  ok = [r for r in quad if "peak_rss_gb" in r]
+  if len(ok) >= 2:
+    n_sq = np.array([r["n"] for r in ok], float) ** 2
+    mem = np.array([r["peak_rss_gb"] for r in ok]) * 2**30
+    slope = (mem[-1] - mem[-2]) / (n_sq[-1] - n_sq[-2])  # bytes per entry
+    base_gb = max(r["peak_rss_gb"] for r in rows if r["chunk"] == chunk)
+    largest = np.sqrt(max(args.budget_gb - base_gb, 0) * 2**30 / slope)
+    print(f"  {slope:.1f} bytes per Gram entry at peak ("
+          f"{slope / 4:.1f} float32 n x n buffers live); with chunk={chunk}"
+          f" the rest stays below {base_gb:.2f} GB, so the largest n in "
+          f"{args.budget_gb:g} GB is about {int(largest):,} (Cholesky "
+          "solver; beyond it use solver='cg', which holds no n x n array)")
 
   if args.quick:
     sweep_n, sweep_m = 32, 64

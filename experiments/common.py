@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from ngdjax.experiment import config as config_lib
 
@@ -41,3 +42,19 @@ def finish(summary: Mapping[str, Any]) -> int:
   logging.info("%s %s: %s", summary.get("claim"), status,
                summary.get("measured_text"))
   return 0 if summary.get("passed") else 1
+
+
+def define_run_flags(name: str):
+  """``--config`` and ``--workdir``, required, for the experiment ``name``.
+
+  Returns:
+    ``(config_flag, workdir_flag)`` holders; read ``.value`` in ``main``.
+  """
+  config = config_flags.DEFINE_config_file(
+      "config", None, f"Configuration file, e.g. configs/{name}.py:small.",
+      lock_config=True)
+  workdir = flags.DEFINE_string(
+      "workdir", None, "Directory for config.json, metrics.jsonl, "
+      "summary.json and figures; rerunning with the same workdir resumes.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  return config, workdir

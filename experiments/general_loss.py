@@ -6,19 +6,12 @@
 See configs/general_loss.py for the presets, runtimes and expected results.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
 from experiments import common
 from ngdjax.experiment import general_loss
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Configuration file, e.g. configs/general_loss.py:small.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for config.json, metrics.jsonl, summary.json "
-    "and figures; rerunning with the same workdir resumes.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR = common.define_run_flags("general_loss")
 
 
 def main(argv):

@@ -9,9 +9,14 @@
 * ``config``: ``check_config`` (unknown / missing / mistyped fields, named),
   ``check_workdir``, ``load_config_file`` (``path.py:preset``),
   ``initialize_distributed``.
-* One module per experiment (``gram_limit`` for C5, ``lambda0_vs_n`` for C8),
-  each with ``default_config()`` and ``run(config, workdir) -> summary``,
-  and ``reproduce`` which runs them all and writes ``report.md``.
+* One module per experiment, each with ``default_config()`` and
+  ``run(config, workdir) -> summary``: ``ngd_rate`` (C1), ``general_loss``
+  (C2), ``training_conditions`` (C3), ``jacobian_stability`` (C4),
+  ``gram_limit`` (C5), ``kfac_forster`` (C6), ``forster_convergence`` (C7),
+  ``lambda0_vs_n`` (C8), ``generalization`` (C9), ``linearized_paths``
+  (C10), ``figure1`` (C11), ``training_curves`` (C12); ``ngd_training``
+  holds the NGD loop with per-step diagnostics that C1-C4 share; and
+  ``reproduce`` runs them all and writes ``report.md``.
 """
 
 from ngdjax.experiment import checkpoint, config, metrics, plots, progress

@@ -88,10 +88,6 @@ class Model(NamedTuple):
   from_layer_matrices: Callable[[Sequence[Array]], Params] | None = None
   kernel_inf: Callable[[Array], Array] | None = None
 
-  @property
-  def has_structure(self) -> bool:
-    return self.layer_factors is not None
-
 
 def _check_width(name: str, value) -> int:
   _checks.check_scalar(name, value, positive=True, integer=True)

@@ -57,7 +57,6 @@ import ml_collections
 from ngdjax import data
 from ngdjax.experiment import ngd_training as training
 from ngdjax.experiment import plots
-from ngdjax.experiment.gram_limit import threshold_width
 from ngdjax.experiment.runner import Run, unit_key
 
 NAME = "general_loss"
@@ -106,43 +105,19 @@ def run(config: ml_collections.ConfigDict,
     loss = training.loss_for("squared_log_cosh", float(config.alpha))
     mu, lip = loss.mu, loss.L
     x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-    widths = [int(m) for m in config.widths]
     etas = [float(f) * 2.0 / (mu + lip) for f in config.eta_fractions]
-    units = [(m, s, eta) for m in widths for s in range(config.reps)
-             for eta in etas]
-    work = {m: 1.0 + m / 4096 for m in widths}
-    r.start_progress(len(units), interval_s=2.0,
-                     work=sum(work[m] for m, _, _ in units))
 
-    def measure(m, s, eta, log):
-      model = training.two_layer_model(m, float(config.nu))
-      params0 = model.init(r.key(unit_key(width=m, rep=s)), config.d)
-      t = training.train(model, params0, x, y, learning_rate=eta,
-                         num_steps=config.num_steps, loss=loss,
-                         residual_floor=config.residual_floor,
-                         jacobian=True, log=log, width=m, rep=s, eta=eta)
-      lam_g0 = t["lambda_min_G"][0]
-      c = training.condition2_constant(max(t["jacobian_change"]), lam_g0)
+    def theorem2(c, eta):
+      """Theorem 2's step limit for ``C``, and whether ``eta`` is below it."""
       eta_max = training.theorem2_eta_max(c, mu, lip)
-      return {
-          "width": m, "rep": s, "eta": eta,
-          "max_ratio": max(t["ratios"]),
-          "ratios": t["ratios"],
-          "lambda_min_G0": lam_g0,
-          "C": c,
-          "eta_max": eta_max,
-          "in_theorem": bool(eta < eta_max),
-          "steps": t["steps"],
-          "reached_floor": t["reached_floor"],
-          "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
-          "power_iteration_converged": all(t["jacobian_converged"]),
-      }
+      return eta_max, eta < eta_max
 
-    results = [
-        r.unit(unit_key(width=m, rep=s, eta=f"{eta:.6g}"),
-               functools.partial(measure, m, s, eta), work=work[m])
-        for m, s, eta in units
-    ]
+    results = training.sweep(
+        r, config, functools.partial(training.rate_unit, r, config, x, y,
+                                     theorem=theorem2, loss=loss),
+        etas=etas,
+        # eta = f * 2 / (mu + L) is rarely short: name it by 6 digits.
+        key=lambda m, s, eta: unit_key(width=m, rep=s, eta=f"{eta:.6g}"))
     return _summarise(r, config, results, etas, loss)
 
 
@@ -151,60 +126,27 @@ def _summarise(r: Run, config, results, etas, loss) -> dict[str, Any]:
   bound = {eta: 1.0 - eta * factor for eta in etas}
   for u in results:
     u["bound"] = bound[u["eta"]]
-    u["holds"] = u["max_ratio"] <= u["bound"] * (1.0 + config.ratio_rtol)
-  widest = max(u["width"] for u in results)
-  m_star, at_widest = {}, {}
-  for eta in etas:
-    rows = [u for u in results if u["eta"] == eta]
-    m_star[eta] = threshold_width([u["width"] for u in rows],
-                                  [u["holds"] for u in rows])
-    at_widest[eta] = max(u["max_ratio"] for u in rows
-                         if u["width"] == widest)
-  in_theorem = [u for u in results if u["in_theorem"]]
+  rates = training.rate_sweep(results, etas, bound, config.ratio_rtol)
   failures = [u for u in results if not u["holds"]]
-  checks = {
-      "rate_wide": all(m_star[e] is not None for e in etas),
-      "theorem": all(u["holds"] for u in in_theorem),
-  }
-  cs = [u["C"] for u in results]
+  checks = rates.checks(etas)
   measured = {
       "loss": loss.name,
       "mu": loss.mu,
       "L": loss.L,
       "rate_factor": factor,
       "eta_limit": 2.0 / (loss.mu + loss.L),
-      "widest_width": widest,
-      "runs": len(results),
-      "runs_in_theorem": len(in_theorem),
-      "runs_failing_rate": len(failures),
-      "C_min": min(cs),
-      "C_at_widest": max(u["C"] for u in results if u["width"] == widest),
-      "cholesky_failed_steps": sum(u["cholesky_failed_steps"]
-                                   for u in results),
-      "power_iteration_converged": all(u["power_iteration_converged"]
-                                       for u in results),
+      **rates.measured(failures, ".4g", with_bound=True),
   }
-  for eta in etas:
-    measured[f"max_ratio_at_widest/eta={eta:.4g}"] = at_widest[eta]
-    measured[f"bound/eta={eta:.4g}"] = bound[eta]
-    measured[f"m_star/eta={eta:.4g}"] = m_star[eta]
 
-  rate_text = "; ".join(
-      f"eta={eta:.3g}: max ratio at m={widest} {at_widest[eta]:.3g} (bound "
-      f"{bound[eta]:.3g}), holds for m >= "
-      f"{'none' if m_star[eta] is None else f'{m_star[eta]:.0f}'}"
-      for eta in etas)
-  fail_text = ("no run breaks the bound" if not failures else
-               "breaks: " + ", ".join(
-                   f"m={u['width']} eta={u['eta']:.3g} ({u['max_ratio']:.3g}"
-                   f" > {u['bound']:.3g})" for u in failures[:4])
-               + (" ..." if len(failures) > 4 else ""))
+  fail_text = training.failure_text(
+      failures,
+      lambda u: (f"m={u['width']} eta={u['eta']:.3g} ({u['max_ratio']:.3g}"
+                 f" > {u['bound']:.3g})"))
   text = (
-      f"{loss.name} (mu={loss.mu:g}, L={loss.L:g}): {rate_text}; "
-      f"{fail_text}; measured C = {min(cs):.2g}..{max(cs):.3g} "
-      f"({measured['C_at_widest']:.2g} at the widest), Theorem 2's "
-      f"hypotheses hold in {len(in_theorem)} of {len(results)} runs "
-      f"(n={config.n}, d={config.d}, {config.reps} reps)")
+      f"{loss.name} (mu={loss.mu:g}, L={loss.L:g}): "
+      f"{rates.rate_text(etas, '.3g', '.3g')}; {fail_text}; measured "
+      f"{rates.hypotheses_text('Theorem 2')} (n={config.n}, d={config.d}, "
+      f"{config.reps} reps)")
   expectation = (
       f"every per-step ratio <= 1 - 2 eta mu L/(mu + L) = 1 - "
       f"{factor:.4g} eta from some width on, for eta = f * 2/(mu + L), f in "
@@ -219,8 +161,7 @@ def _summarise(r: Run, config, results, etas, loss) -> dict[str, Any]:
       expectation=expectation,
       figures=figures,
       title=TITLE,
-      details={"runs": [{k: v for k, v in u.items() if k != "ratios"}
-                        for u in results]},
+      details=rates.details(),
   )
 
 

@@ -43,7 +43,6 @@ sweep; the fit puts it at a few hundred thousand units.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from typing import Any
@@ -54,7 +53,7 @@ import numpy as np
 from ngdjax import data, diagnostics
 from ngdjax.experiment import ngd_training as training
 from ngdjax.experiment import plots
-from ngdjax.experiment.runner import Run, unit_key
+from ngdjax.experiment.runner import Run
 
 NAME = "jacobian_stability"
 CLAIM = "C4"
@@ -78,35 +77,16 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _check(config) -> None:
-  if len(config.widths) < 3:
-    raise ValueError("config.widths needs at least 3 widths for a fit")
-  if not 0 < config.learning_rate <= 1:
-    raise ValueError(f"config.learning_rate must lie in (0, 1], got "
-                     f"{config.learning_rate}")
-  if not 0 < config.delta < 1:
-    raise ValueError(f"config.delta must lie in (0, 1), got {config.delta}")
-  if config.num_steps < 1 or config.reps < 1:
-    raise ValueError("config.num_steps and config.reps must be >= 1")
-
-
 def run(config: ml_collections.ConfigDict,
         workdir: str | os.PathLike) -> dict[str, Any]:
   """Runs C4 and returns its summary (also written to ``summary.json``)."""
   with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
-    _check(config)
+    training.check_fixed_step_sweep(config)
     x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-    widths = [int(m) for m in config.widths]
-    units = [(m, s) for m in widths for s in range(config.reps)]
-    # The power iterations dominate: their products cost n m d each.
-    work = {m: 1.0 + m / 1024 for m in widths}
-    r.start_progress(len(units), interval_s=2.0,
-                     work=sum(work[m] for m, _ in units))
     nu, delta = float(config.nu), float(config.delta)
 
     def measure(m, s, log):
-      model = training.two_layer_model(m, nu)
-      params0 = model.init(r.key(unit_key(width=m, rep=s)), config.d)
+      model, params0 = training.init_net(r, config, m, s)
       t = training.train(model, params0, x, y,
                          learning_rate=float(config.learning_rate),
                          num_steps=config.num_steps,
@@ -136,9 +116,8 @@ def run(config: ml_collections.ConfigDict,
           "power_iteration_converged": all(t["jacobian_converged"]),
       }
 
-    results = [r.unit(unit_key(width=m, rep=s),
-                      functools.partial(measure, m, s), work=work[m])
-               for m, s in units]
+    # The power iterations dominate: their products cost n m d each.
+    results = training.sweep(r, config, measure, work_width=1024.0)
     return _summarise(r, config, results)
 
 
@@ -220,14 +199,9 @@ def _plot(r: Run, config, results, fit) -> list[str]:
   widths = sorted({u["width"] for u in results})
   xs = [u["width"] for u in results]
 
-  def by_width(key):
-    ys = [u[key] for u in results]
-    ux, mean, _, _ = plots.mean_by_x(xs, ys)
-    return ys, ux, mean
-
-  ys, ux, mean = by_width("jacobian_change_max")
-  _, bx, bmean = by_width("lemma7_bound")
-  _, tx, tmean = by_width("condition2_threshold")
+  ys, ux, mean = training.by_width(results, "jacobian_change_max")
+  _, bx, bmean = training.by_width(results, "lemma7_bound")
+  _, tx, tmean = training.by_width(results, "condition2_threshold")
   f1 = "jacobian_change.png"
   plots.line_plot(
       r.path(f1),

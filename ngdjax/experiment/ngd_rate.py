@@ -61,8 +61,7 @@ import ml_collections
 from ngdjax import data, diagnostics
 from ngdjax.experiment import ngd_training as training
 from ngdjax.experiment import plots
-from ngdjax.experiment.gram_limit import threshold_width
-from ngdjax.experiment.runner import Run, unit_key
+from ngdjax.experiment.runner import Run
 
 NAME = "ngd_rate"
 CLAIM = "C1"
@@ -107,120 +106,55 @@ def run(config: ml_collections.ConfigDict,
   with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
     _check(config)
     x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-    widths = [int(m) for m in config.widths]
     etas = [float(e) for e in config.learning_rates]
-    units = [(m, s, eta) for m in widths for s in range(config.reps)
-             for eta in etas]
-    # Work per unit: a fixed cost (compilation, power iterations) plus the
-    # steps' n^2 m.
-    work = {m: 1.0 + m / 4096 for m in widths}
-    r.start_progress(len(units), interval_s=2.0,
-                     work=sum(work[m] for m, _, _ in units))
-
-    def measure(m, s, eta, log):
-      model = training.two_layer_model(m, float(config.nu))
-      params0 = model.init(r.key(unit_key(width=m, rep=s)), config.d)
-      t = training.train(model, params0, x, y, learning_rate=eta,
-                         num_steps=config.num_steps,
-                         residual_floor=config.residual_floor,
-                         jacobian=True, log=log, width=m, rep=s, eta=eta)
-      lam_g0 = t["lambda_min_G"][0]
-      c = training.condition2_constant(max(t["jacobian_change"]), lam_g0)
-      eta_max = training.theorem1_eta_max(c)
-      return {
-          "width": m, "rep": s, "eta": eta,
-          "max_ratio": max(t["ratios"]),
-          "first_ratio": t["ratios"][0],
-          "ratios": t["ratios"],
-          "lambda_min_G0": lam_g0,
-          "C": c,
-          "eta_max": eta_max,
-          "in_theorem": bool(c < 0.5 and eta <= eta_max),
-          "steps": t["steps"],
-          "reached_floor": t["reached_floor"],
-          "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
-          "power_iteration_converged": all(t["jacobian_converged"]),
-      }
-
-    results = [
-        r.unit(unit_key(width=m, rep=s, eta=eta),
-               functools.partial(measure, m, s, eta), work=work[m])
-        for m, s, eta in units
-    ]
+    results = training.sweep(
+        r, config, functools.partial(training.rate_unit, r, config, x, y,
+                                     theorem=_theorem1, first_ratio=True),
+        etas=etas)
     return _summarise(r, config, results, etas)
 
 
-def _holds(u, rtol) -> bool:
-  return u["max_ratio"] <= (1.0 - u["eta"]) * (1.0 + rtol)
+def _theorem1(c: float, eta: float) -> tuple[float, bool]:
+  """Theorem 1's step limit for ``C``, and whether ``eta`` meets it.
+
+  The theorem also needs ``C < 1/2`` (its limit is 0 from there on).
+  """
+  eta_max = training.theorem1_eta_max(c)
+  return eta_max, c < 0.5 and eta <= eta_max
 
 
 def _summarise(r: Run, config, results, etas) -> dict[str, Any]:
   rtol = config.ratio_rtol
-  for u in results:
-    u["holds"] = _holds(u, rtol)
-  widest = max(u["width"] for u in results)
-  m_star, at_widest = {}, {}
-  for eta in etas:
-    rows = [u for u in results if u["eta"] == eta]
-    m_star[eta] = threshold_width([u["width"] for u in rows],
-                                  [u["holds"] for u in rows])
-    at_widest[eta] = max(u["max_ratio"] for u in rows
-                         if u["width"] == widest)
+  rates = training.rate_sweep(results, etas,
+                              {eta: 1.0 - eta for eta in etas}, rtol)
   sub_one = [eta for eta in etas if eta < 1.0]
-  in_theorem = [u for u in results if u["in_theorem"]]
-  checks = {
-      "rate_wide": bool(sub_one) and all(m_star[e] is not None
-                                         for e in sub_one),
-      "theorem": all(u["holds"] for u in in_theorem),
-  }
+  checks = rates.checks(sub_one)
   fit = None
   if 1.0 in etas:
     rows = [u for u in results if u["eta"] == 1.0]
     fit = diagnostics.fit_power_law([u["width"] for u in rows],
                                     [u["first_ratio"] for u in rows])
     checks["eta1_vanishes"] = fit.exponent + 2 * fit.exponent_stderr < 0
+  # eta = 1's bound is 0, which no finite width meets: eta1_vanishes rates
+  # it instead.
   failures = [u for u in results if u["eta"] < 1.0 and not u["holds"]]
-  cs = [u["C"] for u in results]
 
-  measured = {
-      "widest_width": widest,
-      "runs": len(results),
-      "runs_in_theorem": len(in_theorem),
-      "runs_failing_rate": len(failures),
-      "C_min": min(cs),
-      "C_at_widest": max(u["C"] for u in results if u["width"] == widest),
-      "cholesky_failed_steps": sum(u["cholesky_failed_steps"]
-                                   for u in results),
-      "power_iteration_converged": all(u["power_iteration_converged"]
-                                       for u in results),
-  }
-  for eta in etas:
-    measured[f"max_ratio_at_widest/eta={eta:g}"] = at_widest[eta]
-    measured[f"m_star/eta={eta:g}"] = m_star[eta]
+  measured = rates.measured(failures, "g")
   if fit is not None:
     measured["eta1_first_ratio_exponent"] = fit.exponent
     measured["eta1_first_ratio_exponent_stderr"] = fit.exponent_stderr
 
-  rate_text = "; ".join(
-      f"eta={eta:g}: max ratio at m={widest} {at_widest[eta]:.3g} (bound "
-      f"{1 - eta:g}), holds for m >= "
-      f"{'none' if m_star[eta] is None else f'{m_star[eta]:.0f}'}"
-      for eta in sub_one)
-  fail_text = ("no run breaks the bound" if not failures else
-               "breaks: " + ", ".join(
-                   f"m={u['width']} eta={u['eta']:g} ({u['max_ratio']:.3g})"
-                   for u in failures[:4])
-               + (" ..." if len(failures) > 4 else ""))
+  fail_text = training.failure_text(
+      failures,
+      lambda u: f"m={u['width']} eta={u['eta']:g} ({u['max_ratio']:.3g})")
   eta1_text = ("" if fit is None else
                f"; eta=1 first-step ratio ~ m^({fit.exponent:.2f} +- "
                f"{fit.exponent_stderr:.2f}), "
-               f"{at_widest[1.0]:.2g} at m={widest}")
+               f"{rates.at_widest[1.0]:.2g} at m={rates.widest}")
   text = (
-      f"{rate_text}; {fail_text}; measured Condition 2 constant C = "
-      f"{min(cs):.2g}..{max(cs):.3g} ({measured['C_at_widest']:.2g} at the "
-      f"widest), Theorem 1's hypotheses hold in {len(in_theorem)} of "
-      f"{len(results)} runs{eta1_text} (n={config.n}, d={config.d}, "
-      f"{config.reps} reps)")
+      f"{rates.rate_text(sub_one, 'g', 'g')}; {fail_text}; measured "
+      f"Condition 2 constant {rates.hypotheses_text('Theorem 1')}"
+      f"{eta1_text} (n={config.n}, d={config.d}, {config.reps} reps)")
   expectation = (
       "every per-step ratio <= 1 - eta for eta < 1 from some width on "
       f"(rtol {rtol:g}); <= 1 - eta wherever the measured C < 1/2 and "
@@ -236,8 +170,7 @@ def _summarise(r: Run, config, results, etas) -> dict[str, Any]:
       expectation=expectation,
       figures=figures,
       title=TITLE,
-      details={"runs": [{k: v for k, v in u.items() if k != "ratios"}
-                        for u in results]},
+      details=rates.details(),
   )
 
 

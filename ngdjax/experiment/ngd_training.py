@@ -20,6 +20,12 @@ four experiments evaluate them one way: the Condition 2 constant ``C`` of a
 trajectory, the largest step size Theorems 1 and 2 allow for it, and the
 Lemma 7 / Lemma 8 bounds at a measured radius.
 
+And the parts of the four runs that are the same: the sweep over (width,
+repetition[, step size]) units with its initialisation (``init_net``,
+``sweep``), C3 and C4's config check, and C1 and C2's rate analysis (one
+unit's measurement, ``rate_unit``; per step size where the rate holds,
+``rate_sweep``; the figures and text built from it).
+
 Conventions (MATH.md 1-3): sum loss, ``G = J J^T``, scalar output. Where
 MATH.md 2 writes ``lambda_0`` for ``lambda_min(G(0))`` (Conditions 1-2,
 Theorem 1's proof, Lemmas 2-3) the code says ``lambda_min(G(0))``;
@@ -28,16 +34,20 @@ Theorem 1's proof, Lemmas 2-3) the code says ``lambda_min(G(0))``;
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from ngdjax import diagnostics, losses, models
 from ngdjax.experiment import plots
+from ngdjax.experiment.gram_limit import threshold_width
+from ngdjax.experiment.runner import Run, unit_key
 from ngdjax.optim import ngd
 
 Log = Callable[..., None]
@@ -231,7 +241,237 @@ def lemma8_flip_bound(radius: float, nu: float, delta: float,
 
 
 # --------------------------------------------------------------------------
-# Figures shared by C1 and C2 (drawn from metrics.jsonl records).
+# The sweep all four experiments run: one unit per width and repetition
+# (and, in C1 and C2, step size).
+# --------------------------------------------------------------------------
+
+
+def init_net(r: Run, config: ml_collections.ConfigDict, width: int,
+             rep: int) -> tuple[models.Model, Any]:
+  """``(model, params0)`` for one width and repetition of a sweep.
+
+  The key names only the width and the repetition, so every step size of a
+  C1/C2 sweep starts from the same ``W`` and a resumed run draws it again.
+  """
+  model = two_layer_model(width, float(config.nu))
+  return model, model.init(r.key(unit_key(width=width, rep=rep)), config.d)
+
+
+def _unit_key(width: int, rep: int, eta: float | None = None) -> str:
+  if eta is None:
+    return unit_key(width=width, rep=rep)
+  return unit_key(width=width, rep=rep, eta=eta)
+
+
+def sweep(r: Run, config: ml_collections.ConfigDict,
+          measure: Callable[..., dict[str, Any]], *,
+          etas: Sequence[float] | None = None,
+          key: Callable[..., str] | None = None,
+          work_width: float = 4096.0) -> list[dict[str, Any]]:
+  """Runs (or reloads) ``measure`` on every unit of the sweep, in order.
+
+  The units are ``(m, s)`` for ``m`` in ``config.widths`` and ``s <
+  config.reps`` or, given ``etas``, ``(m, s, eta)``; ``measure(*unit,
+  log)`` computes one and ``key(*unit)`` names it for resuming (by default
+  ``unit_key(width=m, rep=s[, eta=eta])``). A unit's share of the progress
+  is ``1 + m / work_width``: a fixed cost (compilation, power iterations)
+  plus one that grows with the width.
+  """
+  widths = [int(m) for m in config.widths]
+  reps = range(config.reps)
+  if etas is None:
+    units = [(m, s) for m in widths for s in reps]
+  else:
+    units = [(m, s, eta) for m in widths for s in reps for eta in etas]
+  key = _unit_key if key is None else key
+  work = [1.0 + unit[0] / work_width for unit in units]
+  r.start_progress(len(units), interval_s=2.0, work=sum(work))
+  return [r.unit(key(*unit), functools.partial(measure, *unit), work=w)
+          for unit, w in zip(units, work, strict=True)]
+
+
+def check_fixed_step_sweep(config: ml_collections.ConfigDict) -> None:
+  """Checks the fields of C3 and C4: one step size, a fit over widths.
+
+  Raises ``ValueError`` before any work unless there are at least 3 widths
+  (for the power-law fit), ``learning_rate`` lies in Theorem 1's ``(0, 1]``,
+  ``delta`` (a failure probability) in ``(0, 1)``, and ``num_steps`` and
+  ``reps`` are at least 1.
+  """
+  if len(config.widths) < 3:
+    raise ValueError("config.widths needs at least 3 widths for a fit")
+  if not 0 < config.learning_rate <= 1:
+    raise ValueError(f"config.learning_rate must lie in (0, 1] (Theorem "
+                     f"1's range), got {config.learning_rate}")
+  if not 0 < config.delta < 1:
+    raise ValueError(f"config.delta must lie in (0, 1), got {config.delta}")
+  if config.num_steps < 1 or config.reps < 1:
+    raise ValueError("config.num_steps and config.reps must be >= 1")
+
+
+# --------------------------------------------------------------------------
+# The rate analysis shared by C1 (Theorem 1) and C2 (Theorem 2).
+# --------------------------------------------------------------------------
+
+# ``theorem(C, eta) -> (eta_max, in_theorem)``: a theorem's largest step for
+# a measured Condition 2 constant ``C``, and whether ``eta`` meets all of its
+# hypotheses.
+Theorem = Callable[[float, float], tuple[float, bool]]
+
+
+def rate_unit(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
+              y: jax.Array, width: int, rep: int, eta: float, log: Log, *,
+              theorem: Theorem, loss: losses.Loss | None = None,
+              first_ratio: bool = False) -> dict[str, Any]:
+  """One C1/C2 unit: NGD from ``init_net`` with the Jacobian measured.
+
+  Returns the run's per-step ratios, their maximum, its Condition 2
+  constant ``C`` and ``theorem``'s verdict on it, and the run's health
+  (steps, Cholesky fallbacks, power-iteration convergence); with
+  ``first_ratio`` also the first step's ratio (C1's ``eta = 1`` check).
+  """
+  model, params0 = init_net(r, config, width, rep)
+  t = train(model, params0, x, y, learning_rate=eta,
+            num_steps=config.num_steps, loss=loss,
+            residual_floor=config.residual_floor, jacobian=True, log=log,
+            width=width, rep=rep, eta=eta)
+  lam_g0 = t["lambda_min_G"][0]
+  c = condition2_constant(max(t["jacobian_change"]), lam_g0)
+  eta_max, in_theorem = theorem(c, eta)
+  unit = {"width": width, "rep": rep, "eta": eta,
+          "max_ratio": max(t["ratios"])}
+  if first_ratio:
+    unit["first_ratio"] = t["ratios"][0]
+  unit.update({
+      "ratios": t["ratios"],
+      "lambda_min_G0": lam_g0,
+      "C": c,
+      "eta_max": eta_max,
+      "in_theorem": bool(in_theorem),
+      "steps": t["steps"],
+      "reached_floor": t["reached_floor"],
+      "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
+      "power_iteration_converged": all(t["jacobian_converged"]),
+  })
+  return unit
+
+
+@dataclasses.dataclass(frozen=True)
+class RateSweep:
+  """Where a C1/C2 sweep's rate holds, per step size (see ``rate_sweep``)."""
+
+  results: list[dict[str, Any]]  # the units, each marked with ``holds``
+  etas: list[float]  # the sweep's step sizes, in order
+  bound: dict[float, float]  # per eta: the theorem's bound on a ratio
+  widest: int  # the widest width of the sweep
+  m_star: dict[float, float | None]  # per eta: from which width it holds
+  at_widest: dict[float, float]  # per eta: the largest ratio at ``widest``
+  in_theorem: list[dict[str, Any]]  # the runs meeting the hypotheses
+
+  @property
+  def c_at_widest(self) -> float:
+    """The largest measured ``C`` at the widest width."""
+    return max(u["C"] for u in self.results if u["width"] == self.widest)
+
+  def checks(self, rated: Sequence[float]) -> dict[str, bool]:
+    """The pass checks C1 and C2 share.
+
+    ``rate_wide``: every eta in ``rated`` holds from some width on (and
+    there is one); ``theorem``: every run meeting the hypotheses holds.
+    """
+    return {
+        "rate_wide": bool(rated) and all(self.m_star[e] is not None
+                                         for e in rated),
+        "theorem": all(u["holds"] for u in self.in_theorem),
+    }
+
+  def measured(self, failures: Sequence[dict[str, Any]], eta_format: str,
+               with_bound: bool = False) -> dict[str, Any]:
+    """The summary's figures; per-eta keys end in ``eta=`` + ``eta_format``.
+
+    ``failures``: the runs counted as breaking the rate. ``with_bound``
+    also reports each eta's bound (C2, where it depends on the loss; C1's
+    is ``1 - eta``).
+    """
+    results, widest = self.results, self.widest
+    out = {
+        "widest_width": widest,
+        "runs": len(results),
+        "runs_in_theorem": len(self.in_theorem),
+        "runs_failing_rate": len(failures),
+        "C_min": min(u["C"] for u in results),
+        "C_at_widest": self.c_at_widest,
+        "cholesky_failed_steps": sum(u["cholesky_failed_steps"]
+                                     for u in results),
+        "power_iteration_converged": all(u["power_iteration_converged"]
+                                         for u in results),
+    }
+    for eta in self.etas:
+      tag = format(eta, eta_format)
+      out[f"max_ratio_at_widest/eta={tag}"] = self.at_widest[eta]
+      if with_bound:
+        out[f"bound/eta={tag}"] = self.bound[eta]
+      out[f"m_star/eta={tag}"] = self.m_star[eta]
+    return out
+
+  def rate_text(self, etas: Sequence[float], eta_format: str,
+                bound_format: str) -> str:
+    """Per eta: the largest ratio at the widest width, the bound, ``m*``."""
+    return "; ".join(
+        f"eta={eta:{eta_format}}: max ratio at m={self.widest} "
+        f"{self.at_widest[eta]:.3g} (bound {self.bound[eta]:{bound_format}})"
+        f", holds for m >= "
+        f"{'none' if self.m_star[eta] is None else f'{self.m_star[eta]:.0f}'}"
+        for eta in etas)
+
+  def hypotheses_text(self, theorem: str) -> str:
+    """The measured ``C``'s range and how many runs meet ``theorem``'s."""
+    cs = [u["C"] for u in self.results]
+    return (f"C = {min(cs):.2g}..{max(cs):.3g} ({self.c_at_widest:.2g} at "
+            f"the widest), {theorem}'s hypotheses hold in "
+            f"{len(self.in_theorem)} of {len(self.results)} runs")
+
+  def details(self) -> dict[str, Any]:
+    """The units without their per-step ratios (kept in the unit files)."""
+    return {"runs": [{k: v for k, v in u.items() if k != "ratios"}
+                     for u in self.results]}
+
+
+def rate_sweep(results: list[dict[str, Any]], etas: Sequence[float],
+               bound: dict[float, float], rtol: float) -> RateSweep:
+  """Marks each unit's ``holds`` and finds, per eta, where the rate holds.
+
+  A unit holds when its largest ratio is within its eta's ``bound``:
+  ``max_ratio <= bound (1 + rtol)``, ``rtol`` allowing for round-off.
+  ``m_star`` is the smallest width from which on every run holds
+  (``threshold_width``; None when a run at the widest width fails).
+  """
+  for u in results:
+    u["holds"] = u["max_ratio"] <= bound[u["eta"]] * (1.0 + rtol)
+  widest = max(u["width"] for u in results)
+  m_star, at_widest = {}, {}
+  for eta in etas:
+    rows = [u for u in results if u["eta"] == eta]
+    m_star[eta] = threshold_width([u["width"] for u in rows],
+                                  [u["holds"] for u in rows])
+    at_widest[eta] = max(u["max_ratio"] for u in rows
+                         if u["width"] == widest)
+  return RateSweep(results, list(etas), bound, widest, m_star, at_widest,
+                   [u for u in results if u["in_theorem"]])
+
+
+def failure_text(failures: Sequence[dict[str, Any]],
+                 describe: Callable[[dict[str, Any]], str]) -> str:
+  """The first four runs that break the bound, each by ``describe``."""
+  if not failures:
+    return "no run breaks the bound"
+  return ("breaks: " + ", ".join(describe(u) for u in failures[:4])
+          + (" ..." if len(failures) > 4 else ""))
+
+
+# --------------------------------------------------------------------------
+# Figures shared by C1 and C2 (drawn from metrics.jsonl records), and
+# by C3 and C4 (drawn from the units).
 # --------------------------------------------------------------------------
 
 
@@ -287,3 +527,16 @@ def residual_series(records, etas, widest: int, narrowest: int,
                                    f"bound {b:.3g}^(k/2)", "dashed",
                                    color=f"C{i}"))
   return series
+
+
+def by_width(results: Sequence[dict[str, Any]],
+             key: str) -> tuple[list[Any], Any, Any]:
+  """``(ys, ux, mean)``: ``key`` of every unit, and its mean per width.
+
+  For C3 and C4's figures: ``ys`` lines up with the units' widths (the
+  dots), ``mean`` over the repetitions at the sorted widths ``ux`` (the
+  line).
+  """
+  ys = [u[key] for u in results]
+  ux, mean, _, _ = plots.mean_by_x([u["width"] for u in results], ys)
+  return ys, ux, mean

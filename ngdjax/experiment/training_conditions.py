@@ -52,7 +52,6 @@ singular. Flips fall like ``m^(-0.45)``, faster than the bound's
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from typing import Any
@@ -63,7 +62,7 @@ from ngdjax import data, diagnostics, kernels, linalg
 from ngdjax.experiment import ngd_training as training
 from ngdjax.experiment import plots
 from ngdjax.experiment.gram_limit import threshold_width
-from ngdjax.experiment.runner import Run, unit_key
+from ngdjax.experiment.runner import Run
 
 NAME = "training_conditions"
 CLAIM = "C3"
@@ -90,34 +89,16 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _check(config) -> None:
-  if len(config.widths) < 3:
-    raise ValueError("config.widths needs at least 3 widths for a fit")
-  if not 0 < config.learning_rate <= 1:
-    raise ValueError(f"config.learning_rate must lie in (0, 1] (Theorem "
-                     f"1's range), got {config.learning_rate}")
-  if not 0 < config.delta < 1:
-    raise ValueError(f"config.delta must lie in (0, 1), got {config.delta}")
-  if config.num_steps < 1 or config.reps < 1:
-    raise ValueError("config.num_steps and config.reps must be >= 1")
-
-
 def run(config: ml_collections.ConfigDict,
         workdir: str | os.PathLike) -> dict[str, Any]:
   """Runs C3 and returns its summary (also written to ``summary.json``)."""
   with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
-    _check(config)
+    training.check_fixed_step_sweep(config)
     x, y = data.sphere(config.n, config.d, seed=r.key("data"))
     lam0 = float(linalg.lambda_min(kernels.relu_gram_inf(x)))
-    widths = [int(m) for m in config.widths]
-    units = [(m, s) for m in widths for s in range(config.reps)]
-    work = {m: 1.0 + m / 4096 for m in widths}
-    r.start_progress(len(units), interval_s=2.0,
-                     work=sum(work[m] for m, _ in units))
 
     def measure(m, s, log):
-      model = training.two_layer_model(m, float(config.nu))
-      params0 = model.init(r.key(unit_key(width=m, rep=s)), config.d)
+      model, params0 = training.init_net(r, config, m, s)
       t = training.train(model, params0, x, y,
                          learning_rate=float(config.learning_rate),
                          num_steps=config.num_steps,
@@ -147,9 +128,7 @@ def run(config: ml_collections.ConfigDict,
           "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
       }
 
-    results = [r.unit(unit_key(width=m, rep=s),
-                      functools.partial(measure, m, s), work=work[m])
-               for m, s in units]
+    results = training.sweep(r, config, measure)
     return _summarise(r, config, results, lam0)
 
 
@@ -252,12 +231,7 @@ def _plot(r: Run, config, results, fit, m_star) -> list[str]:
   widths = sorted({u["width"] for u in results})
   xs = [u["width"] for u in results]
 
-  def by_width(key):
-    ys = [u[key] for u in results]
-    ux, mean, _, _ = plots.mean_by_x(xs, ys)
-    return ys, ux, mean
-
-  ys, ux, mean = by_width("lambda_ratio_min")
+  ys, ux, mean = training.by_width(results, "lambda_ratio_min")
   f1 = "lambda_min.png"
   plots.line_plot(
       r.path(f1),
@@ -292,9 +266,9 @@ def _plot(r: Run, config, results, fit, m_star) -> list[str]:
       hlines=[(config.lambda_fraction,
                f"Lemma 2: {config.lambda_fraction:.3g}")])
 
-  ys, ux, mean = by_width("distance_max")
-  _, bx, bmean = by_width("distance_bound")
-  _, ix, imean = by_width("distance_bound_lambda_0")
+  ys, ux, mean = training.by_width(results, "distance_max")
+  _, bx, bmean = training.by_width(results, "distance_bound")
+  _, ix, imean = training.by_width(results, "distance_bound_lambda_0")
   f3 = "distance.png"
   plots.line_plot(
       r.path(f3),
@@ -309,8 +283,8 @@ def _plot(r: Run, config, results, fit, m_star) -> list[str]:
       title="C3: Lemma 3, the weights stay in the ball",
       logx=True, logy=True, xticks=widths)
 
-  ys, ux, mean = by_width("flips_max")
-  _, bx, bmean = by_width("flip_bound")
+  ys, ux, mean = training.by_width(results, "flips_max")
+  _, bx, bmean = training.by_width(results, "flip_bound")
   series = [plots.Series(xs, ys, None, "scatter", color="C0"),
             plots.Series(ux, mean, "max_k flipped fraction (mean over reps)",
                          color="C0"),

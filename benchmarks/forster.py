@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import statistics
 import time
 
@@ -33,8 +32,8 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-# ngdjax.forster (the attribute) is the function: import the module by name.
-forster_lib = importlib.import_module("ngdjax.forster")
+# The implementation module, for its private jitted loop and defaults.
+from ngdjax._src import forster as forster_lib  # noqa: E402
 
 METHODS = ("fixed_point", "newton")
 KINDS = ("gaussian", "anisotropic", "near_degenerate", "near_critical")

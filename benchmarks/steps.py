@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ngdjax
-from ngdjax.linalg import SELF_OUTER_BLOCKS, SELF_OUTER_MIN_ROWS
+from ngdjax._src.linalg import SELF_OUTER_BLOCKS, SELF_OUTER_MIN_ROWS
 from ngdjax.optim import gd, kfac, ngd
 
 

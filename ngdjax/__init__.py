@@ -15,13 +15,13 @@ from ngdjax import (
     optim,
     parallel,
 )
-from ngdjax.forster import (
+from ngdjax._src.forster import (
     ForsterResult,
     apply_forster,
     forster,
     isotropy_error,
 )
-from ngdjax.jacobian import (
+from ngdjax._src.jacobian import (
     GramMethod,
     gram,
     gram_vp,
@@ -30,16 +30,16 @@ from ngdjax.jacobian import (
     per_example_jacobian,
     vjp,
 )
-from ngdjax.kernels import (
+from ngdjax._src.kernels import (
     lambda_0,
     relu_gram_inf,
     relu_ntk_inf,
     two_layer_ntk_inf,
 )
-from ngdjax.linalg import lambda_min, normalize_rows
-from ngdjax.linearized import MinNormSolution, linearize, min_norm_solution
-from ngdjax.losses import Loss
-from ngdjax.models import LayerFactors, Model, mlp, two_layer_relu
+from ngdjax._src.linalg import lambda_min, normalize_rows
+from ngdjax._src.linearized import MinNormSolution, linearize, min_norm_solution
+from ngdjax._src.losses import Loss
+from ngdjax._src.models import LayerFactors, Model, mlp, two_layer_relu
 from ngdjax.optim import (
     GDState,
     KFACState,

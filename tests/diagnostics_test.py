@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ngdjax import data, diagnostics, kernels, models
-from ngdjax.jacobian import jacobian as dense_jacobian
+from ngdjax._src.jacobian import jacobian as dense_jacobian
 
 N, D, M = 6, 3, 16
 

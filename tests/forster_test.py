@@ -7,13 +7,13 @@ the appendix. Shapes are shared across tests so that the jitted loop compiles
 only a handful of times.
 """
 
-import importlib
 
 import jax
 import numpy as np
 import pytest
 
-from ngdjax.forster import (
+from ngdjax._src import forster as forster_lib
+from ngdjax._src.forster import (
     ForsterResult,
     ForsterStatus,
     apply_forster,
@@ -359,8 +359,7 @@ def test_jit_compatible_and_compiled_once():
   np.testing.assert_allclose(
       np.asarray(jitted.A), np.asarray(eager.A), atol=1e-12
   )
-  forster_module = importlib.import_module("ngdjax.forster")
 
-  before = forster_module._forster_jit._cache_size()
+  before = forster_lib._forster_jit._cache_size()
   forster(_gaussian(seed=7), method="fixed_point", tol=1e-9, patience=5)
-  assert forster_module._forster_jit._cache_size() == before
+  assert forster_lib._forster_jit._cache_size() == before

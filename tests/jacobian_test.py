@@ -150,7 +150,7 @@ def test_two_layer_structured_equals_paper_formula():
 
 
 def test_auto_picks_structured_for_models_and_jacobian_for_small_bare():
-  from ngdjax.jacobian import GramMethod, resolve_gram_method
+  from ngdjax._src.jacobian import GramMethod, resolve_gram_method
 
   x = _inputs()
   for name, fn, params in CASES:
@@ -235,7 +235,7 @@ def test_large_self_gram_uses_symmetric_blocks_and_matches_dense(model):
 
 @pytest.mark.parametrize("name,fn,params", CASES[:4], ids=IDS[:4])
 def test_structured_gram_vp_matches_dense(name, fn, params):
-  from ngdjax.jacobian import structured_gram_vp
+  from ngdjax._src.jacobian import structured_gram_vp
 
   x = _inputs()
   j = _dense_jacobian(fn, params, x)
@@ -248,7 +248,7 @@ def test_structured_gram_vp_matches_dense(name, fn, params):
 @pytest.mark.parametrize("name,fn,params", CASES[1:4] + CASES[5:6],
                          ids=IDS[1:4] + IDS[5:6])
 def test_chunked_products_and_streamed_cross_gram(name, fn, params):
-  from ngdjax.jacobian import outputs
+  from ngdjax._src.jacobian import outputs
 
   x, x2 = _inputs(7), _inputs(5, seed=9)
   j = _dense_jacobian(fn, params, x)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ngdjax import linalg
+from ngdjax._src import linalg
 
 
 @pytest.mark.parametrize("rows", [5, 515, 1030])

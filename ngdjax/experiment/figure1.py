@@ -49,9 +49,9 @@ import numpy as np
 import scipy.linalg
 
 from ngdjax import data, linearized, models
+from ngdjax._src.jacobian import gram
 from ngdjax.experiment.linearized_paths import segment_deviation
 from ngdjax.experiment.runner import Run
-from ngdjax.jacobian import gram
 
 NAME = "figure1"
 CLAIM = "C11"

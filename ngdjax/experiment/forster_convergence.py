@@ -40,8 +40,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from ngdjax._src.forster import forster
 from ngdjax.experiment.runner import Run, unit_key
-from ngdjax.forster import forster
 
 NAME = "forster_convergence"
 CLAIM = "C7"

@@ -29,10 +29,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ngdjax import data, diagnostics, kernels, linalg, models
+from ngdjax import data, diagnostics, kernels, models
+from ngdjax._src.jacobian import gram
+from ngdjax._src.linalg import lambda_min
 from ngdjax.experiment import plots
 from ngdjax.experiment.runner import Run, unit_key
-from ngdjax.jacobian import gram
 
 NAME = "gram_limit"
 CLAIM = "C5"
@@ -102,7 +103,7 @@ def run(config: ml_collections.ConfigDict,
       raise ValueError("config.widths needs at least 3 widths for a fit")
     x, _ = data.sphere(config.n, config.d, seed=r.key("data"))
     g_inf = kernels.relu_gram_inf(x)
-    lam0 = float(linalg.lambda_min(g_inf))
+    lam0 = float(lambda_min(g_inf))
     widths_run = [int(m) for m in config.widths]
     # Work per unit ~ a fixed cost (compilation) plus n^2 m for the Gram.
     work = {m: 1.0 + m / 4096 for m in widths_run}
@@ -119,7 +120,7 @@ def run(config: ml_collections.ConfigDict,
         row = {
             "rel_error_fro": diagnostics.relative_error(g0, g_inf, "fro"),
             "rel_error_max": diagnostics.relative_error(g0, g_inf, "max"),
-            "lambda_min_ratio": linalg.lambda_min(g0) / lam0,
+            "lambda_min_ratio": lambda_min(g0) / lam0,
         }
         row = {k: float(v) for k, v in row.items()}
         log(width=m, rep=s, **row)

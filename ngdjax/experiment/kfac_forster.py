@@ -109,10 +109,10 @@ import ml_collections
 import numpy as np
 
 from ngdjax import data, diagnostics, models
+from ngdjax._src.forster import forster
+from ngdjax._src.jacobian import jvp
 from ngdjax.experiment import plots
 from ngdjax.experiment.runner import Run, unit_key
-from ngdjax.forster import forster
-from ngdjax.jacobian import jvp
 from ngdjax.optim import kfac, ngd
 
 NAME = "kfac_forster"

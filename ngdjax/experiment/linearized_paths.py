@@ -61,9 +61,9 @@ import numpy as np
 import scipy.linalg
 
 from ngdjax import data, linearized, models
+from ngdjax._src.jacobian import gram, jacobian
 from ngdjax.experiment import plots
 from ngdjax.experiment.runner import Run
-from ngdjax.jacobian import gram, jacobian
 
 NAME = "linearized_paths"
 CLAIM = "C10"

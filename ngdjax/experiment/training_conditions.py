@@ -58,7 +58,8 @@ from typing import Any
 
 import ml_collections
 
-from ngdjax import data, diagnostics, kernels, linalg
+from ngdjax import data, diagnostics, kernels
+from ngdjax._src.linalg import lambda_min
 from ngdjax.experiment import ngd_training as training
 from ngdjax.experiment import plots
 from ngdjax.experiment.gram_limit import threshold_width
@@ -95,7 +96,7 @@ def run(config: ml_collections.ConfigDict,
   with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
     training.check_fixed_step_sweep(config)
     x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-    lam0 = float(linalg.lambda_min(kernels.relu_gram_inf(x)))
+    lam0 = float(lambda_min(kernels.relu_gram_inf(x)))
 
     def measure(m, s, log):
       model, params0 = training.init_net(r, config, m, s)

@@ -86,10 +86,10 @@ import numpy as np
 import optax
 
 from ngdjax import data, models
+from ngdjax._src.forster import forster
+from ngdjax._src.jacobian import gram
 from ngdjax.experiment import plots
 from ngdjax.experiment.runner import Run, unit_key
-from ngdjax.forster import forster
-from ngdjax.jacobian import gram
 from ngdjax.optim import gd, kfac, ngd, optax_optimizer
 
 NAME = "training_curves"

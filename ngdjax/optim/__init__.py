@@ -4,7 +4,7 @@
     state = opt.init(params)
     params, state, info = jax.jit(opt.step)(params, state, x, y)
 
-* ``gd``, ``optax_optimizer``: baselines (``gd.py``).
+* ``gd``, ``optax_optimizer``: baselines (``ngdjax/_src/optim/gd.py``).
 * ``ngd``: exact natural gradient in kernel form, Cholesky or CG, and
   ``ngd_preconditioner`` for ``optax.chain`` (``ngd.py``, MATH.md 2).
 * ``kfac``: K-FAC with primal/dual factor solves (``kfac.py``, MATH.md 4).
@@ -12,11 +12,11 @@
   (``damping.py``); Cholesky fallback and CG in ``solvers.py``.
 """
 
-from ngdjax.optim.base import Optimizer
-from ngdjax.optim.damping import LevenbergMarquardt, levenberg_marquardt
-from ngdjax.optim.gd import GDState, OptaxState, gd, optax_optimizer
-from ngdjax.optim.kfac import KFACState, kfac
-from ngdjax.optim.ngd import (
+from ngdjax._src.optim.base import Optimizer
+from ngdjax._src.optim.damping import LevenbergMarquardt, levenberg_marquardt
+from ngdjax._src.optim.gd import GDState, OptaxState, gd, optax_optimizer
+from ngdjax._src.optim.kfac import KFACState, kfac
+from ngdjax._src.optim.ngd import (
     NGDPreconditionerState,
     NGDState,
     ngd,

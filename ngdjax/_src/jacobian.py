@@ -49,10 +49,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, PartitionSpec
 
-from ngdjax import _checks
-from ngdjax.linalg import self_outer
-from ngdjax.models import LayerFactors, Model
+from ngdjax._src import checks, parallel
+from ngdjax._src.linalg import pad_rows, self_outer
+from ngdjax._src.models import LayerFactors, Model
 
 Array = jax.Array
 Params = Any
@@ -96,19 +97,19 @@ def _per_example(apply: Callable) -> Callable:
 
 def _check_chunk(chunk_size):
   if chunk_size is not None:
-    _checks.check_scalar("chunk_size", chunk_size, positive=True, integer=True)
+    checks.check_scalar("chunk_size", chunk_size, positive=True, integer=True)
     return int(chunk_size)
   return None
 
 
 def check_params_and_inputs(params, x, name="x"):
   """Validates a params pytree and an ``(n, d)`` input array (ValueError)."""
-  _checks.check_inputs(name, x)
+  checks.check_inputs(name, x)
   leaves = jax.tree_util.tree_leaves(params)
   if not leaves:
     raise ValueError("params has no array leaves")
   for leaf in leaves:
-    _checks.check_array("params", leaf, allow_empty=True)
+    checks.check_array("params", leaf, allow_empty=True)
 
 
 def output_dim(apply_or_model: ApplyOrModel, params: Params, x: Array) -> int:
@@ -170,7 +171,7 @@ def jacobian(
 
 def _blocks(x: Array, chunk_size: int) -> tuple[Array, int]:
   """``x`` padded and reshaped to ``(blocks, chunk_size, ...)``; pad count."""
-  xp, pad = _pad_rows(x, chunk_size)
+  xp, pad = pad_rows(x, chunk_size)
   return xp.reshape((-1, chunk_size) + x.shape[1:]), pad
 
 
@@ -246,15 +247,6 @@ def vjp(
 
   zero = jax.tree_util.tree_map(jnp.zeros_like, params)
   return jax.lax.scan(accumulate, zero, (xb, vb))[0]
-
-
-def _pad_rows(x: Array, multiple: int) -> tuple[Array, int]:
-  """Pads ``x`` with copies of its first row to a multiple of ``multiple``."""
-  n = x.shape[0]
-  pad = (-n) % multiple
-  if pad:
-    x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])
-  return x, pad
 
 
 def gram_vp(
@@ -349,11 +341,11 @@ def _gram_products(apply, params, x1, x2, chunk_size):
         lambda xd: jax.vmap(lambda t: jvp(apply, params, xd, t), out_axes=1)(
             rows
         ),
-        _pad_rows(x1, chunk)[0].reshape(-1, chunk, x1.shape[1]),
+        pad_rows(x1, chunk)[0].reshape(-1, chunk, x1.shape[1]),
     )
     return cols.reshape(-1, cols.shape[-1])
 
-  x2p, _ = _pad_rows(x2, chunk)
+  x2p, _ = pad_rows(x2, chunk)
   blocks = jax.lax.map(
       column_block, x2p.reshape(-1, chunk, x2.shape[1])
   )  # (blocks2, n1p c, chunk c)
@@ -405,8 +397,8 @@ def structured_gram_from_factors(
     return rows(factors1)
   padded = []
   for a1, b1 in factors1:
-    a1p, _ = _pad_rows(a1, chunk_size)
-    b1p, _ = _pad_rows(b1, chunk_size)
+    a1p, _ = pad_rows(a1, chunk_size)
+    b1p, _ = pad_rows(b1, chunk_size)
     padded.append(
         LayerFactors(
             a1p.reshape(-1, chunk_size, a1.shape[1]),
@@ -546,7 +538,7 @@ def gram(
       examples and ``AUTO_JACOBIAN_BYTES`` of rows; ``"structured"`` with a
       block streams the layer factors).
     mesh: optional one-axis ``jax.sharding.Mesh``: shard the example axis
-      over its devices (``ngdjax.parallel.sharded_gram``); the result is
+      over its devices (``sharded_gram``); the result is
       sharded by rows. Not combined with ``x2``.
 
   Returns:
@@ -559,15 +551,13 @@ def gram(
   apply, model = split_model(apply_or_model)
   check_params_and_inputs(params, x)
   if x2 is not None:
-    _checks.check_inputs("x2", x2, in_dim=x.shape[1])
+    checks.check_inputs("x2", x2, in_dim=x.shape[1])
   chunk_size = _check_chunk(chunk_size)
   resolved = resolve_gram_method(apply_or_model, params, x, method)
   if mesh is not None:
     if x2 is not None:
       raise ValueError("x2 is not supported together with mesh")
-    from ngdjax import parallel  # parallel imports this module
-
-    return parallel.sharded_gram(
+    return sharded_gram(
         apply_or_model, params, x, mesh, resolved.value, chunk_size
     )
   if resolved is GramMethod.STRUCTURED:
@@ -575,3 +565,97 @@ def gram(
   if resolved is GramMethod.JACOBIAN:
     return _gram_jacobian(apply, params, x, x2, chunk_size)
   return _gram_products(apply, params, x, x2, chunk_size)
+
+
+def sharded_gram(
+    apply_or_model,
+    params,
+    x: Array,
+    mesh: Mesh,
+    method: str = "auto",
+    chunk_size: int | None = None,
+) -> Array:
+  """``G = J J^T`` with the example axis sharded over ``mesh``.
+
+  Equals ``ngdjax.gram(apply_or_model, params, x, method=method)``; see the
+  module docstring for what each device computes and communicates. ``params``
+  are replicated.
+
+  Args:
+    apply_or_model: a ``Model`` or ``apply(params, x)``.
+    params: parameter pytree (replicated on every device).
+    x: ``(n, d)`` inputs; padded internally to a multiple of the device count.
+    mesh: a one-axis ``Mesh`` (``data_mesh()``).
+    method: as in ``ngdjax.gram``.
+    chunk_size: examples per block within each device.
+
+  Returns:
+    ``(n c, n c)`` array sharded by rows over ``mesh``.
+  """
+  axis = parallel.mesh_axis(mesh)
+  _, model = split_model(apply_or_model)
+  resolved = resolve_gram_method(apply_or_model, params, x, method)
+  n = x.shape[0]
+  c = output_dim(apply_or_model, params, x)
+  xp, _ = parallel.pad_to_devices(x, mesh)
+  xp = jax.device_put(xp, parallel.row_sharding(mesh))
+  replicated = PartitionSpec()
+
+  if resolved is GramMethod.STRUCTURED:
+
+    def local_rows(params, x_local):
+      mine = model.layer_factors(params, x_local)
+      everyone = tuple(
+          LayerFactors(
+              jax.lax.all_gather(f.inputs, axis, tiled=True),
+              jax.lax.all_gather(f.output_grads, axis, tiled=True),
+          )
+          for f in mine
+      )
+      return structured_gram_from_factors(mine, everyone, chunk_size)
+
+  else:
+
+    def local_rows(params, x_local):
+      x_all = jax.lax.all_gather(x_local, axis, tiled=True)
+      return gram(
+          apply_or_model, params, x_local, x_all, method=resolved.value,
+          chunk_size=chunk_size,
+      )
+
+  g = jax.shard_map(
+      local_rows,
+      mesh=mesh,
+      in_specs=(replicated, PartitionSpec(axis, None)),
+      out_specs=PartitionSpec(axis, None),
+      check_vma=False,
+  )(params, xp)
+  return g if g.shape[0] == n * c else g[: n * c, : n * c]
+
+
+def gram_vp_sharded(apply_or_model, params, x, v, mesh):
+  """``G v`` with examples sharded: local VJPs summed over devices (psum),
+  then local JVPs. ``v`` is ``(n c,)``; the result has the shape of ``v``."""
+  axis = parallel.mesh_axis(mesh)
+  apply, _ = split_model(apply_or_model)
+  n = x.shape[0]
+  c = v.shape[0] // n
+  xp, pad = parallel.pad_to_devices(x, mesh)
+  v2 = v.reshape(n, c)
+  if pad:
+    v2 = jnp.concatenate([v2, jnp.zeros((pad, c), v2.dtype)])
+
+  def local(params, x_local, v_local):
+    jt_v = vjp(apply, params, x_local, v_local)
+    jt_v = jax.lax.psum(jt_v, axis)
+    return jvp(apply, params, x_local, jt_v).reshape(-1, c)
+
+  out = jax.shard_map(
+      local,
+      mesh=mesh,
+      in_specs=(PartitionSpec(), PartitionSpec(axis, None),
+                PartitionSpec(axis, None)),
+      out_specs=PartitionSpec(axis, None),
+      check_vma=False,
+  )(params, xp, v2)
+  return out[:n].reshape(-1)

@@ -46,20 +46,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ngdjax import _checks
-
-# ngdjax.jacobian is shadowed by the function ngdjax.jacobian: import names.
-from ngdjax.jacobian import (
-    GramMethod,
-    gram,
-    gram_vp,
-    outputs,
-    split_model,
-    structured_gram_vp,
-    vjp,
+from ngdjax._src import checks
+from ngdjax._src.jacobian import (
+  GramMethod,
+  gram,
+  gram_vp,
+  outputs,
+  split_model,
+  structured_gram_vp,
+  vjp,
 )
-from ngdjax.optim import base, solvers
-from ngdjax.optim import damping as damping_lib
+from ngdjax._src.optim import base, solvers
+from ngdjax._src.optim import damping as damping_lib
 
 Array = jax.Array
 Params = Any
@@ -124,12 +122,12 @@ def _check_config(
         '"auto", "products" or "jacobian" for a bare apply function'
     )
   if chunk_size is not None:
-    _checks.check_scalar("chunk_size", chunk_size, positive=True,
+    checks.check_scalar("chunk_size", chunk_size, positive=True,
                          integer=True)
     chunk_size = int(chunk_size)
-  _checks.check_scalar("cg_tol", cg_tol, nonnegative=True)
+  checks.check_scalar("cg_tol", cg_tol, nonnegative=True)
   if cg_maxiter is not None:
-    _checks.check_scalar("cg_maxiter", cg_maxiter, positive=True,
+    checks.check_scalar("cg_maxiter", cg_maxiter, positive=True,
                          integer=True)
     cg_maxiter = int(cg_maxiter)
   return _Config(apply, model, loss, solver, method.value, chunk_size,

@@ -25,11 +25,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngdjax import _checks
-from ngdjax import losses as losses_lib
-
-# ngdjax.jacobian is shadowed by the function ngdjax.jacobian: import names.
-from ngdjax.jacobian import output_dim
+from ngdjax._src import checks, parallel
+from ngdjax._src import losses as losses_lib
+from ngdjax._src.jacobian import output_dim
 
 Array = jax.Array
 Params = Any
@@ -67,9 +65,9 @@ def check_learning_rate(learning_rate, name: str = "learning_rate"):
       raise ValueError(
           f"{name} is callable but cannot be evaluated at step 0: {e}"
       ) from e
-    _checks.check_scalar(f"{name}(0)", first, nonnegative=True)
+    checks.check_scalar(f"{name}(0)", first, nonnegative=True)
     return learning_rate
-  _checks.check_scalar(name, learning_rate, positive=True)
+  checks.check_scalar(name, learning_rate, positive=True)
   value = float(learning_rate)
   return lambda count: value
 
@@ -103,9 +101,9 @@ def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
   Returns:
     ``(x, y)`` with ``y`` as ``(n, c)``.
   """
-  x = _checks.check_inputs("x", x)
+  x = checks.check_inputs("x", x)
   c = output_dim(apply_or_model, params, x)
-  y = _checks.check_targets("y", y, x.shape[0], out_dim=c)
+  y = checks.check_targets("y", y, x.shape[0], out_dim=c)
   y = jnp.asarray(y)
   return x, (y[:, None] if y.ndim == 1 else y)
 
@@ -113,8 +111,6 @@ def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
 def check_mesh(mesh):
   """Validates an optional example-axis mesh (``ngdjax.parallel``)."""
   if mesh is not None:
-    from ngdjax import parallel
-
     parallel.row_sharding(mesh)  # raises ValueError naming ``mesh``
   return mesh
 
@@ -128,8 +124,6 @@ def shard_batch(x: Array, y: Array, mesh) -> tuple[Array, Array]:
   """
   if mesh is None:
     return x, y
-  from ngdjax import parallel
-
   return (jax.lax.with_sharding_constraint(x, parallel.row_sharding(mesh)),
           jax.lax.with_sharding_constraint(y, parallel.row_sharding(mesh)))
 

@@ -28,9 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# ngdjax.jacobian is shadowed by the function ngdjax.jacobian: import names.
-from ngdjax.jacobian import split_model
-from ngdjax.optim import base
+from ngdjax._src.jacobian import split_model
+from ngdjax._src.optim import base
 
 Array = jax.Array
 Params = Any

@@ -82,14 +82,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngdjax import _checks
-
-# ngdjax.jacobian is shadowed by the function ngdjax.jacobian: import names.
-from ngdjax.jacobian import jvp
-from ngdjax.linalg import self_outer
-from ngdjax.models import Model
-from ngdjax.optim import base, solvers
-from ngdjax.optim import damping as damping_lib
+from ngdjax._src import checks
+from ngdjax._src.jacobian import jvp
+from ngdjax._src.linalg import self_outer
+from ngdjax._src.models import Model
+from ngdjax._src.optim import base, solvers
+from ngdjax._src.optim import damping as damping_lib
 
 Array = jax.Array
 Params = Any
@@ -351,8 +349,8 @@ def kfac(
           "factor_damping must be a pair (lam_in, lam_out), got "
           f"{factor_damping!r}"
       ) from None
-    _checks.check_scalar("factor_damping[0]", lam_in, nonnegative=True)
-    _checks.check_scalar("factor_damping[1]", lam_out, nonnegative=True)
+    checks.check_scalar("factor_damping[0]", lam_in, nonnegative=True)
+    checks.check_scalar("factor_damping[1]", lam_out, nonnegative=True)
     lam_in, lam_out = float(lam_in), float(lam_out)
 
   def preconditioned(params, x, g, lam):

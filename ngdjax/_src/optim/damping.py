@@ -43,7 +43,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngdjax import _checks
+from ngdjax._src import checks
 
 Array = jax.Array
 
@@ -84,13 +84,13 @@ def levenberg_marquardt(
   The defaults are Martens (2010)'s ``2/3`` and ``3/2`` with thresholds
   ``1/4`` and ``3/4``.
   """
-  _checks.check_scalar("init", init, positive=True)
-  _checks.check_scalar("decrease", decrease, positive=True)
-  _checks.check_scalar("increase", increase, positive=True)
-  _checks.check_scalar("lower", lower)
-  _checks.check_scalar("upper", upper)
-  _checks.check_scalar("min_damping", min_damping, nonnegative=True)
-  _checks.check_scalar("max_damping", max_damping, positive=True)
+  checks.check_scalar("init", init, positive=True)
+  checks.check_scalar("decrease", decrease, positive=True)
+  checks.check_scalar("increase", increase, positive=True)
+  checks.check_scalar("lower", lower)
+  checks.check_scalar("upper", upper)
+  checks.check_scalar("min_damping", min_damping, nonnegative=True)
+  checks.check_scalar("max_damping", max_damping, positive=True)
   if not decrease < 1.0:
     raise ValueError(f"decrease must be in (0, 1), got {decrease!r}")
   if not increase > 1.0:
@@ -139,10 +139,10 @@ def resolve(damping, name: str = "damping") -> DampingRule:
       raise ValueError(
           f"{name} is callable but cannot be evaluated at step 0: {e}"
       ) from e
-    _checks.check_scalar(f"{name}(0)", first, nonnegative=True)
+    checks.check_scalar(f"{name}(0)", first, nonnegative=True)
     return DampingRule(float(first), lambda lam, count: damping(count), None,
                        False)
-  _checks.check_scalar(name, damping, nonnegative=True)
+  checks.check_scalar(name, damping, nonnegative=True)
   value = float(damping)
   return DampingRule(value, lambda lam, count: value, None, value == 0.0)
 

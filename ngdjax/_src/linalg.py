@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ngdjax import _checks
+from ngdjax._src import checks
 
 Array = jax.Array
 
@@ -18,8 +18,8 @@ def normalize_rows(x: Array, eps: float = 0.0) -> Array:
   silently turning into NaN. ``eps`` is added to the norms (``eps = 0`` keeps
   the rows exactly unit).
   """
-  _checks.check_array("x", x, ndim=2)
-  _checks.check_nonzero_rows("x", x)
+  checks.check_array("x", x, ndim=2)
+  checks.check_nonzero_rows("x", x)
   return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
 
 
@@ -29,7 +29,7 @@ def lambda_min(g: Array) -> Array:
   Uses ``eigvalsh`` on the symmetrised matrix, so round-off asymmetry of a
   computed Gram does not matter.
   """
-  _checks.check_square("g", g)
+  checks.check_square("g", g)
   return jnp.linalg.eigvalsh(0.5 * (g + g.T))[0]
 
 
@@ -67,3 +67,12 @@ def self_outer(
       if q > p:
         rows[q][p] = rows[p][q].T
   return jnp.block(rows)
+
+
+def pad_rows(x: Array, multiple: int) -> tuple[Array, int]:
+  """Pads ``x`` with copies of its first row to a multiple of ``multiple``."""
+  n = x.shape[0]
+  pad = (-n) % multiple
+  if pad:
+    x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])
+  return x, pad

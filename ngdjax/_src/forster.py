@@ -77,7 +77,7 @@ isotropic.
 Example:
 
   >>> import jax, jax.numpy as jnp
-  >>> from ngdjax.forster import apply_forster, forster
+  >>> from ngdjax._src.forster import apply_forster, forster
   >>> scales = jnp.array([1.0, 10.0, 100.0, 1000.0])
   >>> x = jax.random.normal(jax.random.key(0), (50, 4)) * scales
   >>> res = forster(x)
@@ -97,8 +97,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ngdjax import _checks
-from ngdjax.linalg import normalize_rows, symmetrize
+from ngdjax._src import checks
+from ngdjax._src.linalg import normalize_rows, symmetrize
 
 Array = jax.Array
 
@@ -196,7 +196,7 @@ class ForsterResult(NamedTuple):
 
 def isotropy_error(z: Array) -> Array:
   """``||Z^T Z - (n/d) I||_F / (n/d)`` for ``z`` of shape ``(n, d)``."""
-  z = _checks.check_array("z", z, ndim=2)
+  z = checks.check_array("z", z, ndim=2)
   n, d = z.shape
   return _error_of_gram(_gram(z), n, d)
 
@@ -716,7 +716,7 @@ def forster(
     raise ValueError(
         f"method must be one of {choices}, got {method!r}"
     ) from None
-  x = _checks.check_array("x", x, ndim=2)
+  x = checks.check_array("x", x, ndim=2)
   n, d = x.shape
   if n < d:
     raise ValueError(
@@ -727,20 +727,20 @@ def forster(
         "so K-FAC on x is already natural gradient descent. Use x as is, "
         "or project it onto its row space (d' = n columns) first."
     )
-  _checks.check_nonzero_rows("x", x)
-  _checks.check_scalar("max_iters", max_iters, positive=True, integer=True)
-  _checks.check_scalar("patience", patience, positive=True, integer=True)
-  _checks.check_scalar("seed", seed, integer=True)
+  checks.check_nonzero_rows("x", x)
+  checks.check_scalar("max_iters", max_iters, positive=True, integer=True)
+  checks.check_scalar("patience", patience, positive=True, integer=True)
+  checks.check_scalar("seed", seed, integer=True)
   dtype = _compute_dtype(x)
   default_tol, default_cond = _defaults(dtype)
   tol = default_tol if tol is None else tol
   max_cond = default_cond if max_cond is None else max_cond
-  _checks.check_scalar("tol", tol, positive=True)
-  _checks.check_scalar("max_cond", max_cond, positive=True)
-  concrete = _checks.is_concrete(x)
+  checks.check_scalar("tol", tol, positive=True)
+  checks.check_scalar("max_cond", max_cond, positive=True)
+  concrete = checks.is_concrete(x)
   x = jnp.asarray(x, dtype)
   if perturb is not None:
-    _checks.check_scalar("perturb", perturb, positive=True)
+    checks.check_scalar("perturb", perturb, positive=True)
     g = jax.random.normal(jax.random.key(int(seed)), (n, d), dtype)
     scale = jnp.linalg.norm(x, axis=1, keepdims=True) * (perturb / d**0.5)
     x = x + scale * g
@@ -775,10 +775,10 @@ def apply_forster(transform: ForsterResult | Array, x_new) -> Array:
     ``(m, d)`` unit rows ``normalize_rows(x_new A)``.
   """
   a = transform.A if isinstance(transform, ForsterResult) else transform
-  a = _checks.check_square("transform", a)
-  x_new = _checks.check_inputs("x_new", x_new, in_dim=a.shape[0])
-  _checks.check_nonzero_rows("x_new", x_new)
+  a = checks.check_square("transform", a)
+  x_new = checks.check_inputs("x_new", x_new, in_dim=a.shape[0])
+  checks.check_nonzero_rows("x_new", x_new)
   out = jnp.asarray(x_new) @ a
   # A nonzero row can still be mapped to zero by a singular A.
-  _checks.check_nonzero_rows("x_new @ A", out)
+  checks.check_nonzero_rows("x_new @ A", out)
   return normalize_rows(out)

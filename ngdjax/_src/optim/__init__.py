@@ -1,0 +1,1 @@
+"""Optimizer implementations; the public names are in ``ngdjax.optim``."""

@@ -56,7 +56,7 @@ from ngdjax._src.jacobian import (
   structured_gram_vp,
   vjp,
 )
-from ngdjax._src.optim import base, solvers
+from ngdjax._src.optim import base, kernel_solve, solvers
 from ngdjax._src.optim import damping as damping_lib
 
 Array = jax.Array
@@ -155,7 +155,14 @@ def _direction(cfg: _Config, params, x, y, lam) -> _Direction:
   g = cfg.loss.grad(u, y).astype(u.dtype)
   g_flat = g.reshape(-1)
   lam = jnp.asarray(lam, u.dtype)
-  if cfg.solver == "cholesky":
+  if (cfg.solver == "cholesky" and cfg.mesh is None
+      and kernel_solve.use_lean_solve(n, cfg.chunk_size)):
+    # More than one Gram block: one N x N buffer, factorised in place.
+    v, gv, failed = kernel_solve.gram_cholesky_solve(
+        cfg.model or cfg.apply, params, x, g_flat, lam,
+        method=cfg.gram_method, chunk_size=cfg.chunk_size)
+    diagnostics = {"cholesky_failed": failed}
+  elif cfg.solver == "cholesky":
     g_mat = gram(cfg.model or cfg.apply, params, x,
                  method=cfg.gram_method, chunk_size=cfg.chunk_size,
                  mesh=cfg.mesh)

@@ -40,8 +40,8 @@ def _angles(gram: Array, diag1: Array, diag2: Array) -> tuple[Array, Array]:
 
 
 def _check_x(x, name="x"):
-  checks.check_inputs(name, x)
-  checks.check_nonzero_rows(name, x)
+  x = checks.check_inputs(name, x)
+  return checks.check_nonzero_rows(name, x)
 
 
 def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
@@ -60,9 +60,8 @@ def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
   Returns:
     ``(n, n2)`` kernel matrix.
   """
-  _check_x(x)
-  x2 = x if x2 is None else x2
-  _check_x(x2, "x2")
+  x = _check_x(x)
+  x2 = x if x2 is None else _check_x(x2, "x2")
   inner = x @ x2.T
   _, theta = _angles(inner, jnp.sum(x * x, -1), jnp.sum(x2 * x2, -1))
   return inner * (jnp.pi - theta) / (2 * jnp.pi)
@@ -70,7 +69,7 @@ def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
 
 def relu_covariance_inf(x: Array, nu: float = 1.0) -> Array:
   """``E_w[relu(w^T x_i) relu(w^T x_j)]``, ``w ~ N(0, nu^2 I)``: ``(n, n)``."""
-  _check_x(x)
+  x = _check_x(x)
   inner = x @ x.T
   sq = jnp.sum(x * x, -1)
   cos, theta = _angles(inner, sq, sq)
@@ -113,7 +112,7 @@ def relu_ntk_inf(
   Returns:
     ``(n, n)`` kernel (``kron`` with ``I_c`` for ``c`` outputs).
   """
-  checks.check_inputs("x", x)
+  x = checks.check_inputs("x", x)
   checks.check_scalar("depth", depth, nonnegative=True, integer=True)
   checks.check_scalar("w_std", w_std, positive=True)
   checks.check_scalar("b_std", b_std, nonnegative=True)

@@ -54,7 +54,10 @@ def check_array(
       )
   if not allow_empty and x.size == 0:
     raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-  if finite and is_concrete(x) and x.size:
+  # A global array spanning other processes cannot be read here (the
+  # issue-13 rework checks it with a jnp reduction instead).
+  if (finite and is_concrete(x) and x.size
+      and getattr(x, "is_fully_addressable", True)):
     if not np.issubdtype(np.asarray(x).dtype, np.number):
       raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
     if not np.all(np.isfinite(np.asarray(x))):

@@ -151,6 +151,8 @@ def check_array(
     raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
   if finite:
     check_dtype(name, x)
+    # all_finite never copies a global array spanning other processes to
+    # the host: it checks those with a jnp reduction.
     if x.size and all_finite(x) is False:
       raise ValueError(f"{name} contains NaN or Inf values")
   return x

@@ -622,6 +622,13 @@ def sharded_gram(
   Returns:
     ``(n c, n c)`` array sharded by rows over ``mesh``.
   """
+  mesh = parallel.auto_mesh(mesh)  # any axis type (ngdjax._src.parallel)
+  with parallel.mesh_context(mesh):
+    params, x = parallel.to_auto((params, x), mesh)
+    return _sharded_gram(apply_or_model, params, x, mesh, method, chunk_size)
+
+
+def _sharded_gram(apply_or_model, params, x, mesh, method, chunk_size):
   axis = parallel.mesh_axis(mesh)
   _, model = split_model(apply_or_model)
   resolved = resolve_gram_method(apply_or_model, params, x, method)
@@ -666,6 +673,13 @@ def sharded_gram(
 def gram_vp_sharded(apply_or_model, params, x, v, mesh):
   """``G v`` with examples sharded: local VJPs summed over devices (psum),
   then local JVPs. ``v`` is ``(n c,)``; the result has the shape of ``v``."""
+  mesh = parallel.auto_mesh(mesh)  # any axis type (ngdjax._src.parallel)
+  with parallel.mesh_context(mesh):
+    params, x, v = parallel.to_auto((params, x, v), mesh)
+    return _gram_vp_sharded(apply_or_model, params, x, v, mesh)
+
+
+def _gram_vp_sharded(apply_or_model, params, x, v, mesh):
   axis = parallel.mesh_axis(mesh)
   apply, _ = split_model(apply_or_model)
   n = x.shape[0]

@@ -115,10 +115,24 @@ def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
 
 
 def check_mesh(mesh):
-  """Validates an optional example-axis mesh (``ngdjax.parallel``)."""
-  if mesh is not None:
-    parallel.row_sharding(mesh)  # raises ValueError naming ``mesh``
-  return mesh
+  """Validates an optional example-axis mesh (``ngdjax.parallel``).
+
+  Returns:
+    ``None``, or the mesh with its axis of type ``Auto``
+    (``parallel.auto_mesh``: a ``jax.make_mesh`` mesh has ``Explicit`` axes).
+  """
+  if mesh is None:
+    return None
+  return parallel.auto_mesh(mesh)  # raises ValueError naming ``mesh``
+
+
+def step_on_mesh(step: Callable, mesh) -> Callable:
+  """``step`` traced under ``parallel.mesh_context(mesh)``.
+
+  So that a step runs the same inside ``jax.set_mesh`` of the user's
+  (possibly ``Explicit``) mesh as outside it; ``mesh=None`` returns ``step``.
+  """
+  return parallel.on_mesh(step, mesh)
 
 
 def shard_batch(x: Array, y: Array, mesh) -> tuple[Array, Array]:

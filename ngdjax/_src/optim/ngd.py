@@ -285,7 +285,7 @@ def ngd(
       info["loss_after"] = loss1.astype(dtype)
     return new_params, NGDState(state.count + 1, next_lam), info
 
-  return base.Optimizer(init, step)
+  return base.Optimizer(init, base.step_on_mesh(step, cfg.mesh))
 
 
 # --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from ngdjax._src import checks, parallel
 from ngdjax._src import losses as losses_lib
-from ngdjax._src.jacobian import output_dim
+from ngdjax._src.jacobian import output_dim, split_model
 
 Array = jax.Array
 Params = Any
@@ -102,6 +102,12 @@ def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
     ``(x, y)`` with ``y`` as ``(n, c)``.
   """
   x = checks.check_inputs("x", x)
+  # params against the model's structure (issue 13: named paths instead
+  # of KeyError / dot_general errors); values are the step's concern.
+  apply, model = split_model(apply_or_model)
+  checks.check_model_params(model, params, x, finite=False)
+  if model is None:
+    checks.check_apply(apply, params, x)
   c = output_dim(apply_or_model, params, x)
   y = checks.check_targets("y", y, x.shape[0], out_dim=c)
   y = jnp.asarray(y)

@@ -531,6 +531,7 @@ def gram_blocks(
     *,
     lower_only: bool = False,
     diag_shift=0.0,
+    dtype=None,
 ) -> Array:
   """``G + diag_shift I`` built block by block in one ``(N, N)`` buffer.
 
@@ -560,6 +561,7 @@ def gram_blocks(
     method: as in ``gram``; ``"auto"`` is resolved on one block.
     lower_only: write only the lower block triangle.
     diag_shift: scalar added to the diagonal (a damping ``lam``).
+    dtype: of the buffer (default: that of the Gram blocks).
 
   Returns:
     ``(n c, n c)`` array.
@@ -592,7 +594,8 @@ def gram_blocks(
   shape = jax.eval_shape(lambda xb: self_gram(factors(xb)), x[:b])
   bc = shape.shape[0]  # block * c
   c = bc // b
-  shift = jnp.asarray(diag_shift, shape.dtype)
+  dtype = shape.dtype if dtype is None else dtype
+  shift = jnp.asarray(diag_shift, dtype)
 
   def start(i):
     return jnp.minimum(i * b, n - b)
@@ -619,7 +622,7 @@ def gram_blocks(
     diag = diag + shift * jnp.eye(bc, dtype=g.dtype)
     return jax.lax.dynamic_update_slice(g, diag, (si, si))
 
-  g0 = jnp.zeros((n * c, n * c), shape.dtype)
+  g0 = jnp.zeros((n * c, n * c), dtype)
   return jax.lax.fori_loop(0, k, row_step, g0)
 
 

@@ -51,10 +51,9 @@ Array = jax.Array
 DEFAULT_BLOCK = 2048
 # Rows per block of the triangular solves.
 SOLVE_BLOCK = 1024
-# A Cholesky solve whose relative residual exceeds this failed.
-RESIDUAL_TOL = 1e-2
-# Steps of inverse iteration estimating lambda_min.
-INVERSE_ITERATIONS = 3
+# The failure criteria are those of solvers.psd_solve.
+RESIDUAL_TOL = solvers.RESIDUAL_TOL
+INVERSE_ITERATIONS = solvers.INVERSE_ITERATIONS
 # CG fallback: iteration cap and tolerance.
 FALLBACK_MAXITER = 200
 FALLBACK_TOL = 1e-6
@@ -240,11 +239,18 @@ def gram_cholesky_solve(
     ``(v, gv, failed)``: the solution, ``G v`` (matrix-free), and an int32
     flag, 1 when the Cholesky solve failed the checks and CG was used.
   """
+  dtype = rhs.dtype
+  if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+    # No half-precision Cholesky kernels: solve in float32 (as psd_solve).
+    v, gv, failed = gram_cholesky_solve(
+        apply_or_model, params, x, rhs.astype(jnp.float32), damping,
+        method, chunk_size)
+    return v.astype(dtype), gv.astype(dtype), failed
   n = x.shape[0]
   block = block_size(n, chunk_size)
-  lam = jnp.asarray(damping, rhs.dtype)
+  lam = jnp.asarray(damping, dtype)
   a = gram_blocks(apply_or_model, params, x, block, method,
-                  lower_only=True, diag_shift=lam).astype(rhs.dtype)
+                  lower_only=True, diag_shift=lam, dtype=dtype)
   chol, factored = cholesky_in_place(a)
   v = cho_solve(chol, rhs)
 
@@ -260,6 +266,7 @@ def gram_cholesky_solve(
 
   def fallback():
     maxiter = min(rhs.shape[0], FALLBACK_MAXITER)
+    # CG returns its iterate of smallest residual (never a 1 / eps one).
     w = solvers.cg(matvec, rhs, lam, FALLBACK_TOL, maxiter).x
     return w, matvec(w)
 

@@ -15,10 +15,14 @@ Solvers:
   the structured closed form for ``Model``s), then ``psd_solve``: Cholesky,
   with the eigendecomposition pseudo-inverse as the fallback when Cholesky
   fails (``info["cholesky_failed"] = 1``; see ``ngdjax.optim.solvers``).
+  When ``n`` exceeds one block (``chunk_size``, default 2048 examples) and
+  there is no mesh: ``kernel_solve.gram_cholesky_solve``, one ``N x N``
+  buffer built and factorised in place, CG as its fallback.
 * ``"cg"``: conjugate gradients with matrix-free ``G v`` products, for ``N``
-  too large to hold ``G``: the structured form ``sum_l J_l (J_l^T v)`` from
-  layer factors for ``Model``s, ``ngdjax.gram_vp`` when ``chunk_size`` is
-  given, else one ``jax.linearize`` shared by every product. Reports
+  too large to hold ``G``: ``ngdjax.gram_vp`` in blocks when ``chunk_size``
+  is given (memory of one block), else the structured form ``sum_l J_l
+  (J_l^T v)`` from layer factors for ``Model``s, else one
+  ``jax.linearize`` shared by every product. Reports
   ``cg_iterations``, ``cg_residual`` and ``cg_failed`` (1 when CG missed
   ``cg_tol``: breakdown on a numerically singular ``G + lam I`` or
   ``cg_maxiter`` reached; the step then uses the iterate with the smallest
@@ -180,7 +184,9 @@ def _direction(cfg: _Config, params, x, y, lam) -> _Direction:
     gv = g_mat @ v
     diagnostics = {"cholesky_failed": failed}
   else:
-    if _structured(cfg):
+    if _structured(cfg) and cfg.chunk_size is None:
+      # All layer factors at once: O(n (d + m)) memory; with chunk_size
+      # the blocked gram_vp below keeps memory at O(chunk (d + m)).
       factors = cfg.model.layer_factors(params, x)
 
       def matvec(vec):

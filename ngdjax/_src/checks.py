@@ -451,6 +451,16 @@ def check_model_params(model, params, x, *, name: str = "params",
   return check_params(params, expected, name=name, finite=finite)
 
 
+def leading_rows(x, k: int = 1) -> jax.ShapeDtypeStruct:
+  """The abstract shape of ``x[:k]``, for ``jax.eval_shape``.
+
+  Slicing ``x`` itself would run a computation on it: on a global array
+  of an ``Explicit`` mesh that raises, and on one spanning other processes
+  it is a collective; the shape is all ``eval_shape`` needs.
+  """
+  return jax.ShapeDtypeStruct((k,) + tuple(x.shape[1:]), x.dtype)
+
+
 def check_apply(apply, params, x, *, name: str = "params"):
   """Evaluates ``apply(params, x[:1])`` abstractly; a failure names both.
 
@@ -462,7 +472,7 @@ def check_apply(apply, params, x, *, name: str = "params"):
       tree of another model, inputs of the wrong width).
   """
   try:
-    return jax.eval_shape(apply, params, x[:1])
+    return jax.eval_shape(apply, params, leading_rows(x))
   except Exception as e:  # noqa: BLE001 - re-raised with the names
     raise ValueError(
         f"{name} and x do not fit the model: apply(params, x) raised "

@@ -124,7 +124,8 @@ def output_dim(apply_or_model: ApplyOrModel, params: Params, x: Array) -> int:
   apply, model = split_model(apply_or_model)
   if model is not None:
     return model.out_dim
-  out = jax.eval_shape(lambda p, z: _outputs_2d(apply, p, z), params, x[:1])
+  out = jax.eval_shape(lambda p, z: _outputs_2d(apply, p, z), params,
+                       checks.leading_rows(x))
   return out.shape[1]
 
 
@@ -347,7 +348,7 @@ PRODUCTS_MAX_BLOCK = 128
 def _default_products_chunk(apply, params, x) -> int:
   p = ravel_pytree(params)[0].size
   c = jax.eval_shape(lambda p_, z: _outputs_2d(apply, p_, z), params,
-                     x[:1]).shape[1]
+                     checks.leading_rows(x)).shape[1]
   rows = AUTO_JACOBIAN_BYTES // max(1, c * p * x.dtype.itemsize)
   return int(max(1, min(PRODUCTS_MAX_BLOCK, rows)))
 
@@ -570,7 +571,8 @@ def gram_blocks(
   n = x.shape[0]
   b = max(1, min(int(block), n))
   k = -(-n // b)
-  resolved = resolve_gram_method(apply_or_model, params, x[:b], method)
+  resolved = resolve_gram_method(apply_or_model, params,
+                                 checks.leading_rows(x, b), method)
   if resolved is GramMethod.STRUCTURED:
     if model is None or model.layer_factors is None:
       _gram_structured(model, params, x, None, None)  # raises the error
@@ -591,7 +593,8 @@ def gram_blocks(
     def self_gram(xi):
       return gram(apply_or_model, params, xi, method=resolved.value)
 
-  shape = jax.eval_shape(lambda xb: self_gram(factors(xb)), x[:b])
+  shape = jax.eval_shape(lambda xb: self_gram(factors(xb)),
+                         checks.leading_rows(x, b))
   bc = shape.shape[0]  # block * c
   c = bc // b
   dtype = shape.dtype if dtype is None else dtype

@@ -242,3 +242,25 @@ def test_kfac_bad_settings_raise():
     kfac(MODEL, 1.0, inverse_every=0)
   with pytest.raises(ValueError, match="fisher"):
     kfac(MODEL, 1.0, fisher="sampled")
+
+
+def test_kfac_preconditioner_equals_kfac_over_steps():
+  import optax
+
+  from ngdjax.optim import kfac_preconditioner
+
+  params, x, labels = _problem(seed=7)
+  settings = dict(damping=0.05, loss="softmax_cross_entropy",
+                  factor_decay=0.9, inverse_every=2)
+  tx = optax.chain(kfac_preconditioner(MODEL, **settings), optax.sgd(0.4))
+  opt = kfac(MODEL, 0.4, **settings)
+  p_tx, s_tx, p, s = params, tx.init(params), params, opt.init(params)
+  for k in range(3):
+    xb = x * (1 + 0.1 * k)
+    updates, s_tx = tx.update(params, s_tx, p_tx, x=xb, y=labels)
+    p_tx = optax.apply_updates(p_tx, updates)
+    p, s, _ = opt.step(p, s, xb, labels)
+  for a, b in zip(jax.tree_util.tree_leaves(p_tx), jax.tree_util.tree_leaves(p),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+  assert int(s_tx[0].info["cholesky_failed"]) == 0

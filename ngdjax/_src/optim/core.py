@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ngdjax._src import checks
 from ngdjax._src.optim import base, solvers
@@ -329,3 +330,104 @@ def make(
     return new_params, new_state, info
 
   return base.Optimizer(init, step)
+
+
+# --------------------------------------------------------------------------
+# The same direction as an optax gradient transformation.
+# --------------------------------------------------------------------------
+
+
+class PreconditionerState(NamedTuple):
+  """State of ``ngd_preconditioner`` and ``kfac_preconditioner``.
+
+  Attributes:
+    count: ``()`` int32, updates made (the damping schedule's argument).
+    info: the last update's diagnostics, scalars: ``loss``,
+      ``residual_norm``, ``damping``, ``damping_invalid`` and the method's
+      (``cholesky_failed`` or ``cg_iterations``/``cg_residual``); zeros
+      before the first update.
+    key: ``(2,)`` uint32 PRNG key data (Monte Carlo Fisher).
+    curvature: the method's own state (K-FAC's running factors).
+  """
+
+  count: Array
+  info: dict
+  key: Array
+  curvature: Any
+
+
+def preconditioner(
+    model_or_apply, loss, damping, method: Method, key, info_keys: dict,
+    name: str,
+) -> optax.GradientTransformationExtraArgs:
+  """``method``'s direction as an optax transformation.
+
+  ``update(updates, state, params, x=x, y=y)`` returns the preconditioned
+  gradient at ``params`` on the batch, in place of ``updates`` (the
+  direction needs ``grad_u L``, which the parameter gradient does not
+  determine); chain a step-size rule after it. A damping schedule value
+  that is NaN or negative is replaced by the last valid one and flagged
+  (``info["damping_invalid"]``).
+
+  Args:
+    model_or_apply, loss: as in ``make``.
+    damping: a number, array or schedule (Levenberg-Marquardt needs the loss
+      after the step, which a gradient transformation never sees).
+    method: the direction.
+    key: PRNG key (Monte Carlo Fisher).
+    info_keys: the method's diagnostics, ``name -> dtype`` (``None``: the
+      params' dtype).
+    name: the public function's name, for error messages.
+  """
+  if isinstance(damping, damping_lib.LevenbergMarquardt):
+    raise ValueError(
+        f"damping: {name} supports a fixed or scheduled damping; use the "
+        "optimizer itself for Levenberg-Marquardt"
+    )
+  rule = damping_lib.resolve(damping)
+  key = key_data(key)
+
+  def init_fn(params) -> PreconditionerState:
+    dtype = base.param_dtype(params)
+    info = {k: jnp.zeros((), dtype) for k in ("loss", "residual_norm")}
+    info["damping"] = jnp.asarray(rule.initial, dtype)
+    info["damping_invalid"] = jnp.zeros((), jnp.int32)
+    for k, kind in info_keys.items():
+      info[k] = jnp.zeros((), dtype if kind is None else kind)
+    return PreconditionerState(jnp.zeros((), jnp.int32), info, key,
+                               method.init(params))
+
+  def update_fn(updates, state, params=None, *, x=None, y=None, **extra):
+    del extra  # other transformations' extra arguments
+    if params is None:
+      raise ValueError(f"params: {name}.update needs params")
+    if x is None or y is None:
+      raise ValueError(
+          "x, y: pass the batch as extra arguments, "
+          "tx.update(grads, state, params, x=x, y=y)"
+      )
+    x, y = base.check_batch(model_or_apply, params, x, y, loss)
+    dtype = base.param_dtype(params)
+    raw = (rule.initial if rule.schedule is None
+           else rule.schedule(state.count))
+    lam, bad, ok = valid_value(jnp.asarray(raw, dtype),
+                               state.info["damping"], positive=False)
+    lam = jnp.where(ok, lam, 0.0).astype(dtype)
+    next_key, subkey = jax.random.split(jax.random.wrap_key_data(state.key))
+    d = method.direction(params, state.curvature, x, y, lam, subkey,
+                         state.count)
+    info = {
+        "loss": loss.value(d.u, y).astype(dtype),
+        "residual_norm": jnp.linalg.norm(loss.residual(d.u, y)).astype(dtype),
+        "damping": lam,
+        "damping_invalid": bad.astype(jnp.int32),
+    }
+    for k in info_keys:
+      info[k] = d.diagnostics[k].astype(state.info[k].dtype)
+    direction = jax.tree_util.tree_map(
+        lambda t, ref: t.astype(ref.dtype), d.direction, updates
+    )
+    return direction, PreconditionerState(
+        state.count + 1, info, jax.random.key_data(next_key), d.curvature)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

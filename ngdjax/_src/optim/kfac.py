@@ -81,6 +81,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from ngdjax._src import checks
 from ngdjax._src.jacobian import jvp
@@ -399,74 +400,9 @@ def _refresh(refresh, cov_a, cov_b, old: KFACFactors) -> KFACFactors:
   return KFACFactors(cov_a, cov_b, ea, qa, eb, qb)
 
 
-def kfac(
-    model: Model,
-    learning_rate: base.ScalarOrSchedule,
-    damping: float | Callable | damping_lib.LevenbergMarquardt = 0.0,
-    loss="squared",
-    form: str = "auto",
-    damping_split: str = "pi",
-    factor_damping: tuple[float, float] | None = None,
-    mesh=None,
-    fisher: str = "true",
-    factor_decay: float | None = None,
-    inverse_every: int = 1,
-    key=None,
-) -> base.Optimizer:
-  """K-FAC (MATH.md 4 and 7; module docstring).
-
-  ``Delta M_l = - eta n (A^T A + lam_A)^{-1} A^T Gamma B (B^T H B +
-  lam_B)^{-1}`` for every layer ``l`` (or the exact ``(F_kfac + lam
-  I)^{-1}`` with ``damping_split="exact"``), with ``H`` the loss's output
-  metric (identity for the regression losses).
-
-  Args:
-    model: a ``Model`` with layer factors (``two_layer_relu``, ``mlp``).
-    learning_rate: ``eta > 0`` (number or scalar array, held in the state)
-      or a schedule ``count -> eta``.
-    damping: ``lam >= 0`` (number or array, held in the state), a schedule,
-      or ``levenberg_marquardt(...)`` (the predicted reduction uses
-      ``J delta`` from one JVP).
-    loss: a name in ``ngdjax.losses.LOSSES`` or a ``Loss``; its gradient
-      ``grad_u L`` replaces the residual ``r``.
-    form: ``"auto"`` (per factor, the smaller solve), ``"primal"`` or
-      ``"dual"`` (full-batch mode only; mini-batch mode is primal).
-    damping_split: ``"pi"`` or ``"exact"``.
-    factor_damping: optional ``(lam_in, lam_out) >= 0`` added to ``A^T A``
-      and ``B^T B`` of every layer.
-    mesh: optional one-axis ``jax.sharding.Mesh``: the example axis of the
-      batch is split over its devices and the factor products are
-      partitioned by the SPMD compiler, reductions over examples becoming
-      all-reduces; the factor solves run replicated.
-    fisher: the output-side factor ``B^T H B``: ``"true"`` (exact, through
-      ``H``'s square root), ``"empirical"`` (the gradients' outer products)
-      or ``"monte_carlo"`` (one label sampled from the model per example;
-      always mini-batch mode).
-    factor_decay: ``None`` (default: the factors of the current batch only,
-      the paper's full-batch setting) or ``decay`` in ``[0, 1)``: running
-      averages ``F <- decay F + (1 - decay) F_batch`` (the first step takes
-      the batch's factors). ``0.95`` suits mini-batches.
-    inverse_every: refresh the factors' eigendecompositions every this many
-      steps (default 1; 10 suits mini-batches; the averages are updated at
-      every step).
-    key: PRNG key for ``"monte_carlo"`` (default ``jax.random.key(0)``).
-
-  Returns:
-    ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
-    ``update_norm``, ``damping``, ``learning_rate``, ``cholesky_failed``
-    (factor solves that fell back to the pseudo-inverse, summed over
-    layers; 0 in mini-batch mode), the fault flags of
-    ``ngdjax.optim.core``, and for Levenberg-Marquardt ``reduction_ratio``
-    and ``loss_after``.
-
-  Raises:
-    ValueError: a model without layer factors, bad hyper-parameters, or
-      (from ``step``) non-finite params or a malformed batch.
-  """
-  model = _check_model(model)
-  base.check_mesh(mesh)
-  rule = damping_lib.resolve(damping)
-  loss = base.check_loss(loss)
+def _method(model, loss, form, damping_split, factor_damping, fisher,
+            factor_decay, inverse_every, static_zero) -> core.Method:
+  """Validates K-FAC's settings; the direction for ``core.make``."""
   if form not in FORMS:
     raise ValueError(f"form must be one of {FORMS}, got {form!r}")
   if damping_split not in SPLITS:
@@ -536,8 +472,8 @@ def kfac(
           delta, fl = factored_update(
               f.inputs, grads, h, lam_in + split_a, lam_out + split_b,
               dual_a, dual_b,
-              pinv_a=rule.static_zero and lam_in == 0.0,
-              pinv_b=rule.static_zero and lam_out == 0.0,
+              pinv_a=static_zero and lam_in == 0.0,
+              pinv_b=static_zero and lam_out == 0.0,
           )
           failed = failed + fl
         deltas.append(delta)
@@ -558,9 +494,122 @@ def kfac(
                           tuple(new_curv) if averaged else curvature,
                           diagnostics)
 
+  return core.Method(init=init_curvature, direction=direction)
+
+
+def kfac(
+    model: Model,
+    learning_rate: base.ScalarOrSchedule,
+    damping: float | Callable | damping_lib.LevenbergMarquardt = 0.0,
+    loss="squared",
+    form: str = "auto",
+    damping_split: str = "pi",
+    factor_damping: tuple[float, float] | None = None,
+    mesh=None,
+    fisher: str = "true",
+    factor_decay: float | None = None,
+    inverse_every: int = 1,
+    key=None,
+) -> base.Optimizer:
+  """K-FAC (MATH.md 4 and 7; module docstring).
+
+  ``Delta M_l = - eta n (A^T A + lam_A)^{-1} A^T Gamma B (B^T H B +
+  lam_B)^{-1}`` for every layer ``l`` (or the exact ``(F_kfac + lam
+  I)^{-1}`` with ``damping_split="exact"``), with ``H`` the loss's output
+  metric (identity for the regression losses).
+
+  Args:
+    model: a ``Model`` with layer factors (``two_layer_relu``, ``mlp``).
+    learning_rate: ``eta > 0`` (number or scalar array, held in the state)
+      or a schedule ``count -> eta``.
+    damping: ``lam >= 0`` (number or array, held in the state), a schedule,
+      or ``levenberg_marquardt(...)`` (the predicted reduction uses
+      ``J delta`` from one JVP).
+    loss: a name in ``ngdjax.losses.LOSSES`` or a ``Loss``; its gradient
+      ``grad_u L`` replaces the residual ``r``.
+    form: ``"auto"`` (per factor, the smaller solve), ``"primal"`` or
+      ``"dual"`` (full-batch mode only; mini-batch mode is primal).
+    damping_split: ``"pi"`` or ``"exact"``.
+    factor_damping: optional ``(lam_in, lam_out) >= 0`` added to ``A^T A``
+      and ``B^T B`` of every layer.
+    mesh: optional one-axis ``jax.sharding.Mesh``: the example axis of the
+      batch is split over its devices and the factor products are
+      partitioned by the SPMD compiler, reductions over examples becoming
+      all-reduces; the factor solves run replicated.
+    fisher: the output-side factor ``B^T H B``: ``"true"`` (exact, through
+      ``H``'s square root), ``"empirical"`` (the gradients' outer products)
+      or ``"monte_carlo"`` (one label sampled from the model per example;
+      always mini-batch mode).
+    factor_decay: ``None`` (default: the factors of the current batch only,
+      the paper's full-batch setting) or ``decay`` in ``[0, 1)``: running
+      averages ``F <- decay F + (1 - decay) F_batch`` (the first step takes
+      the batch's factors). ``0.95`` suits mini-batches.
+    inverse_every: refresh the factors' eigendecompositions every this many
+      steps (default 1; 10 suits mini-batches; the averages are updated at
+      every step).
+    key: PRNG key for ``"monte_carlo"`` (default ``jax.random.key(0)``).
+
+  Returns:
+    ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
+    ``update_norm``, ``damping``, ``learning_rate``, ``cholesky_failed``
+    (factor solves that fell back to the pseudo-inverse, summed over
+    layers; 0 in mini-batch mode), the fault flags of
+    ``ngdjax.optim.core``, and for Levenberg-Marquardt ``reduction_ratio``
+    and ``loss_after``.
+
+  Raises:
+    ValueError: a model without layer factors, bad hyper-parameters, or
+      (from ``step``) non-finite params or a malformed batch.
+  """
+  model = _check_model(model)
+  base.check_mesh(mesh)
+  rule = damping_lib.resolve(damping)
+  loss = base.check_loss(loss)
+  method = _method(model, loss, form, damping_split, factor_damping, fisher,
+                   factor_decay, inverse_every, rule.static_zero)
+
   def jvp_fn(params, x, tangent):
     return jvp(model, params, x, tangent)
 
-  method = core.Method(init=init_curvature, direction=direction)
   return core.make(model, model.apply, loss, learning_rate, damping, method,
                    mesh=mesh, key=key, jvp_fn=jvp_fn)
+
+
+def kfac_preconditioner(
+    model: Model,
+    damping: float | Callable = 0.0,
+    loss="squared",
+    form: str = "auto",
+    damping_split: str = "pi",
+    factor_damping: tuple[float, float] | None = None,
+    fisher: str = "true",
+    factor_decay: float | None = None,
+    inverse_every: int = 1,
+    key=None,
+) -> optax.GradientTransformationExtraArgs:
+  """K-FAC's direction as an optax transformation (as ``ngd_preconditioner``).
+
+  ``update(updates, state, params, x=x, y=y)`` returns ``(F_kfac +
+  damping)^{-1} grad`` at ``params`` on the batch, in place of ``updates``;
+  the running factors live in ``state.curvature``.
+  ``optax.chain(kfac_preconditioner(model, lam), optax.sgd(eta))`` is
+  ``kfac(model, eta, lam)``.
+
+  Args:
+    model, damping, loss, form, damping_split, factor_damping, fisher,
+      factor_decay, inverse_every, key: as in ``kfac`` (damping fixed or
+      scheduled).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+  model = _check_model(model)
+  loss = base.check_loss(loss)
+  static_zero = (not callable(damping)
+                 and not isinstance(damping, damping_lib.LevenbergMarquardt)
+                 and damping_lib.resolve(damping).static_zero)
+  method = _method(model, loss, form, damping_split, factor_damping, fisher,
+                   factor_decay, inverse_every, static_zero)
+  return core.preconditioner(model, loss, damping, method, key,
+                             {"cholesky_failed": jnp.int32},
+                             "kfac_preconditioner")

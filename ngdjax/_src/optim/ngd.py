@@ -370,20 +370,7 @@ def _check_monte_carlo_damping(fisher, damping):
 # --------------------------------------------------------------------------
 
 
-class NGDPreconditionerState(NamedTuple):
-  """State of ``ngd_preconditioner``.
-
-  Attributes:
-    count: ``()`` int32, updates made (the damping schedule's argument).
-    info: the last update's diagnostics, scalars: ``loss``,
-      ``residual_norm``, ``damping`` and the solver's (``cholesky_failed``
-      or ``cg_iterations``/``cg_residual``); zeros before the first update.
-    key: ``(2,)`` uint32 PRNG key data (``fisher="monte_carlo"``).
-  """
-
-  count: Array
-  info: dict
-  key: Array
+NGDPreconditionerState = core.PreconditionerState
 
 
 def ngd_preconditioner(
@@ -424,56 +411,17 @@ def ngd_preconditioner(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
-  if isinstance(damping, damping_lib.LevenbergMarquardt):
-    raise ValueError(
-        "damping: ngd_preconditioner supports a fixed or scheduled damping; "
-        "use ngdjax.optim.ngd for Levenberg-Marquardt"
-    )
-  rule = damping_lib.resolve(damping)
   cfg = _check_config(model_or_apply, loss, solver, gram_method, chunk_size,
                       cg_tol, cg_maxiter, fisher)
   _check_monte_carlo_damping(fisher, damping)
-  key_data = core.key_data(key)
-  solver_keys = (
-      ("cholesky_failed",) if solver == "cholesky"
-      else ("cg_iterations", "cg_residual")
-  )
+  info_keys = ({"cholesky_failed": jnp.int32} if solver == "cholesky"
+               else {"cg_iterations": jnp.int32, "cg_residual": None})
 
-  def init_fn(params) -> NGDPreconditionerState:
-    dtype = base.param_dtype(params)
-    info = {k: jnp.zeros((), dtype) for k in ("loss", "residual_norm",
-                                              "damping")}
-    for k in solver_keys:
-      info[k] = jnp.zeros((), dtype if k == "cg_residual" else jnp.int32)
-    return NGDPreconditionerState(jnp.zeros((), jnp.int32), info, key_data)
+  def direction(params, curvature, x, y, lam, key, count):
+    del count
+    d = _direction(cfg, params, x, y, lam, key)
+    return core.Direction(d.u, d.direction, None, curvature, d.diagnostics)
 
-  def update_fn(updates, state, params=None, *, x=None, y=None, **extra):
-    del extra  # other transformations' extra arguments
-    if params is None:
-      raise ValueError("params: ngd_preconditioner.update needs params")
-    if x is None or y is None:
-      raise ValueError(
-          "x, y: pass the batch as extra arguments, "
-          "tx.update(grads, state, params, x=x, y=y)"
-      )
-    x, y = base.check_batch(model_or_apply, params, x, y, cfg.loss)
-    dtype = base.param_dtype(params)
-    lam = (rule.initial if rule.schedule is None
-           else rule.schedule(state.count))
-    lam = jnp.asarray(lam, dtype)
-    key, subkey = jax.random.split(jax.random.wrap_key_data(state.key))
-    d = _direction(cfg, params, x, y, lam, subkey)
-    info = {
-        "loss": cfg.loss.value(d.u, y).astype(dtype),
-        "residual_norm": jnp.linalg.norm(
-            cfg.loss.residual(d.u, y)).astype(dtype),
-        "damping": lam,
-    }
-    info.update(d.diagnostics)
-    direction = jax.tree_util.tree_map(
-        lambda t, ref: t.astype(ref.dtype), d.direction, updates
-    )
-    return direction, NGDPreconditionerState(state.count + 1, info,
-                                             jax.random.key_data(key))
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  method = core.Method(init=lambda params: (), direction=direction)
+  return core.preconditioner(model_or_apply, cfg.loss, damping, method, key,
+                             info_keys, "ngd_preconditioner")

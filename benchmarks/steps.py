@@ -34,7 +34,7 @@ For the MLP the model is summed over layers (``a_l`` inputs incl. bias,
 ``xla`` is the compiler's own count (``cost_analysis``), which leaves out
 the LAPACK calls (Cholesky, triangular solves, eigh).
 
-Digits classifier (issue 11): the MLP of ``configs/train.py`` (64-128-10,
+Digits classifier (issue 11): the MLP of ``configs/train.py`` (64-512-10,
 ReLU) with softmax cross-entropy on mini-batches of 256 digits; SGD (``gd``
 on the batch), NGD with the true Fisher in kernel form (``N = 2560``
 Cholesky), K-FAC with running factors and eigendecompositions refreshed
@@ -195,7 +195,7 @@ def mlp(n, d, widths, dtype, repeats, damping):
   return times, models
 
 
-def digits(batch, dtype, repeats, inverse_every=10, widths=(128,)):
+def digits(batch, dtype, repeats, inverse_every=10, widths=(512,)):
   """Mini-batch steps on the digits MLP: NGD / SGD and K-FAC / SGD."""
   ds = ngdjax.data.digits(classes=tuple(range(10)), targets="onehot",
                           test_fraction=0.2, seed=0)
@@ -207,8 +207,8 @@ def digits(batch, dtype, repeats, inverse_every=10, widths=(128,)):
   loss = "softmax_cross_entropy"
   optimizers = {
       "sgd": gd(model, 0.3 / batch, loss=loss),
-      "ngd": ngd(model, 0.5, damping=1.0, loss=loss),
-      "kfac": kfac(model, 0.3, damping=1.0, loss=loss, factor_decay=0.95,
+      "ngd": ngd(model, 0.5, damping=0.3, loss=loss),
+      "kfac": kfac(model, 0.5, damping=0.3, loss=loss, factor_decay=0.95,
                    inverse_every=inverse_every),
   }
   rng = np.random.default_rng(0)

@@ -2,7 +2,8 @@
 
 A demonstration, not a claim of the paper. Digits preset (all 10 classes
 of scikit-learn's digits, stratified 80/20 split, pixels standardised,
-MLP 64-512-10, batch 64; ``small`` is the same run, used by ``experiments.reproduce``)::
+MLP 64-512-10, batch 64; ``small`` is the same run, used by
+``experiments.reproduce``)::
 
   python -m experiments.train --config=configs/train.py:digits \
       --workdir=/tmp/ngdjax/train_digits

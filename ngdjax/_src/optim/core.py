@@ -329,7 +329,7 @@ def make(
     )
     return new_params, new_state, info
 
-  return base.Optimizer(init, step)
+  return base.Optimizer(init, base.step_on_mesh(step, mesh))
 
 
 # --------------------------------------------------------------------------

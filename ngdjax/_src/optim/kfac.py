@@ -562,7 +562,7 @@ def kfac(
       (from ``step``) non-finite params or a malformed batch.
   """
   model = _check_model(model)
-  base.check_mesh(mesh)
+  mesh = base.check_mesh(mesh)
   rule = damping_lib.resolve(damping)
   loss = base.check_loss(loss)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,

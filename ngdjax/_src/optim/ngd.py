@@ -19,7 +19,10 @@ Solvers:
   too large to hold ``G``: the structured form ``sum_l J_l (J_l^T v)`` from
   layer factors for ``Model``s, ``ngdjax.gram_vp`` when ``chunk_size`` is
   given, else one ``jax.linearize`` shared by every product. Reports
-  ``cg_iterations`` and ``cg_residual``.
+  ``cg_iterations``, ``cg_residual`` and ``cg_failed`` (1 when CG missed
+  ``cg_tol``: breakdown on a numerically singular ``G + lam I`` or
+  ``cg_maxiter`` reached; the step then uses the iterate with the smallest
+  residual, never a ``1 / eps`` one; see ``ngdjax.optim.solvers``).
 
 Example:
 
@@ -178,7 +181,8 @@ def _solve(cfg: _Config, kernel, matvec, rhs, lam):
   maxiter = cfg.cg_maxiter or rhs.shape[0]
   result = solvers.cg(matvec, rhs, lam, cfg.cg_tol, maxiter)
   return result.x, {"cg_iterations": result.iterations,
-                    "cg_residual": result.residual.astype(rhs.dtype)}
+                    "cg_residual": result.residual.astype(rhs.dtype),
+                    "cg_failed": result.failed}
 
 
 def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
@@ -415,7 +419,8 @@ def ngd_preconditioner(
                       cg_tol, cg_maxiter, fisher)
   _check_monte_carlo_damping(fisher, damping)
   info_keys = ({"cholesky_failed": jnp.int32} if solver == "cholesky"
-               else {"cg_iterations": jnp.int32, "cg_residual": None})
+               else {"cg_iterations": jnp.int32, "cg_residual": None,
+                     "cg_failed": jnp.int32})
 
   def direction(params, curvature, x, y, lam, key, count):
     del count

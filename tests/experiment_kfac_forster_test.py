@@ -38,6 +38,8 @@ def test_kfac_forster_smoke_and_resume(tmp_path):
     h = u["hypotheses"]
     assert h["lambda_S"] > -1e-12 and isinstance(h["inside"], bool)
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == kfac_forster.verdict(saved["measured"], config)
   assert summary["figures"] == FIGURES
   for f in FIGURES:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC

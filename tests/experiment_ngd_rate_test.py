@@ -29,6 +29,9 @@ def test_ngd_rate_smoke_and_resume(tmp_path):
   assert saved["claim"] == "C1" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"rate_wide", "theorem", "eta1_vanishes"}
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == ngd_rate.verdict(saved["measured"],
+                                            config.learning_rates)
   assert summary["figures"] == ["ratio_vs_width.png", "eta1_first_step.png",
                                 "residuals.png", "condition2.png"]
   for f in summary["figures"]:

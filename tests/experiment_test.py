@@ -262,6 +262,7 @@ def test_gram_limit_smoke_and_resume(tmp_path):
   assert saved["claim"] == "C5" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"exponent", "lemma6"}
   assert saved["passed"] == all(saved["checks"].values())
+  assert saved["checks"] == gram_limit.verdict(saved["measured"], config)
   assert -1.0 < saved["measured"]["exponent"] < 0.0
   assert summary["figures"] == ["gram_error.png", "lambda_min.png"]
   again = gram_limit.run(config, tmp_path)
@@ -282,6 +283,7 @@ def test_lambda0_vs_n_smoke(tmp_path):
   _, saved = _check_files(tmp_path, summary["figures"])
   assert saved["claim"] == "C8"
   assert saved["passed"] == all(saved["checks"].values())
+  assert saved["checks"] == lambda0_vs_n.verdict(saved["measured"])
   assert saved["measured"]["exponent"] < 0
 
 

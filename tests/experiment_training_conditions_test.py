@@ -32,6 +32,8 @@ def test_training_conditions_smoke_and_resume(tmp_path):
   assert m["flip_bound_nonvacuous_runs"] == sum(
       u["flip_bound"] < 1 for u in saved["details"]["runs"])
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == training_conditions.verdict(saved["measured"])
   assert summary["figures"] == ["lambda_min.png", "lambda_path.png",
                                 "distance.png", "flips.png"]
   for f in summary["figures"]:

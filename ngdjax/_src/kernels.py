@@ -117,8 +117,8 @@ def _next_angles(theta: Array, q: Array, w_std: float,
 
 
 def _check_x(x, name="x"):
-  checks.check_inputs(name, x)
-  checks.check_nonzero_rows(name, x)
+  x = checks.check_inputs(name, x)
+  return checks.check_nonzero_rows(name, x)
 
 
 def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
@@ -138,9 +138,8 @@ def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
   Returns:
     ``(n, n2)`` kernel matrix.
   """
-  _check_x(x)
-  x2 = x if x2 is None else x2
-  _check_x(x2, "x2")
+  x = _check_x(x)
+  x2 = x if x2 is None else _check_x(x2, "x2")
   inner = x @ x2.T
   theta = _row_angles(x, x2)
   return inner * (jnp.pi - theta) / (2 * jnp.pi)
@@ -148,7 +147,7 @@ def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
 
 def relu_covariance_inf(x: Array, nu: float = 1.0) -> Array:
   """``E_w[relu(w^T x_i) relu(w^T x_j)]``, ``w ~ N(0, nu^2 I)``: ``(n, n)``."""
-  _check_x(x)
+  x = _check_x(x)
   sq = jnp.sum(x * x, -1)
   theta = _row_angles(x, x)
   scale = nu**2 * jnp.sqrt(sq[:, None] * sq[None, :])
@@ -190,7 +189,7 @@ def relu_ntk_inf(
   Returns:
     ``(n, n)`` kernel (``kron`` with ``I_c`` for ``c`` outputs).
   """
-  checks.check_inputs("x", x)
+  x = checks.check_inputs("x", x)
   checks.check_scalar("depth", depth, nonnegative=True, integer=True)
   checks.check_scalar("w_std", w_std, positive=True)
   checks.check_scalar("b_std", b_std, nonnegative=True)

@@ -62,10 +62,19 @@ def check_array(
   return x
 
 
-def check_inputs(name: str, x, in_dim: int | None = None):
-  """Checks a design matrix ``x`` of shape ``(n, d)``."""
-  x = check_array(name, x, ndim=2)
-  if in_dim is not None and x.shape[1] != in_dim:
+def check_inputs(
+    name: str, x, in_dim: int | None = None, *, any_shape: bool = False
+):
+  """Checks a design matrix ``x`` of shape ``(n, d)``.
+
+  ``any_shape=True`` accepts ``(n, ...)`` of any rank ``>= 1`` (models given
+  as ``apply(params, x)``, e.g. on images ``(n, H, W, C)``); ``in_dim`` is
+  then compared with ``x.shape[1]`` when ``x`` has that axis.
+  """
+  x = check_array(name, x, ndim=None if any_shape else 2)
+  if any_shape and x.ndim < 1:
+    raise ValueError(f"{name} must have a leading example axis, got a scalar")
+  if in_dim is not None and x.ndim > 1 and x.shape[1] != in_dim:
     raise ValueError(
         f"{name} has {x.shape[1]} features but the model expects {in_dim}"
     )

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from ngdjax._src import checks, parallel
 from ngdjax._src import losses as losses_lib
 from ngdjax._src.jacobian import output_dim
+from ngdjax._src.models import Model
 
 Array = jax.Array
 Params = Any
@@ -101,7 +102,8 @@ def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
   Returns:
     ``(x, y)`` with ``y`` as ``(n, c)``.
   """
-  x = checks.check_inputs("x", x)
+  x = checks.check_inputs("x", x, any_shape=not isinstance(apply_or_model,
+                                                           Model))
   c = output_dim(apply_or_model, params, x)
   y = checks.check_targets("y", y, x.shape[0], out_dim=c)
   y = jnp.asarray(y)

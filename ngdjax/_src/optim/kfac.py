@@ -82,10 +82,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngdjax._src import checks
-from ngdjax._src.jacobian import jvp
+from ngdjax._src import checks, structure
+from ngdjax._src.jacobian import jvp, split_model
 from ngdjax._src.linalg import self_outer
-from ngdjax._src.models import Model
 from ngdjax._src.optim import base, solvers
 from ngdjax._src.optim import damping as damping_lib
 
@@ -268,23 +267,14 @@ def exact_update(
   return inputs.T @ (ua @ core) if dual_a else qa @ core
 
 
-def _check_model(model) -> Model:
-  if not isinstance(model, Model) or model.layer_factors is None:
-    raise ValueError(
-        "model: kfac needs an ngdjax Model with layer_factors "
-        "(two_layer_relu or mlp), got "
-        f"{type(model).__name__}"
-    )
-  if model.to_layer_matrices is None or model.from_layer_matrices is None:
-    raise ValueError(
-        "model: kfac needs to_layer_matrices/from_layer_matrices to map the "
-        "per-layer updates back to params"
-    )
+def _check_model(model):
+  """A ``Model`` or a bare ``apply`` (its layers are found when tracing)."""
+  split_model(model)  # ValueError naming the argument if neither
   return model
 
 
 def kfac(
-    model: Model,
+    model,
     learning_rate: base.ScalarOrSchedule,
     damping: float | Callable | damping_lib.LevenbergMarquardt = 0.0,
     loss="squared",
@@ -300,7 +290,14 @@ def kfac(
   I)^{-1}`` with ``damping_split="exact"``).
 
   Args:
-    model: a ``Model`` with layer factors (``two_layer_relu``, ``mlp``).
+    model: a ``Model`` with layer factors (``two_layer_relu``, ``mlp``),
+      or a bare ``apply(params, x)`` with any params pytree (flax,
+      equinox, plain) and ``x`` ``(n, ...)``: its dense layers are found in
+      the traced computation (``ngdjax.describe_structure``) and get the
+      K-FAC update; all unmatched leaves together (layer norms, convolution
+      kernels, shared weights) get their exact damped Gauss-Newton block
+      ``(J_g^T J_g + lam I)^{-1} J_g^T grad_u L``, solved in kernel form
+      (``N x N``, ``N = n c``; a pseudo-inverse when ``damping=0``).
     learning_rate: ``eta > 0`` or a schedule ``count -> eta``.
     damping: ``lam >= 0``, a schedule, or ``levenberg_marquardt(...)`` (the
       predicted reduction uses ``J delta`` from one JVP).
@@ -325,7 +322,8 @@ def kfac(
     ``loss_after``.
 
   Raises:
-    ValueError: a model without layer factors, bad hyper-parameters, or
+    ValueError: a model that is neither a Model nor callable, bad
+      hyper-parameters, or
       (from ``step``) a malformed batch.
   """
   model = _check_model(model)
@@ -356,7 +354,8 @@ def kfac(
   def preconditioned(params, x, g, lam):
     """Per layer ``(F_kfac,l + damping)^{-1} grad_l``, as params."""
     deltas, failed = [], jnp.zeros((), jnp.int32)
-    for f in model.layer_factors(params, x):
+    st = structure.layer_structure(model, params, x)
+    for f in st.layer_factors(params, x):
       n, c, b = f.output_grads.shape
       dual_a = use_dual(form, n, f.inputs.shape[1])
       dual_b = use_dual(form, n * c, b)
@@ -374,7 +373,15 @@ def kfac(
         )
         failed = failed + fl
       deltas.append(delta)
-    return model.from_layer_matrices(deltas), failed
+    generic = None
+    if st.generic_jacobian is not None:
+      # Unmatched leaves: their exact damped Gauss-Newton block, in kernel
+      # form (J_g^T J_g + lam)^{-1} J_g^T g = J_g^T (J_g J_g^T + lam)^{-1} g.
+      jac = st.generic_jacobian(params, x)
+      v, fl = solvers.psd_solve(self_outer(jac), g.reshape(-1), lam,
+                                pinv=rule.static_zero)
+      generic, failed = jac.T @ v, failed + fl
+    return st.from_layer_matrices(deltas, generic), failed
 
   def init(params) -> KFACState:
     dtype = base.param_dtype(params)
@@ -383,10 +390,11 @@ def kfac(
   def step(params, state: KFACState, x, y):
     x, y = base.check_batch(model, params, x, y)
     x, y = base.shard_batch(x, y, mesh)
+    apply = split_model(model)[0]
     dtype = state.damping.dtype
     lam = jnp.asarray(rule.current(state.damping, state.count), dtype)
     lr = jnp.asarray(lr_fn(state.count), dtype)
-    u = base.outputs_fn(model.apply, x)(params)
+    u = base.outputs_fn(apply, x)(params)
     g = loss.grad(u, y).astype(u.dtype)
     direction, failed = preconditioned(params, x, g, lam)
     new_params = base.tree_axpy(-lr, direction, params)
@@ -399,7 +407,7 @@ def kfac(
       step_tree = jax.tree_util.tree_map(lambda t: -lr * t, direction)
       du = jvp(model, params, x, step_tree).reshape(u.shape)
       predicted = loss.value(u + du, y) - loss0
-      loss1 = loss.value(base.outputs_fn(model.apply, x)(new_params), y)
+      loss1 = loss.value(base.outputs_fn(apply, x)(new_params), y)
       rho = damping_lib.reduction_ratio(loss1 - loss0, predicted)
       next_lam = damping_lib.lm_update(rule.adaptive, lam, rho)
       info["reduction_ratio"] = rho.astype(dtype)

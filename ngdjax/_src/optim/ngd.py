@@ -115,12 +115,6 @@ def _check_config(
     raise ValueError(
         f"gram_method must be one of {choices}, got {gram_method!r}"
     ) from None
-  structured = model is not None and model.layer_factors is not None
-  if method is GramMethod.STRUCTURED and not structured:
-    raise ValueError(
-        'gram_method="structured" needs a Model with layer_factors; use '
-        '"auto", "products" or "jacobian" for a bare apply function'
-    )
   if chunk_size is not None:
     checks.check_scalar("chunk_size", chunk_size, positive=True,
                          integer=True)
@@ -218,14 +212,17 @@ def ngd(
   on a linear model ``eta = 1`` and ``lam = 0`` solve in one step).
 
   Args:
-    model_or_apply: a ``Model`` or ``apply(params, x) -> (n, c)``.
+    model_or_apply: a ``Model`` or ``apply(params, x) -> (n, c)`` with any
+      params pytree (flax, equinox, plain) and ``x`` ``(n, ...)``.
     learning_rate: ``eta > 0``, or a schedule ``count -> eta``.
     damping: ``lam >= 0``, a schedule ``count -> lam``, or
       ``levenberg_marquardt(...)`` (see ``ngdjax.optim.damping``).
     loss: a name in ``ngdjax.losses.LOSSES`` or a ``Loss``.
     solver: ``"cholesky"`` (default) or ``"cg"`` (module docstring).
     gram_method: passed to ``ngdjax.gram`` (``"auto"`` is the fastest the
-      model allows: structured for ``Model``s).
+      model allows: structured for ``Model``s and for bare ``apply``
+      functions whose dense layers are found, see
+      ``ngdjax.describe_structure``).
     chunk_size: examples per block for the Gram / Gram-vector products.
     cg_tol: relative residual at which CG stops.
     cg_maxiter: CG iteration cap (default ``N = n c``).

@@ -204,8 +204,7 @@ def test_default_gram_is_exact_and_structured(name):
   assert _rel(g, j @ j.T) <= RTOL
 
 
-@pytest.mark.parametrize("name", ["flax_cnn_digits", "eqx_mlp",
-                                  "plain_layernorm_tied"])
+@pytest.mark.parametrize("name", ["eqx_cnn_digits", "plain_layernorm_tied"])
 def test_chunked_and_cross_gram(name):
   apply, params, x, _ = CASES[name]()
   j = _dense_jacobian(apply, params, x)
@@ -346,7 +345,7 @@ def test_kfac_generic_leaves_get_their_exact_block():
   ds = np.linalg.solve(js.T @ js + lam * np.eye(5), js.T @ g.reshape(-1))
   opt = ngdjax.kfac(apply, learning_rate=1.0, damping=lam,
                     damping_split="exact")
-  new, _, _ = opt.step(params, opt.init(params), x, y)
+  new, _, _ = jax.jit(opt.step)(params, opt.init(params), x, y)
   np.testing.assert_allclose(new["s"], params["s"] - ds, rtol=1e-9)
   np.testing.assert_allclose(new["w2"], params["w2"] - d2, rtol=1e-9)
   np.testing.assert_allclose(new["w1"], params["w1"] - d1[:-1], rtol=1e-9)

@@ -249,9 +249,10 @@ class _Layer:
   bias_leaf: int | None
   bias_chain: tuple[_Node, ...]
   bias_scales: tuple[_Scale, ...]
-  z_chain: tuple[_Node, ...]  # layout nodes from z to the bias add
+  z_chain: tuple[_Node, ...]  # layout/scale nodes from z onwards
   fan_in: int  # K, without the bias
   fan_out: int  # F
+  z_scales: tuple[_Scale, ...] = ()
 
 
 def _is_unit_broadcast(node: _Node, avals) -> bool:
@@ -314,16 +315,18 @@ class _Analysis:
         return self.constant_scalar(node.ins[0])
     return None
 
-  def follow(self, value_id):
+  def follow(self, value_id, partial=False):
     """From a leaf, the layout/scale chain to its one non-layout consumer.
 
-    Returns ``(chain, scales, end_value, (node index, operand))`` or None.
+    Returns ``(chain, scales, end_value, (node index, operand))``, or None
+    when a value on the way has several consumers (or is an output); with
+    ``partial`` the chain up to there, with ``None`` as the consumer.
     """
     chain, scales, cur = [], [], value_id
     while True:
       use = self.only_consumer(cur)
       if use is None:
-        return None
+        return (tuple(chain), tuple(scales), cur, None) if partial else None
       k, pos = use
       node = self.graph.nodes[k]
       name = node.eqn.primitive.name
@@ -392,6 +395,7 @@ def _match(graph: _Graph, n_leaves: int):
                    (), (), fan_in, fan_out)
     layers.append(layer)
     used.add(li)
+  layers.sort(key=lambda lay: lay.dot)  # the order of the computation
   # Biases: a leaf whose chain ends in an add with a layer's output.
   by_add = {}
   for li, end in ends.items():
@@ -401,32 +405,28 @@ def _match(graph: _Graph, n_leaves: int):
     if graph.nodes[k].eqn.primitive.name == "add":
       by_add[(k, 1 - pos)] = (li, chain, scales, b_id)
   for idx, layer in enumerate(layers):
-    chain, cur = [], layer.out_id
-    while True:
-      use = an.only_consumer(cur)
-      if use is None:
-        break
-      k, pos = use
-      node = graph.nodes[k]
-      name = node.eqn.primitive.name
-      if name in LAYOUT_PRIMITIVES and name != "convert_element_type" and (
-          name != "broadcast_in_dim" or _is_unit_broadcast(node, graph.avals)):
-        chain.append(node)
-        cur = node.outs[0]
-        continue
-      if name == "add" and (k, pos) in by_add:
-        li, b_chain, b_scales, b_id = by_add.pop((k, pos))
-        b_size = int(np.prod(graph.avals[graph.in_ids[li]].shape))
-        if (b_size == layer.fan_out and tuple(graph.avals[b_id].shape)
-            == tuple(graph.avals[cur].shape)):
-          layers[idx] = dataclasses.replace(
-              layer, bias_leaf=li, bias_chain=b_chain, bias_scales=b_scales,
-              z_chain=tuple(chain))
-          used.add(li)
-          reasons.pop(li, None)
-        else:
-          by_add[(k, pos)] = (li, b_chain, b_scales, b_id)
-      break
+    # From the layer output z, layout operations and constant factors (the
+    # NTK scale 1/sqrt(fan_in), equinox's transpose) up to the next real
+    # operation: the factors are folded into the layer inputs, so that B is
+    # the gradient with respect to the pre-activation the next operation
+    # sees; if that operation adds a bias leaf, the bias joins the layer.
+    chain, scales, cur, use = an.follow(layer.out_id, partial=True)
+    layer = layers[idx] = dataclasses.replace(layer, z_chain=chain,
+                                              z_scales=scales)
+    if use is None:
+      continue
+    k, pos = use
+    node = graph.nodes[k]
+    if node.eqn.primitive.name == "add" and (k, pos) in by_add:
+      li, b_chain, b_scales, b_id = by_add[(k, pos)]
+      b_size = int(np.prod(graph.avals[graph.in_ids[li]].shape))
+      if (b_size == layer.fan_out and tuple(graph.avals[b_id].shape)
+          == tuple(graph.avals[cur].shape)):
+        del by_add[(k, pos)]
+        layers[idx] = dataclasses.replace(
+            layer, bias_leaf=li, bias_chain=b_chain, bias_scales=b_scales)
+        used.add(li)
+        reasons.pop(li, None)
   for li in range(n_leaves):
     if li not in used and li not in reasons:
       reasons[li] = "added to something other than a matched layer output"
@@ -532,8 +532,8 @@ def _structure_for_apply(apply, params, x) -> LayerStructure:
   ok_layers = []
   for lay in layers:
     try:
-      scale_of(lay.weight_scales, jnp.float32)
-      scale_of(lay.bias_scales, jnp.float32)
+      scale_of(lay.weight_scales + lay.z_scales + lay.bias_scales,
+               jnp.float32)
     except _Unsupported:
       reasons[lay.weight_leaf] = "scaled by a computed constant"
       if lay.bias_leaf is not None:
@@ -567,10 +567,13 @@ def _structure_for_apply(apply, params, x) -> LayerStructure:
     return t.reshape(1, lay.fan_out)
 
   def layer_input(lay, h, dtype):
+    # The chain's constant factors k (after the dot) and s_W (on the weight)
+    # go into A; B is then du/dz / k (layer_factors), the gradient at the
+    # pre-activation; a bias enters with its own factor s_b.
     h_contract, _ = h_order(lay)
     free = tuple(d for d in range(h.ndim) if d not in h_contract)
     a = jnp.transpose(h, h_contract + free).reshape(lay.fan_in)
-    a = a * scale_of(lay.weight_scales, a.dtype)
+    a = a * scale_of(lay.weight_scales + lay.z_scales, a.dtype)
     if lay.bias_leaf is not None:
       a = jnp.concatenate([a, scale_of(lay.bias_scales, a.dtype)[None]])
     return a.astype(dtype)
@@ -600,7 +603,8 @@ def _structure_for_apply(apply, params, x) -> LayerStructure:
     grads = jax.vmap(pullback)(cot)[0]
     return tuple(
         LayerFactors(inputs=a, output_grads=jnp.swapaxes(
-            g.reshape(c, n, lay.fan_out), 0, 1).astype(a.dtype))
+            g.reshape(c, n, lay.fan_out)
+            / scale_of(lay.z_scales, g.dtype), 0, 1).astype(a.dtype))
         for lay, a, g in zip(layers, inputs, grads, strict=True))
 
   def to_layer_matrices(params):

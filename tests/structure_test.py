@@ -168,3 +168,24 @@ def test_models_without_dense_layers_fall_back():
   _check_gram(apply, params, x)
   g = ngdjax.gram(apply, params, x, method="structured")  # generic only
   np.testing.assert_allclose(g, _exact_gram(apply, params, x), atol=1e-12)
+
+
+def test_integer_leaves_are_constants_and_bad_input_raises():
+  def apply(p, x):
+    return jnp.tanh(x @ p["w"]) * p["count"].astype(x.dtype)
+
+  params = {"w": jnp.ones((3, 2)), "count": jnp.asarray(2, jnp.int32)}
+  x = _x()
+  st = structure.layer_structure(apply, params, x)
+  assert st.generic_jacobian is None
+  back = st.from_layer_matrices(st.to_layer_matrices(params))
+  np.testing.assert_array_equal(back["w"], params["w"])
+  assert back["count"].dtype == jnp.int32
+  j = jax.jacrev(lambda w: apply({**params, "w": w}, x).reshape(-1))(
+      params["w"]).reshape(x.shape[0] * 2, -1)
+  np.testing.assert_allclose(ngdjax.gram(apply, params, x), j @ j.T,
+                             atol=1e-12)
+  with pytest.raises(ValueError, match="x contains NaN"):
+    ngdjax.describe_structure(apply, params, x.at[0, 0].set(jnp.nan))
+  with pytest.raises(ValueError, match="apply_or_model"):
+    ngdjax.describe_structure("not a model", params, x)

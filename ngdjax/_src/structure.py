@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
+from ngdjax._src import checks
 from ngdjax._src.models import LayerFactors, Model
 
 Array = jax.Array
@@ -541,7 +542,11 @@ def _structure_for_apply(apply, params, x) -> LayerStructure:
       continue
     ok_layers.append(lay)
   layers = ok_layers
-  generic_idx = sorted(reasons)
+  # Integer leaves (step counters, PRNG keys) have no derivative: they are
+  # constants here, and zero in from_layer_matrices.
+  constant_idx = [li for li in sorted(reasons)
+                  if not jnp.issubdtype(dtypes[li], jnp.inexact)]
+  generic_idx = [li for li in sorted(reasons) if li not in constant_idx]
 
   def h_order(lay):
     node = graph.nodes[lay.dot]
@@ -628,6 +633,8 @@ def _structure_for_apply(apply, params, x) -> LayerStructure:
         out[lay.bias_leaf] = _inverse(
             lambda leaf, lay=lay: bias_to_row(lay, leaf),
             shapes[lay.bias_leaf], dtypes[lay.bias_leaf], m[lay.fan_in:])
+    for li in constant_idx:
+      out[li] = jnp.zeros(shapes[li], dtypes[li])
     offset = 0
     for li in generic_idx:
       size = int(np.prod(shapes[li]))
@@ -739,4 +746,11 @@ def describe_structure(apply_or_model, params: Params, x: Array
   Returns:
     A ``StructureReport`` (its ``str`` is a readable table).
   """
+  if not isinstance(apply_or_model, Model) and not callable(apply_or_model):
+    raise ValueError(
+        "apply_or_model must be an ngdjax Model or a function apply(params, "
+        f"x), got {type(apply_or_model).__name__}")
+  checks.check_inputs("x", x, any_shape=True)
+  if not jax.tree_util.tree_leaves(params):
+    raise ValueError("params has no array leaves")
   return layer_structure(apply_or_model, params, x).report

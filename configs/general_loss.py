@@ -35,8 +35,9 @@ def get_config(arg: str | None = None):
   if arg in (None, "", "full"):
     return config
   if arg == "small":
-    config.n = 16
-    config.widths = (8, 64, 512, 4096)
+    config.n = 8
+    config.widths = (8, 64, 512, 4096, 524288)
+    config.eta_fractions = (0.1, 0.5, 0.9)
     config.reps = 1
     config.num_steps = 8
     return config

@@ -37,8 +37,8 @@ def get_config(arg: str | None = None):
   if arg in (None, "", "full"):
     return config
   if arg == "small":
-    config.n = 16
-    config.widths = (8, 64, 512, 4096)
+    config.n = 8
+    config.widths = (8, 64, 512, 4096, 262144)
     config.reps = 1
     config.num_steps = 8
     return config

@@ -180,3 +180,22 @@ def test_sphere_samples_do_not_depend_on_threefry_flag():
   with jax.threefry_partitionable(True):
     x2, _ = data.sphere(5, 3, seed=0)
   np.testing.assert_array_equal(x1, x2)
+
+
+@pytest.mark.parametrize("corrupt", ["truncated", "garbage", "bad_crc"])
+def test_read_idx_corrupt_gzip_names_the_file(tmp_path, corrupt):
+  # Issue 13 item 10: EOFError / BadGzipFile without the file name.
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  _write_idx(path, np.arange(60, dtype=np.uint8).reshape(3, 4, 5), 0x08,
+             compress=True)
+  raw = path.read_bytes()
+  if corrupt == "truncated":
+    raw = raw[: len(raw) // 2]
+  elif corrupt == "garbage":
+    raw = b"\x1f\x8b" + b"not gzip at all" * 4
+  else:  # flip a byte of the CRC32 trailer
+    raw = raw[:-8] + bytes([raw[-8] ^ 0xFF]) + raw[-7:]
+  path.write_bytes(raw)
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz") as e:
+    data.read_idx(path)
+  assert "gzip" in str(e.value)

@@ -44,7 +44,7 @@ def test_relative_error(norm):
     diagnostics.relative_error(a, b[:1])
 
 
-@pytest.mark.parametrize("method", ["dense", "power"])
+@pytest.mark.parametrize("method", ["dense", "power", "structured"])
 def test_jacobian_change_norm_matches_numpy(setup, method):
   model, params0, params, x, _ = setup
   j = np.asarray(dense_jacobian(model, params, x))
@@ -55,7 +55,8 @@ def test_jacobian_change_norm_matches_numpy(setup, method):
                                          method=method, tol=1e-12,
                                          max_iters=500)
   assert got.method == method and got.converged
-  np.testing.assert_allclose(got.norm, want, rtol=1e-6)
+  np.testing.assert_allclose(got.norm, want,
+                             rtol=1e-12 if method != "power" else 1e-6)
 
 
 def test_jacobian_change_norm_two_outputs_bare_apply():
@@ -181,3 +182,15 @@ def test_contraction_ratios():
     diagnostics.contraction_ratios([1.0])
   with pytest.raises(ValueError, match="finite and non-negative"):
     diagnostics.contraction_ratios([1.0, np.nan])
+
+
+def test_jacobian_change_norm_structured_needs_fixed_layer_inputs(setup):
+  _, _, _, x, _ = setup
+  net = models.mlp([4, 4])
+  p0 = net.init(jax.random.key(0), D)
+  p1 = jax.tree_util.tree_map(lambda t: t + 0.1, p0)
+  with pytest.raises(ValueError, match="layer inputs that do not change"):
+    diagnostics.jacobian_change_norm(net, p1, p0, x, method="structured")
+  with pytest.raises(ValueError, match="needs a Model with layer_factors"):
+    diagnostics.jacobian_change_norm(lambda p, z: z @ p["w"], {"w": jnp.ones(
+        (D, 1))}, {"w": jnp.zeros((D, 1))}, x, method="structured")

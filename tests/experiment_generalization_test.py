@@ -29,20 +29,29 @@ def test_generalization_smoke_and_resume(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["n_train"] == 40
   assert saved["claim"] == "C9" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"separates", "grows_with_noise",
-                                  "test_error_grows", "bound_holds"}
+                                  "test_error_grows", "bound_holds",
+                                  "lemma11", "lemma12"}
   assert saved["passed"] == all(saved["checks"].values())
   assert summary["figures"] == FIGURES
   for f in FIGURES:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC
   runs = saved["details"]["runs"]
-  assert len(runs) == config.reps * 4  # three noise levels + random labels
+  # Centred: three noise levels + random labels; raw: true + random.
+  assert len(runs) == config.reps * (4 + 2)
   assert sum("residual_rel" in rec for rec in records) == len(runs) * (
       config.train_steps + 1)
+  # Centred inputs are unit rows of mean-free pixels: the Lemma 12 ratio
+  # and the chain are measured for both preprocessings.
+  assert {u["prep"] for u in runs} == {"centred", "raw"}
+  assert all(u["lemma11_bound"] > 0 and u["kernel_distance_r0"] > 0
+             for u in runs)
+  assert "raw" in saved["measured"]["other_preprocessing"]
   m = saved["measured"]
   # Flipping every label is y -> -y: the measure is exactly invariant.
   assert m["flip_all_relative_gap"] < 1e-10
   # The training labels really were corrupted as asked.
-  noisy = [u for u in runs if u["labels"] == "noise=0.5"]
+  noisy = [u for u in runs if u["labels"] == "noise=0.5"
+           and u["prep"] == "centred"]
   assert all(u["wrong_labels"] == 0.5 for u in noisy)
   again = generalization.run(config, tmp_path)
   assert again["resumed_units"] == len(runs)

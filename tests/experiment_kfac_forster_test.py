@@ -30,7 +30,7 @@ def test_kfac_forster_smoke_and_resume(tmp_path):
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert json.loads((tmp_path / "config.json").read_text())["n"] == 12
   assert saved["claim"] == "C6" and isinstance(saved["passed"], bool)
-  assert set(saved["checks"]) == {"theorem_bound", "degrades",
+  assert set(saved["checks"]) == {"theorem_bound", "bound_all_conds", "degrades",
                                   "leverage_prediction", "forster_one_step",
                                   "equals_ngd"}
   assert saved["passed"] == all(saved["checks"].values())

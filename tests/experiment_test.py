@@ -337,3 +337,107 @@ def test_entry_point_rejects_misspelled_override(tmp_path):
   assert proc.returncode != 0
   assert "widht" in proc.stderr
   assert not (tmp_path / "config.json").exists()
+
+
+# --------------------------------------------------------------------------
+# Faults on the command line and on resume (issue 13 items 11 and 12).
+# --------------------------------------------------------------------------
+
+
+def test_missing_config_file_names_the_path(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.lambda0_vs_n",
+       f"--config={tmp_path}/nope.py", f"--workdir={tmp_path}/w"],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert proc.returncode != 0
+  assert "--config could not be loaded" in proc.stderr
+  assert f"{tmp_path}/nope.py" in proc.stderr
+  assert "_ErrorConfig" not in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_config_load_error_is_reported_by_check_config():
+  from ml_collections.config_flags import config_flags
+
+  broken = config_flags._ErrorConfig(OSError("no file at /x/y.py"))
+  with pytest.raises(ValueError, match="could not be loaded: no file at"):
+    config_lib.check_config(broken, _defaults())
+
+
+def test_invalid_config_value_leaves_no_config_json(tmp_path):
+  # The experiment rejects the value inside the Run (as --config.ns=... with
+  # too few sizes does); the corrected rerun must not be refused as "a run
+  # of another config".
+  bad = _tiny(lambda0_vs_n)
+  bad.ns = (8,)
+  with pytest.raises(ValueError, match="config.ns"):
+    lambda0_vs_n.run(bad, tmp_path)
+  assert not (tmp_path / "config.json").exists()
+  assert not (tmp_path / "metrics.jsonl").exists()
+  summary = lambda0_vs_n.run(_tiny(lambda0_vs_n), tmp_path)
+  assert summary["experiment"] == lambda0_vs_n.NAME
+
+
+def test_a_failed_resume_keeps_the_files_of_finished_units(tmp_path):
+  with pytest.raises(KeyboardInterrupt):
+    _tiny_run(tmp_path, fail_at=2)
+  with pytest.raises(KeyboardInterrupt):
+    _tiny_run(tmp_path, fail_at=2)  # fails again before any new unit
+  assert (tmp_path / "config.json").exists()
+  assert sorted(experiment.UnitStore(tmp_path).finished()) == [
+      "unit=0", "unit=1"]
+
+
+def _unit_lines(workdir):
+  return [r for r in metrics.read_metrics(workdir) if "value" in r]
+
+
+def test_truncated_result_line_is_recomputed_on_resume(tmp_path, caplog):
+  _, fresh = _tiny_run(tmp_path)
+  path = tmp_path / metrics.METRICS_FILE
+  text = path.read_text()
+  assert text.endswith("\n")
+  # The last unit's result line loses its tail (e.g. a full disk).
+  path.write_text(text[: len(text) - 10])
+  assert len(_unit_lines(tmp_path)) == 4  # the bug: silently lost
+  caplog.set_level("WARNING")
+  computed, results = _tiny_run(tmp_path)
+  assert computed == [4]  # that unit is redone, no other
+  assert results == fresh
+  assert sorted(r["unit"] for r in _unit_lines(tmp_path)) == [
+      f"unit={i}" for i in range(5)]
+  assert "truncated last line" in caplog.text
+  assert "unit=4" in caplog.text
+  # Every line parses again.
+  for line in path.read_text().splitlines():
+    json.loads(line)
+
+
+def test_truncated_step_line_of_an_unfinished_unit_is_dropped(tmp_path):
+  with pytest.raises(KeyboardInterrupt):
+    _tiny_run(tmp_path, fail_at=3)
+  path = tmp_path / metrics.METRICS_FILE
+  path.write_text(path.read_text() + '{"step": 0, "unit": "unit=3", "par')
+  computed, _ = _tiny_run(tmp_path)
+  assert computed == [3, 4]
+  partial = sorted(r["unit"] for r in metrics.read_metrics(tmp_path)
+                   if "partial" in r)
+  assert partial == [f"unit={i}" for i in range(5)]
+
+
+def test_truncated_unit_file_is_recomputed_and_named(tmp_path, caplog):
+  _, fresh = _tiny_run(tmp_path)
+  store = experiment.UnitStore(tmp_path)
+  unit_file = store.path("unit=1")
+  unit_file.write_text(unit_file.read_text()[:20])
+  with pytest.raises(ValueError, match=f"unit file {unit_file} is corrupt"):
+    store.load("unit=1")
+  caplog.set_level("WARNING")
+  computed, results = _tiny_run(tmp_path)
+  assert computed == [1]
+  assert results == fresh
+  assert str(unit_file) in caplog.text
+  assert unit_file.with_name(unit_file.name + ".corrupt").exists()
+  assert sorted(r["unit"] for r in _unit_lines(tmp_path)) == [
+      f"unit={i}" for i in range(5)]

@@ -157,6 +157,7 @@ def test_cg_update_matches_dense(name, fn, params, chunk_size, method):
   np.testing.assert_allclose(r.delta, r.ref, rtol=1e-9, atol=1e-11)
   assert 0 < int(r.info["cg_iterations"]) <= 200
   assert float(r.info["cg_residual"]) <= 1e-13
+  assert int(r.info["cg_failed"]) == 0
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -479,3 +480,60 @@ def test_chunked_step_equals_unchunked():
     out.append(jax.jit(opt.step)(params, opt.init(params), x, y))
   np.testing.assert_allclose(out[1][0]["W"], out[0][0]["W"], atol=1e-12)
   np.testing.assert_allclose(out[1][2]["loss"], out[0][2]["loss"], rtol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# CG on singular systems (issue 13 item 1).
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_cg_on_a_singular_gram_flags_and_takes_a_bounded_step(dtype):
+  """Repeated inputs with inconsistent targets, zero damping: G is singular
+  and grad_u L is not in its range. Plain CG took a step of norm 1e8
+  (float32) / 1e17 (float64); now the step stays the size of the Cholesky
+  path's pseudo-inverse step and ``cg_failed`` says what happened."""
+  model = ngdjax.models.two_layer_relu(width=16)
+  x1 = _unit_rows(2, 3, seed=4)
+  x = jnp.concatenate([x1, x1]).astype(dtype)
+  y = jnp.asarray([1.0, -1.0, -1.0, 1.0], dtype)
+  params = jax.tree.map(lambda a: a.astype(dtype),
+                        model.init(jax.random.key(0), 3))
+  norms = {}
+  for solver in ("cg", "cholesky"):
+    opt = ngd(model, 1.0, damping=0.0, solver=solver)
+    new, _, info = jax.jit(opt.step)(params, opt.init(params), x, y)
+    assert np.all(np.isfinite(np.asarray(new["W"])))
+    norms[solver] = float(info["update_norm"])
+  assert int(info["cholesky_failed"]) == 1
+  opt = ngd(model, 1.0, damping=0.0, solver="cg")
+  _, _, info = opt.step(params, opt.init(params), x, y)
+  assert int(info["cg_failed"]) == 1
+  assert float(info["cg_residual"]) <= 1.0  # never worse than no step
+  assert norms["cg"] <= 5 * norms["cholesky"], norms
+
+
+def test_cg_fallback_on_a_linear_model_and_truncation_is_no_failure():
+  x = _unit_rows(6, 3, seed=5)
+  y = _targets(6, 1, seed=5)
+  params = {"w": jnp.asarray([0.3, -0.2, 0.1])}
+  # Rank-3 Gram of 6 examples, inconsistent y: CG breaks down, and the
+  # damped fallback gives the least-squares step (J^T annihilates the
+  # null-space part of v), as the Cholesky path's pseudo-inverse does.
+  opt = ngd(_linear, 1.0, damping=0.0, solver="cg")
+  new, _, info = opt.step(params, opt.init(params), x, y)
+  assert int(info["cg_failed"]) == 1
+  xn, yn, w = np.asarray(x), np.asarray(y), np.asarray(params["w"])
+  ref = w - np.linalg.pinv(xn) @ (xn @ w - yn)
+  np.testing.assert_allclose(new["w"], ref, rtol=1e-6, atol=1e-7)
+  # A deliberately truncated CG is not a failure: it shows in cg_residual.
+  opt = ngd(_linear, 1.0, damping=1e-3, solver="cg", cg_maxiter=1)
+  new, _, info = opt.step(params, opt.init(params), x, y)
+  assert int(info["cg_failed"]) == 0 and int(info["cg_iterations"]) == 1
+  assert float(info["cg_residual"]) > 1e-6
+  assert np.all(np.isfinite(np.asarray(new["w"])))
+  tx = ngd_preconditioner(_linear, damping=1e-3, solver="cg")
+  state = tx.init(params)
+  assert int(state.info["cg_failed"]) == 0
+  _, state = tx.update(params, state, params, x=x, y=y)
+  assert int(state.info["cg_failed"]) == 0

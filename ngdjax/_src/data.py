@@ -33,6 +33,7 @@ import functools
 import gzip
 import os
 import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -340,9 +341,19 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   path = Path(path)
   if not path.is_file():
     raise ValueError(f"path {str(path)!r} is not a file")
-  raw = path.read_bytes()
+  try:
+    raw = path.read_bytes()
+  except OSError as e:
+    raise ValueError(f"{path}: cannot be read: {e}") from e
   if raw[:2] == b"\x1f\x8b":
-    raw = gzip.decompress(raw)
+    try:
+      raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+      # BadGzipFile is an OSError; a truncated stream raises EOFError.
+      raise ValueError(
+          f"{path}: corrupt or truncated gzip data ({type(e).__name__}: "
+          f"{e}); download the file again"
+      ) from e
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
     raise ValueError(f"{path}: not an IDX file (the first two bytes must be "
                      "zero)")

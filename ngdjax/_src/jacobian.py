@@ -117,23 +117,33 @@ def _per_example(apply: Callable) -> Callable:
 
 
 def _check_chunk(chunk_size):
-  if chunk_size is not None:
-    checks.check_scalar("chunk_size", chunk_size, positive=True, integer=True)
-    return int(chunk_size)
-  return None
+  return checks.check_chunk_size(chunk_size)
 
 
-def check_params_and_inputs(params, x, name="x", any_shape=False):
+def check_params_and_inputs(params, x, name="x", apply_or_model=None,
+                            any_shape=None):
   """Validates a params pytree and an ``(n, d)`` input array (ValueError).
 
-  ``any_shape=True`` accepts ``(n, ...)`` (bare ``apply`` functions).
+  With ``apply_or_model`` the params are checked against the model: a
+  ``Model``'s ``init`` structure (missing/extra keys, leaf shapes, named by
+  path), and for a bare ``apply`` an abstract evaluation on one example.
+  Inputs may be ``(n, ...)`` of any rank for a bare ``apply`` (images
+  ``(n, H, W, C)``); ``any_shape`` overrides that choice.
+
+  Returns:
+    ``x`` as an array (lists are converted).
   """
-  checks.check_inputs(name, x, any_shape=any_shape)
-  leaves = jax.tree_util.tree_leaves(params)
-  if not leaves:
-    raise ValueError("params has no array leaves")
-  for leaf in leaves:
-    checks.check_array("params", leaf, allow_empty=True)
+  if any_shape is None:
+    any_shape = apply_or_model is not None and not isinstance(
+        apply_or_model, Model)
+  x = checks.check_inputs(name, x, any_shape=any_shape)
+  if apply_or_model is None:
+    checks.check_params(params, floating=False)
+    return x
+  apply, model = split_model(apply_or_model)
+  checks.check_model_params(model, params, x)
+  checks.check_apply(apply, params, x)
+  return x
 
 
 def output_dim(apply_or_model: ApplyOrModel, params: Params, x: Array) -> int:
@@ -184,8 +194,8 @@ def jacobian(
   Returns:
     ``(n * c, p)`` array, columns in ``ravel_pytree(params)`` order.
   """
-  check_params_and_inputs(
-      params, x, any_shape=not isinstance(apply_or_model, Model))
+  x = check_params_and_inputs(params, x, apply_or_model=apply_or_model)
+  chunk_size = _check_chunk(chunk_size)
   per_ex = per_example_jacobian(apply_or_model, params, x, chunk_size)
   n = x.shape[0]
   leaves = jax.tree_util.tree_leaves(per_ex)
@@ -226,8 +236,16 @@ def jvp(
 
   With ``chunk_size`` the examples are processed in blocks (``lax.map``), so
   activation memory is that of ``chunk_size`` examples.
+
+  Raises:
+    ValueError: on NaN/Inf or malformed ``params``, ``x`` or ``tangent``
+      (``tangent`` must have the structure and leaf shapes of ``params``),
+      or a ``chunk_size`` that is not a positive integer.
   """
   apply, _ = split_model(apply_or_model)
+  x = check_params_and_inputs(params, x, apply_or_model=apply_or_model)
+  chunk_size = _check_chunk(chunk_size)
+  checks.check_params(tangent, params, name="tangent")
 
   def one(xc):
     return jax.jvp(lambda p: _outputs_2d(apply, p, xc), (params,),
@@ -251,14 +269,24 @@ def vjp(
 
   With ``chunk_size`` the sum over examples is accumulated block by block
   (``lax.scan``; padded rows carry ``v = 0``), bounding activation memory.
+
+  Raises:
+    ValueError: on NaN/Inf or malformed ``params``, ``x`` or ``v`` (``v``
+      must have ``n * c`` entries), or a ``chunk_size`` that is not a
+      positive integer.
   """
   apply, _ = split_model(apply_or_model)
+  x = check_params_and_inputs(params, x, apply_or_model=apply_or_model)
+  chunk_size = _check_chunk(chunk_size)
+  n = x.shape[0]
+  c = output_dim(apply_or_model, params, x)
+  v = checks.check_vector("v", v, n * c, of=f"n * c = {n} * {c}",
+                          shapes=((n, c),))
 
   def one(xc, vc):
     u, pullback = jax.vjp(lambda p: _outputs_2d(apply, p, xc), params)
     return pullback(vc.reshape(u.shape).astype(u.dtype))[0]
 
-  n = x.shape[0]
   if chunk_size is None or chunk_size >= n:
     return one(x, v)
   v2 = v.reshape(n, -1)
@@ -296,15 +324,19 @@ def gram_vp(
 
   Returns:
     ``G v`` with the shape of ``v``.
+
+  Raises:
+    ValueError: on NaN/Inf or malformed ``params``, ``x`` or ``v`` (``v``
+      must have ``n * c`` rows), or a ``chunk_size`` that is not a positive
+      integer.
   """
   apply, _ = split_model(apply_or_model)
+  x = check_params_and_inputs(params, x, apply_or_model=apply_or_model)
   chunk_size = _check_chunk(chunk_size)
   n = x.shape[0]
-  if v.shape[0] % n:
-    raise ValueError(
-        f"v has {v.shape[0]} rows, which is not n * c for n = {n} examples"
-    )
-  c = v.shape[0] // n
+  c = output_dim(apply_or_model, params, x)
+  v = checks.check_vector("v", v, n * c, of=f"n * c = {n} * {c}",
+                          shapes=((n * c, -1),))
   if v.ndim == 2:
     return jax.vmap(
         lambda col: gram_vp(apply_or_model, params, x, col, chunk_size),
@@ -607,16 +639,11 @@ def gram(
     ValueError: on malformed inputs or an unavailable method.
   """
   apply, model = split_model(apply_or_model)
-  check_params_and_inputs(params, x, any_shape=model is None)
-  if x2 is not None and model is not None:
-    checks.check_inputs("x2", x2, in_dim=x.shape[1])
-  elif x2 is not None:
-    checks.check_inputs("x2", x2, any_shape=True)
-    if x2.shape[1:] != x.shape[1:]:
-      raise ValueError(
-          f"x2 has per-example shape {tuple(x2.shape[1:])} but x has "
-          f"{tuple(x.shape[1:])}"
-      )
+  x = check_params_and_inputs(params, x, apply_or_model=apply_or_model)
+  if x2 is not None:
+    x2 = checks.check_inputs(
+        "x2", x2, any_shape=model is None,
+        in_dim=x.shape[1] if model is not None else tuple(x.shape[1:]))
   chunk_size = _check_chunk(chunk_size)
   resolved = resolve_gram_method(apply_or_model, params, x, method)
   if mesh is not None:
@@ -657,6 +684,13 @@ def sharded_gram(
   Returns:
     ``(n c, n c)`` array sharded by rows over ``mesh``.
   """
+  mesh = parallel.auto_mesh(mesh)  # any axis type (ngdjax._src.parallel)
+  with parallel.mesh_context(mesh):
+    params, x = parallel.to_auto((params, x), mesh)
+    return _sharded_gram(apply_or_model, params, x, mesh, method, chunk_size)
+
+
+def _sharded_gram(apply_or_model, params, x, mesh, method, chunk_size):
   axis = parallel.mesh_axis(mesh)
   _, model = split_model(apply_or_model)
   resolved = resolve_gram_method(apply_or_model, params, x, method)
@@ -701,6 +735,13 @@ def sharded_gram(
 def gram_vp_sharded(apply_or_model, params, x, v, mesh):
   """``G v`` with examples sharded: local VJPs summed over devices (psum),
   then local JVPs. ``v`` is ``(n c,)``; the result has the shape of ``v``."""
+  mesh = parallel.auto_mesh(mesh)  # any axis type (ngdjax._src.parallel)
+  with parallel.mesh_context(mesh):
+    params, x, v = parallel.to_auto((params, x, v), mesh)
+    return _gram_vp_sharded(apply_or_model, params, x, v, mesh)
+
+
+def _gram_vp_sharded(apply_or_model, params, x, v, mesh):
   axis = parallel.mesh_axis(mesh)
   apply, _ = split_model(apply_or_model)
   n = x.shape[0]

@@ -18,7 +18,7 @@ def normalize_rows(x: Array, eps: float = 0.0) -> Array:
   silently turning into NaN. ``eps`` is added to the norms (``eps = 0`` keeps
   the rows exactly unit).
   """
-  checks.check_array("x", x, ndim=2)
+  x = checks.check_array("x", x, ndim=2)
   checks.check_nonzero_rows("x", x)
   return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
 
@@ -27,10 +27,15 @@ def lambda_min(g: Array) -> Array:
   """Smallest eigenvalue of a symmetric matrix ``g`` (``(N, N)``).
 
   Uses ``eigvalsh`` on the symmetrised matrix, so round-off asymmetry of a
-  computed Gram does not matter.
+  computed Gram does not matter. Half precision (``float16``,
+  ``bfloat16``, which ``eigvalsh`` does not implement) is computed in
+  ``float32`` and returned in the input's dtype.
   """
-  checks.check_square("g", g)
-  return jnp.linalg.eigvalsh(0.5 * (g + g.T))[0]
+  g = checks.check_square("g", g)
+  half = jnp.issubdtype(g.dtype, jnp.floating) and g.dtype.itemsize < 4
+  gw = g.astype(jnp.float32) if half else g
+  return jnp.linalg.eigvalsh(0.5 * (gw + gw.T))[0].astype(
+      g.dtype if half else gw.dtype)
 
 
 def symmetrize(a: Array) -> Array:

@@ -9,6 +9,12 @@ as ``"width=64/rep=0"``, and their randomness is derived from the key (see
 ``runner.seed_key``), so a resumed run computes exactly what an uninterrupted
 one would have.
 
+A unit file that cannot be read back (truncated or corrupt JSON: a disk
+filled up, a file copied half-way) is treated as unfinished: ``finished``
+logs a warning naming the file, renames it to ``<name>.corrupt`` (kept for
+inspection) and the unit is recomputed. ``load`` of such a file raises
+``ValueError`` naming it.
+
 Example:
 
   >>> import tempfile
@@ -21,11 +27,14 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from absl import logging
 
 from ngdjax.experiment import metrics
 
@@ -59,7 +68,7 @@ class UnitStore:
                                                "result": dict(result)})
 
   def load(self, key: str) -> dict[str, Any]:
-    record = metrics.read_json(self.path(key))
+    record = _read_unit(self.path(key))
     if record.get("key") != key:
       raise ValueError(
           f"unit file {self.path(key)} holds {record.get('key')!r}, "
@@ -67,9 +76,40 @@ class UnitStore:
       )
     return record["result"]
 
+  def discard(self, key: str) -> None:
+    """Marks ``key`` as unfinished (its result will be recomputed)."""
+    self.path(key).unlink(missing_ok=True)
+
   def finished(self) -> list[str]:
-    """Keys of all finished units."""
+    """Keys of all finished units; unreadable unit files are set aside.
+
+    A corrupt file is renamed to ``<name>.corrupt`` with a warning, so its
+    unit counts as unfinished and is recomputed (module docstring).
+    """
     keys = []
     for path in sorted(self.dir.glob("*.json")):
-      keys.append(metrics.read_json(path)["key"])
+      try:
+        keys.append(_read_unit(path)["key"])
+      except ValueError as e:
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        logging.warning("%s; moved to %s, the unit will be recomputed", e,
+                        aside.name)
     return keys
+
+
+def _read_unit(path: Path) -> dict[str, Any]:
+  """A unit file's ``{"key", "result"}``; ``ValueError`` naming a bad file."""
+  try:
+    record = metrics.read_json(path)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(
+        f"unit file {path} is corrupt or truncated ({e})"
+    ) from e
+  if (not isinstance(record, dict) or not isinstance(record.get("key"), str)
+      or not isinstance(record.get("result"), dict)):
+    raise ValueError(
+        f"unit file {path} is not a unit record (needs \"key\" and "
+        "\"result\")"
+    )
+  return record

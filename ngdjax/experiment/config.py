@@ -33,7 +33,35 @@ from typing import Any
 import ml_collections
 
 
+def config_load_error(config: Any) -> BaseException | None:
+  """The error a ``--config`` flag hit while loading its file, if any.
+
+  ``ml_collections.config_flags`` does not fail when the file is missing or
+  raises: it stores an object that raises on first attribute access. That
+  error (which names the path) is returned here, so that the run can stop
+  with it, not with a complaint about the config's type.
+  """
+  if type(config).__name__ == "_ErrorConfig":
+    try:
+      return object.__getattribute__(config, "_error")
+    except AttributeError:
+      return RuntimeError("the config file could not be loaded")
+  return None
+
+
+def check_loaded(config: Any, name: str = "--config") -> Any:
+  """Raises ``ValueError`` with the load error of a failed ``--config``."""
+  error = config_load_error(config)
+  if error is not None:
+    raise ValueError(
+        f"{name} could not be loaded: {error}; check the path (and the "
+        "preset after ':'), e.g. --config=configs/gram_limit.py:small"
+    ) from error
+  return config
+
+
 def _as_dict(config: Any) -> dict[str, Any]:
+  check_loaded(config)
   if isinstance(config, ml_collections.ConfigDict):
     return config.to_dict()
   if isinstance(config, Mapping):

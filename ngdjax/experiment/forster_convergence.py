@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from ngdjax._src.forster import forster
+from ngdjax.experiment import verdicts
 from ngdjax.experiment.runner import Run, unit_key
 
 NAME = "forster_convergence"
@@ -122,6 +123,22 @@ def _timed(calls: dict[str, Any], repeats: int) -> dict[str, float]:
   return {m: statistics.median(ts) for m, ts in times.items()}
 
 
+CHECKS = (
+    verdicts.Check("both_converge", (("runs_not_converged", "==", 0),),
+                   "both methods converge on every kind of data",
+                   verdicts.THEOREM),
+    verdicts.Check("newton_fewer_iterations",
+                   (("kinds_newton_not_fewer", "==", 0),),
+                   "Newton takes fewer updates than Algorithm 1 on every "
+                   "kind of data"),
+)
+
+
+def verdict(measured) -> dict[str, bool]:
+  """C7's checks on a measured dict (pure: no experiment is run)."""
+  return verdicts.evaluate(CHECKS, measured)
+
+
 def run(config: ml_collections.ConfigDict,
         workdir: str | os.PathLike) -> dict[str, Any]:
   """Runs C7 and returns its summary (also written to ``summary.json``)."""
@@ -174,11 +191,13 @@ def run(config: ml_collections.ConfigDict,
                for k in kinds}
     figures = _plot(r, config, results)
 
-    converged = all(results[k][m]["converged"]
-                    for k in kinds for m in METHODS)
-    fewer = all(results[k]["newton"]["iterations"]
-                < results[k]["fixed_point"]["iterations"] for k in kinds)
-    measured = {}
+    measured = {
+        "runs_not_converged": sum(not results[k][m]["converged"]
+                                  for k in kinds for m in METHODS),
+        "kinds_newton_not_fewer": sum(
+            results[k]["newton"]["iterations"]
+            >= results[k]["fixed_point"]["iterations"] for k in kinds),
+    }
     parts = []
     for k in kinds:
       fp, nt = results[k]["fixed_point"], results[k]["newton"]
@@ -197,20 +216,21 @@ def run(config: ml_collections.ConfigDict,
             f"d={config.d}, float{'64' if jax.config.jax_enable_x64 else '32'}"
             "): " + "; ".join(parts))
     expectation = (
-        f"both methods reach error <= {config.tol:g} on every kind of data "
-        "and Newton needs fewer iterations than Algorithm 1 (wall time "
-        "reported, not required)")
+        f"error <= {config.tol:g}; " + verdicts.criteria_text(CHECKS)
+        + " (wall time reported, not required)")
+    passed = verdict(measured)
     return r.finish(
-        passed=converged and fewer,
-        checks={"both_converge": converged, "newton_fewer_iterations": fewer},
+        passed=all(passed.values()),
+        checks=passed,
         measured=measured,
         measured_text=text,
         expectation=expectation,
         figures=figures,
         title=TITLE,
-        details={k: {m: {f: v for f, v in results[k][m].items()
-                         if f != "history"} for m in METHODS}
-                 for k in kinds},
+        details={**{k: {m: {f: v for f, v in results[k][m].items()
+                            if f != "history"} for m in METHODS}
+                    for k in kinds},
+                 "check_kinds": verdicts.kinds(CHECKS)},
     )
 
 

@@ -92,7 +92,8 @@ import ml_collections
 import numpy as np
 
 from ngdjax import data, diagnostics, kernels, linearized, models
-from ngdjax.experiment import plots
+from ngdjax._src.linalg import lambda_min, normalize_rows
+from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.runner import Run, unit_key
 from ngdjax.optim import ngd
 
@@ -118,8 +119,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.ngd_damping = 0.0
   c.train_steps = 10
   c.delta = 0.1  # Theorem 6's failure probability (the bound's 2nd term)
-  c.fit_tol = 1e-3  # observation: finite net fits if ||u - y|| <= this ||y||
+  c.fit_tol = 1e-3  # finite net fits if ||u - y|| <= this ||y||
   c.min_error_gap = 0.1  # test_error_grows
+  # Inputs: "centred" subtracts the training mean of the raw pixels before
+  # the rows are normalised, "raw" normalises the raw (non-negative)
+  # pixels. The first is judged (the whole sweep); the others are reported
+  # (true and random labels).
+  c.preprocessing = ("centred", "raw")
+  # Lemma 12 / eqn. (72): ||w - w(0)|| within this of sqrt(r0^T G_inf^-1 r0).
+  c.lemma12_rtol = 0.1
   return c
 
 
@@ -142,11 +150,37 @@ def _train(model, params, x, y, x_test, steps, damping, lr):
 
   (p, _), norms = jax.lax.scan(body, (params, opt.init(params)), None,
                                length=steps)
-  return norms, model.apply(p, x), model.apply(p, x_test)
+  dw = p["W"] - params["W"]
+  return (norms, model.apply(p, x), model.apply(p, x_test),
+          jnp.max(jnp.linalg.norm(dw, axis=1)), jnp.linalg.norm(dw))
 
 
 def _conditions(config) -> list[str]:
   return [f"noise={float(p):g}" for p in config.label_noise] + [RANDOM]
+
+
+def _units(config) -> list[tuple[str, str, int]]:
+  """``(prep, condition, rep)``: the whole sweep for the judged (first)
+  preprocessing, true and random labels for the others."""
+  preps = list(config.preprocessing)
+  out = [(preps[0], c, rep) for rep in range(config.reps)
+         for c in _conditions(config)]
+  for prep in preps[1:]:
+    out += [(prep, c, rep) for rep in range(config.reps)
+            for c in ("noise=0", RANDOM)]
+  return out
+
+
+def _inputs(ds, prep: str):
+  """Training and test inputs: unit rows of the raw or centred pixels."""
+  x, x_test = np.asarray(ds.x_train, np.float64), np.asarray(ds.x_test,
+                                                              np.float64)
+  if prep == "centred":
+    mean = x.mean(axis=0, keepdims=True)
+    x, x_test = x - mean, x_test - mean
+  dtype = ds.y_train.dtype
+  return (jnp.asarray(normalize_rows(x), dtype),
+          jnp.asarray(normalize_rows(x_test), dtype))
 
 
 def _sweep(config) -> list[float]:
@@ -175,19 +209,24 @@ def run(config: ml_collections.ConfigDict,
                        "be able to interpolate")
     if config.reps < 1 or config.train_steps < 1:
       raise ValueError("config.reps and config.train_steps must be >= 1")
+    preps = list(config.preprocessing)
+    if not preps or any(p not in ("centred", "raw") for p in preps) or len(
+        set(preps)) != len(preps):
+      raise ValueError(f'config.preprocessing must list distinct "centred"'
+                       f' / "raw", got {tuple(config.preprocessing)}')
     model = _model(int(config.width), float(config.nu))
-    conditions = _conditions(config)
-    units = [(c, rep) for rep in range(config.reps) for c in conditions]
+    units = _units(config)
     r.start_progress(len(units), interval_s=2.0)
     results = [
-        r.unit(unit_key(rep=rep, labels=c),
-               functools.partial(_measure, r, config, model, c, rep))
-        for c, rep in units
+        r.unit(unit_key(prep=prep, rep=rep, labels=c),
+               functools.partial(_measure, r, config, model, prep, c, rep))
+        for prep, c, rep in units
     ]
     return _finish(r, config, results)
 
 
-def _measure(r: Run, config, model, condition, rep, log) -> dict[str, Any]:
+def _measure(r: Run, config, model, prep, condition, rep,
+             log) -> dict[str, Any]:
   if condition == RANDOM:
     options = {"random_labels": True}
   else:
@@ -195,10 +234,13 @@ def _measure(r: Run, config, model, condition, rep, log) -> dict[str, Any]:
   ds = data.digits(classes=tuple(config.classes), targets="pm1",
                    test_fraction=config.test_fraction,
                    seed=int(config.seed) + rep, n_train=config.n_train,
-                   **options)
-  x, y = ds.x_train, ds.y_train
+                   normalize=False, **options)
+  x, x_test = _inputs(ds, prep)
+  ds = ds._replace(x_train=x, x_test=x_test)
+  y = ds.y_train
   n = x.shape[0]
   g_inf = kernels.relu_gram_inf(x)
+  lam0 = float(lambda_min(g_inf))
   measure = float(diagnostics.generalization_measure(x, y, g_inf))
   # The infinite-width net trained to zero loss from u(0) = 0: the kernel
   # interpolant, u_test = G_inf(x_test, x) G_inf^{-1} y.
@@ -209,22 +251,40 @@ def _measure(r: Run, config, model, condition, rep, log) -> dict[str, Any]:
   # The initialisation depends on the repetition only: every condition of a
   # repetition trains the same net on the same inputs.
   params0 = model.init(r.key("init", f"rep={rep}"), x.shape[1])
-  norms, u_train, u_test = _train(model, params0, x, y, ds.x_test,
-                                  int(config.train_steps),
-                                  float(config.ngd_damping),
-                                  jnp.asarray(config.ngd_lr, y.dtype))
+  u0 = model.apply(params0, x)
+  norms, u_train, u_test, neuron_max, distance = _train(
+      model, params0, x, y, ds.x_test, int(config.train_steps),
+      float(config.ngd_damping), jnp.asarray(config.ngd_lr, y.dtype))
+  # Lemma 12 / eqn. (72): the infinite-width distance sqrt(r0^T G_inf^-1
+  # r0), r0 = y - u(0); and the lemma's sqrt(y^T G_inf^-1 y).
+  kernel_distance_r0 = float(diagnostics.generalization_measure(
+      x, y - u0, g_inf)) * math.sqrt(n / 2)
+  kernel_distance_y = measure * math.sqrt(n / 2)
+  # Lemma 11: max_r ||w_r - w_r(0)|| <= 4 sqrt(n) ||y - u(0)|| / (sqrt(m)
+  # lambda_0).
+  lemma11 = (4 * math.sqrt(n) * float(jnp.linalg.norm(y - u0))
+             / (math.sqrt(int(config.width)) * lam0))
   norms = np.asarray(norms, np.float64)
   y_norm = float(jnp.linalg.norm(y))
   fit = float(jnp.linalg.norm(u_train - y)) / y_norm
   for k, v in enumerate(norms):
-    log(step=k, rep=rep, labels=condition, residual_rel=float(v / y_norm))
-  log(step=len(norms), rep=rep, labels=condition, residual_rel=fit)
+    log(step=k, rep=rep, labels=condition, prep=prep,
+        residual_rel=float(v / y_norm))
+  log(step=len(norms), rep=rep, labels=condition, prep=prep,
+      residual_rel=fit)
   train_error = float(jnp.mean(jnp.sign(u_train) != y))
   test_error = float(jnp.mean(jnp.sign(u_test) != ds.y_test))
   second = 3 * math.sqrt(math.log(6 / config.delta) / (2 * n))
   return {
+      "prep": prep,
       "labels": condition,
       "rep": rep,
+      "lambda_0": lam0,
+      "neuron_distance_max": float(neuron_max),
+      "lemma11_bound": lemma11,
+      "distance": float(distance),
+      "kernel_distance_r0": kernel_distance_r0,
+      "kernel_distance_y": kernel_distance_y,
       "noise": None if condition == RANDOM else options["label_noise"],
       "wrong_labels": float(np.mean(ds.labels_train
                                     != ds.clean_labels_train)),
@@ -239,7 +299,87 @@ def _measure(r: Run, config, model, condition, rep, log) -> dict[str, Any]:
   }
 
 
-def _finish(r: Run, config, results) -> dict[str, Any]:
+def checks(config) -> tuple[verdicts.Check, ...]:
+  """C9's pass criterion as data on the summary's ``measured`` (the judged
+  preprocessing, ``config.preprocessing[0]``)."""
+  tol = config.lemma12_rtol
+  return (
+      verdicts.Check("separates", (("separation_gap", ">", 0.0),),
+                     "smallest random-label measure > largest true-label "
+                     "one"),
+      verdicts.Check("grows_with_noise", (("noise_step_min", ">", 0.0),),
+                     "mean measure strictly increasing in p on [0, 1/2]"),
+      verdicts.Check(
+          "test_error_grows",
+          (("error_gap_random", ">=", config.min_error_gap),
+           ("error_gap_noise", ">=", config.min_error_gap)),
+          "kernel interpolant's test error with random labels and at the "
+          f"largest p <= 1/2 >= true-label error + {config.min_error_gap:g}"),
+      verdicts.Check(
+          "bound_holds",
+          (("bound_true_labels_max", "<", 1.0),
+           ("kernel_bound_margin_min", ">=", 0.0),
+           ("finite_fitted_true_runs", ">=", 1),
+           ("finite_bound_margin_min", ">=", 0.0)),
+          "Theorem 6's bound for true labels is < 1 (not vacuous for a "
+          "[0, 1] loss) and above the test error of the kernel interpolant "
+          "and of every finite net that fits (>= 1 such run)",
+          verdicts.THEOREM),
+      verdicts.Check(
+          "lemma11",
+          (("finite_fitted_true_runs", ">=", 1),
+           ("lemma11_ratio_max", "<=", 1.0)),
+          "max_r ||w_r - w_r(0)|| <= 4 sqrt(n) ||y - u(0)|| / (sqrt(m) "
+          "lambda_0) in every fitted true-label run", verdicts.THEOREM),
+      verdicts.Check(
+          "lemma12",
+          (("finite_fitted_true_runs", ">=", 1),
+           ("lemma12_ratio_max", "<=", 1.0 + tol),
+           ("lemma12_ratio_min", ">=", 1.0 - tol)),
+          f"||w - w(0)|| within {tol:g} (relative) of sqrt(r0^T G_inf^-1 "
+          "r0), r0 = y - u(0) (eqn. 72), in every fitted true-label run"),
+  )
+
+
+def verdict(measured, config) -> dict[str, bool]:
+  """C9's checks on a measured dict (pure: no experiment is run)."""
+  return verdicts.evaluate(checks(config), measured)
+
+
+def _chain(config, runs) -> dict[str, Any]:
+  """Theorem 6's finite-width chain over true-label runs: the fitted finite
+  nets' Lemma 11 and 12 ratios and bound margins."""
+  true = [u for u in runs if u["labels"] == "noise=0"]
+  fitted = [u for u in true if u["fit"] <= config.fit_tol]
+  out = {
+      "finite_fitted_true_runs": len(fitted),
+      "bound_true_labels_max": max(u["bound"] for u in true),
+      "kernel_bound_margin_min": min(u["bound"] - u["test_error_inf"]
+                                     for u in true),
+      "lemma11_ratio_all_max": max(u["neuron_distance_max"]
+                                   / u["lemma11_bound"] for u in true),
+      "lemma12_ratio_all": [u["distance"] / u["kernel_distance_r0"]
+                            for u in true],
+      "lemma12_ratio_y_all": [u["distance"] / u["kernel_distance_y"]
+                              for u in true],
+  }
+  if fitted:
+    ratios = [u["distance"] / u["kernel_distance_r0"] for u in fitted]
+    out.update({
+        "finite_bound_margin_min": min(u["bound"] - u["test_error"]
+                                       for u in fitted),
+        "lemma11_ratio_max": max(u["neuron_distance_max"] / u["lemma11_bound"]
+                                 for u in fitted),
+        "lemma12_ratio_max": max(ratios),
+        "lemma12_ratio_min": min(ratios),
+    })
+  return out
+
+
+def _finish(r: Run, config, all_results) -> dict[str, Any]:
+  primary = config.preprocessing[0]
+  results = [u for u in all_results if u["prep"] == primary]
+
   def values(condition, key):
     return np.array([u[key] for u in results if u["labels"] == condition])
 
@@ -252,18 +392,6 @@ def _finish(r: Run, config, results) -> dict[str, Any]:
                 for c in _conditions(config)}
   mean_error_net = {c: float(values(c, "test_error").mean())
                     for c in _conditions(config)}
-  checks = {
-      "separates": bool(values(RANDOM, "measure").min()
-                        > values(true, "measure").max()),
-      "grows_with_noise": bool(np.all(np.diff([mean_measure[c]
-                                               for c in conds]) > 0)),
-      "test_error_grows": bool(
-          mean_error[RANDOM] - mean_error[true] >= config.min_error_gap
-          and mean_error[conds[-1]] - mean_error[true]
-          >= config.min_error_gap),
-      "bound_holds": all(u["test_error_inf"] <= u["bound"] for u in results
-                         if u["labels"] == true),
-  }
   fits = {c: bool(np.all(values(c, "fit") <= config.fit_tol))
           for c in _conditions(config)}
   observations = {"finite_net_fits": fits}
@@ -288,7 +416,34 @@ def _finish(r: Run, config, results) -> dict[str, Any]:
       "spearman_measure_vs_test_error": rank,
       "n_train": results[0]["n_train"],
       "n_test": results[0]["n_test"],
+      "preprocessing": primary,
+      "separation_gap": float(values(RANDOM, "measure").min()
+                              - values(true, "measure").max()),
+      "noise_step_min": float(np.min(np.diff([mean_measure[c]
+                                              for c in conds]))),
+      "error_gap_random": mean_error[RANDOM] - mean_error[true],
+      "error_gap_noise": mean_error[conds[-1]] - mean_error[true],
+      **_chain(config, results),
   }
+  others = {}
+  for prep in config.preprocessing[1:]:
+    runs = [u for u in all_results if u["prep"] == prep]
+    ch = _chain(config, runs)
+    others[prep] = {
+        "measure_true_mean": float(np.mean([u["measure"] for u in runs
+                                            if u["labels"] == true])),
+        "measure_random_mean": float(np.mean([u["measure"] for u in runs
+                                              if u["labels"] == RANDOM])),
+        "test_error_inf_true_mean": float(np.mean(
+            [u["test_error_inf"] for u in runs if u["labels"] == true])),
+        "bound_true_labels_max": ch["bound_true_labels_max"],
+        "finite_fitted_true_runs": ch["finite_fitted_true_runs"],
+        "lemma11_ratio_all_max": ch["lemma11_ratio_all_max"],
+        "lemma12_ratio_all": ch["lemma12_ratio_all"],
+    }
+  measured["other_preprocessing"] = others
+  check_list = checks(config)
+  checks_ = verdicts.evaluate(check_list, measured)
   if "noise=1" in mean_measure:
     gaps = [abs(a - b) / b for a, b in zip(values("noise=1", "measure"),
                                            values(true, "measure"),
@@ -321,20 +476,33 @@ def _finish(r: Run, config, results) -> dict[str, Any]:
   if "flip_all_relative_gap" in measured:
     text += (f"; p=1 (y -> -y) measure equals p=0 to "
              f"{measured['flip_all_relative_gap']:.1g}")
-  expectation = (
-      "measure: random labels > true labels (every rep), mean increasing in "
-      f"noise p in [0, 1/2]; infinite-width test error with random labels "
-      f"and at p={sweep[-1]:g} >= true-label error + "
-      f"{config.min_error_gap:g}; true-label test error <= Theorem 6 bound")
+  fitted = measured["finite_fitted_true_runs"]
+  text += (
+      f"; inputs {primary}; finite-width chain (true labels, "
+      f"{fitted} of {config.reps} finite nets fit): Lemma 11 per-neuron "
+      f"distance / bound max {measured['lemma11_ratio_all_max']:.3g}, "
+      f"Lemma 12 ||w - w(0)|| / sqrt(r0^T G_inf^-1 r0) "
+      + ", ".join(f"{v:.3f}" for v in measured["lemma12_ratio_all"])
+      + " (/ sqrt(y^T G_inf^-1 y): "
+      + ", ".join(f"{v:.3f}" for v in measured["lemma12_ratio_y_all"])
+      + ")")
+  for prep, o in others.items():
+    text += (f"; inputs {prep}: measure true {o['measure_true_mean']:.3g}, "
+             f"random {o['measure_random_mean']:.3g}, bound "
+             f"{o['bound_true_labels_max']:.3g}, kernel test error "
+             f"{o['test_error_inf_true_mean']:.3f}, Lemma 12 ratio "
+             + ", ".join(f"{v:.3f}" for v in o["lemma12_ratio_all"]))
+  expectation = verdicts.criteria_text(check_list)
   return r.finish(
-      passed=all(checks.values()),
-      checks=checks,
+      passed=all(checks_.values()),
+      checks=checks_,
       measured=measured,
       measured_text=text,
       expectation=expectation,
       figures=figures,
       title=TITLE,
-      details={"observations": observations, "runs": results},
+      details={"observations": observations, "runs": all_results,
+               "check_kinds": verdicts.kinds(check_list)},
   )
 
 
@@ -348,7 +516,9 @@ def _spearman(a, b) -> float:
 
 def _plot(r: Run, config) -> list[str]:
   """Figures from ``metrics.jsonl`` (so they can be redrawn from files)."""
-  records = r.records()
+  primary = config.preprocessing[0]
+  records = [rec for rec in r.records()
+             if rec.get("prep", primary) == primary]
   units = [rec for rec in records if "measure" in rec]
   sweep = _sweep(config)
   figures = []

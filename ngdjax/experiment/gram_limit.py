@@ -13,8 +13,11 @@ fixed): the relative error of ``G(0)`` in the Frobenius and max-abs norms and
 Pass criterion (stated before measuring): the exponent of the power law
 fitted to the ``config.error_norm`` error over all (width, repetition)
 points lies within ``config.exponent_tolerance`` of ``-1/2``, and there is a
-width ``m*`` in the sweep from which on every repetition at every larger
-width has ``lambda_min(G(0)) >= config.lambda_fraction * lambda_0``.
+width ``m*`` below the widest in the sweep from which on every repetition
+at every larger width has ``lambda_min(G(0)) >= config.lambda_fraction *
+lambda_0``. Both are observations of the limit (Lemma 6 is a probability
+bound whose width scale is reported beside them); the checks are data
+(``checks``, ``verdict``).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import numpy as np
 from ngdjax import data, diagnostics, kernels, models
 from ngdjax._src.jacobian import gram
 from ngdjax._src.linalg import lambda_min
-from ngdjax.experiment import plots
+from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.runner import Run, unit_key
+from ngdjax.experiment.verdicts import threshold_width
 
 NAME = "gram_limit"
 CLAIM = "C5"
@@ -80,16 +84,25 @@ def _model(width: int, nu: float) -> models.Model:
   return models.two_layer_relu(width, nu=nu)
 
 
-def threshold_width(widths, ok) -> float | None:
-  """Smallest width ``m*`` with ``ok`` true at every point of width >= m*."""
-  widths = np.asarray(widths, float)
-  ok = np.asarray(ok, bool)
-  best = None
-  for m in sorted(set(widths.tolist()), reverse=True):
-    if not ok[widths >= m].all():
-      break
-    best = m
-  return best
+def checks(config) -> tuple[verdicts.Check, ...]:
+  """C5's pass criterion as data on the summary's ``measured``."""
+  lo = config.expected_exponent - config.exponent_tolerance
+  hi = config.expected_exponent + config.exponent_tolerance
+  return (
+      verdicts.Check(
+          "exponent", (("exponent", ">=", lo), ("exponent", "<=", hi)),
+          f"fitted exponent of the {config.error_norm} error in "
+          f"[{lo:g}, {hi:g}]"),
+      verdicts.Check(
+          "lemma6", (("m_star", "<", "widest_width"),),
+          f"lambda_min(G(0)) >= {config.lambda_fraction:g} lambda_0 at "
+          "every width >= m*, m* below the widest width"),
+  )
+
+
+def verdict(measured, config) -> dict[str, bool]:
+  """C5's checks on a measured dict (pure: no experiment is run)."""
+  return verdicts.evaluate(checks(config), measured)
 
 
 def run(config: ml_collections.ConfigDict,
@@ -143,10 +156,8 @@ def run(config: ml_collections.ConfigDict,
     lemma6_scale = config.n * math.log(config.n / config.delta) / lam0
 
     figures = _plot(r, config, fits, m_star)
-    exponent_ok = (abs(fit.exponent - config.expected_exponent)
-                   <= config.exponent_tolerance)
-    lemma6_ok = m_star is not None
     measured = {
+        "widest_width": float(widths.max()),
         "exponent": fit.exponent,
         "exponent_stderr": fit.exponent_stderr,
         "exponent_max_norm": fits["max"].exponent,
@@ -167,15 +178,15 @@ def run(config: ml_collections.ConfigDict,
         f"(n={config.n}, d={config.d}, lambda_0={lam0:.3g}, "
         f"{config.reps} reps)"
     )
-    expectation = (
-        f"exponent {config.expected_exponent:g} +- "
-        f"{config.exponent_tolerance:g}; lambda_min(G(0)) >= "
-        f"{config.lambda_fraction:g} lambda_0 past a width (Lemma 6 scale "
-        f"n log(n/delta)/lambda_0 = {lemma6_scale:.3g})"
-    )
+    check_list = checks(config)
+    passed = verdicts.evaluate(check_list, measured)
+    expectation = (verdicts.criteria_text(check_list)
+                   + f" (Lemma 6 scale n log(n/delta)/lambda_0 = "
+                   f"{lemma6_scale:.3g})")
     return r.finish(
-        passed=exponent_ok and lemma6_ok,
-        checks={"exponent": exponent_ok, "lemma6": lemma6_ok},
+        passed=all(passed.values()),
+        checks=passed,
+        details={"check_kinds": verdicts.kinds(check_list)},
         measured=measured,
         measured_text=text,
         expectation=expectation,

@@ -52,7 +52,7 @@ import numpy as np
 
 from ngdjax import data, diagnostics
 from ngdjax.experiment import ngd_training as training
-from ngdjax.experiment import plots
+from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.runner import Run
 
 NAME = "jacobian_stability"
@@ -121,6 +121,23 @@ def run(config: ml_collections.ConfigDict,
     return _summarise(r, config, results)
 
 
+# Lemma 7 is a probability bound at any width (no Condition 2 needed): the
+# check against it is inside its hypotheses; the decay is an observation.
+CHECKS = (
+    verdicts.Check("decays", (("exponent_upper", "<", 0.0),),
+                   "fitted exponent of max_k ||J(k)-J(0)||_2 in m + 2 "
+                   "stderr < 0"),
+    verdicts.Check("below_lemma7", (("runs_above_lemma7", "==", 0),),
+                   "every run below the Lemma 7 bound at its measured "
+                   "radius", verdicts.THEOREM),
+)
+
+
+def verdict(measured) -> dict[str, bool]:
+  """C4's checks on a measured dict (pure: no experiment is run)."""
+  return verdicts.evaluate(CHECKS, measured)
+
+
 def _summarise(r: Run, config, results) -> dict[str, Any]:
   ws = np.array([u["width"] for u in results], float)
   d = np.array([u["jacobian_change_max"] for u in results])
@@ -128,10 +145,6 @@ def _summarise(r: Run, config, results) -> dict[str, Any]:
   bound_fit = diagnostics.fit_power_law(
       ws, [u["lemma7_bound"] for u in results])
   below = [u["jacobian_change_max"] <= u["lemma7_bound"] for u in results]
-  checks = {
-      "decays": fit.exponent + 2 * fit.exponent_stderr < 0,
-      "below_lemma7": all(below),
-  }
   widest = int(ws.max())
   wide = [u for u in results if u["width"] == widest]
   # Width at which the fitted law meets Condition 2's threshold (C = 1/2),
@@ -143,6 +156,7 @@ def _summarise(r: Run, config, results) -> dict[str, Any]:
   measured = {
       "exponent": fit.exponent,
       "exponent_stderr": fit.exponent_stderr,
+      "exponent_upper": fit.exponent + 2 * fit.exponent_stderr,
       "r_squared": fit.r_squared,
       "lemma7_exponent": bound_fit.exponent,
       "widest_width": widest,
@@ -160,6 +174,7 @@ def _summarise(r: Run, config, results) -> dict[str, Any]:
       "power_iteration_converged": all(u["power_iteration_converged"]
                                        for u in results),
   }
+  checks = verdict(measured)
   m2 = ("never (no decay)" if m_cond2 is None else f"~{m_cond2:.2g}")
   at_theory_radius = measured["lemma7_bound_theory_radius_at_widest"]
   text = (
@@ -176,10 +191,9 @@ def _summarise(r: Run, config, results) -> dict[str, Any]:
       f"at m {m2} (n={config.n}, d={config.d}, eta="
       f"{config.learning_rate:g}, {config.reps} reps)")
   expectation = (
-      "decays with width (fitted exponent + 2 stderr < 0; Lemma 7's bound "
-      "decays like m^(-1/6)) and every run below the Lemma 7 bound "
-      f"sqrt(2 n R^(2/3) / (nu^(2/3) delta^(2/3) m^(1/3))), R the measured "
-      f"max ||w(k) - w(0)||, delta = {config.delta:g}")
+      verdicts.criteria_text(CHECKS) + "; Lemma 7's bound sqrt(2 n R^(2/3) "
+      "/ (nu^(2/3) delta^(2/3) m^(1/3))), R the measured max ||w(k) - "
+      f"w(0)||, delta = {config.delta:g}, decays like m^(-1/6)")
   figures = _plot(r, config, results, fit)
   return r.finish(
       passed=all(checks.values()),
@@ -189,7 +203,7 @@ def _summarise(r: Run, config, results) -> dict[str, Any]:
       expectation=expectation,
       figures=figures,
       title=TITLE,
-      details={"runs": results},
+      details={"runs": results, "check_kinds": verdicts.kinds(CHECKS)},
   )
 
 

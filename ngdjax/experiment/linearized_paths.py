@@ -38,14 +38,17 @@ Pass criterion (stated before measuring). With the round-off tolerance
 ``tol = roundoff_factor * eps * cond(G)`` (``eps`` of the compute dtype;
 errors of solves with ``G`` scale with ``eps cond(G)``):
 
-* ``same_limit``: all end points within ``tol`` of ``-pinv(J) r0``;
-* ``paths_differ``: GD's weight path strays at least ``min_path_gap`` (a
-  gap far above round-off) from NGD's segment;
-* ``ngd_straight``: NGD's output path within ``tol`` of its segment;
+* ``same_limit`` (theorem, the linearised model is its setting): all end
+  points within ``tol`` of ``-pinv(J) r0``;
+* ``paths_differ`` (observation): GD's weight path strays at least
+  ``min_path_gap`` (a gap far above round-off) from NGD's segment;
 * ``ngd_one_step``: ``||u(1) - y|| <= tol ||r0||`` for NGD with ``eta = 1``,
-  closed form and actual step;
-* ``closed_forms``: the closed forms agree with the dense references within
-  ``tol``.
+  closed form and the optimiser's actual step.
+
+Sanity details, not claim checks (``details["sanity"]``): NGD's linearised
+output path is straight by construction (``ngd_straight``), and the closed
+forms agree with dense references (``closed_forms``); both restate
+identities. The checks are data (``checks``, ``verdict``).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ import scipy.linalg
 
 from ngdjax import data, linearized, models
 from ngdjax._src.jacobian import gram, jacobian
-from ngdjax.experiment import plots
+from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.runner import Run
 
 NAME = "linearized_paths"
@@ -172,15 +175,13 @@ def run(config: ml_collections.ConfigDict,
     figures = _plot(r, config, lin)
 
     tol = lin["tol"]
-    checks = {
-        "same_limit": lin["limit_error_max"] <= tol,
-        "paths_differ": lin["gd_weight_path_gap"] >= config.min_path_gap,
+    sanity = {
         "ngd_straight": lin["ngd_output_deviation"] <= tol,
-        "ngd_one_step": max(lin["ngd_one_step_closed_form"],
-                            lin["ngd_one_step_actual"]) <= tol,
         "closed_forms": lin["closed_form_error_max"] <= tol,
     }
     measured = {k: v for k, v in lin.items() if not isinstance(v, dict)}
+    check_list = checks(config)
+    passed = verdicts.evaluate(check_list, measured)
     measured.update({f"real/{k}": v for k, v in real.items()
                      if not isinstance(v, list)})
     real_text = (
@@ -204,23 +205,50 @@ def run(config: ml_collections.ConfigDict,
         f"forms vs expm/explicit steps {lin['closed_form_error_max']:.2g}; "
         f"{real_text} (n={config.n}, m={config.width}, cond(G)="
         f"{lin['cond_G']:.3g})")
+    text += ("; sanity (identities, not checks): " + ", ".join(
+        f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
     expectation = (
-        f"end points equal -pinv(J) r0 and NGD's output path straight, both "
-        f"to round-off tol = {config.roundoff_factor:g} eps cond(G) = "
-        f"{tol:.2g}; NGD eta=1 reaches y in one step (to tol); GD's path "
-        f"strays >= {config.min_path_gap:g} ||w*|| from NGD's")
+        f"round-off tol = {config.roundoff_factor:g} eps cond(G) = "
+        f"{tol:.2g}; " + verdicts.criteria_text(check_list))
     return r.finish(
-        passed=all(checks.values()),
-        checks=checks,
+        passed=all(passed.values()),
+        checks=passed,
         measured=measured,
         measured_text=text,
         expectation=expectation,
         figures=figures,
         title=TITLE,
-        details={"real_network": real,
+        details={"sanity": sanity,
+                 "check_kinds": verdicts.kinds(check_list),
+                 "real_network": real,
                  "limit_errors": lin["limit_errors"],
                  "closed_form_errors": lin["closed_form_errors"]},
     )
+
+
+def checks(config) -> tuple[verdicts.Check, ...]:
+  """C10's pass criterion as data on the summary's ``measured`` (``tol``
+  is measured: it scales with ``cond(G)``)."""
+  return (
+      verdicts.Check("same_limit", (("limit_error_max", "<=", "tol"),),
+                     "every end point within tol of -pinv(J) r0",
+                     verdicts.THEOREM),
+      verdicts.Check(
+          "paths_differ",
+          (("gd_weight_path_gap", ">=", config.min_path_gap),),
+          f"GD's weight path strays >= {config.min_path_gap:g} ||w*|| from "
+          "NGD's"),
+      verdicts.Check(
+          "ngd_one_step", (("ngd_one_step_closed_form", "<=", "tol"),
+                           ("ngd_one_step_actual", "<=", "tol")),
+          "NGD at eta = 1 reaches y in one step (closed form and the "
+          "optimiser's step), to tol", verdicts.THEOREM),
+  )
+
+
+def verdict(measured, config) -> dict[str, bool]:
+  """C10's checks on a measured dict (pure: no experiment is run)."""
+  return verdicts.evaluate(checks(config), measured)
 
 
 def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:

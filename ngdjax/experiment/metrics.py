@@ -174,22 +174,39 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
   """Reads ``metrics.jsonl``; a truncated last line (a crash) is skipped.
 
   A malformed line anywhere else is corruption, not a crash, and raises.
+  ``read_metrics_checked`` also returns the skipped line.
+  """
+  return read_metrics_checked(workdir)[0]
+
+
+def read_metrics_checked(
+    workdir: str | os.PathLike,
+) -> tuple[list[dict[str, Any]], str | None]:
+  """``(records, truncated)``: ``truncated`` is the skipped last line or None.
+
+  Raises:
+    ValueError: naming the file and line, for a malformed line that is not
+      the last one.
   """
   path = Path(workdir) / METRICS_FILE
   if not path.exists():
-    return []
-  lines = path.read_text().splitlines()
+    return [], None
+  lines = path.read_text(errors="replace").splitlines()
   records = []
   for i, line in enumerate(lines):
     if not line.strip():
       continue
     try:
-      records.append(json.loads(line))
+      record = json.loads(line)
     except json.JSONDecodeError as e:
       if i == len(lines) - 1:
-        break  # the line being written when the run was interrupted
+        # The line being written when the run was interrupted.
+        return records, line
       raise ValueError(f"{path}: line {i + 1} is not valid JSON: {e}") from e
-  return records
+    if not isinstance(record, dict):
+      raise ValueError(f"{path}: line {i + 1} is not a JSON object")
+    records.append(record)
+  return records, None
 
 
 def write_config(workdir: str | os.PathLike, config: Any) -> Path:

@@ -12,8 +12,10 @@ at every iterate ``k``,
 * ``distance``: ``||w(k) - w(0)||`` (Lemma 3 keeps it below
   ``3 ||y - u(0)|| / sqrt(lambda_min(G(0)))``);
 * ``flips``: the fraction of the activation pattern that changed;
-* ``jacobian_change`` (optional): ``||J(k) - J(0)||_2`` by the matrix-free
-  power iteration of ``diagnostics.jacobian_change_norm`` (Condition 2).
+* ``jacobian_change`` (optional): ``||J(k) - J(0)||_2``, exactly, from the
+  two-layer net's structure (``diagnostics.jacobian_change_norm``,
+  ``method="structured"``: the top eigenvalue of an ``n x n`` matrix, so
+  widths up to ``10^6`` cost seconds; Condition 2).
 
 It also holds the theory's constants as functions of measured figures, so the
 four experiments evaluate them one way: the Condition 2 constant ``C`` of a
@@ -45,9 +47,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from ngdjax import diagnostics, losses, models
-from ngdjax.experiment import plots
-from ngdjax.experiment.gram_limit import threshold_width
+from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.runner import Run, unit_key
+from ngdjax.experiment.verdicts import Check, threshold_width
 from ngdjax.optim import ngd
 
 Log = Callable[..., None]
@@ -123,7 +125,7 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
     loss: a ``losses.Loss``; default the squared loss (Theorem 1).
     residual_floor: the relative residual at which training stops.
     jacobian: also measure ``||J(k) - J(0)||_2`` (power iteration) at every
-      iterate ``k >= 1``.
+      iterate ``k >= 1`` (exact, ``method="structured"``).
     log: ``log(step=k, **values)``, e.g. a ``Run.unit`` logger; each
       iterate is logged with ``tags`` added.
     **tags: fields added to every logged line (``width=..., eta=...``).
@@ -154,7 +156,7 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
         row["jacobian_change"], converged = 0.0, True
       else:
         est = diagnostics.jacobian_change_norm(model, params, params0, x,
-                                               method="power")
+                                               method="structured")
         row["jacobian_change"], converged = float(est.norm), est.converged
       out["jacobian_converged"].append(bool(converged))
     for k_, v in row.items():
@@ -373,18 +375,6 @@ class RateSweep:
     """The largest measured ``C`` at the widest width."""
     return max(u["C"] for u in self.results if u["width"] == self.widest)
 
-  def checks(self, rated: Sequence[float]) -> dict[str, bool]:
-    """The pass checks C1 and C2 share.
-
-    ``rate_wide``: every eta in ``rated`` holds from some width on (and
-    there is one); ``theorem``: every run meeting the hypotheses holds.
-    """
-    return {
-        "rate_wide": bool(rated) and all(self.m_star[e] is not None
-                                         for e in rated),
-        "theorem": all(u["holds"] for u in self.in_theorem),
-    }
-
   def measured(self, failures: Sequence[dict[str, Any]], eta_format: str,
                with_bound: bool = False) -> dict[str, Any]:
     """The summary's figures; per-eta keys end in ``eta=`` + ``eta_format``.
@@ -396,8 +386,10 @@ class RateSweep:
     results, widest = self.results, self.widest
     out = {
         "widest_width": widest,
-        "runs": len(results),
-        "runs_in_theorem": len(self.in_theorem),
+        "runs_total": len(results),
+        "runs_inside_hypotheses": len(self.in_theorem),
+        "runs_inside_breaking_rate": sum(not u["holds"]
+                                         for u in self.in_theorem),
         "runs_failing_rate": len(failures),
         "C_min": min(u["C"] for u in results),
         "C_at_widest": self.c_at_widest,
@@ -427,9 +419,16 @@ class RateSweep:
   def hypotheses_text(self, theorem: str) -> str:
     """The measured ``C``'s range and how many runs meet ``theorem``'s."""
     cs = [u["C"] for u in self.results]
+    inside = self.in_theorem
+    where = ", ".join(f"m={u['width']} eta={u['eta']:.3g} C={u['C']:.3f} "
+                      f"(max ratio {u['max_ratio']:.4g}"
+                      f"{'' if u['holds'] else ' BREAKS the rate'})"
+                      for u in inside[:6]) + (" ..." if len(inside) > 6
+                                               else "")
     return (f"C = {min(cs):.2g}..{max(cs):.3g} ({self.c_at_widest:.2g} at "
             f"the widest), {theorem}'s hypotheses hold in "
-            f"{len(self.in_theorem)} of {len(self.results)} runs")
+            f"{len(inside)} of {len(self.results)} runs"
+            + (f": {where}" if inside else ""))
 
   def details(self) -> dict[str, Any]:
     """The units without their per-step ratios (kept in the unit files)."""
@@ -444,7 +443,8 @@ def rate_sweep(results: list[dict[str, Any]], etas: Sequence[float],
   A unit holds when its largest ratio is within its eta's ``bound``:
   ``max_ratio <= bound (1 + rtol)``, ``rtol`` allowing for round-off.
   ``m_star`` is the smallest width from which on every run holds
-  (``threshold_width``; None when a run at the widest width fails).
+  (``verdicts.threshold_width``; None when a run at the widest width
+  fails; ``rate_checks`` asks it to lie below the widest width).
   """
   for u in results:
     u["holds"] = u["max_ratio"] <= bound[u["eta"]] * (1.0 + rtol)
@@ -458,6 +458,29 @@ def rate_sweep(results: list[dict[str, Any]], etas: Sequence[float],
                          if u["width"] == widest)
   return RateSweep(results, list(etas), bound, widest, m_star, at_widest,
                    [u for u in results if u["in_theorem"]])
+
+
+def rate_checks(etas: Sequence[float], eta_format: str, theorem: str,
+                hypotheses: str) -> tuple[Check, ...]:
+  """The checks C1 and C2 share, as data on ``RateSweep.measured``.
+
+  ``rate_wide`` (observation): for each eta in ``etas`` the rate holds at
+  every width from ``m*`` on, ``m*`` below the widest width (so the
+  widest width alone is not enough). ``theorem`` (inside the hypotheses):
+  at least one run meets ``hypotheses`` and none of those breaks the rate;
+  it FAILS when no run qualifies.
+  """
+  wide = tuple((f"m_star/eta={format(e, eta_format)}", "<", "widest_width")
+               for e in etas)
+  return (
+      Check("rate_wide", wide,
+            "per eta, every run at every width >= m* within the bound, m* "
+            "below the widest width", verdicts.OBSERVATION),
+      Check("theorem", (("runs_inside_hypotheses", ">=", 1),
+                        ("runs_inside_breaking_rate", "==", 0)),
+            f">= 1 run with {hypotheses} ({theorem}'s hypotheses), and "
+            "every such run within the bound", verdicts.THEOREM),
+  )
 
 
 def failure_text(failures: Sequence[dict[str, Any]],

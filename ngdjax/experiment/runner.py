@@ -24,6 +24,21 @@ instead of 3 s of CPU time per shape, measured with jax 0.10), which
 dominates experiments that sweep widths or sample sizes. Experiments run
 single-device, where partitionability buys nothing; the setting is restored
 when the run is closed.
+
+Faults on resume (issue 13):
+
+* A run that fails before finishing any unit (an invalid config value
+  rejected by the experiment, a typo caught in the first second) leaves no
+  ``config.json`` (nor a ``metrics.jsonl`` it created) behind, so the
+  corrected rerun in the same workdir is not refused as "a run of another
+  config".
+* ``metrics.jsonl`` whose last line is truncated: the partial line is dropped
+  with a warning. Every finished unit's result line is then looked up; a
+  unit whose line is missing (the truncated line was its result, or the
+  file lost lines) is recomputed, with a warning, so that the file again
+  holds every unit's per-step metrics and result.
+* A corrupt unit file: set aside and its unit recomputed
+  (``checkpoint.UnitStore.finished``).
 """
 
 from __future__ import annotations
@@ -36,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from absl import logging
 
 from ngdjax.experiment import checkpoint, metrics
 from ngdjax.experiment import config as config_lib
@@ -113,14 +129,55 @@ class Run:
             f"({'; '.join(changed[:5])}); use a new workdir, or remove this "
             "one to start over"
         )
+    # Files this run creates; removed again if it fails before any unit.
+    metrics_path = self.workdir / metrics.METRICS_FILE
+    self._created = [p for p in (old_path, metrics_path) if not p.exists()]
     metrics.write_config(self.workdir, config_json)
     self.units = checkpoint.UnitStore(self.workdir)
-    self.resumed_units = self.units.finished()
+    self.resumed_units = self._verified_units()
     self.metrics = metrics.MetricsWriter(self.workdir,
                                          keep_units=self.resumed_units)
+    self._finished_here = 0
     self.progress: Progress | None = None
     self._rng_state = jax.threefry_partitionable(False)
     self._rng_state.__enter__()
+
+  def _verified_units(self) -> list[str]:
+    """Finished units whose result line ``metrics.jsonl`` still holds.
+
+    See the module docstring: a truncated last line is dropped (the
+    ``MetricsWriter`` rewrite) and units without a result line are redone.
+    """
+    finished = self.units.finished()
+    records, truncated = metrics.read_metrics_checked(self.workdir)
+    if truncated is not None:
+      logging.warning(
+          "%s: dropping a truncated last line (%d characters: %r...), "
+          "written when the run was interrupted",
+          self.workdir / metrics.METRICS_FILE, len(truncated),
+          truncated[:60])
+    results: dict[str, list[dict]] = {}
+    for record in records:
+      if "unit" in record:
+        rest = {k: v for k, v in record.items() if k != "unit"}
+        results.setdefault(record["unit"], []).append(rest)
+    kept = []
+    for key in finished:
+      try:
+        result = self.units.load(key)
+      except ValueError as e:
+        logging.warning("%s; the unit will be recomputed", e)
+        self.units.discard(key)
+        continue
+      if result in results.get(key, []):
+        kept.append(key)
+      else:
+        logging.warning(
+            "unit %r is finished but its result line is missing from %s "
+            "(truncated?); recomputing it", key,
+            self.workdir / metrics.METRICS_FILE)
+        self.units.discard(key)
+    return kept
 
   # -- randomness ----------------------------------------------------------
 
@@ -157,6 +214,7 @@ class Run:
     result = metrics.to_jsonable(dict(compute(log)))
     self.metrics.write(result, unit=key)
     self.units.save(key, result)
+    self._finished_here += 1
     if self.progress is not None:
       self.progress.update(work=work, unit=key)
     return result
@@ -214,8 +272,15 @@ class Run:
   def __enter__(self) -> Run:
     return self
 
-  def __exit__(self, *exc) -> None:
+  def __exit__(self, exc_type, *exc) -> None:
     self.close()
+    if exc_type is not None and not self._finished_here and not (
+        self.resumed_units):
+      # Failed before any work (e.g. a config value the experiment
+      # rejects): leave the workdir as it was, so that the corrected rerun
+      # is not refused as a run of another config.
+      for path in self._created:
+        path.unlink(missing_ok=True)
 
   def path(self, name: str) -> Path:
     return self.workdir / name

@@ -113,3 +113,81 @@ def test_sharded_kfac_step_equals_unsharded():
     opt = ngdjax.kfac(model, learning_rate=0.3, damping=1e-3, mesh=m)
     results.append(jax.jit(opt.step)(params, opt.init(params), x, y))
   _tree_close(results[1][0], results[0][0], atol=1e-10)
+
+
+# --------------------------------------------------------------------------
+# Meshes as JAX users make them: jax.make_mesh gives Explicit axes (issue 13
+# item 9), used with plain arrays, with arrays placed on the mesh, and under
+# jax.set_mesh.
+# --------------------------------------------------------------------------
+
+USES = ["plain", "placed", "set_mesh"]
+
+
+def _explicit_mesh():
+  mesh = jax.make_mesh((4,), ("data",))
+  assert all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+  return mesh
+
+
+def _on(use, mesh, fn, params, *arrays):
+  """``fn(params, *arrays)`` placed as ``use`` says: ``"placed"`` and
+  ``"set_mesh"`` put params replicated and the rows of the arrays split on
+  the user's explicit mesh; ``"set_mesh"`` also calls under it."""
+  if use != "plain":
+    spec = jax.sharding.PartitionSpec
+    rows = jax.sharding.NamedSharding(mesh, spec("data"))
+    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, spec()))
+    arrays = [jax.device_put(a, rows) if a.shape[0] % 4 == 0 else a
+              for a in arrays]
+  if use == "set_mesh":
+    with jax.set_mesh(mesh):
+      return fn(params, *arrays)
+  return fn(params, *arrays)
+
+
+@pytest.mark.parametrize("use", USES)
+def test_explicit_mesh_gram(use):
+  model = MODELS["two_layer_c2"]
+  params = model.init(jax.random.key(1), 3)
+  x = _x(8)
+  mesh = _explicit_mesh()
+  ref = ngdjax.gram(model, params, x)
+  out = _on(use, mesh, lambda p, z: ngdjax.gram(model, p, z, mesh=mesh),
+            params, x)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-13)
+  jitted = jax.jit(lambda p, z: ngdjax.gram(model, p, z, method="products",
+                                            mesh=mesh))
+  out = _on(use, mesh, jitted, params, x)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-12)
+  v = jnp.asarray(np.random.default_rng(2).standard_normal(ref.shape[0]))
+  out = _on(use, mesh, lambda p, z, w: parallel.gram_vp_sharded(
+      model, p, z, w, mesh), params, x, v)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref @ v),
+                             atol=1e-12)
+
+
+@pytest.mark.parametrize("use", USES)
+@pytest.mark.parametrize("solver", ["cholesky", "cg", "kfac"])
+def test_explicit_mesh_steps(use, solver):
+  model = MODELS["two_layer_c1"]
+  params = model.init(jax.random.key(2), 3)
+  x = _x(8)
+  y = jnp.sin(3 * x[:, :1])
+  mesh = _explicit_mesh()
+
+  def make(m):
+    if solver == "kfac":
+      return ngdjax.kfac(model, learning_rate=0.3, damping=1e-3, mesh=m)
+    return ngdjax.ngd(model, learning_rate=0.5, damping=1e-3, solver=solver,
+                      cg_tol=1e-12, cg_maxiter=200, mesh=m)
+
+  ref_opt = make(None)
+  p0, _, i0 = jax.jit(ref_opt.step)(params, ref_opt.init(params), x, y)
+  opt = make(mesh)
+  step = jax.jit(opt.step)
+  p1, _, i1 = _on(use, mesh, lambda p, z, t: step(p, opt.init(p), z, t),
+                  params, x, y)
+  _tree_close(p1, p0, atol=1e-10)
+  np.testing.assert_allclose(float(i1["loss"]), float(i0["loss"]),
+                             rtol=1e-12)

@@ -27,8 +27,7 @@ import jax.numpy as jnp
 
 from ngdjax._src import checks, parallel
 from ngdjax._src import losses as losses_lib
-from ngdjax._src.jacobian import output_dim
-from ngdjax._src.models import Model
+from ngdjax._src.jacobian import output_dim, split_model
 
 Array = jax.Array
 Params = Any
@@ -102,8 +101,14 @@ def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
   Returns:
     ``(x, y)`` with ``y`` as ``(n, c)``.
   """
-  x = checks.check_inputs("x", x, any_shape=not isinstance(apply_or_model,
-                                                           Model))
+  # params against the model's structure (issue 13: named paths instead
+  # of KeyError / dot_general errors); values are the step's concern.
+  apply, model = split_model(apply_or_model)
+  # A bare apply takes inputs of any shape (n, ...) (issue 10).
+  x = checks.check_inputs("x", x, any_shape=model is None)
+  checks.check_model_params(model, params, x, finite=False)
+  if model is None:
+    checks.check_apply(apply, params, x)
   c = output_dim(apply_or_model, params, x)
   y = checks.check_targets("y", y, x.shape[0], out_dim=c)
   y = jnp.asarray(y)
@@ -111,10 +116,24 @@ def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
 
 
 def check_mesh(mesh):
-  """Validates an optional example-axis mesh (``ngdjax.parallel``)."""
-  if mesh is not None:
-    parallel.row_sharding(mesh)  # raises ValueError naming ``mesh``
-  return mesh
+  """Validates an optional example-axis mesh (``ngdjax.parallel``).
+
+  Returns:
+    ``None``, or the mesh with its axis of type ``Auto``
+    (``parallel.auto_mesh``: a ``jax.make_mesh`` mesh has ``Explicit`` axes).
+  """
+  if mesh is None:
+    return None
+  return parallel.auto_mesh(mesh)  # raises ValueError naming ``mesh``
+
+
+def step_on_mesh(step: Callable, mesh) -> Callable:
+  """``step`` traced under ``parallel.mesh_context(mesh)``.
+
+  So that a step runs the same inside ``jax.set_mesh`` of the user's
+  (possibly ``Explicit``) mesh as outside it; ``mesh=None`` returns ``step``.
+  """
+  return parallel.on_mesh(step, mesh)
 
 
 def shard_batch(x: Array, y: Array, mesh) -> tuple[Array, Array]:

@@ -414,4 +414,4 @@ def kfac(
       info["loss_after"] = loss1.astype(dtype)
     return new_params, KFACState(state.count + 1, next_lam), info
 
-  return base.Optimizer(init, step)
+  return base.Optimizer(init, base.step_on_mesh(step, mesh))

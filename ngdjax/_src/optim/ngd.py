@@ -19,7 +19,10 @@ Solvers:
   too large to hold ``G``: the structured form ``sum_l J_l (J_l^T v)`` from
   layer factors for ``Model``s, ``ngdjax.gram_vp`` when ``chunk_size`` is
   given, else one ``jax.linearize`` shared by every product. Reports
-  ``cg_iterations`` and ``cg_residual``.
+  ``cg_iterations``, ``cg_residual`` and ``cg_failed`` (1 when CG missed
+  ``cg_tol``: breakdown on a numerically singular ``G + lam I`` or
+  ``cg_maxiter`` reached; the step then uses the iterate with the smallest
+  residual, never a ``1 / eps`` one; see ``ngdjax.optim.solvers``).
 
 Example:
 
@@ -189,6 +192,7 @@ def _direction(cfg: _Config, params, x, y, lam) -> _Direction:
     diagnostics = {
         "cg_iterations": result.iterations,
         "cg_residual": result.residual.astype(u.dtype),
+        "cg_failed": result.failed,
     }
   direction = pullback(v.reshape(n, c))[0]
   return _Direction(u, g, v, gv, direction, diagnostics)
@@ -278,7 +282,7 @@ def ngd(
       info["loss_after"] = loss1.astype(dtype)
     return new_params, NGDState(state.count + 1, next_lam), info
 
-  return base.Optimizer(init, step)
+  return base.Optimizer(init, base.step_on_mesh(step, cfg.mesh))
 
 
 # --------------------------------------------------------------------------
@@ -346,7 +350,7 @@ def ngd_preconditioner(
                       cg_tol, cg_maxiter)
   solver_keys = (
       ("cholesky_failed",) if solver == "cholesky"
-      else ("cg_iterations", "cg_residual")
+      else ("cg_iterations", "cg_residual", "cg_failed")
   )
 
   def init_fn(params) -> NGDPreconditionerState:

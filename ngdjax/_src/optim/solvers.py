@@ -2,11 +2,24 @@
 
 ``psd_solve`` solves ``(M + lam I) x = b`` for a symmetric PSD ``M``.
 
-* Cholesky first (``k^3 / 3`` flops).
-* Fallback. Cholesky of a numerically singular matrix (float32, an
-  undamped Gram with near-parallel rows, a K-FAC factor with more columns
-  than rows) fails with NaN. The solve then switches, inside the same jitted
-  step (``lax.cond``, so the ``O(k^3)`` eigendecomposition only runs when
+* Cholesky first (``k^3 / 3`` flops), then a check of the solve, not only of
+  its finiteness. A numerically singular matrix often factors "successfully"
+  with round-off pivots and returns a finite but meaningless ``x`` of norm
+  ``~ ||b|| / eps``. The factorisation counts as failed when
+
+  - ``x`` is not finite (Cholesky of an indefinite matrix gives NaN), or
+  - the smallest eigenvalue of ``A = M + lam I`` is numerically zero,
+    ``lambda_min(A) <= tol_A = k * eps * max_j A_jj``: the pseudo-inverse's
+    cut-off below (``max_j A_jj <= ||A||_2``). Two bounds from the factor
+    ``A = L L^T``, both ``>= lambda_min``, so neither can flag a matrix
+    whose ``lambda_min`` is above ``tol_A``: the smallest pivot ``L_ii^2`` (a
+    Schur complement's diagonal), and three steps of inverse iteration with
+    the factor, ``1 / ||A^{-1} z||`` (``6 k^2`` flops against ``k^3 / 3``),
+    which finds a tiny eigenvalue that the pivots hide; or
+  - the relative residual ``||(M + lam I) x - b|| / ||b||`` exceeds
+    ``RESIDUAL_TOL`` (a solve that does not solve).
+* Fallback. On failure the solve switches, inside the same jitted step
+  (``lax.cond``, so the ``O(k^3)`` eigendecomposition only runs when
   needed), to the damped pseudo-inverse
 
       x = Q diag(phi(e)) Q^T b,  phi(e) = 1 / (e + lam) if e + lam > tol
@@ -21,13 +34,39 @@
   The caller reports the flag in ``info`` (``cholesky_failed``).
 * With ``pinv=True`` (the damping is the constant 0 and the matrix may be
   singular by construction) the pseudo-inverse is used directly.
+* Half precision (``float16``, ``bfloat16``: no Cholesky or ``eigh``
+  kernels) is solved in ``float32`` and returned in the input's dtype.
 
 ``cg`` is conjugate gradients on ``(A + lam I) x = b`` for a matrix-free
-``A``, with the iteration count and final relative residual reported.
+``A``, with the iteration count, final relative residual and a failure flag
+reported. On a singular ``A`` with zero damping and an inconsistent ``b``
+(repeated inputs with different targets) plain CG divides by round-off
+curvature and returns an iterate of norm ``~ 1 / eps``. Here:
+
+* Breakdown is detected: a search direction of numerically zero curvature,
+  ``p^T (A + lam I) p <= k * eps * c_max ||p||^2`` (``c_max`` the largest
+  Rayleigh quotient seen), stops the iteration before the division. A
+  non-finite iterate counts as a breakdown, and so does iterate growth:
+  CG's iterates grow in norm towards ``x* = (A + lam I)^{-1} b``, with
+  ``||x*|| <= ||b|| / lambda_min``, so ``||x|| > ||b|| / (k eps c_max)``
+  means an eigenvalue below the numerical cut-off was inverted.
+* Fallback: CG is rerun from zero on the damped system
+  ``(A + (lam + sqrt(eps) c_max) I) x = b``, which is positive definite
+  with condition number at most ``1 / sqrt(eps)``: Tikhonov regularisation,
+  the iterative counterpart of ``psd_solve``'s pseudo-inverse (directions
+  with eigenvalues far above ``sqrt(eps) c_max`` are solved as before, the
+  numerically null ones are damped, not amplified by ``1 / eps``). For NGD,
+  ``J^T x`` does not see the null-space part of ``x`` at all. Should the
+  rerun also fail, ``x = 0`` (no step).
+* ``failed = 1`` when the fallback was used (``info["cg_failed"]``);
+  ``residual`` is then that of the damped system. Plain non-convergence
+  within ``maxiter`` (a deliberately truncated CG) is not a failure: it
+  shows as ``residual > tol``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -79,17 +118,53 @@ def psd_solve(
     ``(x, failed)``: ``x`` shaped like ``rhs``; ``failed`` an int32 scalar,
     1 when Cholesky failed and the pseudo-inverse fallback was used.
   """
+  dtype = jnp.result_type(mat, rhs)
+  if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+    x, failed = psd_solve(mat.astype(jnp.float32), rhs.astype(jnp.float32),
+                          damping, pinv=pinv)
+    return x.astype(dtype), failed
   damping = jnp.asarray(damping, mat.dtype)
   if pinv:
     return eigh_solve(mat, rhs, damping), jnp.zeros((), jnp.int32)
   eye = jnp.eye(mat.shape[0], dtype=mat.dtype)
-  chol = jnp.linalg.cholesky(mat + damping * eye)
+  a = mat + damping * eye
+  chol = jnp.linalg.cholesky(a)
   x = jax.scipy.linalg.cho_solve((chol, True), rhs)
-  ok = jnp.all(jnp.isfinite(x))
+  ok = _cholesky_ok(a, chol, x, rhs)
   x = jax.lax.cond(
       ok, lambda: x, lambda: eigh_solve(mat, rhs, damping).astype(x.dtype)
   )
   return x, jnp.logical_not(ok).astype(jnp.int32)
+
+
+# psd_solve: a Cholesky solve whose relative residual exceeds this failed.
+RESIDUAL_TOL = 1e-2
+# psd_solve: steps of inverse iteration estimating lambda_min.
+INVERSE_ITERATIONS = 3
+
+
+def _cholesky_ok(a: Array, chol: Array, x: Array, rhs: Array) -> Array:
+  """Whether a Cholesky solve of ``a x = rhs`` is trustworthy (docstring)."""
+  k = a.shape[0]
+  finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(chol))
+  tol = k * _eps(a.dtype) * jnp.max(jnp.abs(jnp.diagonal(a)))
+  pivots_ok = jnp.all(jnp.square(jnp.diagonal(chol)) > tol)
+  # Inverse iteration from a fixed vector: 1 / ||A^{-1} z|| >= lambda_min
+  # for every unit z, and tends to it.
+  z = jnp.cos(1.0 + 2.3 * jnp.arange(k, dtype=a.dtype))
+  lam_est = jnp.asarray(jnp.inf, a.dtype)
+  for _ in range(INVERSE_ITERATIONS):
+    w = jax.scipy.linalg.cho_solve((chol, True), z / jnp.linalg.norm(z))
+    w_norm = jnp.linalg.norm(w)
+    lam_est = 1.0 / w_norm
+    z = w
+  eig_ok = lam_est > tol
+  safe_x = jnp.where(jnp.isfinite(x), x, 0.0)
+  rhs_norm = jnp.linalg.norm(rhs)
+  residual = jnp.linalg.norm(a @ safe_x - rhs)
+  residual_ok = residual <= RESIDUAL_TOL * jnp.where(rhs_norm > 0, rhs_norm,
+                                                     1.0)
+  return finite & pivots_ok & eig_ok & residual_ok
 
 
 class CGResult(NamedTuple):
@@ -97,14 +172,50 @@ class CGResult(NamedTuple):
 
   Attributes:
     x: ``(k,)`` approximate solution.
-    iterations: ``()`` int32, matrix-vector products used.
-    residual: ``()`` final ``||b - (A + lam I) x|| / ||b||`` (recursive
-      residual; 0 when ``b = 0``).
+    iterations: ``()`` int32, matrix-vector products used (both runs).
+    residual: ``()`` relative residual ``||b - (A + lam I) x|| / ||b||`` of
+      ``x`` for the system solved (the damped one after a fallback;
+      recursive residual; 0 when ``b = 0``).
+    failed: ``()`` int32, 1 when CG broke down on a numerically singular
+      system and the damped fallback was used (module docstring).
   """
 
   x: Array
   iterations: Array
   residual: Array
+  failed: Array
+
+
+# cg: the fallback adds this multiple of sqrt(eps) * c_max to the damping.
+CG_FALLBACK_DAMPING = 1.0
+
+
+def _cg_loop(op, b, threshold, maxiter, null_tol):
+  """Plain CG from ``x0 = 0``; returns ``(x, r, k, stalled, c_max)``."""
+
+  def cond(state):
+    _, r, _, _, k, stalled, _ = state
+    return (jnp.linalg.norm(r) > threshold) & (k < maxiter) & ~stalled
+
+  def body(state):
+    x, r, p, rs, k, _, c_max = state
+    ap = op(p)
+    curvature = p @ ap
+    pp = p @ p
+    c_max = jnp.maximum(c_max, curvature / jnp.where(pp > 0, pp, 1.0))
+    # p in the numerical null space of the operator: alpha would be ~1/eps.
+    stalled = (curvature <= null_tol * c_max * pp) | ~jnp.isfinite(curvature)
+    alpha = jnp.where(stalled, 0.0, rs / jnp.where(stalled, 1.0, curvature))
+    x = x + alpha * p
+    r = r - alpha * ap
+    rs_new = r @ r
+    p = r + jnp.where(rs > 0, rs_new / jnp.where(rs > 0, rs, 1.0), 0.0) * p
+    return x, r, p, rs_new, k + 1, stalled, c_max
+
+  init = (jnp.zeros_like(b), b, b, b @ b, jnp.zeros((), jnp.int32),
+          jnp.zeros((), bool), jnp.zeros((), b.dtype))
+  x, r, _, _, k, stalled, c_max = jax.lax.while_loop(cond, body, init)
+  return x, r, k, stalled, c_max
 
 
 def cg(
@@ -116,36 +227,36 @@ def cg(
 ) -> CGResult:
   """Conjugate gradients for ``(A + damping I) x = b``, ``A`` PSD, ``x0 = 0``.
 
-  Stops when ``||r|| <= tol ||b||`` or after ``maxiter`` iterations. A
-  zero curvature ``p^T A p`` (a singular ``A`` with zero damping, on an
-  inconsistent right-hand side) stops the iteration instead of dividing by
-  zero.
+  Stops when ``||r|| <= tol ||b||``, after ``maxiter`` iterations, or at a
+  search direction of numerically zero curvature (a singular ``A`` with
+  zero damping, on an inconsistent right-hand side), which triggers the
+  damped fallback of the module docstring instead of a ``1 / eps`` step.
   """
   damping = jnp.asarray(damping, b.dtype)
   b_norm = jnp.linalg.norm(b)
   threshold = tol * b_norm
+  eps = _eps(b.dtype)
+  null_tol = b.shape[0] * eps
 
-  def op(v):
-    return matvec(v) + damping * v
+  def solve(lam):
+    return _cg_loop(lambda v: matvec(v) + lam * v, b, threshold, maxiter,
+                    null_tol)
 
-  def cond(state):
-    _, r, _, _, k, stalled = state
-    return (jnp.linalg.norm(r) > threshold) & (k < maxiter) & ~stalled
+  x, r, k, stalled, c_max = solve(damping)
+  r_norm = jnp.linalg.norm(r)
+  x_norm = jnp.linalg.norm(x)
+  trouble = (stalled | ~jnp.isfinite(x_norm) | ~jnp.isfinite(r_norm)
+             | (x_norm * null_tol * c_max > b_norm))
 
-  def body(state):
-    x, r, p, rs, k, _ = state
-    ap = op(p)
-    curvature = p @ ap
-    stalled = curvature <= 0
-    alpha = jnp.where(stalled, 0.0, rs / jnp.where(stalled, 1.0, curvature))
-    x = x + alpha * p
-    r = r - alpha * ap
-    rs_new = r @ r
-    p = r + jnp.where(rs > 0, rs_new / jnp.where(rs > 0, rs, 1.0), 0.0) * p
-    return x, r, p, rs_new, k + 1, stalled
+  def fallback():
+    lam = damping + CG_FALLBACK_DAMPING * math.sqrt(eps) * jnp.where(
+        jnp.isfinite(c_max) & (c_max > 0), c_max, 1.0)
+    x2, r2, k2, _, _ = solve(lam)
+    r2_norm = jnp.linalg.norm(r2)
+    bad = ~jnp.all(jnp.isfinite(x2)) | ~jnp.isfinite(r2_norm)
+    return (jnp.where(bad, 0.0, x2), jnp.where(bad, b_norm, r2_norm),
+            k + k2)
 
-  init = (jnp.zeros_like(b), b, b, b @ b, jnp.zeros((), jnp.int32),
-          jnp.zeros((), bool))
-  x, r, _, _, k, _ = jax.lax.while_loop(cond, body, init)
-  residual = jnp.linalg.norm(r) / jnp.where(b_norm > 0, b_norm, 1.0)
-  return CGResult(x, k, residual)
+  x, r_norm, k = jax.lax.cond(trouble, fallback, lambda: (x, r_norm, k))
+  residual = r_norm / jnp.where(b_norm > 0, b_norm, 1.0)
+  return CGResult(x, k, residual, trouble.astype(jnp.int32))

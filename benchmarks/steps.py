@@ -213,13 +213,14 @@ def flax_mlp(n, d, width, depth, dtype, repeats, damping):
                                     model.init(jax.random.key(0), d)),
       "flax": MLP().init(jax.random.key(0), x),
   }
-  fns = {}
+  fns, flops = {}, {}
   for label, fn in (("mlp", model), ("flax", MLP().apply)):
     for name, opt in (("ngd", ngd(fn, 1.0, damping=damping)),
                       ("kfac", kfac(fn, 0.1, damping=damping))):
       step, state, p = jax.jit(opt.step), opt.init(params[label]), params[
           label]
       fns[f"{name}_{label}"] = (lambda s=step, st=state, p=p: s(p, st, x, y))
+      flops[f"{name}_{label}"] = _xla_flops(step, p, state, x, y)
   times = _interleaved_times(fns, repeats)
   print(f"\nflax.linen MLP vs ngdjax.mlp, widths {[width] * depth}, n={n}, "
         f"d={d}, {dtype.__name__}, median (min) of {repeats}")
@@ -228,7 +229,8 @@ def flax_mlp(n, d, width, depth, dtype, repeats, damping):
     low = times[f"{name}_flax"][1] / times[f"{name}_mlp"][1]
     print(f"  {name}: flax {1e3 * times[f'{name}_flax'][0]:.1f} ms, mlp "
           f"{1e3 * times[f'{name}_mlp'][0]:.1f} ms, flax / mlp = {med:.2f} "
-          f"(min {low:.2f}) (target <= 1.5)")
+          f"(min {low:.2f}) (target <= 1.5); xla flops flax / mlp = "
+          f"{flops[f'{name}_flax'] / flops[f'{name}_mlp']:.2f}")
 
 
 def main():

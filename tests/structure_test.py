@@ -191,3 +191,30 @@ def test_integer_leaves_are_constants_and_bad_input_raises():
     ngdjax.describe_structure(apply, params, x.at[0, 0].set(jnp.nan))
   with pytest.raises(ValueError, match="apply_or_model"):
     ngdjax.describe_structure("not a model", params, x)
+
+
+def test_whole_batch_and_per_example_evaluation_agree():
+  """The factors come from the batch-n trace (shared forward pass) when it
+  has the operations of the one-example trace, else from a vmap of the
+  one-example trace (n = 1 here): both must give the same factors."""
+  def apply(p, x):  # weight (out, in): the example axis of z comes last
+    z = jax.lax.dot_general(p["w"], x, (((1,), (1,)), ((), ())))
+    h = jax.nn.relu(z.T / 2.0 + 0.5 * p["b"])
+    return h @ p["v"]
+
+  keys = jax.random.split(jax.random.key(7), 3)
+  params = {"w": jax.random.normal(keys[0], (4, 3)),
+            "b": jax.random.normal(keys[1], (4,)),
+            "v": jax.random.normal(keys[2], (4, 2))}
+  x = _x(n=4)
+  st = structure.layer_structure(apply, params, x)
+  whole = st.layer_factors(params, x)
+  rows = [st.layer_factors(params, x[i:i + 1]) for i in range(4)]
+  for k, f in enumerate(whole):
+    np.testing.assert_allclose(
+        f.inputs, jnp.concatenate([r[k].inputs for r in rows]), atol=1e-14)
+    np.testing.assert_allclose(
+        f.output_grads, jnp.concatenate([r[k].output_grads for r in rows]),
+        atol=1e-14)
+  _check_gram(apply, params, x)
+  _check_gram(apply, params, x[:1])

@@ -461,8 +461,11 @@ def check_apply(apply, params, x, *, name: str = "params"):
     ValueError: when ``apply`` cannot run on ``params`` and ``x`` (a params
       tree of another model, inputs of the wrong width).
   """
+  # A shape, not x[:1]: slicing a sharded (Explicit-axis) array is a gather
+  # JAX may refuse without an output sharding.
+  one = jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype)
   try:
-    return jax.eval_shape(apply, params, x[:1])
+    return jax.eval_shape(apply, params, one)
   except Exception as e:  # noqa: BLE001 - re-raised with the names
     raise ValueError(
         f"{name} and x do not fit the model: apply(params, x) raised "

@@ -57,8 +57,23 @@ Output-space effect (MATH.md 4): for the two-layer net, undamped,
 Forster-isotropic inputs (``X^T X = (n/d) I``, unit rows) this is
 ``- eta d r``, so ``eta = 1/d`` is a full natural-gradient step.
 
-Factors are recomputed on the full batch at every step (no running
-averages): the setting of the paper's Theorem 4.
+Cross-entropy (MATH.md 7). The output-side factor is ``B^T H B`` with
+``H`` the loss's output metric: ``fisher="true"`` writes it exactly as
+``B'^T B'`` with ``B'_i = S_i^T B_i`` (``S_i S_i^T = H_i``) and the gradient
+as ``sum_k h_ik B'_ik`` (``S_i h_i = g_i``), so every form above applies
+unchanged; ``"monte_carlo"`` uses one label sampled from the model per
+example, ``b_i = B_i^T (p_i - e_{s_i})``; ``"empirical"`` the gradients.
+
+Full-batch and mini-batch modes. By default (``factor_decay=None``,
+``inverse_every=1``) the factors are recomputed on the batch at every step:
+the setting of the paper's Theorem 4. Mini-batch mode (``factor_decay`` set,
+``inverse_every > 1`` or ``fisher="monte_carlo"``) keeps per-example
+factor averages ``A~ = avg A^T A / n`` and ``B~ = avg B'^T B' / n`` in the
+state, updated at every step by ``F <- decay F + (1 - decay) F_batch``,
+and their eigendecompositions, refreshed every ``inverse_every`` steps
+(``lax.cond``: the other steps reuse them); the damping, which may change
+at every step, is applied to the eigenvalues. Suggested for mini-batches:
+``factor_decay=0.95``, ``inverse_every=10`` (``experiments.train``).
 
 Example:
 

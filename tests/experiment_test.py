@@ -244,7 +244,7 @@ def _check_files(workdir, figures):
 # shapes, so the second run reuses the compiled code).
 TINY = {
     "gram_limit": "c.n, c.d, c.widths, c.reps = 6, 3, (4, 16, 64), 2",
-    "lambda0_vs_n": "c.d, c.ns, c.reps = 4, (8, 16, 32), 2",
+    "lambda0_vs_n": "c.d, c.ns, c.reps = 4, (8, 16, 32), 4",
 }
 
 

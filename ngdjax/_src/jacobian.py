@@ -115,7 +115,8 @@ def check_params_and_inputs(params, x, name="x", apply_or_model=None):
     return x
   apply, model = split_model(apply_or_model)
   checks.check_model_params(model, params, x)
-  checks.check_apply(apply, params, x)
+  if model is None:  # a Model's params were checked against its init
+    checks.check_apply(apply, params, x)
   return x
 
 

@@ -120,7 +120,7 @@ def check_batch(apply_or_model, params, x, y, loss=None) -> tuple[Array, Array]:
       raise ValueError(
           f"y has {y.shape[0]} rows but the inputs have {x.shape[0]} examples"
       )
-    if checks.is_concrete(y):
+    if checks.is_local(y):  # never np.asarray a multi-process array
       bad = (np.asarray(y) < 0) | (np.asarray(y) >= c)
       if bad.any():
         raise ValueError(

@@ -19,10 +19,11 @@ Solvers:
   too large to hold ``G``: the structured form ``sum_l J_l (J_l^T v)`` from
   layer factors for ``Model``s, ``ngdjax.gram_vp`` when ``chunk_size`` is
   given, else one ``jax.linearize`` shared by every product. Reports
-  ``cg_iterations``, ``cg_residual`` and ``cg_failed`` (1 when CG missed
-  ``cg_tol``: breakdown on a numerically singular ``G + lam I`` or
-  ``cg_maxiter`` reached; the step then uses the iterate with the smallest
-  residual, never a ``1 / eps`` one; see ``ngdjax.optim.solvers``).
+  ``cg_iterations``, ``cg_residual`` and ``cg_failed`` (1 when CG broke
+  down on a numerically singular ``G + lam I``, e.g. zero damping and
+  repeated inputs with different targets, and the step came from the damped
+  fallback solve, never a ``1 / eps`` step; a ``cg_maxiter`` reached before
+  ``cg_tol`` shows in ``cg_residual`` only; see ``ngdjax.optim.solvers``).
 
 Example:
 

@@ -455,6 +455,16 @@ def check_model_params(model, params, x, *, name: str = "params",
       context=f" for inputs x of shape {tuple(x.shape)}")
 
 
+def leading_rows(x, k: int = 1) -> jax.ShapeDtypeStruct:
+  """The abstract shape of ``x[:k]``, for ``jax.eval_shape``.
+
+  Slicing ``x`` itself would run a computation on it: on a global array
+  of an ``Explicit`` mesh that raises, and on one spanning other processes
+  it is a collective; the shape is all ``eval_shape`` needs.
+  """
+  return jax.ShapeDtypeStruct((k,) + tuple(x.shape[1:]), x.dtype)
+
+
 def check_apply(apply, params, x, *, name: str = "params"):
   """Evaluates ``apply(params, x[:1])`` abstractly; a failure names both.
 

@@ -15,15 +15,20 @@ Solvers:
   the structured closed form for ``Model``s), then ``psd_solve``: Cholesky,
   with the eigendecomposition pseudo-inverse as the fallback when Cholesky
   fails (``info["cholesky_failed"] = 1``; see ``ngdjax.optim.solvers``).
+  When ``n`` exceeds one block (``chunk_size``, default 2048 examples), with
+  no mesh, for ``fisher="true"`` on a regression loss:
+  ``kernel_solve.gram_cholesky_solve``, one ``N x N``
+  buffer built and factorised in place, CG as its fallback.
 * ``"cg"``: conjugate gradients with matrix-free ``G v`` products, for ``N``
-  too large to hold ``G``: the structured form ``sum_l J_l (J_l^T v)`` from
-  layer factors for ``Model``s, ``ngdjax.gram_vp`` when ``chunk_size`` is
-  given, else one ``jax.linearize`` shared by every product. Reports
-  ``cg_iterations``, ``cg_residual`` and ``cg_failed`` (1 when CG broke
-  down on a numerically singular ``G + lam I``, e.g. zero damping and
-  repeated inputs with different targets, and the step came from the damped
-  fallback solve, never a ``1 / eps`` step; a ``cg_maxiter`` reached before
-  ``cg_tol`` shows in ``cg_residual`` only; see ``ngdjax.optim.solvers``).
+  too large to hold ``G``: ``ngdjax.gram_vp`` in blocks when ``chunk_size``
+  is given (memory of one block), else the structured form ``sum_l J_l
+  (J_l^T v)`` from layer factors for ``Model``s, else one
+  ``jax.linearize`` shared by every product. Reports ``cg_iterations``,
+  ``cg_residual`` and ``cg_failed`` (1 when CG broke down on a numerically
+  singular ``G + lam I``, e.g. zero damping and repeated inputs with
+  different targets, and the step came from the damped fallback solve,
+  never a ``1 / eps`` step; a ``cg_maxiter`` reached before ``cg_tol``
+  shows in ``cg_residual`` only; see ``ngdjax.optim.solvers``).
 
 Example:
 
@@ -60,7 +65,7 @@ from ngdjax._src.jacobian import (
   structured_gram_vp,
   vjp,
 )
-from ngdjax._src.optim import base, core, solvers
+from ngdjax._src.optim import base, core, kernel_solve, solvers
 from ngdjax._src.optim import damping as damping_lib
 
 Array = jax.Array
@@ -159,7 +164,9 @@ def _gram_operator(cfg: _Config, params, x, f, n, c):
           g_mat, jax.sharding.NamedSharding(cfg.mesh,
                                             jax.sharding.PartitionSpec()))
     return g_mat, lambda vec: g_mat.astype(vec.dtype) @ vec
-  if _structured(cfg):
+  if _structured(cfg) and cfg.chunk_size is None:
+    # All layer factors at once: O(n (d + m)) memory; with chunk_size the
+    # blocked gram_vp below keeps memory at O(chunk (d + m)).
     factors = cfg.model.layer_factors(params, x)
     return None, lambda vec: structured_gram_vp(
         factors, vec.reshape(n, c)).reshape(-1)
@@ -208,6 +215,15 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
   g = cfg.loss.grad(u, y).astype(u.dtype)
   g_flat = g.reshape(-1)
   lam = jnp.asarray(lam, u.dtype)
+  if (cfg.solver == "cholesky" and cfg.mesh is None
+      and cfg.fisher == "true" and cfg.loss.hessian is None
+      and kernel_solve.use_lean_solve(n, cfg.chunk_size)):
+    # More than one Gram block: one N x N buffer, factorised in place.
+    v, gv, failed = kernel_solve.gram_cholesky_solve(
+        cfg.model or cfg.apply, params, x, g_flat, lam,
+        method=cfg.gram_method, chunk_size=cfg.chunk_size)
+    direction = pullback(v.reshape(n, c))[0]
+    return _Direction(u, g, v, gv, direction, {"cholesky_failed": failed})
   g_mat, gmv = _gram_operator(cfg, params, x, f, n, c)
   if g_mat is not None:
     g_mat = g_mat.astype(u.dtype)

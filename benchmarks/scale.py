@@ -2,6 +2,9 @@
 
     python benchmarks/scale.py                 # README table (CPU: ~3 min)
     python benchmarks/scale.py --quick         # tiny sizes: checks it runs
+    python benchmarks/scale.py --single 32768  # one step: time, FLOP floor,
+                                               # peak RSS (issue 15)
+    python benchmarks/scale.py --single 131072 --solver cg
     /usr/bin/time -v python benchmarks/scale.py --memory-check
                                                # n=4096, d=256, m=16384 in one
                                                # process (issue 7's 8 GB check)
@@ -9,7 +12,7 @@
 Every configuration runs in a child process so that its peak memory is its
 own: the child reports its peak resident set size (``getrusage``; on an
 accelerator also the device's ``peak_bytes_in_use``). Times are wall-clock
-of the jitted call after a warm-up call (compilation excluded). Ratios are
+of the compiled call (``lower().compile()`` first, timed apart). Ratios are
 against the smallest n in the same run. The device-count sweep simulates
 devices on the CPU with ``--xla_force_host_platform_device_count``: the
 devices share the machine's cores, so it measures the overhead of sharding,
@@ -34,8 +37,38 @@ import numpy as np
 _CHILD_FLAG = "--child"
 
 
+def _matmul_rate(size: int = 4096, repeats: int = 3) -> float:
+  """float32 matmul rate of this process (flop/s), best of ``repeats``."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  mm = jax.jit(lambda u: u @ u.T)
+  jax.block_until_ready(mm(a))
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(mm(a))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * size**3 / best
+
+
+def step_flops(n: int, d: int, m: int, solver: str = "cholesky") -> float:
+  """The Cholesky NGD step's floor: symmetric Gram ``n^2 (d + m)``,
+  Cholesky ``n^3 / 3``, forward and VJP ``4 n m d`` (two-layer net)."""
+  if solver != "cholesky":
+    return 4 * n * m * d
+  return n * n * (d + m) + n**3 / 3 + 4 * n * m * d
+
+
 def _child(spec: dict) -> dict:
-  """Runs one configuration and returns its times (called in a subprocess)."""
+  """Runs one configuration and returns its times (called in a subprocess).
+
+  Each function is compiled ahead (``lower().compile()``, timed apart) and
+  run ``repeats`` times; the best run is reported. With ``floor`` the
+  float32 matmul rate is measured after the step, in the same process, and
+  the step's FLOP floor (``step_flops``) is converted to seconds.
+  """
   import jax
   import jax.numpy as jnp
 
@@ -43,32 +76,51 @@ def _child(spec: dict) -> dict:
 
   n, d, m = spec["n"], spec["d"], spec["m"]
   chunk = spec.get("chunk")
+  repeats = spec.get("repeats", 1)
+  solver = spec.get("solver", "cholesky")
+  out = {"devices": jax.device_count(), "platform": jax.default_backend()}
   model = ngdjax.two_layer_relu(m)
   params = model.init(jax.random.key(0), d)
   x = ngdjax.normalize_rows(jax.random.normal(jax.random.key(1), (n, d)))
   y = jnp.sin(3 * x[:, 0])
   mesh = ngdjax.parallel.data_mesh() if spec.get("mesh") else None
-  out = {"devices": jax.device_count(), "platform": jax.default_backend()}
 
   def timed(fn, *args):
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res = jax.block_until_ready(fn(*args))
-    return res, time.perf_counter() - t0, first
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    best, res = float("inf"), None
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      res = jax.block_until_ready(compiled(*args))
+      best = min(best, time.perf_counter() - t0)
+    analysis = compiled.memory_analysis()
+    temp = getattr(analysis, "temp_size_in_bytes", None)
+    return res, best, compile_s, temp
 
-  gram_fn = jax.jit(lambda p, x: ngdjax.gram(
-      model, p, x, method=spec.get("method", "auto"), chunk_size=chunk,
-      mesh=mesh))
-  _, out["gram_s"], out["gram_first_s"] = timed(gram_fn, params, x)
+  if spec.get("gram", True):
+    gram_fn = lambda p, x: ngdjax.gram(  # noqa: E731
+        model, p, x, method=spec.get("method", "auto"), chunk_size=chunk,
+        mesh=mesh)
+    _, out["gram_s"], out["gram_compile_s"], _ = timed(gram_fn, params, x)
   if spec.get("step", True):
     opt = ngdjax.ngd(model, learning_rate=1.0, damping=1e-3, chunk_size=chunk,
-                     solver=spec.get("solver", "cholesky"), mesh=mesh)
-    step = jax.jit(opt.step)
-    (_, _, info), out["step_s"], _ = timed(step, params, opt.init(params), x,
-                                           y)
+                     solver=solver, mesh=mesh, cg_tol=spec.get("cg_tol", 1e-6),
+                     cg_maxiter=spec.get("cg_maxiter"))
+    (_, _, info), out["step_s"], out["step_compile_s"], temp = timed(
+        opt.step, params, opt.init(params), x, y)
+    out["step_temp_bytes_per_entry"] = None if temp is None else temp / n**2
     out["step_fallback"] = int(info.get("cholesky_failed", 0))
+    if "cg_iterations" in info:
+      out["cg_iterations"] = int(info["cg_iterations"])
+      out["cg_residual"] = float(info["cg_residual"])
+    if spec.get("floor"):
+      # Measured after the step, so that its arrays do not add to the
+      # step's peak memory.
+      out["matmul_gflops"] = _matmul_rate() / 1e9
+      floor = step_flops(n, d, m, solver) / (out["matmul_gflops"] * 1e9)
+      out["floor_s"] = floor
+      out["step / floor"] = out["step_s"] / floor
   stats = jax.devices()[0].memory_stats() or {}
   out["device_peak_bytes"] = stats.get("peak_bytes_in_use")
   return out
@@ -76,6 +128,10 @@ def _child(spec: dict) -> dict:
 
 def _run_child(spec: dict, devices: int | None = None) -> dict:
   env = dict(os.environ)
+  # The child imports this checkout's ngdjax, not an installed copy.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = os.pathsep.join(
+      [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
   if devices:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={devices}")
@@ -88,6 +144,7 @@ def _run_child(spec: dict, devices: int | None = None) -> dict:
     return {"error": stderr.strip().splitlines()[-1] if stderr else "failed"}
   result = json.loads(stdout.strip().splitlines()[-1])
   result["peak_rss_gb"] = result.pop("peak_rss_kb") / 2**20
+  result["bytes_per_entry"] = result["peak_rss_gb"] * 2**30 / spec["n"]**2
   return result
 
 
@@ -114,11 +171,28 @@ def main():
   parser.add_argument("--ns", default="512,1024,2048,4096")
   parser.add_argument("--chunk", type=int, default=1024)
   parser.add_argument("--budget-gb", type=float, default=24.0)
+  parser.add_argument(
+      "--single", type=int, default=None, metavar="N",
+      help="one step at n=N (d, m, --chunk, --solver) in a child process: "
+      "compile and step time, the FLOP floor from a matmul rate measured "
+      "in the same process, peak RSS and bytes per Gram entry")
+  parser.add_argument("--solver", default="cholesky")
+  parser.add_argument("--cg-maxiter", type=int, default=None)
+  parser.add_argument("--with-gram", action="store_true",
+                      help="with --single: also time the Gram alone")
   args = parser.parse_args()
 
   if args.memory_check:
     spec = {"n": 4096, "d": 256, "m": 16384}
     print(json.dumps(_child(spec)))
+    return
+  if args.single:
+    spec = {"n": args.single, "d": args.d, "m": args.m, "chunk": args.chunk,
+            "solver": args.solver, "floor": True, "gram": args.with_gram,
+            "cg_maxiter": args.cg_maxiter}
+    res = _run_child(spec)
+    res.update(spec)
+    print(json.dumps(res, indent=1))
     return
 
   if args.quick:

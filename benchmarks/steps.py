@@ -3,6 +3,7 @@
     python benchmarks/steps.py                  # n=2048, d=128, m=8192 + MLP
     python benchmarks/steps.py --quick          # tiny sizes: checks it runs
     python benchmarks/steps.py --dtype float64
+    python benchmarks/steps.py --digits-only    # the classifier steps only
 
 Every step is the user-facing ``jax.jit(opt.step)`` on one full batch. Times
 are medians of ``--repeats`` calls after a warm-up call (compilation
@@ -37,6 +38,14 @@ the LAPACK calls (Cholesky, triangular solves, eigh).
 bare ``module.apply`` (3 hidden layers of 512 with biases, n = 256, d = 64;
 dense layers found automatically) against the same steps on ``ngdjax.mlp``
 of the same shape (skipped when flax is not installed).
+
+Digits classifier (issue 11): the MLP of ``configs/train.py`` (64-512-10,
+ReLU) with softmax cross-entropy on mini-batches of 256 digits; SGD (``gd``
+on the batch), NGD with the true Fisher in kernel form (``N = 2560``
+Cholesky), K-FAC with running factors and eigendecompositions refreshed
+every 10 steps. Each method is timed over runs of 10 consecutive steps
+carrying its state (so K-FAC pays one refresh per 10 steps), batches
+rotating, methods interleaved; the figure is the median time per step.
 """
 
 from __future__ import annotations
@@ -233,6 +242,52 @@ def flax_mlp(n, d, width, depth, dtype, repeats, damping):
           f"{flops[f'{name}_flax'] / flops[f'{name}_mlp']:.2f}")
 
 
+def digits(batch, dtype, repeats, inverse_every=10, widths=(512,)):
+  """Mini-batch steps on the digits MLP: NGD / SGD and K-FAC / SGD."""
+  ds = ngdjax.data.digits(classes=tuple(range(10)), targets="onehot",
+                          test_fraction=0.2, seed=0)
+  x_all = jnp.asarray(ds.x_train * np.sqrt(ds.x_train.shape[1]), dtype)
+  labels = jnp.asarray(ds.labels_train)
+  model = ngdjax.mlp(widths, out_dim=10, w_std=float(np.sqrt(2.0)))
+  params = jax.tree_util.tree_map(lambda t: t.astype(dtype),
+                                  model.init(jax.random.key(0), 64))
+  loss = "softmax_cross_entropy"
+  optimizers = {
+      "sgd": gd(model, 0.3 / batch, loss=loss),
+      "ngd": ngd(model, 0.5, damping=0.3, loss=loss),
+      "kfac": kfac(model, 0.5, damping=0.3, loss=loss, factor_decay=0.95,
+                   inverse_every=inverse_every),
+  }
+  rng = np.random.default_rng(0)
+  batches = [(x_all[i], labels[i]) for i in
+             (rng.choice(x_all.shape[0], batch, replace=False)
+              for _ in range(inverse_every))]
+  fns = {}
+  for name, opt in optimizers.items():
+    step = jax.jit(opt.step)
+    carry = {"params": params, "state": opt.init(params)}
+
+    def run(step=step, carry=carry):
+      p, st = carry["params"], carry["state"]
+      for xb, yb in batches:
+        p, st, info = step(p, st, xb, yb)
+      carry["params"], carry["state"] = p, st
+      return info["loss"]
+
+    fns[name] = run
+  times = _interleaved_times(fns, repeats)
+  per_step = {k: (v[0] / len(batches), v[1] / len(batches))
+              for k, v in times.items()}
+  print(f"\ndigits MLP widths={list(widths)} batch={batch} "
+        f"{np.dtype(dtype).name}: per-step time over runs of {len(batches)} "
+        f"steps, median of {repeats}")
+  for name, (med, low) in per_step.items():
+    print(f"{name:<6} {1e3 * med:>9.2f} ms (min {1e3 * low:.2f}) "
+          f"/ sgd {med / per_step['sgd'][0]:6.2f} "
+          f"(min {low / per_step['sgd'][1]:.2f})")
+  return per_step
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--n", type=int, default=2048)
@@ -246,6 +301,9 @@ def main():
                       choices=("float32", "float64"))
   parser.add_argument("--quick", action="store_true",
                       help="tiny sizes, to check that the script runs")
+  parser.add_argument("--digits-batch", type=int, default=256)
+  parser.add_argument("--digits-only", action="store_true",
+                      help="only the digits classifier's mini-batch steps")
   args = parser.parse_args()
   if args.dtype == "float64":
     jax.config.update("jax_enable_x64", True)
@@ -255,6 +313,12 @@ def main():
     args.n, args.d, args.m, args.mlp_n, widths = 64, 8, 256, 32, (64, 64)
     args.repeats = 2
 
+  if args.quick:
+    args.digits_batch = 32
+  dig = digits(args.digits_batch, dtype, args.repeats)
+  if args.digits_only:
+    _print_digits(dig)
+    return
   t2, f2 = two_layer(args.n, args.d, args.m, dtype, args.repeats,
                      args.damping)
   tm, fm = mlp(args.mlp_n, args.d, widths, dtype, args.repeats,
@@ -275,6 +339,15 @@ def main():
           f"{ratio(times, flops, 'kfac_primal', 'kfac_auto')}")
   print(f"  two_layer: K-FAC primal / dual = "
         f"{ratio(t2, f2, 'kfac_primal', 'kfac_dual')}")
+  _print_digits(dig)
+
+
+def _print_digits(per_step):
+  for name, target in (("ngd", 4.0), ("kfac", 2.0)):
+    med = per_step[name][0] / per_step["sgd"][0]
+    low = per_step[name][1] / per_step["sgd"][1]
+    print(f"  digits: {name.upper()} / SGD = {med:.2f} (min {low:.2f}) "
+          f"[target <= {target:g}]")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from ngdjax._src.losses import (
     LOSSES,
     Loss,
     get,
+    softmax_cross_entropy,
     squared,
     squared_log_cosh,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "LOSSES",
     "Loss",
     "get",
+    "softmax_cross_entropy",
     "squared",
     "squared_log_cosh",
 ]

@@ -31,6 +31,8 @@ def test_figure1_smoke_and_resume(tmp_path):
                                         "both_reach_y": True,
                                         "closed_form": True}
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == figure1.verdict(saved["measured"], config)
   assert summary["figures"] == ["figure1.png", "whole_vector.png"]
   for f in summary["figures"]:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC

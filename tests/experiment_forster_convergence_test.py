@@ -28,6 +28,8 @@ def test_forster_convergence_smoke_and_resume(tmp_path):
   assert saved["claim"] == "C7" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"both_converge", "newton_fewer_iterations"}
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == forster_convergence.verdict(saved["measured"])
   assert summary["figures"] == ["error_vs_iteration.png"]
   assert (tmp_path / "error_vs_iteration.png").read_bytes()[:8] == PNG_MAGIC
   for kind in forster_convergence.KINDS:

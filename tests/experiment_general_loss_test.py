@@ -28,6 +28,9 @@ def test_general_loss_smoke_and_resume(tmp_path):
   assert saved["claim"] == "C2" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"rate_wide", "theorem"}
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == general_loss.verdict(
+      saved["measured"], [u["eta"] for u in saved["details"]["runs"]])
   assert summary["figures"] == ["ratio_vs_width.png", "residuals.png"]
   for f in summary["figures"]:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC

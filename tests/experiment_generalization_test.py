@@ -32,6 +32,8 @@ def test_generalization_smoke_and_resume(tmp_path):
                                   "test_error_grows", "bound_holds",
                                   "lemma11", "lemma12"}
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == generalization.verdict(saved["measured"], config)
   assert summary["figures"] == FIGURES
   for f in FIGURES:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC

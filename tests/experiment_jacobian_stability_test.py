@@ -28,6 +28,8 @@ def test_jacobian_stability_smoke_and_resume(tmp_path):
   assert saved["claim"] == "C4" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"decays", "below_lemma7"}
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == jacobian_stability.verdict(saved["measured"])
   assert summary["figures"] == ["jacobian_change.png", "jacobian_path.png"]
   for f in summary["figures"]:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC

@@ -30,10 +30,16 @@ def test_kfac_forster_smoke_and_resume(tmp_path):
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert json.loads((tmp_path / "config.json").read_text())["n"] == 12
   assert saved["claim"] == "C6" and isinstance(saved["passed"], bool)
-  assert set(saved["checks"]) == {"theorem_bound", "bound_all_conds", "degrades",
-                                  "leverage_prediction", "forster_one_step",
-                                  "equals_ngd"}
+  assert set(saved["checks"]) == {"theorem_bound", "bound_all_conds",
+                                  "degrades", "leverage_prediction",
+                                  "forster_one_step", "equals_ngd"}
+  # Theorem 4's hypotheses are measured per cond.
+  for u in saved["details"]["per_cond"]:
+    h = u["hypotheses"]
+    assert h["lambda_S"] > -1e-12 and isinstance(h["inside"], bool)
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == kfac_forster.verdict(saved["measured"], config)
   assert summary["figures"] == FIGURES
   for f in FIGURES:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC

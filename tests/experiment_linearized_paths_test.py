@@ -39,6 +39,8 @@ def test_linearized_paths_smoke_and_resume(tmp_path):
                                   "ngd_one_step"}
   assert set(saved["details"]["sanity"]) == {"ngd_straight", "closed_forms"}
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == linearized_paths.verdict(saved["measured"], config)
   assert summary["figures"] == FIGURES
   kinds = {rec.get("kind") for rec in records}
   assert set(linearized_paths.KINDS) | {"real_network"} <= kinds

@@ -29,6 +29,9 @@ def test_ngd_rate_smoke_and_resume(tmp_path):
   assert saved["claim"] == "C1" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"rate_wide", "theorem", "eta1_vanishes"}
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == ngd_rate.verdict(saved["measured"],
+                                            config.learning_rates)
   assert summary["figures"] == ["ratio_vs_width.png", "eta1_first_step.png",
                                 "residuals.png", "condition2.png"]
   for f in summary["figures"]:
@@ -36,11 +39,20 @@ def test_ngd_rate_smoke_and_resume(tmp_path):
   steps = [rec for rec in records if "ratio" in rec]
   assert steps and all(rec["jacobian_change"] >= 0 for rec in steps)
   runs = saved["details"]["runs"]
-  assert len(runs) == 3 * 3
+  assert len(runs) == 3 * 4  # widths x etas
   for u in runs:  # the summary's verdict follows from its own numbers
     assert u["holds"] == (u["max_ratio"] <= (1 - u["eta"]) * (1 + 1e-9))
+  m = saved["measured"]
+  assert m["runs_total"] == len(runs)
+  assert m["runs_inside_hypotheses"] == sum(u["in_theorem"] for u in runs)
+  assert isinstance(m["runs_inside_hypotheses"], int)
+  # Tiny nets are far outside Theorem 1: no run qualifies, so the theorem
+  # check FAILs rather than passing vacuously.
+  assert m["runs_inside_hypotheses"] == 0
+  assert saved["checks"]["theorem"] is False
+  assert saved["details"]["check_kinds"]["theorem"] == "theorem"
   again = ngd_rate.run(config, tmp_path)
-  assert again["resumed_units"] == 9
+  assert again["resumed_units"] == 12
   assert again["measured"] == saved["measured"]
 
 

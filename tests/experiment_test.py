@@ -244,7 +244,7 @@ def _check_files(workdir, figures):
 # shapes, so the second run reuses the compiled code).
 TINY = {
     "gram_limit": "c.n, c.d, c.widths, c.reps = 6, 3, (4, 16, 64), 2",
-    "lambda0_vs_n": "c.d, c.ns, c.reps = 4, (8, 16, 32), 2",
+    "lambda0_vs_n": "c.d, c.ns, c.reps = 4, (8, 16, 32), 4",
 }
 
 
@@ -262,6 +262,7 @@ def test_gram_limit_smoke_and_resume(tmp_path):
   assert saved["claim"] == "C5" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"exponent", "lemma6"}
   assert saved["passed"] == all(saved["checks"].values())
+  assert saved["checks"] == gram_limit.verdict(saved["measured"], config)
   assert -1.0 < saved["measured"]["exponent"] < 0.0
   assert summary["figures"] == ["gram_error.png", "lambda_min.png"]
   again = gram_limit.run(config, tmp_path)
@@ -269,7 +270,7 @@ def test_gram_limit_smoke_and_resume(tmp_path):
   assert again["measured"] == saved["measured"]
 
 
-def test_threshold_width():
+def test_threshold_width_kept_in_gram_limit():
   widths = [4, 4, 16, 16, 64, 64]
   assert gram_limit.threshold_width(widths, [0, 0, 1, 0, 1, 1]) == 64
   assert gram_limit.threshold_width(widths, [1, 0, 1, 1, 1, 1]) == 16
@@ -282,6 +283,7 @@ def test_lambda0_vs_n_smoke(tmp_path):
   _, saved = _check_files(tmp_path, summary["figures"])
   assert saved["claim"] == "C8"
   assert saved["passed"] == all(saved["checks"].values())
+  assert saved["checks"] == lambda0_vs_n.verdict(saved["measured"])
   assert saved["measured"]["exponent"] < 0
 
 
@@ -311,6 +313,9 @@ def test_reproduce_report_with_tiny_configs_and_rerun(tmp_path, monkeypatch):
   report = (out / "report.md").read_text()
   assert report.count("NOT RUN (not implemented)") == 1
   assert "C5_gram_limit_small/gram_error.png" in report
+  # Each check is marked inside the hypotheses or an observation.
+  assert "power_bound [theorem]" in report
+  assert "lemma6 [observation]" in report
   assert json.loads((out / "report.json").read_text())["counts"][
       "NOT RUN"] == 1
   again = reproduce.run(out, configs_dir=configs, only="C5,C8")

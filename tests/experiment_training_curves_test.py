@@ -31,6 +31,8 @@ def test_training_curves_smoke_and_resume(tmp_path):
   assert saved["claim"] == "C12" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"ngd_fast", "kfac_forster_fast"}
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == training_curves.verdict(saved["measured"], config)
   assert summary["figures"] == ["loss_vs_step_m32.png", "loss_vs_time_m32.png"]
   for f in summary["figures"]:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC

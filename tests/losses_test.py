@@ -48,3 +48,36 @@ def test_get_and_bad_input():
     losses.get("hinge")
   with pytest.raises(ValueError, match="alpha must be non-negative"):
     losses.squared_log_cosh(-1.0)
+
+
+def test_softmax_cross_entropy_against_autodiff():
+  loss = losses.get("softmax_cross_entropy")
+  rng = np.random.default_rng(1)
+  u = jnp.asarray(rng.standard_normal((4, 3)) * 2)
+  labels = jnp.asarray([0, 2, 1, 2])
+  onehot = jax.nn.one_hot(labels, 3)
+  ref = -np.sum(jax.nn.log_softmax(u)[np.arange(4), labels])
+  np.testing.assert_allclose(loss.value(u, labels), ref, rtol=1e-12)
+  np.testing.assert_allclose(loss.value(u, onehot), ref, rtol=1e-12)
+  np.testing.assert_allclose(loss.grad(u, labels),
+                             jax.grad(loss.value)(u, onehot), atol=1e-12)
+  hess = jax.hessian(loss.value)(u, onehot)  # (4, 3, 4, 3)
+  blocks = np.stack([hess[i, :, i, :] for i in range(4)])
+  np.testing.assert_allclose(loss.output_hessian(u, onehot), blocks,
+                             atol=1e-12)
+  s_mat, h = loss.hessian_root(u, onehot)
+  np.testing.assert_allclose(np.einsum("ijk,ilk->ijl", s_mat, s_mat), blocks,
+                             atol=1e-12)
+  np.testing.assert_allclose(np.einsum("ijk,ik->ij", s_mat, h),
+                             loss.grad(u, onehot), atol=1e-12)
+  # The identity metric of the regression losses.
+  np.testing.assert_array_equal(
+      losses.squared().output_hessian(u, u)[1], np.eye(3))
+
+
+def test_softmax_cross_entropy_root_is_finite_when_saturated():
+  loss = losses.softmax_cross_entropy()
+  u = jnp.asarray([[0.0, 800.0, -800.0]], jnp.float64)
+  s_mat, h = loss.hessian_root(u, jnp.asarray([2]))
+  assert np.all(np.isfinite(s_mat)) and np.all(np.isfinite(h))
+  assert np.isfinite(float(loss.value(u, jnp.asarray([2]))))

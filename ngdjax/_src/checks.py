@@ -358,7 +358,8 @@ def _path_str(name: str, path) -> str:
 
 
 def check_params(params, expected=None, *, name: str = "params",
-                 finite: bool = True, floating: bool = True):
+                 finite: bool = True, floating: bool = True,
+                 context: str = ""):
   """Checks a parameter pytree; optionally against an expected structure.
 
   Args:
@@ -369,6 +370,7 @@ def check_params(params, expected=None, *, name: str = "params",
     name: argument name for messages.
     finite: reject NaN/Inf leaves (concrete leaves only).
     floating: require floating-point leaves.
+    context: appended to shape messages (e.g. the inputs' shape).
 
   Raises:
     ValueError: naming ``params`` and the path of the bad leaf, e.g.
@@ -408,7 +410,7 @@ def check_params(params, expected=None, *, name: str = "params",
       if shape != tuple(want[key].shape):
         raise ValueError(
             f"{name}{key} has shape {shape} but the model expects "
-            f"{tuple(want[key].shape)}"
+            f"{tuple(want[key].shape)}{context}"
         )
   for path, leaf in leaves_p:
     leaf_name = _path_str(name, path)
@@ -448,7 +450,19 @@ def check_model_params(model, params, x, *, name: str = "params",
   are checked; mismatches surface in ``check_apply``.
   """
   expected = None if model is None else expected_model_params(model, x)
-  return check_params(params, expected, name=name, finite=finite)
+  return check_params(
+      params, expected, name=name, finite=finite,
+      context=f" for inputs x of shape {tuple(x.shape)}")
+
+
+def leading_rows(x, k: int = 1) -> jax.ShapeDtypeStruct:
+  """The abstract shape of ``x[:k]``, for ``jax.eval_shape``.
+
+  Slicing ``x`` itself would run a computation on it: on a global array
+  of an ``Explicit`` mesh that raises, and on one spanning other processes
+  it is a collective; the shape is all ``eval_shape`` needs.
+  """
+  return jax.ShapeDtypeStruct((k,) + tuple(x.shape[1:]), x.dtype)
 
 
 def check_apply(apply, params, x, *, name: str = "params"):
@@ -461,8 +475,11 @@ def check_apply(apply, params, x, *, name: str = "params"):
     ValueError: when ``apply`` cannot run on ``params`` and ``x`` (a params
       tree of another model, inputs of the wrong width).
   """
+  # A shape, not x[:1]: slicing a sharded (Explicit-axis) array is a gather
+  # JAX may refuse without an output sharding.
+  one = jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype)
   try:
-    return jax.eval_shape(apply, params, x[:1])
+    return jax.eval_shape(apply, params, one)
   except Exception as e:  # noqa: BLE001 - re-raised with the names
     raise ValueError(
         f"{name} and x do not fit the model: apply(params, x) raised "

@@ -142,7 +142,8 @@ def check_params_and_inputs(params, x, name="x", apply_or_model=None,
     return x
   apply, model = split_model(apply_or_model)
   checks.check_model_params(model, params, x)
-  checks.check_apply(apply, params, x)
+  if model is None:  # a Model's params were checked against its init
+    checks.check_apply(apply, params, x)
   return x
 
 
@@ -151,7 +152,8 @@ def output_dim(apply_or_model: ApplyOrModel, params: Params, x: Array) -> int:
   apply, model = split_model(apply_or_model)
   if model is not None:
     return model.out_dim
-  out = jax.eval_shape(lambda p, z: _outputs_2d(apply, p, z), params, x[:1])
+  out = jax.eval_shape(lambda p, z: _outputs_2d(apply, p, z), params,
+                       checks.leading_rows(x))
   return out.shape[1]
 
 
@@ -374,7 +376,7 @@ PRODUCTS_MAX_BLOCK = 128
 def _default_products_chunk(apply, params, x) -> int:
   p = ravel_pytree(params)[0].size
   c = jax.eval_shape(lambda p_, z: _outputs_2d(apply, p_, z), params,
-                     x[:1]).shape[1]
+                     checks.leading_rows(x)).shape[1]
   rows = AUTO_JACOBIAN_BYTES // max(1, c * p * x.dtype.itemsize)
   return int(max(1, min(PRODUCTS_MAX_BLOCK, rows)))
 
@@ -548,14 +550,16 @@ def _gram_found_structure(apply_or_model, params, x1, x2, chunk_size):
 def _gram_structured_streamed(model, params, x1, x2, chunk_size):
   """The structured Gram block by block, never holding all layer factors.
 
-  For each block of rows the factors are computed once, and for each block
-  of columns again (``lax.map`` over both), so memory is the factors of two
-  blocks plus one ``(chunk c, n2 c)`` row block of the output. The price is
-  recomputing the column factors once per row block: ``n / chunk`` extra
+  Symmetric case (``x2 is None``): ``gram_blocks``, one ``(N, N)`` buffer
+  filled in place. Cross-Gram: for each block of rows the factors are
+  computed once, and for each block of columns again (``lax.map`` over
+  both), so memory is the factors of two blocks plus the output. The price
+  is recomputing the column factors once per row block: ``n / chunk`` extra
   factor passes (for the two-layer net ``2 n m d`` flops each, against the
   Gram's ``2 n^2 m``: a fraction ``d / chunk`` more work).
   """
-  x2 = x1 if x2 is None else x2
+  if x2 is None:
+    return gram_blocks(model, params, x1, chunk_size, GramMethod.STRUCTURED)
   n1, n2 = x1.shape[0], x2.shape[0]
   rows_b, _ = _blocks(x1, chunk_size)
   cols_b, _ = _blocks(x2, chunk_size)
@@ -572,6 +576,112 @@ def _gram_structured_streamed(model, params, x1, x2, chunk_size):
   g = g.reshape(-1, g.shape[-1])
   c = g.shape[0] // rows_b.shape[0] // chunk_size
   return g[: n1 * c, : n2 * c]
+
+
+def gram_blocks(
+    apply_or_model: ApplyOrModel,
+    params: Params,
+    x: Array,
+    block: int,
+    method: str | GramMethod = "auto",
+    *,
+    lower_only: bool = False,
+    diag_shift=0.0,
+    dtype=None,
+) -> Array:
+  """``G + diag_shift I`` built block by block in one ``(N, N)`` buffer.
+
+  The examples are cut into ``k = ceil(n / block)`` blocks (the last one
+  starts at ``n - block``, overlapping its neighbour, so no padding and no
+  final slice: every entry written is an exact entry of ``G``). A
+  ``lax.fori_loop`` over row blocks ``I`` computes ``I``'s layer factors
+  (or, for the generic methods, takes its inputs) once, then for each
+  ``J < I`` the block ``G[I, J]`` from ``J``'s freshly computed factors,
+  written in place with ``dynamic_update_slice`` (and its transpose into
+  ``G[J, I]`` unless ``lower_only``), then the diagonal block from the
+  symmetric product (``linalg.self_outer``). So only the lower block
+  triangle is multiplied (``n^2 (d + m)`` flops for the two-layer net, the
+  symmetric floor), nothing of size ``N^2`` exists besides the buffer, and
+  the price is recomputing each column block's factors once per row block
+  (a fraction ``~ d / block`` of the Gram's flops for the two-layer net).
+
+  With ``lower_only=True`` the upper block triangle is left unwritten
+  (partly zero): the input of ``jax.lax.linalg.cholesky(...,
+  symmetrize_input=False)``, which reads the lower triangle only.
+
+  Args:
+    apply_or_model: a ``Model`` or ``apply(params, x)``.
+    params: parameter pytree.
+    x: ``(n, d)`` inputs.
+    block: examples per block.
+    method: as in ``gram``; ``"auto"`` is resolved on one block.
+    lower_only: write only the lower block triangle.
+    diag_shift: scalar added to the diagonal (a damping ``lam``).
+    dtype: of the buffer (default: that of the Gram blocks).
+
+  Returns:
+    ``(n c, n c)`` array.
+  """
+  _, model = split_model(apply_or_model)
+  n = x.shape[0]
+  b = max(1, min(int(block), n))
+  k = -(-n // b)
+  resolved = resolve_gram_method(apply_or_model, params,
+                                 checks.leading_rows(x, b), method)
+  if resolved is GramMethod.STRUCTURED:
+    if model is None or model.layer_factors is None:
+      _gram_structured(model, params, x, None, None)  # raises the error
+
+    def factors(xb):
+      return model.layer_factors(params, xb)
+
+    cross = structured_gram_from_factors
+    self_gram = _self_gram
+  else:
+
+    def factors(xb):
+      return xb
+
+    def cross(xi, xj):
+      return gram(apply_or_model, params, xi, xj, method=resolved.value)
+
+    def self_gram(xi):
+      return gram(apply_or_model, params, xi, method=resolved.value)
+
+  shape = jax.eval_shape(lambda xb: self_gram(factors(xb)),
+                         checks.leading_rows(x, b))
+  bc = shape.shape[0]  # block * c
+  c = bc // b
+  dtype = shape.dtype if dtype is None else dtype
+  shift = jnp.asarray(diag_shift, dtype)
+
+  def start(i):
+    return jnp.minimum(i * b, n - b)
+
+  def rows(i):
+    return jax.lax.dynamic_slice_in_dim(x, start(i), b)
+
+  def row_step(i, g):
+    si = start(i) * c
+    fi = factors(rows(i))
+
+    def col_step(j, g):
+      sj = start(j) * c
+      blk = cross(fi, factors(rows(j))).astype(g.dtype)
+      g = jax.lax.dynamic_update_slice(g, blk, (si, sj))
+      if not lower_only:
+        g = jax.lax.dynamic_update_slice(g, blk.T, (sj, si))
+      return g
+
+    g = jax.lax.fori_loop(0, i, col_step, g)
+    # Written after every off-diagonal block of its rows, so the overlap of
+    # the last block ends with the shifted diagonal.
+    diag = self_gram(fi).astype(g.dtype)
+    diag = diag + shift * jnp.eye(bc, dtype=g.dtype)
+    return jax.lax.dynamic_update_slice(g, diag, (si, si))
+
+  g0 = jnp.zeros((n * c, n * c), dtype)
+  return jax.lax.fori_loop(0, k, row_step, g0)
 
 
 def resolve_gram_method(

@@ -42,6 +42,7 @@ Array = jax.Array
 _CHUNK_ELEMENTS = 1 << 22
 
 
+@jax.jit
 def _row_angles(x: Array, x2: Array) -> Array:
   """``(n, n2)`` angles between the rows of ``x`` and ``x2`` (no zero rows).
 
@@ -49,7 +50,8 @@ def _row_angles(x: Array, x2: Array) -> Array:
   both norms are sums of squares without cancellation, so the angle is
   accurate to round-off near 0 and near pi (``arccos`` of the inner product
   is not: its error is ``eps / sin(theta)``). Costs ``n n2 d``, formed in
-  chunks of rows.
+  chunks of rows. Jitted: the chunked map compiles once per shape, not
+  once per eager call.
   """
   a = x / jnp.sqrt(jnp.sum(x * x, -1, keepdims=True))
   b = x2 / jnp.sqrt(jnp.sum(x2 * x2, -1, keepdims=True))

@@ -1,8 +1,17 @@
-"""Losses in output space, in the sum convention (MATH.md 1 and Theorem 2).
+"""Losses in output space, in the sum convention (MATH.md 1, 7, Theorem 2).
 
 A ``Loss`` bundles the value ``L(u, y) = sum_i l(u_i, y_i)``, its gradient in
 ``u`` and the constants of Theorem 2: every ``l(., y)`` is ``mu``-strongly
 convex with an ``L``-Lipschitz gradient (``mu I <= d^2 l / du^2 <= L I``).
+
+For the Fisher (natural gradient of a likelihood, MATH.md 7) a loss also
+carries its per-example output metric ``H_i``: ``None`` means the identity,
+which is the Hessian of the squared loss and the Gauss-Newton metric that
+Theorem 2 uses for every regression loss; ``softmax_cross_entropy`` gives
+``H_i = diag(p_i) - p_i p_i^T`` together with a factor ``S_i`` (``S_i S_i^T
+= H_i``) and the coordinates ``h_i`` of the gradient (``S_i h_i = g_i``)
+that the symmetric kernel form needs, and a sampler of the model's own
+predictive distribution for the Monte Carlo Fisher.
 
 Example:
 
@@ -34,6 +43,15 @@ class Loss(NamedTuple):
     mu: strong-convexity constant in ``u``.
     L: Lipschitz constant of ``grad`` in ``u``.
     name: short name used in reports.
+    hessian: ``(u (n, c), y) -> H (n, c, c)``, the per-example output
+      metric of the Fisher; ``None`` is the identity (module docstring).
+    hessian_root: ``(u, y) -> (S (n, c, c), h (n, c))`` with
+      ``S_i S_i^T = H_i`` and ``S_i h_i = grad_i``; ``None`` with a
+      ``hessian`` means an eigendecomposition is used.
+    sample: ``(key, u) -> y``: targets drawn from the model's predictive
+      distribution (the Monte Carlo Fisher), shaped like ``y``.
+    labels: targets may be integer class labels ``(n,)`` (one-hot encoded by
+      the optimizers before the loss sees them).
   """
 
   value: Callable[[Array, Array], Array]
@@ -41,6 +59,21 @@ class Loss(NamedTuple):
   mu: float
   L: float
   name: str
+  hessian: Callable[[Array, Array], Array] | None = None
+  hessian_root: Callable[[Array, Array], tuple[Array, Array]] | None = None
+  sample: Callable[[Array, Array], Array] | None = None
+  labels: bool = False
+
+  def output_hessian(self, u: Array, y: Array) -> Array:
+    """``H`` ``(n, c, c)``: the per-example output metric (identity if None)."""
+    if self.hessian is not None:
+      return self.hessian(u, y)
+    n, c = u.shape
+    return jnp.broadcast_to(jnp.eye(c, dtype=u.dtype), (n, c, c))
+
+  def residual(self, u: Array, y: Array) -> Array:
+    """``u - y`` for regression, ``p - y`` for a classifier (``info``)."""
+    return self.grad(u, y) if self.labels else u - y
 
   @property
   def rate_factor(self) -> float:
@@ -56,6 +89,7 @@ def squared() -> Loss:
       mu=1.0,
       L=1.0,
       name="squared",
+      sample=lambda key, u: u + jax.random.normal(key, u.shape, u.dtype),
   )
 
 
@@ -83,9 +117,90 @@ def squared_log_cosh(alpha: float = 1.0) -> Loss:
   )
 
 
+def _as_distribution(u: Array, y: Array) -> Array:
+  """One-hot rows for integer labels ``(n,)``; ``(n, c)`` targets as is."""
+  y = jnp.asarray(y)
+  if y.ndim == 1:
+    return jax.nn.one_hot(y, u.shape[-1], dtype=u.dtype)
+  return y.astype(u.dtype)
+
+
+def softmax_cross_entropy() -> Loss:
+  """``L = -sum_i sum_k y_ik log p_ik``, ``p_i = softmax(u_i)`` (MATH.md 7).
+
+  Targets are integer labels ``(n,)`` or rows of class probabilities
+  ``(n, c)`` (one-hot or soft). With rows summing to one,
+  ``grad_i = p_i - y_i`` and the output Hessian is the Fisher metric
+  ``H_i = diag(p_i) - p_i p_i^T`` (PSD, ``H_i 1 = 0``); for other rows the
+  gradient is the exact ``s_i p_i - y_i`` (``s_i`` the row sum). Not
+  strongly convex (``mu = 0``); ``L = 1/2`` bounds ``H_i``'s spectrum.
+
+  ``hessian_root`` returns ``S_i = diag(sqrt p_i) (I - sqrt p_i sqrt
+  p_i^T)`` (``S_i S_i^T = H_i``, since the bracket is a projector) and
+  ``h_i = P_i (g_i / sqrt p_i)``, which satisfies ``S_i h_i = g_i`` because
+  ``g_i`` is orthogonal to ``1``. The probabilities are taken from
+  ``log_softmax`` and floored at the smallest normal number of the dtype
+  before the square roots and the division, so ``h`` is finite for any
+  finite logits; the floor changes ``H`` by at most that number.
+
+  Example:
+
+    >>> import jax.numpy as jnp, ngdjax
+    >>> loss = ngdjax.losses.softmax_cross_entropy()
+    >>> u = jnp.zeros((2, 4))
+    >>> round(float(loss.value(u, jnp.array([0, 3]))), 4)  # 2 log 4
+    2.7726
+    >>> loss.output_hessian(u, jnp.array([0, 3])).shape
+    (2, 4, 4)
+  """
+
+  def value(u, y):
+    y = _as_distribution(u, y)
+    return -jnp.sum(y * jax.nn.log_softmax(u, axis=-1))
+
+  def grad(u, y):
+    y = _as_distribution(u, y)
+    p = jax.nn.softmax(u, axis=-1)
+    return p * jnp.sum(y, axis=-1, keepdims=True) - y
+
+  def hessian(u, y):
+    del y
+    p = jax.nn.softmax(u, axis=-1)
+    return jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
+
+  def hessian_root(u, y):
+    logp = jax.nn.log_softmax(u, axis=-1)
+    floor = jnp.log(jnp.finfo(u.dtype).tiny)
+    logp = jnp.maximum(logp, floor)
+    root = jnp.exp(0.5 * logp)  # sqrt p, (n, c)
+    p = jnp.square(root)
+    s_mat = jax.vmap(jnp.diag)(root) - p[:, :, None] * root[:, None, :]
+    h = grad(u, y) * jnp.exp(-0.5 * logp)
+    # Project out sqrt p (exactly zero in exact arithmetic).
+    h = h - root * jnp.sum(root * h, axis=-1, keepdims=True)
+    return s_mat, h
+
+  def sample(key, u):
+    labels = jax.random.categorical(key, u, axis=-1)
+    return jax.nn.one_hot(labels, u.shape[-1], dtype=u.dtype)
+
+  return Loss(
+      value=value,
+      grad=grad,
+      mu=0.0,
+      L=0.5,
+      name="softmax_cross_entropy",
+      hessian=hessian,
+      hessian_root=hessian_root,
+      sample=sample,
+      labels=True,
+  )
+
+
 LOSSES: dict[str, Callable[..., Loss]] = {
     "squared": squared,
     "squared_log_cosh": squared_log_cosh,
+    "softmax_cross_entropy": softmax_cross_entropy,
 }
 
 

@@ -80,7 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
   # C ~ 0.25 it is f < 0.17, hence f = 0.1.
   c.eta_fractions = (0.1, 0.25, 0.5, 0.9)
   c.reps = 2  # initialisations per width (shared by every eta)
-  c.num_steps = 12
+  c.num_steps = 8
   c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
   c.ratio_rtol = 1e-9  # round-off allowance on ratio <= bound
   return c

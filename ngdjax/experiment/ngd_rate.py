@@ -84,7 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
   # 0.1 and 0.25 lie within Theorem 1's step limit where C < 0.28.
   c.learning_rates = (0.1, 0.25, 0.5, 1.0)
   c.reps = 2  # initialisations per width (shared by every eta)
-  c.num_steps = 12
+  c.num_steps = 8
   c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
   c.ratio_rtol = 1e-9  # round-off allowance on ratio <= 1 - eta
   return c

@@ -388,8 +388,7 @@ def _finish(r: Run, config, setup, results) -> dict[str, Any]:
     for base in BASELINES:
       measured[f"m{m}/{base}/effective_steps_over_speedup"] = (
           effective(table[str(m)][base]) / config.speedup)
-  check_list = checks(config)
-  checks_ = verdicts.evaluate(check_list, measured)
+
   for m in widths:
     for method in METHODS:
       u = table[str(m)][method]
@@ -399,6 +398,8 @@ def _finish(r: Run, config, setup, results) -> dict[str, Any]:
       measured[f"m{m}/{method}/seconds_per_step"] = u["seconds_per_step"]
       if method in BASELINES:
         measured[f"m{m}/{method}/best_hyper"] = u["hyper"]
+  check_list = checks(config)
+  checks_ = verdicts.evaluate(check_list, measured)
 
   def show(u):
     s = u["steps_to_target"]

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ngdjax._src import checks, parallel
 from ngdjax._src import losses as losses_lib
@@ -92,11 +93,14 @@ def outputs_fn(apply: Callable, x: Array) -> Callable[[Params], Array]:
   return f
 
 
-def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
+def check_batch(apply_or_model, params, x, y, loss=None) -> tuple[Array, Array]:
   """The thin check ``step`` runs before tracing anything.
 
   Shapes are checked always (they are static under ``jit``); NaN/Inf only
-  when ``x``/``y`` hold values.
+  when ``x``/``y`` hold values. For a loss that takes class labels
+  (``softmax_cross_entropy``), integer targets ``(n,)`` are checked against
+  the number of classes (values in ``[0, c)`` when concrete) and one-hot
+  encoded in the outputs' dtype.
 
   Returns:
     ``(x, y)`` with ``y`` as ``(n, c)``.
@@ -110,6 +114,22 @@ def check_batch(apply_or_model, params, x, y) -> tuple[Array, Array]:
   if model is None:
     checks.check_apply(apply, params, x)
   c = output_dim(apply_or_model, params, x)
+  if (loss is not None and loss.labels and hasattr(y, "ndim") and y.ndim == 1
+      and jnp.issubdtype(y.dtype, jnp.integer)):
+    y = checks.check_array("y", y, ndim=1)
+    if y.shape[0] != x.shape[0]:
+      raise ValueError(
+          f"y has {y.shape[0]} rows but the inputs have {x.shape[0]} examples"
+      )
+    if checks.is_local(y):  # never np.asarray a multi-process array
+      bad = (np.asarray(y) < 0) | (np.asarray(y) >= c)
+      if bad.any():
+        raise ValueError(
+            f"y holds class labels outside [0, {c}) (the model has {c} "
+            f"outputs), e.g. {int(np.asarray(y)[bad][0])}"
+        )
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params), x.dtype)
+    return x, jax.nn.one_hot(y, c, dtype=dtype)
   y = checks.check_targets("y", y, x.shape[0], out_dim=c)
   y = jnp.asarray(y)
   return x, (y[:, None] if y.ndim == 1 else y)
@@ -173,11 +193,16 @@ def tree_axpy(alpha, x, y):
   )
 
 
-def base_info(loss_value, u, y, update_norm, damping, learning_rate, dtype):
-  """The info keys every optimizer reports, as scalars of ``dtype``."""
+def base_info(loss_value, residual, update_norm, damping, learning_rate,
+              dtype):
+  """The info keys every optimizer reports, as scalars of ``dtype``.
+
+  ``residual`` is ``Loss.residual(u, y)``: ``u - y`` for regression, ``p - y``
+  for a classifier.
+  """
   return {
       "loss": jnp.asarray(loss_value, dtype),
-      "residual_norm": jnp.linalg.norm(u - y).astype(dtype),
+      "residual_norm": jnp.linalg.norm(residual).astype(dtype),
       "update_norm": jnp.asarray(update_norm, dtype),
       "damping": jnp.asarray(damping, dtype),
       "learning_rate": jnp.asarray(learning_rate, dtype),

@@ -38,7 +38,7 @@ quotient would be positive and could read as a good step; ``rho`` is set to
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,21 +114,30 @@ class DampingRule(NamedTuple):
   """A resolved ``damping`` argument (internal to the optimizers).
 
   Attributes:
-    initial: value stored in the optimizer state by ``init``.
-    current: ``(state_damping (), count ()) -> damping of this step``.
+    initial: value stored in the optimizer state by ``init`` (a number, or
+      an array when the damping was given as one, possibly traced).
+    current: ``(state_damping (), count ()) -> damping of this step``: the
+      state's value for a constant or Levenberg-Marquardt (so a constant can
+      be swept by replacing it in the state), the schedule's otherwise.
     adaptive: the Levenberg-Marquardt settings, or ``None``.
     static_zero: True when the damping is the constant 0 (the solvers then
       use pseudo-inverses where a factor is known to be singular).
+    schedule: the schedule ``count -> lam``, or ``None``.
   """
 
-  initial: float
+  initial: Any
   current: Callable[[Array, Array], Array]
   adaptive: LevenbergMarquardt | None
   static_zero: bool
+  schedule: Callable[[Array], Array] | None = None
 
 
 def resolve(damping, name: str = "damping") -> DampingRule:
-  """Validates ``damping`` (number, schedule or ``LevenbergMarquardt``)."""
+  """Validates ``damping`` (number, array, schedule or ``LevenbergMarquardt``).
+
+  A traced array is accepted unchecked (the optimizers flag an invalid value
+  inside the step, ``ngdjax.optim.core``).
+  """
   if isinstance(damping, LevenbergMarquardt):
     lm = levenberg_marquardt(*damping)  # re-validate hand-built tuples
     return DampingRule(lm.init, lambda lam, count: lam, lm, False)
@@ -140,11 +149,16 @@ def resolve(damping, name: str = "damping") -> DampingRule:
           f"{name} is callable but cannot be evaluated at step 0: {e}"
       ) from e
     checks.check_scalar(f"{name}(0)", first, nonnegative=True)
-    return DampingRule(float(first), lambda lam, count: damping(count), None,
-                       False)
+    initial = float(first) if checks.is_concrete(first) else first
+    return DampingRule(initial, lambda lam, count: damping(count), None,
+                       False, damping)
+  if getattr(damping, "shape", ()) != ():
+    raise ValueError(f"{name} must be a scalar, got shape {damping.shape}")
   checks.check_scalar(name, damping, nonnegative=True)
+  if not checks.is_concrete(damping):
+    return DampingRule(damping, lambda lam, count: lam, None, False)
   value = float(damping)
-  return DampingRule(value, lambda lam, count: value, None, value == 0.0)
+  return DampingRule(value, lambda lam, count: lam, None, value == 0.0)
 
 
 def reduction_ratio(actual: Array, predicted: Array) -> Array:

@@ -57,8 +57,23 @@ Output-space effect (MATH.md 4): for the two-layer net, undamped,
 Forster-isotropic inputs (``X^T X = (n/d) I``, unit rows) this is
 ``- eta d r``, so ``eta = 1/d`` is a full natural-gradient step.
 
-Factors are recomputed on the full batch at every step (no running
-averages): the setting of the paper's Theorem 4.
+Cross-entropy (MATH.md 7). The output-side factor is ``B^T H B`` with
+``H`` the loss's output metric: ``fisher="true"`` writes it exactly as
+``B'^T B'`` with ``B'_i = S_i^T B_i`` (``S_i S_i^T = H_i``) and the gradient
+as ``sum_k h_ik B'_ik`` (``S_i h_i = g_i``), so every form above applies
+unchanged; ``"monte_carlo"`` uses one label sampled from the model per
+example, ``b_i = B_i^T (p_i - e_{s_i})``; ``"empirical"`` the gradients.
+
+Full-batch and mini-batch modes. By default (``factor_decay=None``,
+``inverse_every=1``) the factors are recomputed on the batch at every step:
+the setting of the paper's Theorem 4. Mini-batch mode (``factor_decay`` set,
+``inverse_every > 1`` or ``fisher="monte_carlo"``) keeps per-example
+factor averages ``A~ = avg A^T A / n`` and ``B~ = avg B'^T B' / n`` in the
+state, updated at every step by ``F <- decay F + (1 - decay) F_batch``,
+and their eigendecompositions, refreshed every ``inverse_every`` steps
+(``lax.cond``: the other steps reuse them); the damping, which may change
+at every step, is applied to the eigenvalues. Suggested for mini-batches:
+``factor_decay=0.95``, ``inverse_every=10`` (``experiments.train``).
 
 Example:
 
@@ -81,11 +96,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from ngdjax._src import checks, structure
 from ngdjax._src.jacobian import jvp, split_model
 from ngdjax._src.linalg import self_outer
-from ngdjax._src.optim import base, solvers
+from ngdjax._src.models import Model
+from ngdjax._src.optim import base, core, solvers
 from ngdjax._src.optim import damping as damping_lib
 
 Array = jax.Array
@@ -93,19 +110,30 @@ Params = Any
 
 FORMS = ("auto", "primal", "dual")
 SPLITS = ("pi", "exact")
+FISHERS = ("true", "empirical", "monte_carlo")
 
 
-class KFACState(NamedTuple):
-  """State of ``kfac``.
+KFACState = core.CurvatureState  # curvature: KFACFactors per layer, or ()
+
+
+class KFACFactors(NamedTuple):
+  """One layer's running factors (mini-batch mode; module docstring).
 
   Attributes:
-    count: ``()`` int32, steps taken (the schedules' argument).
-    damping: ``()`` float (params dtype): the damping of the next step for
-      Levenberg-Marquardt, else the damping of the last step.
+    inputs_cov: ``(a, a)`` running average of ``A^T A / n``.
+    grads_cov: ``(b, b)`` running average of ``B^T H B / n``.
+    inputs_eigvals, inputs_eigvecs: ``(a,)``, ``(a, a)`` eigendecomposition
+      of ``inputs_cov`` at the last refresh.
+    grads_eigvals, grads_eigvecs: ``(b,)``, ``(b, b)`` the same for
+      ``grads_cov``.
   """
 
-  count: Array
-  damping: Array
+  inputs_cov: Array
+  grads_cov: Array
+  inputs_eigvals: Array
+  inputs_eigvecs: Array
+  grads_eigvals: Array
+  grads_eigvecs: Array
 
 
 def use_dual(form: str, rows: int, dim: int) -> bool:
@@ -268,75 +296,164 @@ def exact_update(
 
 
 def _check_model(model):
-  """A ``Model`` or a bare ``apply`` (its layers are found when tracing)."""
+  """The one place that decides whether ``model`` can be preconditioned:
+  a ``Model`` or any ``apply(params, x)``, whose dense layers are found
+  when it is traced (``ngdjax._src.structure``)."""
   split_model(model)  # ValueError naming the argument if neither
   return model
 
 
-def kfac(
-    model,
-    learning_rate: base.ScalarOrSchedule,
-    damping: float | Callable | damping_lib.LevenbergMarquardt = 0.0,
-    loss="squared",
-    form: str = "auto",
-    damping_split: str = "pi",
-    factor_damping: tuple[float, float] | None = None,
-    mesh=None,
-) -> base.Optimizer:
-  """K-FAC with exact full-batch factors (MATH.md 4; module docstring).
+# The three access points to the model's layer structure (kept single so
+# that another source of layer factors plugs in here only).
+def _layer_factors(model, params, x):
+  """Per layer ``LayerFactors(inputs (n, a), output_grads (n, c, b))``."""
+  return structure.layer_structure(model, params, x).layer_factors(params, x)
 
-  ``Delta M_l = - eta n (A^T A + lam_A)^{-1} A^T Gamma B (B^T B +
-  lam_B)^{-1}`` for every layer ``l`` (or the exact ``(F_kfac + lam
-  I)^{-1}`` with ``damping_split="exact"``).
 
-  Args:
-    model: a ``Model`` with layer factors (``two_layer_relu``, ``mlp``),
-      or a bare ``apply(params, x)`` with any params pytree (flax,
-      equinox, plain) and ``x`` ``(n, ...)``: its dense layers are found in
-      the traced computation (``ngdjax.describe_structure``) and get the
-      K-FAC update; all unmatched leaves together (layer norms, convolution
-      kernels, shared weights) get their exact damped Gauss-Newton block
-      ``(J_g^T J_g + lam I)^{-1} J_g^T grad_u L``, solved in kernel form
-      (``N x N``, ``N = n c``; a pseudo-inverse when ``damping=0``).
-    learning_rate: ``eta > 0`` or a schedule ``count -> eta``.
-    damping: ``lam >= 0``, a schedule, or ``levenberg_marquardt(...)`` (the
-      predicted reduction uses ``J delta`` from one JVP).
-    loss: a name in ``ngdjax.losses.LOSSES`` or a ``Loss``; its gradient
-      ``grad_u L`` replaces the residual ``r``.
-    form: ``"auto"`` (per factor, the smaller solve), ``"primal"`` or
-      ``"dual"``.
-    damping_split: ``"pi"`` or ``"exact"``.
-    factor_damping: optional ``(lam_in, lam_out) >= 0`` added to ``A^T A``
-      and ``B^T B`` of every layer.
-    mesh: optional one-axis ``jax.sharding.Mesh``: the example axis of the
-      batch is split over its devices and the factor products
-      (``A^T A``, ``B^T B`` or their dual ``n x n`` forms) are partitioned
-      by the SPMD compiler, reductions over examples becoming all-reduces;
-      the factor solves run replicated. Results equal the unsharded step.
+def _layer_shapes(model, params) -> tuple[tuple[int, int], ...]:
+  """``(a, b)`` of every layer matrix."""
+  if not isinstance(model, Model) or model.to_layer_matrices is None:
+    raise ValueError(
+        "model: running K-FAC factors (factor_decay, inverse_every > 1, "
+        'fisher="monte_carlo") need an ngdjax Model; a bare apply function '
+        "gets the full-batch mode"
+    )
+  return tuple(m.shape for m in model.to_layer_matrices(params))
 
-  Returns:
-    ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
-    ``update_norm``, ``damping``, ``learning_rate``, ``cholesky_failed``
-    (factor solves that fell back to the pseudo-inverse, summed over
-    layers), and for Levenberg-Marquardt ``reduction_ratio`` and
-    ``loss_after``.
 
-  Raises:
-    ValueError: a model that is neither a Model nor callable, bad
-      hyper-parameters, or
-      (from ``step``) a malformed batch.
+def _to_params(model, mats, params, x, lam, rhs):
+  """Per-layer ``(a, b)`` matrices back to a params pytree.
+
+  A bare apply's unmatched leaves (layer norms, convolution kernels, shared
+  weights) get their exact damped Gauss-Newton block in kernel form,
+  ``(J_g^T J_g + lam)^{-1} J_g^T rhs = J_g^T (J_g J_g^T + lam)^{-1} rhs``
+  (``rhs`` = ``grad_u L``, ``(n, c)``); zero damping gives the
+  pseudo-inverse. Returns ``(params pytree, Cholesky fallbacks)``.
   """
-  model = _check_model(model)
-  lr_fn = base.check_learning_rate(learning_rate)
-  base.check_mesh(mesh)
-  rule = damping_lib.resolve(damping)
-  loss = base.check_loss(loss)
+  st = structure.layer_structure(model, params, x)
+  failed = jnp.zeros((), jnp.int32)
+  generic = None
+  if st.generic_jacobian is not None:
+    jac = st.generic_jacobian(params, x)
+    v, failed = solvers.psd_solve(self_outer(jac), rhs.reshape(-1), lam)
+    generic = jac.T @ v
+  return st.from_layer_matrices(mats, generic), failed
+
+
+def _fisher_factors(loss, fisher, u, y, g, grads, key):
+  """``(B', h)``: the factor's back-propagated rows and gradient weights.
+
+  ``B'^T B' = B^T H B`` is the output-side factor (MATH.md 7) and, where it
+  exists, ``h`` (``(n, c')``) writes the gradient in the same rows,
+  ``sum_k g_ik B_ik = sum_k h_ik B'_ik``; ``h = None`` when it does not
+  (the Monte Carlo factor: the gradient is then formed from ``B`` and ``g``).
+
+  * ``"true"``, ``H = I``: ``B' = B``, ``h = g``.
+  * ``"true"`` with ``H = S S^T``: ``B'_i = S_i^T B_i``, ``h_i`` with
+    ``S_i h_i = g_i`` (exact; ``ngdjax.optim.core.hessian_root``).
+  * ``"empirical"``: ``B'_i = g_i^T B_i`` (one row), ``h = 1``.
+  * ``"monte_carlo"``: ``B'_i = s_i^T B_i`` with ``s_i`` the gradient at a
+    label sampled from the model (one row), ``h = None``.
+  """
+  n = g.shape[0]
+  if fisher == "true" and loss.hessian is None:
+    return grads, g
+  if fisher == "true":
+    s_mat, h = core.hessian_root(loss, u, y)
+    return jnp.einsum("ijk,ijb->ikb", s_mat, grads), h
+  if fisher == "empirical":
+    rows = jnp.einsum("ik,ikb->ib", g, grads)[:, None, :]
+    return rows, jnp.ones((n, 1), g.dtype)
+  sampled = loss.grad(u, loss.sample(key, u)).astype(g.dtype)
+  return jnp.einsum("ik,ikb->ib", sampled, grads)[:, None, :], None
+
+
+def averaged_update(
+    factors: KFACFactors,
+    grad_m: Array,
+    n: int,
+    damping,
+    lam_in,
+    lam_out,
+    split: str,
+) -> Array:
+  """The preconditioned gradient from running factors (mini-batch mode).
+
+  With ``A~ = inputs_cov`` and ``B~ = grads_cov`` (per-example averages),
+  the batch's K-FAC curvature in the sum convention is ``n A~ (x) B~``.
+  ``"pi"``: ``(1/n) (A~ + lam_in/n + pi delta)^{-1} grad_M (B~ + lam_out/n
+  + delta / pi)^{-1}`` with ``delta = sqrt(lam / n)`` and ``pi^2 =
+  (tr A~ / a) / (tr B~ / b)``: the full-batch step's split exactly (module
+  docstring). ``"exact"``: ``(n (A~ + lam_in/n) (x) (B~ + lam_out/n) +
+  lam I)^{-1} vec(grad_M)``. Both through the cached eigendecompositions,
+  so the damping may change between refreshes.
+  """
+  ea = solvers.clamp_spectrum(factors.inputs_eigvals) + lam_in / n
+  eb = solvers.clamp_spectrum(factors.grads_eigvals) + lam_out / n
+  qa, qb = factors.inputs_eigvecs, factors.grads_eigvecs
+  core_m = qa.T @ grad_m @ qb
+  if split == "pi":
+    a, b = ea.shape[0], eb.shape[0]
+    mean_a = jnp.sum(factors.inputs_eigvals) / a
+    mean_b = jnp.sum(factors.grads_eigvals) / b
+    ok = (mean_a > 0) & (mean_b > 0)
+    pi = jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a, 1.0)
+                                / jnp.where(ok, mean_b, 1.0)), 1.0)
+    delta = jnp.sqrt(jnp.asarray(damping, ea.dtype) / n)
+    den = n * (ea + pi * delta)[:, None] * (eb + delta / pi)[None, :]
+  else:
+    den = n * ea[:, None] * eb[None, :] + damping
+  scale = jnp.max(jnp.abs(den))
+  keep = den > den.size * jnp.finfo(den.dtype).eps * scale
+  core_m = core_m * jnp.where(keep, 1.0 / jnp.where(keep, den, 1.0), 0.0)
+  return qa @ core_m @ qb.T
+
+
+def _refresh(refresh, cov_a, cov_b, old: KFACFactors) -> KFACFactors:
+  """New averages; eigendecompositions recomputed only when ``refresh``."""
+
+  def eig(mats):
+    out = []
+    for mat in mats:
+      out.extend(jnp.linalg.eigh(0.5 * (mat + mat.T)))
+    return tuple(out)
+
+  def keep(mats):
+    del mats
+    return (old.inputs_eigvals, old.inputs_eigvecs, old.grads_eigvals,
+            old.grads_eigvecs)
+
+  ea, qa, eb, qb = jax.lax.cond(refresh, eig, keep, (cov_a, cov_b))
+  return KFACFactors(cov_a, cov_b, ea, qa, eb, qb)
+
+
+def _method(model, loss, form, damping_split, factor_damping, fisher,
+            factor_decay, inverse_every, static_zero) -> core.Method:
+  """Validates K-FAC's settings; the direction for ``core.make``."""
   if form not in FORMS:
     raise ValueError(f"form must be one of {FORMS}, got {form!r}")
   if damping_split not in SPLITS:
     raise ValueError(
         f"damping_split must be one of {SPLITS}, got {damping_split!r}"
     )
+  if fisher not in FISHERS:
+    raise ValueError(f"fisher must be one of {FISHERS}, got {fisher!r}")
+  if fisher == "monte_carlo" and loss.sample is None:
+    raise ValueError(
+        f'fisher="monte_carlo" needs a loss with a sampler; {loss.name} has '
+        'none (use fisher="true")'
+    )
+  if factor_decay is not None:
+    checks.check_scalar("factor_decay", factor_decay, nonnegative=True)
+    if not float(factor_decay) < 1.0:
+      raise ValueError(f"factor_decay must be in [0, 1), got {factor_decay!r}")
+    factor_decay = float(factor_decay)
+  checks.check_scalar("inverse_every", inverse_every, positive=True,
+                      integer=True)
+  inverse_every = int(inverse_every)
+  averaged = (factor_decay is not None or inverse_every > 1
+              or fisher == "monte_carlo")
+  decay = factor_decay or 0.0
   if factor_damping is None:
     lam_in, lam_out = 0.0, 0.0
   else:
@@ -351,67 +468,185 @@ def kfac(
     checks.check_scalar("factor_damping[1]", lam_out, nonnegative=True)
     lam_in, lam_out = float(lam_in), float(lam_out)
 
-  def preconditioned(params, x, g, lam):
-    """Per layer ``(F_kfac,l + damping)^{-1} grad_l``, as params."""
-    deltas, failed = [], jnp.zeros((), jnp.int32)
-    st = structure.layer_structure(model, params, x)
-    for f in st.layer_factors(params, x):
-      n, c, b = f.output_grads.shape
-      dual_a = use_dual(form, n, f.inputs.shape[1])
-      dual_b = use_dual(form, n * c, b)
-      if damping_split == "exact":
-        delta = exact_update(f.inputs, f.output_grads, g, lam, lam_in,
-                             lam_out, dual_a, dual_b)
-      else:
-        split_a, split_b = pi_split(f.inputs, f.output_grads.reshape(n * c, b),
-                                    lam)
-        delta, fl = factored_update(
-            f.inputs, f.output_grads, g, lam_in + split_a, lam_out + split_b,
-            dual_a, dual_b,
-            pinv_a=rule.static_zero and lam_in == 0.0,
-            pinv_b=rule.static_zero and lam_out == 0.0,
-        )
-        failed = failed + fl
-      deltas.append(delta)
-    generic = None
-    if st.generic_jacobian is not None:
-      # Unmatched leaves: their exact damped Gauss-Newton block, in kernel
-      # form (J_g^T J_g + lam)^{-1} J_g^T g = J_g^T (J_g J_g^T + lam)^{-1} g.
-      jac = st.generic_jacobian(params, x)
-      v, fl = solvers.psd_solve(self_outer(jac), g.reshape(-1), lam,
-                                pinv=rule.static_zero)
-      generic, failed = jac.T @ v, failed + fl
-    return st.from_layer_matrices(deltas, generic), failed
-
-  def init(params) -> KFACState:
+  def init_curvature(params):
+    if not averaged:
+      return ()
     dtype = base.param_dtype(params)
-    return KFACState(jnp.zeros((), jnp.int32), jnp.asarray(rule.initial, dtype))
+    out = []
+    for a, b in _layer_shapes(model, params):
+      za, zb = jnp.zeros((a, a), dtype), jnp.zeros((b, b), dtype)
+      out.append(KFACFactors(za, zb, jnp.zeros((a,), dtype),
+                             jnp.eye(a, dtype=dtype), jnp.zeros((b,), dtype),
+                             jnp.eye(b, dtype=dtype)))
+    return tuple(out)
 
-  def step(params, state: KFACState, x, y):
-    x, y = base.check_batch(model, params, x, y)
-    x, y = base.shard_batch(x, y, mesh)
-    apply = split_model(model)[0]
-    dtype = state.damping.dtype
-    lam = jnp.asarray(rule.current(state.damping, state.count), dtype)
-    lr = jnp.asarray(lr_fn(state.count), dtype)
-    u = base.outputs_fn(apply, x)(params)
+  def direction(params, curvature, x, y, lam, key, count):
+    u = base.outputs_fn(split_model(model)[0], x)(params)
     g = loss.grad(u, y).astype(u.dtype)
-    direction, failed = preconditioned(params, x, g, lam)
-    new_params = base.tree_axpy(-lr, direction, params)
-    loss0 = loss.value(u, y)
-    info = base.base_info(loss0, u, y, lr * base.tree_norm(direction), lam,
-                          lr, dtype)
-    info["cholesky_failed"] = failed
-    next_lam = lam
-    if rule.adaptive is not None:
-      step_tree = jax.tree_util.tree_map(lambda t: -lr * t, direction)
-      du = jvp(model, params, x, step_tree).reshape(u.shape)
-      predicted = loss.value(u + du, y) - loss0
-      loss1 = loss.value(base.outputs_fn(apply, x)(new_params), y)
-      rho = damping_lib.reduction_ratio(loss1 - loss0, predicted)
-      next_lam = damping_lib.lm_update(rule.adaptive, lam, rho)
-      info["reduction_ratio"] = rho.astype(dtype)
-      info["loss_after"] = loss1.astype(dtype)
-    return new_params, KFACState(state.count + 1, next_lam), info
+    deltas, failed, new_curv = [], jnp.zeros((), jnp.int32), []
+    layers = _layer_factors(model, params, x)
+    for idx, f in enumerate(layers):
+      grads, h = _fisher_factors(loss, fisher, u, y, g, f.output_grads, key)
+      n, c, b = grads.shape
+      if not averaged:
+        dual_a = use_dual(form, n, f.inputs.shape[1])
+        dual_b = use_dual(form, n * c, b)
+        if damping_split == "exact":
+          delta = exact_update(f.inputs, grads, h, lam, lam_in, lam_out,
+                               dual_a, dual_b)
+        else:
+          split_a, split_b = pi_split(f.inputs, grads.reshape(n * c, b), lam)
+          delta, fl = factored_update(
+              f.inputs, grads, h, lam_in + split_a, lam_out + split_b,
+              dual_a, dual_b,
+              pinv_a=static_zero and lam_in == 0.0,
+              pinv_b=static_zero and lam_out == 0.0,
+          )
+          failed = failed + fl
+        deltas.append(delta)
+        continue
+      old = curvature[idx]
+      w = jnp.where(count == 0, 0.0, decay).astype(u.dtype)
+      bf = grads.reshape(n * c, b)
+      cov_a = w * old.inputs_cov + (1 - w) * self_outer(f.inputs.T) / n
+      cov_b = w * old.grads_cov + (1 - w) * self_outer(bf.T) / n
+      refresh = count % inverse_every == 0
+      factors = _refresh(refresh, cov_a, cov_b, old)
+      grad_m = f.inputs.T @ jnp.einsum("ik,ikb->ib", g, f.output_grads)
+      deltas.append(averaged_update(factors, grad_m, n, lam, lam_in, lam_out,
+                                    damping_split))
+      new_curv.append(factors)
+    direction, fl = _to_params(model, deltas, params, x, lam, g)
+    diagnostics = {"cholesky_failed": failed + fl}
+    return core.Direction(u, direction, None,
+                          tuple(new_curv) if averaged else curvature,
+                          diagnostics)
 
-  return base.Optimizer(init, base.step_on_mesh(step, mesh))
+  return core.Method(init=init_curvature, direction=direction)
+
+
+def kfac(
+    model: Model,
+    learning_rate: base.ScalarOrSchedule,
+    damping: float | Callable | damping_lib.LevenbergMarquardt = 0.0,
+    loss="squared",
+    form: str = "auto",
+    damping_split: str = "pi",
+    factor_damping: tuple[float, float] | None = None,
+    mesh=None,
+    fisher: str = "true",
+    factor_decay: float | None = None,
+    inverse_every: int = 1,
+    key=None,
+) -> base.Optimizer:
+  """K-FAC (MATH.md 4 and 7; module docstring).
+
+  ``Delta M_l = - eta n (A^T A + lam_A)^{-1} A^T Gamma B (B^T H B +
+  lam_B)^{-1}`` for every layer ``l`` (or the exact ``(F_kfac + lam
+  I)^{-1}`` with ``damping_split="exact"``), with ``H`` the loss's output
+  metric (identity for the regression losses).
+
+  Args:
+    model: a ``Model`` with layer factors (``two_layer_relu``, ``mlp``),
+      or a bare ``apply(params, x)`` with any params pytree (flax,
+      equinox, plain) and ``x`` ``(n, ...)``: its dense layers are found in
+      the traced computation (``ngdjax.describe_structure``) and get the
+      K-FAC update; all unmatched leaves together (layer norms, convolution
+      kernels, shared weights) get their exact damped Gauss-Newton block
+      ``(J_g^T J_g + lam I)^{-1} J_g^T grad_u L``, solved in kernel form
+      (``N x N``, ``N = n c``; a pseudo-inverse when ``damping=0``). A bare
+      apply gets the full-batch mode (no running factors).
+    learning_rate: ``eta > 0`` (number or scalar array, held in the state)
+      or a schedule ``count -> eta``.
+    damping: ``lam >= 0`` (number or array, held in the state), a schedule,
+      or ``levenberg_marquardt(...)`` (the predicted reduction uses
+      ``J delta`` from one JVP).
+    loss: a name in ``ngdjax.losses.LOSSES`` or a ``Loss``; its gradient
+      ``grad_u L`` replaces the residual ``r``.
+    form: ``"auto"`` (per factor, the smaller solve), ``"primal"`` or
+      ``"dual"`` (full-batch mode only; mini-batch mode is primal).
+    damping_split: ``"pi"`` or ``"exact"``.
+    factor_damping: optional ``(lam_in, lam_out) >= 0`` added to ``A^T A``
+      and ``B^T B`` of every layer.
+    mesh: optional one-axis ``jax.sharding.Mesh``: the example axis of the
+      batch is split over its devices and the factor products are
+      partitioned by the SPMD compiler, reductions over examples becoming
+      all-reduces; the factor solves run replicated.
+    fisher: the output-side factor ``B^T H B``: ``"true"`` (exact, through
+      ``H``'s square root), ``"empirical"`` (the gradients' outer products)
+      or ``"monte_carlo"`` (one label sampled from the model per example;
+      always mini-batch mode).
+    factor_decay: ``None`` (default: the factors of the current batch only,
+      the paper's full-batch setting) or ``decay`` in ``[0, 1)``: running
+      averages ``F <- decay F + (1 - decay) F_batch`` (the first step takes
+      the batch's factors). ``0.95`` suits mini-batches.
+    inverse_every: refresh the factors' eigendecompositions every this many
+      steps (default 1; 10 suits mini-batches; the averages are updated at
+      every step).
+    key: PRNG key for ``"monte_carlo"`` (default ``jax.random.key(0)``).
+
+  Returns:
+    ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
+    ``update_norm``, ``damping``, ``learning_rate``, ``cholesky_failed``
+    (factor solves that fell back to the pseudo-inverse, summed over
+    layers; 0 in mini-batch mode), the fault flags of
+    ``ngdjax.optim.core``, and for Levenberg-Marquardt ``reduction_ratio``
+    and ``loss_after``.
+
+  Raises:
+    ValueError: a model without layer factors, bad hyper-parameters, or
+      (from ``step``) non-finite params or a malformed batch.
+  """
+  model = _check_model(model)
+  mesh = base.check_mesh(mesh)
+  rule = damping_lib.resolve(damping)
+  loss = base.check_loss(loss)
+  method = _method(model, loss, form, damping_split, factor_damping, fisher,
+                   factor_decay, inverse_every, rule.static_zero)
+
+  def jvp_fn(params, x, tangent):
+    return jvp(model, params, x, tangent)
+
+  return core.make(model, split_model(model)[0], loss, learning_rate,
+                   damping, method,
+                   mesh=mesh, key=key, jvp_fn=jvp_fn)
+
+
+def kfac_preconditioner(
+    model: Model,
+    damping: float | Callable = 0.0,
+    loss="squared",
+    form: str = "auto",
+    damping_split: str = "pi",
+    factor_damping: tuple[float, float] | None = None,
+    fisher: str = "true",
+    factor_decay: float | None = None,
+    inverse_every: int = 1,
+    key=None,
+) -> optax.GradientTransformationExtraArgs:
+  """K-FAC's direction as an optax transformation (as ``ngd_preconditioner``).
+
+  ``update(updates, state, params, x=x, y=y)`` returns ``(F_kfac +
+  damping)^{-1} grad`` at ``params`` on the batch, in place of ``updates``;
+  the running factors live in ``state.curvature``.
+  ``optax.chain(kfac_preconditioner(model, lam), optax.sgd(eta))`` is
+  ``kfac(model, eta, lam)``.
+
+  Args:
+    model, damping, loss, form, damping_split, factor_damping, fisher,
+      factor_decay, inverse_every, key: as in ``kfac`` (damping fixed or
+      scheduled).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+  model = _check_model(model)
+  loss = base.check_loss(loss)
+  static_zero = (not callable(damping)
+                 and not isinstance(damping, damping_lib.LevenbergMarquardt)
+                 and damping_lib.resolve(damping).static_zero)
+  method = _method(model, loss, form, damping_split, factor_damping, fisher,
+                   factor_decay, inverse_every, static_zero)
+  return core.preconditioner(model, loss, damping, method, key,
+                             {"cholesky_failed": jnp.int32},
+                             "kfac_preconditioner")

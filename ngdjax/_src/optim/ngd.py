@@ -15,14 +15,20 @@ Solvers:
   the structured closed form for ``Model``s), then ``psd_solve``: Cholesky,
   with the eigendecomposition pseudo-inverse as the fallback when Cholesky
   fails (``info["cholesky_failed"] = 1``; see ``ngdjax.optim.solvers``).
+  When ``n`` exceeds one block (``chunk_size``, default 2048 examples), with
+  no mesh, for ``fisher="true"`` on a regression loss:
+  ``kernel_solve.gram_cholesky_solve``, one ``N x N``
+  buffer built and factorised in place, CG as its fallback.
 * ``"cg"``: conjugate gradients with matrix-free ``G v`` products, for ``N``
-  too large to hold ``G``: the structured form ``sum_l J_l (J_l^T v)`` from
-  layer factors for ``Model``s, ``ngdjax.gram_vp`` when ``chunk_size`` is
-  given, else one ``jax.linearize`` shared by every product. Reports
-  ``cg_iterations``, ``cg_residual`` and ``cg_failed`` (1 when CG missed
-  ``cg_tol``: breakdown on a numerically singular ``G + lam I`` or
-  ``cg_maxiter`` reached; the step then uses the iterate with the smallest
-  residual, never a ``1 / eps`` one; see ``ngdjax.optim.solvers``).
+  too large to hold ``G``: ``ngdjax.gram_vp`` in blocks when ``chunk_size``
+  is given (memory of one block), else the structured form ``sum_l J_l
+  (J_l^T v)`` from layer factors for ``Model``s, else one
+  ``jax.linearize`` shared by every product. Reports ``cg_iterations``,
+  ``cg_residual`` and ``cg_failed`` (1 when CG broke down on a numerically
+  singular ``G + lam I``, e.g. zero damping and repeated inputs with
+  different targets, and the step came from the damped fallback solve,
+  never a ``1 / eps`` step; a ``cg_maxiter`` reached before ``cg_tol``
+  shows in ``cg_residual`` only; see ``ngdjax.optim.solvers``).
 
 Example:
 
@@ -36,8 +42,8 @@ Example:
   >>> state = opt.init(params)
   >>> step = jax.jit(opt.step)
   >>> params, state, info = step(params, state, x, y)
-  >>> sorted(info)[:4]
-  ['cholesky_failed', 'damping', 'learning_rate', 'loss']
+  >>> int(info["cholesky_failed"]), int(info["diverged"])
+  (0, 0)
 """
 
 from __future__ import annotations
@@ -59,26 +65,17 @@ from ngdjax._src.jacobian import (
   structured_gram_vp,
   vjp,
 )
-from ngdjax._src.optim import base, solvers
+from ngdjax._src.optim import base, core, kernel_solve, solvers
 from ngdjax._src.optim import damping as damping_lib
 
 Array = jax.Array
 Params = Any
 
 SOLVERS = ("cholesky", "cg")
+FISHERS = ("true", "empirical", "monte_carlo")
 
 
-class NGDState(NamedTuple):
-  """State of ``ngd``.
-
-  Attributes:
-    count: ``()`` int32, steps taken (the schedules' argument).
-    damping: ``()`` float (params dtype): the damping of the next step for
-      Levenberg-Marquardt, else the damping of the last step.
-  """
-
-  count: Array
-  damping: Array
+NGDState = core.CurvatureState  # count, damping, learning_rate, ...
 
 
 class _Config(NamedTuple):
@@ -93,6 +90,7 @@ class _Config(NamedTuple):
   cg_tol: float
   cg_maxiter: int | None
   mesh: Any = None
+  fisher: str = "true"
 
 
 class _Direction(NamedTuple):
@@ -105,10 +103,18 @@ class _Direction(NamedTuple):
 
 
 def _check_config(
-    model_or_apply, loss, solver, gram_method, chunk_size, cg_tol, cg_maxiter
+    model_or_apply, loss, solver, gram_method, chunk_size, cg_tol, cg_maxiter,
+    fisher="true",
 ) -> _Config:
   apply, model = split_model(model_or_apply)
   loss = base.check_loss(loss)
+  if fisher not in FISHERS:
+    raise ValueError(f"fisher must be one of {FISHERS}, got {fisher!r}")
+  if fisher == "monte_carlo" and loss.sample is None:
+    raise ValueError(
+        f'fisher="monte_carlo" needs a loss with a sampler; {loss.name} has '
+        "none (use fisher=\"true\")"
+    )
   if solver not in SOLVERS:
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
   try:
@@ -128,7 +134,7 @@ def _check_config(
                          integer=True)
     cg_maxiter = int(cg_maxiter)
   return _Config(apply, model, loss, solver, method.value, chunk_size,
-                 float(cg_tol), cg_maxiter)
+                 float(cg_tol), cg_maxiter, fisher=fisher)
 
 
 def _structured(cfg: _Config) -> bool:
@@ -139,8 +145,59 @@ def _structured(cfg: _Config) -> bool:
   )
 
 
-def _direction(cfg: _Config, params, x, y, lam) -> _Direction:
-  """``v = (G + lam I)^{-1} grad_u L`` and ``J^T v`` (MATH.md 2)."""
+def _gram_operator(cfg: _Config, params, x, f, n, c):
+  """``(G or None, vec -> G vec)`` for the configured solver."""
+  if cfg.solver == "cholesky":
+    g_mat = gram(cfg.model or cfg.apply, params, x,
+                 method=cfg.gram_method, chunk_size=cfg.chunk_size,
+                 mesh=cfg.mesh)
+    if cfg.mesh is not None:
+      # The N x N factorisation runs replicated: G (row-sharded) is
+      # all-gathered once; N^2 words against the N^2 p of the Gram.
+      g_mat = jax.lax.with_sharding_constraint(
+          g_mat, jax.sharding.NamedSharding(cfg.mesh,
+                                            jax.sharding.PartitionSpec()))
+    return g_mat, lambda vec: g_mat.astype(vec.dtype) @ vec
+  if _structured(cfg) and cfg.chunk_size is None:
+    # All layer factors at once: O(n (d + m)) memory; with chunk_size the
+    # blocked gram_vp below keeps memory at O(chunk (d + m)).
+    factors = cfg.model.layer_factors(params, x)
+    return None, lambda vec: structured_gram_vp(
+        factors, vec.reshape(n, c)).reshape(-1)
+  if cfg.chunk_size is not None:
+    return None, lambda vec: gram_vp(cfg.apply, params, x, vec,
+                                     cfg.chunk_size)
+  # One linearisation shared by every product: J v and J^T v reuse the
+  # forward pass instead of re-running it per CG iteration.
+  _, jvp_fn = jax.linearize(f, params)
+  transpose = jax.linear_transpose(jvp_fn, params)
+  return None, lambda vec: jvp_fn(transpose(vec.reshape(n, c))[0]).reshape(-1)
+
+
+def _solve(cfg: _Config, kernel, matvec, rhs, lam):
+  """``(kernel + lam I)^{-1} rhs``: Cholesky on ``kernel`` or CG on
+  ``matvec``; returns ``(solution, diagnostics)``."""
+  if kernel is not None:
+    sol, failed = solvers.psd_solve(kernel, rhs, lam)
+    return sol, {"cholesky_failed": failed}
+  maxiter = cfg.cg_maxiter or rhs.shape[0]
+  result = solvers.cg(matvec, rhs, lam, cfg.cg_tol, maxiter)
+  return result.x, {"cg_iterations": result.iterations,
+                    "cg_residual": result.residual.astype(rhs.dtype),
+                    "cg_failed": result.failed}
+
+
+def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
+  """``v`` with ``J^T v = (J^T H J + lam I)^{-1} J^T g`` (MATH.md 2, 7).
+
+  * ``fisher="true"``, ``H = I`` (regression losses): ``(G + lam I) v = g``.
+  * ``fisher="true"`` with an output Hessian: the symmetric form
+    ``v = S (S^T G S + lam I)^{-1} h`` (``ngd`` docstring).
+  * ``"empirical"``: ``v_i = w_i g_i``, ``(K + lam I) w = 1_n``,
+    ``K_ij = g_i^T G_ij g_j``.
+  * ``"monte_carlo"``: ``v = (g - w * s) / lam`` with ``s_i`` the gradient
+    at a sampled label and ``(K_s + lam I) w = Gamma_s G g`` (Woodbury).
+  """
   f = base.outputs_fn(cfg.apply, x)
   if cfg.chunk_size is None:
     u, pullback = jax.vjp(f, params)
@@ -152,48 +209,59 @@ def _direction(cfg: _Config, params, x, y, lam) -> _Direction:
   g = cfg.loss.grad(u, y).astype(u.dtype)
   g_flat = g.reshape(-1)
   lam = jnp.asarray(lam, u.dtype)
-  if cfg.solver == "cholesky":
-    g_mat = gram(cfg.model or cfg.apply, params, x,
-                 method=cfg.gram_method, chunk_size=cfg.chunk_size,
-                 mesh=cfg.mesh)
+  if (cfg.solver == "cholesky" and cfg.mesh is None
+      and cfg.fisher == "true" and cfg.loss.hessian is None
+      and kernel_solve.use_lean_solve(n, cfg.chunk_size)):
+    # More than one Gram block: one N x N buffer, factorised in place.
+    v, gv, failed = kernel_solve.gram_cholesky_solve(
+        cfg.model or cfg.apply, params, x, g_flat, lam,
+        method=cfg.gram_method, chunk_size=cfg.chunk_size)
+    direction = pullback(v.reshape(n, c))[0]
+    return _Direction(u, g, v, gv, direction, {"cholesky_failed": failed})
+  g_mat, gmv = _gram_operator(cfg, params, x, f, n, c)
+  if g_mat is not None:
     g_mat = g_mat.astype(u.dtype)
-    if cfg.mesh is not None:
-      # The N x N factorisation runs replicated: G (row-sharded) is
-      # all-gathered once; N^2 words against the N^2 p of the Gram.
-      g_mat = jax.lax.with_sharding_constraint(
-          g_mat, jax.sharding.NamedSharding(cfg.mesh,
-                                            jax.sharding.PartitionSpec()))
-    v, failed = solvers.psd_solve(g_mat, g_flat, lam)
-    gv = g_mat @ v
-    diagnostics = {"cholesky_failed": failed}
-  else:
-    if _structured(cfg):
-      factors = cfg.model.layer_factors(params, x)
 
-      def matvec(vec):
-        return structured_gram_vp(factors, vec.reshape(n, c)).reshape(-1)
-    elif cfg.chunk_size is not None:
+  def kernel_of(rows):
+    """``K = Gamma G Gamma^T`` for ``Gamma`` holding ``rows`` ``(n, c)``."""
+    if g_mat is None:
+      return None
+    blocks = g_mat.reshape(n, c, n, c)
+    return jnp.einsum("ik,ikjl,jl->ij", rows, blocks, rows)
 
-      def matvec(vec):
-        return gram_vp(cfg.apply, params, x, vec, cfg.chunk_size)
+  def kernel_vp(rows):
+    return lambda w: jnp.sum(rows * gmv((rows * w[:, None]).reshape(-1))
+                             .reshape(n, c), axis=1)
+
+  if cfg.fisher == "true" and cfg.loss.hessian is None:
+    v, diagnostics = _solve(cfg, g_mat, gmv, g_flat, lam)
+  elif cfg.fisher == "true":
+    s_mat, h = core.hessian_root(cfg.loss, u, y)
+    if g_mat is not None:
+      blocks = g_mat.reshape(n, c, n, c)
+      kernel = jnp.einsum("ika,ikjl,jlb->iajb", s_mat, blocks, s_mat)
+      kernel = kernel.reshape(n * c, n * c)
     else:
-      # One linearisation shared by every product: J v and J^T v reuse the
-      # forward pass instead of re-running it per CG iteration.
-      _, jvp_fn = jax.linearize(f, params)
-      transpose = jax.linear_transpose(jvp_fn, params)
+      kernel = None
 
-      def matvec(vec):
-        return jvp_fn(transpose(vec.reshape(n, c))[0]).reshape(-1)
+    def kmv(w):
+      sw = jnp.einsum("ikb,ib->ik", s_mat, w.reshape(n, c)).reshape(-1)
+      return jnp.einsum("ika,ik->ia", s_mat,
+                        gmv(sw).reshape(n, c)).reshape(-1)
 
-    maxiter = cfg.cg_maxiter or n * c
-    result = solvers.cg(matvec, g_flat, lam, cfg.cg_tol, maxiter)
-    v = result.x
-    gv = matvec(v)
-    diagnostics = {
-        "cg_iterations": result.iterations,
-        "cg_residual": result.residual.astype(u.dtype),
-        "cg_failed": result.failed,
-    }
+    w, diagnostics = _solve(cfg, kernel, kmv, h.reshape(-1), lam)
+    v = jnp.einsum("ikb,ib->ik", s_mat, w.reshape(n, c)).reshape(-1)
+  elif cfg.fisher == "empirical":
+    w, diagnostics = _solve(cfg, kernel_of(g), kernel_vp(g),
+                            jnp.ones((n,), u.dtype), lam)
+    v = (g * w[:, None]).reshape(-1)
+  else:  # monte_carlo
+    sampled = cfg.loss.grad(u, cfg.loss.sample(key, u)).astype(u.dtype)
+    rhs = jnp.sum(sampled * gmv(g_flat).reshape(n, c), axis=1)
+    w, diagnostics = _solve(cfg, kernel_of(sampled), kernel_vp(sampled),
+                            rhs, lam)
+    v = ((g - sampled * w[:, None]) / lam).reshape(-1)
+  gv = gmv(v)
   direction = pullback(v.reshape(n, c))[0]
   return _Direction(u, g, v, gv, direction, diagnostics)
 
@@ -209,80 +277,109 @@ def ngd(
     cg_tol: float = 1e-6,
     cg_maxiter: int | None = None,
     mesh=None,
+    fisher: str = "true",
+    key=None,
 ) -> base.Optimizer:
-  """Exact NGD, ``theta <- theta - eta J^T (G + lam I)^{-1} grad_u L``.
+  """Exact NGD, ``theta <- theta - eta (J^T H J + lam I)^{-1} J^T g``.
 
-  MATH.md 2 (Theorem 1 for the squared loss, Theorem 2 for a general one;
-  on a linear model ``eta = 1`` and ``lam = 0`` solve in one step).
+  MATH.md 2 and 7 (Theorem 1 for the squared loss, Theorem 2 for a general
+  regression loss, the Fisher for softmax cross-entropy; on a linear model
+  with the squared loss ``eta = 1`` and ``lam = 0`` solve in one step).
+  Always through the push-through identity ``(J^T H J + lam I)^{-1} J^T =
+  J^T (H G + lam I)^{-1}``: an ``N x N`` (``N = n c``) or ``n x n`` solve,
+  never a ``p x p`` matrix.
+
+  Fisher (``fisher=``), with ``g = grad_u L`` and ``H`` the loss's output
+  metric (``Loss.hessian``; the identity for the regression losses, so all
+  three coincide with today's NGD for ``"true"``):
+
+  * ``"true"`` (exact, default). For ``H = I``: ``(G + lam I) v = g``. For
+    softmax cross-entropy ``H`` is singular (``H_i 1 = 0``) and ``H G`` is
+    not symmetric, so the symmetric PSD form is used: with ``H_i = S_i
+    S_i^T`` and ``g_i = S_i h_i`` (``g_i`` lies in the range of ``H_i``:
+    both are orthogonal to ``1``; ``ngdjax.losses.softmax_cross_entropy``
+    gives ``S`` and ``h`` in closed form, with probabilities floored at the
+    dtype's smallest normal number), ``Z = S^T J`` gives ``F = Z^T Z`` and
+    ``J^T g = Z^T h``, so ``(F + lam I)^{-1} J^T g = Z^T (Z Z^T + lam
+    I)^{-1} h = J^T S (S^T G S + lam I)^{-1} h``: ``v = S w`` with the
+    Cholesky (or CG) solve ``(S^T G S + lam I) w = h``. At ``lam = 0`` the
+    pseudo-inverse of ``F`` results (``psd_solve``'s fallback).
+  * ``"empirical"``: ``F = U^T U``, rows ``U_i = J_i^T g_i``;
+    ``(U^T U + lam I)^{-1} U^T 1 = U^T (K + lam I)^{-1} 1`` with
+    ``K_ij = g_i^T G_ij g_j``, an ``n x n`` solve; ``v_i = w_i g_i``.
+  * ``"monte_carlo"``: ``U`` built from ``s_i = grad_u l(u_i, y~_i)`` with
+    ``y~_i`` drawn from the model (``Loss.sample``, one draw per example
+    and step, key in the state). ``J^T g`` is not in the rows' span, so by
+    Woodbury (``lam > 0`` required) ``(U^T U + lam I)^{-1} J^T g = J^T (g -
+    Gamma_s^T w) / lam`` with ``(K_s + lam I) w = Gamma_s G g``.
 
   Args:
     model_or_apply: a ``Model`` or ``apply(params, x) -> (n, c)`` with any
-      params pytree (flax, equinox, plain) and ``x`` ``(n, ...)``.
-    learning_rate: ``eta > 0``, or a schedule ``count -> eta``.
-    damping: ``lam >= 0``, a schedule ``count -> lam``, or
-      ``levenberg_marquardt(...)`` (see ``ngdjax.optim.damping``).
-    loss: a name in ``ngdjax.losses.LOSSES`` or a ``Loss``.
+      params pytree (flax, equinox, plain) and ``x`` ``(n, ...)``; the
+      structured Gram serves both (``ngdjax.describe_structure``).
+    learning_rate: ``eta > 0`` (a number or a scalar array, stored in the
+      state so one compiled step serves a sweep), or a schedule
+      ``count -> eta`` (``ngdjax.optim.core``).
+    damping: ``lam >= 0`` (number or array, stored in the state), a
+      schedule ``count -> lam``, or ``levenberg_marquardt(...)``
+      (``ngdjax.optim.damping``).
+    loss: a name in ``ngdjax.losses.LOSSES`` or a ``Loss``. With
+      ``"softmax_cross_entropy"`` the targets are integer labels ``(n,)`` or
+      class probabilities ``(n, c)``.
     solver: ``"cholesky"`` (default) or ``"cg"`` (module docstring).
     gram_method: passed to ``ngdjax.gram`` (``"auto"`` is the fastest the
-      model allows: structured for ``Model``s and for bare ``apply``
-      functions whose dense layers are found, see
-      ``ngdjax.describe_structure``).
+      model allows: structured for ``Model``s).
     chunk_size: examples per block for the Gram / Gram-vector products.
     cg_tol: relative residual at which CG stops.
-    cg_maxiter: CG iteration cap (default ``N = n c``).
+    cg_maxiter: CG iteration cap (default the system size).
     mesh: optional one-axis ``jax.sharding.Mesh`` (``ngdjax.parallel``): the
       example axis is split over its devices. The Gram is computed by row
       blocks (``ngdjax.parallel.sharded_gram``), gathered, and the
       ``N x N`` Cholesky solve runs replicated; with ``solver="cg"`` the
       Gram-vector products stay sharded (only ``p``-sized reductions cross
       devices). Params stay replicated. Results equal the unsharded step.
+    fisher: ``"true"``, ``"empirical"`` or ``"monte_carlo"`` (above).
+    key: PRNG key for ``"monte_carlo"`` (default ``jax.random.key(0)``).
 
   Returns:
     ``Optimizer(init, step)``; ``step(params, state, x, y)`` returns info
-    with ``loss``, ``residual_norm``, ``update_norm``, ``damping``,
-    ``learning_rate``, then ``cholesky_failed`` (cholesky) or
-    ``cg_iterations`` and ``cg_residual`` (cg), and for Levenberg-Marquardt
-    ``reduction_ratio`` and ``loss_after`` (the loss at the new params).
+    with ``loss``, ``residual_norm`` (``||u - y||``; ``||p - y||`` for a
+    classifier), ``update_norm``, ``damping``, ``learning_rate``, then
+    ``cholesky_failed`` (cholesky) or ``cg_iterations`` and ``cg_residual``
+    (cg), the fault flags of ``ngdjax.optim.core`` (``diverged``,
+    ``update_skipped``, ``learning_rate_invalid``, ``damping_invalid``,
+    ``params_nonfinite``), and for Levenberg-Marquardt ``reduction_ratio``
+    and ``loss_after`` (the loss at the new params).
 
   Raises:
     ValueError: non-finite or negative ``learning_rate``/``damping``, an
-      unknown solver/method/loss, or (from ``step``) a malformed batch.
+      unknown solver/method/loss/fisher, ``fisher="monte_carlo"`` with zero
+      damping, or (from ``step``) non-finite params or a malformed batch.
   """
-  lr_fn = base.check_learning_rate(learning_rate)
-  rule = damping_lib.resolve(damping)
   cfg = _check_config(model_or_apply, loss, solver, gram_method, chunk_size,
-                      cg_tol, cg_maxiter)._replace(mesh=base.check_mesh(mesh))
+                      cg_tol, cg_maxiter, fisher)._replace(
+                          mesh=base.check_mesh(mesh))
+  _check_monte_carlo_damping(fisher, damping)
 
-  def init(params) -> NGDState:
-    dtype = base.param_dtype(params)
-    return NGDState(jnp.zeros((), jnp.int32), jnp.asarray(rule.initial, dtype))
+  def direction(params, curvature, x, y, lam, key, count):
+    del count
+    d = _direction(cfg, params, x, y, lam, key)
+    return core.Direction(d.u, d.direction, d.gv.reshape(d.u.shape),
+                          curvature, d.diagnostics)
 
-  def step(params, state: NGDState, x, y):
-    x, y = base.check_batch(model_or_apply, params, x, y)
-    x, y = base.shard_batch(x, y, cfg.mesh)
-    dtype = state.damping.dtype
-    lam = jnp.asarray(rule.current(state.damping, state.count), dtype)
-    lr = jnp.asarray(lr_fn(state.count), dtype)
-    d = _direction(cfg, params, x, y, lam)
-    new_params = base.tree_axpy(-lr, d.direction, params)
-    loss0 = cfg.loss.value(d.u, y)
-    info = base.base_info(loss0, d.u, y, lr * base.tree_norm(d.direction),
-                          lam, lr, dtype)
-    info.update(d.diagnostics)
-    next_lam = lam
-    if rule.adaptive is not None:
-      # Predicted change: the loss at the linearised outputs u - eta G v
-      # (ngdjax.optim.damping explains the choice).
-      u_lin = d.u - lr * d.gv.reshape(d.u.shape)
-      predicted = cfg.loss.value(u_lin, y) - loss0
-      loss1 = cfg.loss.value(base.outputs_fn(cfg.apply, x)(new_params), y)
-      rho = damping_lib.reduction_ratio(loss1 - loss0, predicted)
-      next_lam = damping_lib.lm_update(rule.adaptive, lam, rho)
-      info["reduction_ratio"] = rho.astype(dtype)
-      info["loss_after"] = loss1.astype(dtype)
-    return new_params, NGDState(state.count + 1, next_lam), info
+  method = core.Method(init=lambda params: (), direction=direction)
+  return core.make(model_or_apply, cfg.apply, cfg.loss, learning_rate,
+                   damping, method, mesh=cfg.mesh, key=key)
 
-  return base.Optimizer(init, base.step_on_mesh(step, cfg.mesh))
+
+def _check_monte_carlo_damping(fisher, damping):
+  if (fisher == "monte_carlo" and not callable(damping)
+      and not isinstance(damping, damping_lib.LevenbergMarquardt)
+      and checks.is_concrete(damping) and float(damping) == 0.0):
+    raise ValueError(
+        'damping must be positive with fisher="monte_carlo" (the Woodbury '
+        "form divides by it)"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -290,18 +387,7 @@ def ngd(
 # --------------------------------------------------------------------------
 
 
-class NGDPreconditionerState(NamedTuple):
-  """State of ``ngd_preconditioner``.
-
-  Attributes:
-    count: ``()`` int32, updates made (the damping schedule's argument).
-    info: the last update's diagnostics, scalars: ``loss``,
-      ``residual_norm``, ``damping`` and the solver's (``cholesky_failed``
-      or ``cg_iterations``/``cg_residual``); zeros before the first update.
-  """
-
-  count: Array
-  info: dict
+NGDPreconditionerState = core.PreconditionerState
 
 
 def ngd_preconditioner(
@@ -313,6 +399,8 @@ def ngd_preconditioner(
     chunk_size: int | None = None,
     cg_tol: float = 1e-6,
     cg_maxiter: int | None = None,
+    fisher: str = "true",
+    key=None,
 ) -> optax.GradientTransformationExtraArgs:
   """NGD's direction as an optax transformation (MATH.md 2).
 
@@ -333,56 +421,25 @@ def ngd_preconditioner(
 
   Args:
     model_or_apply, damping, loss, solver, gram_method, chunk_size, cg_tol,
-      cg_maxiter: as in ``ngd``. Damping is fixed or scheduled; the
+      cg_maxiter, fisher, key: as in ``ngd``. Damping is fixed or scheduled; the
       Levenberg-Marquardt rule needs the loss after the step, which a
       gradient transformation never sees (use ``ngd`` for it).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
-  if isinstance(damping, damping_lib.LevenbergMarquardt):
-    raise ValueError(
-        "damping: ngd_preconditioner supports a fixed or scheduled damping; "
-        "use ngdjax.optim.ngd for Levenberg-Marquardt"
-    )
-  rule = damping_lib.resolve(damping)
   cfg = _check_config(model_or_apply, loss, solver, gram_method, chunk_size,
-                      cg_tol, cg_maxiter)
-  solver_keys = (
-      ("cholesky_failed",) if solver == "cholesky"
-      else ("cg_iterations", "cg_residual", "cg_failed")
-  )
+                      cg_tol, cg_maxiter, fisher)
+  _check_monte_carlo_damping(fisher, damping)
+  info_keys = ({"cholesky_failed": jnp.int32} if solver == "cholesky"
+               else {"cg_iterations": jnp.int32, "cg_residual": None,
+                     "cg_failed": jnp.int32})
 
-  def init_fn(params) -> NGDPreconditionerState:
-    dtype = base.param_dtype(params)
-    info = {k: jnp.zeros((), dtype) for k in ("loss", "residual_norm",
-                                              "damping")}
-    for k in solver_keys:
-      info[k] = jnp.zeros((), dtype if k == "cg_residual" else jnp.int32)
-    return NGDPreconditionerState(jnp.zeros((), jnp.int32), info)
+  def direction(params, curvature, x, y, lam, key, count):
+    del count
+    d = _direction(cfg, params, x, y, lam, key)
+    return core.Direction(d.u, d.direction, None, curvature, d.diagnostics)
 
-  def update_fn(updates, state, params=None, *, x=None, y=None, **extra):
-    del extra  # other transformations' extra arguments
-    if params is None:
-      raise ValueError("params: ngd_preconditioner.update needs params")
-    if x is None or y is None:
-      raise ValueError(
-          "x, y: pass the batch as extra arguments, "
-          "tx.update(grads, state, params, x=x, y=y)"
-      )
-    x, y = base.check_batch(model_or_apply, params, x, y)
-    dtype = base.param_dtype(params)
-    lam = jnp.asarray(rule.current(None, state.count), dtype)
-    d = _direction(cfg, params, x, y, lam)
-    info = {
-        "loss": cfg.loss.value(d.u, y).astype(dtype),
-        "residual_norm": jnp.linalg.norm(d.u - y).astype(dtype),
-        "damping": lam,
-    }
-    info.update(d.diagnostics)
-    direction = jax.tree_util.tree_map(
-        lambda t, ref: t.astype(ref.dtype), d.direction, updates
-    )
-    return direction, NGDPreconditionerState(state.count + 1, info)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  method = core.Method(init=lambda params: (), direction=direction)
+  return core.preconditioner(model_or_apply, cfg.loss, damping, method, key,
+                             info_keys, "ngd_preconditioner")

@@ -1,0 +1,433 @@
+"""The one step that every curvature optimizer (``ngd``, ``kfac``) shares.
+
+NGD and K-FAC differ only in how they turn a batch into a preconditioned
+direction ``d`` (the update is ``-eta d``). Everything around it lives here,
+once: the state, the hyper-parameters, damping (fixed, scheduled or
+Levenberg-Marquardt), the ``info`` dict and the fault handling.
+
+Hyper-parameters in the state (optax ``inject_hyperparams`` style). A
+constant ``learning_rate`` or ``damping`` is stored in the state by ``init``
+and read from it by ``step``, so one jitted step serves a sweep:
+
+    opt = ngd(model, learning_rate=0.1)
+    step = jax.jit(opt.step)                         # compiled once
+    for lr in (0.05, 0.1, 0.2):
+      state = opt.init(params)._replace(learning_rate=jnp.asarray(lr))
+      ...
+
+Both may also be arrays (including tracers: ``jax.vmap`` or ``jax.jit`` over
+a function that builds the optimizer from its learning rate) or schedules
+``count -> value``; a schedule is evaluated at the step count and the value
+used is stored back in the state.
+
+Faults inside a jitted step (issue 13; DESIGN.md "Bad input"):
+
+* Params holding NaN/Inf raise ``ValueError`` before tracing when they are
+  concrete; when traced, ``info["params_nonfinite"] = 1``.
+* A learning rate or damping that is NaN, infinite or negative at this step
+  (a schedule gone bad, a state edited by hand) is replaced by the last
+  valid value, which the state holds (``state.learning_rate``,
+  ``state.damping``), and flagged: ``info["learning_rate_invalid"]``,
+  ``info["damping_invalid"]``. If no valid value was ever held the update
+  is not applied.
+* ``info["diverged"] = 1`` when the loss at the step's params or the
+  update is non-finite, the loss after the step (Levenberg-Marquardt) is
+  non-finite, or the loss exceeds ``DIVERGENCE_FACTOR`` times the loss of
+  the first step (``state.loss_scale``). A non-finite update is never
+  applied: the params are returned unchanged and
+  ``info["update_skipped"] = 1``. A finite but exploding step is applied and
+  flagged; the caller decides (the experiments stop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ngdjax._src import checks
+from ngdjax._src.optim import base, solvers
+from ngdjax._src.optim import damping as damping_lib
+
+Array = jax.Array
+Params = Any
+
+DIVERGENCE_FACTOR = 1e4
+
+
+class CurvatureState(NamedTuple):
+  """State of ``ngd`` and ``kfac``.
+
+  Attributes:
+    count: ``()`` int32, steps taken (the schedules' argument).
+    damping: ``()`` float (params dtype): for a constant damping, the value
+      used by every step (replace it to sweep); for Levenberg-Marquardt the
+      damping of the next step; for a schedule the last valid value.
+    learning_rate: ``()`` float: for a constant step size, the value used
+      (replace it to sweep); for a schedule the last valid value.
+    loss_scale: ``()`` float: the loss of the first step (the divergence
+      reference); NaN before it.
+    key: ``(2,)`` uint32 PRNG key data, split at every step (Monte Carlo
+      Fisher; unused otherwise).
+    curvature: the direction's own state (``()`` for NGD; K-FAC's running
+      factor averages and cached eigendecompositions).
+  """
+
+  count: Array
+  damping: Array
+  learning_rate: Array
+  loss_scale: Array
+  key: Array
+  curvature: Any
+
+
+class Direction(NamedTuple):
+  """What a curvature method returns for one batch.
+
+  Attributes:
+    u: ``(n, c)`` outputs at params.
+    direction: the preconditioned gradient ``d``, shaped like params.
+    output_change: ``J d`` ``(n, c)`` when the method has it at no cost
+      (NGD: ``G v``), else ``None`` (one JVP is then taken for
+      Levenberg-Marquardt).
+    curvature: the method's next state.
+    diagnostics: the solver's scalars for ``info``.
+  """
+
+  u: Array
+  direction: Params
+  output_change: Array | None
+  curvature: Any
+  diagnostics: dict
+
+
+class Method(NamedTuple):
+  """A curvature method: ``init`` and ``direction``.
+
+  ``direction(params, curvature, x, y, lam, key, count) -> Direction``;
+  ``y`` is ``(n, c)`` (labels already one-hot), ``lam`` the damping of the
+  step, ``key`` a fresh PRNG key.
+  """
+
+  init: Callable[[Params], Any]
+  direction: Callable[..., Direction]
+
+
+def hyperparameter(value, name: str, *, positive: bool):
+  """Validates a constant or schedule; returns ``(initial, schedule)``.
+
+  ``schedule`` is ``None`` for a constant (the step reads the state). A
+  traced value is accepted as is (it cannot be checked before tracing; the
+  step flags it if it is invalid).
+  """
+  if callable(value):
+    try:
+      first = value(jnp.zeros((), jnp.int32))
+    except Exception as e:  # noqa: BLE001 - re-raised with the name
+      raise ValueError(
+          f"{name} is callable but cannot be evaluated at step 0: {e}"
+      ) from e
+    checks.check_scalar(f"{name}(0)", first, nonnegative=True)
+    return first, value
+  if hasattr(value, "shape") and getattr(value, "shape", ()) != ():
+    raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
+  checks.check_scalar(name, value, positive=positive,
+                      nonnegative=not positive)
+  return value, None
+
+
+def check_params(params) -> None:
+  """Rejects non-finite params before tracing (when they are concrete)."""
+  leaves = jax.tree_util.tree_leaves(params)
+  if leaves and all(checks.is_concrete(leaf) for leaf in leaves):
+    for leaf in leaves:
+      # checks.all_finite: no np.asarray of a global multi-process array.
+      if checks.all_finite(leaf) is False:
+        raise ValueError(
+            "params contains NaN or Inf values (a diverged run? restart from "
+            "a checkpoint or lower the learning rate)"
+        )
+
+
+def all_finite(tree) -> Array:
+  """``()`` bool: every leaf of ``tree`` is finite."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  out = jnp.array(True)
+  for leaf in leaves:
+    out = out & jnp.all(jnp.isfinite(leaf))
+  return out
+
+
+def valid_value(value, fallback, *, positive: bool):
+  """``(value or fallback, invalid flag)`` for a learning rate or damping.
+
+  ``value`` is used when finite and ``> 0`` (``positive``) or ``>= 0``;
+  otherwise ``fallback`` (the last valid value). ``usable`` is False when
+  the fallback is not valid either.
+  """
+  def ok(v):
+    return jnp.isfinite(v) & ((v > 0) if positive else (v >= 0))
+
+  good = ok(value)
+  chosen = jnp.where(good, value, fallback)
+  return chosen, ~good, ok(chosen)
+
+
+def guarded_update(params, direction, lr, usable) -> tuple[Params, Array]:
+  """``params - lr d`` unless that is non-finite or ``usable`` is False.
+
+  Returns:
+    ``(new_params, skipped)`` with ``skipped`` an int32 flag.
+  """
+  new = base.tree_axpy(-lr, direction, params)
+  apply = usable & all_finite(new)
+  new = jax.tree_util.tree_map(lambda a, b: jnp.where(apply, a, b), new,
+                               params)
+  return new, (~apply).astype(jnp.int32)
+
+
+def divergence(loss0, loss_scale, finite_update) -> tuple[Array, Array]:
+  """``(diverged flag, next loss_scale)`` (module docstring)."""
+  scale = jnp.where(jnp.isnan(loss_scale), loss0, loss_scale)
+  exploded = jnp.abs(loss0) > DIVERGENCE_FACTOR * jnp.abs(scale) + 1e-30
+  diverged = ~jnp.isfinite(loss0) | ~finite_update | exploded
+  return diverged.astype(jnp.int32), scale.astype(loss_scale.dtype)
+
+
+def hessian_root(loss, u, y) -> tuple[Array, Array]:
+  """``(S (n, c, c), h (n, c))`` with ``S S^T = H`` and ``S h = grad_u L``.
+
+  From ``loss.hessian_root`` when the loss has one, else from each ``H_i``'s
+  eigendecomposition, ``S_i = Q_i diag(sqrt e_i)`` and ``h_i = diag(e_i^{-1/2})
+  Q_i^T g_i`` on the eigenvalues above ``c eps max e`` (a gradient outside
+  the range of ``H`` loses that component: the Fisher cannot see it).
+  """
+  if loss.hessian_root is not None:
+    s_mat, h = loss.hessian_root(u, y)
+    return s_mat.astype(u.dtype), h.astype(u.dtype)
+  e, q = jnp.linalg.eigh(loss.hessian(u, y).astype(u.dtype))
+  e = jax.vmap(solvers.clamp_spectrum)(e)
+  root = jnp.sqrt(e)
+  inv = jnp.where(root > 0, 1.0 / jnp.where(root > 0, root, 1.0), 0.0)
+  g = loss.grad(u, y).astype(u.dtype)
+  h = inv * jnp.einsum("ikj,ik->ij", q, g)
+  return q * root[:, None, :], h
+
+
+def key_data(key) -> Array:
+  """Raw ``uint32`` data of a PRNG key (typed or raw; ``None``: key 0)."""
+  if key is None:
+    key = jax.random.key(0)
+  if jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):
+    return jax.random.key_data(key)
+  key = jnp.asarray(key)
+  if key.dtype != jnp.uint32:
+    raise ValueError(f"key must be a jax PRNG key, got dtype {key.dtype}")
+  return key
+
+
+def make(
+    model_or_apply,
+    apply: Callable,
+    loss,
+    learning_rate,
+    damping,
+    method: Method,
+    mesh=None,
+    key=None,
+    jvp_fn: Callable | None = None,
+) -> base.Optimizer:
+  """An ``Optimizer`` around a curvature ``method`` (module docstring).
+
+  Args:
+    model_or_apply: what ``check_batch`` inspects (a ``Model`` or apply).
+    apply: ``apply(params, x)``.
+    loss: a validated ``Loss``.
+    learning_rate: number, array or schedule.
+    damping: number, array, schedule or ``LevenbergMarquardt``.
+    method: the direction.
+    mesh: optional example-axis mesh (validated by the caller).
+    key: PRNG key for sampled curvature (``None``: ``jax.random.key(0)``).
+    jvp_fn: ``(params, x, tangent) -> (n, c)``, the output change for
+      Levenberg-Marquardt when the method does not provide it.
+
+  Returns:
+    ``Optimizer(init, step)``.
+  """
+  lr0, lr_schedule = hyperparameter(learning_rate, "learning_rate",
+                                    positive=True)
+  rule = damping_lib.resolve(damping)
+  lam_schedule = None if rule.adaptive is not None else rule.schedule
+  key = key_data(key)
+
+  def init(params) -> CurvatureState:
+    dtype = base.param_dtype(params)
+    return CurvatureState(
+        count=jnp.zeros((), jnp.int32),
+        damping=jnp.asarray(rule.initial, dtype),
+        learning_rate=jnp.asarray(lr0, dtype),
+        loss_scale=jnp.full((), jnp.nan, dtype),
+        key=key,
+        curvature=method.init(params),
+    )
+
+  def step(params, state: CurvatureState, x, y):
+    check_params(params)
+    x, y = base.check_batch(model_or_apply, params, x, y, loss)
+    x, y = base.shard_batch(x, y, mesh)
+    dtype = state.damping.dtype
+    lam_raw = (state.damping if lam_schedule is None
+               else jnp.asarray(lam_schedule(state.count), dtype))
+    lam, lam_bad, lam_ok = valid_value(lam_raw, state.damping,
+                                       positive=False)
+    lam = jnp.where(lam_ok, lam, 0.0).astype(dtype)
+    lr_raw = (state.learning_rate if lr_schedule is None
+              else jnp.asarray(lr_schedule(state.count), dtype))
+    lr, lr_bad, lr_ok = valid_value(lr_raw, state.learning_rate,
+                                    positive=True)
+    lr = jnp.where(lr_ok, lr, 0.0).astype(dtype)
+    next_key, subkey = jax.random.split(jax.random.wrap_key_data(state.key))
+    d = method.direction(params, state.curvature, x, y, lam, subkey,
+                         state.count)
+    loss0 = loss.value(d.u, y)
+    new_params, skipped = guarded_update(params, d.direction, lr,
+                                         lr_ok & lam_ok)
+    finite_update = all_finite(d.direction)
+    diverged, scale = divergence(loss0, state.loss_scale, finite_update)
+    info = base.base_info(loss0, loss.residual(d.u, y),
+                          lr * base.tree_norm(d.direction), lam, lr, dtype)
+    info.update(d.diagnostics)
+    next_lam = lam
+    if rule.adaptive is not None:
+      du = d.output_change
+      if du is None:
+        du = jvp_fn(params, x, d.direction)
+      # Predicted change: the loss at the linearised outputs u - eta J d
+      # (ngdjax.optim.damping explains the choice).
+      predicted = loss.value(d.u - lr * du.reshape(d.u.shape), y) - loss0
+      loss1 = loss.value(base.outputs_fn(apply, x)(new_params), y)
+      rho = damping_lib.reduction_ratio(loss1 - loss0, predicted)
+      next_lam = damping_lib.lm_update(rule.adaptive, lam, rho)
+      diverged = diverged | (~jnp.isfinite(loss1)).astype(jnp.int32)
+      info["reduction_ratio"] = rho.astype(dtype)
+      info["loss_after"] = loss1.astype(dtype)
+    info["diverged"] = diverged
+    info["update_skipped"] = skipped
+    info["learning_rate_invalid"] = lr_bad.astype(jnp.int32)
+    info["damping_invalid"] = lam_bad.astype(jnp.int32)
+    info["params_nonfinite"] = (~all_finite(params)).astype(jnp.int32)
+    new_state = CurvatureState(
+        count=state.count + 1,
+        damping=next_lam.astype(dtype),
+        learning_rate=jnp.where(lr_ok, lr, state.learning_rate).astype(dtype),
+        loss_scale=scale,
+        key=jax.random.key_data(next_key),
+        curvature=d.curvature,
+    )
+    return new_params, new_state, info
+
+  return base.Optimizer(init, base.step_on_mesh(step, mesh))
+
+
+# --------------------------------------------------------------------------
+# The same direction as an optax gradient transformation.
+# --------------------------------------------------------------------------
+
+
+class PreconditionerState(NamedTuple):
+  """State of ``ngd_preconditioner`` and ``kfac_preconditioner``.
+
+  Attributes:
+    count: ``()`` int32, updates made (the damping schedule's argument).
+    info: the last update's diagnostics, scalars: ``loss``,
+      ``residual_norm``, ``damping``, ``damping_invalid`` and the method's
+      (``cholesky_failed`` or ``cg_iterations``/``cg_residual``); zeros
+      before the first update.
+    key: ``(2,)`` uint32 PRNG key data (Monte Carlo Fisher).
+    curvature: the method's own state (K-FAC's running factors).
+  """
+
+  count: Array
+  info: dict
+  key: Array
+  curvature: Any
+
+
+def preconditioner(
+    model_or_apply, loss, damping, method: Method, key, info_keys: dict,
+    name: str,
+) -> optax.GradientTransformationExtraArgs:
+  """``method``'s direction as an optax transformation.
+
+  ``update(updates, state, params, x=x, y=y)`` returns the preconditioned
+  gradient at ``params`` on the batch, in place of ``updates`` (the
+  direction needs ``grad_u L``, which the parameter gradient does not
+  determine); chain a step-size rule after it. A damping schedule value
+  that is NaN or negative is replaced by the last valid one and flagged
+  (``info["damping_invalid"]``).
+
+  Args:
+    model_or_apply, loss: as in ``make``.
+    damping: a number, array or schedule (Levenberg-Marquardt needs the loss
+      after the step, which a gradient transformation never sees).
+    method: the direction.
+    key: PRNG key (Monte Carlo Fisher).
+    info_keys: the method's diagnostics, ``name -> dtype`` (``None``: the
+      params' dtype).
+    name: the public function's name, for error messages.
+  """
+  if isinstance(damping, damping_lib.LevenbergMarquardt):
+    raise ValueError(
+        f"damping: {name} supports a fixed or scheduled damping; use the "
+        "optimizer itself for Levenberg-Marquardt"
+    )
+  rule = damping_lib.resolve(damping)
+  key = key_data(key)
+
+  def init_fn(params) -> PreconditionerState:
+    dtype = base.param_dtype(params)
+    info = {k: jnp.zeros((), dtype) for k in ("loss", "residual_norm")}
+    info["damping"] = jnp.asarray(rule.initial, dtype)
+    info["damping_invalid"] = jnp.zeros((), jnp.int32)
+    for k, kind in info_keys.items():
+      info[k] = jnp.zeros((), dtype if kind is None else kind)
+    return PreconditionerState(jnp.zeros((), jnp.int32), info, key,
+                               method.init(params))
+
+  def update_fn(updates, state, params=None, *, x=None, y=None, **extra):
+    del extra  # other transformations' extra arguments
+    if params is None:
+      raise ValueError(f"params: {name}.update needs params")
+    if x is None or y is None:
+      raise ValueError(
+          "x, y: pass the batch as extra arguments, "
+          "tx.update(grads, state, params, x=x, y=y)"
+      )
+    x, y = base.check_batch(model_or_apply, params, x, y, loss)
+    dtype = base.param_dtype(params)
+    raw = (rule.initial if rule.schedule is None
+           else rule.schedule(state.count))
+    lam, bad, ok = valid_value(jnp.asarray(raw, dtype),
+                               state.info["damping"], positive=False)
+    lam = jnp.where(ok, lam, 0.0).astype(dtype)
+    next_key, subkey = jax.random.split(jax.random.wrap_key_data(state.key))
+    d = method.direction(params, state.curvature, x, y, lam, subkey,
+                         state.count)
+    info = {
+        "loss": loss.value(d.u, y).astype(dtype),
+        "residual_norm": jnp.linalg.norm(loss.residual(d.u, y)).astype(dtype),
+        "damping": lam,
+        "damping_invalid": bad.astype(jnp.int32),
+    }
+    for k in info_keys:
+      info[k] = d.diagnostics[k].astype(state.info[k].dtype)
+    direction = jax.tree_util.tree_map(
+        lambda t, ref: t.astype(ref.dtype), d.direction, updates
+    )
+    return direction, PreconditionerState(
+        state.count + 1, info, jax.random.key_data(next_key), d.curvature)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,320 @@
+"""Train a classifier on real data: NGD, K-FAC, Adam and SGD side by side.
+
+A demonstration beyond the paper's claims (DESIGN.md, "Experiments"): an
+MLP (``ngdjax.mlp``, ReLU, NTK parameterisation) on all 10 classes of
+scikit-learn's 8x8 digits (1797 images; stratified 80/20 split, fixed seed),
+or on MNIST IDX files when ``config.data_dir`` is set, trained with
+mini-batches and the softmax cross-entropy (sum over the batch):
+
+* ``ngd``: ``ngd(model, lr, damping, loss="softmax_cross_entropy",
+  fisher="true")``: the exact Fisher natural gradient in kernel form on each
+  batch (an ``N x N`` Cholesky solve, ``N = batch * 10``; MATH.md 7);
+* ``kfac``: ``kfac(..., loss="softmax_cross_entropy")`` with running factor
+  averages (``kfac_decay``) and eigendecompositions refreshed every
+  ``kfac_inverse_every`` steps;
+* ``adam``: ``optax.adam(lr)``, for each ``lr`` in ``adam_lrs``;
+* ``sgd``: plain mini-batch SGD on the batch-mean loss at each ``lr`` in
+  ``sgd_lrs`` (the library's ``gd`` on the sum loss at ``lr / batch``).
+
+With ``cosine_decay`` every method's step size decays to 0 over its
+budget (off by default). The baselines get a small learning-rate grid
+and the best run (fewest steps to the target accuracy, ties and misses by
+final accuracy) is reported;
+NGD and K-FAC run at one setting each. Every method sees the same
+initialisation and the same sequence of batches (reshuffled every epoch
+from the config's seed).
+
+Measured, per method: the batch loss (mean per example) after every step,
+the test accuracy every ``eval_every`` steps, against steps and seconds
+(training time only: the clock stops while evaluating; compilation excluded
+by a discarded warm-up step); the steps and seconds to ``target_accuracy``
+and the final test accuracy. ``summary.json`` holds
+``measured.test_accuracy`` and ``measured.seconds_to_97`` (plus
+``steps_to_97``), each a dict keyed ``ngd``, ``kfac``, ``adam``, ``sgd``
+(``None`` where the target was not reached; the keys keep the name "97"
+whatever ``target_accuracy`` is).
+
+Pass criterion (a demonstration, not a claim of the paper): NGD and K-FAC
+each reach ``target_accuracy`` on the test set within their budget. The
+comparison with Adam and SGD is reported as measured, whichever wins.
+Wall-clock depends on the machine and its load.
+
+Results of the presets: ``configs/train.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ngdjax import data, models
+from ngdjax.experiment import plots
+from ngdjax.experiment.runner import Run, unit_key
+from ngdjax.optim import gd, kfac, ngd, optax_optimizer
+
+NAME = "train"
+CLAIM = "D1"
+TITLE = ("Classifier on real data (demonstration): NGD, K-FAC, Adam and SGD "
+         "with mini-batches")
+METHODS = ("ngd", "kfac", "adam", "sgd")
+CURVATURE = ("ngd", "kfac")
+_LABELS = {"ngd": "NGD (Fisher, kernel form)", "kfac": "K-FAC",
+           "adam": "Adam", "sgd": "SGD"}
+_COLORS = {"ngd": "C3", "kfac": "C0", "adam": "C4", "sgd": "C2"}
+LOSS = "softmax_cross_entropy"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The digits run (its fields are the experiment's schema)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data_dir = ""  # MNIST IDX files here; empty: scikit-learn's digits
+  c.n_train = 0  # MNIST only: a random subset of this many (0: all)
+  c.n_test = 0  # MNIST only
+  c.test_fraction = 0.2  # digits only
+  c.widths = (512,)  # hidden layers
+  c.w_std = 1.4142135623730951  # sqrt(2): He scaling for ReLU
+  c.batch_size = 64
+  c.ngd_lr = 0.5
+  c.ngd_damping = 0.3
+  c.kfac_lr = 0.5
+  c.kfac_damping = 0.3
+  c.kfac_decay = 0.95
+  c.kfac_inverse_every = 10
+  c.adam_lrs = (3e-3, 1e-2, 3e-2)
+  c.sgd_lrs = (0.1, 0.3, 1.0)  # on the batch-mean loss
+  c.curvature_steps = 200  # budget of ngd and kfac
+  c.first_order_steps = 400  # budget of adam and sgd
+  c.eval_every = 10
+  c.cosine_decay = False  # True: every step size decays to 0 (cosine)
+  c.target_accuracy = 0.97
+  return c
+
+
+def load(config) -> data.Dataset:
+  """The data set of ``config``, pixels standardised.
+
+  Each pixel is centred and scaled by its training mean and standard
+  deviation (pixels constant on the training set become 0), so that the NTK
+  parameterisation's ``1/sqrt(d)`` gives O(1) pre-activations.
+  """
+  classes = tuple(range(10))
+  if config.data_dir:
+    ds = data.mnist(config.data_dir, classes=classes, targets="onehot",
+                    seed=config.seed, n_train=config.n_train or None,
+                    n_test=config.n_test or None, normalize=False)
+  else:
+    ds = data.digits(classes=classes, targets="onehot",
+                     test_fraction=config.test_fraction, seed=config.seed,
+                     normalize=False)
+  x_train = np.asarray(ds.x_train, np.float64)
+  mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+  std = np.where(std > 0, std, 1.0)
+
+  def standardise(x):
+    return ((np.asarray(x, np.float64) - mean) / std).astype(
+        np.asarray(ds.x_train).dtype)
+
+  return ds._replace(x_train=standardise(ds.x_train),
+                     x_test=standardise(ds.x_test))
+
+
+def _make(model, method: str, lr: float, config, batch: int, steps: int):
+  if config.cosine_decay:
+    lr = optax.cosine_decay_schedule(lr, steps)
+  if method == "ngd":
+    return ngd(model, lr, damping=config.ngd_damping, loss=LOSS,
+               fisher="true")
+  if method == "kfac":
+    return kfac(model, lr, damping=config.kfac_damping, loss=LOSS,
+                factor_decay=config.kfac_decay,
+                inverse_every=config.kfac_inverse_every)
+  if method == "adam":
+    return optax_optimizer(model, optax.adam(lr), loss=LOSS)
+  if method == "sgd":
+    return gd(model, (lambda c: lr(c) / batch) if callable(lr) else lr / batch,
+              loss=LOSS)
+  raise ValueError(f"unknown method {method!r}")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _accuracy(model, params, x, labels):
+  return jnp.mean(jnp.argmax(model.apply(params, x), axis=-1) == labels)
+
+
+def _batches(n: int, batch: int, steps: int, seed: int) -> list[np.ndarray]:
+  """Index arrays of ``steps`` full batches; a new permutation per epoch."""
+  rng = np.random.default_rng([seed, 1])
+  out, epoch = [], []
+  while len(out) < steps:
+    if len(epoch) < batch:
+      epoch = list(rng.permutation(n))
+    out.append(np.asarray(epoch[:batch]))
+    epoch = epoch[batch:]
+  return out
+
+
+def run(config: ml_collections.ConfigDict,
+        workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs the comparison and returns its summary (``summary.json``)."""
+  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
+    if not config.adam_lrs or not config.sgd_lrs:
+      raise ValueError("config.adam_lrs and config.sgd_lrs must be "
+                       "non-empty")
+    if min(config.curvature_steps, config.first_order_steps,
+           config.eval_every, config.batch_size) < 1:
+      raise ValueError("config.curvature_steps, first_order_steps, "
+                       "eval_every and batch_size must be >= 1")
+    if not 0 < config.target_accuracy <= 1:
+      raise ValueError("config.target_accuracy must lie in (0, 1]")
+    ds = load(config)
+    n, d = ds.x_train.shape
+    batch = min(int(config.batch_size), n)
+    model = models.mlp(tuple(int(w) for w in config.widths), out_dim=10,
+                       activation="relu", w_std=float(config.w_std))
+    params0 = model.init(r.key("init"), d)
+    runs = [(m, None) for m in CURVATURE]
+    runs += [("adam", float(lr)) for lr in config.adam_lrs]
+    runs += [("sgd", float(lr)) for lr in config.sgd_lrs]
+    r.start_progress(len(runs))
+    results = [
+        r.unit(unit_key(method=m, lr="default" if lr is None else f"{lr:g}"),
+               functools.partial(_train, config, model, params0, ds, batch,
+                                 m, lr))
+        for m, lr in runs
+    ]
+    return _finish(r, config, ds, batch, results)
+
+
+def _train(config, model, params0, ds, batch, method, lr, log):
+  """One training run; logs loss and test accuracy against steps/seconds."""
+  if lr is None:
+    lr = config.ngd_lr if method == "ngd" else config.kfac_lr
+  steps = (config.curvature_steps if method in CURVATURE
+           else config.first_order_steps)
+  opt = _make(model, method, lr, config, batch, steps)
+  step = jax.jit(opt.step)
+  x_all = jnp.asarray(ds.x_train)
+  labels = jnp.asarray(ds.labels_train)
+  x_test = jnp.asarray(ds.x_test)
+  labels_test = jnp.asarray(ds.labels_test)
+  order = _batches(x_all.shape[0], batch, steps, int(config.seed))
+  state = opt.init(params0)
+  # Warm-up (compiles; discarded).
+  jax.block_until_ready(step(params0, state, x_all[order[0]],
+                             labels[order[0]]))
+  params = params0
+  clock = 0.0
+  acc = float(_accuracy(model, params, x_test, labels_test))
+  log(step=0, method=method, lr=lr, test_accuracy=acc, seconds=0.0)
+  evals = [(0, 0.0, acc)]
+  status = "budget"
+  for k in range(1, steps + 1):
+    idx = order[k - 1]
+    start = time.perf_counter()
+    params, state, info = step(params, state, x_all[idx], labels[idx])
+    loss = float(info["loss"]) / batch
+    clock += time.perf_counter() - start
+    record = {"method": method, "lr": lr, "loss": loss, "seconds": clock}
+    if k % config.eval_every == 0 or k == steps:
+      acc = float(_accuracy(model, params, x_test, labels_test))
+      record["test_accuracy"] = acc
+      evals.append((k, clock, acc))
+    log(step=k, **record)
+    if int(info["diverged"]) or not math.isfinite(loss):
+      status = "diverged"
+      break
+  hit = next((e for e in evals if e[2] >= config.target_accuracy), None)
+  return {
+      "method": method, "lr": float(lr), "steps_run": k,
+      "status": status,
+      "final_test_accuracy": evals[-1][2],
+      "best_test_accuracy": max(e[2] for e in evals),
+      "steps_to_target": None if hit is None else hit[0],
+      "seconds_to_target": None if hit is None else hit[1],
+      "seconds_per_step": clock / max(k, 1),
+  }
+
+
+def _best(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+  """Fewest steps to the target; ties and misses by final accuracy."""
+  def key(u):
+    steps = u["steps_to_target"]
+    return (math.inf if steps is None else steps,
+            -u["final_test_accuracy"])
+  return min(candidates, key=key)
+
+
+def _finish(r: Run, config, ds, batch, results) -> dict[str, Any]:
+  best = {m: _best([u for u in results if u["method"] == m])
+          for m in METHODS}
+  checks = {f"{m}_reaches_target": best[m]["steps_to_target"] is not None
+            for m in CURVATURE}
+  figures = _plot(r, config, best)
+  measured = {
+      "test_accuracy": {m: best[m]["final_test_accuracy"] for m in METHODS},
+      "seconds_to_97": {m: best[m]["seconds_to_target"] for m in METHODS},
+      "steps_to_97": {m: best[m]["steps_to_target"] for m in METHODS},
+      "seconds_per_step": {m: best[m]["seconds_per_step"] for m in METHODS},
+      "learning_rate": {m: best[m]["lr"] for m in METHODS},
+  }
+
+  def show(m):
+    u = best[m]
+    reach = ("not reached" if u["steps_to_target"] is None else
+             f"{u['steps_to_target']} steps/{u['seconds_to_target']:.3g}s")
+    return (f"{_LABELS[m].split(' (')[0]} (lr={u['lr']:g}) {reach}, final "
+            f"{100 * u['final_test_accuracy']:.1f}%")
+
+  source = "MNIST" if config.data_dir else "digits (10 classes)"
+  text = (f"to {100 * config.target_accuracy:g}% test accuracy on {source}, "
+          f"n={ds.x_train.shape[0]}, batch {batch}: "
+          + "; ".join(show(m) for m in METHODS))
+  expectation = (
+      f"demonstration (not a paper claim): NGD and K-FAC reach "
+      f"{100 * config.target_accuracy:g}% test accuracy within "
+      f"{config.curvature_steps} steps; Adam/SGD best of their lr grids, "
+      "reported as measured")
+  return r.finish(passed=all(checks.values()), measured=measured,
+                  measured_text=text, expectation=expectation,
+                  figures=figures, title=TITLE, checks=checks,
+                  details={"runs": results})
+
+
+def _plot(r: Run, config, best) -> list[str]:
+  records = [rec for rec in r.records() if "step" in rec and "unit" in rec]
+  chosen = {m: unit_key(method=m, lr="default" if m in CURVATURE
+                        else f"{best[m]['lr']:g}") for m in METHODS}
+  figures = []
+  for y_key, ylabel, logy in (("test_accuracy", "test accuracy", False),
+                              ("loss", "batch loss (mean per example)",
+                               True)):
+    for x_key, xlabel in (("step", "step"), ("seconds", "seconds")):
+      series = []
+      for m in METHODS:
+        pts = [(rec[x_key], rec[y_key]) for rec in records
+               if rec["unit"] == chosen[m] and y_key in rec
+               and rec.get(x_key) is not None]
+        if not pts:
+          continue
+        xs, ys = zip(*pts, strict=True)
+        series.append(plots.Series(
+            x=xs, y=ys, color=_COLORS[m],
+            label=f"{_LABELS[m]}, lr={best[m]['lr']:g}", style="line"))
+      name = f"{y_key}_vs_{x_key}.png"
+      plots.line_plot(
+          r.path(name), series, xlabel=xlabel, ylabel=ylabel, logy=logy,
+          hlines=([(config.target_accuracy, "target")]
+                  if y_key == "test_accuracy" else ()),
+          title=f"{y_key.replace('_', ' ')} vs {x_key}")
+      figures.append(name)
+  return figures

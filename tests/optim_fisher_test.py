@@ -1,0 +1,266 @@
+"""NGD and K-FAC with the Fisher of softmax cross-entropy (MATH.md 7).
+
+Every step is compared with a dense ``p x p`` reference built from the
+definitions: ``J`` by ``jax.jacrev``, the output Hessian by ``jax.hessian``
+of the per-example loss, per-example gradients by ``jax.grad``; never from
+the library's closed forms.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import ngdjax
+from ngdjax.optim import kfac, ngd, ngd_preconditioner
+
+N, D, C = 5, 3, 3
+MODEL = ngdjax.mlp([4], out_dim=C, activation="tanh")
+
+
+def _problem(seed=0, scale=1.0):
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(lambda k: MODEL.init(k, D), jax.random.key(0))
+  params = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(scale * rng.standard_normal(s.shape)), shapes)
+  x = jnp.asarray(rng.standard_normal((N, D)))
+  labels = jnp.asarray(rng.integers(0, C, N))
+  return params, x, labels
+
+
+def _sampled(u):
+  """The labels the step draws: ``core`` splits ``key(0)`` once per step."""
+  sub = jax.random.split(jax.random.key(0))[1]
+  return jax.random.categorical(sub, u, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _dense(opt, params, x, labels):
+  """One step and the dense pieces of its reference."""
+  flat, unravel = ravel_pytree(params)
+  out = lambda f: MODEL.apply(unravel(f), x)  # noqa: E731
+  new, state, info = opt.step(params, opt.init(params), x, labels)
+  delta = ravel_pytree(new)[0] - flat
+  u = out(flat)
+  jac = jax.jacrev(lambda f: out(f).reshape(-1))(flat)  # (N c, p)
+
+  def example_loss(ui, yi):
+    return -jax.nn.log_softmax(ui)[yi]
+
+  g = jax.vmap(jax.grad(example_loss))(u, labels)  # (n, c)
+  hess = jax.vmap(jax.hessian(example_loss))(u, labels)  # (n, c, c)
+  s = jax.vmap(jax.grad(example_loss))(u, _sampled(u))
+  return delta, info, jac, u, g, hess, s
+
+
+def _reference(fisher, jac, g, hess, s, lr, lam):
+  jac, g, hess, s = map(np.asarray, (jac, g, hess, s))
+  p = jac.shape[1]
+  jb = jac.reshape(N, C, p)
+  grad = np.einsum("ik,ikp->p", g, jb)
+  if fisher == "true":
+    f = np.einsum("ikp,ikl,ilq->pq", jb, hess, jb)
+  elif fisher == "empirical":
+    rows = np.einsum("ik,ikp->ip", g, jb)
+    f = rows.T @ rows
+  else:
+    rows = np.einsum("ik,ikp->ip", s, jb)
+    f = rows.T @ rows
+  return -lr * np.linalg.solve(f + lam * np.eye(p), grad)
+
+
+@pytest.mark.parametrize("fisher", ["true", "empirical", "monte_carlo"])
+@pytest.mark.parametrize("solver,lam", [("cholesky", 1e-3), ("cg", 0.3)])
+def test_ngd_fisher_matches_dense(fisher, solver, lam):
+  params, x, labels = _problem(seed=1, scale=1.5)
+  opt = ngd(MODEL, 0.7, damping=lam, loss="softmax_cross_entropy",
+            fisher=fisher, solver=solver, cg_tol=1e-14)
+  delta, info, jac, u, g, hess, s = _dense(opt, params, x, labels)
+  ref = _reference(fisher, jac, g, hess, s, 0.7, lam)
+  scale = np.linalg.norm(ref)
+  assert np.linalg.norm(np.asarray(delta) - ref) <= 1e-8 * scale
+  np.testing.assert_allclose(
+      info["loss"], -np.sum(jax.nn.log_softmax(u)[np.arange(N), labels]),
+      rtol=1e-12)
+  assert int(info["diverged"]) == 0
+
+
+def test_one_hot_and_labels_agree_and_check():
+  params, x, labels = _problem(seed=2)
+  opt = ngd(MODEL, 1.0, damping=1e-2, loss="softmax_cross_entropy")
+  state = opt.init(params)
+  a = opt.step(params, state, x, labels)[0]
+  b = opt.step(params, state, x, jax.nn.one_hot(labels, C))[0]
+  for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b),
+                    strict=True):
+    np.testing.assert_allclose(la, lb, rtol=1e-12)
+  with pytest.raises(ValueError, match="y holds class labels"):
+    opt.step(params, state, x, labels.at[0].set(C))
+  with pytest.raises(ValueError, match="y has 4 rows"):
+    opt.step(params, state, x, labels[:4])
+  with pytest.raises(ValueError, match="fisher"):
+    ngd(MODEL, 1.0, fisher="exact")
+  with pytest.raises(ValueError, match="damping must be positive"):
+    ngd(MODEL, 1.0, loss="softmax_cross_entropy", fisher="monte_carlo")
+  with pytest.raises(ValueError, match="sampler"):
+    ngd(MODEL, 1.0, damping=1.0, loss="squared_log_cosh",
+        fisher="monte_carlo")
+
+
+def test_saturated_softmax_gives_a_finite_step():
+  """Logits far apart: probabilities below float32's smallest normal."""
+  params, x, labels = _problem(seed=3, scale=40.0)
+  params = jax.tree_util.tree_map(lambda t: t.astype(jnp.float32), params)
+  opt = ngd(MODEL, 1.0, damping=1e-3, loss="softmax_cross_entropy")
+  new, _, info = jax.jit(opt.step)(params, opt.init(params),
+                                   x.astype(jnp.float32), labels)
+  assert all(bool(jnp.all(jnp.isfinite(t)))
+             for t in jax.tree_util.tree_leaves(new))
+  assert int(info["update_skipped"]) == 0
+
+
+def test_ngd_preconditioner_with_the_fisher_equals_ngd():
+  params, x, labels = _problem(seed=4)
+  import optax
+
+  tx = optax.chain(
+      ngd_preconditioner(MODEL, damping=0.1, loss="softmax_cross_entropy",
+                         fisher="monte_carlo"), optax.sgd(0.5))
+  opt = ngd(MODEL, 0.5, damping=0.1, loss="softmax_cross_entropy",
+            fisher="monte_carlo")
+  updates, _ = tx.update(params, tx.init(params), params, x=x, y=labels)
+  new = opt.step(params, opt.init(params), x, labels)[0]
+  for up, p0, p1 in zip(jax.tree_util.tree_leaves(updates),
+                        jax.tree_util.tree_leaves(params),
+                        jax.tree_util.tree_leaves(new), strict=True):
+    np.testing.assert_allclose(up, p1 - p0, rtol=1e-10, atol=1e-14)
+
+
+# --------------------------------------------------------------------------
+# K-FAC.
+# --------------------------------------------------------------------------
+
+
+@jax.jit
+def _kfac_pieces(params, x, labels):
+  mats = MODEL.to_layer_matrices(params)
+
+  def loss(ms):
+    u = MODEL.apply(MODEL.from_layer_matrices(ms), x)
+    return -jnp.sum(jax.nn.log_softmax(u)[jnp.arange(N), labels])
+
+  u = MODEL.apply(params, x)
+  hess = jax.vmap(jax.hessian(lambda ui, yi: -jax.nn.log_softmax(ui)[yi]))(
+      u, labels)
+  s = jax.vmap(jax.grad(lambda ui, yi: -jax.nn.log_softmax(ui)[yi]))(
+      u, _sampled(u))
+  return mats, jax.grad(loss)(mats), MODEL.layer_factors(params, x), hess, s
+
+
+def _kfac_reference(params, x, labels, lr, lam, split, fisher):
+  """Block-diagonal ``-eta (F_l + damping)^{-1} grad_l``, explicit kron."""
+  mats, grads, factors, hess, s = map(
+      lambda t: jax.tree_util.tree_map(np.asarray, t),
+      _kfac_pieces(params, x, labels))
+  deltas = []
+  for f, g in zip(factors, grads, strict=True):
+    a, b = np.asarray(f.inputs), np.asarray(f.output_grads)
+    fa = a.T @ a
+    if fisher == "true":
+      fb = np.einsum("ikb,ikl,ilc->bc", b, hess, b)
+    else:
+      rows = np.einsum("ik,ikb->ib", s, b)
+      fb = rows.T @ rows
+    if split == "pi":
+      pi = np.sqrt((np.trace(fa) / a.size) / (np.trace(fb) / len(fb)))
+      fa = fa + N * pi * np.sqrt(lam) * np.eye(len(fa))
+      fb = fb + np.sqrt(lam) / pi * np.eye(len(fb))
+      f_kfac = np.kron(fa, fb) / N
+    else:
+      f_kfac = np.kron(fa, fb) / N + lam * np.eye(len(fa) * len(fb))
+    deltas.append(-lr * np.linalg.solve(f_kfac, np.ravel(g)).reshape(g.shape))
+  return deltas
+
+
+@pytest.mark.parametrize(
+    "fisher,split,kwargs",
+    [("true", "pi", {}),
+     ("true", "exact", {"form": "dual"}),
+     ("true", "pi", {"factor_decay": 0.0}),  # mini-batch mode, one batch
+     ("true", "exact", {"inverse_every": 3}),
+     ("monte_carlo", "pi", {}),
+     ("monte_carlo", "exact", {})])
+def test_kfac_cross_entropy_matches_explicit_kronecker(fisher, split, kwargs):
+  params, x, labels = _problem(seed=5)
+  lam, lr = 0.05, 0.6
+  opt = kfac(MODEL, lr, damping=lam, loss="softmax_cross_entropy",
+             fisher=fisher, damping_split=split, **kwargs)
+  new, _, info = jax.jit(opt.step)(params, opt.init(params), x, labels)
+  ref = _kfac_reference(params, x, labels, lr, lam, split, fisher)
+  old = MODEL.to_layer_matrices(params)
+  for n_mat, o_mat, r in zip(MODEL.to_layer_matrices(new), old, ref,
+                             strict=True):
+    np.testing.assert_allclose(n_mat - o_mat, r, rtol=1e-8, atol=1e-11)
+  assert int(info["cholesky_failed"]) == 0
+
+
+def test_kfac_running_averages_and_inverse_refresh():
+  params, x, labels = _problem(seed=6)
+  decay = 0.75
+  opt = kfac(MODEL, 0.3, damping=0.1, loss="softmax_cross_entropy",
+             factor_decay=decay, inverse_every=2)
+  step = jax.jit(opt.step)
+  state = opt.init(params)
+  batches = [(x, labels), (x[::-1] * 0.5, labels[::-1]), (x + 0.1, labels)]
+  covs, states, p = [], [], params
+  for xb, yb in batches:
+    fac = MODEL.layer_factors(p, xb)[0]
+    covs.append(np.asarray(fac.inputs.T @ fac.inputs) / N)
+    p, state, _ = step(p, state, xb, yb)
+    states.append(state)
+  expected = covs[0]
+  for cov in covs[1:]:
+    expected = decay * expected + (1 - decay) * cov
+  np.testing.assert_allclose(states[-1].curvature[0].inputs_cov, expected,
+                             rtol=1e-12)
+  # Eigendecompositions at steps 0 and 2 only.
+  e0, e1, e2 = (s.curvature[0].inputs_eigvals for s in states)
+  np.testing.assert_array_equal(e0, e1)
+  np.testing.assert_allclose(
+      e2, np.linalg.eigvalsh(np.asarray(states[2].curvature[0].inputs_cov)),
+      rtol=1e-10, atol=1e-14)
+  assert not np.allclose(e1, e2)
+
+
+def test_kfac_bad_settings_raise():
+  with pytest.raises(ValueError, match="factor_decay"):
+    kfac(MODEL, 1.0, factor_decay=1.0)
+  with pytest.raises(ValueError, match="inverse_every"):
+    kfac(MODEL, 1.0, inverse_every=0)
+  with pytest.raises(ValueError, match="fisher"):
+    kfac(MODEL, 1.0, fisher="sampled")
+
+
+def test_kfac_preconditioner_equals_kfac_over_steps():
+  import optax
+
+  from ngdjax.optim import kfac_preconditioner
+
+  params, x, labels = _problem(seed=7)
+  settings = dict(damping=0.05, loss="softmax_cross_entropy",
+                  factor_decay=0.9, inverse_every=2)
+  tx = optax.chain(kfac_preconditioner(MODEL, **settings), optax.sgd(0.4))
+  opt = kfac(MODEL, 0.4, **settings)
+  p_tx, s_tx, p, s = params, tx.init(params), params, opt.init(params)
+  for k in range(3):
+    xb = x * (1 + 0.1 * k)
+    updates, s_tx = tx.update(params, s_tx, p_tx, x=xb, y=labels)
+    p_tx = optax.apply_updates(p_tx, updates)
+    p, s, _ = opt.step(p, s, xb, labels)
+  for a, b in zip(jax.tree_util.tree_leaves(p_tx), jax.tree_util.tree_leaves(p),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+  assert int(s_tx[0].info["cholesky_failed"]) == 0

@@ -522,9 +522,13 @@ def _gram_found_structure(apply_or_model, params, x1, x2, chunk_size):
   exact Gram of the generic leaves (``structure`` module)."""
   if isinstance(apply_or_model, Model):
     apply_or_model = apply_or_model.apply
+  n_max = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
+  if x2 is None and chunk_size is not None and chunk_size < n_max:
+    # Block by block into one buffer; each block is this function unchunked.
+    return gram_blocks(apply_or_model, params, x1, chunk_size,
+                       GramMethod.STRUCTURED)
   st = structure.layer_structure(apply_or_model, params, x1)
   total = 0.0
-  n_max = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
   if st.report.layers:
     if chunk_size is None or chunk_size >= n_max:
       f1 = st.layer_factors(params, x1)
@@ -628,9 +632,9 @@ def gram_blocks(
   k = -(-n // b)
   resolved = resolve_gram_method(apply_or_model, params,
                                  checks.leading_rows(x, b), method)
-  if resolved is GramMethod.STRUCTURED:
-    if model is None or model.layer_factors is None:
-      _gram_structured(model, params, x, None, None)  # raises the error
+  if resolved is GramMethod.STRUCTURED and (
+      model is not None and model.layer_factors is not None):
+    # (A bare apply's found structure goes through gram per block below.)
 
     def factors(xb):
       return model.layer_factors(params, xb)

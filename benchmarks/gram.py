@@ -9,6 +9,12 @@ The floor for the two-layer net is the three matmuls that any method must do
 same process on arrays of the same shapes; for the MLP it is one forward pass
 plus the per-layer ``A A^T`` and ``B B^T`` matmuls. Every time is the median of
 ``--repeats`` runs after a warm-up call (compilation excluded), in float32.
+
+"Bring your own model": a flax.linen MLP (3 hidden layers of 512, biases,
+n = 256, d = 64) given as a bare ``module.apply``; its default Gram (dense
+layers found automatically) against the structured Gram of ``ngdjax.mlp`` of
+the same shape and against ``method="jacobian"`` on the flax model. Skipped
+when flax is not installed.
 """
 
 from __future__ import annotations
@@ -100,6 +106,47 @@ def mlp(n, d, width, depth, methods, repeats):
   return f"MLP n={n} d={d} width={width} hidden layers={depth}", floor, rows
 
 
+def flax_mlp(n, d, width, depth, repeats):
+  """Default Gram of a flax MLP vs ngdjax.mlp's structured Gram (ratios)."""
+  try:
+    import flax.linen as nn
+  except ImportError:
+    print("\nflax not installed: bring-your-own-model case skipped")
+    return None
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for _ in range(depth):
+        x = nn.relu(nn.Dense(width)(x))
+      return nn.Dense(1)(x)
+
+  key_x, key_w = jax.random.split(jax.random.key(2))
+  x = _sphere(key_x, n, d)
+  flax_params = MLP().init(key_w, x)
+  model = ngdjax.mlp([width] * depth)
+  params = model.init(key_w, d)
+  fns = {
+      "ngdjax.mlp structured": (jax.jit(lambda p, x: ngdjax.gram(
+          model, p, x, method="structured")), params),
+      "flax default (auto)": (jax.jit(lambda p, x: ngdjax.gram(
+          MLP().apply, p, x)), flax_params),
+      "flax jacobian": (jax.jit(lambda p, x: ngdjax.gram(
+          MLP().apply, p, x, method="jacobian")), flax_params),
+  }
+  times = {k: _time(fn, p, x, repeats=repeats) for k, (fn, p) in fns.items()}
+  print(f"\nflax.linen MLP n={n} d={d} width={width} hidden layers={depth}")
+  base = times["ngdjax.mlp structured"]
+  for k, t in times.items():
+    print(f"  {k:<28}{t:>10.4f} s {t / base:>8.2f} x ngdjax.mlp")
+  auto = times["flax default (auto)"]
+  print(f"  flax auto / ngdjax.mlp structured = {auto / base:.2f} "
+        "(target <= 1.5)")
+  print(f"  flax jacobian / flax auto = {times['flax jacobian'] / auto:.1f} "
+        "(target >= 50)")
+  return times
+
+
 def _print(title, floor, rows):
   print(f"\n{title}")
   print(f"  {'method':<28}{'time (s)':>10}{'/ floor':>10}{'GFLOP':>10}")
@@ -117,7 +164,9 @@ def main():
   if args.quick:
     _print(*two_layer(64, 8, 128, all_methods, 1))
     _print(*mlp(32, 8, 32, 3, all_methods, 1))
+    flax_mlp(32, 8, 32, 3, 1)
     return
+  flax_mlp(256, 64, 512, 3, args.repeats)
   _print(*two_layer(1024, 128, 4096, all_methods, args.repeats))
   # The dense methods need ~1e13 flops here; only the structured one runs.
   _print(*two_layer(4096, 256, 16384, ["structured"], args.repeats))

@@ -6,9 +6,10 @@ Small preset (about 25 s on 2 CPU cores; n = 8, widths 8 .. 262144, eta in
   python -m experiments.ngd_rate --config=configs/ngd_rate.py:small \
       --workdir=/tmp/ngdjax/C1_small
 
-Full run (about 6-9 min on 2 shared CPU cores, most of it m = 2^20; n =
-16, widths 8 .. 1048576, 2 initialisations, 8 steps; ``||J(k) - J(0)||_2``
-is exact and costs ``n^2 m``)::
+Full run (10 min on 2 CPU cores shared at load ~12, estimated 4 min
+alone, most of it m = 2^20; n = 16, widths 8 .. 1048576, 2
+initialisations, 8 steps; ``||J(k) - J(0)||_2`` is exact and costs ``n^2
+m``)::
 
   python -m experiments.ngd_rate --config=configs/ngd_rate.py \
       --workdir=/tmp/ngdjax/C1
@@ -16,8 +17,8 @@ is exact and costs ``n^2 m``)::
 Expected result (measured). Inside Theorem 1's hypotheses (measured ``C <
 1/2`` and ``eta <= (1 - 2C)/(1 + C)^2``): small 2 of 20 runs (m = 262144,
 eta = 0.1 with C = 0.185, eta = 0.25 with C = 0.231; max ratios 0.810 and
-0.563 against 0.9 and 0.75); full (12 steps) 5 of 72 runs (m = 262144 and
-1048576, eta = 0.1 and 0.25, C = 0.25-0.36; max ratios 0.810 and 0.563):
+0.563 against 0.9 and 0.75); full 6 of 72 runs (m = 262144 and 1048576,
+eta = 0.1 and 0.25, C = 0.22-0.32; max ratios 0.810 and 0.563):
 the rate holds in every run inside the hypotheses. Outside them the ratios
 sit near ``(1 - eta)^2`` from m = 64 on; m = 8 breaks the bound on the full
 run (0.91 at eta = 0.1). ``C`` falls roughly like ``m^(-0.28)`` (0.38 at

@@ -13,8 +13,16 @@ MNIST from IDX files (``train-images-idx3-ubyte[.gz]`` etc. in DIR)::
   python -m experiments.train --config=configs/train.py:mnist \
       --config.data_dir=DIR --workdir=/tmp/ngdjax/train_mnist
 
-Expected result: see the measured table in the report below (filled in
-from the run on this machine).
+Measured (digits preset, float64, 2 CPU cores shared with other jobs,
+load ~8; 3m11s in all): final test accuracy / steps and seconds to 97%:
+NGD (lr 0.5, damping 0.3) 96.7% / not reached in 200 steps (best 96.7%);
+K-FAC (lr 0.5, damping 0.3, decay 0.95, refresh every 10) 97.2% / 90 steps,
+39 s; Adam (best of 3e-3, 1e-2, 3e-2: 3e-2) 97.2% / 80 steps, 0.12 s; SGD
+(best of 0.1, 0.3, 1: 1) 92.8% / not reached in 400 steps. NGD sits at
+96-97% on this split for every setting tried (width 128-512, one or two
+hidden layers, batch 64-128, damping 0.1-3, lr 0.3-1, cosine decay); in
+float32 the same preset reached 97.2% at step 120. Seconds per step (under
+that load): NGD 0.16, K-FAC 0.43, Adam 0.002, SGD 0.006.
 """
 
 from ngdjax.experiment import train

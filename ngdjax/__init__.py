@@ -40,6 +40,7 @@ from ngdjax._src.linalg import lambda_min, normalize_rows
 from ngdjax._src.linearized import MinNormSolution, linearize, min_norm_solution
 from ngdjax._src.losses import Loss
 from ngdjax._src.models import LayerFactors, Model, mlp, two_layer_relu
+from ngdjax._src.structure import StructureReport, describe_structure
 from ngdjax.optim import (
     GDState,
     KFACState,
@@ -73,9 +74,11 @@ __all__ = [
     "NGDState",
     "OptaxState",
     "Optimizer",
+    "StructureReport",
     "__version__",
     "apply_forster",
     "data",
+    "describe_structure",
     "diagnostics",
     "forster",
     "gd",

@@ -8,11 +8,25 @@ from ngdjax._src.models import (
     output_layer,
     two_layer_relu,
 )
+from ngdjax._src.structure import (
+    DenseLayerInfo,
+    GenericLeafInfo,
+    LayerStructure,
+    StructureReport,
+    describe_structure,
+    layer_structure,
+)
 
 __all__ = [
     "ACTIVATIONS",
+    "DenseLayerInfo",
+    "GenericLeafInfo",
     "LayerFactors",
+    "LayerStructure",
     "Model",
+    "StructureReport",
+    "describe_structure",
+    "layer_structure",
     "mlp",
     "output_layer",
     "two_layer_relu",

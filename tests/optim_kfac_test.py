@@ -378,7 +378,7 @@ def test_bad_hyperparameters_raise(kwargs, match):
 
 def test_bad_model_and_batch_raise():
   with pytest.raises(ValueError, match="model"):
-    kfac(lambda p, x: x @ p, 1.0)
+    kfac(42, 1.0)  # neither a Model nor an apply function
   model = ngdjax.two_layer_relu(8)
   params = _init(model, 3, seed=0)
   opt = kfac(model, 1.0)

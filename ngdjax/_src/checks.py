@@ -358,7 +358,8 @@ def _path_str(name: str, path) -> str:
 
 
 def check_params(params, expected=None, *, name: str = "params",
-                 finite: bool = True, floating: bool = True):
+                 finite: bool = True, floating: bool = True,
+                 context: str = ""):
   """Checks a parameter pytree; optionally against an expected structure.
 
   Args:
@@ -369,6 +370,7 @@ def check_params(params, expected=None, *, name: str = "params",
     name: argument name for messages.
     finite: reject NaN/Inf leaves (concrete leaves only).
     floating: require floating-point leaves.
+    context: appended to shape messages (e.g. the inputs' shape).
 
   Raises:
     ValueError: naming ``params`` and the path of the bad leaf, e.g.
@@ -408,7 +410,7 @@ def check_params(params, expected=None, *, name: str = "params",
       if shape != tuple(want[key].shape):
         raise ValueError(
             f"{name}{key} has shape {shape} but the model expects "
-            f"{tuple(want[key].shape)}"
+            f"{tuple(want[key].shape)}{context}"
         )
   for path, leaf in leaves_p:
     leaf_name = _path_str(name, path)
@@ -448,7 +450,9 @@ def check_model_params(model, params, x, *, name: str = "params",
   are checked; mismatches surface in ``check_apply``.
   """
   expected = None if model is None else expected_model_params(model, x)
-  return check_params(params, expected, name=name, finite=finite)
+  return check_params(
+      params, expected, name=name, finite=finite,
+      context=f" for inputs x of shape {tuple(x.shape)}")
 
 
 def leading_rows(x, k: int = 1) -> jax.ShapeDtypeStruct:

@@ -5,9 +5,12 @@ row-major, ``vec(u)[i * c + k] = u[i, k]`` (length ``N = n c``); parameters are
 flattened in ``jax.flatten_util.ravel_pytree`` order; ``G = J J^T`` has no
 ``1/n``.
 
-Every function takes either a ``Model`` or a bare ``apply(params, x)``; the
-outputs of example ``i`` must depend on ``x[i]`` alone (no batch statistics),
-which is what makes per-example and chunked evaluation exact.
+Every function takes either a ``Model`` or a bare ``apply(params, x)`` with
+any params pytree (flax variables, equinox arrays, plain dicts) and inputs
+``x`` of shape ``(n, ...)`` (vectors ``(n, d)``, images ``(n, H, W, C)``);
+outputs are ``(n,)`` or ``(n, c)``. The outputs of example ``i`` must depend
+on ``x[i]`` alone (no batch statistics), which is what makes per-example and
+chunked evaluation exact.
 
 ``gram`` has several implementations of one quantity (after neural-tangents'
 ``NtkImplementation``), all tested against a dense ``jax.jacrev`` reference:
@@ -19,14 +22,20 @@ which is what makes per-example and chunked evaluation exact.
   the rows ``J_C`` (``(|C| c, p)``) and JVPs with those rows as tangents give
   ``J_D J_C^T`` for every block ``D``. ``O(N^2 p)`` flops, memory bounded by
   ``chunk_size`` (``O(chunk c p)`` plus the activations of one block).
-* ``"structured"``: the closed form of dense-layer networks (``Model``s with
-  ``layer_factors``): ``G = sum_l (A_l A_l^T) (x) (B_l B_l^T)``, an elementwise
-  product of an input Gram and a backpropagated-gradient Gram per layer. For
-  the two-layer net this is ``(X X^T) * (S S^T) / m`` (MATH.md 3):
-  ``O(n^2 (d + m))`` instead of ``O(n^2 m d)``.
-* ``"auto"``: ``"structured"`` when the model has layer factors, else
-  ``"jacobian"`` when ``J`` fits in ``AUTO_JACOBIAN_BYTES``, else
-  ``"products"``.
+* ``"structured"``: the closed form of dense layers:
+  ``G = sum_l (A_l A_l^T) (x) (B_l B_l^T)``, an elementwise product of an
+  input Gram and a backpropagated-gradient Gram per layer. For the two-layer
+  net this is ``(X X^T) * (S S^T) / m`` (MATH.md 3): ``O(n^2 (d + m))``
+  instead of ``O(n^2 m d)``. ``Model``s provide their layer factors; for a
+  bare ``apply`` the dense layers (``dot_general`` of an activation with a
+  parameter leaf, plus its bias) are found in the traced computation
+  (``ngdjax.describe_structure``), and every other leaf (layer norms,
+  convolution kernels, shared weights) adds its exact ``J_g J_g^T`` from a
+  per-example Jacobian of those leaves only. Exact for every model.
+* ``"auto"``: ``"structured"`` for a ``Model`` with layer factors, and for a
+  bare ``apply`` in which at least one dense layer is found and the generic
+  leaves' Jacobian fits in ``AUTO_JACOBIAN_BYTES``; otherwise ``"jacobian"``
+  when ``J`` fits in ``AUTO_JACOBIAN_BYTES``, else ``"products"``.
 
 Example:
 
@@ -43,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +61,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec
 
-from ngdjax._src import checks, parallel
+from ngdjax._src import checks, parallel, structure
 from ngdjax._src.linalg import pad_rows, self_outer
 from ngdjax._src.models import LayerFactors, Model
 
@@ -64,7 +74,18 @@ AUTO_JACOBIAN_BYTES = 1 << 28
 
 
 class GramMethod(enum.Enum):
-  """Implementations of ``gram``; see the module docstring for trade-offs."""
+  """Implementations of ``gram``; see the module docstring for trade-offs.
+
+  ``JACOBIAN``: per-example Jacobians, contracted leaf by leaf (small ``p``).
+  ``PRODUCTS``: VJPs and JVPs, never holds ``J`` (bounded memory).
+  ``STRUCTURED``: ``sum_l (A_l A_l^T) (x) (B_l B_l^T)`` over dense layers,
+  from a ``Model``'s layer factors or, for a bare ``apply``, from the dense
+  layers found automatically in its traced computation, plus the exact
+  Gram of the parameters on the generic path (``describe_structure``).
+  ``AUTO``: ``STRUCTURED`` when a ``Model`` has layer factors or a bare
+  ``apply`` has at least one dense layer (and its generic Jacobian fits in
+  ``AUTO_JACOBIAN_BYTES``), else ``JACOBIAN`` or ``PRODUCTS`` by size.
+  """
 
   JACOBIAN = "jacobian"
   PRODUCTS = "products"
@@ -99,23 +120,30 @@ def _check_chunk(chunk_size):
   return checks.check_chunk_size(chunk_size)
 
 
-def check_params_and_inputs(params, x, name="x", apply_or_model=None):
+def check_params_and_inputs(params, x, name="x", apply_or_model=None,
+                            any_shape=None):
   """Validates a params pytree and an ``(n, d)`` input array (ValueError).
 
   With ``apply_or_model`` the params are checked against the model: a
   ``Model``'s ``init`` structure (missing/extra keys, leaf shapes, named by
   path), and for a bare ``apply`` an abstract evaluation on one example.
+  Inputs may be ``(n, ...)`` of any rank for a bare ``apply`` (images
+  ``(n, H, W, C)``); ``any_shape`` overrides that choice.
 
   Returns:
     ``x`` as an array (lists are converted).
   """
-  x = checks.check_inputs(name, x)
+  if any_shape is None:
+    any_shape = apply_or_model is not None and not isinstance(
+        apply_or_model, Model)
+  x = checks.check_inputs(name, x, any_shape=any_shape)
   if apply_or_model is None:
     checks.check_params(params, floating=False)
     return x
   apply, model = split_model(apply_or_model)
   checks.check_model_params(model, params, x)
-  checks.check_apply(apply, params, x)
+  if model is None:  # a Model's params were checked against its init
+    checks.check_apply(apply, params, x)
   return x
 
 
@@ -162,7 +190,7 @@ def jacobian(
   Args:
     apply_or_model: a ``Model`` or ``apply(params, x) -> (n, c)``.
     params: parameter pytree.
-    x: inputs, ``(n, d)``.
+    x: inputs, ``(n, d)`` (``(n, ...)`` for a bare ``apply``).
     chunk_size: examples per ``vmap`` block (bounds intermediate memory).
 
   Returns:
@@ -372,13 +400,13 @@ def _gram_products(apply, params, x1, x2, chunk_size):
         lambda xd: jax.vmap(lambda t: jvp(apply, params, xd, t), out_axes=1)(
             rows
         ),
-        pad_rows(x1, chunk)[0].reshape(-1, chunk, x1.shape[1]),
+        pad_rows(x1, chunk)[0].reshape((-1, chunk) + x1.shape[1:]),
     )
     return cols.reshape(-1, cols.shape[-1])
 
   x2p, _ = pad_rows(x2, chunk)
   blocks = jax.lax.map(
-      column_block, x2p.reshape(-1, chunk, x2.shape[1])
+      column_block, x2p.reshape((-1, chunk) + x2.shape[1:])
   )  # (blocks2, n1p c, chunk c)
   c = blocks.shape[-1] // chunk
   g = jnp.moveaxis(blocks, 0, 1).reshape(blocks.shape[1], -1)
@@ -479,17 +507,48 @@ def structured_gram_vp(factors: tuple[LayerFactors, ...], v: Array) -> Array:
 
 
 def _gram_structured(model, params, x1, x2, chunk_size):
-  if model is None or model.layer_factors is None:
-    raise ValueError(
-        'method="structured" needs a Model with layer_factors (two_layer_relu '
-        'or mlp); use method="products" or "jacobian" for a bare function'
-    )
+  if not isinstance(model, Model) or model.layer_factors is None:
+    return _gram_found_structure(model, params, x1, x2, chunk_size)
   n_max = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
   if chunk_size is None or chunk_size >= n_max:
     f1 = model.layer_factors(params, x1)
     f2 = None if x2 is None else model.layer_factors(params, x2)
     return structured_gram_from_factors(f1, f2)
   return _gram_structured_streamed(model, params, x1, x2, chunk_size)
+
+
+def _gram_found_structure(apply_or_model, params, x1, x2, chunk_size):
+  """Structured Gram of the dense layers found in a bare ``apply``, plus the
+  exact Gram of the generic leaves (``structure`` module)."""
+  if isinstance(apply_or_model, Model):
+    apply_or_model = apply_or_model.apply
+  n_max = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
+  if x2 is None and chunk_size is not None and chunk_size < n_max:
+    # Block by block into one buffer; each block is this function unchunked.
+    return gram_blocks(apply_or_model, params, x1, chunk_size,
+                       GramMethod.STRUCTURED)
+  st = structure.layer_structure(apply_or_model, params, x1)
+  total = 0.0
+  if st.report.layers:
+    if chunk_size is None or chunk_size >= n_max:
+      f1 = st.layer_factors(params, x1)
+      f2 = None if x2 is None else st.layer_factors(params, x2)
+      total = structured_gram_from_factors(f1, f2)
+    else:
+      total = _gram_structured_streamed(st, params, x1, x2, chunk_size)
+  if st.generic_jacobian is not None:
+
+    def generic(x):
+      if chunk_size is None or chunk_size >= x.shape[0]:
+        return st.generic_jacobian(params, x)
+      xb, _ = _blocks(x, chunk_size)
+      jac = jax.lax.map(lambda xc: st.generic_jacobian(params, xc), xb)
+      rows = x.shape[0] * jac.shape[1] // chunk_size
+      return jac.reshape(-1, jac.shape[-1])[:rows]
+
+    j1 = generic(x1)
+    total = total + (self_outer(j1) if x2 is None else j1 @ generic(x2).T)
+  return total
 
 
 def _gram_structured_streamed(model, params, x1, x2, chunk_size):
@@ -573,9 +632,9 @@ def gram_blocks(
   k = -(-n // b)
   resolved = resolve_gram_method(apply_or_model, params,
                                  checks.leading_rows(x, b), method)
-  if resolved is GramMethod.STRUCTURED:
-    if model is None or model.layer_factors is None:
-      _gram_structured(model, params, x, None, None)  # raises the error
+  if resolved is GramMethod.STRUCTURED and (
+      model is not None and model.layer_factors is not None):
+    # (A bare apply's found structure goes through gram per block below.)
 
     def factors(xb):
       return model.layer_factors(params, xb)
@@ -642,11 +701,16 @@ def resolve_gram_method(
     ) from None
   if method is not GramMethod.AUTO:
     return method
-  _, model = split_model(apply_or_model)
+  apply, model = split_model(apply_or_model)
   if model is not None and model.layer_factors is not None:
     return GramMethod.STRUCTURED
-  p = ravel_pytree(params)[0].size
   n_out = x.shape[0] * output_dim(apply_or_model, params, x)
+  report = structure.describe_structure(apply, params, x)
+  if report.layers:
+    p_generic = sum(math.prod(g.shape) for g in report.generic)
+    if n_out * p_generic * x.dtype.itemsize <= AUTO_JACOBIAN_BYTES:
+      return GramMethod.STRUCTURED
+  p = ravel_pytree(params)[0].size
   if n_out * p * x.dtype.itemsize <= AUTO_JACOBIAN_BYTES:
     return GramMethod.JACOBIAN
   return GramMethod.PRODUCTS
@@ -664,10 +728,11 @@ def gram(
   """The empirical Gram (neural tangent kernel) matrix ``G = J J^T``.
 
   Args:
-    apply_or_model: a ``Model`` or ``apply(params, x) -> (n, c)``.
+    apply_or_model: a ``Model`` or ``apply(params, x) -> (n, c)`` or
+      ``(n,)``, with any params pytree.
     params: parameter pytree.
-    x: ``(n, d)`` inputs (rows of ``G``).
-    x2: optional ``(n2, d)`` inputs for a cross-Gram ``J(x) J(x2)^T`` (for
+    x: ``(n, ...)`` inputs (rows of ``G``).
+    x2: optional ``(n2, ...)`` inputs for a cross-Gram ``J(x) J(x2)^T`` (for
       predictions on test points); ``None`` means ``x2 = x``.
     method: ``"auto"``, ``"structured"``, ``"products"`` or ``"jacobian"``
       (see the module docstring for the trade-offs).
@@ -690,7 +755,9 @@ def gram(
   apply, model = split_model(apply_or_model)
   x = check_params_and_inputs(params, x, apply_or_model=apply_or_model)
   if x2 is not None:
-    x2 = checks.check_inputs("x2", x2, in_dim=x.shape[1])
+    x2 = checks.check_inputs(
+        "x2", x2, any_shape=model is None,
+        in_dim=x.shape[1] if model is not None else tuple(x.shape[1:]))
   chunk_size = _check_chunk(chunk_size)
   resolved = resolve_gram_method(apply_or_model, params, x, method)
   if mesh is not None:
@@ -700,7 +767,7 @@ def gram(
         apply_or_model, params, x, mesh, resolved.value, chunk_size
     )
   if resolved is GramMethod.STRUCTURED:
-    return _gram_structured(model, params, x, x2, chunk_size)
+    return _gram_structured(model or apply, params, x, x2, chunk_size)
   if resolved is GramMethod.JACOBIAN:
     return _gram_jacobian(apply, params, x, x2, chunk_size)
   return _gram_products(apply, params, x, x2, chunk_size)
@@ -747,7 +814,7 @@ def _sharded_gram(apply_or_model, params, x, mesh, method, chunk_size):
   xp = jax.device_put(xp, parallel.row_sharding(mesh))
   replicated = PartitionSpec()
 
-  if resolved is GramMethod.STRUCTURED:
+  if resolved is GramMethod.STRUCTURED and model is not None:
 
     def local_rows(params, x_local):
       mine = model.layer_factors(params, x_local)

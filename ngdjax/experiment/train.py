@@ -16,8 +16,10 @@ mini-batches and the softmax cross-entropy (sum over the batch):
 * ``sgd``: plain mini-batch SGD on the batch-mean loss at each ``lr`` in
   ``sgd_lrs`` (the library's ``gd`` on the sum loss at ``lr / batch``).
 
-The baselines get a small learning-rate grid and the best run (fewest steps
-to the target accuracy, ties and misses by final accuracy) is reported;
+With ``cosine_decay`` every method's step size decays to 0 over its
+budget (off by default). The baselines get a small learning-rate grid
+and the best run (fewest steps to the target accuracy, ties and misses by
+final accuracy) is reported;
 NGD and K-FAC run at one setting each. Every method sees the same
 initialisation and the same sequence of batches (reshuffled every epoch
 from the config's seed).
@@ -93,6 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.curvature_steps = 200  # budget of ngd and kfac
   c.first_order_steps = 400  # budget of adam and sgd
   c.eval_every = 10
+  c.cosine_decay = False  # True: every step size decays to 0 (cosine)
   c.target_accuracy = 0.97
   return c
 
@@ -125,7 +128,9 @@ def load(config) -> data.Dataset:
                      x_test=standardise(ds.x_test))
 
 
-def _make(model, method: str, lr: float, config, batch: int):
+def _make(model, method: str, lr: float, config, batch: int, steps: int):
+  if config.cosine_decay:
+    lr = optax.cosine_decay_schedule(lr, steps)
   if method == "ngd":
     return ngd(model, lr, damping=config.ngd_damping, loss=LOSS,
                fisher="true")
@@ -136,7 +141,8 @@ def _make(model, method: str, lr: float, config, batch: int):
   if method == "adam":
     return optax_optimizer(model, optax.adam(lr), loss=LOSS)
   if method == "sgd":
-    return gd(model, lr / batch, loss=LOSS)
+    return gd(model, (lambda c: lr(c) / batch) if callable(lr) else lr / batch,
+              loss=LOSS)
   raise ValueError(f"unknown method {method!r}")
 
 
@@ -195,7 +201,7 @@ def _train(config, model, params0, ds, batch, method, lr, log):
     lr = config.ngd_lr if method == "ngd" else config.kfac_lr
   steps = (config.curvature_steps if method in CURVATURE
            else config.first_order_steps)
-  opt = _make(model, method, lr, config, batch)
+  opt = _make(model, method, lr, config, batch, steps)
   step = jax.jit(opt.step)
   x_all = jnp.asarray(ds.x_train)
   labels = jnp.asarray(ds.labels_train)

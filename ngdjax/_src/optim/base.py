@@ -105,10 +105,11 @@ def check_batch(apply_or_model, params, x, y, loss=None) -> tuple[Array, Array]:
   Returns:
     ``(x, y)`` with ``y`` as ``(n, c)``.
   """
-  x = checks.check_inputs("x", x)
   # params against the model's structure (issue 13: named paths instead
   # of KeyError / dot_general errors); values are the step's concern.
   apply, model = split_model(apply_or_model)
+  # A bare apply takes inputs of any shape (n, ...) (issue 10).
+  x = checks.check_inputs("x", x, any_shape=model is None)
   checks.check_model_params(model, params, x, finite=False)
   if model is None:
     checks.check_apply(apply, params, x)
@@ -120,7 +121,7 @@ def check_batch(apply_or_model, params, x, y, loss=None) -> tuple[Array, Array]:
       raise ValueError(
           f"y has {y.shape[0]} rows but the inputs have {x.shape[0]} examples"
       )
-    if checks.is_concrete(y):
+    if checks.is_local(y):  # never np.asarray a multi-process array
       bad = (np.asarray(y) < 0) | (np.asarray(y) >= c)
       if bad.any():
         raise ValueError(

@@ -46,7 +46,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from ngdjax._src import checks
@@ -145,7 +144,8 @@ def check_params(params) -> None:
   leaves = jax.tree_util.tree_leaves(params)
   if leaves and all(checks.is_concrete(leaf) for leaf in leaves):
     for leaf in leaves:
-      if not np.all(np.isfinite(np.asarray(leaf))):
+      # checks.all_finite: no np.asarray of a global multi-process array.
+      if checks.all_finite(leaf) is False:
         raise ValueError(
             "params contains NaN or Inf values (a diverged run? restart from "
             "a checkpoint or lower the learning rate)"

@@ -57,8 +57,23 @@ Output-space effect (MATH.md 4): for the two-layer net, undamped,
 Forster-isotropic inputs (``X^T X = (n/d) I``, unit rows) this is
 ``- eta d r``, so ``eta = 1/d`` is a full natural-gradient step.
 
-Factors are recomputed on the full batch at every step (no running
-averages): the setting of the paper's Theorem 4.
+Cross-entropy (MATH.md 7). The output-side factor is ``B^T H B`` with
+``H`` the loss's output metric: ``fisher="true"`` writes it exactly as
+``B'^T B'`` with ``B'_i = S_i^T B_i`` (``S_i S_i^T = H_i``) and the gradient
+as ``sum_k h_ik B'_ik`` (``S_i h_i = g_i``), so every form above applies
+unchanged; ``"monte_carlo"`` uses one label sampled from the model per
+example, ``b_i = B_i^T (p_i - e_{s_i})``; ``"empirical"`` the gradients.
+
+Full-batch and mini-batch modes. By default (``factor_decay=None``,
+``inverse_every=1``) the factors are recomputed on the batch at every step:
+the setting of the paper's Theorem 4. Mini-batch mode (``factor_decay`` set,
+``inverse_every > 1`` or ``fisher="monte_carlo"``) keeps per-example
+factor averages ``A~ = avg A^T A / n`` and ``B~ = avg B'^T B' / n`` in the
+state, updated at every step by ``F <- decay F + (1 - decay) F_batch``,
+and their eigendecompositions, refreshed every ``inverse_every`` steps
+(``lax.cond``: the other steps reuse them); the damping, which may change
+at every step, is applied to the eigenvalues. Suggested for mini-batches:
+``factor_decay=0.95``, ``inverse_every=10`` (``experiments.train``).
 
 Example:
 
@@ -83,8 +98,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ngdjax._src import checks
-from ngdjax._src.jacobian import jvp
+from ngdjax._src import checks, structure
+from ngdjax._src.jacobian import jvp, split_model
 from ngdjax._src.linalg import self_outer
 from ngdjax._src.models import Model
 from ngdjax._src.optim import base, core, solvers
@@ -280,19 +295,11 @@ def exact_update(
   return inputs.T @ (ua @ core) if dual_a else qa @ core
 
 
-def _check_model(model) -> Model:
-  """The one place that decides whether ``model`` can be preconditioned."""
-  if not isinstance(model, Model) or model.layer_factors is None:
-    raise ValueError(
-        "model: kfac needs an ngdjax Model with layer_factors "
-        "(two_layer_relu or mlp), got "
-        f"{type(model).__name__}"
-    )
-  if model.to_layer_matrices is None or model.from_layer_matrices is None:
-    raise ValueError(
-        "model: kfac needs to_layer_matrices/from_layer_matrices to map the "
-        "per-layer updates back to params"
-    )
+def _check_model(model):
+  """The one place that decides whether ``model`` can be preconditioned:
+  a ``Model`` or any ``apply(params, x)``, whose dense layers are found
+  when it is traced (``ngdjax._src.structure``)."""
+  split_model(model)  # ValueError naming the argument if neither
   return model
 
 
@@ -300,17 +307,37 @@ def _check_model(model) -> Model:
 # that another source of layer factors plugs in here only).
 def _layer_factors(model, params, x):
   """Per layer ``LayerFactors(inputs (n, a), output_grads (n, c, b))``."""
-  return model.layer_factors(params, x)
+  return structure.layer_structure(model, params, x).layer_factors(params, x)
 
 
 def _layer_shapes(model, params) -> tuple[tuple[int, int], ...]:
   """``(a, b)`` of every layer matrix."""
+  if not isinstance(model, Model) or model.to_layer_matrices is None:
+    raise ValueError(
+        "model: running K-FAC factors (factor_decay, inverse_every > 1, "
+        'fisher="monte_carlo") need an ngdjax Model; a bare apply function '
+        "gets the full-batch mode"
+    )
   return tuple(m.shape for m in model.to_layer_matrices(params))
 
 
-def _to_params(model, mats):
-  """Per-layer ``(a, b)`` matrices back to a params pytree."""
-  return model.from_layer_matrices(mats)
+def _to_params(model, mats, params, x, lam, rhs):
+  """Per-layer ``(a, b)`` matrices back to a params pytree.
+
+  A bare apply's unmatched leaves (layer norms, convolution kernels, shared
+  weights) get their exact damped Gauss-Newton block in kernel form,
+  ``(J_g^T J_g + lam)^{-1} J_g^T rhs = J_g^T (J_g J_g^T + lam)^{-1} rhs``
+  (``rhs`` = ``grad_u L``, ``(n, c)``); zero damping gives the
+  pseudo-inverse. Returns ``(params pytree, Cholesky fallbacks)``.
+  """
+  st = structure.layer_structure(model, params, x)
+  failed = jnp.zeros((), jnp.int32)
+  generic = None
+  if st.generic_jacobian is not None:
+    jac = st.generic_jacobian(params, x)
+    v, failed = solvers.psd_solve(self_outer(jac), rhs.reshape(-1), lam)
+    generic = jac.T @ v
+  return st.from_layer_matrices(mats, generic), failed
 
 
 def _fisher_factors(loss, fisher, u, y, g, grads, key):
@@ -454,7 +481,7 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
     return tuple(out)
 
   def direction(params, curvature, x, y, lam, key, count):
-    u = base.outputs_fn(model.apply, x)(params)
+    u = base.outputs_fn(split_model(model)[0], x)(params)
     g = loss.grad(u, y).astype(u.dtype)
     deltas, failed, new_curv = [], jnp.zeros((), jnp.int32), []
     layers = _layer_factors(model, params, x)
@@ -489,8 +516,9 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
       deltas.append(averaged_update(factors, grad_m, n, lam, lam_in, lam_out,
                                     damping_split))
       new_curv.append(factors)
-    diagnostics = {"cholesky_failed": failed}
-    return core.Direction(u, _to_params(model, deltas), None,
+    direction, fl = _to_params(model, deltas, params, x, lam, g)
+    diagnostics = {"cholesky_failed": failed + fl}
+    return core.Direction(u, direction, None,
                           tuple(new_curv) if averaged else curvature,
                           diagnostics)
 
@@ -519,7 +547,15 @@ def kfac(
   metric (identity for the regression losses).
 
   Args:
-    model: a ``Model`` with layer factors (``two_layer_relu``, ``mlp``).
+    model: a ``Model`` with layer factors (``two_layer_relu``, ``mlp``),
+      or a bare ``apply(params, x)`` with any params pytree (flax,
+      equinox, plain) and ``x`` ``(n, ...)``: its dense layers are found in
+      the traced computation (``ngdjax.describe_structure``) and get the
+      K-FAC update; all unmatched leaves together (layer norms, convolution
+      kernels, shared weights) get their exact damped Gauss-Newton block
+      ``(J_g^T J_g + lam I)^{-1} J_g^T grad_u L``, solved in kernel form
+      (``N x N``, ``N = n c``; a pseudo-inverse when ``damping=0``). A bare
+      apply gets the full-batch mode (no running factors).
     learning_rate: ``eta > 0`` (number or scalar array, held in the state)
       or a schedule ``count -> eta``.
     damping: ``lam >= 0`` (number or array, held in the state), a schedule,
@@ -571,7 +607,8 @@ def kfac(
   def jvp_fn(params, x, tangent):
     return jvp(model, params, x, tangent)
 
-  return core.make(model, model.apply, loss, learning_rate, damping, method,
+  return core.make(model, split_model(model)[0], loss, learning_rate,
+                   damping, method,
                    mesh=mesh, key=key, jvp_fn=jvp_fn)
 
 

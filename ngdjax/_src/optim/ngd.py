@@ -23,11 +23,12 @@ Solvers:
   too large to hold ``G``: ``ngdjax.gram_vp`` in blocks when ``chunk_size``
   is given (memory of one block), else the structured form ``sum_l J_l
   (J_l^T v)`` from layer factors for ``Model``s, else one
-  ``jax.linearize`` shared by every product. Reports
-  ``cg_iterations``, ``cg_residual`` and ``cg_failed`` (1 when CG missed
-  ``cg_tol``: breakdown on a numerically singular ``G + lam I`` or
-  ``cg_maxiter`` reached; the step then uses the iterate with the smallest
-  residual, never a ``1 / eps`` one; see ``ngdjax.optim.solvers``).
+  ``jax.linearize`` shared by every product. Reports ``cg_iterations``,
+  ``cg_residual`` and ``cg_failed`` (1 when CG broke down on a numerically
+  singular ``G + lam I``, e.g. zero damping and repeated inputs with
+  different targets, and the step came from the damped fallback solve,
+  never a ``1 / eps`` step; a ``cg_maxiter`` reached before ``cg_tol``
+  shows in ``cg_residual`` only; see ``ngdjax.optim.solvers``).
 
 Example:
 
@@ -123,12 +124,6 @@ def _check_config(
     raise ValueError(
         f"gram_method must be one of {choices}, got {gram_method!r}"
     ) from None
-  structured = model is not None and model.layer_factors is not None
-  if method is GramMethod.STRUCTURED and not structured:
-    raise ValueError(
-        'gram_method="structured" needs a Model with layer_factors; use '
-        '"auto", "products" or "jacobian" for a bare apply function'
-    )
   if chunk_size is not None:
     checks.check_scalar("chunk_size", chunk_size, positive=True,
                          integer=True)
@@ -319,7 +314,9 @@ def ngd(
     Gamma_s^T w) / lam`` with ``(K_s + lam I) w = Gamma_s G g``.
 
   Args:
-    model_or_apply: a ``Model`` or ``apply(params, x) -> (n, c)``.
+    model_or_apply: a ``Model`` or ``apply(params, x) -> (n, c)`` with any
+      params pytree (flax, equinox, plain) and ``x`` ``(n, ...)``; the
+      structured Gram serves both (``ngdjax.describe_structure``).
     learning_rate: ``eta > 0`` (a number or a scalar array, stored in the
       state so one compiled step serves a sweep), or a schedule
       ``count -> eta`` (``ngdjax.optim.core``).

@@ -1,0 +1,220 @@
+"""Automatic dense-layer structure (``ngdjax._src.structure``).
+
+Matched layers are checked against the library's own closed forms (a bare
+``ngdjax.mlp`` apply must give exactly ``Model.layer_factors``), unmatched
+patterns must land on the generic path, and every Gram against ``jacrev``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import ngdjax
+from ngdjax._src import structure
+
+
+def _x(n=5, shape=(3,), seed=1):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal((n, *shape)))
+
+
+def _exact_gram(apply, params, x):
+  flat, unravel = ravel_pytree(params)
+  j = jax.jacrev(lambda f: apply(unravel(f), x).reshape(-1))(flat)
+  return j @ j.T
+
+
+def _check_gram(apply, params, x):
+  g = ngdjax.gram(apply, params, x)
+  ref = _exact_gram(apply, params, x)
+  assert float(jnp.max(jnp.abs(g - ref)) / jnp.max(jnp.abs(ref))) < 1e-10
+
+
+@pytest.mark.parametrize("b_std", [0.1, None])
+def test_bare_mlp_apply_gives_the_models_own_factors(b_std):
+  """NTK scaling (``w_std h W / sqrt(n_l)``, ``b_std b``): the constant
+  factors go into the layer inputs exactly as ``mlp`` puts them."""
+  model = ngdjax.mlp([6, 4], out_dim=2, w_std=1.3, b_std=b_std)
+  params = model.init(jax.random.key(0), 3)
+  x = _x()
+  st = structure.layer_structure(model.apply, params, x)
+  assert len(st.report.layers) == 3 and not st.report.generic
+  for got, want in zip(st.layer_factors(params, x),
+                       model.layer_factors(params, x), strict=True):
+    np.testing.assert_allclose(got.inputs, want.inputs, atol=1e-14)
+    np.testing.assert_allclose(got.output_grads, want.output_grads,
+                               atol=1e-14)
+  for got, want in zip(st.to_layer_matrices(params),
+                       model.to_layer_matrices(params), strict=True):
+    np.testing.assert_array_equal(got, want)
+  _check_gram(model.apply, params, x)
+
+
+def test_report_lists_layers_and_generic_leaves():
+  def apply(p, x):
+    h = jnp.tanh(x @ p["dense"]["w"] + p["dense"]["b"])
+    return (h * p["gain"]) @ p["head"]
+
+  params = {"dense": {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)},
+            "gain": jnp.ones(4), "head": jnp.ones((4, 2))}
+  report = ngdjax.describe_structure(apply, params, _x())
+  assert report.layers == (
+      structure.DenseLayerInfo("['dense']['w']", (3, 4), "['dense']['b']",
+                               (4,), 4, 4),
+      structure.DenseLayerInfo("['head']", (4, 2), None, None, 4, 2),
+  )
+  assert [(g.path, g.shape) for g in report.generic] == [("['gain']", (4,))]
+  text = str(report)
+  assert "2 dense layer(s)" in text and "['gain'] (4,)" in text
+
+
+def test_layer_matrices_round_trip_with_transposed_and_generic_leaves():
+  def apply(p, x):  # weight stored (out, in), bias added after a transpose
+    z = jax.lax.dot_general(p["w"], x, (((1,), (1,)), ((), ())))  # (4, n)
+    h = jnp.tanh(z.T + p["b"]) * p["s"]
+    return h @ p["v"]
+
+  params = jax.tree_util.tree_map(
+      lambda a: jax.random.normal(jax.random.key(a.size), a.shape),
+      {"w": jnp.ones((4, 3)), "b": jnp.ones(4), "s": jnp.ones(4),
+       "v": jnp.ones((4, 2))})
+  x = _x()
+  st = structure.layer_structure(apply, params, x)
+  mats = st.to_layer_matrices(params)
+  np.testing.assert_array_equal(mats[0][:3], params["w"].T)
+  np.testing.assert_array_equal(mats[0][3], params["b"])
+  back = st.from_layer_matrices(mats, params["s"])
+  for k in params:
+    np.testing.assert_array_equal(back[k], params[k])
+  zeros = st.from_layer_matrices(mats)
+  np.testing.assert_array_equal(zeros["s"], jnp.zeros(4))
+  _check_gram(apply, params, x)
+
+
+def test_weight_sharing_and_unsupported_patterns_are_generic():
+  def apply(p, x):
+    h = jnp.tanh(x @ p["tied"])
+    h = jnp.tanh(h @ p["tied"])  # used twice: cannot be one layer
+    t = jnp.einsum("nd,hde->nhe", h, p["heads"])  # free dim of W: fine
+    pos = jnp.tanh(t @ p["shared"])  # (n, heads, e): shared over heads
+    return pos.sum(1) @ p["out"]
+
+  keys = jax.random.split(jax.random.key(3), 4)
+  params = {"tied": jax.random.normal(keys[0], (3, 3)),
+            "heads": jax.random.normal(keys[1], (2, 3, 4)),
+            "shared": jax.random.normal(keys[2], (4, 4)),
+            "out": jax.random.normal(keys[3], (4, 2))}
+  x = _x()
+  report = ngdjax.describe_structure(apply, params, x)
+  generic = {g.path: g.reason for g in report.generic}
+  assert "used more than once" in generic["['tied']"]
+  assert "shared over positions" in generic["['shared']"]
+  assert [lay.weight for lay in report.layers] == ["['heads']", "['out']"]
+  _check_gram(apply, params, x)
+
+
+def test_batched_dot_general_and_jitted_helpers():
+  @jax.jit
+  def dense(w, b, h):  # a layer inside a jit call is found (inlined)
+    return h @ w + b
+
+  def apply(p, x):
+    h = jnp.tanh(dense(p["w"], p["b"], x))
+    # A dot_general with batch dimensions is not a dense layer.
+    g = jax.lax.dot_general(h.reshape(-1, 2, 2), p["blocks"],
+                            (((2,), (1,)), ((1,), (0,))))  # (2, n, 2)
+    return jnp.moveaxis(g, 0, 1).reshape(x.shape[0], -1)
+
+  keys = jax.random.split(jax.random.key(5), 3)
+  params = {"w": jax.random.normal(keys[0], (3, 4)),
+            "b": jax.random.normal(keys[1], (4,)),
+            "blocks": jax.random.normal(keys[2], (2, 2, 2))}
+  x = _x()
+  report = ngdjax.describe_structure(apply, params, x)
+  assert [(lay.weight, lay.bias) for lay in report.layers] == [
+      ("['w']", "['b']")]
+  assert "batch dimensions" in report.generic[0].reason
+  _check_gram(apply, params, x)
+
+
+def test_gram_on_images_is_jittable_without_recompiling():
+  traces = []
+
+  def apply(p, x):
+    traces.append(1)
+    h = jnp.tanh(x.reshape(x.shape[0], -1) @ p["w"])
+    return (h @ p["v"])[:, 0]  # (n,) outputs
+
+  params = {"w": jax.random.normal(jax.random.key(0), (12, 5)),
+            "v": jax.random.normal(jax.random.key(1), (5, 1))}
+  x = _x(n=4, shape=(2, 3, 2))
+  fn = jax.jit(lambda p, z: ngdjax.gram(apply, p, z))
+  g = fn(params, x)
+  count = len(traces)
+  fn(params, 2.0 * x)
+  assert len(traces) == count  # second call: no retrace
+  ref = _exact_gram(apply, params, x)
+  np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_models_without_dense_layers_fall_back():
+  def apply(p, x):
+    return jnp.sin(x * p)
+
+  params = jnp.ones(3)
+  x = _x()
+  assert not ngdjax.describe_structure(apply, params, x).layers
+  _check_gram(apply, params, x)
+  g = ngdjax.gram(apply, params, x, method="structured")  # generic only
+  np.testing.assert_allclose(g, _exact_gram(apply, params, x), atol=1e-12)
+
+
+def test_integer_leaves_are_constants_and_bad_input_raises():
+  def apply(p, x):
+    return jnp.tanh(x @ p["w"]) * p["count"].astype(x.dtype)
+
+  params = {"w": jnp.ones((3, 2)), "count": jnp.asarray(2, jnp.int32)}
+  x = _x()
+  st = structure.layer_structure(apply, params, x)
+  assert st.generic_jacobian is None
+  back = st.from_layer_matrices(st.to_layer_matrices(params))
+  np.testing.assert_array_equal(back["w"], params["w"])
+  assert back["count"].dtype == jnp.int32
+  j = jax.jacrev(lambda w: apply({**params, "w": w}, x).reshape(-1))(
+      params["w"]).reshape(x.shape[0] * 2, -1)
+  from ngdjax._src.jacobian import structured_gram_from_factors
+
+  g = structured_gram_from_factors(st.layer_factors(params, x))
+  np.testing.assert_allclose(g, j @ j.T, atol=1e-12)
+  with pytest.raises(ValueError, match="x contains NaN"):
+    ngdjax.describe_structure(apply, params, x.at[0, 0].set(jnp.nan))
+  with pytest.raises(ValueError, match="apply_or_model"):
+    ngdjax.describe_structure("not a model", params, x)
+
+
+def test_whole_batch_and_per_example_evaluation_agree():
+  """The factors come from the batch-n trace (shared forward pass) when it
+  has the operations of the one-example trace, else from a vmap of the
+  one-example trace (n = 1 here): both must give the same factors."""
+  def apply(p, x):  # weight (out, in): the example axis of z comes last
+    z = jax.lax.dot_general(p["w"], x, (((1,), (1,)), ((), ())))
+    h = jax.nn.relu(z.T / 2.0 + 0.5 * p["b"])
+    return h @ p["v"]
+
+  keys = jax.random.split(jax.random.key(7), 3)
+  params = {"w": jax.random.normal(keys[0], (4, 3)),
+            "b": jax.random.normal(keys[1], (4,)),
+            "v": jax.random.normal(keys[2], (4, 2))}
+  x = _x(n=4)
+  st = structure.layer_structure(apply, params, x)
+  whole = st.layer_factors(params, x)
+  rows = [st.layer_factors(params, x[i:i + 1]) for i in range(4)]
+  for k, f in enumerate(whole):
+    np.testing.assert_allclose(
+        f.inputs, jnp.concatenate([r[k].inputs for r in rows]), atol=1e-14)
+    np.testing.assert_allclose(
+        f.output_grads, jnp.concatenate([r[k].output_grads for r in rows]),
+        atol=1e-14)
+  _check_gram(apply, params, x)
+  _check_gram(apply, params, x[:1])

@@ -40,7 +40,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxlib import lapack
+
+try:  # jaxlib's CPU LAPACK FFI targets: internal, so optional (see below).
+  from jaxlib import lapack as _lapack
+except ImportError:  # pragma: no cover - depends on the jaxlib build
+  _lapack = None
 
 from ngdjax._src.jacobian import gram_blocks, gram_vp
 from ngdjax._src.optim import solvers
@@ -76,7 +80,7 @@ def _potrf_cpu(a: Array) -> tuple[Array, Array]:
   factor ``U`` with ``a^T = U^T U`` is, read back row-major, the lower ``L``
   with ``A = L L^T``. The other triangle is left as it was.
   """
-  target = lapack.prepare_lapack_call("potrf_ffi", np.dtype(a.dtype))
+  target = _lapack.prepare_lapack_call("potrf_ffi", np.dtype(a.dtype))
   call = jax.ffi.ffi_call(
       target,
       (jax.ShapeDtypeStruct(a.shape, a.dtype),
@@ -101,7 +105,10 @@ def cholesky_in_place(a: Array) -> tuple[Array, Array]:
   float64) the factor overwrites ``a``'s buffer; elsewhere it is
   ``jax.lax.linalg.cholesky(a, symmetrize_input=False)``.
   """
-  if a.dtype not in (jnp.float32, jnp.float64):
+  # The in-place CPU call uses jaxlib internals; a jaxlib without them
+  # (another version) gets XLA's Cholesky (one more N x N buffer).
+  if (a.dtype not in (jnp.float32, jnp.float64)
+      or not hasattr(_lapack, "prepare_lapack_call")):
     return _cholesky_generic(a)
   return jax.lax.platform_dependent(a, cpu=_potrf_cpu,
                                     default=_cholesky_generic)

@@ -42,10 +42,13 @@ of the same shape (skipped when flax is not installed).
 Digits classifier (issue 11): the MLP of ``configs/train.py`` (64-512-10,
 ReLU) with softmax cross-entropy on mini-batches of 256 digits; SGD (``gd``
 on the batch), NGD with the true Fisher in kernel form (``N = 2560``
-Cholesky), K-FAC with running factors and eigendecompositions refreshed
-every 10 steps. Each method is timed over runs of 10 consecutive steps
-carrying its state (so K-FAC pays one refresh per 10 steps), batches
-rotating, methods interleaved; the figure is the median time per step.
+Cholesky) and with the empirical Fisher (``n x n`` kernel from the layer
+factors contracted with ``g``), K-FAC (true and Monte Carlo Fisher) with
+running factors and eigendecompositions refreshed every 10 steps
+(``_digits_flops`` gives the FLOP model). Each method is timed over runs
+of 10 consecutive steps carrying its state (so K-FAC pays one refresh per
+10 steps), batches rotating, methods interleaved; the figure is the median
+time per step.
 """
 
 from __future__ import annotations
@@ -252,11 +255,13 @@ def digits(batch, dtype, repeats, inverse_every=10, widths=(512,)):
   params = jax.tree_util.tree_map(lambda t: t.astype(dtype),
                                   model.init(jax.random.key(0), 64))
   loss = "softmax_cross_entropy"
+  kf = {"loss": loss, "factor_decay": 0.95, "inverse_every": inverse_every}
   optimizers = {
       "sgd": gd(model, 0.3 / batch, loss=loss),
       "ngd": ngd(model, 0.5, damping=0.3, loss=loss),
-      "kfac": kfac(model, 0.5, damping=0.3, loss=loss, factor_decay=0.95,
-                   inverse_every=inverse_every),
+      "ngd_emp": ngd(model, 0.5, damping=0.3, loss=loss, fisher="empirical"),
+      "kfac": kfac(model, 0.5, damping=0.3, **kf),
+      "kfac_mc": kfac(model, 0.5, damping=0.3, fisher="monte_carlo", **kf),
   }
   rng = np.random.default_rng(0)
   batches = [(x_all[i], labels[i]) for i in
@@ -281,11 +286,50 @@ def digits(batch, dtype, repeats, inverse_every=10, widths=(512,)):
   print(f"\ndigits MLP widths={list(widths)} batch={batch} "
         f"{np.dtype(dtype).name}: per-step time over runs of {len(batches)} "
         f"steps, median of {repeats}")
+  flops = _digits_flops(batch, (64, *widths, 10), inverse_every)
   for name, (med, low) in per_step.items():
-    print(f"{name:<6} {1e3 * med:>9.2f} ms (min {1e3 * low:.2f}) "
-          f"/ sgd {med / per_step['sgd'][0]:6.2f} "
-          f"(min {low / per_step['sgd'][1]:.2f})")
+    print(f"{name:<8} {1e3 * med:>9.2f} ms (min {1e3 * low:.2f}) "
+          f"/ sgd {med / per_step['sgd'][0]:7.2f} "
+          f"(min {low / per_step['sgd'][1]:7.2f}) "
+          f"model {flops[name] / 1e6:8.1f} MF "
+          f"(/ sgd {flops[name] / flops['sgd']:6.1f})")
   return per_step
+
+
+def _digits_flops(n, sizes, inverse_every) -> dict:
+  """FLOP model of one digits step (dominant terms; module docstring).
+
+  Layers ``(a_l, b_l)`` (bias row included), ``c`` classes, ``N = n c``.
+  SGD ``6 n sum a_l b_l``. Layer factors: a forward ``2 n sum a_l b_l`` and
+  ``c`` pre-activation VJPs ``2 n c sum_{l>0} c b_{l-1}`` (rough). NGD true
+  Fisher: the rows ``S`` contracted into ``B`` (``2 n c^2 b_l``), Grams
+  ``2 N^2 b_l`` and ``2 n^2 a_l`` (symmetric-product fraction applied),
+  the ``N x N`` Cholesky ``N^3 / 3``. NGD empirical: ``n x n`` Grams
+  ``2 n^2 (a_l + b_l)`` and ``n^3 / 3``. K-FAC: factors ``2 n a_l^2`` and
+  ``2 R b_l^2`` (``R = N`` rows for the true Fisher, ``n`` for Monte
+  Carlo), preconditioning ``4 (a_l^2 b_l + a_l b_l^2)``, and every
+  ``inverse_every`` steps ``eigh`` at about ``9 k^3`` per factor.
+  """
+  c = sizes[-1]
+  layers = [(a + 1, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+  big_n = n * c
+  sgd = 6 * n * sum(a * b for a, b in layers)
+  factors = 2 * n * sum(a * b for a, b in layers) + 2 * n * c * c * sum(
+      b for _, b in layers[:-1])
+  true = sgd + factors + sum(
+      2 * n * c * c * b + 2 * big_n**2 * b * _sym(big_n)
+      + 2 * n * n * a * _sym(n) for a, b in layers) + big_n**3 / 3
+  emp = sgd + factors + sum(2 * n * c * b + 2 * n * n * (a + b) * _sym(n)
+                            for a, b in layers) + n**3 / 3
+
+  def kfac_flops(rows):
+    per = sum(2 * n * a * a * _sym(a) + 2 * rows * b * b * _sym(b)
+              + 4 * (a * a * b + a * b * b) for a, b in layers)
+    refresh = sum(9 * (a**3 + b**3) for a, b in layers) / inverse_every
+    return sgd + factors + per + refresh
+
+  return {"sgd": sgd, "ngd": true, "ngd_emp": emp,
+          "kfac": kfac_flops(big_n), "kfac_mc": kfac_flops(n)}
 
 
 def main():
@@ -343,10 +387,11 @@ def main():
 
 
 def _print_digits(per_step):
-  for name, target in (("ngd", 4.0), ("kfac", 2.0)):
+  for name, target in (("ngd", 4.0), ("ngd_emp", 4.0), ("kfac", 2.0),
+                       ("kfac_mc", 2.0)):
     med = per_step[name][0] / per_step["sgd"][0]
     low = per_step[name][1] / per_step["sgd"][1]
-    print(f"  digits: {name.upper()} / SGD = {med:.2f} (min {low:.2f}) "
+    print(f"  digits: {name} / sgd = {med:.2f} (min {low:.2f}) "
           f"[target <= {target:g}]")
 
 

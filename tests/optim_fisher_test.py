@@ -15,6 +15,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import ngdjax
+from ngdjax._src.optim.ngd import _row_gram
 from ngdjax.optim import kfac, ngd, ngd_preconditioner
 
 N, D, C = 5, 3, 3
@@ -264,3 +265,26 @@ def test_kfac_preconditioner_equals_kfac_over_steps():
                   strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
   assert int(s_tx[0].info["cholesky_failed"]) == 0
+
+
+@pytest.mark.parametrize("rows_per_example", [1, C])
+def test_row_gram_matches_dense_jacobian(rows_per_example):
+  # Kernels of the empirical / Monte Carlo (one row per example) and true
+  # (S, c rows) Fisher from contracted layer factors, against Gamma J J^T
+  # Gamma^T from jax.jacrev; 200 examples x 3 rows crosses
+  # linalg.self_outer's blocked threshold (512 rows) for r = c.
+  rng = np.random.default_rng(3)
+  n = 200
+  params, _, _ = _problem(seed=3)
+  x = jnp.asarray(rng.standard_normal((n, D)))
+  rows = jnp.asarray(rng.standard_normal((n, C, rows_per_example)))
+  flat, unravel = ravel_pytree(params)
+  jac = jax.jacrev(
+      lambda f: MODEL.apply(unravel(f), x).reshape(-1))(flat)  # (n c, p)
+  gamma_j = np.einsum("ikr,ikp->irp", np.asarray(rows),
+                      np.asarray(jac).reshape(n, C, -1))
+  gamma_j = gamma_j.reshape(n * rows_per_example, -1)
+  ref = gamma_j @ gamma_j.T
+  got = np.asarray(_row_gram(MODEL.layer_factors(params, x), rows))
+  np.testing.assert_allclose(got, ref, rtol=1e-10,
+                             atol=1e-12 * np.abs(ref).max())

@@ -43,8 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ngdjax._src import checks
-
-Array = jax.Array
+from ngdjax._src.typing import Array
 
 SPHERE_TARGETS = ("gaussian", "sign", "linear")
 TARGETS = ("pm1", "onehot")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +42,7 @@ from ngdjax._src import checks
 from ngdjax._src.jacobian import gram, jacobian, jvp, split_model, vjp
 from ngdjax._src.kernels import relu_gram_inf
 from ngdjax._src.linalg import lambda_min
-
-Array = jax.Array
-Params = Any
+from ngdjax._src.typing import Array, Params
 
 # jacobian_change_norm(method="auto") materialises both Jacobians below this
 # many entries (N * p); above it, the power iteration never holds J.

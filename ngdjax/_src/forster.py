@@ -99,8 +99,7 @@ import numpy as np
 
 from ngdjax._src import checks
 from ngdjax._src.linalg import normalize_rows, symmetrize
-
-Array = jax.Array
+from ngdjax._src.typing import Array
 
 # Relative decrease of the best error that counts as progress (stall test).
 _PROGRESS = 1e-3

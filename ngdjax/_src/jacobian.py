@@ -54,7 +54,6 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,11 +61,10 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec
 
 from ngdjax._src import checks, parallel, structure
-from ngdjax._src.linalg import pad_rows, self_outer
+from ngdjax._src.linalg import as_columns, pad_rows, self_outer
 from ngdjax._src.models import LayerFactors, Model
+from ngdjax._src.typing import Array, Params
 
-Array = jax.Array
-Params = Any
 ApplyOrModel = Callable[[Params, Array], Array] | Model
 
 # "auto" materialises the Jacobian only below this size (bytes).
@@ -105,15 +103,14 @@ def split_model(apply_or_model: ApplyOrModel) -> tuple[Callable, Model | None]:
   )
 
 
-def _outputs_2d(apply: Callable, params: Params, x: Array) -> Array:
-  """``apply`` with outputs as ``(n, c)`` (a 1-D output is one column)."""
-  u = apply(params, x)
-  return u[:, None] if u.ndim == 1 else u
+def outputs_2d(apply: Callable, params: Params, x: Array) -> Array:
+  """``apply`` with outputs as ``(n, c)`` (``linalg.as_columns``)."""
+  return as_columns(apply(params, x))
 
 
 def _per_example(apply: Callable) -> Callable:
   """``(params, x_i (d,)) -> (c,)`` from a batched ``apply``."""
-  return lambda params, xi: _outputs_2d(apply, params, xi[None])[0]
+  return lambda params, xi: outputs_2d(apply, params, xi[None])[0]
 
 
 def _check_chunk(chunk_size):
@@ -152,7 +149,7 @@ def output_dim(apply_or_model: ApplyOrModel, params: Params, x: Array) -> int:
   apply, model = split_model(apply_or_model)
   if model is not None:
     return model.out_dim
-  out = jax.eval_shape(lambda p, z: _outputs_2d(apply, p, z), params,
+  out = jax.eval_shape(lambda p, z: outputs_2d(apply, p, z), params,
                        checks.leading_rows(x))
   return out.shape[1]
 
@@ -221,9 +218,9 @@ def outputs(
   """``u = apply(params, x)`` as ``(n, c)``, in blocks of ``chunk_size``."""
   apply, _ = split_model(apply_or_model)
   if chunk_size is None or chunk_size >= x.shape[0]:
-    return _outputs_2d(apply, params, x)
+    return outputs_2d(apply, params, x)
   xb, _ = _blocks(x, chunk_size)
-  u = jax.lax.map(lambda xc: _outputs_2d(apply, params, xc), xb)
+  u = jax.lax.map(lambda xc: outputs_2d(apply, params, xc), xb)
   return u.reshape(-1, u.shape[-1])[: x.shape[0]]
 
 
@@ -250,7 +247,7 @@ def jvp(
   checks.check_params(tangent, params, name="tangent")
 
   def one(xc):
-    return jax.jvp(lambda p: _outputs_2d(apply, p, xc), (params,),
+    return jax.jvp(lambda p: outputs_2d(apply, p, xc), (params,),
                    (tangent,))[1]
 
   if chunk_size is None or chunk_size >= x.shape[0]:
@@ -286,7 +283,7 @@ def vjp(
                           shapes=((n, c),))
 
   def one(xc, vc):
-    u, pullback = jax.vjp(lambda p: _outputs_2d(apply, p, xc), params)
+    u, pullback = jax.vjp(lambda p: outputs_2d(apply, p, xc), params)
     return pullback(vc.reshape(u.shape).astype(u.dtype))[0]
 
   if chunk_size is None or chunk_size >= n:
@@ -375,7 +372,7 @@ PRODUCTS_MAX_BLOCK = 128
 
 def _default_products_chunk(apply, params, x) -> int:
   p = ravel_pytree(params)[0].size
-  c = jax.eval_shape(lambda p_, z: _outputs_2d(apply, p_, z), params,
+  c = jax.eval_shape(lambda p_, z: outputs_2d(apply, p_, z), params,
                      checks.leading_rows(x)).shape[1]
   rows = AUTO_JACOBIAN_BYTES // max(1, c * p * x.dtype.itemsize)
   return int(max(1, min(PRODUCTS_MAX_BLOCK, rows)))

@@ -34,9 +34,7 @@ import jax.numpy as jnp
 
 from ngdjax._src import checks
 from ngdjax._src.linalg import lambda_min
-
-Array = jax.Array
-
+from ngdjax._src.typing import Array
 
 # Elements of the (batch, n2, d) differences formed per chunk of rows.
 _CHUNK_ELEMENTS = 1 << 22

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ngdjax._src import checks
-
-Array = jax.Array
+from ngdjax._src.typing import Array
 
 
 def normalize_rows(x: Array, eps: float = 0.0) -> Array:
@@ -81,3 +80,12 @@ def pad_rows(x: Array, multiple: int) -> tuple[Array, int]:
   if pad:
     x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])
   return x, pad
+
+
+def as_columns(u: Array) -> Array:
+  """Outputs or targets as ``(n, c)``: a 1-D ``(n,)`` array is one column.
+
+  The one place where the library's ``(n,)``-or-``(n, c)`` convention for
+  outputs is turned into the ``(n, c)`` layout every formula uses.
+  """
+  return u[:, None] if u.ndim == 1 else u

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,9 +80,7 @@ from ngdjax._src.jacobian import (
   check_params_and_inputs as _check_params_and_inputs,
 )
 from ngdjax._src.models import Model
-
-Array = jax.Array
-Params = Any
+from ngdjax._src.typing import Array, Params
 
 METHODS = ("gd", "ngd")
 

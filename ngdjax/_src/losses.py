@@ -30,8 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ngdjax._src import checks
-
-Array = jax.Array
+from ngdjax._src.typing import Array
 
 
 class Loss(NamedTuple):

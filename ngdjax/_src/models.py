@@ -34,16 +34,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ngdjax._src import checks, kernels
-
-Array = jax.Array
-Params = Any
+from ngdjax._src.typing import Array, Params
 
 
 class LayerFactors(NamedTuple):

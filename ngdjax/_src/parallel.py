@@ -47,8 +47,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ngdjax._src.linalg import pad_rows
-
-Array = jax.Array
+from ngdjax._src.typing import Array
 
 DATA_AXIS = "data"
 

@@ -67,10 +67,9 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from ngdjax._src import checks
+from ngdjax._src.linalg import as_columns
 from ngdjax._src.models import LayerFactors, Model
-
-Array = jax.Array
-Params = Any
+from ngdjax._src.typing import Array, Params
 
 # Primitives that only move or relabel entries: a chain of them from a leaf
 # is a permutation of its entries (unit broadcasts are checked separately).
@@ -444,11 +443,6 @@ def _match(graph: _Graph, n_leaves: int):
 # --------------------------------------------------------------------------
 
 
-def _outputs_2d(apply, params, x):
-  u = apply(params, x)
-  return u[:, None] if u.ndim == 1 else u
-
-
 def _replay(chain, value):
   """Applies the layout operations of ``chain`` (scales skipped)."""
   for node in chain:
@@ -752,7 +746,7 @@ def _structure_for_apply(apply, params, x) -> LayerStructure:
         for li, v in zip(generic_idx, gl, strict=True):
           ll[li] = v
         p = jax.tree_util.tree_unflatten(treedef, ll)
-        return _outputs_2d(apply, p, xi[None])[0]
+        return as_columns(apply(p, xi[None]))[0]
 
       jac = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(
           [leaves[li] for li in generic_idx], x)  # leaves (n, c, *s)

@@ -28,10 +28,10 @@ import numpy as np
 
 from ngdjax._src import checks, parallel
 from ngdjax._src import losses as losses_lib
-from ngdjax._src.jacobian import output_dim, split_model
+from ngdjax._src.jacobian import output_dim, outputs_2d, split_model
+from ngdjax._src.linalg import as_columns
+from ngdjax._src.typing import Array, Params
 
-Array = jax.Array
-Params = Any
 Schedule = Callable[[Array], Array]
 ScalarOrSchedule = float | Schedule
 
@@ -86,11 +86,7 @@ def check_loss(loss) -> losses_lib.Loss:
 def outputs_fn(apply: Callable, x: Array) -> Callable[[Params], Array]:
   """``params -> u`` with ``u`` as ``(n, c)`` (a 1-D output is a column)."""
 
-  def f(params):
-    u = apply(params, x)
-    return u[:, None] if u.ndim == 1 else u
-
-  return f
+  return lambda params: outputs_2d(apply, params, x)
 
 
 def check_batch(apply_or_model, params, x, y, loss=None) -> tuple[Array, Array]:
@@ -132,7 +128,7 @@ def check_batch(apply_or_model, params, x, y, loss=None) -> tuple[Array, Array]:
     return x, jax.nn.one_hot(y, c, dtype=dtype)
   y = checks.check_targets("y", y, x.shape[0], out_dim=c)
   y = jnp.asarray(y)
-  return x, (y[:, None] if y.ndim == 1 else y)
+  return x, as_columns(y)
 
 
 def check_mesh(mesh):

@@ -51,9 +51,7 @@ import optax
 from ngdjax._src import checks
 from ngdjax._src.optim import base, solvers
 from ngdjax._src.optim import damping as damping_lib
-
-Array = jax.Array
-Params = Any
+from ngdjax._src.typing import Array, Params
 
 DIVERGENCE_FACTOR = 1e4
 

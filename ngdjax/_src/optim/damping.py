@@ -40,12 +40,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from ngdjax._src import checks
-
-Array = jax.Array
+from ngdjax._src.typing import Array
 
 
 class LevenbergMarquardt(NamedTuple):

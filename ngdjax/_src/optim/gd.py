@@ -30,9 +30,7 @@ import optax
 
 from ngdjax._src.jacobian import split_model
 from ngdjax._src.optim import base, core
-
-Array = jax.Array
-Params = Any
+from ngdjax._src.typing import Array
 
 
 class GDState(NamedTuple):

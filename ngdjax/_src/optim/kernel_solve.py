@@ -48,8 +48,7 @@ except ImportError:  # pragma: no cover - depends on the jaxlib build
 
 from ngdjax._src.jacobian import gram_blocks, gram_vp
 from ngdjax._src.optim import solvers
-
-Array = jax.Array
+from ngdjax._src.typing import Array
 
 # Examples per block of the Gram when the caller gives no chunk_size.
 DEFAULT_BLOCK = 2048

@@ -92,7 +92,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,9 +104,7 @@ from ngdjax._src.linalg import self_outer
 from ngdjax._src.models import Model
 from ngdjax._src.optim import base, core, solvers
 from ngdjax._src.optim import damping as damping_lib
-
-Array = jax.Array
-Params = Any
+from ngdjax._src.typing import Array
 
 FORMS = ("auto", "primal", "dual")
 SPLITS = ("pi", "exact")

@@ -68,9 +68,7 @@ from ngdjax._src.jacobian import (
 from ngdjax._src.linalg import self_outer
 from ngdjax._src.optim import base, core, kernel_solve, solvers
 from ngdjax._src.optim import damping as damping_lib
-
-Array = jax.Array
-Params = Any
+from ngdjax._src.typing import Array, Params
 
 SOLVERS = ("cholesky", "cg")
 FISHERS = ("true", "empirical", "monte_carlo")

@@ -73,7 +73,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from ngdjax._src.typing import Array
 
 
 def _eps(dtype) -> float:

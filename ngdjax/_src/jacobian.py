@@ -685,17 +685,23 @@ def gram_blocks(
   return jax.lax.fori_loop(0, k, row_step, g0)
 
 
+def parse_gram_method(method, name: str = "method") -> GramMethod:
+  """``method`` (a name or a ``GramMethod``) as a ``GramMethod``; the one
+  check of every Gram-method argument (ValueError naming ``name``)."""
+  try:
+    return GramMethod(method)
+  except ValueError:
+    choices = [m.value for m in GramMethod]
+    raise ValueError(
+        f"{name} must be one of {choices}, got {method!r}"
+    ) from None
+
+
 def resolve_gram_method(
     apply_or_model: ApplyOrModel, params: Params, x: Array, method
 ) -> GramMethod:
   """The method ``"auto"`` stands for, for these arguments."""
-  try:
-    method = GramMethod(method)
-  except ValueError:
-    choices = [m.value for m in GramMethod]
-    raise ValueError(
-        f"method must be one of {choices}, got {method!r}"
-    ) from None
+  method = parse_gram_method(method)
   if method is not GramMethod.AUTO:
     return method
   apply, model = split_model(apply_or_model)

@@ -203,3 +203,17 @@ def base_info(loss_value, residual, update_norm, damping, learning_rate,
       "damping": jnp.asarray(damping, dtype),
       "learning_rate": jnp.asarray(learning_rate, dtype),
   }
+
+
+FISHERS = ("true", "empirical", "monte_carlo")
+
+
+def check_fisher(fisher: str, loss) -> str:
+  """Validates ``fisher=`` for ``loss`` (NGD's and K-FAC's one check)."""
+  checks.check_choice("fisher", fisher, FISHERS)
+  if fisher == "monte_carlo" and loss.sample is None:
+    raise ValueError(
+        f'fisher="monte_carlo" needs a loss with a sampler; {loss.name} has '
+        'none (use fisher="true")'
+    )
+  return fisher

@@ -108,7 +108,6 @@ from ngdjax._src.typing import Array
 
 FORMS = ("auto", "primal", "dual")
 SPLITS = ("pi", "exact")
-FISHERS = ("true", "empirical", "monte_carlo")
 
 
 KFACState = core.CurvatureState  # curvature: KFACFactors per layer, or ()
@@ -428,19 +427,9 @@ def _refresh(refresh, cov_a, cov_b, old: KFACFactors) -> KFACFactors:
 def _method(model, loss, form, damping_split, factor_damping, fisher,
             factor_decay, inverse_every, static_zero) -> core.Method:
   """Validates K-FAC's settings; the direction for ``core.make``."""
-  if form not in FORMS:
-    raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-  if damping_split not in SPLITS:
-    raise ValueError(
-        f"damping_split must be one of {SPLITS}, got {damping_split!r}"
-    )
-  if fisher not in FISHERS:
-    raise ValueError(f"fisher must be one of {FISHERS}, got {fisher!r}")
-  if fisher == "monte_carlo" and loss.sample is None:
-    raise ValueError(
-        f'fisher="monte_carlo" needs a loss with a sampler; {loss.name} has '
-        'none (use fisher="true")'
-    )
+  checks.check_choice("form", form, FORMS)
+  checks.check_choice("damping_split", damping_split, SPLITS)
+  base.check_fisher(fisher, loss)
   if factor_decay is not None:
     checks.check_scalar("factor_decay", factor_decay, nonnegative=True)
     if not float(factor_decay) < 1.0:

@@ -57,10 +57,10 @@ import optax
 
 from ngdjax._src import checks
 from ngdjax._src.jacobian import (
-  GramMethod,
   gram,
   gram_vp,
   outputs,
+  parse_gram_method,
   split_model,
   structured_gram_vp,
   vjp,
@@ -71,7 +71,6 @@ from ngdjax._src.optim import damping as damping_lib
 from ngdjax._src.typing import Array, Params
 
 SOLVERS = ("cholesky", "cg")
-FISHERS = ("true", "empirical", "monte_carlo")
 
 
 NGDState = core.CurvatureState  # count, damping, learning_rate, ...
@@ -107,26 +106,10 @@ def _check_config(
 ) -> _Config:
   apply, model = split_model(model_or_apply)
   loss = base.check_loss(loss)
-  if fisher not in FISHERS:
-    raise ValueError(f"fisher must be one of {FISHERS}, got {fisher!r}")
-  if fisher == "monte_carlo" and loss.sample is None:
-    raise ValueError(
-        f'fisher="monte_carlo" needs a loss with a sampler; {loss.name} has '
-        "none (use fisher=\"true\")"
-    )
-  if solver not in SOLVERS:
-    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-  try:
-    method = GramMethod(gram_method)
-  except ValueError:
-    choices = [m.value for m in GramMethod]
-    raise ValueError(
-        f"gram_method must be one of {choices}, got {gram_method!r}"
-    ) from None
-  if chunk_size is not None:
-    checks.check_scalar("chunk_size", chunk_size, positive=True,
-                         integer=True)
-    chunk_size = int(chunk_size)
+  base.check_fisher(fisher, loss)
+  checks.check_choice("solver", solver, SOLVERS)
+  method = parse_gram_method(gram_method, name="gram_method")
+  chunk_size = checks.check_chunk_size(chunk_size)
   checks.check_scalar("cg_tol", cg_tol, nonnegative=True)
   if cg_maxiter is not None:
     checks.check_scalar("cg_maxiter", cg_maxiter, positive=True,

@@ -257,6 +257,27 @@ def jvp(
   return out.reshape(-1)[: x.shape[0] * out.shape[-1]]
 
 
+def _check_output_vector_call(apply_or_model, params, x, v, chunk_size,
+                              v_layout):
+  """The checks ``vjp`` and ``gram_vp`` share, before tracing.
+
+  ``v`` has ``n * c`` entries: also ``(n, c)`` when ``v_layout`` is
+  ``"per_example"``, or ``(n c, k)`` (``k`` vectors) when ``"stacked"``.
+
+  Returns:
+    ``(apply, x, chunk_size, n, c, v)``, validated.
+  """
+  apply, _ = split_model(apply_or_model)
+  x = check_params_and_inputs(params, x, apply_or_model=apply_or_model)
+  chunk_size = _check_chunk(chunk_size)
+  n = x.shape[0]
+  c = output_dim(apply_or_model, params, x)
+  shapes = ((n, c),) if v_layout == "per_example" else ((n * c, -1),)
+  v = checks.check_vector("v", v, n * c, of=f"n * c = {n} * {c}",
+                          shapes=shapes)
+  return apply, x, chunk_size, n, c, v
+
+
 def vjp(
     apply_or_model: ApplyOrModel,
     params: Params,
@@ -274,13 +295,8 @@ def vjp(
       must have ``n * c`` entries), or a ``chunk_size`` that is not a
       positive integer.
   """
-  apply, _ = split_model(apply_or_model)
-  x = check_params_and_inputs(params, x, apply_or_model=apply_or_model)
-  chunk_size = _check_chunk(chunk_size)
-  n = x.shape[0]
-  c = output_dim(apply_or_model, params, x)
-  v = checks.check_vector("v", v, n * c, of=f"n * c = {n} * {c}",
-                          shapes=((n, c),))
+  apply, x, chunk_size, n, c, v = _check_output_vector_call(
+      apply_or_model, params, x, v, chunk_size, v_layout="per_example")
 
   def one(xc, vc):
     u, pullback = jax.vjp(lambda p: outputs_2d(apply, p, xc), params)
@@ -329,13 +345,8 @@ def gram_vp(
       must have ``n * c`` rows), or a ``chunk_size`` that is not a positive
       integer.
   """
-  apply, _ = split_model(apply_or_model)
-  x = check_params_and_inputs(params, x, apply_or_model=apply_or_model)
-  chunk_size = _check_chunk(chunk_size)
-  n = x.shape[0]
-  c = output_dim(apply_or_model, params, x)
-  v = checks.check_vector("v", v, n * c, of=f"n * c = {n} * {c}",
-                          shapes=((n * c, -1),))
+  apply, x, chunk_size, n, c, v = _check_output_vector_call(
+      apply_or_model, params, x, v, chunk_size, v_layout="stacked")
   if v.ndim == 2:
     return jax.vmap(
         lambda col: gram_vp(apply_or_model, params, x, col, chunk_size),

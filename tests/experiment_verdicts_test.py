@@ -112,7 +112,7 @@ def test_c2_verdict():
 def test_c3_verdict():
   good = {"widest_width": 4096, "m_star/gram": 16.0,
           "m_star/distance": 8.0, "flips_exponent_upper": -0.3}
-  _both(training_conditions.verdict, good, [
+  _both(training_conditions.SPEC.verdict, good, [
       {"m_star/gram": None}, {"m_star/distance": 4096.0},
       {"flips_exponent_upper": 0.0}, {"flips_exponent_upper": None}])
 

@@ -48,6 +48,7 @@ import ml_collections
 
 from ngdjax import diagnostics, losses, models
 from ngdjax.experiment import plots, verdicts
+from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Run, unit_key
 from ngdjax.experiment.verdicts import Check, threshold_width
 from ngdjax.optim import ngd
@@ -292,23 +293,14 @@ def sweep(r: Run, config: ml_collections.ConfigDict,
           for unit, w in zip(units, work, strict=True)]
 
 
-def check_fixed_step_sweep(config: ml_collections.ConfigDict) -> None:
-  """Checks the fields of C3 and C4: one step size, a fit over widths.
-
-  Raises ``ValueError`` before any work unless there are at least 3 widths
-  (for the power-law fit), ``learning_rate`` lies in Theorem 1's ``(0, 1]``,
-  ``delta`` (a failure probability) in ``(0, 1)``, and ``num_steps`` and
-  ``reps`` are at least 1.
-  """
-  if len(config.widths) < 3:
-    raise ValueError("config.widths needs at least 3 widths for a fit")
-  if not 0 < config.learning_rate <= 1:
-    raise ValueError(f"config.learning_rate must lie in (0, 1] (Theorem "
-                     f"1's range), got {config.learning_rate}")
-  if not 0 < config.delta < 1:
-    raise ValueError(f"config.delta must lie in (0, 1), got {config.delta}")
-  if config.num_steps < 1 or config.reps < 1:
-    raise ValueError("config.num_steps and config.reps must be >= 1")
+# C3 and C4: one step size in Theorem 1's range, a fit over widths.
+FIXED_STEP_RULES = (
+    Rule("len(widths)", ">=", 3, "for a fit"),
+    Rule("learning_rate", ">", 0),
+    Rule("learning_rate", "<=", 1, "Theorem 1's range"),
+    Rule("delta", ">", 0), Rule("delta", "<", 1, "a probability"),
+    Rule("num_steps", ">=", 1), Rule("reps", ">=", 1),
+)
 
 
 # --------------------------------------------------------------------------

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from ngdjax.experiment import analysis, jacobian_stability
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import jacobian_stability
-from ngdjax.experiment import ngd_training as training
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -36,7 +35,7 @@ def test_jacobian_stability_smoke_and_resume(tmp_path):
   steps = [rec for rec in records if "jacobian_change" in rec]
   assert all(rec["jacobian_change"] >= 0 for rec in steps)
   for u in saved["details"]["runs"]:
-    assert u["lemma7_bound"] == pytest.approx(training.lemma7_bound(
+    assert u["lemma7_bound"] == pytest.approx(analysis.lemma7_bound(
         6, u["distance_max"], 1.0, 0.1, u["width"]))
   again = jacobian_stability.run(config, tmp_path)
   assert again["resumed_units"] == 3

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ngdjax.experiment import analysis, linearized_paths
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import linearized_paths
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["residual_norm.png", "weight_distance.png", "weight_paths.png"]
@@ -63,7 +63,7 @@ def test_linearized_paths_without_optimizers(tmp_path, monkeypatch):
 
 def test_segment_deviation():
   points = np.array([[0.0, 0.0], [0.5, 1.0], [2.0, 0.0], [-1.0, 0.0]])
-  dist = linearized_paths.segment_deviation(points, [0.0, 0.0], [1.0, 0.0])
+  dist = analysis.segment_deviation(points, [0.0, 0.0], [1.0, 0.0])
   np.testing.assert_allclose(dist, [0.0, 1.0, 1.0, 1.0])
 
 

@@ -6,19 +6,20 @@ import math
 import pytest
 
 from ngdjax.experiment import (
-    figure1,
-    forster_convergence,
-    general_loss,
-    generalization,
-    gram_limit,
-    jacobian_stability,
-    kfac_forster,
-    lambda0_vs_n,
-    linearized_paths,
-    ngd_rate,
-    training_conditions,
-    training_curves,
-    verdicts,
+  analysis,
+  figure1,
+  forster_convergence,
+  general_loss,
+  generalization,
+  gram_limit,
+  jacobian_stability,
+  kfac_forster,
+  lambda0_vs_n,
+  linearized_paths,
+  ngd_rate,
+  training_conditions,
+  training_curves,
+  verdicts,
 )
 from ngdjax.experiment.verdicts import Check
 
@@ -58,12 +59,12 @@ def test_relative_tolerance_scales_with_the_bound():
 
 def test_holds_past_width_needs_more_than_the_widest():
   widths = [8, 16, 64, 64, 256]
-  assert verdicts.threshold_width(widths, [0, 1, 1, 1, 1]) == 16
-  assert verdicts.holds_past_width(widths, [0, 1, 1, 1, 1])
+  assert analysis.threshold_width(widths, [0, 1, 1, 1, 1]) == 16
+  assert analysis.holds_past_width(widths, [0, 1, 1, 1, 1])
   # Only the widest passes: m* exists but is the widest, not "past".
-  assert verdicts.threshold_width(widths, [0, 0, 0, 1, 1]) == 256
-  assert not verdicts.holds_past_width(widths, [0, 0, 0, 1, 1])
-  assert not verdicts.holds_past_width(widths, [1, 1, 1, 1, 0])
+  assert analysis.threshold_width(widths, [0, 0, 0, 1, 1]) == 256
+  assert not analysis.holds_past_width(widths, [0, 0, 0, 1, 1])
+  assert not analysis.holds_past_width(widths, [1, 1, 1, 1, 0])
 
 
 def _both(fn, good, bad_updates, *args):

@@ -52,8 +52,7 @@ import scipy.linalg
 
 from ngdjax import data, linearized, models
 from ngdjax._src.jacobian import gram
-from ngdjax.experiment import verdicts
-from ngdjax.experiment.linearized_paths import segment_deviation
+from ngdjax.experiment import analysis, verdicts
 from ngdjax.experiment.runner import Run
 
 NAME = "figure1"
@@ -195,9 +194,9 @@ def _paths(config, model, params0, x, y, shown, log) -> dict[str, Any]:
     paths[m] = res
     per_example = res.reshape(len(res), n, 2) + y64[None]
     dev = np.array([
-        segment_deviation(per_example[:, i], u0_64[i], y64[i]).max()
+        analysis.segment_deviation(per_example[:, i], u0_64[i], y64[i]).max()
         / np.linalg.norm(y64[i] - u0_64[i]) for i in range(n)])
-    vec = float(segment_deviation(res, r64, np.zeros_like(r64)).max()
+    vec = float(analysis.segment_deviation(res, r64, np.zeros_like(r64)).max()
                 / r_norm)
     out[f"{m}_deviation_vector"] = vec
     out[f"{m}_deviation_examples_max"] = float(dev.max())

@@ -56,8 +56,8 @@ from typing import Any
 import ml_collections
 
 from ngdjax import data
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment import ngd_training as training
-from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.runner import Run, unit_key
 
 NAME = "general_loss"
@@ -112,7 +112,7 @@ def run(config: ml_collections.ConfigDict,
 
     def theorem2(c, eta):
       """Theorem 2's step limit for ``C``, and whether ``eta`` is below it."""
-      eta_max = training.theorem2_eta_max(c, mu, lip)
+      eta_max = analysis.theorem2_eta_max(c, mu, lip)
       return eta_max, eta < eta_max
 
     results = training.sweep(

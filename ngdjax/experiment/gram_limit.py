@@ -35,9 +35,8 @@ import numpy as np
 from ngdjax import data, diagnostics, kernels, models
 from ngdjax._src.jacobian import gram
 from ngdjax._src.linalg import lambda_min
-from ngdjax.experiment import plots, verdicts
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.runner import Run, unit_key
-from ngdjax.experiment.verdicts import threshold_width
 
 NAME = "gram_limit"
 CLAIM = "C5"
@@ -152,7 +151,7 @@ def run(config: ml_collections.ConfigDict,
             for k, e in errors.items()}
     fit = fits[config.error_norm]
     ratios = np.concatenate([u["lambda_min_ratio"] for u in results])
-    m_star = threshold_width(widths, ratios >= config.lambda_fraction)
+    m_star = analysis.threshold_width(widths, ratios >= config.lambda_fraction)
     lemma6_scale = config.n * math.log(config.n / config.delta) / lam0
 
     figures = _plot(r, config, fits, m_star)

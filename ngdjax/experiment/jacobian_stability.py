@@ -53,8 +53,9 @@ import ml_collections
 import numpy as np
 
 from ngdjax import data, diagnostics
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment import ngd_training as training
-from ngdjax.experiment import plots, verdicts
+from ngdjax.experiment.config import check_rules
 from ngdjax.experiment.runner import Run
 
 NAME = "jacobian_stability"
@@ -83,7 +84,7 @@ def run(config: ml_collections.ConfigDict,
         workdir: str | os.PathLike) -> dict[str, Any]:
   """Runs C4 and returns its summary (also written to ``summary.json``)."""
   with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
-    training.check_fixed_step_sweep(config)
+    check_rules(config, training.FIXED_STEP_RULES)
     x, y = data.sphere(config.n, config.d, seed=r.key("data"))
     nu, delta = float(config.nu), float(config.delta)
 
@@ -105,15 +106,15 @@ def run(config: ml_collections.ConfigDict,
           "jacobian_change_max": d_max,
           "jacobian_change_final": t["jacobian_change"][-1],
           "distance_max": r_meas,
-          "lemma7_bound": training.lemma7_bound(config.n, r_meas, nu, delta,
+          "lemma7_bound": analysis.lemma7_bound(config.n, r_meas, nu, delta,
                                                 m),
           "radius_theory": r_theory,
-          "lemma7_bound_theory_radius": training.lemma7_bound(
+          "lemma7_bound_theory_radius": analysis.lemma7_bound(
               config.n, r_theory, nu, delta, m),
           "lambda_min_G0": lam_g0,
           "condition2_threshold": (math.sqrt(lam_g0) / 6.0
                                    if lam_g0 > 0 else 0.0),
-          "C": training.condition2_constant(d_max, lam_g0),
+          "C": analysis.condition2_constant(d_max, lam_g0),
           "steps": t["steps"],
           "power_iteration_converged": all(t["jacobian_converged"]),
       }

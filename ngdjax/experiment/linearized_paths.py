@@ -65,7 +65,7 @@ import scipy.linalg
 
 from ngdjax import data, linearized, models
 from ngdjax._src.jacobian import gram, jacobian
-from ngdjax.experiment import plots, verdicts
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.runner import Run
 
 NAME = "linearized_paths"
@@ -97,24 +97,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.real_steps = 3  # exact NGD steps of the real network (the extra)
   c.real_lr = 1.0
   return c
-
-
-def segment_deviation(points, start, end) -> np.ndarray:
-  """Distance of each row of ``points`` from the segment ``[start, end]``.
-
-  Args:
-    points: ``(T, D)``.
-    start, end: ``(D,)``, distinct.
-
-  Returns:
-    ``(T,)`` Euclidean distances (not normalised).
-  """
-  points = np.asarray(points, np.float64)
-  start = np.asarray(start, np.float64)
-  seg = np.asarray(end, np.float64) - start
-  rel = points - start
-  s = np.clip(rel @ seg / (seg @ seg), 0.0, 1.0)
-  return np.linalg.norm(rel - s[:, None] * seg, axis=1)
 
 
 def _relative(a, b) -> float:
@@ -302,16 +284,17 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
   # each output path against the segment [u(0), y] (r: [r0, 0]).
   zero_w = np.zeros_like(w_star)
   gd_w = paths["gd_flow"][2]
-  gd_weight_gap = float(segment_deviation(gd_w, zero_w, w_star).max()
+  gd_weight_gap = float(analysis.segment_deviation(gd_w, zero_w, w_star).max()
                         / w_norm)
   same_time_gap = float(np.max(np.linalg.norm(
       gd_w - paths["ngd_flow"][2], axis=1)) / w_norm)
   zero_r = np.zeros_like(r64)
-  deviation = {kind: float(segment_deviation(res, r64, zero_r).max()
+  deviation = {kind: float(analysis.segment_deviation(res, r64, zero_r).max()
                            / r_norm)
                for kind, (_, res, _) in paths.items()}
   ngd_weight_deviation = max(
-      float(segment_deviation(paths[k][2], zero_w, w_star).max() / w_norm)
+      float(analysis.segment_deviation(paths[k][2], zero_w, w_star).max()
+            / w_norm)
       for k in ("ngd_flow", "ngd_steps"))
 
   # 2-D picture of the weight paths: along w*, and along the direction in

@@ -61,8 +61,8 @@ from typing import Any
 import ml_collections
 
 from ngdjax import data, diagnostics
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment import ngd_training as training
-from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.runner import Run
 
 NAME = "ngd_rate"
@@ -123,7 +123,7 @@ def _theorem1(c: float, eta: float) -> tuple[float, bool]:
 
   The theorem also needs ``C < 1/2`` (its limit is 0 from there on).
   """
-  eta_max = training.theorem1_eta_max(c)
+  eta_max = analysis.theorem1_eta_max(c)
   return eta_max, c < 0.5 and eta <= eta_max
 
 

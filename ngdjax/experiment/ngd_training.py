@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,10 +46,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from ngdjax import diagnostics, losses, models
-from ngdjax.experiment import plots, verdicts
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Run, unit_key
-from ngdjax.experiment.verdicts import Check, threshold_width
+from ngdjax.experiment.verdicts import Check
 from ngdjax.optim import ngd
 
 Log = Callable[..., None]
@@ -188,61 +187,6 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
 # --------------------------------------------------------------------------
 
 
-def condition2_constant(jacobian_change: float,
-                        lambda_min_g0: float) -> float:
-  """``C = 3 ||J - J(0)||_2 / sqrt(lambda_min(G(0)))`` (Condition 2).
-
-  Condition 2 asks ``||J - J(0)||_2 <= (C / 3) sqrt(lambda_min(G(0)))``
-  over the whole ball of radius ``R``; this is the smallest ``C`` that
-  holds at the measured iterates, a lower estimate of the ball's.
-  """
-  if lambda_min_g0 <= 0:
-    return math.inf
-  return 3.0 * float(jacobian_change) / math.sqrt(lambda_min_g0)
-
-
-def theorem1_eta_max(c: float) -> float:
-  """``(1 - 2C) / (1 + C)^2``, Theorem 1's largest step; 0 for ``C >= 1/2``."""
-  return (1.0 - 2.0 * c) / (1.0 + c) ** 2 if c < 0.5 else 0.0
-
-
-def theorem2_eta_max(c: float, mu: float, lipschitz: float) -> float:
-  """``2 / (mu + L) * (1 - (1 + kappa) C) / (1 + C)^2``, ``kappa = L / mu``.
-
-  Theorem 2's largest step (appendix eqn. 33); 0 when ``(1 + kappa) C >=
-  1``.
-  """
-  kappa = lipschitz / mu
-  if (1.0 + kappa) * c >= 1.0:
-    return 0.0
-  return 2.0 / (mu + lipschitz) * (1.0 - (1.0 + kappa) * c) / (1.0 + c) ** 2
-
-
-def lemma7_bound(n: int, radius: float, nu: float, delta: float,
-                 width: float) -> float:
-  """``sqrt(2 n R^{2/3} / (nu^{2/3} delta^{2/3} m^{1/3}))`` (Lemma 7).
-
-  Bounds ``||J - J(0)||_2`` over the ball ``||w - w(0)|| <= R`` with
-  probability ``1 - delta``.
-  """
-  return math.sqrt(2.0 * n * radius ** (2 / 3)
-                   / ((nu * delta) ** (2 / 3) * width ** (1 / 3)))
-
-
-def lemma8_flip_bound(radius: float, nu: float, delta: float,
-                      width: float) -> float:
-  """``2 k / m`` with ``k = (R m / (nu delta))^{2/3}`` (Lemmas 7-8).
-
-  The proof of Lemma 8 (appendix eqn. 46) shows that no example has ``2k``
-  or more flipped neurons inside the ball of radius ``R`` when Lemma 7's
-  event holds (probability ``1 - delta``): the flipped fraction of the
-  ``(n, m)`` activation pattern is at most ``2 (R / (nu delta))^{2/3}
-  m^{-1/3}``. Not capped at 1: the bound says nothing (is vacuous) below
-  ``m = 8 (R / (nu delta))^2``, and the figures show how far it is from 1.
-  """
-  return 2.0 * (radius / (nu * delta)) ** (2 / 3) / width ** (1 / 3)
-
-
 # --------------------------------------------------------------------------
 # The sweep all four experiments run: one unit per width and repetition
 # (and, in C1 and C2, step size).
@@ -330,7 +274,7 @@ def rate_unit(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
             residual_floor=config.residual_floor, jacobian=True, log=log,
             width=width, rep=rep, eta=eta)
   lam_g0 = t["lambda_min_G"][0]
-  c = condition2_constant(max(t["jacobian_change"]), lam_g0)
+  c = analysis.condition2_constant(max(t["jacobian_change"]), lam_g0)
   eta_max, in_theorem = theorem(c, eta)
   unit = {"width": width, "rep": rep, "eta": eta,
           "max_ratio": max(t["ratios"])}
@@ -435,7 +379,7 @@ def rate_sweep(results: list[dict[str, Any]], etas: Sequence[float],
   A unit holds when its largest ratio is within its eta's ``bound``:
   ``max_ratio <= bound (1 + rtol)``, ``rtol`` allowing for round-off.
   ``m_star`` is the smallest width from which on every run holds
-  (``verdicts.threshold_width``; None when a run at the widest width
+  (``analysis.threshold_width``; None when a run at the widest width
   fails; ``rate_checks`` asks it to lie below the widest width).
   """
   for u in results:
@@ -444,7 +388,7 @@ def rate_sweep(results: list[dict[str, Any]], etas: Sequence[float],
   m_star, at_widest = {}, {}
   for eta in etas:
     rows = [u for u in results if u["eta"] == eta]
-    m_star[eta] = threshold_width([u["width"] for u in rows],
+    m_star[eta] = analysis.threshold_width([u["width"] for u in rows],
                                   [u["holds"] for u in rows])
     at_widest[eta] = max(u["max_ratio"] for u in rows
                          if u["width"] == widest)

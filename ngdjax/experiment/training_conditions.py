@@ -46,10 +46,9 @@ import ml_collections
 
 from ngdjax import data, diagnostics, kernels
 from ngdjax._src.linalg import lambda_min
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment import ngd_training as training
-from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.runner import Experiment, Outcome, Run
-from ngdjax.experiment.verdicts import threshold_width
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -99,7 +98,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
         "distance_bound_lambda_0": bound_inf,
         "flips_max": max(t["flips"]),
         "flips_final": t["flips"][-1],
-        "flip_bound": training.lemma8_flip_bound(
+        "flip_bound": analysis.lemma8_flip_bound(
             r_meas, float(config.nu), float(config.delta), m),
         "steps": t["steps"],
         "reached_floor": t["reached_floor"],
@@ -134,7 +133,7 @@ def _summarise(r: Run, config, results, lam0) -> Outcome:
       "distance": [u["distance_max"] <= u["distance_bound"]
                    for u in results],
   }
-  m_star = {k: threshold_width(ws, v) for k, v in ok.items()}
+  m_star = {k: analysis.threshold_width(ws, v) for k, v in ok.items()}
   positive = [(u["width"], u["flips_max"]) for u in results
               if u["flips_max"] > 0]
   fit = None

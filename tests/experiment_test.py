@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 
 from ngdjax import experiment
-from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import (
-    gram_limit,
-    lambda0_vs_n,
-    metrics,
-    plots,
-    reproduce,
+  analysis,
+  gram_limit,
+  lambda0_vs_n,
+  metrics,
+  plots,
+  reproduce,
 )
+from ngdjax.experiment import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -270,11 +271,11 @@ def test_gram_limit_smoke_and_resume(tmp_path):
   assert again["measured"] == saved["measured"]
 
 
-def test_threshold_width_kept_in_gram_limit():
+def test_threshold_width_with_repetitions():
   widths = [4, 4, 16, 16, 64, 64]
-  assert gram_limit.threshold_width(widths, [0, 0, 1, 0, 1, 1]) == 64
-  assert gram_limit.threshold_width(widths, [1, 0, 1, 1, 1, 1]) == 16
-  assert gram_limit.threshold_width(widths, [1, 1, 1, 1, 1, 0]) is None
+  assert analysis.threshold_width(widths, [0, 0, 1, 0, 1, 1]) == 64
+  assert analysis.threshold_width(widths, [1, 0, 1, 1, 1, 1]) == 16
+  assert analysis.threshold_width(widths, [1, 1, 1, 1, 1, 0]) is None
 
 
 def test_lambda0_vs_n_smoke(tmp_path):

@@ -4,7 +4,6 @@ The experiment smoke tests call each library ``run`` with a tiny config, as
 the entry points do with a real one, and check that every file parses.
 """
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -289,12 +288,10 @@ def test_lambda0_vs_n_smoke(tmp_path):
 
 
 def test_reproduce_report_with_tiny_configs_and_rerun(tmp_path, monkeypatch):
-  # Only C5 and C8 (tiny configs) are registered, plus one claim without an
-  # experiment, so the test does not depend on the other experiments.
-  by_id = {c.id: c for c in reproduce.CLAIMS}
-  claims = (by_id["C5"], by_id["C8"],
-            dataclasses.replace(by_id["C1"], experiment=None))
-  monkeypatch.setattr(reproduce, "CLAIMS", claims)
+  # Only C5 and C8 (tiny configs) are registered, so the test does not
+  # depend on the other experiments.
+  monkeypatch.setattr(registry, "SPECS", (gram_limit.SPEC,
+                                          lambda0_vs_n.SPEC))
   configs = tmp_path / "configs"
   configs.mkdir()
   for name, fields in TINY.items():
@@ -307,18 +304,21 @@ def test_reproduce_report_with_tiny_configs_and_rerun(tmp_path, monkeypatch):
   out = tmp_path / "out"
   result = reproduce.run(out, configs_dir=configs)
   rows = {r["claim"]: r for r in result["rows"]}
-  assert list(rows) == ["C5", "C8", "C1"]
+  assert list(rows) == ["C5", "C8"]
   assert rows["C5"]["status"] in ("PASS", "FAIL")
   assert rows["C8"]["status"] in ("PASS", "FAIL")
-  assert rows["C1"]["status"] == "NOT RUN"
+  # The row's title is the spec's, the measured text the run's.
+  assert rows["C5"]["title"] == gram_limit.SPEC.row
+  summary = json.loads((out / "C5_gram_limit_small" / "summary.json")
+                       .read_text())
+  assert rows["C5"]["measured"] == summary["measured_text"]
   report = (out / "report.md").read_text()
-  assert report.count("NOT RUN (not implemented)") == 1
   assert "C5_gram_limit_small/gram_error.png" in report
   # Each check is marked inside the hypotheses or an observation.
   assert "power_bound [theorem]" in report
   assert "lemma6 [observation]" in report
-  assert json.loads((out / "report.json").read_text())["counts"][
-      "NOT RUN"] == 1
+  counts = json.loads((out / "report.json").read_text())["counts"]
+  assert sum(counts.values()) == 2
   again = reproduce.run(out, configs_dir=configs, only="C5,C8")
   assert all(r["skipped"] for r in again["rows"])
   with pytest.raises(ValueError, match=r"unknown claims \['C13'\]"):
@@ -326,11 +326,15 @@ def test_reproduce_report_with_tiny_configs_and_rerun(tmp_path, monkeypatch):
 
 
 def test_every_registered_experiment_has_config_and_entry_point():
-  root = REPO
-  for claim in reproduce.CLAIMS:
-    if claim.experiment:
-      assert (root / "configs" / f"{claim.experiment}.py").is_file(), claim
-      assert (root / "experiments" / f"{claim.experiment}.py").is_file()
+  claims = [s.claim for s in registry.SPECS]
+  assert claims == [f"C{i}" for i in range(1, 13)] + ["D1"]
+  for spec in registry.SPECS:
+    assert (REPO / "configs" / f"{spec.name}.py").is_file(), spec.name
+    assert (REPO / "experiments" / f"{spec.name}.py").is_file()
+    # The config file's presets are the spec's.
+    path = REPO / "configs" / f"{spec.name}.py"
+    assert config_lib.load_config_file(f"{path}:small") == (
+        spec.get_config("small"))
 
 
 def test_entry_point_rejects_misspelled_override(tmp_path):

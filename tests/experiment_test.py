@@ -22,6 +22,7 @@ from ngdjax.experiment import (
   lambda0_vs_n,
   metrics,
   plots,
+  registry,
   reproduce,
 )
 from ngdjax.experiment import config as config_lib

@@ -24,8 +24,8 @@ from absl import logging
 
 from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import metrics, registry
-from ngdjax.experiment.runner import Experiment
 from ngdjax.experiment.progress import Progress, format_seconds
+from ngdjax.experiment.runner import Experiment
 
 REPORT_FILE = "report.md"
 REPORT_JSON = "report.json"

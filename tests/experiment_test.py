@@ -452,3 +452,14 @@ def test_truncated_unit_file_is_recomputed_and_named(tmp_path, caplog):
   assert unit_file.with_name(unit_file.name + ".corrupt").exists()
   assert sorted(r["unit"] for r in _unit_lines(tmp_path)) == [
       f"unit={i}" for i in range(5)]
+
+
+def test_run_switches_the_prng_stream_only_inside_its_block(tmp_path):
+  config = ml_collections.ConfigDict({"seed": 0})
+  before = jax.config.jax_threefry_partitionable
+  run = experiment.Run(tmp_path / "a", config, config)
+  assert jax.config.jax_threefry_partitionable == before  # not entered
+  run.close()
+  with experiment.Run(tmp_path / "b", config, config):
+    assert jax.config.jax_threefry_partitionable is False
+  assert jax.config.jax_threefry_partitionable == before

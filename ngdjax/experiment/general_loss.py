@@ -9,17 +9,14 @@ C)^2``, ``kappa = L / mu`` (appendix eqn. 33). For wide nets ``C -> 0``
 and the step limit tends to ``2 / (mu + L)``.
 
 The loss is ``losses.squared_log_cosh(alpha)``: ``l(e) = e^2 / 2 + alpha
-log cosh(e)``, ``mu = 1``, ``L = 1 + alpha``, not quadratic, so NGD's
-output update is no longer a rescaling of the residual. Step sizes are
-fractions of the limit: ``eta = f * 2 / (mu + L)``, ``f`` in
-``config.eta_fractions``. Measured as C1 (``ngd_rate``, the same sweep,
-``C`` and checks, ``ngd_training.rate_checks``) with this loss (Gaussian
-targets give residuals of order 1, where ``l''`` ranges over ``[mu, L]``)
-and the bound ``b = 1 - 2 eta mu L / (mu + L)``.
-
-The measured ``C`` is below 1/3 (``kappa = 2``) only at widths ``~2^19``
-and beyond (``n = 8``), and there the step limit is about ``0.23 * 2/(mu +
-L)``, so the presets carry ``f = 0.1`` and widths up to ``2^20``.
+log cosh(e)``, ``mu = 1``, ``L = 1 + alpha``, not quadratic (NGD's output
+update is no longer a rescaling of the residual). Measured as C1 (the same
+sweep, ``C`` and checks, ``ngd_training.rate_checks``) with this loss,
+step sizes ``eta = f * 2 / (mu + L)`` for ``f`` in
+``config.eta_fractions`` and the bound ``b = 1 - 2 eta mu L / (mu + L)``.
+The measured ``C`` is below 1/3 (``kappa = 2``) only from widths ``~2^19``
+(``n = 8``), where the step limit is about ``0.23 * 2/(mu + L)``: hence
+``f = 0.1`` and widths up to ``2^20``.
 
 Small preset (about 35 s on 2 CPU cores); full run (6 min on 2 CPU cores
 shared at load ~12, estimated 3 min alone, most of it m = 2^20)::
@@ -120,8 +117,7 @@ SPEC = Experiment(
     measures="measured contraction with a strongly convex, smooth loss",
     expects="<= 1 - 2 eta mu L / (mu + L)",
     default_config=default_config, measure=measure, checks=checks,
-    rules=(Rule("len(widths)", ">=", 2),
-           Rule("len(eta_fractions)", ">=", 1),
+    rules=(Rule("len(widths)", ">=", 2), Rule("len(eta_fractions)", ">=", 1),
            Rule("each(eta_fractions)", ">", 0),
            Rule("each(eta_fractions)", "<", 1, "of Theorem 2's limit"),
            Rule("alpha", ">", 0, "alpha = 0 is the squared loss of C1"),

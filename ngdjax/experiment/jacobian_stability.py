@@ -8,18 +8,15 @@ width (Lemma 3), so the measured change should decay at least that fast
 (the bound is a worst case over the ball). Condition 2 asks ``||J -
 J(0)||_2 <= (C/3) sqrt(lambda_min(G(0)))`` with ``C < 1/2``.
 
-Measured per width and repetition (fresh ``W``, fixed data on the sphere):
-exact NGD (damping 0, ``eta = config.learning_rate``) for
-``config.num_steps`` steps or until ``||u(k) - y|| <= config.residual_floor
-||u(0) - y||``, with ``||J(k) - J(0)||_2`` at every iterate (exact: the top
-eigenvalue of ``(X X^T) * (dS dS^T) / m``) and ``||w(k) - w(0)||``. Per
-run: ``D = max_k ||J(k) - J(0)||_2`` and ``R_meas = max_k ||w(k) - w(0)||``
-(every iterate lies in that ball), which the checks (``CHECKS``) judge.
-Reported beside them: the fitted exponent against the bound's ``-1/6``;
-the bound at the theory's radius ``R = 3 ||y - u(0)|| /
-sqrt(lambda_min(G(0)))``; Condition 2's threshold ``sqrt(lambda_min(G(0)))
-/ 6`` (``C = 1/2``) and the width at which the fitted law would reach it
-(an extrapolation).
+Measured per width and repetition (fresh ``W``, fixed data on the sphere),
+NGD as in C3 (``eta = config.learning_rate``) with ``||J(k) - J(0)||_2``
+(exact: the top eigenvalue of ``(X X^T) * (dS dS^T) / m``) and ``||w(k) -
+w(0)||`` at every iterate; the checks judge ``D = max_k ||J(k) -
+J(0)||_2`` against the bound at ``R_meas = max_k ||w(k) - w(0)||``.
+Reported beside them: the bound at the theory's radius ``R = 3 ||y - u(0)||
+/ sqrt(lambda_min(G(0)))``, Condition 2's threshold
+``sqrt(lambda_min(G(0))) / 6`` (``C = 1/2``) and the width where the
+fitted law would reach it (an extrapolation).
 
 Small preset (about 20 s on 2 CPU cores); full run (about 2 min, most of it
 m = 16384)::
@@ -68,6 +65,18 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Lemma 7 is a probability bound at any width (no Condition 2 needed): the
+# check against it is inside its hypotheses; the decay is an observation.
+CHECKS = (
+    verdicts.Check("decays", (("exponent_upper", "<", 0.0),),
+                   "fitted exponent of max_k ||J(k)-J(0)||_2 in m + 2 "
+                   "stderr < 0"),
+    verdicts.Check("below_lemma7", (("runs_above_lemma7", "==", 0),),
+                   "every run below the Lemma 7 bound at its measured "
+                   "radius", verdicts.THEOREM),
+)
+
+
 def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   """Runs the sweep; the figures the checks judge and the report's text."""
   x, y = data.sphere(config.n, config.d, seed=r.key("data"))
@@ -87,8 +96,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
                 if lam_g0 > 0 else math.inf)
     d_max = max(t["jacobian_change"])
     return {
-        "width": m, "rep": s,
-        "jacobian_change_max": d_max,
+        "width": m, "rep": s, "jacobian_change_max": d_max,
         "jacobian_change_final": t["jacobian_change"][-1],
         "distance_max": r_meas,
         "lemma7_bound": analysis.lemma7_bound(config.n, r_meas, nu, delta, m),
@@ -100,30 +108,13 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
                                  if lam_g0 > 0 else 0.0),
         "C": analysis.condition2_constant(d_max, lam_g0),
         "steps": t["steps"],
-        "power_iteration_converged": all(t["jacobian_converged"]),
-    }
+        "power_iteration_converged": all(t["jacobian_converged"])}
 
   # The per-iterate measurements cost n^2 m (structured ||J - J(0)||).
   results = training.sweep(r, config, one, work_width=1024.0)
-  return _summarise(r, config, results)
-
-
-# Lemma 7 is a probability bound at any width (no Condition 2 needed): the
-# check against it is inside its hypotheses; the decay is an observation.
-CHECKS = (
-    verdicts.Check("decays", (("exponent_upper", "<", 0.0),),
-                   "fitted exponent of max_k ||J(k)-J(0)||_2 in m + 2 "
-                   "stderr < 0"),
-    verdicts.Check("below_lemma7", (("runs_above_lemma7", "==", 0),),
-                   "every run below the Lemma 7 bound at its measured "
-                   "radius", verdicts.THEOREM),
-)
-
-
-def _summarise(r: Run, config, results) -> Outcome:
   ws = np.array([u["width"] for u in results], float)
-  d = np.array([u["jacobian_change_max"] for u in results])
-  fit = diagnostics.fit_power_law(ws, d)
+  fit = diagnostics.fit_power_law(
+      ws, np.array([u["jacobian_change_max"] for u in results]))
   bound_fit = diagnostics.fit_power_law(
       ws, [u["lemma7_bound"] for u in results])
   below = [u["jacobian_change_max"] <= u["lemma7_bound"] for u in results]
@@ -132,15 +123,12 @@ def _summarise(r: Run, config, results) -> Outcome:
   # Width at which the fitted law meets Condition 2's threshold (C = 1/2),
   # taking lambda_min(G(0)) from the widest runs (it settles to lambda_0).
   threshold = float(np.mean([u["condition2_threshold"] for u in wide]))
-  m_cond2 = None
-  if fit.exponent < 0 and threshold > 0:
-    m_cond2 = (threshold / fit.prefactor) ** (1.0 / fit.exponent)
+  m_cond2 = ((threshold / fit.prefactor) ** (1.0 / fit.exponent)
+             if fit.exponent < 0 and threshold > 0 else None)
   measured = {
-      "exponent": fit.exponent,
-      "exponent_stderr": fit.exponent_stderr,
+      "exponent": fit.exponent, "exponent_stderr": fit.exponent_stderr,
       "exponent_upper": fit.exponent + 2 * fit.exponent_stderr,
-      "r_squared": fit.r_squared,
-      "lemma7_exponent": bound_fit.exponent,
+      "r_squared": fit.r_squared, "lemma7_exponent": bound_fit.exponent,
       "widest_width": widest,
       "jacobian_change_at_widest": max(u["jacobian_change_max"]
                                        for u in wide),

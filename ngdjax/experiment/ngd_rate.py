@@ -12,13 +12,10 @@ measured as its limit: the proof's eqn. (27) bounds the first-step ratio by
 Measured per width, repetition (fresh ``W``, fixed data on the sphere) and
 ``eta`` (the same ``W`` for every ``eta``): exact NGD (damping 0) for
 ``config.num_steps`` steps or until ``||r(k)|| <= config.residual_floor
-||r(0)||``; every ratio ``||r(k+1)||^2 / ||r(k)||^2`` and ``||J(k) -
-J(0)||_2`` at every iterate, giving the run's ``C = 3 max_k ||J(k) -
-J(0)||_2 / sqrt(lambda_min(G(0)))`` (a lower estimate of the ball's: the
-iterates only). A ratio ``rho`` is within ``1 - eta`` when ``rho <= (1 -
-eta)(1 + config.ratio_rtol)``. The checks (``checks``) are stated in
-``ngd_training.rate_checks``; ``eta1_vanishes`` fits a power law to the
-first-step ratio at ``eta = 1`` over all (width, repetition) points.
+||r(0)||``; every ratio ``||r(k+1)||^2 / ||r(k)||^2`` and, from ``||J(k) -
+J(0)||_2`` at the iterates, the run's Condition 2 constant ``C`` (a lower
+estimate of the ball's). The checks are ``ngd_training.rate_checks`` and,
+at ``eta = 1``, a power law fitted to the first-step ratio.
 
 ``C`` falls with width (about ``m^(-0.28)``) and grows with ``n``: at ``n =
 8`` it is about 0.32 at ``m = 2^18`` and 0.22 at ``m = 2^20``, so the
@@ -73,8 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _theorem1(c: float, eta: float) -> tuple[float, bool]:
-  """Theorem 1's step limit for ``C`` (which must be < 1/2), and whether
-  ``eta`` meets it."""
+  # Theorem 1 also needs C < 1/2 (where its step limit is 0).
   eta_max = analysis.theorem1_eta_max(c)
   return eta_max, c < 0.5 and eta <= eta_max
 
@@ -96,8 +92,7 @@ def checks(config) -> tuple[verdicts.Check, ...]:
 def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   """Runs the sweep; the figures the checks judge and the report's text."""
   etas = [float(e) for e in config.learning_rates]
-  # eta = 1's bound is 0, which no finite width meets: eta1_vanishes rates
-  # it instead.
+  # eta = 1's bound is 0, which no finite width meets: eta1_vanishes.
   rates = training.rate_sweep(
       r, config, etas, {eta: 1.0 - eta for eta in etas}, _theorem1,
       name="Theorem 1", fmt="g", key_fmt="g",
@@ -108,10 +103,10 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   if rows:
     fit = diagnostics.fit_power_law([u["width"] for u in rows],
                                     [u["first_ratio"] for u in rows])
-    measured["eta1_first_ratio_exponent"] = fit.exponent
-    measured["eta1_first_ratio_exponent_stderr"] = fit.exponent_stderr
-    measured["eta1_first_ratio_exponent_upper"] = (
-        fit.exponent + 2 * fit.exponent_stderr)
+    measured.update(eta1_first_ratio_exponent=fit.exponent,
+                    eta1_first_ratio_exponent_stderr=fit.exponent_stderr,
+                    eta1_first_ratio_exponent_upper=(
+                        fit.exponent + 2 * fit.exponent_stderr))
     eta1_text = (f"; eta=1 first-step ratio ~ m^({fit.exponent:.2f} +- "
                  f"{fit.exponent_stderr:.2f}), "
                  f"{rates.at_widest[1.0]:.2g} at m={rates.widest}")
@@ -164,8 +159,7 @@ SPEC = Experiment(
               "eta"),
     expects="<= 1 - eta",
     default_config=default_config, measure=measure, checks=checks,
-    rules=(Rule("len(widths)", ">=", 3),
-           Rule("len(learning_rates)", ">=", 1),
+    rules=(Rule("len(widths)", ">=", 3), Rule("len(learning_rates)", ">=", 1),
            Rule("each(learning_rates)", ">", 0),
            Rule("each(learning_rates)", "<=", 1, "Theorem 1's range"),
            *training.RATE_RULES),

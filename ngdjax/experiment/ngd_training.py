@@ -6,10 +6,9 @@ records at every iterate ``k``: ``||u(k) - y||``, ``lambda_min(G(k))``,
 optionally, ``||J(k) - J(0)||_2`` (exact from the net's structure,
 ``diagnostics.jacobian_change_norm(method="structured")``: widths up to
 ``10^6`` cost seconds). ``sweep`` runs one unit per (width, repetition[,
-step size]); ``rate_unit`` .. ``residual_figure`` are the rate analysis of
-C1 (Theorem 1) and C2 (Theorem 2); ``runs_series`` and ``path_series`` the
-figure parts C1, C3 and C4 share. The theory's constants are in
-``analysis``.
+step size]); ``rate_unit`` .. ``residual_figure``: the rate analysis of C1
+and C2; ``mean_series`` .. ``path_series``: figure parts of C1, C3, C4.
+The theory's constants are in ``analysis``.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from ngdjax import data, diagnostics, losses, models
 from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Run, unit_key
-from ngdjax.experiment.verdicts import Check
 from ngdjax.optim import ngd
 
 Log = Callable[..., None]
@@ -36,11 +34,8 @@ Log = Callable[..., None]
 
 @functools.lru_cache(maxsize=64)
 def two_layer_model(width: int, nu: float) -> models.Model:
-  """``models.two_layer_relu(width, nu=nu)``, one object per process.
-
-  The model is static in the jitted step: one object per (width, nu) lets a
-  rerun (resume, tests, reproduce) reuse the compiled code.
-  """
+  """``models.two_layer_relu(width, nu=nu)``, one object per process: the
+  model is static in the jitted step, so reruns reuse the compiled code."""
   return models.two_layer_relu(int(width), nu=float(nu))
 
 
@@ -88,17 +83,10 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
   y|| <= residual_floor ||u(0) - y||`` (below that a ratio of residuals is
   round-off), so every entry of ``ratios`` is a meaningful contraction.
 
-  Args:
-    model: a two-layer ReLU ``Model`` (``two_layer_model``).
-    params0: initial parameters ``{"W": (m, d)}``.
-    x, y: ``(n, d)`` inputs and ``(n, 1)`` targets.
-    learning_rate: ``eta``.
-    num_steps: the most NGD steps to take.
-    loss: a ``losses.Loss``; default the squared loss (Theorem 1).
-    residual_floor: the relative residual at which training stops.
-    jacobian: also measure ``||J(k) - J(0)||_2`` at every iterate.
-    log: ``log(step=k, **values)`` (a ``Run.unit`` logger), called per
-      iterate with ``tags`` (``width=..., eta=...``) added.
+  ``model`` is a ``two_layer_model``, ``x`` and ``y`` are ``(n, d)`` and
+  ``(n, 1)``, ``loss`` defaults to the squared loss; ``jacobian`` also
+  measures ``||J(k) - J(0)||_2``; ``log(step=k, **values)`` (a ``Run.unit``
+  logger) gets every iterate with ``tags`` (``width=..., eta=...``) added.
 
   Returns:
     Lists over the iterates ``k = 0..K``: ``residual_norm``,
@@ -115,9 +103,7 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
                                           "cholesky_failed")}
   if jacobian:
     out["jacobian_change"], out["jacobian_converged"] = [], []
-  params = params0
-  r0 = None
-  k = 0
+  params, r0, k = params0, None, 0
   while True:
     row = {k_: float(v) for k_, v in
            _measure(model, params, params0, x, y).items()}
@@ -144,34 +130,18 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
     params, failed = _ngd_step(model, loss, params, x, y, eta)
     out["cholesky_failed"].append(int(failed))
     k += 1
-  result: dict[str, Any] = dict(out)
-  result["ratios"] = diagnostics.contraction_ratios(
-      out["residual_norm"]).tolist() if k > 0 else []
-  result["steps"] = k
-  result["reached_floor"] = bool(rel <= residual_floor)
-  return result
-
-
-# --------------------------------------------------------------------------
-# The sweep: one unit per width and repetition (and, in C1 and C2, eta).
-# --------------------------------------------------------------------------
+  ratios = (diagnostics.contraction_ratios(out["residual_norm"]).tolist()
+            if k > 0 else [])
+  return {**out, "ratios": ratios, "steps": k,
+          "reached_floor": bool(rel <= residual_floor)}
 
 
 def init_net(r: Run, config: ml_collections.ConfigDict, width: int,
              rep: int) -> tuple[models.Model, Any]:
-  """``(model, params0)`` for one width and repetition of a sweep.
-
-  The key names only the width and the repetition: every step size of a
-  C1/C2 sweep starts from the same ``W``, and a resumed run draws it again.
-  """
+  """``(model, params0)`` for one width and repetition; every eta of a
+  C1/C2 sweep starts from this ``W``, and a resumed run draws it again."""
   model = two_layer_model(width, float(config.nu))
   return model, model.init(r.key(unit_key(width=width, rep=rep)), config.d)
-
-
-def _unit_key(width: int, rep: int, eta: float | None = None) -> str:
-  if eta is None:
-    return unit_key(width=width, rep=rep)
-  return unit_key(width=width, rep=rep, eta=eta)
 
 
 def sweep(r: Run, config: ml_collections.ConfigDict,
@@ -179,20 +149,20 @@ def sweep(r: Run, config: ml_collections.ConfigDict,
           etas: Sequence[float] | None = None,
           key: Callable[..., str] | None = None,
           work_width: float = 4096.0) -> list[dict[str, Any]]:
-  """Runs (or reloads) ``measure(*unit, log)`` on every unit, in order.
-
-  The units are ``(m, s)`` for ``m`` in ``config.widths`` and ``s <
-  config.reps`` or, given ``etas``, ``(m, s, eta)``; ``key(*unit)`` names
-  one for resuming (default ``unit_key(width=m, rep=s[, eta=eta])``). A
-  unit's share of the progress is ``1 + m / work_width``.
-  """
+  """Runs (or reloads) ``measure(*unit, log)`` for the units ``(m, s[,
+  eta])`` over ``config.widths``, ``range(config.reps)`` and ``etas``, in
+  order; ``key(*unit)`` names one (default ``unit_key(width=m, rep=s[,
+  eta=eta])``), its share of the progress is ``1 + m / work_width``."""
   widths = [int(m) for m in config.widths]
   reps = range(config.reps)
   if etas is None:
     units = [(m, s) for m in widths for s in reps]
   else:
     units = [(m, s, eta) for m in widths for s in reps for eta in etas]
-  key = _unit_key if key is None else key
+  if key is None:
+    def key(*unit):
+      return unit_key(**dict(zip(("width", "rep", "eta"), unit,
+                                 strict=False)))
   work = [1.0 + unit[0] / work_width for unit in units]
   r.start_progress(len(units), interval_s=2.0, work=sum(work))
   return [r.unit(key(*unit), functools.partial(measure, *unit), work=w)
@@ -209,13 +179,8 @@ FIXED_STEP_RULES = (
 )
 
 
-# --------------------------------------------------------------------------
-# The rate analysis of C1 (Theorem 1) and C2 (Theorem 2).
-# --------------------------------------------------------------------------
-
 # ``theorem(C, eta) -> (eta_max, in_theorem)``: a theorem's largest step for
-# a measured Condition 2 constant ``C``, and whether ``eta`` meets all of its
-# hypotheses.
+# a measured Condition 2 constant ``C``; whether ``eta`` meets its hypotheses.
 Theorem = Callable[[float, float], tuple[float, bool]]
 
 # C1 and C2's ranges besides their step sizes.
@@ -226,12 +191,9 @@ def rate_unit(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
               y: jax.Array, width: int, rep: int, eta: float, log: Log, *,
               theorem: Theorem, loss: losses.Loss | None = None,
               first_ratio: bool = False) -> dict[str, Any]:
-  """One C1/C2 unit: NGD from ``init_net`` with the Jacobian measured.
-
-  Returns the per-step ratios, their maximum, the run's Condition 2
-  constant ``C`` and ``theorem``'s verdict on it, and the run's health;
-  with ``first_ratio`` also the first step's ratio (C1 at ``eta = 1``).
-  """
+  """One C1/C2 unit: the per-step ratios, the run's Condition 2 constant
+  ``C``, ``theorem``'s verdict on it and the run's health; with
+  ``first_ratio`` also the first step's ratio (C1 at ``eta = 1``)."""
   model, params0 = init_net(r, config, width, rep)
   t = train(model, params0, x, y, learning_rate=eta,
             num_steps=config.num_steps, loss=loss,
@@ -240,22 +202,15 @@ def rate_unit(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
   lam_g0 = t["lambda_min_G"][0]
   c = analysis.condition2_constant(max(t["jacobian_change"]), lam_g0)
   eta_max, in_theorem = theorem(c, eta)
-  unit = {"width": width, "rep": rep, "eta": eta,
-          "max_ratio": max(t["ratios"])}
-  if first_ratio:
-    unit["first_ratio"] = t["ratios"][0]
-  unit.update({
-      "ratios": t["ratios"],
-      "lambda_min_G0": lam_g0,
-      "C": c,
-      "eta_max": eta_max,
-      "in_theorem": bool(in_theorem),
-      "steps": t["steps"],
-      "reached_floor": t["reached_floor"],
+  return {
+      "width": width, "rep": rep, "eta": eta, "max_ratio": max(t["ratios"]),
+      **({"first_ratio": t["ratios"][0]} if first_ratio else {}),
+      "ratios": t["ratios"], "lambda_min_G0": lam_g0, "C": c,
+      "eta_max": eta_max, "in_theorem": bool(in_theorem),
+      "steps": t["steps"], "reached_floor": t["reached_floor"],
       "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
       "power_iteration_converged": all(t["jacobian_converged"]),
-  })
-  return unit
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,14 +245,12 @@ class RateSweep:
     """The figures ``rate_checks`` judge, and the runs' health."""
     results, widest = self.results, self.widest
     out = {
-        "widest_width": widest,
-        "runs_total": len(results),
+        "widest_width": widest, "runs_total": len(results),
         "runs_inside_hypotheses": len(self.in_theorem),
         "runs_inside_breaking_rate": sum(not u["holds"]
                                          for u in self.in_theorem),
         "runs_failing_rate": len(self.failures),
-        "C_min": min(u["C"] for u in results),
-        "C_at_widest": self.c_at_widest,
+        "C_min": min(u["C"] for u in results), "C_at_widest": self.c_at_widest,
         "cholesky_failed_steps": sum(u["cholesky_failed_steps"]
                                      for u in results),
         "power_iteration_converged": all(u["power_iteration_converged"]
@@ -314,8 +267,7 @@ class RateSweep:
   def text(self, config: ml_collections.ConfigDict, prefix: str = "",
            what: str = "", extra: str = "") -> str:
     """The report's line: per rated eta the largest ratio at the widest
-    width, its bound and ``m*``; the runs breaking it; the measured ``C``
-    and the runs inside the theorem's hypotheses."""
+    width and ``m*``, the runs breaking the bound, the measured ``C``."""
     fmt = self.fmt
     rate = "; ".join(
         f"eta={eta:{fmt}}: max ratio at m={self.widest} "
@@ -353,16 +305,12 @@ def rate_sweep(r: Run, config: ml_collections.ConfigDict,
                rated: Sequence[float] | None = None,
                with_bound: bool = False, key: Callable[..., str] | None = None,
                **unit_kw: Any) -> RateSweep:
-  """Runs the C1/C2 sweep and finds, per eta, where the rate holds.
+  """Runs the C1/C2 sweep (a ``rate_unit`` per width, rep and eta, fixed
+  data on the sphere) and finds per eta where the rate holds.
 
-  Fixed data (``n`` points on the sphere, Gaussian targets), a
-  ``rate_unit`` per (width, rep, eta) (``unit_kw``: its ``loss``,
-  ``first_ratio``). A unit holds when ``max_ratio <= bound[eta] (1 +
-  config.ratio_rtol)`` (round-off); ``m_star`` is the smallest width from
-  which on every run of that eta holds (``analysis.threshold_width``;
-  None when one at the widest width fails). ``rated``: the etas the checks
-  judge (default all); ``with_bound``: each unit and ``measured`` carry
-  the bound.
+  A unit holds when ``max_ratio <= bound[eta] (1 + config.ratio_rtol)``;
+  ``m_star``: ``analysis.threshold_width`` of that. ``unit_kw`` go to
+  ``rate_unit``; the other arguments are ``RateSweep``'s fields.
   """
   x, y = data.sphere(config.n, config.d, seed=r.key("data"))
   results = sweep(r, config, functools.partial(
@@ -388,25 +336,20 @@ def rate_sweep(r: Run, config: ml_collections.ConfigDict,
 
 
 def rate_checks(etas: Sequence[float], key_fmt: str, theorem: str,
-                hypotheses: str) -> tuple[Check, ...]:
-  """The checks C1 and C2 share, on ``RateSweep.measured``.
-
-  ``rate_wide`` (observation): per eta in ``etas`` the rate holds at every
-  width from ``m*`` on, ``m*`` below the widest width. ``theorem``: at
-  least one run meets ``hypotheses`` and none of those breaks the rate;
-  FAIL when no run qualifies.
-  """
+                hypotheses: str) -> tuple[verdicts.Check, ...]:
+  """The checks C1 and C2 share, on ``RateSweep.measured``; ``theorem``
+  FAILS when no run meets ``hypotheses``."""
   wide = tuple((f"m_star/eta={format(e, key_fmt)}", "<", "widest_width")
                for e in etas)
   return (
-      Check("rate_wide", wide,
-            "per eta, every run at every width >= m* within the bound, m* "
-            "below the widest width", verdicts.OBSERVATION),
-      Check("theorem", (("runs_inside_hypotheses", ">=", 1),
-                        ("runs_inside_breaking_rate", "==", 0)),
-            f">= 1 run with {hypotheses} ({theorem}'s hypotheses), and "
-            "every such run within the bound", verdicts.THEOREM),
-  )
+      verdicts.Check("rate_wide", wide,
+                     "per eta, every run at every width >= m* within the "
+                     "bound, m* below the widest width",
+                     verdicts.OBSERVATION),
+      verdicts.Check("theorem", (("runs_inside_hypotheses", ">=", 1),
+                                 ("runs_inside_breaking_rate", "==", 0)),
+                     f">= 1 run with {hypotheses} ({theorem}'s hypotheses), "
+                     "and every such run within the bound", verdicts.THEOREM))
 
 
 def ratio_figure(r: Run, rates: RateSweep, *, ylabel: str, title: str,
@@ -468,11 +411,6 @@ def residual_figure(r: Run, rates: RateSweep, *, ylabel: str,
   plots.line_plot(r.path("residuals.png"), series, xlabel="NGD step k",
                   ylabel=ylabel, title=title, logy=True)
   return ["residuals.png"]
-
-
-# --------------------------------------------------------------------------
-# Figure parts of C1, C3 and C4: runs against width, paths along training.
-# --------------------------------------------------------------------------
 
 
 def mean_series(units: Sequence[dict[str, Any]], key: str, label: str,

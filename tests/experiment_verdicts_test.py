@@ -127,7 +127,7 @@ def test_c4_verdict():
 def test_c5_verdict():
   config = gram_limit.default_config()
   good = {"exponent": -0.49, "m_star": 512.0, "widest_width": 131072.0}
-  _both(gram_limit.verdict, good, [
+  _both(gram_limit.SPEC.verdict, good, [
       {"exponent": -0.3}, {"exponent": -0.7}, {"m_star": None},
       {"m_star": 131072.0}], config)
 
@@ -174,7 +174,7 @@ def test_c7_verdict():
 def test_c8_verdict():
   good = {"reps": 5, "beta_upper": 0.33, "envelope_beta_upper": 0.4,
           "max_beta": 0.5}
-  _both(lambda0_vs_n.verdict, good, [
+  _both(lambda0_vs_n.SPEC.verdict, good, [
       {"reps": 3}, {"beta_upper": 0.55}, {"envelope_beta_upper": 0.5}])
 
 

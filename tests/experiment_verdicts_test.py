@@ -167,7 +167,7 @@ def test_c6_bound_tolerance_is_relative():
 
 def test_c7_verdict():
   good = {"runs_not_converged": 0, "kinds_newton_not_fewer": 0}
-  _both(forster_convergence.verdict, good,
+  _both(forster_convergence.SPEC.verdict, good,
         [{"runs_not_converged": 1}, {"kinds_newton_not_fewer": 1}])
 
 

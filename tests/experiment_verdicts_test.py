@@ -139,7 +139,7 @@ def test_c6_verdict():
           "rate_largest_drop": 0.0, "rate_rise": 0.99,
           "rate_prediction_gap_max": 0.005, "one_step_forster_max": 0.09,
           "first_order_gap_max": 1e-12, "output_gap_max": 0.05}
-  _both(kfac_forster.verdict, good, [
+  _both(kfac_forster.SPEC.verdict, good, [
       {"conds_inside_hypotheses": 0},
       {"conds_inside_breaking_bound": 1},
       {"conds_breaking_bound": 1},

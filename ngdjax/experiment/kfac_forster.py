@@ -155,19 +155,12 @@ def gram_cond(x: np.ndarray) -> float:
 
 def conditioned_inputs(z0: np.ndarray, kappa: float,
                        rtol: float = 1e-6) -> np.ndarray:
-  """Unit rows with ``cond(X^T X) = kappa``: ``z0``'s columns scaled.
+  """``(n, d)`` unit rows with ``cond(X^T X) = kappa`` (to ``rtol``).
 
   ``X = normalize_rows(z0 diag(alpha^(-j/(d-1))))`` with ``alpha >= 1``
-  found by bisection on ``log alpha``. ``z0`` should be isotropic (then
-  ``kappa = 1`` is ``z0`` itself).
-
-  Args:
-    z0: ``(n, d)`` unit rows, ``n > d``.
-    kappa: target condition number, ``>= cond(z0^T z0)``.
-    rtol: relative accuracy of the achieved condition number.
-
-  Returns:
-    ``(n, d)`` float64 unit rows.
+  found by bisection on ``log alpha``; ``z0``: ``(n, d)`` unit rows, ``n >
+  d``, best isotropic (then ``kappa = 1`` is ``z0`` itself); ``kappa >=
+  cond(z0^T z0)``.
   """
   z0 = np.asarray(z0, np.float64)
   if kappa <= gram_cond(z0) * (1 + rtol):
@@ -397,11 +390,10 @@ def _measure(config, model, params0, z0, y, dtype, kappa, log):
   fz = forster(x)
   z = fz.Z
   one: dict[str, Any] = {}
-  steps = {"kfac_raw": ("kfac", x, 1.0 / d), "kfac_forster": ("kfac", z,
-                                                              1.0 / d),
-           "ngd_forster": ("ngd", z, 1.0), "ngd_raw": ("ngd", x, 1.0)}
   after = {}
-  for name, (method, inputs, eta) in steps.items():
+  for name, (method, inputs, eta) in {
+      "kfac_raw": ("kfac", x, 1.0 / d), "kfac_forster": ("kfac", z, 1.0 / d),
+      "ngd_forster": ("ngd", z, 1.0), "ngd_raw": ("ngd", x, 1.0)}.items():
     u1, du = _one_step(model, method, params0, inputs, y,
                        jnp.asarray(eta, dtype))
     u0 = model.apply(params0, inputs)
@@ -482,15 +474,11 @@ def _summarise(r: Run, config, results) -> Outcome:
   hyp = [u["hypotheses"] for u in results]
   breaks = [_breaks_bound(t, config.bound_rtol) for t in thm]
 
-  fixed_ok = []
-  for u in results:
-    f = u["fixed"]
-    if not np.isfinite(f["rate"]):
-      fixed_ok.append(False)
-    elif f["predicted_rate"] <= 1.0:
-      fixed_ok.append(abs(f["rate"] - f["predicted_rate"]) <= config.rate_tol)
-    else:
-      fixed_ok.append(f["rate"] > 1.0)
+  # The fixed sweep: its prediction where that converges, > 1 elsewhere.
+  fixed_ok = [bool(np.isfinite(f["rate"])) and (
+      abs(f["rate"] - f["predicted_rate"]) <= config.rate_tol
+      if f["predicted_rate"] <= 1.0 else f["rate"] > 1.0)
+              for f in (u["fixed"] for u in results)]
   observations = {
       "fixed_sweep_matches_prediction": all(fixed_ok),
       "fixed_sweep_matches_prediction_per_cond": fixed_ok,

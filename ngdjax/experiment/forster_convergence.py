@@ -58,8 +58,8 @@ from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 
 METHODS = ("fixed_point", "newton")
 KINDS = ("gaussian", "anisotropic", "near_degenerate", "near_critical")
-_LABELS = {"fixed_point": "Algorithm 1 (fixed point)",
-           "newton": "Newton (Barthe's potential)"}
+_STYLES = {"fixed_point": ("Algorithm 1 (fixed point)", "C0", "o"),
+           "newton": ("Newton (Barthe's potential)", "C3", "s")}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -230,7 +230,6 @@ def _plot(r: Run, config, results) -> list[str]:
   FigureCanvasAgg(fig)
   fig.subplots_adjust(left=0.09, right=0.98, bottom=0.08, top=0.9,
                       hspace=0.42, wspace=0.22)
-  styles = {"fixed_point": ("C0", "o"), "newton": ("C3", "s")}
   for i, kind in enumerate(kinds):
     ax = fig.add_subplot(rows, cols, i + 1)
     for m in METHODS:
@@ -240,10 +239,10 @@ def _plot(r: Run, config, results) -> list[str]:
                                              and rec["method"] == m))
       (xs, ys), = series.values()
       res = results[kind][m]
-      color, marker = styles[m]
+      label, color, marker = _STYLES[m]
       ax.plot(xs, np.maximum(ys, 1e-300), marker=marker,
               ms=3 if len(xs) < 60 else 0, lw=1.3, color=color,
-              label=f"{_LABELS[m]}: {res['iterations']} it, "
+              label=f"{label}: {res['iterations']} it, "
                     f"{1e3 * res['time_s']:.1f} ms")
     ax.axhline(config.tol, color="gray", ls=":", lw=1.2,
                label=f"tol = {config.tol:g}")

@@ -196,36 +196,21 @@ def _model(width: int, nu: float) -> models.Model:
   return models.two_layer_relu(width, nu=nu)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _kfac_residuals(model, params, x, y, eta, steps):
-  """``||u(k) - y||`` for ``k = 0 .. steps`` of undamped K-FAC at ``eta``."""
-  opt = kfac(model, learning_rate=lambda count: eta, damping=0.0)
-
-  def body(carry, _):
-    p, s = carry
-    p, s, info = opt.step(p, s, x, y)
-    return (p, s), info["residual_norm"]
-
-  (p, _), norms = jax.lax.scan(body, (params, opt.init(params)), None,
-                               length=steps)
-  last = jnp.linalg.norm(model.apply(p, x) - y)
-  return jnp.concatenate([norms, last[None]])
-
-
 # Midpoints of the quadrature for int_0^1 J(w(k) + s dw) ds.
 _QUADRATURE = 4
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _kfac_hypotheses(model, params, x, y, eta, steps):
-  """K-FAC at ``eta`` with Theorem 4's hypotheses measured at every step.
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _kfac_sweep(model, params, x, y, eta, steps, hypotheses):
+  """``steps`` steps of undamped K-FAC at ``eta``; ``||u(k) - y||`` for ``k
+  = 0 .. steps`` and, with ``hypotheses``, Theorem 4's hypotheses per step.
 
-  Returns ``(norms, lam_s, jac, first, second)``: ``||u(k) - y||`` for ``k
-  = 0 .. steps``; per step ``k``: ``lambda_min(S~ S~^T)`` at ``w(k)``
-  (``S~`` the rows ``a * S_i / sqrt(m)``); ``||int_0^1 J(w(k) + s dw) ds -
-  J(w(k))||_2`` (midpoint rule, exact per point for the two-layer net); and
-  ``||J(k) dw||`` and ``||u(k+1) - u(k) - J(k) dw||``, the first-order term
-  (1) of eqn. (48) and the rest (2).
+  Those are ``(lam_s, jac, first, second)``, per step ``k``:
+  ``lambda_min(S~ S~^T)`` at ``w(k)`` (``S~`` the rows ``a * S_i /
+  sqrt(m)``); ``||int_0^1 J(w(k) + s dw) ds - J(w(k))||_2`` (midpoint rule,
+  exact per point for the two-layer net); and ``||J(k) dw||`` and
+  ``||u(k+1) - u(k) - J(k) dw||``, the first-order term (1) of eqn. (48)
+  and the rest (2).
   """
   opt = kfac(model, learning_rate=lambda count: eta, damping=0.0)
   input_gram = x @ x.T
@@ -235,6 +220,9 @@ def _kfac_hypotheses(model, params, x, y, eta, steps):
 
   def body(carry, _):
     p, st = carry
+    if not hypotheses:
+      p, st, info = opt.step(p, st, x, y)
+      return (p, st), info["residual_norm"]
     b = grads(p)
     lam_s = jnp.linalg.eigvalsh(b @ b.T)[0]
     p1, st, info = opt.step(p, st, x, y)
@@ -250,10 +238,12 @@ def _kfac_hypotheses(model, params, x, y, eta, steps):
     return (p1, st), (info["residual_norm"], lam_s, jac,
                       jnp.linalg.norm(first), jnp.linalg.norm(second))
 
-  (p, _), (norms, lam_s, jac, first, second) = jax.lax.scan(
-      body, (params, opt.init(params)), None, length=steps)
+  (p, _), out = jax.lax.scan(body, (params, opt.init(params)), None,
+                             length=steps)
   last = jnp.linalg.norm(model.apply(p, x) - y)
-  return jnp.concatenate([norms, last[None]]), lam_s, jac, first, second
+  if not hypotheses:
+    return jnp.concatenate([out, last[None]])
+  return (jnp.concatenate([out[0], last[None]]),) + out[1:]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -354,15 +344,15 @@ def _measure(config, model, params0, z0, y, dtype, kappa, log):
   for sweep, eta in etas.items():
     if sweep == "theorem":
       norms, lam_s, jac, first, second = (
-          np.asarray(v, np.float64) for v in _kfac_hypotheses(
+          np.asarray(v, np.float64) for v in _kfac_sweep(
               model, params0, x, y, jnp.asarray(eta, dtype),
-              int(config.steps)))
+              int(config.steps), True))
       out["hypotheses"] = _hypotheses(config, eig, norms, lam_s, jac, first,
                                       second)
     else:
-      norms = np.asarray(_kfac_residuals(model, params0, x, y,
-                                         jnp.asarray(eta, dtype),
-                                         int(config.steps)), np.float64)
+      norms = np.asarray(_kfac_sweep(model, params0, x, y,
+                                     jnp.asarray(eta, dtype),
+                                     int(config.steps), False), np.float64)
     factors = 1.0 - eta * nh
     with np.errstate(over="ignore"):
       pred = np.array([np.linalg.norm(factors**k * r0)

@@ -172,9 +172,8 @@ def _plot(r: Run, config, results, fit) -> list[str]:
   widths = sorted({u["width"] for u in results})
   plots.line_plot(
       r.path("jacobian_change.png"),
-      training.runs_series(results, "jacobian_change_max",
-                           "max_k ||J(k) - J(0)||_2 (mean over reps)",
-                           runs=None)
+      plots.runs_and_mean(results, "width", "jacobian_change_max", None,
+                          "max_k ||J(k) - J(0)||_2 (mean over reps)")[0]
       + [training.fit_series(results, fit),
          training.mean_series(results, "lemma7_bound", "Lemma 7 bound "
                               f"(measured R, delta={config.delta:g})", "C3"),

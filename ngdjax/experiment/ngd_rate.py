@@ -128,8 +128,8 @@ def _plot(r: Run, config, rates, rows, fit) -> list[str]:
     figures.append("eta1_first_step.png")
     plots.line_plot(
         r.path(figures[-1]),
-        training.runs_series(rows, "first_ratio",
-                             color=f"C{rates.etas.index(1.0)}")
+        plots.runs_and_mean(rows, "width", "first_ratio", "runs",
+                            color=f"C{rates.etas.index(1.0)}")[0]
         + [training.fit_series(rows, fit, digits=2)],
         xlabel="width m", ylabel="||r(1)||^2 / ||r(0)||^2 at eta = 1",
         title="C1: NGD with eta = 1 (one step in the linear limit)",

@@ -7,7 +7,8 @@ optionally, ``||J(k) - J(0)||_2`` (exact from the net's structure,
 ``diagnostics.jacobian_change_norm(method="structured")``: widths up to
 ``10^6`` cost seconds). ``sweep`` runs one unit per (width, repetition[,
 step size]); ``rate_unit`` .. ``residual_figure``: the rate analysis of C1
-and C2; ``mean_series`` .. ``path_series``: figure parts of C1, C3, C4.
+and C2; ``mean_series`` .. ``path_series``: figure parts of C1, C3, C4
+(with ``plots.runs_and_mean``).
 The theory's constants are in ``analysis``.
 """
 
@@ -419,16 +420,6 @@ def mean_series(units: Sequence[dict[str, Any]], key: str, label: str,
   ux, mean, _, _ = plots.mean_by_x([u["width"] for u in units],
                                    [u[key] for u in units])
   return plots.Series(ux, mean, label, style, color=color)
-
-
-def runs_series(units: Sequence[dict[str, Any]], key: str,
-                label: str = "mean over reps", color: str = "C0",
-                runs: str | None = "runs") -> list[plots.Series]:
-  """``key`` of every unit against its width (dots labelled ``runs``) and
-  its mean over the repetitions (line labelled ``label``)."""
-  return [plots.Series([u["width"] for u in units], [u[key] for u in units],
-                       runs, "scatter", color=color),
-          mean_series(units, key, label, color, "line")]
 
 
 def fit_series(units: Sequence[dict[str, Any]], fit: Any,

@@ -218,7 +218,8 @@ def _plot(r: Run, config, results, fit, m_star) -> list[str]:
              f"Lemma 2: {config.lambda_fraction:.3g}")]
   plots.line_plot(
       r.path("lambda_min.png"),
-      training.runs_series(results, "lambda_ratio_min"), xlabel="width m",
+      plots.runs_and_mean(results, "width", "lambda_ratio_min", "runs")[0],
+      xlabel="width m",
       ylabel="min_k lambda_min(G(k)) / lambda_min(G(0))",
       title="C3: Lemma 2, the Gram stays positive definite",
       logx=True, xticks=widths, hlines=lemma2,
@@ -233,9 +234,8 @@ def _plot(r: Run, config, results, fit, m_star) -> list[str]:
       hlines=lemma2)
   plots.line_plot(
       r.path("distance.png"),
-      training.runs_series(results, "distance_max",
-                           "max_k ||w(k) - w(0)|| (mean over reps)",
-                           runs=None)
+      plots.runs_and_mean(results, "width", "distance_max", None,
+                          "max_k ||w(k) - w(0)|| (mean over reps)")[0]
       + [training.mean_series(results, "distance_bound", "Lemma 3: 3 ||y - "
                               "u(0)|| / sqrt(lambda_min(G(0)))", "C3"),
          training.mean_series(results, "distance_bound_lambda_0",
@@ -244,9 +244,9 @@ def _plot(r: Run, config, results, fit, m_star) -> list[str]:
       xlabel="width m", ylabel="distance from initialisation",
       title="C3: Lemma 3, the weights stay in the ball",
       logx=True, logy=True, xticks=widths)
-  series = training.runs_series(
-      results, "flips_max", "max_k flipped fraction (mean over reps)",
-      runs=None) + [training.mean_series(
+  series = plots.runs_and_mean(
+      results, "width", "flips_max", None,
+      "max_k flipped fraction (mean over reps)")[0] + [training.mean_series(
           results, "flip_bound", "Lemma 7-8: 2 (R/(nu delta))^(2/3) "
           f"m^(-1/3), delta={config.delta:g}", "C3")]
   if fit is not None:

@@ -86,28 +86,31 @@ def test_c1_verdict():
           "m_star/eta=0.5": 64.0, "runs_inside_hypotheses": 2,
           "runs_inside_breaking_rate": 0,
           "eta1_first_ratio_exponent_upper": -0.5}
-  _both(ngd_rate.verdict, good, [
+  config = ngd_rate.default_config()
+  config.learning_rates = etas
+  _both(ngd_rate.SPEC.verdict, good, [
       {"runs_inside_hypotheses": 0},  # no run qualifies: FAIL
       {"runs_inside_breaking_rate": 1},
       {"m_star/eta=0.5": None},
       {"m_star/eta=0.1": 1024.0},  # holds only at the widest width
       {"eta1_first_ratio_exponent_upper": 0.01},
-  ], etas)
-  kinds = verdicts.kinds(ngd_rate.checks(etas))
+  ], config)
+  kinds = verdicts.kinds(ngd_rate.SPEC.check_list(config))
   assert kinds["theorem"] == verdicts.THEOREM
   assert kinds["rate_wide"] == verdicts.OBSERVATION
 
 
 def test_c2_verdict():
-  etas = (2 / 30, 0.6)
+  config = general_loss.default_config()
+  config.alpha, config.eta_fractions = 1.0, (0.1, 0.9)  # eta = 2/30, 0.6
   good = {"widest_width": 1024, "m_star/eta=0.06667": 8.0,
           "m_star/eta=0.6": 512.0, "runs_inside_hypotheses": 1,
           "runs_inside_breaking_rate": 0}
-  _both(general_loss.verdict, good, [
+  _both(general_loss.SPEC.verdict, good, [
       {"runs_inside_hypotheses": 0},
       {"runs_inside_breaking_rate": 2},
       {"m_star/eta=0.6": 1024.0},
-  ], etas)
+  ], config)
 
 
 def test_c3_verdict():
@@ -120,14 +123,14 @@ def test_c3_verdict():
 
 def test_c4_verdict():
   good = {"exponent_upper": -0.2, "runs_above_lemma7": 0}
-  _both(jacobian_stability.verdict, good,
+  _both(jacobian_stability.SPEC.verdict, good,
         [{"exponent_upper": 0.1}, {"runs_above_lemma7": 1}])
 
 
 def test_c5_verdict():
   config = gram_limit.default_config()
   good = {"exponent": -0.49, "m_star": 512.0, "widest_width": 131072.0}
-  _both(gram_limit.verdict, good, [
+  _both(gram_limit.SPEC.verdict, good, [
       {"exponent": -0.3}, {"exponent": -0.7}, {"m_star": None},
       {"m_star": 131072.0}], config)
 
@@ -139,7 +142,7 @@ def test_c6_verdict():
           "rate_largest_drop": 0.0, "rate_rise": 0.99,
           "rate_prediction_gap_max": 0.005, "one_step_forster_max": 0.09,
           "first_order_gap_max": 1e-12, "output_gap_max": 0.05}
-  _both(kfac_forster.verdict, good, [
+  _both(kfac_forster.SPEC.verdict, good, [
       {"conds_inside_hypotheses": 0},
       {"conds_inside_breaking_bound": 1},
       {"conds_breaking_bound": 1},
@@ -167,14 +170,14 @@ def test_c6_bound_tolerance_is_relative():
 
 def test_c7_verdict():
   good = {"runs_not_converged": 0, "kinds_newton_not_fewer": 0}
-  _both(forster_convergence.verdict, good,
+  _both(forster_convergence.SPEC.verdict, good,
         [{"runs_not_converged": 1}, {"kinds_newton_not_fewer": 1}])
 
 
 def test_c8_verdict():
   good = {"reps": 5, "beta_upper": 0.33, "envelope_beta_upper": 0.4,
           "max_beta": 0.5}
-  _both(lambda0_vs_n.verdict, good, [
+  _both(lambda0_vs_n.SPEC.verdict, good, [
       {"reps": 3}, {"beta_upper": 0.55}, {"envelope_beta_upper": 0.5}])
 
 

@@ -1,22 +1,21 @@
-"""Run plumbing shared by the experiments (DESIGN.md, "Experiments").
+"""The experiment layer (DESIGN.md, "Experiments"): one spec per claim.
 
-* ``Run``: a workdir checked at start (config fields, writability, same
-  config as any earlier run there), resumable units of work, deterministic
-  per-unit JAX keys, progress with an ETA, ``summary.json``.
-* ``metrics``: ``config.json``, ``metrics.jsonl`` (flushed per line) and
-  ``summary.json`` (atomic) writers and readers.
-* ``plots``: PNG figures from those files (Agg canvas, no pyplot).
-* ``config``: ``check_config`` (unknown / missing / mistyped fields, named),
-  ``check_workdir``, ``load_config_file`` (``path.py:preset``),
-  ``initialize_distributed``.
-* One module per experiment, each with ``default_config()`` and
-  ``run(config, workdir) -> summary``: ``ngd_rate`` (C1), ``general_loss``
-  (C2), ``training_conditions`` (C3), ``jacobian_stability`` (C4),
-  ``gram_limit`` (C5), ``kfac_forster`` (C6), ``forster_convergence`` (C7),
-  ``lambda0_vs_n`` (C8), ``generalization`` (C9), ``linearized_paths``
-  (C10), ``figure1`` (C11), ``training_curves`` (C12); ``ngd_training``
-  holds the NGD loop with per-step diagnostics that C1-C4 share; and
-  ``reproduce`` runs them all and writes ``report.md``.
+* ``runner``: ``Experiment`` (a claim as data: schema, rules, presets,
+  ``measure``, checks, report texts) and ``Run`` (a checked, resumable
+  workdir with per-unit keys, progress, ``summary.json``).
+* ``registry.SPECS``: every spec in report order; ``reproduce`` runs them
+  and writes ``report.md``.
+* ``config`` (schema and ``Rule`` checks, config files, workdirs),
+  ``verdicts`` (checks as data), ``analysis`` (what several claims share),
+  ``metrics`` / ``checkpoint`` / ``progress`` (files, units, ETA), ``plots``
+  (PNG figures, Agg canvas, no pyplot).
+* One module per claim, ``SPEC`` at its bottom: ``ngd_rate`` (C1),
+  ``general_loss`` (C2), ``training_conditions`` (C3),
+  ``jacobian_stability`` (C4), ``gram_limit`` (C5), ``kfac_forster`` (C6),
+  ``forster_convergence`` (C7), ``lambda0_vs_n`` (C8), ``generalization``
+  (C9), ``linearized_paths`` (C10), ``figure1`` (C11), ``training_curves``
+  (C12), ``train`` (D1, a demonstration); ``ngd_training`` is the NGD loop
+  C1-C4 share.
 """
 
 from ngdjax.experiment import checkpoint, config, metrics, plots, progress
@@ -35,9 +34,17 @@ from ngdjax.experiment.metrics import (
     write_summary,
 )
 from ngdjax.experiment.progress import Progress
-from ngdjax.experiment.runner import Run, seed_key, unit_key
+from ngdjax.experiment.runner import (
+    Experiment,
+    Outcome,
+    Run,
+    seed_key,
+    unit_key,
+)
 
 __all__ = [
+    "Experiment",
+    "Outcome",
     "MetricsWriter",
     "Progress",
     "Run",

@@ -271,6 +271,3 @@ SPEC = Experiment(
            Rule("each(kinds)", "in", KINDS),
            Rule("n", ">=", "d", "the transform needs n >= d")),
     presets={"small": dict(n=500, d=10, repeats=5)})
-
-# reproduce.py still calls <module>.run; gone once it reads the registry.
-run = SPEC.run

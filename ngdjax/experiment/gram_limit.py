@@ -218,6 +218,3 @@ SPEC = Experiment(
            Rule("len(widths)", ">=", 3, "widths for a fit")),
     presets={"small": dict(n=32, widths=tuple(4**k for k in range(1, 8)),
                            reps=4)})
-
-# reproduce.py still calls <module>.run; gone once it reads the registry.
-run = SPEC.run

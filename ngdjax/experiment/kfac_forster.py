@@ -636,6 +636,3 @@ SPEC = Experiment(
            Rule("conds", "increasing"),
            Rule("steps", ">=", 1)),
     presets={"small": dict(n=32, width=32768, steps=15)})
-
-# reproduce.py still calls <module>.run; gone once it reads the registry.
-run = SPEC.run

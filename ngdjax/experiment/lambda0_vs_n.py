@@ -183,6 +183,3 @@ SPEC = Experiment(
     rules=(Rule("len(ns)", ">=", 3, "sample sizes for a fit"),
            Rule("reps", ">=", 4, "a confidence interval over repetitions")),
     presets={"small": dict(ns=(16, 32, 64, 128, 256), reps=4)})
-
-# reproduce.py still calls <module>.run; gone once it reads the registry.
-run = SPEC.run

@@ -212,7 +212,7 @@ def test_c10_verdict():
 
 def test_c11_verdict():
   config = figure1.default_config()
-  _both(figure1.verdict, {"gd_deviation_vector": 0.3},
+  _both(figure1.SPEC.verdict, {"gd_deviation_vector": 0.3},
         [{"gd_deviation_vector": 1e-9}], config)
 
 

@@ -205,7 +205,7 @@ def test_c10_verdict():
   good = {"tol": 1e-10, "limit_error_max": 1e-12,
           "gd_weight_path_gap": 0.5, "ngd_one_step_closed_form": 1e-14,
           "ngd_one_step_actual": 1e-13}
-  _both(linearized_paths.verdict, good, [
+  _both(linearized_paths.SPEC.verdict, good, [
       {"limit_error_max": 1e-8}, {"gd_weight_path_gap": 1e-6},
       {"ngd_one_step_actual": 1e-3}], config)
 

@@ -225,7 +225,7 @@ def test_c12_verdict():
     good[f"m{m}/ngd/steps_to_target"] = 3
     good[f"m{m}/kfac_forster/steps_to_target"] = 5
   m0 = config.widths[0]
-  _both(training_curves.verdict, good, [
+  _both(training_curves.SPEC.verdict, good, [
       {f"m{m0}/ngd/steps_to_target": None},  # never reached the target
       {f"m{m0}/kfac_forster/steps_to_target": 51},
       {f"m{m0}/adam/effective_steps_over_speedup": 2.0},

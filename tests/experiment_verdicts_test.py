@@ -186,7 +186,7 @@ def test_c9_verdict():
           "finite_fitted_true_runs": 3, "finite_bound_margin_min": 0.9,
           "lemma11_ratio_max": 0.2, "lemma12_ratio_max": 1.05,
           "lemma12_ratio_min": 0.97}
-  _both(generalization.verdict, good, [
+  _both(generalization.SPEC.verdict, good, [
       {"separation_gap": -0.1},
       {"noise_step_min": 0.0},
       {"error_gap_noise": 0.05},

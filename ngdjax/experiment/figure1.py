@@ -55,7 +55,7 @@ import scipy.linalg
 
 from ngdjax import data, linearized, models
 from ngdjax._src.jacobian import gram
-from ngdjax.experiment import analysis, verdicts
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run
 
@@ -181,11 +181,7 @@ def _paths(config, model, params0, x, y, shown, log) -> dict[str, Any]:
 
   # The whole output vector in the plane of the segment (e1, towards y)
   # and of GD's largest excursion from it (e2).
-  e1 = -r64 / r_norm
-  moved = paths["gd"] - r64
-  ortho = moved - np.outer(moved @ e1, e1)
-  e2 = ortho[np.argmax(np.linalg.norm(ortho, axis=1))]
-  e2 = e2 / np.linalg.norm(e2)
+  e1, e2 = analysis.excursion_plane(paths["gd"] - r64, -r64)
   for m in METHODS:
     res = paths[m]
     u = res.reshape(len(res), n, 2) + y64[None]
@@ -210,9 +206,6 @@ def _paths(config, model, params0, x, y, shown, log) -> dict[str, Any]:
 
 def _plot(r: Run, config, res, classes) -> list[str]:
   """``figure1.png`` (per-example planes) and ``whole_vector.png``."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
   records = [rec for rec in r.records() if "shown_u" in rec]
   paths = {}
   for m in METHODS:
@@ -229,10 +222,8 @@ def _plot(r: Run, config, res, classes) -> list[str]:
   count = u0.shape[0]
   cols = min(3, count)
   rows_ = -(-count // cols)
-  fig = Figure(figsize=(4.0 * cols, 3.9 * rows_ + 0.5))
-  FigureCanvasAgg(fig)
-  fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.84,
-                      hspace=0.42, wspace=0.3)
+  fig = plots.figure((4.0 * cols, 3.9 * rows_ + 0.5), left=0.07, right=0.98,
+                     bottom=0.08, top=0.84, hspace=0.42, wspace=0.3)
   for i in range(count):
     ax = fig.add_subplot(rows_, cols, i + 1)
     for m in METHODS:
@@ -258,10 +249,8 @@ def _plot(r: Run, config, res, classes) -> list[str]:
       y=0.995)
   fig.savefig(r.path("figure1.png"), dpi=100, bbox_inches="tight")
 
-  fig = Figure(figsize=(11.0, 4.3))
-  FigureCanvasAgg(fig)
-  fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88,
-                      wspace=0.25)
+  fig = plots.figure((11.0, 4.3), left=0.07, right=0.98, bottom=0.13,
+                     top=0.88, wspace=0.25)
   ax = fig.add_subplot(1, 2, 1)
   for m in METHODS:
     ax.plot(*paths[m]["proj"].T, lw=2, label=_LABELS[m], **_STYLE[m])

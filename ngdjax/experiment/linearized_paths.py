@@ -15,24 +15,18 @@ end point, GD's is not; NGD with ``eta = 1`` has ``u(1) = y``.
 
 Measured on ``n`` points uniform on the sphere with Gaussian targets, for
 the flows and for discrete steps (GD: ``eta = gd_lr / lambda_max(G)``;
-NGD: ``eta = ngd_lr``), all from ``ngdjax.linearized``:
-
-* the end points ``w(inf) - w(0)`` of all four, and ``min_norm_solution``,
-  against ``-numpy.linalg.pinv(J) r0`` (relative error);
-* how far the paths are apart: GD's weight path's largest distance from
-  NGD's (the segment ``[0, w*]``), relative to ``||w*||``; also the largest
-  same-time gap ``max_t ||w_GD(t) - w_NGD(t)|| / ||w*||``;
-* straightness: the largest distance of ``u(t)`` from the segment
-  ``[u(0), y]`` relative to ``||r0||``, NGD and GD;
-* NGD with ``eta = 1``: ``||u(1) - y|| / ||r0||`` from the closed form and
-  from one actual step of ``ngdjax.optim.ngd`` on the linearised model;
-* consistency of the closed forms with dense references: the flow residual
-  against ``scipy.linalg.expm(-G t) r0``, the discrete weights against
-  ``explicit_steps`` explicit numpy iterations;
-* an extra, without a criterion: the real (not linearised) network trained
-  by ``real_steps`` exact NGD steps (``ngdjax.optim.ngd``, ``eta =
-  real_lr``) against the linearised prediction, outputs and weights. The
-  theory only says their gap vanishes as the width grows.
+NGD: ``eta = ngd_lr``), all from ``ngdjax.linearized``: the end points
+``w(inf) - w(0)`` of all four, and ``min_norm_solution``, against
+``-numpy.linalg.pinv(J) r0``; GD's weight path's largest distance from
+NGD's (the segment ``[0, w*]``), and the largest same-time gap, relative to
+``||w*||``; the largest distance of ``u(t)`` from the segment ``[u(0),
+y]``, relative to ``||r0||``; for NGD at ``eta = 1``, ``||u(1) - y|| /
+||r0||`` from the closed form and from one step of ``ngdjax.optim.ngd`` on
+the linearised model; the closed forms against dense references
+(``scipy.linalg.expm(-G t) r0``, ``explicit_steps`` numpy iterations). An
+extra without a criterion: the real network trained by ``real_steps``
+exact NGD steps (``eta = real_lr``) against the linearised prediction; the
+theory only says their gap vanishes as the width grows.
 
 The checks (``checks``) use the round-off tolerance ``tol =
 roundoff_factor * eps * cond(G)`` (``eps`` of the compute dtype; errors of
@@ -271,10 +265,7 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
 
   # 2-D picture of the weight paths: along w*, and along the direction in
   # which GD's path strays furthest from it.
-  e1 = w_star / w_norm
-  ortho = gd_w - np.outer(gd_w @ e1, e1)
-  e2 = ortho[np.argmax(np.linalg.norm(ortho, axis=1))]
-  e2 = e2 / np.linalg.norm(e2)
+  e1, e2 = analysis.excursion_plane(gd_w, w_star)
 
   for kind, (t, res, w) in paths.items():
     lr = settings[kind][1]
@@ -328,30 +319,20 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
     cf[f"{kind}_weights_vs_{k}_explicit_steps"] = _relative(closed, w)
 
   return {
-      "lambda_max_G": lam_max,
-      "lambda_min_G": lam_min,
-      "cond_G": cond,
-      "tol": tol,
-      "num_weights": int(j.shape[1]),
-      "r0_norm": r_norm,
-      "w_star_norm": w_norm,
-      "eta_gd": eta_gd,
-      "eta_ngd": eta_ngd,
-      "t_end": t_end,
-      "limit_error_max": max(limit_errors.values()),
-      "gd_weight_path_gap": gd_weight_gap,
-      "same_time_gap": same_time_gap,
+      "lambda_max_G": lam_max, "lambda_min_G": lam_min, "cond_G": cond,
+      "tol": tol, "num_weights": int(j.shape[1]), "r0_norm": r_norm,
+      "w_star_norm": w_norm, "eta_gd": eta_gd, "eta_ngd": eta_ngd,
+      "t_end": t_end, "limit_error_max": max(limit_errors.values()),
+      "gd_weight_path_gap": gd_weight_gap, "same_time_gap": same_time_gap,
       "ngd_output_deviation": max(deviation["ngd_flow"],
                                   deviation["ngd_steps"]),
       "gd_output_deviation": max(deviation["gd_flow"],
                                  deviation["gd_steps"]),
       "ngd_weight_deviation": ngd_weight_deviation,
       "ngd_one_step_closed_form": one_closed,
-      "ngd_one_step_actual": one_actual,
-      "ngd_one_step_how": one_step_how,
+      "ngd_one_step_actual": one_actual, "ngd_one_step_how": one_step_how,
       "closed_form_error_max": max(cf.values()),
-      "limit_errors": limit_errors,
-      "closed_form_errors": cf,
+      "limit_errors": limit_errors, "closed_form_errors": cf,
   }
 
 
@@ -435,12 +416,8 @@ def _plot(r: Run, config, lin) -> list[str]:
 
 def _path_figure(path, records, lin) -> None:
   """The weight paths in the plane of ``w*`` and GD's largest excursion."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  fig = Figure(figsize=(6.0, 4.2))
-  FigureCanvasAgg(fig)
-  fig.subplots_adjust(left=0.13, right=0.97, bottom=0.13, top=0.91)
+  fig = plots.figure((6.0, 4.2), left=0.13, right=0.97, bottom=0.13,
+                     top=0.91)
   ax = fig.add_subplot()
   top = 0.0
   for kind in KINDS:

@@ -170,3 +170,20 @@ def line_plot(
   path = Path(path)
   fig.savefig(path, dpi=110, bbox_inches="tight")
   return path
+
+
+# --------------------------------------------------------------------------
+# C10, C11: figures ``line_plot`` does not draw (paths in a plane, panels).
+# --------------------------------------------------------------------------
+
+
+def figure(figsize: tuple[float, float], **margins: float):
+  """A ``matplotlib.figure.Figure`` on the Agg canvas (never ``pyplot``),
+  with ``subplots_adjust(**margins)``."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=figsize)
+  FigureCanvasAgg(fig)
+  fig.subplots_adjust(**margins)
+  return fig

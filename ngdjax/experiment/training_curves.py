@@ -22,15 +22,14 @@ stalls at isotropy error 2.65, Algorithm 1 stops at ``cond(A)`` 7e13);
 after the projection it converges in a few Newton steps.
 
 Methods, all on ``two_layer_relu(width)`` from one initialisation per width,
-full batch, sum loss ``L = 1/2 ||u - y||^2`` (``ngdjax.optim``):
-
-* ``ngd``: exact NGD at ``eta = ngd_lr``, damping ``ngd_damping``;
-* ``kfac``: K-FAC on the projected inputs at ``eta = kfac_scale /
-  (n max_i h_i)`` (the largest step at which no coordinate overshoots, to
-  first order);
-* ``kfac_forster``: K-FAC on ``Z = forster(X).Z`` at ``eta =
-  kfac_forster_scale / d``; its wall-clock starts at the (warm) time of the
-  Forster transform.
+full batch, sum loss ``L = 1/2 ||u - y||^2`` (``ngdjax.optim``; step sizes
+in ``default_config``): ``ngd`` (exact NGD), ``kfac`` on the projected
+inputs at ``eta = 1 / (n max_i h_i)`` (the largest step at which no
+coordinate overshoots, to first order), ``kfac_forster`` (K-FAC on ``Z =
+forster(X).Z`` at ``eta = 1 / d``; its wall-clock starts at the (warm) time
+of the Forster transform), ``gd`` and ``adam``, each at every step size
+listed; the one with the fewest steps to the target is compared (ties: the
+lower final loss), so the baselines are not handicapped by one poor choice.
 
 Both K-FAC runs add ``kfac_factor_damping`` (1e-10) to each factor and no
 pi-split damping: the factors' smallest eigenvalues are many orders larger,
@@ -41,27 +40,16 @@ took 0.85 s instead of about 10 ms while other processes ran, which made the
 undamped K-FAC's wall-clock 40 times NGD's; with Cholesky a K-FAC step
 costs about as much as an NGD step, as it should.
 
-* ``gd``: gradient descent at ``eta = s / lambda_max(G(0))`` for each ``s``
-  in ``gd_scales``;
-* ``adam``: ``optax.adam(lr)`` for each ``lr`` in ``adam_lrs``.
-
-For GD and Adam the step size with the fewest steps to the target is the
-one compared (ties: the lower final loss), so the baselines are not
-handicapped by one poor choice. Each run stops after its step budget
-(``curvature_steps`` for the first three, ``first_order_steps`` for the
-baselines), when the loss falls below ``stop_fraction L(0)``, or when it
-exceeds ``1e6 L(0)``. Wall-clock: every step is timed until the loss at
-the new parameters is on the host (one compiled forward pass, which every
-method pays), compilation excluded (one warm-up step is run and discarded
-first). Measured, per width and method: the loss after every step,
-relative to ``L(0)``, against steps and seconds; the steps and seconds to
-reach ``target_fraction L(0)`` (``None`` when the budget ran out).
-
-The checks (``checks``) compare steps at every width; a baseline that never
-reached the target counts as ``budget + 1`` steps, so they can only be in
-the fast methods' favour by a margin the budget allows (``speedup * steps
-<= budget + 1``). Wall-clock numbers are reported, not judged: they depend
-on the machine and on what else runs on it.
+Each run stops after its step budget, below ``stop_fraction L(0)`` or above
+``1e6 L(0)``. Every step is timed until the loss at the new parameters is
+on the host (one compiled forward pass, which every method pays),
+compilation excluded (a warm-up step is run and discarded first). Measured,
+per width and method: ``L(k) / L(0)`` against steps and seconds; the steps
+and seconds to ``target_fraction L(0)`` (``None``: the budget ran out). A
+baseline that never reached the target counts as ``budget + 1`` steps, so
+the checks can only be in the fast methods' favour by a margin the budget
+allows (``speedup * steps <= budget + 1``). Wall-clock is reported, not
+judged: it depends on the machine and on what else runs on it.
 
 Small preset (about 25 s on 2 shared CPU cores standalone, of which about
 5 s import scikit-learn; 19 s inside reproduce; n = 256, PCA to d = 32,

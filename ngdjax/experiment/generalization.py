@@ -29,24 +29,19 @@ flipped, exactly ``-y``) is measured as a check of that invariance, and its
 test error against the true labels is the mirror of the clean one.
 
 Measured, for each condition (``label_noise`` fractions and random labels)
-and repetition:
-
-* the measure, and the Theorem 6 bound with ``delta`` (without ``eps``);
-* the trained net in the theorem's regime: the infinite-width limit of the
-  two-layer net trained to zero loss from ``u(0) = 0``, the kernel
-  interpolant ``u(x) = G_inf(x, X) G_inf^{-1} y``
-  (``ngdjax.linearized.predict`` at ``t = inf`` with the cross-kernel
-  ``relu_gram_inf(x_test, x)``; MATH.md 6); its 0-1 test error against the
-  true test labels;
-* a finite net, ``two_layer_relu(width)`` trained by exact NGD
-  (``ngdjax.optim.ngd``, ``eta = ngd_lr``, ``train_steps`` steps) from a
-  random initialisation: its relative training residual ``||u - y|| /
-  ||y||``, training and test errors;
-* Theorem 6's finite-width chain for that net: Lemma 11's per-neuron
-  distance ``max_r ||w_r - w_r(0)|| <= 4 sqrt(n) ||y - u(0)|| / (sqrt(m)
-  lambda_0)``, Lemma 12's total distance against the infinite-width one
-  ``sqrt(r0^T G_inf^-1 r0)`` (eqn. 72, ``r0 = y - u(0)``; the lemma writes
-  ``y^T G_inf^-1 y``, also reported).
+and repetition: the measure and the Theorem 6 bound with ``delta`` (without
+``eps``); the 0-1 test error (true test labels) of the net in the theorem's
+regime, the infinite-width two-layer net trained to zero loss from ``u(0) =
+0``: the kernel interpolant ``u(x) = G_inf(x, X) G_inf^{-1} y``
+(``ngdjax.linearized.predict`` at ``t = inf`` with the cross-kernel
+``relu_gram_inf(x_test, x)``; MATH.md 6); a finite net,
+``two_layer_relu(width)`` trained by exact NGD (``eta = ngd_lr``,
+``train_steps`` steps) from a random initialisation: its relative training
+residual ``||u - y|| / ||y||``, training and test errors, and Theorem 6's
+finite-width chain: Lemma 11's per-neuron distance ``max_r ||w_r - w_r(0)||
+<= 4 sqrt(n) ||y - u(0)|| / (sqrt(m) lambda_0)``, Lemma 12's total distance
+against the infinite-width one ``sqrt(r0^T G_inf^-1 r0)`` (eqn. 72, ``r0 =
+y - u(0)``; the lemma writes ``y^T G_inf^-1 y``, also reported).
 
 Inputs: the raw 8x8 pixels are non-negative, so unit rows have mean cosine
 0.71 and the +-1 labels fall in ``G_inf``'s small eigen-directions;
@@ -329,11 +324,10 @@ def checks(config) -> tuple[verdicts.Check, ...]:
   )
 
 
-
 def _chain(config, runs) -> dict[str, Any]:
   """Theorem 6's finite-width chain over true-label runs: the fitted finite
   nets' Lemma 11 and 12 ratios and bound margins."""
-  true = [u for u in runs if u["labels"] == "noise=0"]
+  true = [u for u in runs if u["labels"] == TRUE]
   fitted = [u for u in true if u["fit"] <= config.fit_tol]
   out = {
       "finite_fitted_true_runs": len(fitted),

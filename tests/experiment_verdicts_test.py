@@ -127,7 +127,7 @@ def test_c4_verdict():
 def test_c5_verdict():
   config = gram_limit.default_config()
   good = {"exponent": -0.49, "m_star": 512.0, "widest_width": 131072.0}
-  _both(gram_limit.verdict, good, [
+  _both(gram_limit.SPEC.verdict, good, [
       {"exponent": -0.3}, {"exponent": -0.7}, {"m_star": None},
       {"m_star": 131072.0}], config)
 
@@ -139,7 +139,7 @@ def test_c6_verdict():
           "rate_largest_drop": 0.0, "rate_rise": 0.99,
           "rate_prediction_gap_max": 0.005, "one_step_forster_max": 0.09,
           "first_order_gap_max": 1e-12, "output_gap_max": 0.05}
-  _both(kfac_forster.verdict, good, [
+  _both(kfac_forster.SPEC.verdict, good, [
       {"conds_inside_hypotheses": 0},
       {"conds_inside_breaking_bound": 1},
       {"conds_breaking_bound": 1},
@@ -167,14 +167,14 @@ def test_c6_bound_tolerance_is_relative():
 
 def test_c7_verdict():
   good = {"runs_not_converged": 0, "kinds_newton_not_fewer": 0}
-  _both(forster_convergence.verdict, good,
+  _both(forster_convergence.SPEC.verdict, good,
         [{"runs_not_converged": 1}, {"kinds_newton_not_fewer": 1}])
 
 
 def test_c8_verdict():
   good = {"reps": 5, "beta_upper": 0.33, "envelope_beta_upper": 0.4,
           "max_beta": 0.5}
-  _both(lambda0_vs_n.verdict, good, [
+  _both(lambda0_vs_n.SPEC.verdict, good, [
       {"reps": 3}, {"beta_upper": 0.55}, {"envelope_beta_upper": 0.5}])
 
 

@@ -223,15 +223,13 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
   t_end = math.log(1 / config.decay) / lam_min
   flow_t = np.concatenate(
       [[0.0], np.geomspace(1e-2 / lam_max, t_end, config.num_times)])
-  steps = {"gd_steps": _step_grid(eta_gd, lam_min, config.decay,
-                                  config.num_times),
-           "ngd_steps": _step_grid(eta_ngd, 1.0, config.decay,
-                                   config.num_times)}
   settings = {  # kind: (method, learning rate, times or step counts)
       "gd_flow": ("gd", None, flow_t),
       "ngd_flow": ("ngd", None, flow_t),
-      "gd_steps": ("gd", eta_gd, steps["gd_steps"]),
-      "ngd_steps": ("ngd", eta_ngd, steps["ngd_steps"]),
+      "gd_steps": ("gd", eta_gd, _step_grid(eta_gd, lam_min, config.decay,
+                                            config.num_times)),
+      "ngd_steps": ("ngd", eta_ngd, _step_grid(eta_ngd, 1.0, config.decay,
+                                               config.num_times)),
   }
 
   limit_errors = {}

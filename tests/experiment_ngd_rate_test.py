@@ -9,6 +9,8 @@ import pytest
 from ngdjax.experiment import analysis, ngd_rate
 from ngdjax.experiment import config as config_lib
 
+SPEC = ngd_rate.SPEC
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -20,7 +22,7 @@ def _tiny():
 
 def test_ngd_rate_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = ngd_rate.run(config, tmp_path)
+  summary = SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -29,8 +31,7 @@ def test_ngd_rate_smoke_and_resume(tmp_path):
   assert set(saved["checks"]) == {"rate_wide", "theorem", "eta1_vanishes"}
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == ngd_rate.verdict(saved["measured"],
-                                            config.learning_rates)
+  assert saved["checks"] == SPEC.verdict(saved["measured"], config)
   assert summary["figures"] == ["ratio_vs_width.png", "eta1_first_step.png",
                                 "residuals.png", "condition2.png"]
   for f in summary["figures"]:
@@ -50,7 +51,7 @@ def test_ngd_rate_smoke_and_resume(tmp_path):
   assert m["runs_inside_hypotheses"] == 0
   assert saved["checks"]["theorem"] is False
   assert saved["details"]["check_kinds"]["theorem"] == "theorem"
-  again = ngd_rate.run(config, tmp_path)
+  again = SPEC.run(config, tmp_path)
   assert again["resumed_units"] == 12
   assert again["measured"] == saved["measured"]
 
@@ -59,7 +60,7 @@ def test_bad_learning_rate_fails_at_start(tmp_path):
   config = _tiny()
   config.learning_rates = (0.5, 1.5)
   with pytest.raises(ValueError, match="learning_rates"):
-    ngd_rate.run(config, tmp_path)
+    SPEC.run(config, tmp_path)
 
 
 def test_presets_load_and_match_schema():

@@ -86,28 +86,31 @@ def test_c1_verdict():
           "m_star/eta=0.5": 64.0, "runs_inside_hypotheses": 2,
           "runs_inside_breaking_rate": 0,
           "eta1_first_ratio_exponent_upper": -0.5}
-  _both(ngd_rate.verdict, good, [
+  config = ngd_rate.default_config()
+  config.learning_rates = etas
+  _both(ngd_rate.SPEC.verdict, good, [
       {"runs_inside_hypotheses": 0},  # no run qualifies: FAIL
       {"runs_inside_breaking_rate": 1},
       {"m_star/eta=0.5": None},
       {"m_star/eta=0.1": 1024.0},  # holds only at the widest width
       {"eta1_first_ratio_exponent_upper": 0.01},
-  ], etas)
-  kinds = verdicts.kinds(ngd_rate.checks(etas))
+  ], config)
+  kinds = verdicts.kinds(ngd_rate.SPEC.check_list(config))
   assert kinds["theorem"] == verdicts.THEOREM
   assert kinds["rate_wide"] == verdicts.OBSERVATION
 
 
 def test_c2_verdict():
-  etas = (2 / 30, 0.6)
+  config = general_loss.default_config()
+  config.alpha, config.eta_fractions = 1.0, (0.1, 0.9)  # eta = 2/30, 0.6
   good = {"widest_width": 1024, "m_star/eta=0.06667": 8.0,
           "m_star/eta=0.6": 512.0, "runs_inside_hypotheses": 1,
           "runs_inside_breaking_rate": 0}
-  _both(general_loss.verdict, good, [
+  _both(general_loss.SPEC.verdict, good, [
       {"runs_inside_hypotheses": 0},
       {"runs_inside_breaking_rate": 2},
       {"m_star/eta=0.6": 1024.0},
-  ], etas)
+  ], config)
 
 
 def test_c3_verdict():
@@ -120,7 +123,7 @@ def test_c3_verdict():
 
 def test_c4_verdict():
   good = {"exponent_upper": -0.2, "runs_above_lemma7": 0}
-  _both(jacobian_stability.verdict, good,
+  _both(jacobian_stability.SPEC.verdict, good,
         [{"exponent_upper": 0.1}, {"runs_above_lemma7": 1}])
 
 

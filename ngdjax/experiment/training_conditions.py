@@ -212,84 +212,52 @@ def _summarise(r: Run, config, results, lam0) -> Outcome:
 
 
 def _plot(r: Run, config, results, fit, m_star) -> list[str]:
-  """Figures from ``metrics.jsonl`` (so they can be redrawn from files)."""
-  records = r.records()
+  """Figures from ``metrics.jsonl`` and the units."""
   widths = sorted({u["width"] for u in results})
-  xs = [u["width"] for u in results]
-
-  ys, ux, mean = training.by_width(results, "lambda_ratio_min")
-  f1 = "lambda_min.png"
+  lemma2 = [(config.lambda_fraction,
+             f"Lemma 2: {config.lambda_fraction:.3g}")]
   plots.line_plot(
-      r.path(f1),
-      [plots.Series(xs, ys, "runs", "scatter", color="C0"),
-       plots.Series(ux, mean, "mean over reps", color="C0")],
+      r.path("lambda_min.png"),
+      plots.runs_and_mean(results, "width", "lambda_ratio_min", "runs")[0],
       xlabel="width m",
       ylabel="min_k lambda_min(G(k)) / lambda_min(G(0))",
       title="C3: Lemma 2, the Gram stays positive definite",
-      logx=True, xticks=widths,
-      hlines=[(config.lambda_fraction,
-               f"Lemma 2: {config.lambda_fraction:.3g}")],
+      logx=True, xticks=widths, hlines=lemma2,
       vlines=([] if m_star["gram"] is None
               else [(m_star["gram"], f"m* = {m_star['gram']:.0f}")]))
-
-  # lambda_min(G(k)) / lambda_min(G(0)) along training, repetition 0.
-  series = []
-  for i, m in enumerate(widths):
-    got = plots.series_from_records(
-        [rec for rec in records if rec.get("rep") == 0 and "step" in rec],
-        "step", "lambda_min_G", where=lambda rec, w=m: rec["width"] == w)
-    if not got:
-      continue
-    (ks, lam), = got.values()
-    if lam[0] > 0:
-      series.append(plots.Series(ks, lam / lam[0], f"m={m}",
-                                 color=f"C{i % 10}"))
-  f2 = "lambda_path.png"
   plots.line_plot(
-      r.path(f2), series, xlabel="NGD step k",
-      ylabel="lambda_min(G(k)) / lambda_min(G(0))",
+      r.path("lambda_path.png"),
+      training.path_series(r.records(), "lambda_min_G", widths,
+                           normalise=True),
+      xlabel="NGD step k", ylabel="lambda_min(G(k)) / lambda_min(G(0))",
       title=f"C3: along training (eta={config.learning_rate:g}, rep 0)",
-      hlines=[(config.lambda_fraction,
-               f"Lemma 2: {config.lambda_fraction:.3g}")])
-
-  ys, ux, mean = training.by_width(results, "distance_max")
-  _, bx, bmean = training.by_width(results, "distance_bound")
-  _, ix, imean = training.by_width(results, "distance_bound_lambda_0")
-  f3 = "distance.png"
+      hlines=lemma2)
   plots.line_plot(
-      r.path(f3),
-      [plots.Series(xs, ys, None, "scatter", color="C0"),
-       plots.Series(ux, mean, "max_k ||w(k) - w(0)|| (mean over reps)",
-                    color="C0"),
-       plots.Series(bx, bmean, "Lemma 3: 3 ||y - u(0)|| / "
-                    "sqrt(lambda_min(G(0)))", "dashed", color="C3"),
-       plots.Series(ix, imean, "same with lambda_0 = lambda_min(G_inf)",
-                    "dashed", color="C2")],
+      r.path("distance.png"),
+      plots.runs_and_mean(results, "width", "distance_max", None,
+                          "max_k ||w(k) - w(0)|| (mean over reps)")[0]
+      + [training.mean_series(results, "distance_bound", "Lemma 3: 3 ||y - "
+                              "u(0)|| / sqrt(lambda_min(G(0)))", "C3"),
+         training.mean_series(results, "distance_bound_lambda_0",
+                              "same with lambda_0 = lambda_min(G_inf)",
+                              "C2")],
       xlabel="width m", ylabel="distance from initialisation",
       title="C3: Lemma 3, the weights stay in the ball",
       logx=True, logy=True, xticks=widths)
-
-  ys, ux, mean = training.by_width(results, "flips_max")
-  _, bx, bmean = training.by_width(results, "flip_bound")
-  series = [plots.Series(xs, ys, None, "scatter", color="C0"),
-            plots.Series(ux, mean, "max_k flipped fraction (mean over reps)",
-                         color="C0"),
-            plots.Series(bx, bmean, f"Lemma 7-8: 2 (R/(nu delta))^(2/3) "
-                         f"m^(-1/3), delta={config.delta:g}", "dashed",
-                         color="C3")]
-  hlines = [(1.0, "fraction 1 (a bound above says nothing)")]
+  series = plots.runs_and_mean(
+      results, "width", "flips_max", None,
+      "max_k flipped fraction (mean over reps)")[0] + [training.mean_series(
+          results, "flip_bound", "Lemma 7-8: 2 (R/(nu delta))^(2/3) "
+          f"m^(-1/3), delta={config.delta:g}", "C3")]
   if fit is not None:
-    series.append(plots.Series(
-        ux, fit.predict(ux), f"fit: m^({fit.exponent:.3f} +- "
-        f"{fit.exponent_stderr:.3f})", "dashed", color="gray"))
-  f4 = "flips.png"
+    series.append(training.fit_series(results, fit))
   plots.line_plot(
-      r.path(f4), series, xlabel="width m",
+      r.path("flips.png"), series, xlabel="width m",
       ylabel="fraction of activations flipped",
       title="C3: activation-pattern flips along training",
-      logx=True, logy=True, xticks=widths, hlines=hlines)
-  return [f1, f2, f3, f4]
-
+      logx=True, logy=True, xticks=widths,
+      hlines=[(1.0, "fraction 1 (a bound above says nothing)")])
+  return ["lambda_min.png", "lambda_path.png", "distance.png", "flips.png"]
 
 
 SPEC = Experiment(

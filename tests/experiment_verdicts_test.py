@@ -189,7 +189,7 @@ def test_c9_verdict():
           "finite_fitted_true_runs": 3, "finite_bound_margin_min": 0.9,
           "lemma11_ratio_max": 0.2, "lemma12_ratio_max": 1.05,
           "lemma12_ratio_min": 0.97}
-  _both(generalization.verdict, good, [
+  _both(generalization.SPEC.verdict, good, [
       {"separation_gap": -0.1},
       {"noise_step_min": 0.0},
       {"error_gap_noise": 0.05},
@@ -208,14 +208,14 @@ def test_c10_verdict():
   good = {"tol": 1e-10, "limit_error_max": 1e-12,
           "gd_weight_path_gap": 0.5, "ngd_one_step_closed_form": 1e-14,
           "ngd_one_step_actual": 1e-13}
-  _both(linearized_paths.verdict, good, [
+  _both(linearized_paths.SPEC.verdict, good, [
       {"limit_error_max": 1e-8}, {"gd_weight_path_gap": 1e-6},
       {"ngd_one_step_actual": 1e-3}], config)
 
 
 def test_c11_verdict():
   config = figure1.default_config()
-  _both(figure1.verdict, {"gd_deviation_vector": 0.3},
+  _both(figure1.SPEC.verdict, {"gd_deviation_vector": 0.3},
         [{"gd_deviation_vector": 1e-9}], config)
 
 
@@ -228,7 +228,7 @@ def test_c12_verdict():
     good[f"m{m}/ngd/steps_to_target"] = 3
     good[f"m{m}/kfac_forster/steps_to_target"] = 5
   m0 = config.widths[0]
-  _both(training_curves.verdict, good, [
+  _both(training_curves.SPEC.verdict, good, [
       {f"m{m0}/ngd/steps_to_target": None},  # never reached the target
       {f"m{m0}/kfac_forster/steps_to_target": 51},
       {f"m{m0}/adam/effective_steps_over_speedup": 2.0},

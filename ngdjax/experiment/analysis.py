@@ -116,3 +116,18 @@ def lemma8_flip_bound(radius: float, nu: float, delta: float,
   ``m = 8 (R / (nu delta))^2``, and the figures show how far it is from 1.
   """
   return 2.0 * (radius / (nu * delta)) ** (2 / 3) / width ** (1 / 3)
+
+
+# --------------------------------------------------------------------------
+# C10, C11: the plane a path is drawn in.
+# --------------------------------------------------------------------------
+
+
+def excursion_plane(points, along) -> tuple[np.ndarray, np.ndarray]:
+  """Unit vectors ``e1`` along ``along`` and ``e2`` towards the largest
+  excursion of the rows of ``points`` orthogonal to ``e1``: the plane in
+  which a path (GD's, here) looks most unlike the straight one."""
+  e1 = along / np.linalg.norm(along)
+  ortho = points - np.outer(points @ e1, e1)
+  e2 = ortho[np.argmax(np.linalg.norm(ortho, axis=1))]
+  return e1, e2 / np.linalg.norm(e2)

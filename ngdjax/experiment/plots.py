@@ -190,3 +190,20 @@ def runs_and_mean(records, x: str, y: str, runs_label: str | None = None,
   ux, mean, _, _ = mean_by_x(xs, ys)
   return [Series(xs, ys, runs_label, "scatter", color=color),
           Series(ux, mean, mean_label, color=color)], ux
+
+
+# --------------------------------------------------------------------------
+# C10, C11: figures ``line_plot`` does not draw (paths in a plane, panels).
+# --------------------------------------------------------------------------
+
+
+def figure(figsize: tuple[float, float], **margins: float):
+  """A ``matplotlib.figure.Figure`` on the Agg canvas (never ``pyplot``),
+  with ``subplots_adjust(**margins)``."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=figsize)
+  FigureCanvasAgg(fig)
+  fig.subplots_adjust(**margins)
+  return fig

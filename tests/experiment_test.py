@@ -463,3 +463,22 @@ def test_run_switches_the_prng_stream_only_inside_its_block(tmp_path):
   with experiment.Run(tmp_path / "b", config, config):
     assert jax.config.jax_threefry_partitionable is False
   assert jax.config.jax_threefry_partitionable == before
+
+
+def test_claim_modules_import_no_other_claim():
+  """Shared analysis lives in analysis.py (or ngd_training.py for C1-C4),
+  never imported from another claim's module."""
+  import ast
+
+  shared = {"analysis", "checkpoint", "config", "metrics", "ngd_training",
+            "plots", "progress", "runner", "verdicts"}
+  for spec in registry.SPECS:
+    path = REPO / "ngdjax" / "experiment" / f"{spec.name}.py"
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        if node.module == "ngdjax.experiment":
+          imported |= {a.name for a in node.names}
+        elif node.module.startswith("ngdjax.experiment."):
+          imported.add(node.module.rsplit(".", 1)[1])
+    assert imported <= shared, (spec.name, imported - shared)

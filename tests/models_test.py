@@ -133,18 +133,22 @@ class TestBadArguments:
      lambda: ngdjax.models.two_layer_relu(
          width=np.int64(8), out_dim=2, nu=np.float64(0.5), output_seed=1),
      lambda: ngdjax.two_layer_relu(8, out_dim=2, nu=0.5, output_seed=2)),
+    (lambda: ngdjax.two_layer_relu(8, nu=1),
+     lambda: ngdjax.two_layer_relu(8, nu=1.0),
+     lambda: ngdjax.two_layer_relu(8, nu=2)),
     (lambda: ngdjax.mlp([5, 4], out_dim=2, activation="tanh"),
      lambda: ngdjax.mlp((5, 4), out_dim=2, activation="tanh", b_std=0.1),
      lambda: ngdjax.mlp([5, 4], out_dim=2, activation="tanh", w_std=2.0)),
     (lambda: ngdjax.mlp([4], activation=jnp.sin, b_std=None),
      lambda: ngdjax.mlp([4], activation=jnp.sin, b_std=None),
      lambda: ngdjax.mlp([4], activation=jnp.sin, b_std=0.0)),
-], ids=["two_layer", "mlp", "mlp_custom_activation"])
+], ids=["two_layer", "two_layer_int_nu", "mlp", "mlp_custom_activation"])
 def test_equal_arguments_give_equal_models(build, same, other):
   a, b, c = build(), same(), other()
   assert a is not b and a.apply is not b.apply
   assert a == b and not a != b and hash(a) == hash(b)
   assert {a: 1}[b] == 1
+  assert a.name == b.name
   assert a != c and not a == c
   # Each field compares by value too (optimizers take model.apply alone).
   for fa, fb in zip(a, b, strict=True):

@@ -192,6 +192,7 @@ def two_layer_relu(
   m = _check_width("width", width)
   c = _check_width("out_dim", out_dim)
   checks.check_scalar("nu", nu, positive=True)
+  nu = float(nu)  # so that nu=1 and nu=1.0 build equal models, same name
   a = jnp.asarray(output_layer(m, c, output_seed), dtype=jnp.float32)
 
   def init(key, in_dim: int) -> Params:
@@ -223,7 +224,7 @@ def two_layer_relu(
     return g if c == 1 else jnp.kron(g, jnp.eye(c, dtype=g.dtype))
 
   try:
-    key = ("two_layer_relu", m, c, float(nu), operator.index(output_seed))
+    key = ("two_layer_relu", m, c, nu, operator.index(output_seed))
   except TypeError:  # a seed numpy takes but that is not an integer
     key = None
   return Model(
@@ -297,8 +298,10 @@ def mlp(
   widths = tuple(_check_width("widths", w) for w in widths)
   c = _check_width("out_dim", out_dim)
   checks.check_scalar("w_std", w_std, positive=True)
+  w_std = float(w_std)
   if b_std is not None:
     checks.check_scalar("b_std", b_std, nonnegative=True)
+    b_std = float(b_std)
   use_bias = b_std is not None
   if isinstance(activation, str):
     if activation not in ACTIVATIONS:
@@ -397,8 +400,7 @@ def mlp(
       )
       return g if c == 1 else jnp.kron(g, jnp.eye(c, dtype=g.dtype))
 
-  key = ("mlp", widths, c, activation, float(w_std),
-         None if b_std is None else float(b_std))
+  key = ("mlp", widths, c, activation, w_std, b_std)
   return Model(
       out_dim=c,
       name=f"mlp(widths={list(widths)}, c={c}, {act_name})",

@@ -236,11 +236,66 @@ def test_kfac_running_averages_and_inverse_refresh():
   assert not np.allclose(e1, e2)
 
 
+def _batch_factors(params, x, labels):
+  """Per-example ``(A^T A / n, B^T H B / n)`` per layer, from definitions."""
+  u = MODEL.apply(params, x)
+  hess = jax.vmap(jax.hessian(lambda ui, yi: -jax.nn.log_softmax(ui)[yi]))(
+      u, labels)
+  out = []
+  for f in MODEL.layer_factors(params, x):
+    a, b = np.asarray(f.inputs), np.asarray(f.output_grads)
+    out.append((a.T @ a / N,
+                np.einsum("ikb,ikl,ilc->bc", b, np.asarray(hess), b) / N))
+  return out
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_kfac_statistics_every_matches_hand_computation(every):
+  # Factor statistics at steps 0, T, 2T, ... only (decay applied once per
+  # update), eigendecompositions every step; each step's update against
+  # an explicit Kronecker product of the hand-computed averages with the
+  # pi-split damping: n (A~ + pi delta) (x) (B~ + delta / pi),
+  # delta = sqrt(lam / n).
+  params, x, labels = _problem(seed=8)
+  decay, lam, lr = 0.75, 0.05, 0.3
+  opt = kfac(MODEL, lr, damping=lam, loss="softmax_cross_entropy",
+             factor_decay=decay, statistics_every=every)
+  step = jax.jit(opt.step)
+  state, p = opt.init(params), params
+  batches = [(x, labels), (x[::-1] * 0.5, labels[::-1]),
+             (x + 0.1, (labels + 1) % C)]
+  avg = None
+  for k, (xb, yb) in enumerate(batches):
+    if k % every == 0:
+      batch = _batch_factors(p, xb, yb)
+      avg = batch if avg is None else [
+          (decay * fa + (1 - decay) * ba, decay * fb + (1 - decay) * bb)
+          for (fa, fb), (ba, bb) in zip(avg, batch, strict=True)]
+    _, grads, _, _, _ = _kfac_pieces(p, xb, yb)
+    new, state, info = step(p, state, xb, yb)
+    for (fa, fb), g, cur, old, fac in zip(
+        avg, grads, MODEL.to_layer_matrices(new),
+        MODEL.to_layer_matrices(p), state.curvature, strict=True):
+      np.testing.assert_allclose(fac.inputs_cov, fa, rtol=1e-12, atol=1e-15)
+      np.testing.assert_allclose(fac.grads_cov, fb, rtol=1e-12, atol=1e-15)
+      pi = np.sqrt((np.trace(fa) / len(fa)) / (np.trace(fb) / len(fb)))
+      delta = np.sqrt(lam / N)
+      f_kfac = N * np.kron(fa + pi * delta * np.eye(len(fa)),
+                           fb + delta / pi * np.eye(len(fb)))
+      ref = -lr * np.linalg.solve(f_kfac, np.ravel(g)).reshape(g.shape)
+      np.testing.assert_allclose(np.asarray(cur - old), ref, rtol=1e-8,
+                                 atol=1e-12)
+    assert int(info["cholesky_failed"]) == 0
+    p = new
+
+
 def test_kfac_bad_settings_raise():
   with pytest.raises(ValueError, match="factor_decay"):
     kfac(MODEL, 1.0, factor_decay=1.0)
   with pytest.raises(ValueError, match="inverse_every"):
     kfac(MODEL, 1.0, inverse_every=0)
+  with pytest.raises(ValueError, match="statistics_every"):
+    kfac(MODEL, 1.0, statistics_every=1.5)
   with pytest.raises(ValueError, match="fisher"):
     kfac(MODEL, 1.0, fisher="sampled")
 

@@ -249,8 +249,9 @@ def _batch_factors(params, x, labels):
   return out
 
 
-@pytest.mark.parametrize("every", [1, 2])
-def test_kfac_statistics_every_matches_hand_computation(every):
+@pytest.mark.parametrize("every,inverse",
+                         [(1, "eigh"), (2, "eigh"), (2, "cholesky")])
+def test_kfac_statistics_every_matches_hand_computation(every, inverse):
   # Factor statistics at steps 0, T, 2T, ... only (decay applied once per
   # update), eigendecompositions every step; each step's update against
   # an explicit Kronecker product of the hand-computed averages with the
@@ -259,7 +260,7 @@ def test_kfac_statistics_every_matches_hand_computation(every):
   params, x, labels = _problem(seed=8)
   decay, lam, lr = 0.75, 0.05, 0.3
   opt = kfac(MODEL, lr, damping=lam, loss="softmax_cross_entropy",
-             factor_decay=decay, statistics_every=every)
+             factor_decay=decay, statistics_every=every, inverse=inverse)
   step = jax.jit(opt.step)
   state, p = opt.init(params), params
   batches = [(x, labels), (x[::-1] * 0.5, labels[::-1]),
@@ -289,6 +290,41 @@ def test_kfac_statistics_every_matches_hand_computation(every):
     p = new
 
 
+def test_kfac_cholesky_inverses_keep_the_refresh_damping():
+  # inverse="cholesky" with a damping schedule and a refresh every 2 steps:
+  # step 1 reuses the inverses of step 0, damped with lam(0), where "eigh"
+  # applies lam(1) to the cached eigenvalues; both against explicit kron.
+  params, x, labels = _problem(seed=10)
+  lr = 0.3
+
+  def lam(k):
+    return 0.05 * (1.0 + k)
+
+  batches = [(x, labels), (x * 0.7, labels[::-1])]
+  for inverse in ("eigh", "cholesky"):
+    opt = kfac(MODEL, lr, damping=lam, loss="softmax_cross_entropy",
+               factor_decay=0.0, inverse_every=2, inverse=inverse)
+    step = jax.jit(opt.step)
+    state, p = opt.init(params), params
+    avg = _batch_factors(p, *batches[0])
+    for k, (xb, yb) in enumerate(batches):
+      _, grads, _, _, _ = _kfac_pieces(p, xb, yb)
+      new, state, info = step(p, state, xb, yb)
+      used = lam(0) if inverse == "cholesky" else lam(k)
+      for (fa, fb), g, cur, old in zip(
+          avg, grads, MODEL.to_layer_matrices(new),
+          MODEL.to_layer_matrices(p), strict=True):
+        pi = np.sqrt((np.trace(fa) / len(fa)) / (np.trace(fb) / len(fb)))
+        delta = np.sqrt(used / N)
+        f_kfac = N * np.kron(fa + pi * delta * np.eye(len(fa)),
+                             fb + delta / pi * np.eye(len(fb)))
+        ref = -lr * np.linalg.solve(f_kfac, np.ravel(g)).reshape(g.shape)
+        np.testing.assert_allclose(np.asarray(cur - old), ref, rtol=1e-8,
+                                   atol=1e-12)
+      assert int(info["cholesky_failed"]) == 0
+      p = new
+
+
 def test_kfac_bad_settings_raise():
   with pytest.raises(ValueError, match="factor_decay"):
     kfac(MODEL, 1.0, factor_decay=1.0)
@@ -296,6 +332,10 @@ def test_kfac_bad_settings_raise():
     kfac(MODEL, 1.0, inverse_every=0)
   with pytest.raises(ValueError, match="statistics_every"):
     kfac(MODEL, 1.0, statistics_every=1.5)
+  with pytest.raises(ValueError, match="inverse"):
+    kfac(MODEL, 1.0, inverse="qr")
+  with pytest.raises(ValueError, match="damping_split"):
+    kfac(MODEL, 1.0, inverse="cholesky", damping_split="exact")
   with pytest.raises(ValueError, match="fisher"):
     kfac(MODEL, 1.0, fisher="sampled")
 

@@ -47,7 +47,8 @@ factors contracted with ``g``) and the Monte Carlo Fisher, K-FAC (true
 and Monte Carlo Fisher) with running factors and eigendecompositions
 refreshed every 10 steps, the factor statistics updated every step
 (``kfac``, ``kfac_mc``) or every 10 steps (``kfac_s``, ``kfac_mc_s``:
-``statistics_every=10``) (``_digits_flops`` gives the FLOP model). Each
+``statistics_every=10``), and with ``inverse="cholesky"`` (``*_ch``)
+(``_digits_flops`` gives the FLOP model). Each
 method is timed over runs of 10 consecutive steps carrying its state (one
 full cycle: K-FAC pays one refresh and one or ten statistics updates per
 run), batches rotating, methods interleaved; the figure is the amortised
@@ -262,7 +263,8 @@ def digits(batch, dtype, repeats, inverse_every=10, widths=(512,),
   loss = "softmax_cross_entropy"
   kf = {"loss": loss, "factor_decay": 0.95, "inverse_every": inverse_every}
   # kfac*: statistics every step; kfac*_s: statistics every inverse_every
-  # steps (T_1 = T_3), the cheapest amortised cycle.
+  # steps (T_1 = T_3); *_ch: inverse="cholesky" (damped inverses at each
+  # refresh instead of eigendecompositions): the cheapest amortised cycle.
   optimizers = {
       "sgd": gd(model, 0.3 / batch, loss=loss),
       "ngd": ngd(model, 0.5, damping=0.3, loss=loss),
@@ -275,6 +277,12 @@ def digits(batch, dtype, repeats, inverse_every=10, widths=(512,),
                      statistics_every=inverse_every, **kf),
       "kfac_mc_s": kfac(model, 0.5, damping=0.3, fisher="monte_carlo",
                         statistics_every=inverse_every, **kf),
+      "kfac_ch": kfac(model, 0.5, damping=0.3, inverse="cholesky", **kf),
+      "kfac_s_ch": kfac(model, 0.5, damping=0.3, inverse="cholesky",
+                        statistics_every=inverse_every, **kf),
+      "kfac_mc_s_ch": kfac(model, 0.5, damping=0.3, fisher="monte_carlo",
+                           inverse="cholesky",
+                           statistics_every=inverse_every, **kf),
   }
   if only:
     optimizers = {k: v for k, v in optimizers.items()
@@ -327,8 +335,10 @@ def _digits_flops(n, sizes, inverse_every) -> dict:
   b_l^2)`` at every step; on statistics steps (every ``T_1``) the layer
   factors and the factor products ``2 n a_l^2`` and ``2 R b_l^2`` (``R = N``
   rows for the true Fisher, ``n`` for Monte Carlo); every ``inverse_every``
-  steps ``eigh`` at about ``9 k^3`` per factor. Amortised per step over a
-  cycle.
+  steps ``eigh`` at about ``9 k^3`` per factor. ``inverse="cholesky"``:
+  preconditioning ``2 (a_l^2 b_l + a_l b_l^2)``, refresh: Cholesky
+  ``k^3 / 3`` and the solve against ``I`` ``2 k^3`` per factor. Amortised
+  per step over a cycle.
   """
   c = sizes[-1]
   layers = [(a + 1, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
@@ -342,19 +352,24 @@ def _digits_flops(n, sizes, inverse_every) -> dict:
   emp = sgd + factors + sum(2 * n * c * b + 2 * n * n * (a + b) * _sym(n)
                             for a, b in layers) + n**3 / 3
 
-  def kfac_flops(rows, stats_every):
-    precondition = sum(4 * (a * a * b + a * b * b) for a, b in layers)
+  def kfac_flops(rows, stats_every, cholesky=False):
+    products = 2 if cholesky else 4
+    precondition = sum(products * (a * a * b + a * b * b) for a, b in layers)
     statistics = factors + sum(2 * n * a * a * _sym(a)
                                + 2 * rows * b * b * _sym(b)
                                for a, b in layers)
-    refresh = sum(9 * (a**3 + b**3) for a, b in layers)
+    per_k3 = (1 / 3 + 2) if cholesky else 9
+    refresh = sum(per_k3 * (a**3 + b**3) for a, b in layers)
     return (sgd + precondition + statistics / stats_every
             + refresh / inverse_every)
 
   return {"sgd": sgd, "ngd": true, "ngd_emp": emp, "ngd_mc": emp,
           "kfac": kfac_flops(big_n, 1), "kfac_mc": kfac_flops(n, 1),
           "kfac_s": kfac_flops(big_n, inverse_every),
-          "kfac_mc_s": kfac_flops(n, inverse_every)}
+          "kfac_mc_s": kfac_flops(n, inverse_every),
+          "kfac_ch": kfac_flops(big_n, 1, True),
+          "kfac_s_ch": kfac_flops(big_n, inverse_every, True),
+          "kfac_mc_s_ch": kfac_flops(n, inverse_every, True)}
 
 
 def main():
@@ -425,7 +440,7 @@ def _print_digits(result):
     target = 2.0 if name.startswith("kfac") else 4.0
     med = per_step[name][0] / per_step["sgd"][0]
     low = per_step[name][1] / per_step["sgd"][1]
-    print(f"  digits: {name:<9} / sgd = {med:6.2f} (min {low:6.2f}) "
+    print(f"  digits: {name:<12} / sgd = {med:6.2f} (min {low:6.2f}) "
           f"[model {flops[name] / flops['sgd']:5.2f}] [target <= {target:g}]")
 
 

@@ -325,6 +325,23 @@ def test_kfac_cholesky_inverses_keep_the_refresh_damping():
       p = new
 
 
+def test_kfac_cholesky_inverse_falls_back_on_a_singular_factor():
+  # Undamped, the output layer's factor avg H_i is singular (H_i 1 = 0):
+  # the Cholesky refresh falls back to the pseudo-inverse, counted, and the
+  # step equals the eigendecomposition path's.
+  params, x, labels = _problem(seed=11)
+  news = []
+  for inverse in ("eigh", "cholesky"):
+    opt = kfac(MODEL, 0.3, damping=0.0, loss="softmax_cross_entropy",
+               factor_decay=0.0, inverse=inverse)
+    new, _, info = jax.jit(opt.step)(params, opt.init(params), x, labels)
+    assert int(info["cholesky_failed"]) == (inverse == "cholesky")
+    assert int(info["update_skipped"]) == 0
+    news.append(jax.tree_util.tree_leaves(new))
+  for a, b in zip(*news, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11)
+
+
 def test_kfac_bad_settings_raise():
   with pytest.raises(ValueError, match="factor_decay"):
     kfac(MODEL, 1.0, factor_decay=1.0)

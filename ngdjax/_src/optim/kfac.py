@@ -88,12 +88,14 @@ makes the amortised step cheapest (``benchmarks/steps.py``).
 eigendecompositions, each refresh stores the damped inverses
 ``(A~ + (lam_in / n + pi delta) I)^{-1}`` and ``(B~ + (lam_out / n +
 delta / pi) I)^{-1}`` (``delta = sqrt(lam / n)``, ``pi`` as in
-``averaged_update``) from a Cholesky factorisation (``psd_solve``; its
-pseudo-inverse fallback counts in ``cholesky_failed``), and every step
+``averaged_update``) from a Cholesky factorisation (a non-finite factor or
+a pivot below ``k eps max`` falls back to the eigendecomposition
+pseudo-inverse and counts in ``cholesky_failed``), and every step
 multiplies ``(1/n) inv_A grad_M inv_B``: the same step as ``"eigh"`` when
 the damping is constant, at a fraction of the refresh cost (``k^3 / 3``
 for the factorisation and ``2 k^3`` for the solve against ``I``, against
-LAPACK's tridiagonal eigensolver) and half the per-step products. A
+LAPACK's tridiagonal eigensolver, ``9 k^3`` or more) and half the
+per-step products. A
 damping that changes between refreshes (a schedule) takes effect at the
 next refresh, as in kfac-jax.
 
@@ -474,15 +476,31 @@ def _damped_inverses(cov_a, cov_b, n, lam, lam_in, lam_out):
   pi = jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a, 1.0)
                               / jnp.where(ok, mean_b, 1.0)), 1.0)
   delta = jnp.sqrt(jnp.asarray(lam, cov_a.dtype) / n)
-  out, failed = [], jnp.zeros((), jnp.int32)
-  for cov, damp in ((cov_a, lam_in / n + pi * delta),
-                    (cov_b, lam_out / n + delta / pi)):
-    sym = 0.5 * (cov + cov.T)
-    inv, fl = solvers.psd_solve(sym, jnp.eye(cov.shape[0], dtype=cov.dtype),
-                                damp)
-    out.append(0.5 * (inv + inv.T))
-    failed = failed + fl
-  return out[0], out[1], failed
+  inv_a, failed_a = _damped_inverse(cov_a, lam_in / n + pi * delta)
+  inv_b, failed_b = _damped_inverse(cov_b, lam_out / n + delta / pi)
+  return inv_a, inv_b, failed_a + failed_b
+
+
+def _damped_inverse(cov, damp) -> tuple[Array, Array]:
+  """``((cov + damp I)^{-1}, failed)`` by Cholesky.
+
+  A lean check (``psd_solve``'s residual test would cost another ``2 k^3``
+  with ``k`` right-hand sides): the factor must be finite with pivots above
+  ``k eps max diag``, else the eigendecomposition pseudo-inverse is used and
+  ``failed = 1``.
+  """
+  k = cov.shape[0]
+  sym = 0.5 * (cov + cov.T)
+  eye = jnp.eye(k, dtype=cov.dtype)
+  mat = sym + damp * eye
+  chol = jnp.linalg.cholesky(mat)
+  tol = k * jnp.finfo(cov.dtype).eps * jnp.max(jnp.abs(jnp.diagonal(mat)))
+  ok = (jnp.all(jnp.isfinite(chol))
+        & jnp.all(jnp.square(jnp.diagonal(chol)) > tol))
+  inv = jax.lax.cond(ok,
+                     lambda: jax.scipy.linalg.cho_solve((chol, True), eye),
+                     lambda: solvers.eigh_solve(sym, eye, damp))
+  return 0.5 * (inv + inv.T), (~ok).astype(jnp.int32)
 
 
 def _method(model, loss, form, damping_split, factor_damping, fisher,

@@ -12,7 +12,9 @@ mini-batches and the softmax cross-entropy (sum over the batch):
   each ``lr`` in ``ngd_lrs`` and ``damping`` in ``ngd_dampings``;
 * ``kfac``: ``kfac(..., loss="softmax_cross_entropy")`` with running factor
   averages (``kfac_decay``), updated every ``kfac_statistics_every`` steps,
-  and eigendecompositions refreshed every ``kfac_inverse_every`` steps, for
+  and their damped inverses (``kfac_inverse="cholesky"``) or
+  eigendecompositions (``"eigh"``) refreshed every ``kfac_inverse_every``
+  steps, for
   each ``lr`` in ``kfac_lrs`` and ``damping`` in ``kfac_dampings``;
 * ``adam``: ``optax.adam(lr)``, for each ``lr`` in ``adam_lrs``;
 * ``sgd``: plain mini-batch SGD on the batch-mean loss at each ``lr`` in
@@ -97,6 +99,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.kfac_decay = 0.95
   c.kfac_inverse_every = 10
   c.kfac_statistics_every = 1
+  c.kfac_inverse = "cholesky"  # or "eigh"; the same step at fixed damping
   c.adam_lrs = (3e-3, 1e-2, 3e-2)
   c.sgd_lrs = (0.1, 0.3, 1.0)  # on the batch-mean loss
   c.curvature_steps = 200  # budget of ngd and kfac
@@ -145,7 +148,8 @@ def _make(model, method: str, lr: float, config, batch: int, steps: int,
     return kfac(model, lr, damping=damping, loss=LOSS,
                 factor_decay=config.kfac_decay,
                 inverse_every=config.kfac_inverse_every,
-                statistics_every=config.kfac_statistics_every)
+                statistics_every=config.kfac_statistics_every,
+                inverse=config.kfac_inverse)
   if method == "adam":
     return optax_optimizer(model, optax.adam(lr), loss=LOSS)
   if method == "sgd":

@@ -1,8 +1,10 @@
-"""Flags every entry point shares, and the first call of every ``main``.
+"""The one entry point every experiment runs through, and its flags.
 
-Defined once here, so each entry point accepts ``--jax_distributed`` and
-``--float64`` without repeating them. Flags are read here and in the entry
-points only; the library takes plain arguments.
+``experiments/<name>.py`` is ``common.main(SPEC)``: ``--config`` (a
+``configs/<name>.py[:preset]`` file) and ``--workdir`` are required;
+``--jax_distributed`` and ``--float64`` are shared with
+``experiments.reproduce``. Flags are read here only; the library takes
+plain arguments.
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ def finish(summary: Mapping[str, Any]) -> int:
   logging.info("%s %s: %s", summary.get("claim"), status,
                summary.get("measured_text"))
   return 0 if summary.get("passed") else 1
+
+
+def main(spec) -> None:
+  """Runs ``spec`` (an ``Experiment``) from the command line.
+
+  The exit status is 0 when the claim reproduced, 1 when a check failed.
+  """
+  config, workdir = define_run_flags(spec.name)
+
+  def run(argv):
+    start(argv)
+    return finish(spec.run(config.value, workdir.value))
+
+  app.run(run)
 
 
 def define_run_flags(name: str):

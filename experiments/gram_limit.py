@@ -1,23 +1,7 @@
-"""C5: G(0) -> G_inf with width, and lambda_min(G(0)) >= (3/4) lambda_0.
-
-  python -m experiments.gram_limit --config=configs/gram_limit.py:small \
-      --workdir=/tmp/ngdjax/gram_limit
-
-See configs/gram_limit.py for the presets, runtimes and expected results.
-"""
-
-from absl import app
+"""C5 entry point; presets: ``configs/gram_limit.py``."""
 
 from experiments import common
-from ngdjax.experiment import gram_limit
-
-_CONFIG, _WORKDIR = common.define_run_flags("gram_limit")
-
-
-def main(argv):
-  common.start(argv)
-  return common.finish(gram_limit.run(_CONFIG.value, _WORKDIR.value))
-
+from ngdjax.experiment.gram_limit import SPEC
 
 if __name__ == "__main__":
-  app.run(main)
+  common.main(SPEC)

@@ -1,24 +1,7 @@
-"""C12: training curves of NGD, K-FAC (+- Forster), GD and Adam on digits.
-
-  python -m experiments.training_curves \
-      --config=configs/training_curves.py:small \
-      --workdir=/tmp/ngdjax/training_curves
-
-See configs/training_curves.py for the presets, runtimes and expected results.
-"""
-
-from absl import app
+"""C12 entry point; presets: ``configs/training_curves.py``."""
 
 from experiments import common
-from ngdjax.experiment import training_curves
-
-_CONFIG, _WORKDIR = common.define_run_flags("training_curves")
-
-
-def main(argv):
-  common.start(argv)
-  return common.finish(training_curves.run(_CONFIG.value, _WORKDIR.value))
-
+from ngdjax.experiment.training_curves import SPEC
 
 if __name__ == "__main__":
-  app.run(main)
+  common.main(SPEC)

@@ -19,7 +19,7 @@ def _tiny():
 
 def test_figure1_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = figure1.run(config, tmp_path)
+  summary = figure1.SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -32,7 +32,7 @@ def test_figure1_smoke_and_resume(tmp_path):
                                         "closed_form": True}
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == figure1.verdict(saved["measured"], config)
+  assert saved["checks"] == figure1.SPEC.verdict(saved["measured"], config)
   assert summary["figures"] == ["figure1.png", "whole_vector.png"]
   for f in summary["figures"]:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC
@@ -43,7 +43,7 @@ def test_figure1_smoke_and_resume(tmp_path):
   assert sorted(saved["details"]["shown_labels"]) == [4, 9]
   m = saved["measured"]
   assert m["ngd_deviation_max"] < m["gd_deviation_vector"]
-  again = figure1.run(config, tmp_path)
+  again = figure1.SPEC.run(config, tmp_path)
   assert again["resumed_units"] == 1
   assert again["measured"] == saved["measured"]
 
@@ -52,7 +52,7 @@ def test_three_classes_fail_at_start(tmp_path):
   config = _tiny()
   config.classes = (4, 9, 1)
   with pytest.raises(ValueError, match="config.classes"):
-    figure1.run(config, tmp_path)
+    figure1.SPEC.run(config, tmp_path)
 
 
 def test_presets_load_and_match_schema():

@@ -20,7 +20,7 @@ def _tiny():
 
 def test_forster_convergence_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = forster_convergence.run(config, tmp_path)
+  summary = forster_convergence.SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -29,7 +29,7 @@ def test_forster_convergence_smoke_and_resume(tmp_path):
   assert set(saved["checks"]) == {"both_converge", "newton_fewer_iterations"}
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == forster_convergence.verdict(saved["measured"])
+  assert saved["checks"] == forster_convergence.SPEC.verdict(saved["measured"])
   assert summary["figures"] == ["error_vs_iteration.png"]
   assert (tmp_path / "error_vs_iteration.png").read_bytes()[:8] == PNG_MAGIC
   for kind in forster_convergence.KINDS:
@@ -40,7 +40,7 @@ def test_forster_convergence_smoke_and_resume(tmp_path):
       iters = saved["measured"][f"{kind}/{method}/iterations"]
       assert len(errors) == iters + 1
       assert saved["measured"][f"{kind}/{method}/time_s"] > 0
-  again = forster_convergence.run(config, tmp_path)
+  again = forster_convergence.SPEC.run(config, tmp_path)
   assert again["resumed_units"] == len(forster_convergence.KINDS)
   assert again["measured"]["gaussian/newton/iterations"] == (
       saved["measured"]["gaussian/newton/iterations"])
@@ -64,7 +64,7 @@ def test_unknown_kind_fails_at_start(tmp_path):
   config = _tiny()
   config.kinds = ("gaussian", "cubic")
   with pytest.raises(ValueError, match="config.kinds"):
-    forster_convergence.run(config, tmp_path)
+    forster_convergence.SPEC.run(config, tmp_path)
 
 
 def test_presets_load_and_match_schema():

@@ -8,6 +8,8 @@ import pytest
 from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import general_loss
 
+SPEC = general_loss.SPEC
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -20,7 +22,7 @@ def _tiny():
 
 def test_general_loss_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = general_loss.run(config, tmp_path)
+  summary = SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -29,8 +31,7 @@ def test_general_loss_smoke_and_resume(tmp_path):
   assert set(saved["checks"]) == {"rate_wide", "theorem"}
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == general_loss.verdict(
-      saved["measured"], [u["eta"] for u in saved["details"]["runs"]])
+  assert saved["checks"] == SPEC.verdict(saved["measured"], config)
   assert summary["figures"] == ["ratio_vs_width.png", "residuals.png"]
   for f in summary["figures"]:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC
@@ -43,7 +44,7 @@ def test_general_loss_smoke_and_resume(tmp_path):
     assert u["bound"] == pytest.approx(1 - u["eta"] * 4 / 3)
     assert u["holds"] == (u["max_ratio"] <= u["bound"] * (1 + 1e-9))
   assert any("ratio" in rec for rec in records)
-  again = general_loss.run(config, tmp_path)
+  again = SPEC.run(config, tmp_path)
   assert again["resumed_units"] == 4
   assert again["measured"] == saved["measured"]
 
@@ -52,7 +53,7 @@ def test_bad_eta_fraction_fails_at_start(tmp_path):
   config = _tiny()
   config.eta_fractions = (0.5, 1.2)
   with pytest.raises(ValueError, match="eta_fractions"):
-    general_loss.run(config, tmp_path)
+    SPEC.run(config, tmp_path)
 
 
 def test_presets_load_and_match_schema():

@@ -22,7 +22,7 @@ def _tiny():
 
 def test_generalization_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = generalization.run(config, tmp_path)
+  summary = generalization.SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -33,7 +33,8 @@ def test_generalization_smoke_and_resume(tmp_path):
                                   "lemma11", "lemma12"}
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == generalization.verdict(saved["measured"], config)
+  assert saved["checks"] == generalization.SPEC.verdict(saved["measured"],
+                                                        config)
   assert summary["figures"] == FIGURES
   for f in FIGURES:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC
@@ -55,7 +56,7 @@ def test_generalization_smoke_and_resume(tmp_path):
   noisy = [u for u in runs if u["labels"] == "noise=0.5"
            and u["prep"] == "centred"]
   assert all(u["wrong_labels"] == 0.5 for u in noisy)
-  again = generalization.run(config, tmp_path)
+  again = generalization.SPEC.run(config, tmp_path)
   assert again["resumed_units"] == len(runs)
   assert again["measured"] == saved["measured"]
 
@@ -64,7 +65,7 @@ def test_sweep_without_clean_labels_fails_at_start(tmp_path):
   config = _tiny()
   config.label_noise = (0.2, 0.5)
   with pytest.raises(ValueError, match="config.label_noise"):
-    generalization.run(config, tmp_path)
+    generalization.SPEC.run(config, tmp_path)
 
 
 def test_presets_match_schema():

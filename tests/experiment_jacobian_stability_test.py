@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from ngdjax.experiment import analysis, jacobian_stability
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import jacobian_stability
-from ngdjax.experiment import ngd_training as training
+
+SPEC = jacobian_stability.SPEC
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -20,7 +21,7 @@ def _tiny():
 
 def test_jacobian_stability_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = jacobian_stability.run(config, tmp_path)
+  summary = SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -29,16 +30,16 @@ def test_jacobian_stability_smoke_and_resume(tmp_path):
   assert set(saved["checks"]) == {"decays", "below_lemma7"}
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == jacobian_stability.verdict(saved["measured"])
+  assert saved["checks"] == SPEC.verdict(saved["measured"])
   assert summary["figures"] == ["jacobian_change.png", "jacobian_path.png"]
   for f in summary["figures"]:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC
   steps = [rec for rec in records if "jacobian_change" in rec]
   assert all(rec["jacobian_change"] >= 0 for rec in steps)
   for u in saved["details"]["runs"]:
-    assert u["lemma7_bound"] == pytest.approx(training.lemma7_bound(
+    assert u["lemma7_bound"] == pytest.approx(analysis.lemma7_bound(
         6, u["distance_max"], 1.0, 0.1, u["width"]))
-  again = jacobian_stability.run(config, tmp_path)
+  again = SPEC.run(config, tmp_path)
   assert again["resumed_units"] == 3
   assert again["measured"] == saved["measured"]
 
@@ -47,7 +48,7 @@ def test_bad_delta_fails_at_start(tmp_path):
   config = _tiny()
   config.delta = 1.5
   with pytest.raises(ValueError, match="delta"):
-    jacobian_stability.run(config, tmp_path)
+    SPEC.run(config, tmp_path)
 
 
 def test_presets_load_and_match_schema():

@@ -24,7 +24,7 @@ def _tiny():
 
 def test_kfac_forster_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = kfac_forster.run(config, tmp_path)
+  summary = kfac_forster.SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -39,7 +39,7 @@ def test_kfac_forster_smoke_and_resume(tmp_path):
     assert h["lambda_S"] > -1e-12 and isinstance(h["inside"], bool)
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == kfac_forster.verdict(saved["measured"], config)
+  assert saved["checks"] == kfac_forster.SPEC.verdict(saved["measured"], config)
   assert summary["figures"] == FIGURES
   for f in FIGURES:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC
@@ -53,7 +53,7 @@ def test_kfac_forster_smoke_and_resume(tmp_path):
   # K-FAC on Forster inputs at eta = 1/d equals NGD at eta = 1 to first
   # order, whatever the width (an exact identity of MATH.md 4-5).
   assert m["first_order_gap_max"] < 1e-8
-  again = kfac_forster.run(config, tmp_path)
+  again = kfac_forster.SPEC.run(config, tmp_path)
   assert again["resumed_units"] == len(config.conds)
   assert again["measured"] == saved["measured"]
 
@@ -75,7 +75,7 @@ def test_narrow_width_fails_at_start(tmp_path):
   config = _tiny()
   config.width = 8
   with pytest.raises(ValueError, match="config.width"):
-    kfac_forster.run(config, tmp_path)
+    kfac_forster.SPEC.run(config, tmp_path)
 
 
 def test_presets_match_schema():

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ngdjax.experiment import analysis, linearized_paths
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import linearized_paths
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["residual_norm.png", "weight_distance.png", "weight_paths.png"]
@@ -32,7 +32,7 @@ def _files(workdir):
 
 def test_linearized_paths_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = linearized_paths.run(config, tmp_path)
+  summary = linearized_paths.SPEC.run(config, tmp_path)
   saved, records = _files(tmp_path)
   assert saved["claim"] == "C10" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"same_limit", "paths_differ",
@@ -40,21 +40,22 @@ def test_linearized_paths_smoke_and_resume(tmp_path):
   assert set(saved["details"]["sanity"]) == {"ngd_straight", "closed_forms"}
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == linearized_paths.verdict(saved["measured"], config)
+  assert saved["checks"] == linearized_paths.SPEC.verdict(saved["measured"],
+                                                          config)
   assert summary["figures"] == FIGURES
   kinds = {rec.get("kind") for rec in records}
   assert set(linearized_paths.KINDS) | {"real_network"} <= kinds
   m = saved["measured"]
   assert m["ngd_output_deviation"] < m["gd_output_deviation"]
   assert m["real/skipped"] is False
-  again = linearized_paths.run(config, tmp_path)
+  again = linearized_paths.SPEC.run(config, tmp_path)
   assert again["resumed_units"] == 2
   assert again["measured"] == saved["measured"]
 
 
 def test_linearized_paths_without_optimizers(tmp_path, monkeypatch):
   monkeypatch.setattr(linearized_paths, "_try_ngd", lambda: None)
-  linearized_paths.run(_tiny(), tmp_path)
+  linearized_paths.SPEC.run(_tiny(), tmp_path)
   saved, _ = _files(tmp_path)
   assert saved["measured"]["real/skipped"] is True
   assert saved["measured"]["ngd_one_step_how"].startswith("explicit")
@@ -63,7 +64,7 @@ def test_linearized_paths_without_optimizers(tmp_path, monkeypatch):
 
 def test_segment_deviation():
   points = np.array([[0.0, 0.0], [0.5, 1.0], [2.0, 0.0], [-1.0, 0.0]])
-  dist = linearized_paths.segment_deviation(points, [0.0, 0.0], [1.0, 0.0])
+  dist = analysis.segment_deviation(points, [0.0, 0.0], [1.0, 0.0])
   np.testing.assert_allclose(dist, [0.0, 1.0, 1.0, 1.0])
 
 
@@ -71,7 +72,7 @@ def test_bad_learning_rate_fails_at_start(tmp_path):
   config = _tiny()
   config.gd_lr = 2.5
   with pytest.raises(ValueError, match="gd_lr"):
-    linearized_paths.run(config, tmp_path)
+    linearized_paths.SPEC.run(config, tmp_path)
 
 
 def test_presets_load_and_match_schema():

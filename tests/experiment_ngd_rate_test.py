@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from ngdjax.experiment import analysis, ngd_rate
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import ngd_rate
-from ngdjax.experiment import ngd_training as training
+
+SPEC = ngd_rate.SPEC
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -21,7 +22,7 @@ def _tiny():
 
 def test_ngd_rate_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = ngd_rate.run(config, tmp_path)
+  summary = SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -30,8 +31,7 @@ def test_ngd_rate_smoke_and_resume(tmp_path):
   assert set(saved["checks"]) == {"rate_wide", "theorem", "eta1_vanishes"}
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == ngd_rate.verdict(saved["measured"],
-                                            config.learning_rates)
+  assert saved["checks"] == SPEC.verdict(saved["measured"], config)
   assert summary["figures"] == ["ratio_vs_width.png", "eta1_first_step.png",
                                 "residuals.png", "condition2.png"]
   for f in summary["figures"]:
@@ -51,7 +51,7 @@ def test_ngd_rate_smoke_and_resume(tmp_path):
   assert m["runs_inside_hypotheses"] == 0
   assert saved["checks"]["theorem"] is False
   assert saved["details"]["check_kinds"]["theorem"] == "theorem"
-  again = ngd_rate.run(config, tmp_path)
+  again = SPEC.run(config, tmp_path)
   assert again["resumed_units"] == 12
   assert again["measured"] == saved["measured"]
 
@@ -60,7 +60,7 @@ def test_bad_learning_rate_fails_at_start(tmp_path):
   config = _tiny()
   config.learning_rates = (0.5, 1.5)
   with pytest.raises(ValueError, match="learning_rates"):
-    ngd_rate.run(config, tmp_path)
+    SPEC.run(config, tmp_path)
 
 
 def test_presets_load_and_match_schema():
@@ -73,20 +73,20 @@ def test_presets_load_and_match_schema():
 
 
 def test_theory_constants():
-  assert training.theorem1_eta_max(0.0) == 1.0
-  assert training.theorem1_eta_max(0.5) == 0.0
-  assert training.theorem1_eta_max(0.1) == pytest.approx(0.8 / 1.21)
+  assert analysis.theorem1_eta_max(0.0) == 1.0
+  assert analysis.theorem1_eta_max(0.5) == 0.0
+  assert analysis.theorem1_eta_max(0.1) == pytest.approx(0.8 / 1.21)
   # Theorem 2 reduces to 2 / (mu + L) at C = 0 and to Theorem 1's limit
   # for the squared loss (mu = L = 1).
-  assert training.theorem2_eta_max(0.0, 1.0, 2.0) == pytest.approx(2 / 3)
-  assert training.theorem2_eta_max(0.1, 1.0, 1.0) == pytest.approx(
+  assert analysis.theorem2_eta_max(0.0, 1.0, 2.0) == pytest.approx(2 / 3)
+  assert analysis.theorem2_eta_max(0.1, 1.0, 1.0) == pytest.approx(
       0.8 / 1.21)
-  assert training.theorem2_eta_max(0.5, 1.0, 1.0) == 0.0
-  assert training.condition2_constant(1.0, 4.0) == 1.5
-  assert math.isinf(training.condition2_constant(1.0, 0.0))
+  assert analysis.theorem2_eta_max(0.5, 1.0, 1.0) == 0.0
+  assert analysis.condition2_constant(1.0, 4.0) == 1.5
+  assert math.isinf(analysis.condition2_constant(1.0, 0.0))
   # Lemma 7 squared is n times the Lemma 8 flip bound (before the cap).
-  b7 = training.lemma7_bound(8, 2.0, 1.0, 0.1, 1e6)
-  b8 = training.lemma8_flip_bound(2.0, 1.0, 0.1, 1e6)
+  b7 = analysis.lemma7_bound(8, 2.0, 1.0, 0.1, 1e6)
+  b8 = analysis.lemma8_flip_bound(2.0, 1.0, 0.1, 1e6)
   assert b7**2 == pytest.approx(8 * b8)
   # Vacuous (>= 1) up to m = 8 (R / (nu delta))^2.
-  assert training.lemma8_flip_bound(2.0, 1.0, 0.1, 3200.0) == pytest.approx(1)
+  assert analysis.lemma8_flip_bound(2.0, 1.0, 0.1, 3200.0) == pytest.approx(1)

@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 
 from ngdjax import experiment
-from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import (
-    gram_limit,
-    lambda0_vs_n,
-    metrics,
-    plots,
-    reproduce,
+  analysis,
+  gram_limit,
+  lambda0_vs_n,
+  metrics,
+  plots,
+  reproduce,
 )
+from ngdjax.experiment import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -120,7 +121,7 @@ def test_run_with_unknown_field_fails_before_writing(tmp_path):
   with bad.unlocked():
     bad.widht = 3
   with pytest.raises(ValueError, match=r"config\.widht is not a field"):
-    gram_limit.run(bad, tmp_path / "run")
+    gram_limit.SPEC.run(bad, tmp_path / "run")
   assert not (tmp_path / "run").exists()
 
 
@@ -130,7 +131,7 @@ def test_unwritable_workdir_fails_at_start(tmp_path):
   with pytest.raises(ValueError, match="is not a writable directory"):
     config_lib.check_workdir(blocker / "run")
   with pytest.raises(ValueError, match="is not a writable directory"):
-    lambda0_vs_n.run(lambda0_vs_n.default_config(), blocker / "run")
+    lambda0_vs_n.SPEC.run(lambda0_vs_n.default_config(), blocker / "run")
   with pytest.raises(ValueError, match="workdir must be"):
     config_lib.check_workdir("")
 
@@ -250,40 +251,40 @@ TINY = {
 
 def _tiny(module):
   c = module.default_config()
-  exec(TINY[module.NAME], {"c": c})  # noqa: S102 - test fixture text
+  exec(TINY[module.SPEC.name], {"c": c})  # noqa: S102 - test fixture text
   return c
 
 
 def test_gram_limit_smoke_and_resume(tmp_path):
   config = _tiny(gram_limit)
-  summary = gram_limit.run(config, tmp_path)
+  summary = gram_limit.SPEC.run(config, tmp_path)
   saved_config, saved = _check_files(tmp_path, summary["figures"])
   assert saved_config["widths"] == [4, 16, 64]
   assert saved["claim"] == "C5" and isinstance(saved["passed"], bool)
   assert set(saved["checks"]) == {"exponent", "lemma6"}
   assert saved["passed"] == all(saved["checks"].values())
-  assert saved["checks"] == gram_limit.verdict(saved["measured"], config)
+  assert saved["checks"] == gram_limit.SPEC.verdict(saved["measured"], config)
   assert -1.0 < saved["measured"]["exponent"] < 0.0
   assert summary["figures"] == ["gram_error.png", "lambda_min.png"]
-  again = gram_limit.run(config, tmp_path)
+  again = gram_limit.SPEC.run(config, tmp_path)
   assert again["resumed_units"] == 3
   assert again["measured"] == saved["measured"]
 
 
-def test_threshold_width_kept_in_gram_limit():
+def test_threshold_width_with_repetitions():
   widths = [4, 4, 16, 16, 64, 64]
-  assert gram_limit.threshold_width(widths, [0, 0, 1, 0, 1, 1]) == 64
-  assert gram_limit.threshold_width(widths, [1, 0, 1, 1, 1, 1]) == 16
-  assert gram_limit.threshold_width(widths, [1, 1, 1, 1, 1, 0]) is None
+  assert analysis.threshold_width(widths, [0, 0, 1, 0, 1, 1]) == 64
+  assert analysis.threshold_width(widths, [1, 0, 1, 1, 1, 1]) == 16
+  assert analysis.threshold_width(widths, [1, 1, 1, 1, 1, 0]) is None
 
 
 def test_lambda0_vs_n_smoke(tmp_path):
   config = _tiny(lambda0_vs_n)
-  summary = lambda0_vs_n.run(config, tmp_path)
+  summary = lambda0_vs_n.SPEC.run(config, tmp_path)
   _, saved = _check_files(tmp_path, summary["figures"])
   assert saved["claim"] == "C8"
   assert saved["passed"] == all(saved["checks"].values())
-  assert saved["checks"] == lambda0_vs_n.verdict(saved["measured"])
+  assert saved["checks"] == lambda0_vs_n.SPEC.verdict(saved["measured"])
   assert saved["measured"]["exponent"] < 0
 
 
@@ -377,11 +378,11 @@ def test_invalid_config_value_leaves_no_config_json(tmp_path):
   bad = _tiny(lambda0_vs_n)
   bad.ns = (8,)
   with pytest.raises(ValueError, match="config.ns"):
-    lambda0_vs_n.run(bad, tmp_path)
+    lambda0_vs_n.SPEC.run(bad, tmp_path)
   assert not (tmp_path / "config.json").exists()
   assert not (tmp_path / "metrics.jsonl").exists()
-  summary = lambda0_vs_n.run(_tiny(lambda0_vs_n), tmp_path)
-  assert summary["experiment"] == lambda0_vs_n.NAME
+  summary = lambda0_vs_n.SPEC.run(_tiny(lambda0_vs_n), tmp_path)
+  assert summary["experiment"] == lambda0_vs_n.SPEC.name
 
 
 def test_a_failed_resume_keeps_the_files_of_finished_units(tmp_path):

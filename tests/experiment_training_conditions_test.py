@@ -8,6 +8,8 @@ import pytest
 from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import training_conditions
 
+SPEC = training_conditions.SPEC
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -19,7 +21,7 @@ def _tiny():
 
 def test_training_conditions_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = training_conditions.run(config, tmp_path)
+  summary = SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -33,7 +35,7 @@ def test_training_conditions_smoke_and_resume(tmp_path):
       u["flip_bound"] < 1 for u in saved["details"]["runs"])
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == training_conditions.verdict(saved["measured"])
+  assert saved["checks"] == SPEC.verdict(saved["measured"])
   assert summary["figures"] == ["lambda_min.png", "lambda_path.png",
                                 "distance.png", "flips.png"]
   for f in summary["figures"]:
@@ -43,7 +45,7 @@ def test_training_conditions_smoke_and_resume(tmp_path):
   assert all(rec["step"] > 0 or rec["distance"] == 0 for rec in steps)
   for u in saved["details"]["runs"]:
     assert u["distance_max"] >= 0 and 0 <= u["flips_max"] <= 1
-  again = training_conditions.run(config, tmp_path)
+  again = SPEC.run(config, tmp_path)
   assert again["resumed_units"] == 3
   assert again["measured"] == saved["measured"]
 
@@ -52,7 +54,7 @@ def test_bad_learning_rate_fails_at_start(tmp_path):
   config = _tiny()
   config.learning_rate = 1.5
   with pytest.raises(ValueError, match="learning_rate"):
-    training_conditions.run(config, tmp_path)
+    SPEC.run(config, tmp_path)
 
 
 def test_presets_load_and_match_schema():

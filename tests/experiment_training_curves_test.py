@@ -23,7 +23,7 @@ def _tiny():
 
 def test_training_curves_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = training_curves.run(config, tmp_path)
+  summary = training_curves.SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -32,7 +32,8 @@ def test_training_curves_smoke_and_resume(tmp_path):
   assert set(saved["checks"]) == {"ngd_fast", "kfac_forster_fast"}
   assert saved["passed"] == all(saved["checks"].values())
   # The saved verdict is the pure verdict of the saved measurement.
-  assert saved["checks"] == training_curves.verdict(saved["measured"], config)
+  assert saved["checks"] == training_curves.SPEC.verdict(saved["measured"],
+                                                         config)
   assert summary["figures"] == ["loss_vs_step_m32.png", "loss_vs_time_m32.png"]
   for f in summary["figures"]:
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC
@@ -46,7 +47,7 @@ def test_training_curves_smoke_and_resume(tmp_path):
     assert np.all(np.diff(times) >= 0)  # cumulative wall-clock
   setup = saved["measured"]["setup"]
   assert setup["d"] == 6 and setup["forster_error"] < 1e-8
-  again = training_curves.run(config, tmp_path)
+  again = training_curves.SPEC.run(config, tmp_path)
   assert again["resumed_units"] == len(runs) + 1  # and the setup unit
   assert again["measured"] == saved["measured"]
 
@@ -70,7 +71,7 @@ def test_narrow_width_fails_at_start(tmp_path):
   config = _tiny()
   config.widths = (8,)
   with pytest.raises(ValueError, match="config.widths"):
-    training_curves.run(config, tmp_path)
+    training_curves.SPEC.run(config, tmp_path)
 
 
 def test_presets_match_schema():

@@ -6,19 +6,20 @@ import math
 import pytest
 
 from ngdjax.experiment import (
-    figure1,
-    forster_convergence,
-    general_loss,
-    generalization,
-    gram_limit,
-    jacobian_stability,
-    kfac_forster,
-    lambda0_vs_n,
-    linearized_paths,
-    ngd_rate,
-    training_conditions,
-    training_curves,
-    verdicts,
+  analysis,
+  figure1,
+  forster_convergence,
+  general_loss,
+  generalization,
+  gram_limit,
+  jacobian_stability,
+  kfac_forster,
+  lambda0_vs_n,
+  linearized_paths,
+  ngd_rate,
+  training_conditions,
+  training_curves,
+  verdicts,
 )
 from ngdjax.experiment.verdicts import Check
 
@@ -58,12 +59,12 @@ def test_relative_tolerance_scales_with_the_bound():
 
 def test_holds_past_width_needs_more_than_the_widest():
   widths = [8, 16, 64, 64, 256]
-  assert verdicts.threshold_width(widths, [0, 1, 1, 1, 1]) == 16
-  assert verdicts.holds_past_width(widths, [0, 1, 1, 1, 1])
+  assert analysis.threshold_width(widths, [0, 1, 1, 1, 1]) == 16
+  assert analysis.holds_past_width(widths, [0, 1, 1, 1, 1])
   # Only the widest passes: m* exists but is the widest, not "past".
-  assert verdicts.threshold_width(widths, [0, 0, 0, 1, 1]) == 256
-  assert not verdicts.holds_past_width(widths, [0, 0, 0, 1, 1])
-  assert not verdicts.holds_past_width(widths, [1, 1, 1, 1, 0])
+  assert analysis.threshold_width(widths, [0, 0, 0, 1, 1]) == 256
+  assert not analysis.holds_past_width(widths, [0, 0, 0, 1, 1])
+  assert not analysis.holds_past_width(widths, [1, 1, 1, 1, 0])
 
 
 def _both(fn, good, bad_updates, *args):
@@ -85,48 +86,51 @@ def test_c1_verdict():
           "m_star/eta=0.5": 64.0, "runs_inside_hypotheses": 2,
           "runs_inside_breaking_rate": 0,
           "eta1_first_ratio_exponent_upper": -0.5}
-  _both(ngd_rate.verdict, good, [
+  config = ngd_rate.default_config()
+  config.learning_rates = etas
+  _both(ngd_rate.SPEC.verdict, good, [
       {"runs_inside_hypotheses": 0},  # no run qualifies: FAIL
       {"runs_inside_breaking_rate": 1},
       {"m_star/eta=0.5": None},
       {"m_star/eta=0.1": 1024.0},  # holds only at the widest width
       {"eta1_first_ratio_exponent_upper": 0.01},
-  ], etas)
-  kinds = verdicts.kinds(ngd_rate.checks(etas))
+  ], config)
+  kinds = verdicts.kinds(ngd_rate.SPEC.check_list(config))
   assert kinds["theorem"] == verdicts.THEOREM
   assert kinds["rate_wide"] == verdicts.OBSERVATION
 
 
 def test_c2_verdict():
-  etas = (2 / 30, 0.6)
+  config = general_loss.default_config()
+  config.alpha, config.eta_fractions = 1.0, (0.1, 0.9)  # eta = 2/30, 0.6
   good = {"widest_width": 1024, "m_star/eta=0.06667": 8.0,
           "m_star/eta=0.6": 512.0, "runs_inside_hypotheses": 1,
           "runs_inside_breaking_rate": 0}
-  _both(general_loss.verdict, good, [
+  _both(general_loss.SPEC.verdict, good, [
       {"runs_inside_hypotheses": 0},
       {"runs_inside_breaking_rate": 2},
       {"m_star/eta=0.6": 1024.0},
-  ], etas)
+  ], config)
 
 
 def test_c3_verdict():
   good = {"widest_width": 4096, "m_star/gram": 16.0,
           "m_star/distance": 8.0, "flips_exponent_upper": -0.3}
-  _both(training_conditions.verdict, good, [
+  _both(training_conditions.SPEC.verdict, good, [
       {"m_star/gram": None}, {"m_star/distance": 4096.0},
       {"flips_exponent_upper": 0.0}, {"flips_exponent_upper": None}])
 
 
 def test_c4_verdict():
   good = {"exponent_upper": -0.2, "runs_above_lemma7": 0}
-  _both(jacobian_stability.verdict, good,
+  _both(jacobian_stability.SPEC.verdict, good,
         [{"exponent_upper": 0.1}, {"runs_above_lemma7": 1}])
 
 
 def test_c5_verdict():
   config = gram_limit.default_config()
   good = {"exponent": -0.49, "m_star": 512.0, "widest_width": 131072.0}
-  _both(gram_limit.verdict, good, [
+  _both(gram_limit.SPEC.verdict, good, [
       {"exponent": -0.3}, {"exponent": -0.7}, {"m_star": None},
       {"m_star": 131072.0}], config)
 
@@ -138,7 +142,7 @@ def test_c6_verdict():
           "rate_largest_drop": 0.0, "rate_rise": 0.99,
           "rate_prediction_gap_max": 0.005, "one_step_forster_max": 0.09,
           "first_order_gap_max": 1e-12, "output_gap_max": 0.05}
-  _both(kfac_forster.verdict, good, [
+  _both(kfac_forster.SPEC.verdict, good, [
       {"conds_inside_hypotheses": 0},
       {"conds_inside_breaking_bound": 1},
       {"conds_breaking_bound": 1},
@@ -166,14 +170,14 @@ def test_c6_bound_tolerance_is_relative():
 
 def test_c7_verdict():
   good = {"runs_not_converged": 0, "kinds_newton_not_fewer": 0}
-  _both(forster_convergence.verdict, good,
+  _both(forster_convergence.SPEC.verdict, good,
         [{"runs_not_converged": 1}, {"kinds_newton_not_fewer": 1}])
 
 
 def test_c8_verdict():
   good = {"reps": 5, "beta_upper": 0.33, "envelope_beta_upper": 0.4,
           "max_beta": 0.5}
-  _both(lambda0_vs_n.verdict, good, [
+  _both(lambda0_vs_n.SPEC.verdict, good, [
       {"reps": 3}, {"beta_upper": 0.55}, {"envelope_beta_upper": 0.5}])
 
 
@@ -185,7 +189,7 @@ def test_c9_verdict():
           "finite_fitted_true_runs": 3, "finite_bound_margin_min": 0.9,
           "lemma11_ratio_max": 0.2, "lemma12_ratio_max": 1.05,
           "lemma12_ratio_min": 0.97}
-  _both(generalization.verdict, good, [
+  _both(generalization.SPEC.verdict, good, [
       {"separation_gap": -0.1},
       {"noise_step_min": 0.0},
       {"error_gap_noise": 0.05},
@@ -204,14 +208,14 @@ def test_c10_verdict():
   good = {"tol": 1e-10, "limit_error_max": 1e-12,
           "gd_weight_path_gap": 0.5, "ngd_one_step_closed_form": 1e-14,
           "ngd_one_step_actual": 1e-13}
-  _both(linearized_paths.verdict, good, [
+  _both(linearized_paths.SPEC.verdict, good, [
       {"limit_error_max": 1e-8}, {"gd_weight_path_gap": 1e-6},
       {"ngd_one_step_actual": 1e-3}], config)
 
 
 def test_c11_verdict():
   config = figure1.default_config()
-  _both(figure1.verdict, {"gd_deviation_vector": 0.3},
+  _both(figure1.SPEC.verdict, {"gd_deviation_vector": 0.3},
         [{"gd_deviation_vector": 1e-9}], config)
 
 
@@ -224,7 +228,7 @@ def test_c12_verdict():
     good[f"m{m}/ngd/steps_to_target"] = 3
     good[f"m{m}/kfac_forster/steps_to_target"] = 5
   m0 = config.widths[0]
-  _both(training_curves.verdict, good, [
+  _both(training_curves.SPEC.verdict, good, [
       {f"m{m0}/ngd/steps_to_target": None},  # never reached the target
       {f"m{m0}/kfac_forster/steps_to_target": 51},
       {f"m{m0}/adam/effective_steps_over_speedup": 2.0},

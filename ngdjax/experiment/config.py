@@ -21,12 +21,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
+import operator
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,80 @@ def _compare(given: dict, known: dict, prefix: str) -> list[str]:
           f"{default!r}, got {value!r}"
       )
   return problems
+
+
+_COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt,
+            ">=": operator.ge}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """A range a config field must lie in, checked before any work.
+
+  Attributes:
+    field: ``"n"``; ``"len(widths)"`` for a sequence's length;
+      ``"each(etas)"`` for every element of a sequence.
+    op: ``<``, ``<=``, ``>``, ``>=``; ``"in"`` (``bound`` is the collection
+      of allowed values); ``"distinct"`` or ``"increasing"`` (a sequence;
+      ``bound`` unused).
+    bound: a number, or the name of another config field (``"n"``).
+    why: the reason, appended to the message.
+
+  Example:
+
+    >>> import ml_collections
+    >>> c = ml_collections.ConfigDict({"learning_rate": 1.5})
+    >>> try:
+    ...   check_rules(c, (Rule("learning_rate", "<=", 1, "Theorem 1"),))
+    ... except ValueError as e:
+    ...   print(e)
+    config.learning_rate must be <= 1 (Theorem 1), got 1.5
+  """
+
+  field: str
+  op: str
+  bound: Any = None
+  why: str = ""
+
+  def problem(self, config: Any) -> str | None:
+    """The message when ``config`` breaks the rule, else ``None``."""
+    kind, _, rest = self.field.partition("(")
+    name = rest.rstrip(")") if rest else kind
+    value = config[name]
+    shown = tuple(value) if isinstance(value, (list, tuple)) else value
+    if self.op in ("distinct", "increasing"):
+      values = list(value)
+      good = (len(set(values)) == len(values) if self.op == "distinct"
+              else values == sorted(values))
+      what = f"config.{name} must be {self.op}"
+    else:
+      bound = self.bound
+      shown_bound = bound
+      if isinstance(bound, str):
+        bound = config[bound]
+        shown_bound = f"config.{self.bound} = {bound}"
+      values = ([len(value)] if kind == "len" else list(value)
+                if kind == "each" else [value])
+      if self.op == "in":
+        good = all(v in bound for v in values)
+        shown_bound = tuple(bound)
+      else:
+        good = all(_COMPARE[self.op](v, bound) for v in values)
+      subject = {"len": f"len(config.{name})",
+                 "each": f"every element of config.{name}"}.get(
+                     kind if rest else "", f"config.{name}")
+      what = f"{subject} must be {self.op} {shown_bound}"
+    if good:
+      return None
+    why = f" ({self.why})" if self.why else ""
+    return f"{what}{why}, got {shown!r}"
+
+
+def check_rules(config: Any, rules: Sequence[Rule]) -> None:
+  """Raises one ``ValueError`` naming every field that breaks its rule."""
+  problems = [p for p in (rule.problem(config) for rule in rules) if p]
+  if problems:
+    raise ValueError("; ".join(problems))
 
 
 def load_config_file(spec: str | os.PathLike) -> ml_collections.ConfigDict:

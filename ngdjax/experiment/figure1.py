@@ -13,36 +13,39 @@ one-hot targets, and the net is ``two_layer_relu(width, out_dim=2)``.
 Measured, with ``G`` and ``u(0)`` at the random initialisation and the
 closed forms of ``ngdjax.linearized.residuals`` on a time grid from 0 to the
 time at which GD's slowest mode has decayed to ``config.decay`` (and
-``t = inf``):
+``t = inf``): the 2-D output path ``u_i(t)`` of every training example
+(``config.examples`` of them drawn, the first of each class in training
+order); the largest distance of ``u_i(t)`` from the segment ``[u_i(0),
+y_i]``, relative to ``||y_i - u_i(0)||``, per example and for the whole
+output vector in ``R^{2n}``, GD and NGD; the end points ``||u(inf) - y|| /
+||u(0) - y||``; GD's closed form against ``scipy.linalg.expm(-G t) r0``.
 
-* the 2-D output path ``u_i(t)`` of every training example, from ``u_i(0)``
-  to ``y_i``; ``config.examples`` of them are drawn (the first of each
-  class, in training order);
-* straightness: the largest distance of ``u_i(t)`` from the segment
-  ``[u_i(0), y_i]``, relative to ``||y_i - u_i(0)||``, per example and for
-  the whole output vector ``u(t)`` in ``R^{2n}``, GD and NGD;
-* the end points: ``||u(inf) - y|| / ||u(0) - y||``, GD and NGD;
-* the closed form of GD's path against ``scipy.linalg.expm(-G t) r0``.
+The check (``CHECKS``) is what the figure shows and what could come out
+otherwise (it would not if ``G`` were a multiple of ``I``). Sanity details,
+not claim checks (``details["sanity"]``): NGD's path is straight by
+construction (``exp(-t)`` times a fixed vector), so its deviation is at
+most ``tol = roundoff_factor * N * eps`` (``N = 2n`` outputs); both flows
+ending at ``y`` and GD's closed form matching ``expm`` restate identities.
 
-Pass criterion (stated before measuring; ``CHECKS``, ``verdict``):
+Small preset (about 8 s on 2 CPU cores; n = 64 digits 4 vs 9, m = 1024);
+full (about 8 s; n = 256, m = 4096)::
 
-* ``gd_curves`` (observation): GD's whole-vector path strays at least
-  ``min_path_gap`` (relative) from the segment ``[u(0), y]``, far above
-  round-off; this is what the figure shows and what could come out
-  otherwise (it would not if ``G`` were a multiple of ``I``).
+  python -m experiments.figure1 --config=configs/figure1.py:small \
+      --workdir=/tmp/ngdjax/C11_small
 
-Sanity details, not claim checks (``details["sanity"]``, in the report's
-text): NGD's linearised path is straight by construction (``exp(-t)``
-times a fixed vector), so its deviation at most ``tol = roundoff_factor *
-N * eps`` (``N = 2n`` outputs), both flows ending at ``y`` and GD's closed
-form matching ``expm`` restate identities and test the implementation, not
-the paper.
+Seen (small / full): NGD's output paths are straight to 1.9e-14 / 7.1e-15
+(relative, worst example or the whole vector) while GD's whole output
+vector strays 0.30 / 0.37 ``||y - u(0)||`` from the segment (per example:
+median 0.29 / 0.34); both end at ``y`` (the limit exactly; GD at the last
+drawn time to 7e-15 / 4e-15). cond(G) = 1.1e3 / 5.2e3. Figures
+``figure1.png`` (six examples, each in its 2-D output plane) and
+``whole_vector.png`` (the whole output vector projected on the segment and
+GD's largest excursion, and the residual against time).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import jax.numpy as jnp
@@ -52,17 +55,13 @@ import scipy.linalg
 
 from ngdjax import data, linearized, models
 from ngdjax._src.jacobian import gram
-from ngdjax.experiment import verdicts
-from ngdjax.experiment.linearized_paths import segment_deviation
-from ngdjax.experiment.runner import Run
+from ngdjax.experiment import analysis, plots, verdicts
+from ngdjax.experiment.config import Rule
+from ngdjax.experiment.runner import Experiment, Outcome, Run
 
-NAME = "figure1"
-CLAIM = "C11"
-TITLE = ("The appendix's Figure 1: output-space paths of linearised GD and "
-         "NGD on digits 4 vs 9, two outputs")
 METHODS = ("gd", "ngd")
 _LABELS = {"gd": "GD flow", "ngd": "NGD flow"}
-_COLORS = {"gd": "C0", "ngd": "C3"}
+_STYLE = {"gd": dict(color="C0", ls="-"), "ngd": dict(color="C3", ls="--")}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -90,80 +89,55 @@ def _shown(labels: np.ndarray, count: int) -> list[int]:
   return picked
 
 
-def run(config: ml_collections.ConfigDict,
-        workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs C11 and returns its summary (also written to ``summary.json``)."""
-  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
-    if len(config.classes) != 2:
-      raise ValueError(f"config.classes must hold two digits (two outputs), "
-                       f"got {tuple(config.classes)}")
-    if not 2 <= config.examples <= config.n_train:
-      raise ValueError("config.examples must lie in [2, config.n_train]")
-    ds = data.digits(classes=tuple(config.classes), targets="onehot",
-                     n_train=config.n_train, seed=config.seed)
-    x, y = ds.x_train, ds.y_train
-    model = models.two_layer_relu(config.width, out_dim=2, nu=config.nu)
-    params0 = model.init(r.key("init"), x.shape[1])
-    shown = _shown(np.asarray(ds.labels_train), config.examples)
-    r.start_progress(1)
-    res = r.unit("paths", lambda log: _paths(config, model, params0, x, y,
-                                             shown, log))
-    figures = _plot(r, config, res, ds.classes)
-
-    tol = res["tol"]
-    sanity = {
-        "ngd_straight": res["ngd_deviation_max"] <= tol,
-        "both_reach_y": max(res["gd_end"], res["ngd_end"]) <= tol,
-        "closed_form": res["closed_form_error"] <= tol,
-    }
-    check_list = checks(config)
-    text = (
-        f"max deviation from the straight segment u(0) -> y, relative: NGD "
-        f"{res['ngd_deviation_max']:.2g} (every example and the whole "
-        f"vector), GD {res['gd_deviation_vector']:.3g} (whole vector), per "
-        f"example median {res['gd_deviation_median']:.3g}, max "
-        f"{res['gd_deviation_examples_max']:.3g}; ||u(inf) - y|| / ||r0||: "
-        f"GD {res['gd_end']:.2g}, NGD {res['ngd_end']:.2g}; at the last "
-        f"drawn time GD {res['gd_end_drawn']:.2g} (digits "
-        f"{config.classes[0]} vs {config.classes[1]}, n={config.n_train}, "
-        f"m={config.width}, cond(G)={res['cond_G']:.3g})")
-    text += ("; sanity (identities, not checks): " + ", ".join(
-        f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
-    expectation = (
-        verdicts.criteria_text(check_list) + "; sanity, not judged: NGD "
-        f"straight to round-off tol = {config.roundoff_factor:g} N eps = "
-        f"{tol:.2g}, both end at y, GD matches expm")
-    measured = {k: v for k, v in res.items() if not isinstance(v, list)}
-    passed = verdicts.evaluate(check_list, measured)
-    return r.finish(
-        passed=all(passed.values()),
-        checks=passed,
-        measured=measured,
-        measured_text=text,
-        expectation=expectation,
-        figures=figures,
-        title=TITLE,
-        details={"sanity": sanity,
-                 "check_kinds": verdicts.kinds(check_list),
-                 "shown_examples": shown,
-                 "shown_labels": [int(ds.classes[k]) for k in
-                                  np.asarray(ds.labels_train)[shown]],
-                 "deviation_per_shown_example": {
-                     m: res[f"{m}_deviation_shown"] for m in METHODS}},
-    )
+def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
+  """The paths (one unit), the figures and the report's text."""
+  ds = data.digits(classes=tuple(config.classes), targets="onehot",
+                   n_train=config.n_train, seed=config.seed)
+  x, y = ds.x_train, ds.y_train
+  model = models.two_layer_relu(config.width, out_dim=2, nu=config.nu)
+  params0 = model.init(r.key("init"), x.shape[1])
+  shown = _shown(np.asarray(ds.labels_train), config.examples)
+  r.start_progress(1)
+  res = r.unit("paths", lambda log: _paths(config, model, params0, x, y,
+                                           shown, log))
+  figures = _plot(r, config, res, ds.classes)
+  tol = res["tol"]
+  sanity = {
+      "ngd_straight": res["ngd_deviation_max"] <= tol,
+      "both_reach_y": max(res["gd_end"], res["ngd_end"]) <= tol,
+      "closed_form": res["closed_form_error"] <= tol,
+  }
+  text = (
+      f"max deviation from the straight segment u(0) -> y, relative: NGD "
+      f"{res['ngd_deviation_max']:.2g} (every example and the whole "
+      f"vector), GD {res['gd_deviation_vector']:.3g} (whole vector), per "
+      f"example median {res['gd_deviation_median']:.3g}, max "
+      f"{res['gd_deviation_examples_max']:.3g}; ||u(inf) - y|| / ||r0||: "
+      f"GD {res['gd_end']:.2g}, NGD {res['ngd_end']:.2g}; at the last "
+      f"drawn time GD {res['gd_end_drawn']:.2g} (digits "
+      f"{config.classes[0]} vs {config.classes[1]}, n={config.n_train}, "
+      f"m={config.width}, cond(G)={res['cond_G']:.3g})")
+  text += ("; sanity (identities, not checks): " + ", ".join(
+      f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
+  expectation = (
+      "{criteria}; sanity, not judged: NGD straight to round-off tol = "
+      f"{config.roundoff_factor:g} N eps = {tol:.2g}, both end at y, GD "
+      "matches expm")
+  return Outcome(
+      {k: v for k, v in res.items() if not isinstance(v, list)}, text,
+      expectation, figures,
+      {"sanity": sanity, "shown_examples": shown,
+       "shown_labels": [int(ds.classes[k])
+                        for k in np.asarray(ds.labels_train)[shown]],
+       "deviation_per_shown_example": {
+           m: res[f"{m}_deviation_shown"] for m in METHODS}})
 
 
 def checks(config) -> tuple[verdicts.Check, ...]:
-  """C11's pass criterion as data on the summary's ``measured``."""
   return (verdicts.Check(
       "gd_curves", (("gd_deviation_vector", ">=", config.min_path_gap),),
       f"GD's whole-vector path strays >= {config.min_path_gap:g} ||r0|| from "
       "the straight segment"),)
-
-
-def verdict(measured, config) -> dict[str, bool]:
-  """C11's checks on a measured dict (pure: no experiment is run)."""
-  return verdicts.evaluate(checks(config), measured)
 
 
 def _paths(config, model, params0, x, y, shown, log) -> dict[str, Any]:
@@ -195,9 +169,9 @@ def _paths(config, model, params0, x, y, shown, log) -> dict[str, Any]:
     paths[m] = res
     per_example = res.reshape(len(res), n, 2) + y64[None]
     dev = np.array([
-        segment_deviation(per_example[:, i], u0_64[i], y64[i]).max()
+        analysis.segment_deviation(per_example[:, i], u0_64[i], y64[i]).max()
         / np.linalg.norm(y64[i] - u0_64[i]) for i in range(n)])
-    vec = float(segment_deviation(res, r64, np.zeros_like(r64)).max()
+    vec = float(analysis.segment_deviation(res, r64, np.zeros_like(r64)).max()
                 / r_norm)
     out[f"{m}_deviation_vector"] = vec
     out[f"{m}_deviation_examples_max"] = float(dev.max())
@@ -207,11 +181,7 @@ def _paths(config, model, params0, x, y, shown, log) -> dict[str, Any]:
 
   # The whole output vector in the plane of the segment (e1, towards y)
   # and of GD's largest excursion from it (e2).
-  e1 = -r64 / r_norm
-  moved = paths["gd"] - r64
-  ortho = moved - np.outer(moved @ e1, e1)
-  e2 = ortho[np.argmax(np.linalg.norm(ortho, axis=1))]
-  e2 = e2 / np.linalg.norm(e2)
+  e1, e2 = analysis.excursion_plane(paths["gd"] - r64, -r64)
   for m in METHODS:
     res = paths[m]
     u = res.reshape(len(res), n, 2) + y64[None]
@@ -236,9 +206,6 @@ def _paths(config, model, params0, x, y, shown, log) -> dict[str, Any]:
 
 def _plot(r: Run, config, res, classes) -> list[str]:
   """``figure1.png`` (per-example planes) and ``whole_vector.png``."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
   records = [rec for rec in r.records() if "shown_u" in rec]
   paths = {}
   for m in METHODS:
@@ -255,16 +222,13 @@ def _plot(r: Run, config, res, classes) -> list[str]:
   count = u0.shape[0]
   cols = min(3, count)
   rows_ = -(-count // cols)
-  fig = Figure(figsize=(4.0 * cols, 3.9 * rows_ + 0.5))
-  FigureCanvasAgg(fig)
-  fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.84,
-                      hspace=0.42, wspace=0.3)
+  fig = plots.figure((4.0 * cols, 3.9 * rows_ + 0.5), left=0.07, right=0.98,
+                     bottom=0.08, top=0.84, hspace=0.42, wspace=0.3)
   for i in range(count):
     ax = fig.add_subplot(rows_, cols, i + 1)
     for m in METHODS:
-      ax.plot(paths[m]["u"][:, i, 0], paths[m]["u"][:, i, 1],
-              color=_COLORS[m], lw=2, ls="-" if m == "gd" else "--",
-              label=_LABELS[m])
+      ax.plot(paths[m]["u"][:, i, 0], paths[m]["u"][:, i, 1], lw=2,
+              label=_LABELS[m], **_STYLE[m])
     ax.plot(*u0[i], "ko", ms=8, label="u(0) (random init)")
     ax.plot(*y[i], "*", color="C2", mec="black", ms=15, label="target y")
     ax.set_aspect("equal", adjustable="datalim")
@@ -283,17 +247,13 @@ def _plot(r: Run, config, res, classes) -> list[str]:
       f"\nfrom a random initialisation, digits {classes[0]} vs {classes[1]}, "
       f"two outputs (n={config.n_train}, m={config.width})", fontsize=10.5,
       y=0.995)
-  f1 = "figure1.png"
-  fig.savefig(r.path(f1), dpi=100, bbox_inches="tight")
+  fig.savefig(r.path("figure1.png"), dpi=100, bbox_inches="tight")
 
-  fig = Figure(figsize=(11.0, 4.3))
-  FigureCanvasAgg(fig)
-  fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88,
-                      wspace=0.25)
+  fig = plots.figure((11.0, 4.3), left=0.07, right=0.98, bottom=0.13,
+                     top=0.88, wspace=0.25)
   ax = fig.add_subplot(1, 2, 1)
   for m in METHODS:
-    ax.plot(*paths[m]["proj"].T, color=_COLORS[m], lw=2,
-            ls="-" if m == "gd" else "--", label=_LABELS[m])
+    ax.plot(*paths[m]["proj"].T, lw=2, label=_LABELS[m], **_STYLE[m])
   ax.plot([0], [0], "ko", ms=8, label="u(0)")
   ax.plot([1], [0], "*", color="C2", mec="black", ms=15, label="y")
   ax.set_xlabel("along y - u(0): <u(t) - u(0), y - u(0)> / ||y - u(0)||^2")
@@ -306,9 +266,8 @@ def _plot(r: Run, config, res, classes) -> list[str]:
   ax = fig.add_subplot(1, 2, 2)
   for m in METHODS:
     keep = (paths[m]["t"] > 0) & (paths[m]["residual"] > 1e-3 * config.decay)
-    ax.plot(paths[m]["t"][keep], paths[m]["residual"][keep],
-            color=_COLORS[m], lw=2, ls="-" if m == "gd" else "--",
-            label=_LABELS[m])
+    ax.plot(paths[m]["t"][keep], paths[m]["residual"][keep], lw=2,
+            label=_LABELS[m], **_STYLE[m])
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("time t")
@@ -316,6 +275,18 @@ def _plot(r: Run, config, res, classes) -> list[str]:
   ax.set_title(f"residual (cond(G) = {res['cond_G']:.3g})", fontsize=9)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
-  f2 = "whole_vector.png"
-  fig.savefig(r.path(f2), dpi=100, bbox_inches="tight")
-  return [f1, f2]
+  fig.savefig(r.path("whole_vector.png"), dpi=100, bbox_inches="tight")
+  return ["figure1.png", "whole_vector.png"]
+
+
+SPEC = Experiment(
+    name="figure1", claim="C11",
+    title=("The appendix's Figure 1: output-space paths of linearised GD and "
+           "NGD on digits 4 vs 9, two outputs"),
+    row="The appendix's Figure 1",
+    measures="output-space paths of GD and NGD on digits 4 vs 9, two outputs",
+    expects="NGD moves on a straight line, GD does not",
+    default_config=default_config, measure=measure, checks=checks,
+    rules=(Rule("len(classes)", "in", (2,), "two outputs"),
+           Rule("examples", ">=", 2), Rule("examples", "<=", "n_train")),
+    presets={"small": dict(n_train=64, width=1024, num_times=120)})

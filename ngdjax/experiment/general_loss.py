@@ -2,68 +2,45 @@
 
 MATH.md 2: for a loss ``l(u_i, y_i)`` that is ``mu``-strongly convex in
 ``u`` with an ``L``-Lipschitz gradient, the update ``theta <- theta - eta
-J^T G^{-1} grad_u L(u)`` contracts
-
-    ||u(k+1) - y||^2 <= (1 - 2 eta mu L / (mu + L)) ||u(k) - y||^2
-
-when ``||P(k)||_2 <= C`` (which Condition 2 with the same ``C`` gives) and
-``eta < 2 / (mu + L) * (1 - (1 + kappa) C) / (1 + C)^2``, ``kappa = L / mu``
-(appendix eqn. 33). For wide nets ``C -> 0`` and the step limit tends to
-``2 / (mu + L)``, where the bound is tight for the linearised model.
+J^T G^{-1} grad_u L(u)`` contracts ``||u(k+1) - y||^2 <= (1 - 2 eta mu L /
+(mu + L)) ||u(k) - y||^2`` when ``||P(k)||_2 <= C`` (Condition 2 with the
+same ``C`` gives it) and ``eta < 2 / (mu + L) * (1 - (1 + kappa) C) / (1 +
+C)^2``, ``kappa = L / mu`` (appendix eqn. 33). For wide nets ``C -> 0``
+and the step limit tends to ``2 / (mu + L)``.
 
 The loss is ``losses.squared_log_cosh(alpha)``: ``l(e) = e^2 / 2 + alpha
-log cosh(e)``, ``mu = 1``, ``L = 1 + alpha``, smooth and strongly convex but
-not quadratic, so NGD's output update is no longer a rescaling of the
-residual. Step sizes are fractions of the limit: ``eta = f * 2 / (mu +
-L)`` for ``f`` in ``config.eta_fractions``.
+log cosh(e)``, ``mu = 1``, ``L = 1 + alpha``, not quadratic (NGD's output
+update is no longer a rescaling of the residual). Measured as C1 (the same
+sweep, ``C`` and checks, ``ngd_training.rate_checks``) with this loss,
+step sizes ``eta = f * 2 / (mu + L)`` for ``f`` in
+``config.eta_fractions`` and the bound ``b = 1 - 2 eta mu L / (mu + L)``.
+The measured ``C`` is below 1/3 (``kappa = 2``) only from widths ``~2^19``
+(``n = 8``), where the step limit is about ``0.23 * 2/(mu + L)``: hence
+``f = 0.1`` and widths up to ``2^20``.
 
-Measured, for every width, repetition (fresh ``W``; the data are fixed) and
-``eta``: exact NGD with this loss (``ngdjax.optim.ngd(..., loss=...)``,
-damping 0) on the two-layer ReLU net, ``n`` points uniform on the sphere
-with Gaussian targets (residuals of order 1, where ``l''`` ranges over
-``[mu, L]``), for ``config.num_steps`` steps or until ``||u(k) - y|| <=
-config.residual_floor ||u(0) - y||``. Every per-step ratio ``||u(k+1) -
-y||^2 / ||u(k) - y||^2``, and ``||J(k) - J(0)||_2`` at every iterate
-(exact, ``method="structured"``), giving the run's ``C = 3 max_k ||J(k) -
-J(0)||_2 / sqrt(lambda_min(G(0)))`` (a lower estimate: iterates only).
+Small preset (about 35 s on 2 CPU cores); full run (6 min on 2 CPU cores
+shared at load ~12, estimated 3 min alone, most of it m = 2^20)::
 
-Pass criterion (stated before measuring), a ratio ``rho`` counting as
-within the bound ``b = 1 - 2 eta mu L / (mu + L)`` when ``rho <= b (1 +
-config.ratio_rtol)``:
+  python -m experiments.general_loss --config=configs/general_loss.py:small \
+      --workdir=/tmp/ngdjax/C2_small
 
-* ``theorem`` (inside the hypotheses): at least one run has a measured
-  ``(1 + kappa) C < 1`` (``C < 1/3`` at ``kappa = 2``) and ``eta`` below
-  the step limit, and every such run has all ratios within ``b``; FAIL when
-  no run qualifies (``runs_inside_hypotheses``, ``runs_total``);
-* ``rate_wide`` (observation): for every ``eta`` in the sweep there is a
-  width ``m*`` below the widest from which on every run (every
-  repetition, every step) has all ratios within ``b``.
-
-Seen (configs/general_loss.py has the numbers): the ratios stay well inside
-the bound from m = 64 on (at ``eta = 0.9 * 2/(mu + L)`` they sit at ``(1 -
-2 eta)^2 = 0.04`` against 0.2); m = 8 breaks it at every step size. The
-measured ``C`` is below 1/3 only at widths ``~2^19`` and beyond (``n = 8``),
-and there the step limit is about ``0.23 * 2/(mu + L)``, so the presets
-carry ``f = 0.1`` and widths up to ``2^20``.
+Seen (small / full; ``squared_log_cosh(1)``, bound ``1 - (4/3) eta``).
+Inside Theorem 2's hypotheses: 1 of 15 runs (m = 524288, eta = 0.067, C =
+0.178, max ratio 0.807 vs 0.911) / 6 of 56 runs (m = 262144 and 1048576,
+eta = 0.067 and 0.167, C = 0.14-0.19, max ratios 0.789-0.801 vs 0.911 and
+0.533-0.544 vs 0.778): the rate holds in every one. Outside them every
+ratio is within the bound from m = 8 on at n = 8; at ``eta = 0.6`` the
+ratios are 0.04 = ``(1 - 2 eta)^2``.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from typing import Any
-
 import ml_collections
 
-from ngdjax import data
+from ngdjax.experiment import analysis
 from ngdjax.experiment import ngd_training as training
-from ngdjax.experiment import plots, verdicts
-from ngdjax.experiment.runner import Run, unit_key
-
-NAME = "general_loss"
-CLAIM = "C2"
-TITLE = ("General loss (Theorem 2): ||u(k+1) - y||^2 <= (1 - 2 eta mu L / "
-         "(mu + L)) ||u(k) - y||^2")
+from ngdjax.experiment.config import Rule
+from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -86,126 +63,65 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _check(config) -> None:
-  if len(config.widths) < 2:
-    raise ValueError("config.widths needs at least 2 widths")
-  if not config.eta_fractions or any(
-      not 0 < float(f) < 1 for f in config.eta_fractions):
-    raise ValueError("config.eta_fractions must be non-empty, each in "
-                     f"(0, 1), got {tuple(config.eta_fractions)}")
-  if config.alpha <= 0:
-    raise ValueError(f"config.alpha must be positive (alpha = 0 is the "
-                     f"squared loss of C1), got {config.alpha}")
-  if config.num_steps < 1 or config.reps < 1:
-    raise ValueError("config.num_steps and config.reps must be >= 1")
+def _loss_and_etas(config):
+  loss = training.loss_for("squared_log_cosh", float(config.alpha))
+  return loss, [float(f) * 2.0 / (loss.mu + loss.L)
+                for f in config.eta_fractions]
 
 
-def run(config: ml_collections.ConfigDict,
-        workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs C2 and returns its summary (also written to ``summary.json``)."""
-  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
-    _check(config)
-    loss = training.loss_for("squared_log_cosh", float(config.alpha))
-    mu, lip = loss.mu, loss.L
-    x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-    etas = [float(f) * 2.0 / (mu + lip) for f in config.eta_fractions]
-
-    def theorem2(c, eta):
-      """Theorem 2's step limit for ``C``, and whether ``eta`` is below it."""
-      eta_max = training.theorem2_eta_max(c, mu, lip)
-      return eta_max, eta < eta_max
-
-    results = training.sweep(
-        r, config, functools.partial(training.rate_unit, r, config, x, y,
-                                     theorem=theorem2, loss=loss),
-        etas=etas,
-        # eta = f * 2 / (mu + L) is rarely short: name it by 6 digits.
-        key=lambda m, s, eta: unit_key(width=m, rep=s, eta=f"{eta:.6g}"))
-    return _summarise(r, config, results, etas, loss)
+def checks(config):
+  """``rate_checks`` for every eta of the sweep."""
+  return training.rate_checks(
+      _loss_and_etas(config)[1], ".4g", "Theorem 2",
+      "measured (1 + kappa) C < 1 (C < 1/3 at kappa = 2) and eta < 2/(mu + "
+      "L) (1 - (1 + kappa) C)/(1 + C)^2")
 
 
-HYPOTHESES = ("measured (1 + kappa) C < 1 (C < 1/3 at kappa = 2) and eta < "
-              "2/(mu + L) (1 - (1 + kappa) C)/(1 + C)^2")
+def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
+  """Runs the sweep; the figures the checks judge and the report's text."""
+  loss, etas = _loss_and_etas(config)
+  mu, lip, factor = loss.mu, loss.L, loss.rate_factor  # 2 mu L / (mu + L)
 
+  def theorem2(c, eta):
+    eta_max = analysis.theorem2_eta_max(c, mu, lip)
+    return eta_max, eta < eta_max
 
-def checks(etas) -> tuple[verdicts.Check, ...]:
-  """C2's pass criterion as data on the summary's ``measured``."""
-  return training.rate_checks([float(e) for e in etas], ".4g", "Theorem 2",
-                              HYPOTHESES)
-
-
-def verdict(measured, etas) -> dict[str, bool]:
-  """C2's checks on a measured dict (pure: no experiment is run)."""
-  return verdicts.evaluate(checks(etas), measured)
-
-
-def _summarise(r: Run, config, results, etas, loss) -> dict[str, Any]:
-  factor = loss.rate_factor  # 2 mu L / (mu + L)
-  bound = {eta: 1.0 - eta * factor for eta in etas}
-  for u in results:
-    u["bound"] = bound[u["eta"]]
-  rates = training.rate_sweep(results, etas, bound, config.ratio_rtol)
-  failures = [u for u in results if not u["holds"]]
-  measured = {
-      "loss": loss.name,
-      "mu": loss.mu,
-      "L": loss.L,
-      "rate_factor": factor,
-      "eta_limit": 2.0 / (loss.mu + loss.L),
-      **rates.measured(failures, ".4g", with_bound=True),
-  }
-
-  fail_text = training.failure_text(
-      failures,
-      lambda u: (f"m={u['width']} eta={u['eta']:.3g} ({u['max_ratio']:.3g}"
-                 f" > {u['bound']:.3g})"))
-  text = (
-      f"{loss.name} (mu={loss.mu:g}, L={loss.L:g}): "
-      f"{rates.rate_text(etas, '.3g', '.3g')}; {fail_text}; measured "
-      f"{rates.hypotheses_text('Theorem 2')} (n={config.n}, d={config.d}, "
-      f"{config.reps} reps)")
-  check_list = checks(etas)
-  passed = verdicts.evaluate(check_list, measured)
+  rates = training.rate_sweep(
+      r, config, etas, {eta: 1.0 - eta * factor for eta in etas}, theorem2,
+      name="Theorem 2", fmt=".3g", key_fmt=".4g", with_bound=True,
+      loss=loss,
+      # eta = f * 2 / (mu + L) is rarely short: name it by 6 digits.
+      key=lambda m, s, eta: unit_key(width=m, rep=s, eta=f"{eta:.6g}"))
+  measured = {"loss": loss.name, "mu": mu, "L": lip, "rate_factor": factor,
+              "eta_limit": 2.0 / (mu + lip), **rates.measured()}
+  text = rates.text(config, prefix=f"{loss.name} (mu={mu:g}, L={lip:g}): ")
   expectation = (
       f"per-step ratio <= (1 - 2 eta mu L/(mu + L)) (1 + "
       f"{config.ratio_rtol:g}) = 1 - {factor:.4g} eta, eta = f * 2/(mu + L),"
-      f" f in {tuple(config.eta_fractions)}; "
-      + verdicts.criteria_text(check_list))
-  figures = _plot(r, config, results, etas, bound, loss)
-  return r.finish(
-      passed=all(passed.values()),
-      checks=passed,
-      measured=measured,
-      measured_text=text,
-      expectation=expectation,
-      figures=figures,
-      title=TITLE,
-      details={**rates.details(),
-               "check_kinds": verdicts.kinds(check_list)},
-  )
-
-
-def _plot(r: Run, config, results, etas, bound, loss) -> list[str]:
-  """Figures from ``metrics.jsonl`` (so they can be redrawn from files)."""
-  records = r.records()
-  widths = sorted({u["width"] for u in results})
-  series = []
-  for i, eta in enumerate(etas):
-    series += training.ratio_series(
-        [rec for rec in records if "ratio" in rec], results, eta,
-        bound[eta], f"eta={eta:.3g}: max over steps",
-        f"Theorem 2: 1 - 2 eta mu L/(mu+L) = {bound[eta]:.3g}", f"C{i}")
-  f1 = "ratio_vs_width.png"
-  plots.line_plot(
-      r.path(f1), series, xlabel="width m",
-      ylabel="||u(k+1) - y||^2 / ||u(k) - y||^2",
+      f" f in {tuple(config.eta_fractions)}; {{criteria}}")
+  figures = training.ratio_figure(
+      r, rates, ylabel="||u(k+1) - y||^2 / ||u(k) - y||^2",
       title=f"C2: NGD per-step ratio, {loss.name} (dots: every step)",
-      logx=True, logy=True, xticks=widths)
-  f2 = "residuals.png"
-  plots.line_plot(
-      r.path(f2),
-      training.residual_series(records, etas, widths[-1], widths[0], bound),
-      xlabel="NGD step k", ylabel="||u(k) - y|| / ||u(0) - y||",
-      title=f"C2: {loss.name}, widest (lines) / narrowest (dots) width",
-      logy=True)
-  return [f1, f2]
+      bound_label="Theorem 2: 1 - 2 eta mu L/(mu+L) = {:.3g}")
+  figures += training.residual_figure(
+      r, rates, ylabel="||u(k) - y|| / ||u(0) - y||",
+      title=f"C2: {loss.name}, widest (lines) / narrowest (dots) width")
+  return Outcome(measured, text, expectation, figures, rates.details())
+
+
+SPEC = Experiment(
+    name="general_loss", claim="C2",
+    title=("General loss (Theorem 2): ||u(k+1) - y||^2 <= (1 - 2 eta mu L / "
+           "(mu + L)) ||u(k) - y||^2"),
+    row="General loss (Theorem 2)",
+    measures="measured contraction with a strongly convex, smooth loss",
+    expects="<= 1 - 2 eta mu L / (mu + L)",
+    default_config=default_config, measure=measure, checks=checks,
+    rules=(Rule("len(widths)", ">=", 2), Rule("len(eta_fractions)", ">=", 1),
+           Rule("each(eta_fractions)", ">", 0),
+           Rule("each(eta_fractions)", "<", 1, "of Theorem 2's limit"),
+           Rule("alpha", ">", 0, "alpha = 0 is the squared loss of C1"),
+           *training.RATE_RULES),
+    presets={"small": dict(n=8, widths=(8, 64, 512, 4096, 524288),
+                           eta_fractions=(0.1, 0.5, 0.9), reps=1,
+                           num_steps=8)})

@@ -9,18 +9,11 @@ proof (appendix D.4) takes the kernel's spectrum from Xie et al. (2016),
 give ``lambda_0 = Omega(n^{-beta})``.
 
 Measured, for every ``n`` and repetition (fresh points): ``lambda_0`` and the
-largest off-diagonal cosine (the closest pair of points).
-
-Pass criterion (stated before measuring), from the theorem's form
-``lambda_0 >= C n^(-beta)`` with ``0 < beta < 1/2`` (checks as data,
-``CHECKS``/``verdict``; at least 4 repetitions per ``n``):
-
-* ``power_bound``: the power law fitted over all (n, repetition) points
-  decays no faster than ``n^(-1/2)`` within its confidence interval:
-  ``beta_upper = -(exponent - 2 stderr) < 1/2``;
-* ``envelope_bound``: the same for the lower envelope (the smallest
-  ``lambda_0`` over the repetitions at each ``n``, a fit of the bound
-  rather than of the mean).
+largest off-diagonal cosine (the closest pair of points). The checks
+(``CHECKS``, at least 4 repetitions per ``n``) read the theorem's form
+``lambda_0 >= C n^(-beta)``, ``0 < beta < 1/2``, on the power law fitted
+over all points and on the lower envelope (the per-``n`` minimum, a fit of
+the bound rather than of the mean).
 
 Reported, not checked: ``R^2`` of the power and exponential fits (an
 ``R^2`` threshold passed at 0.907 on one draw and failed at 0.879 on
@@ -30,13 +23,23 @@ they sum to ``E[G_inf]_ii = 1/2`` (``sum_u lambda_u = 1/2``), so at most
 ``n`` of them exceed ``1 / (2n)`` and ``n lambda_n <= 1/2``, which the
 step's constants contradict; the check tests the statement, not the
 proof.
+
+Small preset (about 10 s on 2 CPU cores; d = 10, n = 16 .. 256, 4 reps);
+full (about 3 minutes, most of it the n = 2048 eigendecompositions; n = 16
+.. 2048, 5 reps)::
+
+  python -m experiments.lambda0_vs_n --config=configs/lambda0_vs_n.py:small \
+      --workdir=/tmp/ngdjax/C8_small
+
+Seen: ``lambda_0`` falls like a power of ``n`` no faster than ``n^(-1/2)``
+(before this criterion, with 3 reps on the small preset: -0.366 +- 0.032;
+full run -0.300 +- 0.013, so ``beta <= 0.33`` at 2 stderr); figure
+``lambda0_vs_n.png``.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from typing import Any
 
 import jax
 import ml_collections
@@ -44,11 +47,8 @@ import numpy as np
 
 from ngdjax import data, diagnostics, kernels
 from ngdjax.experiment import plots, verdicts
-from ngdjax.experiment.runner import Run, unit_key
-
-NAME = "lambda0_vs_n"
-CLAIM = "C8"
-TITLE = "lambda_0 vs n for sphere data: bounded below by a power of n"
+from ngdjax.experiment.config import Rule
+from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -89,112 +89,100 @@ CHECKS = (
 )
 
 
-def verdict(measured) -> dict[str, bool]:
-  """C8's checks on a measured dict (pure: no experiment is run)."""
-  return verdicts.evaluate(CHECKS, measured)
+def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
+  """Runs the sweep; the figures the checks judge and the report's text."""
+  ns = [int(n) for n in config.ns]
+  # Work per unit: a fixed cost (compilation, ~1 unit) plus the n^3 of the
+  # eigendecompositions, which overtakes it near n = 600 on a CPU core.
+  work = {n: 1.0 + (n / 600) ** 3 for n in ns}
+  r.start_progress(len(ns), interval_s=2.0, work=sum(work.values()))
 
+  def one(n, log):
+    out = {"lambda_0": [], "max_cos": []}
+    for s in range(config.reps):
+      x, _ = data.sphere(n, config.d, seed=r.key(unit_key(n=n, rep=s)))
+      cos = np.array(x @ x.T)
+      np.fill_diagonal(cos, -1.0)
+      row = {"lambda_0": float(_lambda_0(x)), "max_cos": float(cos.max())}
+      log(n=n, rep=s, **row)
+      for k, v in row.items():
+        out[k].append(v)
+    return {"n": n, **out}
 
-def run(config: ml_collections.ConfigDict,
-        workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs C8 and returns its summary (also written to ``summary.json``)."""
-  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
-    if len(config.ns) < 3:
-      raise ValueError("config.ns needs at least 3 sample sizes for a fit")
-    if config.reps < 4:
-      raise ValueError(f"config.reps must be >= 4 (a confidence interval "
-                       f"over repetitions), got {config.reps}")
-    ns = [int(n) for n in config.ns]
-    # Work per unit: a fixed cost (compilation, ~1 unit) plus the n^3 of the
-    # eigendecompositions, which overtakes it near n = 600 on a CPU core.
-    work = {n: 1.0 + (n / 600) ** 3 for n in ns}
-    r.start_progress(len(ns), interval_s=2.0, work=sum(work.values()))
-
-    def measure(n, log):
-      out = {"lambda_0": [], "max_cos": []}
-      for s in range(config.reps):
-        x, _ = data.sphere(n, config.d, seed=r.key(unit_key(n=n, rep=s)))
-        cos = np.array(x @ x.T)
-        np.fill_diagonal(cos, -1.0)
-        row = {"lambda_0": float(_lambda_0(x)),
-               "max_cos": float(cos.max())}
-        log(n=n, rep=s, **row)
-        for k, v in row.items():
-          out[k].append(v)
-      return {"n": n, **out}
-
-    # A unit is one sample size (all its repetitions).
-    results = [r.unit(unit_key(n=n), functools.partial(measure, n),
-                      work=work[n]) for n in ns]
-    n_all = np.repeat([u["n"] for u in results], config.reps).astype(float)
-    lam = np.concatenate([u["lambda_0"] for u in results])
-    if np.any(lam <= 0):
-      raise ValueError(f"lambda_0 <= 0 for some sample (min {lam.min():.3g})"
-                       "; the points are degenerate")
-    fit = diagnostics.fit_power_law(n_all, lam)
-    ns_sorted = np.array(sorted(set(n_all.tolist())))
-    envelope = np.array([lam[n_all == n].min() for n in ns_sorted])
-    env = diagnostics.fit_power_law(ns_sorted, envelope)
-    r2_exp = _linear_r_squared(n_all, np.log(lam))
-    figures = _plot(r, config, fit, n_all, lam)
-    measured = {
-        "exponent": fit.exponent,
-        "exponent_stderr": fit.exponent_stderr,
-        "beta_upper": -(fit.exponent - 2 * fit.exponent_stderr),
-        "envelope_exponent": env.exponent,
-        "envelope_exponent_stderr": env.exponent_stderr,
-        "envelope_beta_upper": -(env.exponent - 2 * env.exponent_stderr),
-        "max_beta": float(config.max_beta),
-        "reps": int(config.reps),
-        "prefactor": fit.prefactor,
-        "r_squared_power": fit.r_squared,
-        "r_squared_exponential": r2_exp,
-        "lambda_0_at_largest_n": float(lam[n_all == n_all.max()].mean()),
-    }
-    checks = verdict(measured)
-    text = (
-        f"lambda_0 ~ {fit.prefactor:.3g} n^({fit.exponent:.3f} +- "
-        f"{fit.exponent_stderr:.3f}) over all points (beta <= "
-        f"{measured['beta_upper']:.3f} at 2 stderr); lower envelope ~ "
-        f"n^({env.exponent:.3f} +- {env.exponent_stderr:.3f}) (beta <= "
-        f"{measured['envelope_beta_upper']:.3f}); R^2 {fit.r_squared:.3f} "
-        f"(power) vs {r2_exp:.3f} (exponential), not judged; d={config.d}, "
-        f"n={ns[0]}..{ns[-1]}, {config.reps} reps"
-    )
-    expectation = (
-        "lambda_0 >= C n^(-beta), 0 < beta < 1/2 (Theorem 5): "
-        + verdicts.criteria_text(CHECKS))
-    return r.finish(
-        passed=all(checks.values()),
-        checks=checks,
-        details={"check_kinds": verdicts.kinds(CHECKS)},
-        measured=measured,
-        measured_text=text,
-        expectation=expectation,
-        figures=figures,
-        title=TITLE,
-    )
+  # A unit is one sample size (all its repetitions).
+  results = [r.unit(unit_key(n=n), functools.partial(one, n), work=work[n])
+             for n in ns]
+  n_all = np.repeat([u["n"] for u in results], config.reps).astype(float)
+  lam = np.concatenate([u["lambda_0"] for u in results])
+  if np.any(lam <= 0):
+    raise ValueError(f"lambda_0 <= 0 for some sample (min {lam.min():.3g})"
+                     "; the points are degenerate")
+  fit = diagnostics.fit_power_law(n_all, lam)
+  ns_sorted = np.array(sorted(set(n_all.tolist())))
+  envelope = np.array([lam[n_all == n].min() for n in ns_sorted])
+  env = diagnostics.fit_power_law(ns_sorted, envelope)
+  r2_exp = _linear_r_squared(n_all, np.log(lam))
+  figures = _plot(r, config, fit, n_all, lam)
+  measured = {
+      "exponent": fit.exponent,
+      "exponent_stderr": fit.exponent_stderr,
+      "beta_upper": -(fit.exponent - 2 * fit.exponent_stderr),
+      "envelope_exponent": env.exponent,
+      "envelope_exponent_stderr": env.exponent_stderr,
+      "envelope_beta_upper": -(env.exponent - 2 * env.exponent_stderr),
+      "max_beta": float(config.max_beta),
+      "reps": int(config.reps),
+      "prefactor": fit.prefactor,
+      "r_squared_power": fit.r_squared,
+      "r_squared_exponential": r2_exp,
+      "lambda_0_at_largest_n": float(lam[n_all == n_all.max()].mean()),
+  }
+  text = (
+      f"lambda_0 ~ {fit.prefactor:.3g} n^({fit.exponent:.3f} +- "
+      f"{fit.exponent_stderr:.3f}) over all points (beta <= "
+      f"{measured['beta_upper']:.3f} at 2 stderr); lower envelope ~ "
+      f"n^({env.exponent:.3f} +- {env.exponent_stderr:.3f}) (beta <= "
+      f"{measured['envelope_beta_upper']:.3f}); R^2 {fit.r_squared:.3f} "
+      f"(power) vs {r2_exp:.3f} (exponential), not judged; d={config.d}, "
+      f"n={ns[0]}..{ns[-1]}, {config.reps} reps")
+  return Outcome(measured, text, "lambda_0 >= C n^(-beta), 0 < beta < 1/2 "
+                 "(Theorem 5): {criteria}", figures)
 
 
 def _plot(r: Run, config, fit, n_all, lam) -> list[str]:
   """The figure, from ``metrics.jsonl``."""
   records = [rec for rec in r.records() if "rep" in rec]
-  (xs, ys), = plots.series_from_records(records, "n", "lambda_0").values()
-  ux, mean, _, _ = plots.mean_by_x(xs, ys)
+  series, ux = plots.runs_and_mean(records, "n", "lambda_0", "samples",
+                                   "mean over samples")
   slope, intercept = np.polyfit(n_all, np.log(lam), 1)
   grid = np.geomspace(ux.min(), ux.max(), 50)
   name = "lambda0_vs_n.png"
   plots.line_plot(
       r.path(name),
-      [plots.Series(xs, ys, "samples", "scatter", color="C0"),
-       plots.Series(ux, mean, "mean over samples", color="C0"),
-       plots.Series(grid, fit.predict(grid),
-                    f"power fit: n^({fit.exponent:.3f} +- "
-                    f"{fit.exponent_stderr:.3f}), R^2 {fit.r_squared:.3f}",
-                    "dashed", color="C1"),
-       plots.Series(grid, np.exp(intercept + slope * grid),
-                    "exponential fit: exp(a + b n)", "dashed", color="C2")],
+      series + [
+          plots.Series(grid, fit.predict(grid),
+                       f"power fit: n^({fit.exponent:.3f} +- "
+                       f"{fit.exponent_stderr:.3f}), R^2 {fit.r_squared:.3f}",
+                       "dashed", color="C1"),
+          plots.Series(grid, np.exp(intercept + slope * grid),
+                       "exponential fit: exp(a + b n)", "dashed",
+                       color="C2")],
       xlabel="number of points n", ylabel="lambda_0 = lambda_min(G_inf)",
       title=f"C8: lambda_0 vs n, uniform on S^{config.d - 1}",
-      logx=True, logy=True, xticks=ux,
-  )
+      logx=True, logy=True, xticks=ux)
   return [name]
+
+
+SPEC = Experiment(
+    name="lambda0_vs_n", claim="C8",
+    title="lambda_0 vs n for sphere data: bounded below by a power of n",
+    row="lambda_0 vs n on the sphere (Theorem 5)",
+    measures="lambda_0 = lambda_min(G_inf) vs n, fitted power",
+    expects="bounded below by a power of n",
+    default_config=default_config, measure=measure, checks=CHECKS,
+    rules=(Rule("len(ns)", ">=", 3, "sample sizes for a fit"),
+           Rule("reps", ">=", 4, "a confidence interval over repetitions")),
+    presets={"small": dict(ns=(16, 32, 64, 128, 256), reps=4)})
+
+# reproduce.py still calls <module>.run; gone once it reads the registry.
+run = SPEC.run

@@ -15,46 +15,48 @@ end point, GD's is not; NGD with ``eta = 1`` has ``u(1) = y``.
 
 Measured on ``n`` points uniform on the sphere with Gaussian targets, for
 the flows and for discrete steps (GD: ``eta = gd_lr / lambda_max(G)``;
-NGD: ``eta = ngd_lr``), all from ``ngdjax.linearized``:
+NGD: ``eta = ngd_lr``), all from ``ngdjax.linearized``: the end points
+``w(inf) - w(0)`` of all four, and ``min_norm_solution``, against
+``-numpy.linalg.pinv(J) r0``; GD's weight path's largest distance from
+NGD's (the segment ``[0, w*]``), and the largest same-time gap, relative to
+``||w*||``; the largest distance of ``u(t)`` from the segment ``[u(0),
+y]``, relative to ``||r0||``; for NGD at ``eta = 1``, ``||u(1) - y|| /
+||r0||`` from the closed form and from one step of ``ngdjax.optim.ngd`` on
+the linearised model; the closed forms against dense references
+(``scipy.linalg.expm(-G t) r0``, ``explicit_steps`` numpy iterations). An
+extra without a criterion: the real network trained by ``real_steps``
+exact NGD steps (``eta = real_lr``) against the linearised prediction; the
+theory only says their gap vanishes as the width grows.
 
-* the end points ``w(inf) - w(0)`` of all four, and ``min_norm_solution``,
-  against ``-numpy.linalg.pinv(J) r0`` (relative error);
-* how far the paths are apart: GD's weight path's largest distance from
-  NGD's (the segment ``[0, w*]``), relative to ``||w*||``; also the largest
-  same-time gap ``max_t ||w_GD(t) - w_NGD(t)|| / ||w*||``;
-* straightness: the largest distance of ``u(t)`` from the segment
-  ``[u(0), y]`` relative to ``||r0||``, NGD and GD;
-* NGD with ``eta = 1``: ``||u(1) - y|| / ||r0||`` from the closed form and
-  from one actual step of ``ngdjax.optim.ngd`` on the linearised model;
-* consistency of the closed forms with dense references: the flow residual
-  against ``scipy.linalg.expm(-G t) r0``, the discrete weights against
-  ``explicit_steps`` explicit numpy iterations;
-* an extra, without a criterion: the real (not linearised) network trained
-  by ``real_steps`` exact NGD steps (``ngdjax.optim.ngd``, ``eta =
-  real_lr``) against the linearised prediction, outputs and weights. The
-  theory only says their gap vanishes as the width grows.
+The checks (``checks``) use the round-off tolerance ``tol =
+roundoff_factor * eps * cond(G)`` (``eps`` of the compute dtype; errors of
+solves with ``G`` scale with ``eps cond(G)``). Sanity details, not claim
+checks (``details["sanity"]``): NGD's linearised output path is straight
+by construction (``ngd_straight``), and the closed forms agree with dense
+references (``closed_forms``); both restate identities.
 
-Pass criterion (stated before measuring). With the round-off tolerance
-``tol = roundoff_factor * eps * cond(G)`` (``eps`` of the compute dtype;
-errors of solves with ``G`` scale with ``eps cond(G)``):
+Small preset (about 10 s on 2 CPU cores; n = 16, d = 10, m = 1024); full
+(about 12 s; n = 32, m = 4096)::
 
-* ``same_limit`` (theorem, the linearised model is its setting): all end
-  points within ``tol`` of ``-pinv(J) r0``;
-* ``paths_differ`` (observation): GD's weight path strays at least
-  ``min_path_gap`` (a gap far above round-off) from NGD's segment;
-* ``ngd_one_step``: ``||u(1) - y|| <= tol ||r0||`` for NGD with ``eta = 1``,
-  closed form and the optimiser's actual step.
+  python -m experiments.linearized_paths \
+      --config=configs/linearized_paths.py:small \
+      --workdir=/tmp/ngdjax/C10_small
 
-Sanity details, not claim checks (``details["sanity"]``): NGD's linearised
-output path is straight by construction (``ngd_straight``), and the closed
-forms agree with dense references (``closed_forms``); both restate
-identities. The checks are data (``checks``, ``verdict``).
+Seen (small / full): every end point (GD and NGD, flow and steps,
+``min_norm_solution``) equals ``-pinv(J) r0`` to 6e-15 / 1.2e-14; GD's
+weight path strays 0.231 / 0.232 ``||w*||`` from NGD's straight one; NGD's
+output path is straight to 1e-15 while GD's bends 0.38 / 0.32 ``||r0||``
+off; NGD with ``eta = 1`` leaves ``||u(1) - y||`` of 3e-16 / 5e-16
+``||r0||``. Extra: the real network trained by exact NGD (``eta = 1``)
+misses ``y`` by 0.053 / 0.040 ``||r0||`` after the first step (the
+linearised model by 0) and ends 0.081 / 0.062 ``||w*||`` from the
+linearised end point. Figures ``residual_norm.png``,
+``weight_distance.png`` and ``weight_paths.png``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import jax
@@ -65,16 +67,14 @@ import scipy.linalg
 
 from ngdjax import data, linearized, models
 from ngdjax._src.jacobian import gram, jacobian
-from ngdjax.experiment import plots, verdicts
-from ngdjax.experiment.runner import Run
+from ngdjax.experiment import analysis, plots, verdicts
+from ngdjax.experiment.config import Rule
+from ngdjax.experiment.runner import Experiment, Outcome, Run
 
-NAME = "linearized_paths"
-CLAIM = "C10"
-TITLE = ("Linearised GD and NGD: same minimum-norm limit, different paths; "
-         "NGD in one step at eta = 1")
 KINDS = ("gd_flow", "ngd_flow", "gd_steps", "ngd_steps")
 _LABELS = {"gd_flow": "GD flow", "ngd_flow": "NGD flow",
            "gd_steps": "GD steps", "ngd_steps": "NGD steps"}
+_CONVERGE = "for the discrete iterations to converge"
 _COLORS = {"gd_flow": "C0", "ngd_flow": "C3", "gd_steps": "C0",
            "ngd_steps": "C3"}
 
@@ -99,24 +99,6 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def segment_deviation(points, start, end) -> np.ndarray:
-  """Distance of each row of ``points`` from the segment ``[start, end]``.
-
-  Args:
-    points: ``(T, D)``.
-    start, end: ``(D,)``, distinct.
-
-  Returns:
-    ``(T,)`` Euclidean distances (not normalised).
-  """
-  points = np.asarray(points, np.float64)
-  start = np.asarray(start, np.float64)
-  seg = np.asarray(end, np.float64) - start
-  rel = points - start
-  s = np.clip(rel @ seg / (seg @ seg), 0.0, 1.0)
-  return np.linalg.norm(rel - s[:, None] * seg, axis=1)
-
-
 def _relative(a, b) -> float:
   """``||a - b|| / ||b||`` in float64."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -130,19 +112,14 @@ def _step_grid(lr: float, rate: float, decay: float, num: int) -> np.ndarray:
   return np.concatenate([[0.0], ks])
 
 
-def _grid_size(config) -> int:
-  """Length of every time array: the grids' ``num_times + 1`` and ``inf``."""
-  return config.num_times + 2
+def _padded(t: np.ndarray, config) -> np.ndarray:
+  """``t`` then ``inf``, padded with ``inf`` to ``num_times + 2`` entries.
 
-
-def _padded(t: np.ndarray, size: int) -> np.ndarray:
-  """``t`` then ``inf``, padded with ``inf`` to ``size`` entries.
-
-  Every trajectory is evaluated on arrays of one length, so that the
-  library's jitted cores compile once per method rather than once per
-  length; the limit ``t = inf`` comes with them.
+  Every trajectory is evaluated on arrays of one length (the grids'
+  ``num_times + 1`` and ``inf``), so that the library's jitted cores
+  compile once per method rather than once per length.
   """
-  return np.concatenate([t, np.full(size - len(t), np.inf)])
+  return np.concatenate([t, np.full(config.num_times + 2 - len(t), np.inf)])
 
 
 def _try_ngd():
@@ -154,81 +131,58 @@ def _try_ngd():
   return ngd
 
 
-def run(config: ml_collections.ConfigDict,
-        workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs C10 and returns its summary (also written to ``summary.json``)."""
-  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
-    if not 0 < config.gd_lr < 2 or not 0 < config.ngd_lr < 2:
-      raise ValueError("config.gd_lr and config.ngd_lr must lie in (0, 2) "
-                       "for the discrete iterations to converge")
-    if not 0 < config.real_steps < config.num_times:
-      raise ValueError("config.real_steps must lie in [1, config.num_times)")
-    x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-    model = models.two_layer_relu(config.width, nu=config.nu)
-    params0 = model.init(r.key("init"), config.d)
-    r.start_progress(2, interval_s=2.0)
-    lin = r.unit("linearized",
-                 lambda log: _linearized(config, model, params0, x, y, log))
-    real = r.unit("real_network",
-                  lambda log: _real_network(config, model, params0, x, y,
-                                            log))
-    figures = _plot(r, config, lin)
-
-    tol = lin["tol"]
-    sanity = {
-        "ngd_straight": lin["ngd_output_deviation"] <= tol,
-        "closed_forms": lin["closed_form_error_max"] <= tol,
-    }
-    measured = {k: v for k, v in lin.items() if not isinstance(v, dict)}
-    check_list = checks(config)
-    passed = verdicts.evaluate(check_list, measured)
-    measured.update({f"real/{k}": v for k, v in real.items()
-                     if not isinstance(v, list)})
-    real_text = (
-        "real network skipped (ngdjax.optim unavailable)"
-        if real.get("skipped") else
-        f"extra, real net trained by exact NGD (eta {config.real_lr:g}): "
-        f"outputs off the linearised prediction by at most "
-        f"{real['output_gap_max']:.2g} ||r0|| (residual after "
-        f"{config.real_steps} steps {real['residual_real'][-1]:.2g} "
-        f"||r0||), weights end {real['weight_gap_last']:.2g} ||w*|| from "
-        "the linearised end point")
-    text = (
-        f"end points vs -pinv(J) r0: max rel. error "
-        f"{lin['limit_error_max']:.2g}; GD weight path strays "
-        f"{lin['gd_weight_path_gap']:.3g} ||w*|| from NGD's (same-time gap "
-        f"up to {lin['same_time_gap']:.3g}); output path off its segment: "
-        f"NGD {lin['ngd_output_deviation']:.2g}, GD "
-        f"{lin['gd_output_deviation']:.3g} ||r0||; NGD eta=1: ||u(1) - y|| "
-        f"= {lin['ngd_one_step_closed_form']:.2g} (closed form), "
-        f"{lin['ngd_one_step_actual']:.2g} (actual step) ||r0||; closed "
-        f"forms vs expm/explicit steps {lin['closed_form_error_max']:.2g}; "
-        f"{real_text} (n={config.n}, m={config.width}, cond(G)="
-        f"{lin['cond_G']:.3g})")
-    text += ("; sanity (identities, not checks): " + ", ".join(
-        f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
-    expectation = (
-        f"round-off tol = {config.roundoff_factor:g} eps cond(G) = "
-        f"{tol:.2g}; " + verdicts.criteria_text(check_list))
-    return r.finish(
-        passed=all(passed.values()),
-        checks=passed,
-        measured=measured,
-        measured_text=text,
-        expectation=expectation,
-        figures=figures,
-        title=TITLE,
-        details={"sanity": sanity,
-                 "check_kinds": verdicts.kinds(check_list),
-                 "real_network": real,
-                 "limit_errors": lin["limit_errors"],
-                 "closed_form_errors": lin["closed_form_errors"]},
-    )
+def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
+  """The linearised model and the real network (two units), the figures."""
+  x, y = data.sphere(config.n, config.d, seed=r.key("data"))
+  model = models.two_layer_relu(config.width, nu=config.nu)
+  params0 = model.init(r.key("init"), config.d)
+  r.start_progress(2, interval_s=2.0)
+  lin = r.unit("linearized",
+               lambda log: _linearized(config, model, params0, x, y, log))
+  real = r.unit("real_network",
+                lambda log: _real_network(config, model, params0, x, y, log))
+  figures = _plot(r, config, lin)
+  tol = lin["tol"]
+  sanity = {
+      "ngd_straight": lin["ngd_output_deviation"] <= tol,
+      "closed_forms": lin["closed_form_error_max"] <= tol,
+  }
+  measured = {k: v for k, v in lin.items() if not isinstance(v, dict)}
+  measured.update({f"real/{k}": v for k, v in real.items()
+                   if not isinstance(v, list)})
+  real_text = (
+      "real network skipped (ngdjax.optim unavailable)"
+      if real.get("skipped") else
+      f"extra, real net trained by exact NGD (eta {config.real_lr:g}): "
+      f"outputs off the linearised prediction by at most "
+      f"{real['output_gap_max']:.2g} ||r0|| (residual after "
+      f"{config.real_steps} steps {real['residual_real'][-1]:.2g} "
+      f"||r0||), weights end {real['weight_gap_last']:.2g} ||w*|| from "
+      "the linearised end point")
+  text = (
+      f"end points vs -pinv(J) r0: max rel. error "
+      f"{lin['limit_error_max']:.2g}; GD weight path strays "
+      f"{lin['gd_weight_path_gap']:.3g} ||w*|| from NGD's (same-time gap "
+      f"up to {lin['same_time_gap']:.3g}); output path off its segment: "
+      f"NGD {lin['ngd_output_deviation']:.2g}, GD "
+      f"{lin['gd_output_deviation']:.3g} ||r0||; NGD eta=1: ||u(1) - y|| "
+      f"= {lin['ngd_one_step_closed_form']:.2g} (closed form), "
+      f"{lin['ngd_one_step_actual']:.2g} (actual step) ||r0||; closed "
+      f"forms vs expm/explicit steps {lin['closed_form_error_max']:.2g}; "
+      f"{real_text} (n={config.n}, m={config.width}, cond(G)="
+      f"{lin['cond_G']:.3g})")
+  text += ("; sanity (identities, not checks): " + ", ".join(
+      f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
+  expectation = (f"round-off tol = {config.roundoff_factor:g} eps cond(G) = "
+                 f"{tol:.2g}; {{criteria}}")
+  return Outcome(measured, text, expectation, figures,
+                 {"sanity": sanity, "real_network": real,
+                  "limit_errors": lin["limit_errors"],
+                  "closed_form_errors": lin["closed_form_errors"]})
 
 
 def checks(config) -> tuple[verdicts.Check, ...]:
-  """C10's pass criterion as data on the summary's ``measured`` (``tol``
-  is measured: it scales with ``cond(G)``)."""
+  """``tol`` is measured: it scales with ``cond(G)``."""
   return (
       verdicts.Check("same_limit", (("limit_error_max", "<=", "tol"),),
                      "every end point within tol of -pinv(J) r0",
@@ -244,11 +198,6 @@ def checks(config) -> tuple[verdicts.Check, ...]:
           "NGD at eta = 1 reaches y in one step (closed form and the "
           "optimiser's step), to tol", verdicts.THEOREM),
   )
-
-
-def verdict(measured, config) -> dict[str, bool]:
-  """C10's checks on a measured dict (pure: no experiment is run)."""
-  return verdicts.evaluate(checks(config), measured)
 
 
 def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
@@ -274,22 +223,19 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
   t_end = math.log(1 / config.decay) / lam_min
   flow_t = np.concatenate(
       [[0.0], np.geomspace(1e-2 / lam_max, t_end, config.num_times)])
-  steps = {"gd_steps": _step_grid(eta_gd, lam_min, config.decay,
-                                  config.num_times),
-           "ngd_steps": _step_grid(eta_ngd, 1.0, config.decay,
-                                   config.num_times)}
   settings = {  # kind: (method, learning rate, times or step counts)
       "gd_flow": ("gd", None, flow_t),
       "ngd_flow": ("ngd", None, flow_t),
-      "gd_steps": ("gd", eta_gd, steps["gd_steps"]),
-      "ngd_steps": ("ngd", eta_ngd, steps["ngd_steps"]),
+      "gd_steps": ("gd", eta_gd, _step_grid(eta_gd, lam_min, config.decay,
+                                            config.num_times)),
+      "ngd_steps": ("ngd", eta_ngd, _step_grid(eta_ngd, 1.0, config.decay,
+                                               config.num_times)),
   }
 
   limit_errors = {}
   paths = {}
-  size = _grid_size(config)
   for kind, (method, lr, t) in settings.items():
-    tp = _padded(t, size)
+    tp = _padded(t, config)
     res = np.asarray(linearized.residuals(g, r0, tp, method, lr), np.float64)
     w = np.asarray(linearized.weights(j, g, r0, tp, method, lr), np.float64)
     limit_errors[kind] = _relative(w[-1], w_star)  # t = inf
@@ -302,24 +248,22 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
   # each output path against the segment [u(0), y] (r: [r0, 0]).
   zero_w = np.zeros_like(w_star)
   gd_w = paths["gd_flow"][2]
-  gd_weight_gap = float(segment_deviation(gd_w, zero_w, w_star).max()
+  gd_weight_gap = float(analysis.segment_deviation(gd_w, zero_w, w_star).max()
                         / w_norm)
   same_time_gap = float(np.max(np.linalg.norm(
       gd_w - paths["ngd_flow"][2], axis=1)) / w_norm)
   zero_r = np.zeros_like(r64)
-  deviation = {kind: float(segment_deviation(res, r64, zero_r).max()
+  deviation = {kind: float(analysis.segment_deviation(res, r64, zero_r).max()
                            / r_norm)
                for kind, (_, res, _) in paths.items()}
   ngd_weight_deviation = max(
-      float(segment_deviation(paths[k][2], zero_w, w_star).max() / w_norm)
+      float(analysis.segment_deviation(paths[k][2], zero_w, w_star).max()
+            / w_norm)
       for k in ("ngd_flow", "ngd_steps"))
 
   # 2-D picture of the weight paths: along w*, and along the direction in
   # which GD's path strays furthest from it.
-  e1 = w_star / w_norm
-  ortho = gd_w - np.outer(gd_w @ e1, e1)
-  e2 = ortho[np.argmax(np.linalg.norm(ortho, axis=1))]
-  e2 = e2 / np.linalg.norm(e2)
+  e1, e2 = analysis.excursion_plane(gd_w, w_star)
 
   for kind, (t, res, w) in paths.items():
     lr = settings[kind][1]
@@ -334,7 +278,7 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
 
   # NGD with eta = 1: the closed form, and one actual step of the
   # optimizer on the linearised model.
-  one = linearized.residuals(g, r0, _padded(np.array([1.0]), size), "ngd",
+  one = linearized.residuals(g, r0, _padded(np.array([1.0]), config), "ngd",
                             learning_rate=1.0)[0]
   one_closed = float(np.linalg.norm(np.asarray(one, np.float64)) / r_norm)
   lin_model = linearized.linearize(model, params0)
@@ -373,30 +317,20 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
     cf[f"{kind}_weights_vs_{k}_explicit_steps"] = _relative(closed, w)
 
   return {
-      "lambda_max_G": lam_max,
-      "lambda_min_G": lam_min,
-      "cond_G": cond,
-      "tol": tol,
-      "num_weights": int(j.shape[1]),
-      "r0_norm": r_norm,
-      "w_star_norm": w_norm,
-      "eta_gd": eta_gd,
-      "eta_ngd": eta_ngd,
-      "t_end": t_end,
-      "limit_error_max": max(limit_errors.values()),
-      "gd_weight_path_gap": gd_weight_gap,
-      "same_time_gap": same_time_gap,
+      "lambda_max_G": lam_max, "lambda_min_G": lam_min, "cond_G": cond,
+      "tol": tol, "num_weights": int(j.shape[1]), "r0_norm": r_norm,
+      "w_star_norm": w_norm, "eta_gd": eta_gd, "eta_ngd": eta_ngd,
+      "t_end": t_end, "limit_error_max": max(limit_errors.values()),
+      "gd_weight_path_gap": gd_weight_gap, "same_time_gap": same_time_gap,
       "ngd_output_deviation": max(deviation["ngd_flow"],
                                   deviation["ngd_steps"]),
       "gd_output_deviation": max(deviation["gd_flow"],
                                  deviation["gd_steps"]),
       "ngd_weight_deviation": ngd_weight_deviation,
       "ngd_one_step_closed_form": one_closed,
-      "ngd_one_step_actual": one_actual,
-      "ngd_one_step_how": one_step_how,
+      "ngd_one_step_actual": one_actual, "ngd_one_step_how": one_step_how,
       "closed_form_error_max": max(cf.values()),
-      "limit_errors": limit_errors,
-      "closed_form_errors": cf,
+      "limit_errors": limit_errors, "closed_form_errors": cf,
   }
 
 
@@ -411,8 +345,7 @@ def _real_network(config, model, params0, x, y, log) -> dict[str, Any]:
   r0 = (u0 - y).reshape(-1)
   r_norm = float(jnp.linalg.norm(r0))
   w_norm = float(linearized.min_norm_solution(j, g, r0).norm)
-  ks = _padded(np.arange(config.real_steps + 1, dtype=np.float64),
-               _grid_size(config))
+  ks = _padded(np.arange(config.real_steps + 1, dtype=np.float64), config)
   res_lin = linearized.residuals(g, r0, ks, "ngd", config.real_lr)
   w_lin = linearized.weights(j, g, r0, ks, "ngd", config.real_lr)
   opt = ngd(model, learning_rate=config.real_lr, damping=0.0)
@@ -440,57 +373,52 @@ def _real_network(config, model, params0, x, y, log) -> dict[str, Any]:
   return out
 
 
+def _label(kind, lin, flow_suffix=""):
+  """Legend entry; discrete steps name their step size."""
+  if kind.endswith("flow"):
+    return _LABELS[kind]
+  lr = lin["eta_gd"] if kind == "gd_steps" else lin["eta_ngd"]
+  return f"{_LABELS[kind]} (eta = {lr:.3g}{flow_suffix})"
+
+
 def _plot(r: Run, config, lin) -> list[str]:
   """Figures from ``metrics.jsonl``."""
   records = [rec for rec in r.records() if rec.get("kind") in KINDS]
 
-  def series(y, kind):
-    (xs, ys), = plots.series_from_records(
-        records, "t", y, where=lambda rec: rec["kind"] == kind).values()
-    # Log axes; values far below the decay the grids were built for (NGD's
-    # exp(-t) at GD's time scale) would only stretch the axis.
-    keep = (xs > 0) & (ys > 1e-3 * config.decay)
-    return xs[keep], ys[keep]
-
   def curves(y):
     out = []
     for kind in KINDS:
-      xs, ys = series(y, kind)
-      flow = kind.endswith("flow")
-      lr = lin["eta_gd"] if kind == "gd_steps" else lin["eta_ngd"]
-      label = _LABELS[kind] + ("" if flow else f" (eta = {lr:.3g}, at "
-                               "t = k eta)")
-      out.append(plots.Series(xs, ys, label, "line" if flow else "scatter",
-                              color=_COLORS[kind]))
+      (xs, ys), = plots.series_from_records(
+          records, "t", y, where=lambda rec, k=kind: rec["kind"] == k).values()
+      # Log axes; values far below the decay the grids were built for
+      # (NGD's exp(-t) at GD's time scale) would only stretch the axis.
+      keep = (xs > 0) & (ys > 1e-3 * config.decay)
+      out.append(plots.Series(
+          xs[keep], ys[keep], _label(kind, lin, ", at t = k eta"),
+          "line" if kind.endswith("flow") else "scatter",
+          color=_COLORS[kind]))
     return out
 
   title = f"(n={config.n}, m={config.width}, cond(G)={lin['cond_G']:.3g})"
-  f1 = "residual_norm.png"
-  plots.line_plot(r.path(f1), curves("residual_rel"), xlabel="time t",
-                  ylabel="||u(t) - y|| / ||u(0) - y||",
+  plots.line_plot(r.path("residual_norm.png"), curves("residual_rel"),
+                  xlabel="time t", ylabel="||u(t) - y|| / ||u(0) - y||",
                   title=f"C10: linearised residuals {title}", logx=True,
                   logy=True)
-  f2 = "weight_distance.png"
-  plots.line_plot(r.path(f2), curves("weight_dist_rel"), xlabel="time t",
-                  ylabel="||w(t) - w(0) - w*|| / ||w*||",
+  plots.line_plot(r.path("weight_distance.png"), curves("weight_dist_rel"),
+                  xlabel="time t", ylabel="||w(t) - w(0) - w*|| / ||w*||",
                   title=f"C10: distance to min-norm w* {title}",
                   logx=True, logy=True)
-  f3 = "weight_paths.png"
-  _path_figure(r.path(f3), records, lin)
-  return [f1, f2, f3]
+  _path_figure(r.path("weight_paths.png"), records, lin)
+  return ["residual_norm.png", "weight_distance.png", "weight_paths.png"]
 
 
 def _path_figure(path, records, lin) -> None:
   """The weight paths in the plane of ``w*`` and GD's largest excursion."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  fig = Figure(figsize=(6.0, 4.2))
-  FigureCanvasAgg(fig)
-  fig.subplots_adjust(left=0.13, right=0.97, bottom=0.13, top=0.91)
+  fig = plots.figure((6.0, 4.2), left=0.13, right=0.97, bottom=0.13,
+                     top=0.91)
   ax = fig.add_subplot()
   top = 0.0
-  for kind in ("gd_flow", "ngd_flow", "gd_steps", "ngd_steps"):
+  for kind in KINDS:
     coords = [plots.series_from_records(
         records, "step", c,
         where=lambda rec, kind=kind: rec["kind"] == kind)[None][1]
@@ -500,9 +428,8 @@ def _path_figure(path, records, lin) -> None:
       ax.plot(*coords, lw=2, color=_COLORS[kind], label=_LABELS[kind],
               zorder=2)
     else:
-      lr = lin["eta_gd"] if kind == "gd_steps" else lin["eta_ngd"]
       ax.scatter(*coords, s=14, color=_COLORS[kind], alpha=0.5, zorder=3,
-                 label=f"{_LABELS[kind]} (eta = {lr:.3g})")
+                 label=_label(kind, lin))
   ax.set_ylim(-0.05 * top, 1.7 * top)  # room for the legend
   ax.plot([0], [0], "ko", ms=9, label="w(0)", zorder=4)
   ax.plot([1], [0], "*", color="C2", ms=16, mec="black",
@@ -515,3 +442,18 @@ def _path_figure(path, records, lin) -> None:
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8, loc="upper right")
   fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+SPEC = Experiment(
+    name="linearized_paths", claim="C10",
+    title=("Linearised GD and NGD: same minimum-norm limit, different paths; "
+           "NGD in one step at eta = 1"),
+    row="Linearised GD vs NGD (Section 6 of MATH.md)",
+    measures="end points and paths of linearised GD and NGD; NGD at eta = 1",
+    expects="same minimum-norm limit, different paths; NGD in one step",
+    default_config=default_config, measure=measure, checks=checks,
+    rules=(Rule("gd_lr", ">", 0), Rule("gd_lr", "<", 2, _CONVERGE),
+           Rule("ngd_lr", ">", 0), Rule("ngd_lr", "<", 2, _CONVERGE),
+           Rule("real_steps", ">=", 1),
+           Rule("real_steps", "<", "num_times")),
+    presets={"small": dict(n=16, width=1024, num_times=60)})

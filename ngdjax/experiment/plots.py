@@ -170,3 +170,40 @@ def line_plot(
   path = Path(path)
   fig.savefig(path, dpi=110, bbox_inches="tight")
   return path
+
+
+# --------------------------------------------------------------------------
+# C5-C8: the scatter of every run and the line of their mean.
+# --------------------------------------------------------------------------
+
+
+def runs_and_mean(records, x: str, y: str, runs_label: str | None = None,
+                  mean_label: str | None = "mean over reps",
+                  color: str = "C0") -> tuple[list[Series], np.ndarray]:
+  """Column ``y`` against ``x`` of ``records``: every point as a scatter and
+  the mean at each distinct ``x`` as a line, one colour.
+
+  Returns:
+    ``([scatter, mean line], distinct xs)``.
+  """
+  (xs, ys), = series_from_records(records, x, y).values()
+  ux, mean, _, _ = mean_by_x(xs, ys)
+  return [Series(xs, ys, runs_label, "scatter", color=color),
+          Series(ux, mean, mean_label, color=color)], ux
+
+
+# --------------------------------------------------------------------------
+# C10, C11: figures ``line_plot`` does not draw (paths in a plane, panels).
+# --------------------------------------------------------------------------
+
+
+def figure(figsize: tuple[float, float], **margins: float):
+  """A ``matplotlib.figure.Figure`` on the Agg canvas (never ``pyplot``),
+  with ``subplots_adjust(**margins)``."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=figsize)
+  FigureCanvasAgg(fig)
+  fig.subplots_adjust(**margins)
+  return fig

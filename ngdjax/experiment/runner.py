@@ -1,29 +1,46 @@
-"""``Run``: one experiment in one workdir, checked at start and resumable.
+"""The one experiment runner: a spec per claim, a resumable run per workdir.
 
-An experiment's library function follows one pattern::
+Each claim is one ``Experiment`` spec (data, no control flow): its name,
+claim id and titles, the config schema (``default_config``) with range
+``rules`` and named ``presets``, the ``measure`` function that runs the
+units and returns an ``Outcome`` (measured figures, the report's text, the
+figures drawn), and its ``checks`` as data (``verdicts.Check``)::
 
-  def run(config, workdir):
-    with Run(workdir, config, default_config(), name="gram_limit",
-             claim="C5") as r:
-      r.start_progress(len(units))
-      results = [r.unit(unit_key(u), lambda log, u=u: measure(u, r.key(u)))
-                 for u in units]
-      ...  # fit, plot from r.workdir's files
-      return r.finish(passed=..., measured=..., ...)
+  SPEC = Experiment(
+      name="gram_limit", claim="C5", title="G(0) -> G_inf ...",
+      row="G(0) -> G_inf with width (Lemma 6)", measures="...",
+      expects="...", default_config=default_config, measure=measure,
+      checks=CHECKS, rules=(Rule("len(widths)", ">=", 3, "for a fit"),),
+      presets={"small": dict(n=32, reps=4)})
 
-``Run`` checks the config against the defaults and the workdir for writing
-before any work, refuses to resume a workdir that holds a run with another
-config, writes ``config.json``, and gives each unit a key derived from the
+``Experiment.run(config, workdir)`` is the same for every claim: it checks
+the config (fields against the schema, then the rules) and the workdir,
+calls ``measure(run, config)`` inside a ``Run``, evaluates the checks on
+the measured figures and writes ``summary.json`` with the verdict, the
+criteria text and the check kinds. ``ngdjax.experiment.registry`` lists
+the specs; the reproduction report and every entry point read it.
+
+``Run``: one experiment in one workdir, checked at start and resumable.
+Inside ``measure``::
+
+  units = [...]
+  r.start_progress(len(units))
+  results = [r.unit(unit_key(u), lambda log, u=u: one(u, r.key(u)))
+             for u in units]
+
+``Run`` refuses to resume a workdir that holds a run with another config,
+writes ``config.json``, and gives each unit a key derived from the
 config's seed and the unit's name (not from the order of execution), so an
 interrupted and resumed run reproduces an uninterrupted one exactly.
 
-While a ``Run`` is open, JAX draws random numbers with the classic
+While a ``Run`` is open (and only then: the setting is thread-local and
+restored when the run closes), JAX draws random numbers with the classic
 (non-partitionable) threefry stream, ``jax.threefry_partitionable(False)``:
 on CPU its compilation for each new array shape is about 7x cheaper (0.4 s
 instead of 3 s of CPU time per shape, measured with jax 0.10), which
 dominates experiments that sweep widths or sample sizes. Experiments run
-single-device, where partitionability buys nothing; the setting is restored
-when the run is closed.
+single-device, where partitionability buys nothing. Code called from
+``measure`` sees that stream; nothing else in the process does.
 
 Faults on resume (issue 13):
 
@@ -43,6 +60,7 @@ Faults on resume (issue 13):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import zlib
@@ -53,7 +71,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from ngdjax.experiment import checkpoint, metrics
+from ngdjax.experiment import checkpoint, metrics, verdicts
 from ngdjax.experiment import config as config_lib
 from ngdjax.experiment.progress import Progress
 
@@ -284,3 +302,124 @@ class Run:
 
   def path(self, name: str) -> Path:
     return self.workdir / name
+
+
+# --------------------------------------------------------------------------
+# The spec of one claim and the runner every claim shares.
+# --------------------------------------------------------------------------
+
+CRITERIA = "{criteria}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """What an experiment's ``measure`` returns.
+
+  Attributes:
+    measured: the figures the checks judge (``summary["measured"]``).
+    text: one line for the report's "measured" column.
+    expectation: the report's "expectation" column; ``{criteria}`` in it is
+      replaced by the checks' criteria (``verdicts.criteria_text``).
+    figures: PNG file names relative to the workdir.
+    details: anything else worth keeping (per-unit tables, notes).
+  """
+
+  measured: Mapping[str, Any]
+  text: str
+  expectation: str = CRITERIA
+  figures: Sequence[str] = ()
+  details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """One claim of the paper as data (see the module docstring).
+
+  Attributes:
+    name: module name in ``ngdjax.experiment``, ``configs/``,
+      ``experiments/``.
+    claim: ``"C1"`` .. ``"C12"``, or ``"D1"`` for a demonstration.
+    title: the claim with its bounds (``summary["title"]``).
+    row: the claim's short name in the report's first column.
+    measures: what is measured (the report's text until it has run).
+    expects: the expectation (the report's text until it has run).
+    default_config: the full run's config; its fields are the schema.
+    measure: ``(run, config) -> Outcome``.
+    checks: the ``verdicts.Check`` s, or ``config -> checks`` when they
+      depend on the config.
+    rules: ``config.Rule`` ranges, checked before any work.
+    validate: ``config -> None`` for conditions rules cannot state; raises
+      ``ValueError`` naming the field.
+    presets: ``{name: {field: value}}`` overrides of ``default_config``;
+      ``"full"`` (no overrides) is always there.
+    default_preset: what ``get_config()`` without a preset returns.
+  """
+
+  name: str
+  claim: str
+  title: str
+  row: str
+  measures: str
+  expects: str
+  default_config: Callable[[], Any]
+  measure: Callable[[Run, Any], Outcome]
+  checks: Sequence[verdicts.Check] | Callable[[Any], Sequence[
+      verdicts.Check]] = ()
+  rules: Sequence[config_lib.Rule] = ()
+  validate: Callable[[Any], None] | None = None
+  presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+      default_factory=dict)
+  default_preset: str = "full"
+
+  def preset_names(self) -> list[str]:
+    return list(self.presets) + (["full"] if "full" not in self.presets
+                                 else [])
+
+  def get_config(self, preset: str | None = None):
+    """The config of ``preset`` (``None`` or ``""``: ``default_preset``)."""
+    name = preset or self.default_preset
+    names = self.preset_names()
+    if name not in names:
+      quoted = [f'"{p}"' for p in names]
+      choices = (", ".join(quoted[:-1]) + " or " + quoted[-1]
+                 if len(quoted) > 1 else quoted[0])
+      raise ValueError(f"unknown preset {preset!r}; use {choices}")
+    config = self.default_config()
+    for field, value in self.presets.get(name, {}).items():
+      config[field] = value
+    return config
+
+  def check_list(self, config: Any = None) -> tuple[verdicts.Check, ...]:
+    """The checks (for the default config when ``config`` is ``None``)."""
+    if callable(self.checks):
+      return tuple(self.checks(self.default_config() if config is None
+                               else config))
+    return tuple(self.checks)
+
+  def verdict(self, measured: Mapping[str, Any],
+              config: Any = None) -> dict[str, bool]:
+    """The checks on a measured dict (pure: no experiment is run)."""
+    return verdicts.evaluate(self.check_list(config), measured)
+
+  def check(self, config: Any) -> None:
+    """Schema, rules and ``validate``; ``ValueError`` naming the field."""
+    config_lib.check_config(config, self.default_config())
+    config_lib.check_rules(config, self.rules)
+    if self.validate is not None:
+      self.validate(config)
+
+  def run(self, config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Runs the claim in ``workdir`` and returns ``summary.json``'s dict."""
+    self.check(config)
+    with Run(workdir, config, None, name=self.name, claim=self.claim) as r:
+      out = self.measure(r, config)
+      check_list = self.check_list(config)
+      passed = verdicts.evaluate(check_list, out.measured)
+      return r.finish(
+          passed=all(passed.values()), checks=passed,
+          measured=out.measured, measured_text=out.text,
+          expectation=out.expectation.replace(
+              CRITERIA, verdicts.criteria_text(check_list)),
+          figures=out.figures, title=self.title,
+          details={**out.details,
+                   "check_kinds": verdicts.kinds(check_list)})

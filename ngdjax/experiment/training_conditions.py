@@ -1,80 +1,54 @@
 """C3: the conditions of Theorem 1's proof, measured along NGD training.
 
-The proof (appendix B, Lemmas 2-4; MATH.md 2) keeps two things true at every
-iterate ``k`` of exact NGD on the squared loss, given Conditions 1-2:
+The proof (appendix B, Lemmas 2-4; MATH.md 2) keeps, at every iterate ``k``
+of exact NGD on the squared loss, ``lambda_min(G(k)) >= (4/9)
+lambda_min(G(0))`` (Lemma 2) and ``||w(k) - w(0)|| <= R = 3 ||y - u(0)|| /
+sqrt(lambda_min(G(0)))`` (Lemma 3, ``diagnostics.distance_bound``); behind
+Condition 2 is that few activations flip: inside the ball the flipped
+fraction is at most ``2 (R / (nu delta))^{2/3} m^{-1/3}`` (Lemmas 7-8,
+probability ``1 - delta``). MATH.md 2 writes ``lambda_0`` for
+``lambda_min(G(0))`` here; the radius with ``lambda_0 =
+lambda_min(G_inf)`` is reported beside it.
 
-* Lemma 2: ``lambda_min(G(k)) >= (4/9) lambda_min(G(0))``;
-* Lemma 3: ``||w(k) - w(0)|| <= R = 3 ||y - u(0)|| / sqrt(lambda_min(G(0)))``
-  (``diagnostics.distance_bound``).
+Measured per width and repetition (fresh ``W``, fixed data on the sphere):
+exact NGD (damping 0, ``eta = config.learning_rate``) until
+``config.num_steps`` or ``||u(k) - y|| <= config.residual_floor ||u(0) -
+y||``, with ``lambda_min(G(k))``, ``||w(k) - w(0)||`` and the flipped
+fraction at every iterate. The checks (``CHECKS``) are observations: the
+lemmas' hypothesis (Condition 2 with ``C < 1/2``) is not met at these
+widths (C1). The Lemma 7-8 flip bound is >= 1 (cannot be broken by a
+fraction) below ``m ~ 1e5``, so it is reported, not checked.
 
-Both hold for wide enough nets (Theorem 3). Behind Condition 2 for the
-two-layer net is that few activations flip: the proof of Lemmas 7-8 shows
-(probability ``1 - delta``) that inside the ball of radius ``R`` the flipped
-fraction of the ``(n, m)`` pattern is at most ``2 (R / (nu delta))^{2/3}
-m^{-1/3}``, which vanishes with width.
+Small preset (about 15 s on 2 CPU cores; n = 16, widths 8 .. 4096, 2
+initialisations, 20 steps); full (about 30 s; n = 32, widths 8 .. 16384, 3
+initialisations)::
 
-MATH.md 2 writes ``lambda_0`` for ``lambda_min(G(0))`` in these statements;
-the proof uses ``lambda_min(G(0))`` and so does the check. The radius with
-``lambda_0 = lambda_min(G_inf)`` (MATH.md 3) is reported beside it.
+  python -m experiments.training_conditions \
+      --config=configs/training_conditions.py:small \
+      --workdir=/tmp/ngdjax/C3_small
 
-Measured, for every width and repetition (fresh ``W``; the data are fixed):
-exact NGD (``ngdjax.optim.ngd``, damping 0, ``eta = config.learning_rate``)
-on the two-layer ReLU net, ``n`` points uniform on the sphere with Gaussian
-targets, for ``config.num_steps`` steps or until ``||u(k) - y|| <=
-config.residual_floor ||u(0) - y||``; at every iterate ``lambda_min(G(k))``
-(``diagnostics.gram_lambda_min``), ``||w(k) - w(0)||``
-(``diagnostics.distance_from_init``) and the flipped fraction
-(``diagnostics.activation_flips``).
-
-Pass criterion (stated before measuring). With ``m*`` the smallest width
-from which on every run at every larger width satisfies a condition (the
-proof is about wide nets; where narrow ones fail is reported):
-
-All three are observations (the lemmas' hypothesis, Condition 2 with
-``C < 1/2``, is not met at these widths; see C1), ``m*`` must lie below the
-widest width, and the checks are data (``CHECKS``, ``verdict``):
-
-* ``gram``: ``min_k lambda_min(G(k)) >= config.lambda_fraction
-  lambda_min(G(0))`` (4/9) past some ``m*``;
-* ``distance``: ``max_k ||w(k) - w(0)|| <= config.distance_factor ||y -
-  u(0)|| / sqrt(lambda_min(G(0)))`` (factor 3) past some ``m*``;
-* ``flips_shrink``: the flipped fraction falls with width: the power law
-  fitted over all (width, repetition) points has ``exponent + 2 stderr <
-  0``.
-
-Reported, not checked: the Lemma 7-8 flip bound ``2 (R_meas / (nu
-delta))^{2/3} m^{-1/3}`` (``R_meas = max_k ||w(k) - w(0)||``) is >= 1, so
-unbreakable by a fraction, below ``m ~ 1e5``; the runs where it is < 1
-and how many of those break it are in the summary.
-
-Seen (configs/training_conditions.py has the numbers): Lemma 2's and
-Lemma 3's conclusions hold from small widths on (m >= 16-32; the distance
-bound at every width, with a margin of 4-5x); at m = 8 the Gram turns
-singular. Flips fall like ``m^(-0.45)``, faster than the bound's
-``m^(-1/3)``, but the bound itself stays above 1 (vacuous) up to m ~ 1e5,
-past the sweep, so it is a detail and not a check.
+Seen (small / full; eta = 0.5): ``min_k lambda_min(G(k)) /
+lambda_min(G(0))`` is 0.965 / 0.997 at the widest width and above 4/9
+from ``m* = 32`` / ``16`` on; at m = 8 an example's activations all die
+and ``G(k)`` turns singular (ratio 0). ``max_k ||w(k) - w(0)||`` stays
+below the Lemma 3 radius at every width (at most 0.33 / 0.23 of it; 9.6
+vs 36.6 and 12.4 vs 64.7 at the widest). Flips fall like ``m^(-0.454 +-
+0.025)`` / ``m^(-0.451 +- 0.011)``, faster than the bound's ``m^(-1/3)``,
+whose value is still 1.9-2.4 at the widest width. Figures
+``lambda_min.png``, ``lambda_path.png``, ``distance.png``, ``flips.png``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from typing import Any
 
 import ml_collections
 
 from ngdjax import data, diagnostics, kernels
 from ngdjax._src.linalg import lambda_min
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment import ngd_training as training
-from ngdjax.experiment import plots, verdicts
-from ngdjax.experiment.runner import Run
-from ngdjax.experiment.verdicts import threshold_width
-
-NAME = "training_conditions"
-CLAIM = "C3"
-TITLE = ("Conditions along training: lambda_min(G(k)) >= (4/9) "
-         "lambda_min(G(0)), ||w(k) - w(0)|| <= 3 ||y - u(0)|| / "
-         "sqrt(lambda_min(G(0))), few activation flips")
+from ngdjax.experiment.runner import Experiment, Outcome, Run
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -95,47 +69,44 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def run(config: ml_collections.ConfigDict,
-        workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs C3 and returns its summary (also written to ``summary.json``)."""
-  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
-    training.check_fixed_step_sweep(config)
-    x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-    lam0 = float(lambda_min(kernels.relu_gram_inf(x)))
+def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
+  """Runs the sweep; the figures the checks judge and the report's text."""
+  x, y = data.sphere(config.n, config.d, seed=r.key("data"))
+  lam0 = float(lambda_min(kernels.relu_gram_inf(x)))
 
-    def measure(m, s, log):
-      model, params0 = training.init_net(r, config, m, s)
-      t = training.train(model, params0, x, y,
-                         learning_rate=float(config.learning_rate),
-                         num_steps=config.num_steps,
-                         residual_floor=config.residual_floor, log=log,
-                         width=m, rep=s)
-      u0 = model.apply(params0, x)
-      lam_g0 = t["lambda_min_G"][0]
-      scale = config.distance_factor / 3.0  # distance_bound's factor is 3
-      bound = (scale * float(diagnostics.distance_bound(y, u0, lam_g0))
-               if lam_g0 > 0 else math.inf)
-      bound_inf = scale * float(diagnostics.distance_bound(y, u0, lam0))
-      r_meas = max(t["distance"])
-      return {
-          "width": m, "rep": s,
-          "lambda_min_G0": lam_g0,
-          "lambda_ratio_min": (min(t["lambda_min_G"]) / lam_g0
-                               if lam_g0 > 0 else -math.inf),
-          "distance_max": r_meas,
-          "distance_bound": bound,
-          "distance_bound_lambda_0": bound_inf,
-          "flips_max": max(t["flips"]),
-          "flips_final": t["flips"][-1],
-          "flip_bound": training.lemma8_flip_bound(
-              r_meas, float(config.nu), float(config.delta), m),
-          "steps": t["steps"],
-          "reached_floor": t["reached_floor"],
-          "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
-      }
+  def one(m, s, log):
+    model, params0 = training.init_net(r, config, m, s)
+    t = training.train(model, params0, x, y,
+                       learning_rate=float(config.learning_rate),
+                       num_steps=config.num_steps,
+                       residual_floor=config.residual_floor, log=log,
+                       width=m, rep=s)
+    u0 = model.apply(params0, x)
+    lam_g0 = t["lambda_min_G"][0]
+    scale = config.distance_factor / 3.0  # distance_bound's factor is 3
+    bound = (scale * float(diagnostics.distance_bound(y, u0, lam_g0))
+             if lam_g0 > 0 else math.inf)
+    bound_inf = scale * float(diagnostics.distance_bound(y, u0, lam0))
+    r_meas = max(t["distance"])
+    return {
+        "width": m, "rep": s,
+        "lambda_min_G0": lam_g0,
+        "lambda_ratio_min": (min(t["lambda_min_G"]) / lam_g0
+                             if lam_g0 > 0 else -math.inf),
+        "distance_max": r_meas,
+        "distance_bound": bound,
+        "distance_bound_lambda_0": bound_inf,
+        "flips_max": max(t["flips"]),
+        "flips_final": t["flips"][-1],
+        "flip_bound": analysis.lemma8_flip_bound(
+            r_meas, float(config.nu), float(config.delta), m),
+        "steps": t["steps"],
+        "reached_floor": t["reached_floor"],
+        "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
+    }
 
-    results = training.sweep(r, config, measure)
-    return _summarise(r, config, results, lam0)
+  results = training.sweep(r, config, one)
+  return _summarise(r, config, results, lam0)
 
 
 # Lemmas 2-3 are proved under Condition 2, whose measured C is above 1/2 at
@@ -154,12 +125,7 @@ CHECKS = (
 )
 
 
-def verdict(measured) -> dict[str, bool]:
-  """C3's checks on a measured dict (pure: no experiment is run)."""
-  return verdicts.evaluate(CHECKS, measured)
-
-
-def _summarise(r: Run, config, results, lam0) -> dict[str, Any]:
+def _summarise(r: Run, config, results, lam0) -> Outcome:
   ws = [u["width"] for u in results]
   ok = {
       "gram": [u["lambda_ratio_min"] >= config.lambda_fraction
@@ -167,7 +133,7 @@ def _summarise(r: Run, config, results, lam0) -> dict[str, Any]:
       "distance": [u["distance_max"] <= u["distance_bound"]
                    for u in results],
   }
-  m_star = {k: threshold_width(ws, v) for k, v in ok.items()}
+  m_star = {k: analysis.threshold_width(ws, v) for k, v in ok.items()}
   positive = [(u["width"], u["flips_max"]) for u in results
               if u["flips_max"] > 0]
   fit = None
@@ -209,8 +175,6 @@ def _summarise(r: Run, config, results, lam0) -> dict[str, Any]:
   }
   for k, m in m_star.items():
     measured[f"m_star/{k}"] = m
-  check_list = CHECKS
-  checks = verdicts.evaluate(check_list, measured)
 
   def star(k):
     return "none" if m_star[k] is None else f"{m_star[k]:.0f}"
@@ -242,97 +206,70 @@ def _summarise(r: Run, config, results, lam0) -> dict[str, Any]:
   expectation = (
       f"at every iterate: lambda_min(G(k)) >= {config.lambda_fraction:.3g} "
       f"lambda_min(G(0)); ||w(k)-w(0)|| <= {config.distance_factor:g} "
-      f"||y-u(0)||/sqrt(lambda_min(G(0))); "
-      + verdicts.criteria_text(check_list))
-  figures = _plot(r, config, results, fit, m_star)
-  return r.finish(
-      passed=all(checks.values()),
-      checks=checks,
-      measured=measured,
-      measured_text=text,
-      expectation=expectation,
-      figures=figures,
-      title=TITLE,
-      details={"runs": results, "check_kinds": verdicts.kinds(check_list)},
-  )
+      f"||y-u(0)||/sqrt(lambda_min(G(0))); {{criteria}}")
+  return Outcome(measured, text, expectation,
+                 _plot(r, config, results, fit, m_star), {"runs": results})
 
 
 def _plot(r: Run, config, results, fit, m_star) -> list[str]:
-  """Figures from ``metrics.jsonl`` (so they can be redrawn from files)."""
-  records = r.records()
+  """Figures from ``metrics.jsonl`` and the units."""
   widths = sorted({u["width"] for u in results})
-  xs = [u["width"] for u in results]
-
-  ys, ux, mean = training.by_width(results, "lambda_ratio_min")
-  f1 = "lambda_min.png"
+  lemma2 = [(config.lambda_fraction,
+             f"Lemma 2: {config.lambda_fraction:.3g}")]
   plots.line_plot(
-      r.path(f1),
-      [plots.Series(xs, ys, "runs", "scatter", color="C0"),
-       plots.Series(ux, mean, "mean over reps", color="C0")],
+      r.path("lambda_min.png"),
+      plots.runs_and_mean(results, "width", "lambda_ratio_min", "runs")[0],
       xlabel="width m",
       ylabel="min_k lambda_min(G(k)) / lambda_min(G(0))",
       title="C3: Lemma 2, the Gram stays positive definite",
-      logx=True, xticks=widths,
-      hlines=[(config.lambda_fraction,
-               f"Lemma 2: {config.lambda_fraction:.3g}")],
+      logx=True, xticks=widths, hlines=lemma2,
       vlines=([] if m_star["gram"] is None
               else [(m_star["gram"], f"m* = {m_star['gram']:.0f}")]))
-
-  # lambda_min(G(k)) / lambda_min(G(0)) along training, repetition 0.
-  series = []
-  for i, m in enumerate(widths):
-    got = plots.series_from_records(
-        [rec for rec in records if rec.get("rep") == 0 and "step" in rec],
-        "step", "lambda_min_G", where=lambda rec, w=m: rec["width"] == w)
-    if not got:
-      continue
-    (ks, lam), = got.values()
-    if lam[0] > 0:
-      series.append(plots.Series(ks, lam / lam[0], f"m={m}",
-                                 color=f"C{i % 10}"))
-  f2 = "lambda_path.png"
   plots.line_plot(
-      r.path(f2), series, xlabel="NGD step k",
-      ylabel="lambda_min(G(k)) / lambda_min(G(0))",
+      r.path("lambda_path.png"),
+      training.path_series(r.records(), "lambda_min_G", widths,
+                           normalise=True),
+      xlabel="NGD step k", ylabel="lambda_min(G(k)) / lambda_min(G(0))",
       title=f"C3: along training (eta={config.learning_rate:g}, rep 0)",
-      hlines=[(config.lambda_fraction,
-               f"Lemma 2: {config.lambda_fraction:.3g}")])
-
-  ys, ux, mean = training.by_width(results, "distance_max")
-  _, bx, bmean = training.by_width(results, "distance_bound")
-  _, ix, imean = training.by_width(results, "distance_bound_lambda_0")
-  f3 = "distance.png"
+      hlines=lemma2)
   plots.line_plot(
-      r.path(f3),
-      [plots.Series(xs, ys, None, "scatter", color="C0"),
-       plots.Series(ux, mean, "max_k ||w(k) - w(0)|| (mean over reps)",
-                    color="C0"),
-       plots.Series(bx, bmean, "Lemma 3: 3 ||y - u(0)|| / "
-                    "sqrt(lambda_min(G(0)))", "dashed", color="C3"),
-       plots.Series(ix, imean, "same with lambda_0 = lambda_min(G_inf)",
-                    "dashed", color="C2")],
+      r.path("distance.png"),
+      plots.runs_and_mean(results, "width", "distance_max", None,
+                          "max_k ||w(k) - w(0)|| (mean over reps)")[0]
+      + [training.mean_series(results, "distance_bound", "Lemma 3: 3 ||y - "
+                              "u(0)|| / sqrt(lambda_min(G(0)))", "C3"),
+         training.mean_series(results, "distance_bound_lambda_0",
+                              "same with lambda_0 = lambda_min(G_inf)",
+                              "C2")],
       xlabel="width m", ylabel="distance from initialisation",
       title="C3: Lemma 3, the weights stay in the ball",
       logx=True, logy=True, xticks=widths)
-
-  ys, ux, mean = training.by_width(results, "flips_max")
-  _, bx, bmean = training.by_width(results, "flip_bound")
-  series = [plots.Series(xs, ys, None, "scatter", color="C0"),
-            plots.Series(ux, mean, "max_k flipped fraction (mean over reps)",
-                         color="C0"),
-            plots.Series(bx, bmean, f"Lemma 7-8: 2 (R/(nu delta))^(2/3) "
-                         f"m^(-1/3), delta={config.delta:g}", "dashed",
-                         color="C3")]
-  hlines = [(1.0, "fraction 1 (a bound above says nothing)")]
+  series = plots.runs_and_mean(
+      results, "width", "flips_max", None,
+      "max_k flipped fraction (mean over reps)")[0] + [training.mean_series(
+          results, "flip_bound", "Lemma 7-8: 2 (R/(nu delta))^(2/3) "
+          f"m^(-1/3), delta={config.delta:g}", "C3")]
   if fit is not None:
-    series.append(plots.Series(
-        ux, fit.predict(ux), f"fit: m^({fit.exponent:.3f} +- "
-        f"{fit.exponent_stderr:.3f})", "dashed", color="gray"))
-  f4 = "flips.png"
+    series.append(training.fit_series(results, fit))
   plots.line_plot(
-      r.path(f4), series, xlabel="width m",
+      r.path("flips.png"), series, xlabel="width m",
       ylabel="fraction of activations flipped",
       title="C3: activation-pattern flips along training",
-      logx=True, logy=True, xticks=widths, hlines=hlines)
-  return [f1, f2, f3, f4]
+      logx=True, logy=True, xticks=widths,
+      hlines=[(1.0, "fraction 1 (a bound above says nothing)")])
+  return ["lambda_min.png", "lambda_path.png", "distance.png", "flips.png"]
 
+
+SPEC = Experiment(
+    name="training_conditions", claim="C3",
+    title=("Conditions along training: lambda_min(G(k)) >= (4/9) "
+           "lambda_min(G(0)), ||w(k) - w(0)|| <= 3 ||y - u(0)|| / "
+           "sqrt(lambda_min(G(0))), few activation flips"),
+    row="Conditions along training (Theorem 1's proof)",
+    measures="lambda_min(G(k)), ||w(k) - w(0)||, activation-pattern flips",
+    expects=("lambda_min(G(k)) >= (4/9) lambda_min(G(0)); ||w(k) - w(0)|| "
+             "<= 3 ||y - u(0)|| / sqrt(lambda_0)"),
+    default_config=default_config, measure=measure, checks=CHECKS,
+    rules=training.FIXED_STEP_RULES,
+    presets={"small": dict(n=16, widths=(8, 32, 128, 512, 4096), reps=2,
+                           num_steps=20)})

@@ -22,15 +22,14 @@ stalls at isotropy error 2.65, Algorithm 1 stops at ``cond(A)`` 7e13);
 after the projection it converges in a few Newton steps.
 
 Methods, all on ``two_layer_relu(width)`` from one initialisation per width,
-full batch, sum loss ``L = 1/2 ||u - y||^2`` (``ngdjax.optim``):
-
-* ``ngd``: exact NGD at ``eta = ngd_lr``, damping ``ngd_damping``;
-* ``kfac``: K-FAC on the projected inputs at ``eta = kfac_scale /
-  (n max_i h_i)`` (the largest step at which no coordinate overshoots, to
-  first order);
-* ``kfac_forster``: K-FAC on ``Z = forster(X).Z`` at ``eta =
-  kfac_forster_scale / d``; its wall-clock starts at the (warm) time of the
-  Forster transform.
+full batch, sum loss ``L = 1/2 ||u - y||^2`` (``ngdjax.optim``; step sizes
+in ``default_config``): ``ngd`` (exact NGD), ``kfac`` on the projected
+inputs at ``eta = 1 / (n max_i h_i)`` (the largest step at which no
+coordinate overshoots, to first order), ``kfac_forster`` (K-FAC on ``Z =
+forster(X).Z`` at ``eta = 1 / d``; its wall-clock starts at the (warm) time
+of the Forster transform), ``gd`` and ``adam``, each at every step size
+listed; the one with the fewest steps to the target is compared (ties: the
+lower final loss), so the baselines are not handicapped by one poor choice.
 
 Both K-FAC runs add ``kfac_factor_damping`` (1e-10) to each factor and no
 pi-split damping: the factors' smallest eigenvalues are many orders larger,
@@ -40,42 +39,43 @@ zero damping selects. Seen on this machine: a 256 x 256 ``eigh`` sometimes
 took 0.85 s instead of about 10 ms while other processes ran, which made the
 undamped K-FAC's wall-clock 40 times NGD's; with Cholesky a K-FAC step
 costs about as much as an NGD step, as it should.
-* ``gd``: gradient descent at ``eta = s / lambda_max(G(0))`` for each ``s``
-  in ``gd_scales``;
-* ``adam``: ``optax.adam(lr)`` for each ``lr`` in ``adam_lrs``.
 
-For GD and Adam the step size with the fewest steps to the target is the
-one compared (ties: the lower final loss), so the baselines are not
-handicapped by one poor choice. Each run stops after its step budget
-(``curvature_steps`` for the first three, ``first_order_steps`` for the
-baselines), when the loss falls below ``stop_fraction L(0)``, or when it
-exceeds ``1e6 L(0)``. Wall-clock: every step is timed until the loss at
-the new parameters is on the host (one compiled forward pass, which every
-method pays), compilation excluded (one warm-up step is run and discarded
-first).
+Each run stops after its step budget, below ``stop_fraction L(0)`` or above
+``1e6 L(0)``. Every step is timed until the loss at the new parameters is
+on the host (one compiled forward pass, which every method pays),
+compilation excluded (a warm-up step is run and discarded first). Measured,
+per width and method: ``L(k) / L(0)`` against steps and seconds; the steps
+and seconds to ``target_fraction L(0)`` (``None``: the budget ran out). A
+baseline that never reached the target counts as ``budget + 1`` steps, so
+the checks can only be in the fast methods' favour by a margin the budget
+allows (``speedup * steps <= budget + 1``). Wall-clock is reported, not
+judged: it depends on the machine and on what else runs on it.
 
-Measured, per width and method: the loss after every step, relative to
-``L(0)``, against steps and seconds; the steps and seconds to reach
-``target_fraction L(0)`` (``None`` when the budget ran out).
+Small preset (about 25 s on 2 shared CPU cores standalone, of which about
+5 s import scikit-learn; 19 s inside reproduce; n = 256, PCA to d = 32,
+widths 512 and 2048; budgets 20 steps for NGD/K-FAC, 200 for GD/Adam);
+full (about 5 minutes; widths 512, 2048, 8192; budgets 40 / 1000)::
 
-Pass criterion (stated before measuring), at every width: NGD
-(``ngd_fast``) and K-FAC after Forster (``kfac_forster_fast``) each reach
-the target, in at most ``1 / speedup`` times the steps of the best GD and of
-the best Adam; a baseline that never reached it counts as ``budget + 1``
-steps (so the check can only be in the fast methods' favour by a margin the
-budget allows: ``speedup * steps <= budget + 1``).
+  python -m experiments.training_curves \
+      --config=configs/training_curves.py:small \
+      --workdir=/tmp/ngdjax/C12_small
 
-Wall-clock numbers are reported but not part of the criterion: they depend
-on the machine and on what else runs on it.
-
-Results of both presets: ``configs/training_curves.py``.
+Seen (float64): steps to L <= 1e-4 L(0) at m = 512 / 2048 / 8192: NGD
+(eta = 1) 6 / 4 / 2; K-FAC after Forster (eta = 1/d) 4 / 3 / 2; Adam (best
+of lr 1e-3, 1e-2, 1e-1) 76 / 77 / 79; K-FAC on the raw (PCA) inputs (eta =
+1/(n max h)) not within 20 (small) / 40 steps at 512, 35 and 22 steps at
+2048 and 8192 (full); GD (eta = 1.9 / lambda_max(G(0)), the better of 1.0
+and 1.9) not within 1000 steps (L = 1.3e-3 .. 3.1e-3 L(0) at the end).
+Wall-clock to the target: NGD and K-FAC + Forster a few hundredths to
+tenths of a second, Adam 0.1-4 s; these numbers move by factors of several
+with the load of the machine. Figures loss_vs_step_m<width>.png and
+loss_vs_time_m<width>.png.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from typing import Any
 
@@ -89,13 +89,10 @@ from ngdjax import data, models
 from ngdjax._src.forster import forster
 from ngdjax._src.jacobian import gram
 from ngdjax.experiment import plots, verdicts
-from ngdjax.experiment.runner import Run, unit_key
+from ngdjax.experiment.config import Rule
+from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 from ngdjax.optim import gd, kfac, ngd, optax_optimizer
 
-NAME = "training_curves"
-CLAIM = "C12"
-TITLE = ("Training curves of NGD, K-FAC (with and without Forster), GD and "
-         "Adam on digits 4 vs 9, across widths, with wall-clock")
 METHODS = ("ngd", "kfac", "kfac_forster", "gd", "adam")
 FAST = ("ngd", "kfac_forster")
 BASELINES = ("gd", "adam")
@@ -193,99 +190,65 @@ def steps_to(losses_rel, target: float) -> int | None:
   return int(hits[0]) if hits.size else None
 
 
-def run(config: ml_collections.ConfigDict,
-        workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs C12 and returns its summary (also written to ``summary.json``)."""
-  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
-    if len(config.classes) != 2:
-      raise ValueError(f"config.classes must hold two digits, got "
-                       f"{tuple(config.classes)}")
-    if not config.widths or min(config.widths) < config.n_train:
-      raise ValueError(f"config.widths must be >= config.n_train "
-                       f"({config.n_train}) so that K-FAC's P_S = I, got "
-                       f"{tuple(config.widths)}")
-    if not config.gd_scales or not config.adam_lrs:
-      raise ValueError("config.gd_scales and config.adam_lrs must be "
-                       "non-empty")
-    if min(config.curvature_steps, config.first_order_steps) < 1:
-      raise ValueError("config.curvature_steps and config.first_order_steps "
-                       "must be >= 1")
-    if not 0 < config.stop_fraction < config.target_fraction < 1:
-      raise ValueError("need 0 < config.stop_fraction < "
-                       "config.target_fraction < 1")
-    ds = data.digits(classes=tuple(config.classes), targets="pm1",
-                     seed=config.seed, n_train=config.n_train)
-    x64 = prepare_inputs(ds.x_train, int(config.pca_dim))
-    n, d = x64.shape
-    y = ds.y_train
-    x = jnp.asarray(x64, y.dtype)
-    nh = n * np.einsum("ij,ij->i", x64,
-                       np.linalg.solve(x64.T @ x64, x64.T).T)
-    fz = forster(x)
-    inputs = {"raw": x, "forster": fz.Z}
+def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
+  """The setup unit, one unit per (width, method, step size), the figures."""
+  ds = data.digits(classes=tuple(config.classes), targets="pm1",
+                   seed=config.seed, n_train=config.n_train)
+  x64 = prepare_inputs(ds.x_train, int(config.pca_dim))
+  n, d = x64.shape
+  y = ds.y_train
+  x = jnp.asarray(x64, y.dtype)
+  nh = n * np.einsum("ij,ij->i", x64,
+                     np.linalg.solve(x64.T @ x64, x64.T).T)
+  fz = forster(x)
+  inputs = {"raw": x, "forster": fz.Z}
 
-    def describe(log):
-      del log
-      start = time.perf_counter()
-      jax.block_until_ready(forster(x))  # warm: the transform's own cost
-      eig = np.linalg.eigvalsh(x64.T @ x64)
-      return {"n": n, "d": d, "nh_min": float(nh.min()),
-              "nh_max": float(nh.max()),
-              "cond_xtx": float(eig[-1] / eig[0]),
-              "forster_error": float(fz.error),
-              "forster_iterations": int(fz.iterations),
-              "forster_seconds": time.perf_counter() - start}
+  def describe(log):
+    del log
+    start = time.perf_counter()
+    jax.block_until_ready(forster(x))  # warm: the transform's own cost
+    eig = np.linalg.eigvalsh(x64.T @ x64)
+    return {"n": n, "d": d, "nh_min": float(nh.min()),
+            "nh_max": float(nh.max()),
+            "cond_xtx": float(eig[-1] / eig[0]),
+            "forster_error": float(fz.error),
+            "forster_iterations": int(fz.iterations),
+            "forster_seconds": time.perf_counter() - start}
 
-    # A unit, so that a resumed run keeps the Forster time its K-FAC +
-    # Forster curves were drawn with.
-    setup = r.unit("setup", describe)
-
-    runs = []
-    for m in config.widths:
-      for method in METHODS:
-        if method == "gd":
-          runs += [(int(m), method, float(s)) for s in config.gd_scales]
-        elif method == "adam":
-          runs += [(int(m), method, float(lr)) for lr in config.adam_lrs]
-        else:
-          runs.append((int(m), method, 1.0))
-    budget = {"curvature": int(config.curvature_steps),
-              "first_order": int(config.first_order_steps)}
-    work = {k: 1.0 + (budget["first_order"] if k[1] in BASELINES
-                      else budget["curvature"] * 20) * k[0] / 2048
-            for k in runs}
-    r.start_progress(len(runs), interval_s=5.0, work=sum(work.values()))
-    grams = {}
-    results = []
-    for key in runs:
-      m, method, hyper = key
-      model = _model(m, float(config.nu))
-      params0 = model.init(r.key("init", f"width={m}"), d)
-      if m not in grams and method == "gd":
-        g0 = np.asarray(gram(model, params0, x), np.float64)
-        grams[m] = float(np.linalg.eigvalsh(g0)[-1])
-      results.append(r.unit(
-          unit_key(width=m, method=method, hyper=f"{hyper:g}"),
-          functools.partial(_train, config, model, m, params0, inputs, y,
-                            method, hyper, setup, grams.get(m)),
-          work=work[key]))
-    return _finish(r, config, setup, results)
+  # A unit, so that a resumed run keeps the Forster time its K-FAC +
+  # Forster curves were drawn with.
+  setup = r.unit("setup", describe)
+  hypers = {"gd": config.gd_scales, "adam": config.adam_lrs}
+  runs = [(int(m), method, float(h)) for m in config.widths
+          for method in METHODS for h in hypers.get(method, (1.0,))]
+  work = {k: 1.0 + (config.first_order_steps if k[1] in BASELINES
+                    else config.curvature_steps * 20) * k[0] / 2048
+          for k in runs}
+  r.start_progress(len(runs), interval_s=5.0, work=sum(work.values()))
+  grams = {}
+  results = []
+  for key in runs:
+    m, method, hyper = key
+    model = _model(m, float(config.nu))
+    params0 = model.init(r.key("init", f"width={m}"), d)
+    if m not in grams and method == "gd":
+      g0 = np.asarray(gram(model, params0, x), np.float64)
+      grams[m] = float(np.linalg.eigvalsh(g0)[-1])
+    results.append(r.unit(
+        unit_key(width=m, method=method, hyper=f"{hyper:g}"),
+        functools.partial(_train, config, model, m, params0, inputs, y,
+                          method, hyper, setup, grams.get(m)),
+        work=work[key]))
+  return _summarise(r, config, setup, results)
 
 
 def _train(config, model, width, params0, inputs, y, method, hyper, setup,
            lambda_max, log) -> dict[str, Any]:
   """One training run; logs the loss and wall-clock after every step."""
-  d = setup["d"]
-  if method == "ngd":
-    lr = config.ngd_lr
-  elif method == "kfac":
-    lr = config.kfac_scale / setup["nh_max"]
-  elif method == "kfac_forster":
-    lr = config.kfac_forster_scale / d
-  elif method == "gd":
-    lr = hyper / lambda_max
-  else:
-    lr = hyper
+  lr = hyper / lambda_max if method == "gd" else {
+      "ngd": config.ngd_lr, "kfac": config.kfac_scale / setup["nh_max"],
+      "kfac_forster": config.kfac_forster_scale / setup["d"],
+      "adam": hyper}[method]
   x = inputs["forster" if method == "kfac_forster" else "raw"]
   steps = (config.first_order_steps if method in BASELINES
            else config.curvature_steps)
@@ -343,63 +306,52 @@ def _best(candidates: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def checks(config) -> tuple[verdicts.Check, ...]:
-  """C12's pass criterion as data on the summary's ``measured``: per fast
-  method, at every width its steps to the target are at most
-  ``effective_steps / speedup`` of every baseline (a baseline that never
-  reached the target counts as its budget + 1; a fast method that never
-  reached it fails)."""
-  out = []
-  for fast in FAST:
-    conds = tuple(
-        (f"m{int(m)}/{fast}/steps_to_target", "<=",
-         f"m{int(m)}/{base}/effective_steps_over_speedup")
-        for m in config.widths for base in BASELINES)
-    out.append(verdicts.Check(
-        f"{fast}_fast", conds,
-        f"{_LABELS[fast]} needs <= 1/{config.speedup:g} of the steps of "
-        "the best GD and Adam at every width"))
-  return tuple(out)
+  """Per fast method: at every width, its steps to the target over every
+  baseline's ``effective_steps / speedup`` (a fast method that never
+  reached the target fails)."""
+  return tuple(verdicts.Check(
+      f"{fast}_fast",
+      tuple((f"m{int(m)}/{fast}/steps_to_target", "<=",
+             f"m{int(m)}/{base}/effective_steps_over_speedup")
+            for m in config.widths for base in BASELINES),
+      f"{_LABELS[fast]} needs <= 1/{config.speedup:g} of the steps of "
+      "the best GD and Adam at every width") for fast in FAST)
 
 
-def verdict(measured, config) -> dict[str, bool]:
-  """C12's checks on a measured dict (pure: no experiment is run)."""
-  return verdicts.evaluate(checks(config), measured)
+def _label(method, u, plot=False) -> str:
+  """``method``'s name with its (chosen) step size: report or legend."""
+  h, lr = u["hyper"], u["learning_rate"]
+  if plot:
+    extra = {"gd": f"eta = {h:g} / lambda_max(G(0))", "adam": f"lr = {h:g}",
+             "kfac": f"eta = {lr:.3g} = 1/(n max h)",
+             "kfac_forster": f"eta = 1/d = {lr:.3g}",
+             "ngd": f"eta = {lr:g}"}[method]
+  else:
+    extra = {"gd": f"eta={h:g}/lambda_max", "adam": f"lr={h:g}"}.get(method)
+  return _LABELS[method] + (f" ({extra})" if extra else "")
 
 
-def _finish(r: Run, config, setup, results) -> dict[str, Any]:
+def _summarise(r: Run, config, setup, results) -> Outcome:
   widths = [int(m) for m in config.widths]
-  table: dict[str, dict[str, Any]] = {}
-  for m in widths:
-    row = {}
-    for method in METHODS:
-      cands = [u for u in results if u["width"] == m
-               and u["method"] == method]
-      row[method] = _best(cands)
-    table[str(m)] = row
-  budget_fo = int(config.first_order_steps)
-
-  def effective(u):
-    return budget_fo + 1 if u["steps_to_target"] is None else u[
-        "steps_to_target"]
-
+  table = {str(m): {method: _best([u for u in results if u["width"] == m
+                                   and u["method"] == method])
+                    for method in METHODS} for m in widths}
   figures = _plot(r, config, table)
   measured: dict[str, Any] = {"setup": setup}
   for m in widths:
     for base in BASELINES:
+      steps = table[str(m)][base]["steps_to_target"]
       measured[f"m{m}/{base}/effective_steps_over_speedup"] = (
-          effective(table[str(m)][base]) / config.speedup)
-
+          (config.first_order_steps + 1 if steps is None else steps)
+          / config.speedup)
   for m in widths:
     for method in METHODS:
       u = table[str(m)][method]
-      measured[f"m{m}/{method}/steps_to_target"] = u["steps_to_target"]
-      measured[f"m{m}/{method}/seconds_to_target"] = u["seconds_to_target"]
-      measured[f"m{m}/{method}/final_loss_rel"] = u["final_loss_rel"]
-      measured[f"m{m}/{method}/seconds_per_step"] = u["seconds_per_step"]
+      for k in ("steps_to_target", "seconds_to_target", "final_loss_rel",
+                "seconds_per_step"):
+        measured[f"m{m}/{method}/{k}"] = u[k]
       if method in BASELINES:
         measured[f"m{m}/{method}/best_hyper"] = u["hyper"]
-  check_list = checks(config)
-  checks_ = verdicts.evaluate(check_list, measured)
 
   def show(u):
     s = u["steps_to_target"]
@@ -409,18 +361,9 @@ def _finish(r: Run, config, setup, results) -> dict[str, Any]:
               f"{u['final_loss_rel']:.2g}{how})")
     return f"{s} steps/{u['seconds_to_target']:.2g}s"
 
-  parts = []
-  for m in widths:
-    row = table[str(m)]
-    cells = []
-    for method in METHODS:
-      label = _LABELS[method]
-      if method == "gd":
-        label += f" (eta={row[method]['hyper']:g}/lambda_max)"
-      elif method == "adam":
-        label += f" (lr={row[method]['hyper']:g})"
-      cells.append(f"{label} {show(row[method])}")
-    parts.append(f"m={m}: " + ", ".join(cells))
+  parts = [f"m={m}: " + ", ".join(
+      f"{_label(method, u)} {show(u)}"
+      for method, u in table[str(m)].items()) for m in widths]
   text = (f"steps (and seconds) to L <= {config.target_fraction:g} L(0): "
           + "; ".join(parts)
           + f" (digits {config.classes[0]} vs {config.classes[1]}, "
@@ -433,16 +376,7 @@ def _finish(r: Run, config, setup, results) -> dict[str, Any]:
       f"the steps of the best GD and the best Adam, at every width "
       f"(budgets: {config.curvature_steps} / {config.first_order_steps} "
       "steps; a baseline that never got there counts as budget + 1)")
-  return r.finish(
-      passed=all(checks_.values()),
-      checks=checks_,
-      measured=measured,
-      measured_text=text,
-      expectation=expectation,
-      figures=figures,
-      title=TITLE,
-      details={"runs": results, "check_kinds": verdicts.kinds(check_list)},
-  )
+  return Outcome(measured, text, expectation, figures, {"runs": results})
 
 
 def _plot(r: Run, config, table) -> list[str]:
@@ -452,13 +386,11 @@ def _plot(r: Run, config, table) -> list[str]:
   floor = config.stop_fraction * 1e-2
   for m_key, row in table.items():
     m = int(m_key)
-    for xkey, xlabel, logx, suffix in (
-        ("step", "step (log axis; step 0 drawn at 0.5)", True, "step"),
-        ("seconds", "wall-clock seconds (compilation excluded)", True,
-         "time")):
+    for xkey, xlabel, suffix in (
+        ("step", "step (log axis; step 0 drawn at 0.5)", "step"),
+        ("seconds", "wall-clock seconds (compilation excluded)", "time")):
       series = []
-      for method in METHODS:
-        best = row[method]
+      for method, best in row.items():
         where = (lambda rec, m=m, method=method, h=best["hyper"]:
                  rec["width"] == m and rec["method"] == method
                  and rec["hyper"] == h)
@@ -471,25 +403,37 @@ def _plot(r: Run, config, table) -> list[str]:
         # is drawn at 0.5), and losses below the floor are clipped.
         xs = np.where(xs <= 0, 0.5 if xkey == "step" else np.nan, xs)
         keep = np.isfinite(xs) & np.isfinite(ys) & (ys > floor)
-        label = _LABELS[method]
-        if method == "gd":
-          label += f" (eta = {best['hyper']:g} / lambda_max(G(0)))"
-        elif method == "adam":
-          label += f" (lr = {best['hyper']:g})"
-        elif method == "kfac":
-          label += f" (eta = {best['learning_rate']:.3g} = 1/(n max h))"
-        elif method == "kfac_forster":
-          label += f" (eta = 1/d = {best['learning_rate']:.3g})"
-        else:
-          label += f" (eta = {best['learning_rate']:g})"
-        series.append(plots.Series(xs[keep], ys[keep], label,
+        series.append(plots.Series(xs[keep], ys[keep],
+                                   _label(method, best, plot=True),
                                    color=_COLORS[method]))
       fname = f"loss_vs_{suffix}_m{m}.png"
       plots.line_plot(
           r.path(fname), series, xlabel=xlabel, ylabel="L(k) / L(0)",
           title=f"C12: training loss on digits {config.classes[0]} vs "
-          f"{config.classes[1]}, width m={m}", logx=logx, logy=True,
+          f"{config.classes[1]}, width m={m}", logx=True, logy=True,
           hlines=[(config.target_fraction,
                    f"target {config.target_fraction:g} L(0)")])
       figures.append(fname)
   return figures
+
+
+SPEC = Experiment(
+    name="training_curves", claim="C12",
+    title=("Training curves of NGD, K-FAC (with and without Forster), GD and "
+           "Adam on digits 4 vs 9, across widths, with wall-clock"),
+    row="Training curves",
+    measures=("loss vs step and wall-clock: NGD, K-FAC (with and without "
+              "Forster), GD, Adam on digits across widths"),
+    expects="NGD and K-FAC after Forster converge in the fewest steps",
+    default_config=default_config, measure=measure, checks=checks,
+    rules=(Rule("len(classes)", "in", (2,), "two digits"),
+           Rule("len(widths)", ">=", 1),
+           Rule("each(widths)", ">=", "n_train", "so that K-FAC's P_S = I"),
+           Rule("len(gd_scales)", ">=", 1), Rule("len(adam_lrs)", ">=", 1),
+           Rule("curvature_steps", ">=", 1),
+           Rule("first_order_steps", ">=", 1),
+           Rule("stop_fraction", ">", 0),
+           Rule("stop_fraction", "<", "target_fraction"),
+           Rule("target_fraction", "<", 1)),
+    presets={"small": dict(widths=(512, 2048), curvature_steps=20,
+                           first_order_steps=200)})

@@ -12,11 +12,6 @@ hypotheses (measured to hold in the runs it judges) and
 suggests outside them (e.g. "the rate holds for wide nets" at widths where
 the measured Condition 2 constant is above the theorem's range).
 
-Shared analysis: ``threshold_width`` (from which width on a property holds)
-and ``holds_past_width`` (the claim "it holds past some width": at every
-width ``>= m*`` with ``m*`` below the widest tested, so the widest width
-alone never makes it true).
-
 Example:
 
   >>> c = Check("rate", (("max_ratio", "<=", "bound"),), "ratio <= bound")
@@ -31,8 +26,6 @@ import math
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import numpy as np
 
 _OPS = {
     "<=": operator.le,
@@ -121,31 +114,3 @@ def kinds(checks: Sequence[Check]) -> dict[str, str]:
 def criteria_text(checks: Sequence[Check]) -> str:
   """The checks' criteria, each tagged with its kind, for the report."""
   return "; ".join(f"{c.name} [{c.kind}]: {c.text}" for c in checks)
-
-
-# --------------------------------------------------------------------------
-# Shared analysis.
-# --------------------------------------------------------------------------
-
-
-def threshold_width(widths, ok) -> float | None:
-  """Smallest width ``m*`` with ``ok`` true at every point of width >= m*.
-
-  ``None`` when a point at the widest width fails.
-  """
-  widths = np.asarray(widths, float)
-  ok = np.asarray(ok, bool)
-  best = None
-  for m in sorted(set(widths.tolist()), reverse=True):
-    if not ok[widths >= m].all():
-      break
-    best = m
-  return best
-
-
-def holds_past_width(widths, ok) -> bool:
-  """"Holds past some width": ``threshold_width`` exists and is below the
-  widest width tested (at least two widths hold, the widest alone is not
-  enough)."""
-  m_star = threshold_width(widths, ok)
-  return m_star is not None and m_star < max(np.asarray(widths, float))

@@ -53,7 +53,8 @@ method is timed over runs of 10 consecutive steps carrying its state (one
 full cycle: K-FAC pays one refresh and one or ten statistics updates per
 run), batches rotating, methods interleaved; the figure is the amortised
 time per step (run time / 10), median and min over ``--repeats`` runs.
-``--digits-methods=ngd_emp,kfac_mc_s`` times a subset.
+``--digits-methods=ngd_emp,kfac_mc_s`` times a subset, ``--digits-every``
+sets the cycle (default 10).
 """
 
 from __future__ import annotations
@@ -389,6 +390,9 @@ def main():
   parser.add_argument("--digits-methods", default="",
                       help="comma-separated subset of the digits methods "
                       "(sgd is always timed)")
+  parser.add_argument("--digits-every", type=int, default=10,
+                      help="K-FAC's inverse refresh period (and the "
+                      "statistics period of the *_s methods): the cycle")
   parser.add_argument("--digits-only", action="store_true",
                       help="only the digits classifier's mini-batch steps")
   args = parser.parse_args()
@@ -403,7 +407,8 @@ def main():
   if args.quick:
     args.digits_batch = 32
   only = tuple(args.digits_methods.split(",")) if args.digits_methods else ()
-  dig = digits(args.digits_batch, dtype, args.repeats, only=only)
+  dig = digits(args.digits_batch, dtype, args.repeats, only=only,
+               inverse_every=args.digits_every)
   if args.digits_only:
     _print_digits(dig)
     return

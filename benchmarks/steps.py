@@ -330,7 +330,8 @@ def _digits_flops(n, sizes, inverse_every) -> dict:
   b_{l-1}`` (rough). NGD true Fisher: the rows ``S`` contracted into ``B``
   (``2 n c^2 b_l``), Grams ``2 N^2 b_l`` and ``2 n^2 a_l`` (symmetric-product
   fraction applied), the ``N x N`` Cholesky ``N^3 / 3``. NGD empirical and
-  Monte Carlo: ``n x n`` Grams ``2 n^2 (a_l + b_l)`` and ``n^3 / 3``.
+  Monte Carlo: ``n x n`` Grams ``2 n^2 (a_l + b_l)`` and ``n^3 / 3``; Monte
+  Carlo also ``G g`` (``4 n sum a_l b_l``).
   K-FAC (mini-batch mode): the gradient (SGD's cost) and the
   preconditioning through the cached eigenvectors ``4 (a_l^2 b_l + a_l
   b_l^2)`` at every step; on statistics steps (every ``T_1``) the layer
@@ -364,7 +365,10 @@ def _digits_flops(n, sizes, inverse_every) -> dict:
     return (sgd + precondition + statistics / stats_every
             + refresh / inverse_every)
 
-  return {"sgd": sgd, "ngd": true, "ngd_emp": emp, "ngd_mc": emp,
+  # Monte Carlo: also the right-hand side Gamma_s G g, one structured
+  # G g product (J^T g, then J) of 4 n sum a_l b_l.
+  mc = emp + 4 * n * sum(a * b for a, b in layers)
+  return {"sgd": sgd, "ngd": true, "ngd_emp": emp, "ngd_mc": mc,
           "kfac": kfac_flops(big_n, 1), "kfac_mc": kfac_flops(n, 1),
           "kfac_s": kfac_flops(big_n, inverse_every),
           "kfac_mc_s": kfac_flops(n, inverse_every),

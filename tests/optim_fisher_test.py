@@ -364,14 +364,16 @@ def test_kfac_bad_settings_raise():
     kfac(MODEL, 1.0, fisher="sampled")
 
 
-def test_kfac_preconditioner_equals_kfac_over_steps():
+@pytest.mark.parametrize("extra", [{}, {"statistics_every": 2,
+                                       "inverse": "cholesky"}])
+def test_kfac_preconditioner_equals_kfac_over_steps(extra):
   import optax
 
   from ngdjax.optim import kfac_preconditioner
 
   params, x, labels = _problem(seed=7)
   settings = dict(damping=0.05, loss="softmax_cross_entropy",
-                  factor_decay=0.9, inverse_every=2)
+                  factor_decay=0.9, inverse_every=2, **extra)
   tx = optax.chain(kfac_preconditioner(MODEL, **settings), optax.sgd(0.4))
   opt = kfac(MODEL, 0.4, **settings)
   p_tx, s_tx, p, s = params, tx.init(params), params, opt.init(params)

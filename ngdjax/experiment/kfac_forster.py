@@ -24,17 +24,11 @@ sweep to match its prediction and NGD's one step on the raw ``X`` to be
 small. Both failed, and both lie outside Theorem 4's hypotheses at a fixed
 width (as ``kappa`` grows, ``lambda_0`` shrinks and Theorem 3's width grows,
 so the second-order effects of a fixed step grow); they are now
-observations (``details["observations"]``). Seen (n = 32, m = 32768): NGD
-on ``X`` at ``eta = 1`` leaves 0.025, 0.058, 0.15, 0.30, 0.47 ``||r(0)||``
-at ``kappa`` = 1 .. 1e4 (on ``Z``: 0.025 for every ``kappa``); the fixed
-sweep's rate is 0.26, 0.46, 0.58, 0.69, 0.81 against predicted 0.25, 0.45,
-0.55, 0.60, 0.63.
-
-Width: the checks test first-order statements. At n = 64, one step on ``Z``
-leaves 0.28, 0.18, 0.080 ``||r(0)||`` (K-FAC, ``eta = 1/d``) and 0.15,
-0.073, 0.042 (NGD, about ``m^(-1/2)``) for m = 4096, 16384, 65536; the
-checks fail at m = 4096, hence the presets' widths. K-FAC's weight step is
-not the minimum-norm one, so its second-order error is about twice NGD's.
+observations (``details["observations"]``). Width: the checks test
+first-order statements; at n = 64, one step on ``Z`` leaves 0.28, 0.18,
+0.080 ``||r(0)||`` (K-FAC) and 0.15, 0.073, 0.042 (NGD, about ``m^(-1/2)``)
+for m = 4096, 16384, 65536, so the checks fail at m = 4096 on second-order
+effects (K-FAC's, its step not being minimum-norm, twice NGD's).
 
 Small preset (about 12 s on 2 CPU cores; n = 32, d = 8, m = 32768, conds 1
 .. 1e4, 15 steps); full (about 60 s; n = 64, m = 65536, 20 steps)::
@@ -42,19 +36,21 @@ Small preset (about 12 s on 2 CPU cores; n = 32, d = 8, m = 32768, conds 1
   python -m experiments.kfac_forster --config=configs/kfac_forster.py:small \
       --workdir=/tmp/ngdjax/C6_small
 
-Seen (small / full, float64): the rate at ``eta = lambda_min/n`` for kappa
-= 1, 10, 100, 1e3, 1e4 is 4e-8, 0.699, 0.947, 0.993, 0.999 / 5e-8, 0.714,
+Seen (small / full, float64) at kappa = 1, 10, 100, 1e3, 1e4: the rate at
+``eta = lambda_min/n`` 4e-8, 0.699, 0.947, 0.993, 0.999 / 5e-8, 0.714,
 0.952, 0.994, 0.999, within 0.01 of the prediction and below the bound. One
 step on ``Z``: K-FAC leaves 0.087-0.088 / 0.079-0.080 ``||r(0)||``, NGD
 0.025-0.026 / 0.042 (every kappa); first-order updates agree to 5e-12 /
-4e-13, outputs to 0.066 / 0.046 ``||r(0)||``; K-FAC on the raw ``X`` leaves
-0.29 .. 0.75 / 0.29 .. 0.62 for kappa >= 10; NGD on the raw ``X`` 0.47 /
-0.37 at kappa = 1e4. Theorem 4's hypotheses (small): min_k lambda_min(S
-S^T)/lambda_S 0.88, 0.76, 0.77, 0.97, 0.99 (>= 1/2 everywhere); Jacobian
-condition 0.46, 4.8, 48, 255, 1350 (<= 1 only at kappa = 1: its right side
-shrinks like 1/kappa); second/first-order term 0.087, 0.049, 0.033,
-0.0073, 0.0015. So they hold at kappa = 1 only, where the bound holds; at
-larger kappa the rate is seen outside them (``bound_all_conds``).
+4e-13, outputs to 0.066 / 0.046 ``||r(0)||``. On the raw ``X``: K-FAC leaves
+0.29 .. 0.75 / 0.29 .. 0.62 for kappa >= 10, NGD 0.025, 0.058, 0.15, 0.30,
+0.47 (small) / 0.37 at 1e4 (full); the fixed sweep's rate is 0.26, 0.46,
+0.58, 0.69, 0.81 against predicted 0.25, 0.45, 0.55, 0.60, 0.63. Theorem 4's
+hypotheses (small): min_k lambda_min(S S^T)/lambda_S 0.88, 0.76, 0.77, 0.97,
+0.99 (>= 1/2); Jacobian condition 0.46, 4.8, 48, 255, 1350 (<= 1 only at
+kappa = 1: its right side shrinks like 1/kappa); second/first-order term
+0.087, 0.049, 0.033, 0.0073, 0.0015. So they hold at kappa = 1 only, where
+the bound holds; at larger kappa the rate is seen outside them
+(``bound_all_conds``).
 """
 
 from __future__ import annotations
@@ -68,11 +64,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ngdjax import data, diagnostics, models
+from ngdjax import data, diagnostics
 from ngdjax._src.forster import forster
 from ngdjax._src.jacobian import jvp
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
+from ngdjax.experiment.ngd_training import two_layer_model
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 from ngdjax.optim import kfac, ngd
 
@@ -160,12 +157,6 @@ def leverage_scores(x: np.ndarray) -> np.ndarray:
   return np.einsum("ij,ij->i", x, np.linalg.solve(x.T @ x, x.T).T)
 
 
-@functools.lru_cache(maxsize=16)
-def _model(width: int, nu: float) -> models.Model:
-  # A static argument of the jitted functions below: reruns reuse their code.
-  return models.two_layer_relu(width, nu=nu)
-
-
 # Midpoints of the quadrature for int_0^1 J(w(k) + s dw) ds.
 _QUADRATURE = 4
 
@@ -251,16 +242,11 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   conds = [float(k) for k in config.conds]
   x_sphere, y = data.sphere(config.n, config.d, seed=r.key("data"))
   z0 = np.asarray(forster(x_sphere).Z, np.float64)
-  model = _model(int(config.width), float(config.nu))
+  model = two_layer_model(config.width, config.nu)
   params0 = model.init(r.key("init"), config.d)
-  dtype = y.dtype
   r.start_progress(len(conds), interval_s=2.0)
-  results = [
-      r.unit(unit_key(cond=k),
-             functools.partial(_measure, config, model, params0, z0, y,
-                               dtype, k))
-      for k in conds
-  ]
+  results = [r.unit(unit_key(cond=k), functools.partial(
+      _measure, config, model, params0, z0, y, k)) for k in conds]
   return _summarise(r, config, results)
 
 
@@ -289,9 +275,9 @@ def _hypotheses(config, eig, norms, lam_s, jac, first, second):
           "second_order_ratio_max": so, "inside": inside}
 
 
-def _measure(config, model, params0, z0, y, dtype, kappa, log):
+def _measure(config, model, params0, z0, y, kappa, log):
   """Both sweeps and the one-step comparisons at one ``kappa``."""
-  n, d = config.n, config.d
+  n, d, dtype = config.n, config.d, y.dtype
   x64 = conditioned_inputs(z0, kappa)
   eig = np.linalg.eigvalsh(x64.T @ x64)
   nh = n * leverage_scores(x64)

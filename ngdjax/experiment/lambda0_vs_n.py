@@ -1,28 +1,21 @@
 """C8: ``lambda_0`` against the number of points ``n`` uniform on the sphere.
 
-Theorem 5 (MATH.md 3) bounds ``lambda_0 = lambda_min(G_inf)`` below by a
-power of ``n`` for inputs uniform on ``S^{d-1}``: ``lambda_0`` may shrink as
-points crowd the sphere, but polynomially, not exponentially, so the width
-``m = Omega(n^4 / lambda_0^4)`` of Theorem 3 stays polynomial in ``n``. The
-proof (appendix D.4) takes the kernel's spectrum from Xie et al. (2016),
-``lambda_n = Omega(n^{-1-beta})`` with ``beta`` in ``(0, 1/2)``, which would
-give ``lambda_0 = Omega(n^{-beta})``.
+Theorem 5 (MATH.md 3): for inputs uniform on ``S^{d-1}``, ``lambda_0 =
+lambda_min(G_inf) >= C n^(-beta)`` with ``beta`` in ``(0, 1/2)`` (from the
+kernel's spectrum ``lambda_n = Omega(n^{-1-beta})``, Xie et al. 2016), so
+Theorem 3's width ``m = Omega(n^4 / lambda_0^4)`` stays polynomial in ``n``.
 
 Measured, for every ``n`` and repetition (fresh points): ``lambda_0`` and the
-largest off-diagonal cosine (the closest pair of points). The checks
-(``CHECKS``, at least 4 repetitions per ``n``) read the theorem's form
-``lambda_0 >= C n^(-beta)``, ``0 < beta < 1/2``, on the power law fitted
-over all points and on the lower envelope (the per-``n`` minimum, a fit of
-the bound rather than of the mean).
+largest off-diagonal cosine (the closest pair). The checks read the
+theorem's form on the power law fitted over all points and on the lower
+envelope (the per-``n`` minimum: a fit of the bound, not of the mean).
 
 Reported, not checked: ``R^2`` of the power and exponential fits (an
 ``R^2`` threshold passed at 0.907 on one draw and failed at 0.879 on
-another). The proof cannot stand as written: its Chernoff step needs the
-kernel's eigenvalues ``lambda_u = Omega(u^{-1-beta})`` to be large, but
-they sum to ``E[G_inf]_ii = 1/2`` (``sum_u lambda_u = 1/2``), so at most
-``n`` of them exceed ``1 / (2n)`` and ``n lambda_n <= 1/2``, which the
-step's constants contradict; the check tests the statement, not the
-proof.
+another). The proof (appendix D.4) cannot stand as written: its Chernoff
+step needs ``lambda_u = Omega(u^{-1-beta})`` large, but the kernel's
+eigenvalues sum to ``E[G_inf]_ii = 1/2``, so ``n lambda_n <= 1/2``, which
+the step's constants contradict; the checks test the statement.
 
 Small preset (about 10 s on 2 CPU cores; d = 10, n = 16 .. 256, 4 reps);
 full (about 3 minutes, most of it the n = 2048 eigendecompositions; n = 16
@@ -31,10 +24,8 @@ full (about 3 minutes, most of it the n = 2048 eigendecompositions; n = 16
   python -m experiments.lambda0_vs_n --config=configs/lambda0_vs_n.py:small \
       --workdir=/tmp/ngdjax/C8_small
 
-Seen: ``lambda_0`` falls like a power of ``n`` no faster than ``n^(-1/2)``
-(before this criterion, with 3 reps on the small preset: -0.366 +- 0.032;
-full run -0.300 +- 0.013, so ``beta <= 0.33`` at 2 stderr); figure
-``lambda0_vs_n.png``.
+Seen: exponent -0.366 +- 0.032 (small preset, 3 reps, before this
+criterion), -0.300 +- 0.013 (full: ``beta <= 0.33`` at 2 stderr).
 """
 
 from __future__ import annotations
@@ -97,7 +88,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   work = {n: 1.0 + (n / 600) ** 3 for n in ns}
   r.start_progress(len(ns), interval_s=2.0, work=sum(work.values()))
 
-  def one(n, log):
+  def one(n, log):  # one sample size, all its repetitions
     out = {"lambda_0": [], "max_cos": []}
     for s in range(config.reps):
       x, _ = data.sphere(n, config.d, seed=r.key(unit_key(n=n, rep=s)))
@@ -109,7 +100,6 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
         out[k].append(v)
     return {"n": n, **out}
 
-  # A unit is one sample size (all its repetitions).
   results = [r.unit(unit_key(n=n), functools.partial(one, n), work=work[n])
              for n in ns]
   n_all = np.repeat([u["n"] for u in results], config.reps).astype(float)
@@ -126,10 +116,10 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   measured = {
       "exponent": fit.exponent,
       "exponent_stderr": fit.exponent_stderr,
-      "beta_upper": -(fit.exponent - 2 * fit.exponent_stderr),
+      "beta_upper": -fit.interval()[0],
       "envelope_exponent": env.exponent,
       "envelope_exponent_stderr": env.exponent_stderr,
-      "envelope_beta_upper": -(env.exponent - 2 * env.exponent_stderr),
+      "envelope_beta_upper": -env.interval()[0],
       "max_beta": float(config.max_beta),
       "reps": int(config.reps),
       "prefactor": fit.prefactor,
@@ -156,9 +146,8 @@ def _plot(r: Run, config, fit, n_all, lam) -> list[str]:
                                    "mean over samples")
   slope, intercept = np.polyfit(n_all, np.log(lam), 1)
   grid = np.geomspace(ux.min(), ux.max(), 50)
-  name = "lambda0_vs_n.png"
   plots.line_plot(
-      r.path(name),
+      r.path("lambda0_vs_n.png"),
       series + [
           plots.Series(grid, fit.predict(grid),
                        f"power fit: n^({fit.exponent:.3f} +- "
@@ -170,7 +159,7 @@ def _plot(r: Run, config, fit, n_all, lam) -> list[str]:
       xlabel="number of points n", ylabel="lambda_0 = lambda_min(G_inf)",
       title=f"C8: lambda_0 vs n, uniform on S^{config.d - 1}",
       logx=True, logy=True, xticks=ux)
-  return [name]
+  return ["lambda0_vs_n.png"]
 
 
 SPEC = Experiment(

@@ -1,19 +1,17 @@
 """C7: the Forster transform, Algorithm 1 against Newton's method.
 
-MATH.md 5: Algorithm 1 of the appendix (``ngdjax.forster(method=
-"fixed_point")``) converges linearly to radial isotropic position; Newton's
-method on Barthe's convex potential (``method="newton"``) is the faster
-alternative MATH.md asks for, quadratically convergent and invariant under
-``x -> x L``.
+MATH.md 5: Algorithm 1 of the appendix (``forster(method="fixed_point")``)
+converges linearly to radial isotropic position; Newton's method on Barthe's
+convex potential (``method="newton"``), the faster alternative MATH.md asks
+for, converges quadratically and is invariant under ``x -> x L``.
 
-Measured on each kind of data of ``config.kinds`` (``make_data``): the
-error ``||Z^T Z - (n/d) I||_F / (n/d)`` after every update
-(``ForsterResult.history``; Newton's ``history[0]`` is after its whitening
-start), updates to ``tol``, Newton's conjugate-gradient products, the final
-error and ``cond(A)``, and the wall time of the jitted iteration (median of
-``repeats`` calls, the methods interleaved, after a compiling call). Wall
-time is reported, not required: a Newton step costs a few Algorithm 1
-steps (``benchmarks/forster.py``).
+Measured on each kind of data (``make_data``): the error ``||Z^T Z - (n/d)
+I||_F / (n/d)`` after every update (Newton's ``history[0]`` is after its
+whitening start), updates to ``tol``, Newton's conjugate-gradient products,
+the final error, ``cond(A)`` and the wall time of the jitted iteration
+(median of ``repeats`` interleaved calls after a compiling one; reported,
+not required: a Newton step costs a few Algorithm 1 steps,
+``benchmarks/forster.py``).
 
 Small preset (about 7 s on 2 CPU cores; n = 500, d = 10, 5 timed calls);
 full (about 8 s; n = 1000, d = 20, 9 timed calls)::
@@ -22,12 +20,11 @@ full (about 8 s; n = 1000, d = 20, 9 timed calls)::
       --config=configs/forster_convergence.py:small \
       --workdir=/tmp/ngdjax/C7_small
 
-Seen: both methods reach 1e-10 on every kind, Newton in fewer updates
-(Algorithm 1 / Newton on Gaussian, anisotropic, near-degenerate,
-near-critical data: 16 / 4, 18 / 5, 36 / 7, 412 / 7 small; 12 / 3, 14 / 5,
-25 / 7, 451 / 7 full). In time the two are about even except on
-near-critical data, where Newton is about 10x faster (full: 126 ms against
-10 ms).
+Seen: both reach 1e-10 on every kind, Newton in fewer updates (Algorithm 1 /
+Newton on Gaussian, anisotropic, near-degenerate, near-critical data: 16 /
+4, 18 / 5, 36 / 7, 412 / 7 small; 12 / 3, 14 / 5, 25 / 7, 451 / 7 full); in
+time about even except on near-critical data, where Newton is about 10x
+faster (full: 126 ms against 10 ms).
 """
 
 from __future__ import annotations
@@ -150,20 +147,14 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
     seconds = _timed(calls, config.repeats)
     out = {"kind": kind}
     for m, res in results.items():
-      hist = np.asarray(res.history, np.float64)
-      hist = hist[: int(res.iterations) + 1]
+      hist = np.asarray(res.history, np.float64)[: int(res.iterations) + 1]
       for k, e in enumerate(hist):
         log(step=k, kind=kind, method=m, error=float(e))
       out[m] = {
-          "iterations": int(res.iterations),
-          "converged": bool(res.converged),
-          "error": float(res.error),
-          "cond": float(res.cond),
-          "cg_products": int(res.cg_iterations),
-          "time_s": seconds[m],
-          "reason": res.reason,
-          "history": hist.tolist(),
-      }
+          "iterations": int(res.iterations), "converged": bool(res.converged),
+          "error": float(res.error), "cond": float(res.cond),
+          "cg_products": int(res.cg_iterations), "time_s": seconds[m],
+          "reason": res.reason, "history": hist.tolist()}
     return out
 
   results = {k: r.unit(unit_key(kind=k), functools.partial(one, k))

@@ -29,7 +29,6 @@ import math
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from ngdjax import data, diagnostics, kernels
 from ngdjax._src.jacobian import gram
@@ -89,36 +88,25 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   x, _ = data.sphere(config.n, config.d, seed=r.key("data"))
   g_inf = kernels.relu_gram_inf(x)
   lam0 = float(lambda_min(g_inf))
-  widths_run = [int(m) for m in config.widths]
-  # Work per unit ~ a fixed cost (compilation) plus n^2 m for the Gram.
-  work = {m: 1.0 + m / 4096 for m in widths_run}
-  r.start_progress(len(widths_run), interval_s=2.0, work=sum(work.values()))
 
-  def one(m, log):
+  def rows(m):
     keys = jnp.stack([r.key(unit_key(width=m, rep=s))
                       for s in range(config.reps)])
-    grams = _initial_grams(two_layer_model(m, config.nu), config.d, keys, x)
-    out = {"rel_error_fro": [], "rel_error_max": [], "lambda_min_ratio": []}
-    for s, g0 in enumerate(grams):
+    model = two_layer_model(m, config.nu)
+    for g0 in _initial_grams(model, config.d, keys, x):
       row = {f"rel_error_{k}": diagnostics.relative_error(g0, g_inf, k)
              for k in ("fro", "max")}
       row["lambda_min_ratio"] = lambda_min(g0) / lam0
-      row = {k: float(v) for k, v in row.items()}
-      log(width=m, rep=s, **row)
-      for k, v in row.items():
-        out[k].append(v)
-    return {"width": m, **out}
+      yield {k: float(v) for k, v in row.items()}
 
-  # A unit is one width (all its repetitions): the resume granularity.
-  results = [r.unit(unit_key(width=m), functools.partial(one, m),
-                    work=work[m]) for m in widths_run]
-  widths = np.repeat([u["width"] for u in results],
-                     config.reps).astype(float)
-  errors = {k: np.concatenate([u[f"rel_error_{k}"] for u in results])
-            for k in ("fro", "max")}
-  fits = {k: diagnostics.fit_power_law(widths, e) for k, e in errors.items()}
+  # Work per unit ~ a fixed cost (compilation) plus n^2 m for the Gram.
+  widths, columns = analysis.repetition_sweep(
+      r, "width", [int(m) for m in config.widths], config.reps, rows,
+      lambda m: 1.0 + m / 4096)
+  fits = {k: diagnostics.fit_power_law(widths, columns[f"rel_error_{k}"])
+          for k in ("fro", "max")}
   fit = fits[config.error_norm]
-  ratios = np.concatenate([u["lambda_min_ratio"] for u in results])
+  ratios = columns["lambda_min_ratio"]
   m_star = analysis.threshold_width(widths, ratios >= config.lambda_fraction)
   lemma6_scale = config.n * math.log(config.n / config.delta) / lam0
 

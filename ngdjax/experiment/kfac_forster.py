@@ -9,26 +9,23 @@ every ``eta n h_i`` lies in ``[1/kappa, 1]`` (``kappa = cond(X^T X)``), so
 transform ``Z`` every ``n h_i = d``: K-FAC at ``eta = 1/d`` is NGD at ``eta
 = 1``, whatever ``kappa`` was.
 
-Measured per ``kappa`` (unit rows with that ``cond(X^T X)``, built by
-``conditioned_inputs`` from points on the sphere; one ``W(0)``), undamped
-K-FAC on the real network: ``steps`` steps at Theorem 4's step (per-step
-ratios, their geometric mean = the rate, the leverage-score prediction
-``(1 - eta n h)^k r(0)``, the bound, Theorem 4's hypotheses along the way:
-``_hypotheses``) and at a fixed ``eta = fixed_eta_times_d / d``; one step
-from ``W(0)`` of K-FAC (``eta = 1/d``) and NGD (``eta = 1``) on ``X`` and on
-``Z``. A rate counts the steps while ``||r(k)||`` lies in
-``(residual_floor, diverge_factor] ||r(0)||`` (below: round-off).
+Measured per ``kappa`` (inputs from ``conditioned_inputs``, one ``W(0)``),
+undamped K-FAC: ``steps`` steps at Theorem 4's step and at ``eta =
+fixed_eta_times_d / d`` (the rate: geometric mean of the per-step ratios
+while ``||r(k)||`` is in ``(residual_floor, diverge_factor] ||r(0)||``; its
+leverage-score prediction; Theorem 4's hypotheses, ``_hypotheses``), and one
+step from ``W(0)`` of K-FAC (``eta = 1/d``) and NGD (``eta = 1``) on ``X``
+and on ``Z``.
 
 Changed after the first measurement: the criterion also required the fixed
 sweep to match its prediction and NGD's one step on the raw ``X`` to be
-small. Both failed, and both lie outside Theorem 4's hypotheses at a fixed
-width (as ``kappa`` grows, ``lambda_0`` shrinks and Theorem 3's width grows,
-so the second-order effects of a fixed step grow); they are now
-observations (``details["observations"]``). Width: the checks test
+small. Both failed, outside Theorem 4's hypotheses at a fixed width (as
+``kappa`` grows, ``lambda_0`` shrinks and Theorem 3's width grows); they are
+now observations (``details["observations"]``). Width: the checks test
 first-order statements; at n = 64, one step on ``Z`` leaves 0.28, 0.18,
 0.080 ``||r(0)||`` (K-FAC) and 0.15, 0.073, 0.042 (NGD, about ``m^(-1/2)``)
-for m = 4096, 16384, 65536, so the checks fail at m = 4096 on second-order
-effects (K-FAC's, its step not being minimum-norm, twice NGD's).
+for m = 4096, 16384, 65536: the checks fail at m = 4096 on second-order
+effects (twice NGD's for K-FAC, whose step is not minimum-norm).
 
 Small preset (about 12 s on 2 CPU cores; n = 32, d = 8, m = 32768, conds 1
 .. 1e4, 15 steps); full (about 60 s; n = 64, m = 65536, 20 steps)::
@@ -123,13 +120,10 @@ def gram_cond(x: np.ndarray) -> float:
 
 def conditioned_inputs(z0: np.ndarray, kappa: float,
                        rtol: float = 1e-6) -> np.ndarray:
-  """``(n, d)`` unit rows with ``cond(X^T X) = kappa`` (to ``rtol``).
-
-  ``X = normalize_rows(z0 diag(alpha^(-j/(d-1))))`` with ``alpha >= 1``
-  found by bisection on ``log alpha``; ``z0``: ``(n, d)`` unit rows, ``n >
-  d``, best isotropic (then ``kappa = 1`` is ``z0`` itself); ``kappa >=
-  cond(z0^T z0)``.
-  """
+  """``X = normalize_rows(z0 diag(alpha^(-j/(d-1))))`` with ``cond(X^T X) =
+  kappa`` (to ``rtol``), ``alpha >= 1`` by bisection on ``log alpha``.
+  ``z0``: ``(n, d)`` unit rows, ``n > d``, best isotropic (then ``kappa =
+  1`` is ``z0``); ``kappa >= cond(z0^T z0)``."""
   z0 = np.asarray(z0, np.float64)
   cond0 = gram_cond(z0)
   if kappa < cond0 * (1 - rtol):
@@ -217,14 +211,9 @@ def counted_steps(norms, floor: float, diverge: float) -> int:
   """Steps ``k`` whose ratio counts: ``||r(j)||`` in ``(floor, diverge]
   ||r(0)||`` for all ``j <= k`` and ``||r(k+1)||`` finite."""
   norms = np.asarray(norms, np.float64)
-  r0 = norms[0]
-  count = 0
-  for k in range(len(norms) - 1):
-    ok = np.isfinite(norms[k]) and floor * r0 < norms[k] <= diverge * r0
-    if not ok or not np.isfinite(norms[k + 1]):
-      break
-    count = k + 1
-  return count
+  inside = (floor * norms[0] < norms) & (norms <= diverge * norms[0])
+  counts = inside[:-1] & np.isfinite(norms[1:])
+  return int(np.cumprod(counts).sum())  # the leading run of counted steps
 
 
 def rate(norms, floor: float, diverge: float) -> tuple[float, np.ndarray]:
@@ -251,15 +240,12 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
 
 
 def _hypotheses(config, eig, norms, lam_s, jac, first, second):
-  """Theorem 4's hypotheses along the counted steps of the theorem sweep.
-
-  ``lambda_min(S~(k) S~(k)^T) >= lambda_S / 2``, ``lambda_S`` its value at
-  ``k = 0`` (positive definiteness of ``S S^T`` as in Condition 1); the
-  Jacobian condition ``||int J - J(k)||_2 <= sqrt(lambda_min(S~ S~^T))
+  """Theorem 4's hypotheses along the theorem sweep's counted steps:
+  ``lambda_min(S~(k) S~(k)^T) >= lambda_S / 2`` (``lambda_S`` at ``k = 0``,
+  as in Condition 1); ``||int J - J(k)||_2 <= sqrt(lambda_min(S~ S~^T))
   lambda_min(X^T X) / lambda_max(X^T X)`` (the proof's Condition 2 with
-  constant 1; ``X X^T`` of the text has rank ``d < n``, so ``X^T X``'s
-  eigenvalues are used); and ``||(2)|| / ||(1)|| <= max_second_order``.
-  """
+  constant 1; ``X X^T`` of the text has rank ``d < n``, hence ``X^T X``);
+  ``||(2)|| / ||(1)|| <= max_second_order``."""
   k = max(1, counted_steps(norms, config.residual_floor,
                            config.diverge_factor))
   lam_s, jac, first, second = lam_s[:k], jac[:k], first[:k], second[:k]
@@ -308,16 +294,13 @@ def _measure(config, model, params0, z0, y, kappa, log):
           residual_rel=float(norms[k] / norms[0]),
           predicted_rel=float(pred[k] / pred[0]))
     out[sweep] = {
-        "eta": eta,
-        "rate": measured_rate,
-        "predicted_rate": predicted_rate,
+        "eta": eta, "rate": measured_rate, "predicted_rate": predicted_rate,
         "max_ratio": float(ratios.max()) if ratios.size else float("nan"),
         "counted_steps": int(ratios.size),
         "envelope": float(np.max(factors**2)),
         "max_eta_nh": float(eta * nh.max()),
         "bound": (1.0 - 1.0 / kappa) ** 2 if sweep == "theorem" else None,
-        "residual_rel": (norms / norms[0]).tolist(),
-    }
+        "residual_rel": (norms / norms[0]).tolist()}
 
   fz = forster(x)
   one: dict[str, Any] = {}
@@ -386,13 +369,9 @@ def checks(config) -> tuple[verdicts.Check, ...]:
 
 
 def _breaks_bound(t, rtol: float) -> bool:
-  """``1 - max_ratio < (1 - rtol)(1 - bound)``: relative to ``1 - bound``.
-
-  The bound ``(1 - 1/kappa)^2`` is near 1 at large ``kappa`` (``1 - bound
-  ~ 2/kappa``), so a tolerance must scale with the guaranteed decrease, not
-  be absolute (an absolute 0.02 made the check unbreakable for ``kappa >=
-  100``).
-  """
+  """``1 - max_ratio < (1 - rtol)(1 - bound)``: a tolerance relative to the
+  guaranteed decrease ``1 - bound ~ 2/kappa`` (an absolute 0.02 made the
+  check unbreakable for ``kappa >= 100``)."""
   return not (np.isfinite(t["max_ratio"])
               and 1.0 - t["max_ratio"] >= (1.0 - rtol) * (1.0 - t["bound"]))
 

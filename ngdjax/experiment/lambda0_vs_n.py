@@ -5,17 +5,17 @@ lambda_min(G_inf) >= C n^(-beta)`` with ``beta`` in ``(0, 1/2)`` (from the
 kernel's spectrum ``lambda_n = Omega(n^{-1-beta})``, Xie et al. 2016), so
 Theorem 3's width ``m = Omega(n^4 / lambda_0^4)`` stays polynomial in ``n``.
 
-Measured, for every ``n`` and repetition (fresh points): ``lambda_0`` and the
-largest off-diagonal cosine (the closest pair). The checks read the
+Measured, for every ``n`` and repetition (fresh points): ``lambda_0`` and
+the largest off-diagonal cosine (the closest pair). The checks read the
 theorem's form on the power law fitted over all points and on the lower
 envelope (the per-``n`` minimum: a fit of the bound, not of the mean).
+Reported, not checked: ``R^2`` of the power and exponential fits (an ``R^2``
+threshold passed at 0.907 on one draw and failed at 0.879 on another).
 
-Reported, not checked: ``R^2`` of the power and exponential fits (an
-``R^2`` threshold passed at 0.907 on one draw and failed at 0.879 on
-another). The proof (appendix D.4) cannot stand as written: its Chernoff
-step needs ``lambda_u = Omega(u^{-1-beta})`` large, but the kernel's
-eigenvalues sum to ``E[G_inf]_ii = 1/2``, so ``n lambda_n <= 1/2``, which
-the step's constants contradict; the checks test the statement.
+The proof (appendix D.4) cannot stand as written: its Chernoff step needs
+``lambda_u = Omega(u^{-1-beta})`` large, but the kernel's eigenvalues sum to
+``E[G_inf]_ii = 1/2``, so ``n lambda_n <= 1/2``, which the step's constants
+contradict; the checks test the statement.
 
 Small preset (about 10 s on 2 CPU cores; d = 10, n = 16 .. 256, 4 reps);
 full (about 3 minutes, most of it the n = 2048 eigendecompositions; n = 16
@@ -30,14 +30,12 @@ criterion), -0.300 +- 0.013 (full: ``beta <= 0.33`` at 2 stderr).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import ml_collections
 import numpy as np
 
 from ngdjax import data, diagnostics, kernels
-from ngdjax.experiment import plots, verdicts
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 
@@ -53,9 +51,8 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-# One compilation per n instead of one per eager operation; the points come
-# from data.sphere (unit rows, never parallel), so the value checks that jit
-# skips have nothing to catch here.
+# One compilation per n; the value checks that jit skips have nothing to
+# catch in data.sphere's points (unit rows, never parallel).
 _lambda_0 = jax.jit(kernels.lambda_0)
 
 
@@ -83,27 +80,19 @@ CHECKS = (
 def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   """Runs the sweep; the figures the checks judge and the report's text."""
   ns = [int(n) for n in config.ns]
-  # Work per unit: a fixed cost (compilation, ~1 unit) plus the n^3 of the
-  # eigendecompositions, which overtakes it near n = 600 on a CPU core.
-  work = {n: 1.0 + (n / 600) ** 3 for n in ns}
-  r.start_progress(len(ns), interval_s=2.0, work=sum(work.values()))
 
-  def one(n, log):  # one sample size, all its repetitions
-    out = {"lambda_0": [], "max_cos": []}
+  def rows(n):
     for s in range(config.reps):
       x, _ = data.sphere(n, config.d, seed=r.key(unit_key(n=n, rep=s)))
       cos = np.array(x @ x.T)
       np.fill_diagonal(cos, -1.0)
-      row = {"lambda_0": float(_lambda_0(x)), "max_cos": float(cos.max())}
-      log(n=n, rep=s, **row)
-      for k, v in row.items():
-        out[k].append(v)
-    return {"n": n, **out}
+      yield {"lambda_0": float(_lambda_0(x)), "max_cos": float(cos.max())}
 
-  results = [r.unit(unit_key(n=n), functools.partial(one, n), work=work[n])
-             for n in ns]
-  n_all = np.repeat([u["n"] for u in results], config.reps).astype(float)
-  lam = np.concatenate([u["lambda_0"] for u in results])
+  # Work per unit: a fixed cost (compilation, ~1 unit) plus the n^3 of the
+  # eigendecompositions, which overtakes it near n = 600 on a CPU core.
+  n_all, columns = analysis.repetition_sweep(
+      r, "n", ns, config.reps, rows, lambda n: 1.0 + (n / 600) ** 3)
+  lam = columns["lambda_0"]
   if np.any(lam <= 0):
     raise ValueError(f"lambda_0 <= 0 for some sample (min {lam.min():.3g})"
                      "; the points are degenerate")

@@ -69,13 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
 def make_data(kind: str, n: int, d: int, rng: np.random.Generator, *,
               anisotropy: float = 1e4, degenerate_noise: float = 1e-3,
               critical_fraction: float = 0.96) -> np.ndarray:
-  """``(n, d)`` standard normal data of one kind (as in
-  ``benchmarks/forster.py``): ``"gaussian"``; ``"anisotropic"`` (column
-  scales ``logspace(0, log10(anisotropy), d)``); ``"near_degenerate"`` (half
-  the rows within ``degenerate_noise`` of a random plane: ``cond(A) ~ 1 /
-  degenerate_noise``); ``"near_critical"`` (``critical_fraction * 2 n / d``
-  rows in a plane, just under the existence threshold ``2 n / d``, where
-  Algorithm 1's linear rate tends to 1)."""
+  """``(n, d)`` standard normal data of one kind of ``KINDS`` (those of
+  ``benchmarks/forster.py``; parameters as in ``default_config``). The
+  near-critical rows in a plane are just under the existence threshold ``2
+  n / d``, where Algorithm 1's linear rate tends to 1."""
   x = rng.standard_normal((n, d))
   if kind == "gaussian":
     return x
@@ -136,9 +133,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
                   anisotropy=config.anisotropy,
                   degenerate_noise=config.degenerate_noise,
                   critical_fraction=config.critical_fraction)
-    # Under jit forster skips the input checks (a numpy SVD, slower than
-    # the iteration): the calls time the iteration alone. The first call
-    # compiles and gives the result.
+    # Under jit forster skips its input checks (a numpy SVD): the calls time
+    # the iteration alone. The first compiles and gives the result.
     xj = jax.numpy.asarray(x)
     calls = {m: functools.partial(
         _jitted_forster(m, float(config.tol), int(config.max_iters)), xj)

@@ -162,8 +162,8 @@ def _plot(r: Run, config, fits, m_star) -> list[str]:
   series, ux = plots.runs_and_mean(records, "width", "lambda_min_ratio",
                                    "repetitions", "mean")
   plots.line_plot(
-      r.path("lambda_min.png"), series,
-      xlabel="width m", ylabel="lambda_min(G(0)) / lambda_0",
+      r.path("lambda_min.png"), series, xlabel="width m",
+      ylabel="lambda_min(G(0)) / lambda_0",
       title="C5: Lemma 6, lambda_min(G(0)) >= (3/4) lambda_0",
       logx=True, xticks=ux,
       hlines=[(config.lambda_fraction,

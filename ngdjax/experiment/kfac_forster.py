@@ -42,11 +42,10 @@ step on ``Z``: K-FAC leaves 0.087-0.088 / 0.079-0.080 ``||r(0)||``, NGD
 0.29 .. 0.75 / 0.29 .. 0.62 for kappa >= 10, NGD 0.025, 0.058, 0.15, 0.30,
 0.47 (small) / 0.37 at 1e4 (full); the fixed sweep's rate is 0.26, 0.46,
 0.58, 0.69, 0.81 against predicted 0.25, 0.45, 0.55, 0.60, 0.63. Theorem 4's
-hypotheses (small): min_k lambda_min(S S^T)/lambda_S 0.88, 0.76, 0.77, 0.97,
-0.99 (>= 1/2); Jacobian condition 0.46, 4.8, 48, 255, 1350 (<= 1 only at
-kappa = 1: its right side shrinks like 1/kappa); second/first-order term
-0.087, 0.049, 0.033, 0.0073, 0.0015. So they hold at kappa = 1 only, where
-the bound holds; at larger kappa the rate is seen outside them
+hypotheses (small) hold at kappa = 1 only, where the bound holds: the
+Jacobian condition is 0.46, 4.8, 48, 255, 1350 (its right side shrinks like
+1/kappa; lambda_S ratio >= 0.76, second/first-order term <= 0.087
+everywhere); at larger kappa the rate is seen outside them
 (``bound_all_conds``).
 """
 
@@ -93,8 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.fixed_eta_times_d = 0.5  # fixed sweep: eta = this / d
   c.residual_floor = 1e-8  # rates count steps while ||r|| > this ||r(0)||
   c.diverge_factor = 1e6  # ... and while ||r|| <= this ||r(0)||
-  # theorem_bound: 1 - ratio >= (1 - this) (1 - (1 - 1/kappa)^2).
-  c.bound_rtol = 0.1
+  c.bound_rtol = 0.1  # theorem_bound: 1 - ratio >= (1 - this)(1 - bound)
   c.max_second_order = 0.1  # Theorem 4's hypothesis: ||(2)|| <= this ||(1)||
   c.rate_tol = 0.02  # leverage_prediction: |measured - predicted| rate
   c.monotone_tol = 0.01  # degrades: rate(kappa') >= rate(kappa) - this
@@ -151,8 +149,7 @@ def leverage_scores(x: np.ndarray) -> np.ndarray:
   return np.einsum("ij,ij->i", x, np.linalg.solve(x.T @ x, x.T).T)
 
 
-# Midpoints of the quadrature for int_0^1 J(w(k) + s dw) ds.
-_QUADRATURE = 4
+_QUADRATURE = 4  # midpoints of the rule for int_0^1 J(w(k) + s dw) ds
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
@@ -471,12 +468,11 @@ def _plot(r: Run, config, results) -> list[str]:
     for key, style, name in (("rate", "line", f"K-FAC, {label}"),
                              ("predicted_rate", "dashed",
                               "  leverage-score prediction")):
-      pts = [(rec["cond"], 1.0 - plots.as_float(rec[sweep][key]))
-             for rec in units]
-      pts = [(c, v) for c, v in pts if v > 0]
-      if pts:
-        xs, ys = zip(*pts, strict=True)
-        series.append(plots.Series(xs, ys, name, style, color=color))
+      xs, ys = np.array([(rec["cond"], 1.0 - plots.as_float(rec[sweep][key]))
+                         for rec in units]).T
+      if np.any(ys > 0):
+        series.append(plots.Series(xs[ys > 0], ys[ys > 0], name, style,
+                                   color=color))
   fine = np.geomspace(max(min(conds), 1.0), max(conds), 100)
   series.append(plots.Series(fine, 1 - (1 - 1 / fine) ** 2,
                              "Theorem 4: 1 - (1 - 1/kappa)^2 (lower bound)",

@@ -56,13 +56,13 @@ def default_config() -> ml_collections.ConfigDict:
 _lambda_0 = jax.jit(kernels.lambda_0)
 
 
-def _linear_r_squared(x, y) -> float:
-  """``R^2`` of least squares ``y ~ a + b x`` (the exponential model)."""
-  x, y = np.asarray(x, float), np.asarray(y, float)
+def _exponential_fit(n, lam) -> tuple[float, float, float]:
+  """``log lambda_0 ~ a + b n`` by least squares: ``(b, a, R^2)``."""
+  x, y = np.asarray(n, float), np.log(np.asarray(lam, float))
   slope, intercept = np.polyfit(x, y, 1)
   rss = float(np.sum((y - intercept - slope * x) ** 2))
   tss = float(np.sum((y - y.mean()) ** 2))
-  return 1.0 - rss / tss if tss > 0 else 1.0
+  return slope, intercept, 1.0 - rss / tss if tss > 0 else 1.0
 
 
 CHECKS = (
@@ -100,8 +100,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   ns_sorted = np.array(sorted(set(n_all.tolist())))
   envelope = np.array([lam[n_all == n].min() for n in ns_sorted])
   env = diagnostics.fit_power_law(ns_sorted, envelope)
-  r2_exp = _linear_r_squared(n_all, np.log(lam))
-  figures = _plot(r, config, fit, n_all, lam)
+  slope, intercept, r2_exp = _exponential_fit(n_all, lam)
+  figures = _plot(r, config, fit, slope, intercept)
   measured = {
       "exponent": fit.exponent,
       "exponent_stderr": fit.exponent_stderr,
@@ -128,12 +128,11 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
                  "(Theorem 5): {criteria}", figures)
 
 
-def _plot(r: Run, config, fit, n_all, lam) -> list[str]:
+def _plot(r: Run, config, fit, slope, intercept) -> list[str]:
   """The figure, from ``metrics.jsonl``."""
   records = [rec for rec in r.records() if "rep" in rec]
   series, ux = plots.runs_and_mean(records, "n", "lambda_0", "samples",
                                    "mean over samples")
-  slope, intercept = np.polyfit(n_all, np.log(lam), 1)
   grid = np.geomspace(ux.min(), ux.max(), 50)
   plots.line_plot(
       r.path("lambda0_vs_n.png"),

@@ -211,10 +211,9 @@ def _plot(r: Run, config, results) -> list[str]:
                     f"{1e3 * res['time_s']:.1f} ms")
     ax.axhline(config.tol, color="gray", ls=":", lw=1.2,
                label=f"tol = {config.tol:g}")
-    ax.set_yscale("log")
+    ax.set(yscale="log", xlabel="iteration (updates of A)",
+           ylabel="||Z^T Z - (n/d) I||_F / (n/d)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("iteration (updates of A)")
-    ax.set_ylabel("||Z^T Z - (n/d) I||_F / (n/d)")
     ax.set_title(kind.replace("_", "-"), fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7.5)

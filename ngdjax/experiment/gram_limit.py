@@ -129,9 +129,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
       f"{config.error_norm} rel. error ~ m^({fit.exponent:.3f} +- "
       f"{fit.exponent_stderr:.3f}) (max-abs: {fits['max'].exponent:.3f} +- "
       f"{fits['max'].exponent_stderr:.3f}); lambda_min(G(0)) >= "
-      f"{config.lambda_fraction:g} lambda_0 for m >= {m_star_text} "
-      f"(n={config.n}, d={config.d}, lambda_0={lam0:.3g}, "
-      f"{config.reps} reps)")
+      f"{config.lambda_fraction:g} lambda_0 for m >= {m_star_text} (n="
+      f"{config.n}, d={config.d}, lambda_0={lam0:.3g}, {config.reps} reps)")
   expectation = ("{criteria} (Lemma 6 scale n log(n/delta)/lambda_0 = "
                  f"{lemma6_scale:.3g})")
   return Outcome(measured, text, expectation, figures)

@@ -69,8 +69,7 @@ from ngdjax.experiment.ngd_training import two_layer_model
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 from ngdjax.optim import kfac, ngd
 
-# One step from W(0), "<method>_<inputs>" (K-FAC at eta = 1/d, NGD at eta =
-# 1): its (label, colour, style) in the figure.
+# One step from W(0), "<method>_<inputs>": (label, colour, style) in figures.
 ONE_STEP = {
     "kfac_raw": ("K-FAC, eta = 1/d, raw X", "C0", "line"),
     "kfac_forster": ("K-FAC, eta = 1/d, Forster Z", "C3", "line"),
@@ -269,8 +268,7 @@ def _measure(config, model, params0, z0, y, kappa, log):
   out: dict[str, Any] = {
       "cond": kappa, "cond_achieved": float(eig[-1] / eig[0]),
       "lambda_min": float(eig[0]), "lambda_max": float(eig[-1]),
-      "nh_min": float(nh.min()), "nh_max": float(nh.max()),
-  }
+      "nh_min": float(nh.min()), "nh_max": float(nh.max())}
   etas = {"theorem": float(eig[0] / n),
           "fixed": float(config.fixed_eta_times_d / d)}
   for sweep, eta in etas.items():
@@ -390,8 +388,7 @@ def _summarise(r: Run, config, results) -> Outcome:
       "fixed_sweep_matches_prediction": all(fixed_ok),
       "fixed_sweep_matches_prediction_per_cond": fixed_ok,
       "ngd_raw_one_step": all(o["ngd_raw"] <= config.one_step_tol
-                              for o in one),
-  }
+                              for o in one)}
   figures = _plot(r, config, results)
   fixed_stable = [c for c, f in zip(conds, fixed, strict=True)
                   if f["predicted_rate"] <= 1.0]

@@ -6,6 +6,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ngdjax.experiment import config as config_lib
 from ngdjax.experiment import train
@@ -26,11 +27,13 @@ def _tiny():
 
 def test_train_smoke_and_resume(tmp_path):
   config = _tiny()
-  summary = train.run(config, tmp_path)
+  summary = train.SPEC.run(config, tmp_path)
   saved = json.loads((tmp_path / "summary.json").read_text())
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert saved["passed"] == all(saved["checks"].values())
+  # The saved verdict is the pure verdict of the saved measurement.
+  assert saved["checks"] == train.SPEC.verdict(saved["measured"])
   for key in ("test_accuracy", "seconds_to_97", "steps_to_97"):
     assert set(saved["measured"][key]) == {"ngd", "kfac", "adam", "sgd"}
   for acc in saved["measured"]["test_accuracy"].values():
@@ -45,7 +48,7 @@ def test_train_smoke_and_resume(tmp_path):
     assert len(steps) == u["steps_run"] + 1
     assert np.all(np.diff([rec["seconds"] for rec in steps]) >= 0)
     assert sum("test_accuracy" in rec for rec in steps) >= 2
-  again = train.run(config, tmp_path)
+  again = train.SPEC.run(config, tmp_path)
   assert again["resumed_units"] == len(saved["details"]["runs"])
   assert again["measured"]["test_accuracy"] == saved["measured"][
       "test_accuracy"]
@@ -102,7 +105,7 @@ def test_train_reads_mnist_idx_files(tmp_path):
     _write_idx(data_dir / f"{prefix}-labels-idx1-ubyte", labels)
   config = _tiny()
   config.data_dir = str(data_dir)
-  summary = train.run(config, tmp_path / "run")
+  summary = train.SPEC.run(config, tmp_path / "run")
   assert "MNIST" in summary["measured_text"]
   assert "n=60" in summary["measured_text"]
 
@@ -113,3 +116,13 @@ def test_presets_match_schema():
                f"{path}:mnist"):
     config_lib.check_config(config_lib.load_config_file(spec),
                             train.default_config())
+
+
+def test_bad_config_fails_at_start(tmp_path):
+  config = _tiny()
+  config.adam_lrs = ()
+  config.target_accuracy = 1.5
+  with pytest.raises(ValueError, match=r"len\(config.adam_lrs\) must be "
+                     r">= 1.*config.target_accuracy must be <= 1"):
+    train.SPEC.run(config, tmp_path)
+  assert not (tmp_path / "config.json").exists()

@@ -17,6 +17,7 @@ from ngdjax.experiment import (
   lambda0_vs_n,
   linearized_paths,
   ngd_rate,
+  train,
   training_conditions,
   training_curves,
   verdicts,
@@ -233,3 +234,20 @@ def test_c12_verdict():
       {f"m{m0}/kfac_forster/steps_to_target": 51},
       {f"m{m0}/adam/effective_steps_over_speedup": 2.0},
   ], config)
+
+
+def test_tuple_keys_walk_nested_measured_dicts():
+  c = Check("ngd", ((("steps_to_97", "ngd"), ">=", 0),))
+  assert verdicts.holds(c, {"steps_to_97": {"ngd": 120}})
+  assert not verdicts.holds(c, {"steps_to_97": {"ngd": None}})
+  assert not verdicts.holds(c, {"steps_to_97": {}})
+  assert not verdicts.holds(c, {"steps_to_97": 3})
+
+
+def test_d1_verdict():
+  good = {"steps_to_97": {"ngd": 120, "kfac": 90, "adam": None,
+                          "sgd": None}}
+  _both(train.SPEC.verdict, good, [
+      {"steps_to_97": {"ngd": None, "kfac": 90}},
+      {"steps_to_97": {"ngd": 120, "kfac": None}},
+      {"steps_to_97": {}}])

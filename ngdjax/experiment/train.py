@@ -47,14 +47,35 @@ each reach ``target_accuracy`` on the test set within their budget. The
 comparison with Adam and SGD is reported as measured, whichever wins.
 Wall-clock depends on the machine and its load.
 
-Results of the presets: ``configs/train.py``.
+Digits preset (``small`` is the same run, used by
+``experiments.reproduce``; MLP 64-512-10, batch 64)::
+
+  python -m experiments.train --config=configs/train.py:digits \
+      --workdir=/tmp/ngdjax/train_digits
+
+MNIST from IDX files (``train-images-idx3-ubyte[.gz]`` etc. in DIR)::
+
+  python -m experiments.train --config=configs/train.py:mnist \
+      --config.data_dir=DIR --workdir=/tmp/ngdjax/train_mnist
+
+Measured (digits preset, seed 0, float64, 2 CPU cores shared with other
+engineers: 1m09s wall at load ~5, 2m51s at load ~9): final test accuracy /
+steps and seconds to 97% (360 test images: 97% needs 350 right):
+NGD (lr 1, damping 1) 96.7% / not reached in 200 steps (best 96.9%, 349);
+K-FAC (lr 1, damping 1) 96.9% / 120 steps, 4.3 s; Adam (3e-2) 97.2% / 80
+steps, 0.13 s; SGD (1) 92.8% / not reached in 400 steps. Damping 0.1
+diverges for NGD (both rates) and for K-FAC at lr 1. Seconds per step: NGD
+0.066, K-FAC 0.028, Adam 0.0014, SGD 0.001. Seed 0's selected grid
+points (no new grid) at seeds 1-4 (other split, init and batches): NGD
+97.8-98.3% final, 97% in 40-70 steps; K-FAC 98.1-98.9%, 30-50; Adam
+98.0-99.2%, 40-60; SGD 93.0-96.4%, never. Seed 0's split is the hard one
+for every method.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from typing import Any
 
@@ -65,14 +86,11 @@ import numpy as np
 import optax
 
 from ngdjax import data, models
-from ngdjax.experiment import plots
-from ngdjax.experiment.runner import Run, unit_key
+from ngdjax.experiment import plots, verdicts
+from ngdjax.experiment.config import Rule
+from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 from ngdjax.optim import gd, kfac, ngd, optax_optimizer
 
-NAME = "train"
-CLAIM = "D1"
-TITLE = ("Classifier on real data (demonstration): NGD, K-FAC, Adam and SGD "
-         "with mini-batches")
 METHODS = ("ngd", "kfac", "adam", "sgd")
 CURVATURE = ("ngd", "kfac")
 _LABELS = {"ngd": "NGD (Fisher, kernel form)", "kfac": "K-FAC",
@@ -175,40 +193,27 @@ def _batches(n: int, batch: int, steps: int, seed: int) -> list[np.ndarray]:
   return out
 
 
-def run(config: ml_collections.ConfigDict,
-        workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs the comparison and returns its summary (``summary.json``)."""
-  with Run(workdir, config, default_config(), name=NAME, claim=CLAIM) as r:
-    grids = ("adam_lrs", "sgd_lrs", "ngd_lrs", "ngd_dampings", "kfac_lrs",
-             "kfac_dampings")
-    if not all(config[g] for g in grids):
-      raise ValueError(f"config.{', config.'.join(grids)} must be "
-                       "non-empty")
-    if min(config.curvature_steps, config.first_order_steps,
-           config.eval_every, config.batch_size) < 1:
-      raise ValueError("config.curvature_steps, first_order_steps, "
-                       "eval_every and batch_size must be >= 1")
-    if not 0 < config.target_accuracy <= 1:
-      raise ValueError("config.target_accuracy must lie in (0, 1]")
-    ds = load(config)
-    n, d = ds.x_train.shape
-    batch = min(int(config.batch_size), n)
-    model = models.mlp(tuple(int(w) for w in config.widths), out_dim=10,
-                       activation="relu", w_std=float(config.w_std))
-    params0 = model.init(r.key("init"), d)
-    runs = [(m, float(lr), float(lam)) for m in CURVATURE
-            for lr in config[f"{m}_lrs"] for lam in config[f"{m}_dampings"]]
-    runs += [("adam", float(lr), None) for lr in config.adam_lrs]
-    runs += [("sgd", float(lr), None) for lr in config.sgd_lrs]
-    r.start_progress(len(runs))
-    compiled = {}  # method -> (optimizer, jitted step): one compilation
-    results = [
-        r.unit(_unit(m, lr, lam),
-               functools.partial(_train, config, model, params0, ds, batch,
-                                 m, lr, lam, compiled))
-        for m, lr, lam in runs
-    ]
-    return _finish(r, config, ds, batch, results)
+def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
+  """Trains every grid point; the best of each method is measured."""
+  ds = load(config)
+  n, d = ds.x_train.shape
+  batch = min(int(config.batch_size), n)
+  model = models.mlp(tuple(int(w) for w in config.widths), out_dim=10,
+                     activation="relu", w_std=float(config.w_std))
+  params0 = model.init(r.key("init"), d)
+  runs = [(m, float(lr), float(lam)) for m in CURVATURE
+          for lr in config[f"{m}_lrs"] for lam in config[f"{m}_dampings"]]
+  runs += [("adam", float(lr), None) for lr in config.adam_lrs]
+  runs += [("sgd", float(lr), None) for lr in config.sgd_lrs]
+  r.start_progress(len(runs))
+  compiled = {}  # method -> (optimizer, jitted step): one compilation
+  results = [
+      r.unit(_unit(m, lr, lam),
+             functools.partial(_train, config, model, params0, ds, batch,
+                               m, lr, lam, compiled))
+      for m, lr, lam in runs
+  ]
+  return _summarise(r, config, ds, batch, results)
 
 
 def _unit(method, lr, damping) -> str:
@@ -293,11 +298,9 @@ def _best(candidates: list[dict[str, Any]]) -> dict[str, Any]:
   return min(candidates, key=key)
 
 
-def _finish(r: Run, config, ds, batch, results) -> dict[str, Any]:
+def _summarise(r: Run, config, ds, batch, results) -> Outcome:
   best = {m: _best([u for u in results if u["method"] == m])
           for m in METHODS}
-  checks = {f"{m}_reaches_target": best[m]["steps_to_target"] is not None
-            for m in CURVATURE}
   figures = _plot(r, config, best)
   measured = {
       "test_accuracy": {m: best[m]["final_test_accuracy"] for m in METHODS},
@@ -327,10 +330,7 @@ def _finish(r: Run, config, ds, batch, results) -> dict[str, Any]:
       f"{100 * config.target_accuracy:g}% test accuracy within "
       f"{config.curvature_steps} steps (best of their lr x damping grids); "
       "Adam/SGD best of their lr grids, reported as measured")
-  return r.finish(passed=all(checks.values()), measured=measured,
-                  measured_text=text, expectation=expectation,
-                  figures=figures, title=TITLE, checks=checks,
-                  details={"runs": results})
+  return Outcome(measured, text, expectation, figures, {"runs": results})
 
 
 def _plot(r: Run, config, best) -> list[str]:
@@ -363,3 +363,34 @@ def _plot(r: Run, config, best) -> list[str]:
           title=f"{y_key.replace('_', ' ')} vs {x_key}")
       figures.append(name)
   return figures
+
+
+# A demonstration: "reaches the target" is an observation, not a theorem.
+CHECKS = tuple(
+    verdicts.Check(f"{m}_reaches_target", ((("steps_to_97", m), ">=", 0),),
+                   f"{m} reaches the target accuracy within its budget")
+    for m in CURVATURE)
+
+_GRIDS = ("adam_lrs", "sgd_lrs", "ngd_lrs", "ngd_dampings", "kfac_lrs",
+          "kfac_dampings")
+_LONGER = dict(curvature_steps=500, first_order_steps=1500)
+
+SPEC = Experiment(
+    name="train", claim="D1",
+    title=("Classifier on real data (demonstration): NGD, K-FAC, Adam and "
+           "SGD with mini-batches"),
+    row="Classifier on real data (demonstration, not a paper claim)",
+    measures=("test accuracy vs steps and seconds: NGD (Fisher), K-FAC, "
+              "Adam, SGD with mini-batches on the 10 digits"),
+    expects="NGD and K-FAC reach 97% test accuracy",
+    default_config=default_config, measure=measure, checks=CHECKS,
+    rules=(*(Rule(f"len({g})", ">=", 1) for g in _GRIDS),
+           *(Rule(f, ">=", 1) for f in ("curvature_steps",
+                                         "first_order_steps", "eval_every",
+                                         "batch_size")),
+           Rule("target_accuracy", ">", 0), Rule("target_accuracy", "<=", 1),
+           Rule("kfac_inverse", "in", ("eigh", "cholesky"))),
+    presets={"digits": {}, "small": {},
+             "full": dict(_LONGER, adam_lrs=(1e-3, 3e-3, 1e-2, 3e-2),
+                          sgd_lrs=(0.03, 0.1, 0.3, 1.0)),
+             "mnist": dict(_LONGER, batch_size=128, eval_every=50)})

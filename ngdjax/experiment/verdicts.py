@@ -1,10 +1,10 @@
-"""Claim checks as data, and the analysis several claims share.
+"""Claim checks as data: a verdict is a pure function of the measured figures.
 
-A claim's verdict is a pure function of its measured figures: a tuple of
-``Check`` s, each a conjunction of ``(key, op, bound)`` conditions on the
-``measured`` dict of its ``summary.json``, evaluated by ``evaluate``. The
-experiment measures; ``evaluate`` judges; a test can hand ``evaluate`` a
-made-up measurement (a known-bad one must FAIL) without running anything.
+A claim's checks are a tuple of ``Check`` s, each a conjunction of ``(key,
+op, bound)`` conditions on the ``measured`` dict of its ``summary.json``,
+evaluated by ``evaluate``. The experiment measures; ``evaluate`` judges;
+a test can hand ``evaluate`` a made-up measurement (a known-bad one must
+FAIL) without running anything.
 
 A check is ``kind="theorem"`` when it tests a theorem inside its own
 hypotheses (measured to hold in the runs it judges) and
@@ -46,7 +46,8 @@ class Check:
   Attributes:
     name: the check's name in ``summary["checks"]``.
     conditions: ``(key, op, bound)`` triples, all of which must hold:
-      ``measured[key] op bound`` with ``op`` in ``<=, <, >=, >, ==`` or
+      ``measured[key] op bound`` (a tuple ``key`` walks nested dicts:
+      ``("steps_to_97", "ngd")``) with ``op`` in ``<=, <, >=, >, ==`` or
       ``"is"`` (``measured[key] is bound``, for booleans). ``bound`` is a
       number, or a string naming another measured key. A missing key, a
       ``None`` or a NaN on either side makes the condition false.
@@ -65,9 +66,18 @@ class Check:
   rtol: float = 0.0
 
 
+def _lookup(measured: Mapping[str, Any], key: str | tuple[str, ...]) -> Any:
+  """``measured[key]``; a tuple key walks nested dicts; missing: ``None``."""
+  for part in (key if isinstance(key, tuple) else (key,)):
+    if not isinstance(measured, Mapping):
+      return None
+    measured = measured.get(part)
+  return measured
+
+
 def _value(measured: Mapping[str, Any], ref: Any) -> Any:
-  if isinstance(ref, str):
-    return measured.get(ref)
+  if isinstance(ref, (str, tuple)):
+    return _lookup(measured, ref)
   return ref
 
 
@@ -78,7 +88,7 @@ def _bad(v: Any) -> bool:
 def holds(check: Check, measured: Mapping[str, Any]) -> bool:
   """Whether every condition of ``check`` holds on ``measured``."""
   for key, op, bound in check.conditions:
-    value = measured.get(key)
+    value = _lookup(measured, key)
     ref = _value(measured, bound)
     if op == "is":
       if value is not ref:

@@ -1,15 +1,11 @@
 """Exact NGD on the two-layer ReLU net, measured at every iterate (C1-C4).
 
-``train`` runs ``ngdjax.optim.ngd`` (damping 0, the theorems' update) and
-records at every iterate ``k``: ``||u(k) - y||``, ``lambda_min(G(k))``,
-``||w(k) - w(0)||``, the flipped fraction of the activation pattern and,
-optionally, ``||J(k) - J(0)||_2`` (exact from the net's structure,
-``diagnostics.jacobian_change_norm(method="structured")``: widths up to
-``10^6`` cost seconds). ``sweep`` runs one unit per (width, repetition[,
-step size]); ``rate_unit`` .. ``residual_figure``: the rate analysis of C1
-and C2; ``mean_series`` .. ``path_series``: figure parts of C1, C3, C4
-(with ``plots.runs_and_mean``).
-The theory's constants are in ``analysis``.
+``train``: ``ngdjax.optim.ngd`` with damping 0 (the theorems' update), with
+the diagnostics of every iterate (``||J(k) - J(0)||_2`` exact from the
+net's structure: seconds at widths up to ``10^6``); ``sweep``: one unit per
+(width, repetition[, step size]); ``rate_sweep`` .. ``residual_figure``:
+C1 and C2's rate analysis; the rest: figure parts. The theory's constants
+are in ``analysis``.
 """
 
 from __future__ import annotations
@@ -33,23 +29,35 @@ from ngdjax.optim import ngd
 Log = Callable[..., None]
 
 
+def base_config(n: int, reps: int, num_steps: int,
+                **fields: Any) -> ml_collections.ConfigDict:
+  """A full run's config (the experiment's schema): the fields C1-C4
+  share, then ``fields``."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.n = n  # training points on S^{d-1}
+  c.d = 10
+  c.nu = 1.0  # first-layer init scale
+  c.reps = reps  # initialisations per width (shared by every eta)
+  c.num_steps = num_steps
+  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
+  c.update(fields)
+  return c
+
+
+# The model and the loss are static in the jitted step: one object per
+# process, so reruns reuse the compiled code.
 @functools.lru_cache(maxsize=64)
 def two_layer_model(width: int, nu: float) -> models.Model:
-  """``models.two_layer_relu(width, nu=nu)``, one object per process: the
-  model is static in the jitted step, so reruns reuse the compiled code."""
   return models.two_layer_relu(int(width), nu=float(nu))
 
 
 @functools.lru_cache(maxsize=16)
-def loss_for(name: str, alpha: float = 1.0) -> losses.Loss:
-  """``losses.squared()`` or ``losses.squared_log_cosh(alpha)``, cached
-  (static in the jitted step, like the model)."""
-  if name == "squared":
+def loss_for(alpha: float | None = None) -> losses.Loss:
+  """``losses.squared()``, or ``losses.squared_log_cosh(alpha)``."""
+  if alpha is None:
     return losses.squared()
-  if name == "squared_log_cosh":
-    return losses.squared_log_cosh(float(alpha))
-  raise ValueError(f'loss must be "squared" or "squared_log_cosh", got '
-                   f"{name!r}")
+  return losses.squared_log_cosh(float(alpha))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -80,31 +88,27 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
           **tags: Any) -> dict[str, Any]:
   """Runs exact NGD from ``params0`` and measures every iterate.
 
-  Stops after ``num_steps`` steps, or at the first iterate with ``||u(k) -
-  y|| <= residual_floor ||u(0) - y||`` (below that a ratio of residuals is
-  round-off), so every entry of ``ratios`` is a meaningful contraction.
-
-  ``model`` is a ``two_layer_model``, ``x`` and ``y`` are ``(n, d)`` and
-  ``(n, 1)``, ``loss`` defaults to the squared loss; ``jacobian`` also
-  measures ``||J(k) - J(0)||_2``; ``log(step=k, **values)`` (a ``Run.unit``
-  logger) gets every iterate with ``tags`` (``width=..., eta=...``) added.
+  Stops after ``num_steps`` steps or at the first iterate with ``||u(k) -
+  y|| <= residual_floor ||u(0) - y||`` (below, ratios are round-off).
+  ``loss`` defaults to the squared loss; ``log`` (a ``Run.unit`` logger)
+  gets every iterate with ``tags``.
 
   Returns:
     Lists over the iterates ``k = 0..K``: ``residual_norm``,
     ``lambda_min_G``, ``distance``, ``flips`` and, with ``jacobian``,
-    ``jacobian_change`` (0 at ``k = 0``) and ``jacobian_converged``; over
-    the steps: ``ratios`` (``||r(k+1)||^2 / ||r(k)||^2``) and
-    ``cholesky_failed`` (Gram solves that fell back to the pseudo-inverse);
-    and ``steps`` (``K``), ``reached_floor``.
+    ``jacobian_change`` (``||J(k) - J(0)||_2``) and ``jacobian_converged``;
+    over the steps: ``ratios`` (``||r(k+1)||^2 / ||r(k)||^2``) and
+    ``cholesky_failed`` (solves that fell back to the pseudo-inverse); and
+    ``steps`` (``K``), ``reached_floor``.
   """
-  loss = loss_for("squared") if loss is None else loss
+  loss = loss_for() if loss is None else loss
   eta = jnp.asarray(learning_rate, params0["W"].dtype)
   out: dict[str, list] = {k: [] for k in ("residual_norm", "lambda_min_G",
                                           "distance", "flips",
                                           "cholesky_failed")}
   if jacobian:
     out["jacobian_change"], out["jacobian_converged"] = [], []
-  params, r0, k = params0, None, 0
+  params, k = params0, 0
   while True:
     row = {k_: float(v) for k_, v in
            _measure(model, params, params0, x, y).items()}
@@ -118,8 +122,7 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
       out["jacobian_converged"].append(bool(converged))
     for k_, v in row.items():
       out[k_].append(v)
-    if r0 is None:
-      r0 = row["residual_norm"]
+    r0 = out["residual_norm"][0]
     rel = row["residual_norm"] / r0 if r0 > 0 else 0.0
     if k > 0:
       row["ratio"] = float(diagnostics.contraction_ratios(
@@ -137,12 +140,23 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
           "reached_floor": bool(rel <= residual_floor)}
 
 
-def init_net(r: Run, config: ml_collections.ConfigDict, width: int,
-             rep: int) -> tuple[models.Model, Any]:
-  """``(model, params0)`` for one width and repetition; every eta of a
-  C1/C2 sweep starts from this ``W``, and a resumed run draws it again."""
+def train_unit(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
+               y: jax.Array, width: int, rep: int, log: Log,
+               eta: float | None = None, **kw: Any) -> tuple[jax.Array, dict]:
+  """``train`` (``kw`` its options) of one unit's net at step ``eta``
+  (default ``config.learning_rate``), logged with the unit's tags; every
+  eta of a C1/C2 sweep starts from the same ``W``, and a resumed run draws
+  it again. Returns ``(u(0), train's lists)``."""
   model = two_layer_model(width, float(config.nu))
-  return model, model.init(r.key(unit_key(width=width, rep=rep)), config.d)
+  params0 = model.init(r.key(unit_key(width=width, rep=rep)), config.d)
+  tags = {"width": width, "rep": rep}
+  if eta is not None:
+    tags["eta"] = eta
+  t = train(model, params0, x, y,
+            learning_rate=float(config.learning_rate) if eta is None else eta,
+            num_steps=config.num_steps, residual_floor=config.residual_floor,
+            log=log, **tags, **kw)
+  return model.apply(params0, x), t
 
 
 def sweep(r: Run, config: ml_collections.ConfigDict,
@@ -188,32 +202,6 @@ Theorem = Callable[[float, float], tuple[float, bool]]
 RATE_RULES = (Rule("num_steps", ">=", 1), Rule("reps", ">=", 1))
 
 
-def rate_unit(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
-              y: jax.Array, width: int, rep: int, eta: float, log: Log, *,
-              theorem: Theorem, loss: losses.Loss | None = None,
-              first_ratio: bool = False) -> dict[str, Any]:
-  """One C1/C2 unit: the per-step ratios, the run's Condition 2 constant
-  ``C``, ``theorem``'s verdict on it and the run's health; with
-  ``first_ratio`` also the first step's ratio (C1 at ``eta = 1``)."""
-  model, params0 = init_net(r, config, width, rep)
-  t = train(model, params0, x, y, learning_rate=eta,
-            num_steps=config.num_steps, loss=loss,
-            residual_floor=config.residual_floor, jacobian=True, log=log,
-            width=width, rep=rep, eta=eta)
-  lam_g0 = t["lambda_min_G"][0]
-  c = analysis.condition2_constant(max(t["jacobian_change"]), lam_g0)
-  eta_max, in_theorem = theorem(c, eta)
-  return {
-      "width": width, "rep": rep, "eta": eta, "max_ratio": max(t["ratios"]),
-      **({"first_ratio": t["ratios"][0]} if first_ratio else {}),
-      "ratios": t["ratios"], "lambda_min_G0": lam_g0, "C": c,
-      "eta_max": eta_max, "in_theorem": bool(in_theorem),
-      "steps": t["steps"], "reached_floor": t["reached_floor"],
-      "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
-      "power_iteration_converged": all(t["jacobian_converged"]),
-  }
-
-
 @dataclasses.dataclass(frozen=True)
 class RateSweep:
   """Where a C1/C2 sweep's rate holds, per step size (see ``rate_sweep``)."""
@@ -239,14 +227,13 @@ class RateSweep:
 
   @property
   def c_at_widest(self) -> float:
-    """The largest measured ``C`` at the widest width."""
     return max(u["C"] for u in self.results if u["width"] == self.widest)
 
   def measured(self) -> dict[str, Any]:
     """The figures ``rate_checks`` judge, and the runs' health."""
-    results, widest = self.results, self.widest
+    results = self.results
     out = {
-        "widest_width": widest, "runs_total": len(results),
+        "widest_width": self.widest, "runs_total": len(results),
         "runs_inside_hypotheses": len(self.in_theorem),
         "runs_inside_breaking_rate": sum(not u["holds"]
                                          for u in self.in_theorem),
@@ -269,25 +256,21 @@ class RateSweep:
            what: str = "", extra: str = "") -> str:
     """The report's line: per rated eta the largest ratio at the widest
     width and ``m*``, the runs breaking the bound, the measured ``C``."""
-    fmt = self.fmt
+    fmt, fails, inside = self.fmt, self.failures, self.in_theorem
     rate = "; ".join(
         f"eta={eta:{fmt}}: max ratio at m={self.widest} "
         f"{self.at_widest[eta]:.3g} (bound {self.bound[eta]:{fmt}})"
         f", holds for m >= "
         f"{'none' if self.m_star[eta] is None else f'{self.m_star[eta]:.0f}'}"
         for eta in self.rated)
-    fails = self.failures
-    fail = ("no run breaks the bound" if not fails else "breaks: " + ", ".join(
-        f"m={u['width']} eta={u['eta']:{fmt}} ({u['max_ratio']:.3g}"
-        + (f" > {u['bound']:.3g})" if self.with_bound else ")")
-        for u in fails[:4]) + (" ..." if len(fails) > 4 else ""))
+    fail = ("no run breaks the bound" if not fails else "breaks: " + _listed(
+        fails, 4, lambda u: f"m={u['width']} eta={u['eta']:{fmt}} "
+        f"({u['max_ratio']:.3g}"
+        + (f" > {u['bound']:.3g})" if self.with_bound else ")")))
+    where = _listed(inside, 6, lambda u: (
+        f"m={u['width']} eta={u['eta']:.3g} C={u['C']:.3f} (max ratio "
+        f"{u['max_ratio']:.4g}{'' if u['holds'] else ' BREAKS the rate'})"))
     cs = [u["C"] for u in self.results]
-    inside = self.in_theorem
-    where = ", ".join(f"m={u['width']} eta={u['eta']:.3g} C={u['C']:.3f} "
-                      f"(max ratio {u['max_ratio']:.4g}"
-                      f"{'' if u['holds'] else ' BREAKS the rate'})"
-                      for u in inside[:6]) + (" ..." if len(inside) > 6
-                                               else "")
     return (f"{prefix}{rate}; {fail}; measured {what}C = {min(cs):.2g}.."
             f"{max(cs):.3g} ({self.c_at_widest:.2g} at the widest), "
             f"{self.theorem}'s hypotheses hold in {len(inside)} of "
@@ -300,28 +283,53 @@ class RateSweep:
                      for u in self.results]}
 
 
+def _listed(items: Sequence[Any], limit: int,
+            describe: Callable[[Any], str]) -> str:
+  """The first ``limit`` items described, then `` ...`` if there are more."""
+  return (", ".join(describe(u) for u in items[:limit])
+          + (" ..." if len(items) > limit else ""))
+
+
 def rate_sweep(r: Run, config: ml_collections.ConfigDict,
                etas: Sequence[float], bound: dict[float, float],
                theorem: Theorem, *, name: str, fmt: str, key_fmt: str,
                rated: Sequence[float] | None = None,
                with_bound: bool = False, key: Callable[..., str] | None = None,
-               **unit_kw: Any) -> RateSweep:
-  """Runs the C1/C2 sweep (a ``rate_unit`` per width, rep and eta, fixed
-  data on the sphere) and finds per eta where the rate holds.
+               loss: losses.Loss | None = None,
+               first_ratio: bool = False) -> RateSweep:
+  """Runs the C1/C2 sweep and finds per eta where the rate holds.
 
-  A unit holds when ``max_ratio <= bound[eta] (1 + config.ratio_rtol)``;
-  ``m_star``: ``analysis.threshold_width`` of that. ``unit_kw`` go to
-  ``rate_unit``; the other arguments are ``RateSweep``'s fields.
+  A unit (width, rep, eta; fixed data on the sphere) keeps the per-step
+  ratios, the run's Condition 2 constant ``C``, ``theorem``'s verdict on
+  it, the run's health and, with ``first_ratio``, the first step's ratio
+  (C1 at ``eta = 1``). It holds when ``max_ratio <= bound[eta] (1 +
+  config.ratio_rtol)``; ``m_star``: ``analysis.threshold_width`` of that.
+  The other arguments are ``RateSweep``'s fields.
   """
   x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-  results = sweep(r, config, functools.partial(
-      rate_unit, r, config, x, y, theorem=theorem, **unit_kw),
-                  etas=etas, key=key)
-  rtol = config.ratio_rtol
+
+  def unit(width, rep, eta, log):
+    _, t = train_unit(r, config, x, y, width, rep, log, eta, loss=loss,
+                      jacobian=True)
+    lam_g0 = t["lambda_min_G"][0]
+    c = analysis.condition2_constant(max(t["jacobian_change"]), lam_g0)
+    eta_max, in_theorem = theorem(c, eta)
+    return {
+        "width": width, "rep": rep, "eta": eta,
+        "max_ratio": max(t["ratios"]),
+        **({"first_ratio": t["ratios"][0]} if first_ratio else {}),
+        "ratios": t["ratios"], "lambda_min_G0": lam_g0, "C": c,
+        "eta_max": eta_max, "in_theorem": bool(in_theorem),
+        "steps": t["steps"], "reached_floor": t["reached_floor"],
+        "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
+        "power_iteration_converged": all(t["jacobian_converged"]),
+    }
+
+  results = sweep(r, config, unit, etas=etas, key=key)
   for u in results:
     if with_bound:
       u["bound"] = bound[u["eta"]]
-    u["holds"] = u["max_ratio"] <= bound[u["eta"]] * (1.0 + rtol)
+    u["holds"] = u["max_ratio"] <= bound[u["eta"]] * (1.0 + config.ratio_rtol)
   widest = max(u["width"] for u in results)
   m_star, at_widest = {}, {}
   for eta in etas:
@@ -377,12 +385,8 @@ def ratio_figure(r: Run, rates: RateSweep, *, ylabel: str, title: str,
                             "steps", color=color),
                plots.Series([widths[0], widths[-1]], [b] * 2,
                             bound_label.format(b), "dashed", color=color)]
-  if not series:
-    return []
-  plots.line_plot(r.path("ratio_vs_width.png"), series, xlabel="width m",
-                  ylabel=ylabel, title=title, logx=True, logy=True,
-                  xticks=widths)
-  return ["ratio_vs_width.png"]
+  return [width_figure(r, "ratio_vs_width.png", series, widths,
+                       ylabel=ylabel, title=title)] if series else []
 
 
 def residual_figure(r: Run, rates: RateSweep, *, ylabel: str,
@@ -429,6 +433,15 @@ def fit_series(units: Sequence[dict[str, Any]], fit: Any,
   return plots.Series(
       ux, fit.predict(ux), f"fit: m^({fit.exponent:.{digits}f} +- "
       f"{fit.exponent_stderr:.{digits}f})", "dashed", color="gray")
+
+
+def width_figure(r: Run, name: str, series: Sequence[plots.Series],
+                 widths: Sequence[int], logy: bool = True, **kw: Any) -> str:
+  """Draws ``name``: ``series`` against the width on a log axis with the
+  widths as ticks (``kw``: ``line_plot``'s labels and lines)."""
+  plots.line_plot(r.path(name), series, xlabel="width m", logx=True,
+                  logy=logy, xticks=widths, **kw)
+  return name
 
 
 def path_series(records: Sequence[dict[str, Any]], key: str,

@@ -1,20 +1,17 @@
 """C4: the Jacobian barely moves during NGD training of a wide net (Lemma 7).
 
-MATH.md 3, Lemma 7: with probability ``1 - delta``, for every ``w`` with
-``||w - w(0)|| <= R``, ``||J(w) - J(0)||_2^2 <= 2 n R^{2/3} / (nu^{2/3}
-delta^{2/3} m^{1/3})``: at a fixed radius the bound decays like
-``m^{-1/6}``, and for NGD the radius does not grow with the width (Lemma
-3). Condition 2 asks ``||J - J(0)||_2 <= (C/3) sqrt(lambda_min(G(0)))``
-with ``C < 1/2``.
+MATH.md 3, Lemma 7: with probability ``1 - delta``, ``||J(w) - J(0)||_2^2
+<= 2 n R^{2/3} / (nu^{2/3} delta^{2/3} m^{1/3})`` for every ``w`` with
+``||w - w(0)|| <= R``: ``m^{-1/6}`` at a fixed radius, and NGD's radius
+does not grow with the width (Lemma 3). Condition 2 asks ``||J -
+J(0)||_2 <= (C/3) sqrt(lambda_min(G(0)))`` with ``C < 1/2``.
 
-Measured per width and repetition (fresh ``W``, fixed data on the sphere),
-NGD as in C3 with ``||J(k) - J(0)||_2`` (exact: the top eigenvalue of ``(X
-X^T) * (dS dS^T) / m``) and ``||w(k) - w(0)||`` at every iterate: ``D =
-max_k ||J(k) - J(0)||_2`` against the bound at ``R_meas = max_k ||w(k) -
-w(0)||``; reported beside them, the bound at the theory's radius ``R = 3
-||y - u(0)|| / sqrt(lambda_min(G(0)))``, Condition 2's threshold
-``sqrt(lambda_min(G(0))) / 6`` and the width where the fitted law would
-reach it (an extrapolation).
+Measured per width and repetition, NGD as in C3: ``D = max_k ||J(k) -
+J(0)||_2`` (exact: the top eigenvalue of ``(X X^T) * (dS dS^T) / m``)
+against the bound at ``R_meas = max_k ||w(k) - w(0)||``; reported beside
+them, the bound at the theory's radius ``3 ||y - u(0)|| /
+sqrt(lambda_min(G(0)))``, Condition 2's threshold ``sqrt(lambda_min(G(0)))
+/ 6`` and the width where the fitted law would reach it (an extrapolation).
 
 Small preset (about 20 s on 2 CPU cores); full run (about 2 min, most of it
 m = 16384)::
@@ -72,8 +69,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   x, y = data.sphere(config.n, config.d, seed=r.key("data"))
   nu, delta = float(config.nu), float(config.delta)
 
-  def one(m, s, log):
-    u0, t = training.train_unit(r, config, x, y, m, s, log, jacobian=True)
+  def one(m, s, u0, t):
     lam_g0, r_meas = t["lambda_min_G"][0], max(t["distance"])
     r_theory = (float(diagnostics.distance_bound(y, u0, lam_g0))
                 if lam_g0 > 0 else math.inf)
@@ -94,7 +90,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
         "power_iteration_converged": all(t["jacobian_converged"])}
 
   # The per-iterate measurements cost n^2 m (structured ||J - J(0)||).
-  results = training.sweep(r, config, one, work_width=1024.0)
+  results = training.sweep(r, config, x, y, one, work_width=1024.0,
+                           jacobian=True)
   ws = np.array([u["width"] for u in results], float)
   fit = diagnostics.fit_power_law(
       ws, np.array([u["jacobian_change_max"] for u in results]))
@@ -115,14 +112,13 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
       "widest_width": widest,
       "jacobian_change_at_widest": max(u["jacobian_change_max"]
                                        for u in wide),
-      "lemma7_bound_at_widest": min(u["lemma7_bound"] for u in wide),
-      "lemma7_bound_theory_radius_at_widest": min(
-          u["lemma7_bound_theory_radius"] for u in wide),
+      **{f"{k}_at_widest": reduce(u[k] for u in wide) for k, reduce in (
+          ("lemma7_bound", min), ("lemma7_bound_theory_radius", min),
+          ("C", max))},
       "max_ratio_to_lemma7": max(u["jacobian_change_max"] / u["lemma7_bound"]
                                  for u in results),
       "runs_above_lemma7": int(len(below) - sum(below)),
       "condition2_threshold_at_widest": threshold,
-      "C_at_widest": max(u["C"] for u in wide),
       "extrapolated_condition2_width": m_cond2,
       "power_iteration_converged": all(u["power_iteration_converged"]
                                        for u in results),
@@ -165,13 +161,9 @@ def _plot(r: Run, config, results, fit) -> list[str]:
                               "sqrt(lambda_min(G(0))) / 6", "C2")],
       widths, ylabel="||J(k) - J(0)||_2",
       title=f"C4: Jacobian change along NGD (n={config.n}, d={config.d})")
-  plots.line_plot(
-      r.path("jacobian_path.png"),
-      training.path_series(r.records(), "jacobian_change", widths,
-                           first_step=1),
-      xlabel="NGD step k", ylabel="||J(k) - J(0)||_2",
-      title=f"C4: along training (eta={config.learning_rate:g}, rep 0)",
-      logy=True)
+  training.path_figure(
+      r, config, "C4", "jacobian_path.png", "jacobian_change", widths,
+      first_step=1, ylabel="||J(k) - J(0)||_2", logy=True)
   return ["jacobian_change.png", "jacobian_path.png"]
 
 

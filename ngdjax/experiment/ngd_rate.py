@@ -10,13 +10,12 @@ limit, the first-step ratio (at most ``4C + C^2``, the proof's eqn. 27)
 vanishing with width.
 
 Measured per width, repetition (fresh ``W``, fixed data on the sphere) and
-``eta`` (the same ``W`` for every ``eta``): exact NGD for
-``config.num_steps`` steps or until ``||r(k)|| <= config.residual_floor
-||r(0)||``; every ratio ``||r(k+1)||^2 / ||r(k)||^2`` and, from ``||J(k) -
-J(0)||_2`` at the iterates, the run's Condition 2 constant ``C`` (a lower
-estimate of the ball's). ``C`` falls with width (about ``m^(-0.28)``) and
-grows with ``n``: at ``n = 8`` it is about 0.32 at ``m = 2^18`` and 0.22
-at ``m = 2^20``, hence widths ``2^18 .. 2^20`` and ``eta = 0.1``.
+``eta`` (the same ``W`` for every ``eta``): every step's ratio ``||r(k+1)||^2
+/ ||r(k)||^2`` and, from ``||J(k) - J(0)||_2`` at the iterates, the run's
+Condition 2 constant ``C`` (a lower estimate of the ball's). ``C`` falls
+with width (about ``m^(-0.28)``) and grows with ``n``: at ``n = 8`` it is
+about 0.32 at ``m = 2^18`` and 0.22 at ``m = 2^20``, hence widths ``2^18
+.. 2^20`` and ``eta = 0.1``.
 
 Small preset (about 25 s on 2 CPU cores); full run (10 min on 2 CPU cores
 shared at load ~12, estimated 4 min alone, most of it m = 2^20)::
@@ -24,15 +23,13 @@ shared at load ~12, estimated 4 min alone, most of it m = 2^20)::
   python -m experiments.ngd_rate --config=configs/ngd_rate.py:small \
       --workdir=/tmp/ngdjax/C1_small
 
-Seen (small / full). Inside Theorem 1's hypotheses: 2 of 20 runs (m =
-262144, eta = 0.1 with C = 0.185, eta = 0.25 with C = 0.231; max ratios
-0.810 and 0.563 against 0.9 and 0.75) / 6 of 72 runs (m = 262144 and
-1048576, eta = 0.1 and 0.25, C = 0.22-0.32; max ratios 0.810 and 0.563):
-the rate holds in every one. Outside them the ratios sit near ``(1 -
-eta)^2`` from m = 64 on; m = 8 breaks the bound on the full run (0.91 at
-eta = 0.1). ``C`` is 0.38 at the widest on the full run (eta = 1). At
-``eta = 1`` the first-step ratio falls like ``m^(-0.87 +- 0.05)`` /
-``m^(-1.00 +- 0.02)``.
+Seen (small / full). Inside Theorem 1's hypotheses: 2 of 20 / 6 of 72
+runs (m = 262144 [and 1048576], eta = 0.1 and 0.25, C = 0.185-0.231 /
+0.22-0.32; max ratios 0.810 and 0.563 against 0.9 and 0.75): the rate holds
+in every one. Outside them the ratios sit near ``(1 - eta)^2`` from m = 64
+on; m = 8 breaks the bound on the full run (0.91 at eta = 0.1). ``C`` is
+0.38 at the widest on the full run (eta = 1). At ``eta = 1`` the first-step
+ratio falls like ``m^(-0.87 +- 0.05)`` / ``m^(-1.00 +- 0.02)``.
 """
 
 from __future__ import annotations

@@ -52,12 +52,7 @@ def two_layer_model(width: int, nu: float) -> models.Model:
   return models.two_layer_relu(int(width), nu=float(nu))
 
 
-@functools.lru_cache(maxsize=16)
-def loss_for(alpha: float | None = None) -> losses.Loss:
-  """``losses.squared()``, or ``losses.squared_log_cosh(alpha)``."""
-  if alpha is None:
-    return losses.squared()
-  return losses.squared_log_cosh(float(alpha))
+squared_log_cosh = functools.lru_cache(maxsize=16)(losses.squared_log_cosh)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -83,14 +78,14 @@ def _measure(model, params, params0, x, y):
 
 def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
           learning_rate: float, num_steps: int,
-          loss: losses.Loss | None = None, residual_floor: float = 1e-10,
+          loss: losses.Loss | str = "squared", residual_floor: float = 1e-10,
           jacobian: bool = False, log: Log | None = None,
           **tags: Any) -> dict[str, Any]:
   """Runs exact NGD from ``params0`` and measures every iterate.
 
   Stops after ``num_steps`` steps or at the first iterate with ``||u(k) -
   y|| <= residual_floor ||u(0) - y||`` (below, ratios are round-off).
-  ``loss`` defaults to the squared loss; ``log`` (a ``Run.unit`` logger)
+  ``log`` (a ``Run.unit`` logger)
   gets every iterate with ``tags``.
 
   Returns:
@@ -101,13 +96,10 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
     ``cholesky_failed`` (solves that fell back to the pseudo-inverse); and
     ``steps`` (``K``), ``reached_floor``.
   """
-  loss = loss_for() if loss is None else loss
   eta = jnp.asarray(learning_rate, params0["W"].dtype)
-  out: dict[str, list] = {k: [] for k in ("residual_norm", "lambda_min_G",
-                                          "distance", "flips",
-                                          "cholesky_failed")}
-  if jacobian:
-    out["jacobian_change"], out["jacobian_converged"] = [], []
+  out: dict[str, list] = {k: [] for k in (
+      "residual_norm", "lambda_min_G", "distance", "flips", "cholesky_failed",
+      *(("jacobian_change", "jacobian_converged") if jacobian else ()))}
   params, k = params0, 0
   while True:
     row = {k_: float(v) for k_, v in
@@ -140,34 +132,18 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
           "reached_floor": bool(rel <= residual_floor)}
 
 
-def train_unit(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
-               y: jax.Array, width: int, rep: int, log: Log,
-               eta: float | None = None, **kw: Any) -> tuple[jax.Array, dict]:
-  """``train`` (``kw`` its options) of one unit's net at step ``eta``
-  (default ``config.learning_rate``), logged with the unit's tags; every
-  eta of a C1/C2 sweep starts from the same ``W``, and a resumed run draws
-  it again. Returns ``(u(0), train's lists)``."""
-  model = two_layer_model(width, float(config.nu))
-  params0 = model.init(r.key(unit_key(width=width, rep=rep)), config.d)
-  tags = {"width": width, "rep": rep}
-  if eta is not None:
-    tags["eta"] = eta
-  t = train(model, params0, x, y,
-            learning_rate=float(config.learning_rate) if eta is None else eta,
-            num_steps=config.num_steps, residual_floor=config.residual_floor,
-            log=log, **tags, **kw)
-  return model.apply(params0, x), t
-
-
-def sweep(r: Run, config: ml_collections.ConfigDict,
-          measure: Callable[..., dict[str, Any]], *,
+def sweep(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
+          y: jax.Array, summarise: Callable[..., dict[str, Any]], *,
           etas: Sequence[float] | None = None,
-          key: Callable[..., str] | None = None,
-          work_width: float = 4096.0) -> list[dict[str, Any]]:
-  """Runs (or reloads) ``measure(*unit, log)`` for the units ``(m, s[,
-  eta])`` over ``config.widths``, ``range(config.reps)`` and ``etas``, in
-  order; ``key(*unit)`` names one (default ``unit_key(width=m, rep=s[,
-  eta=eta])``), its share of the progress is ``1 + m / work_width``."""
+          key: Callable[..., str] | None = None, work_width: float = 4096.0,
+          **train_kw: Any) -> list[dict[str, Any]]:
+  """Per unit ``(m, s[, eta])`` over ``config.widths``, ``range(
+  config.reps)`` and ``etas``, in order: ``summarise(*unit, u(0), t)``, ``t``
+  the lists of ``train(..., **train_kw)`` at ``eta`` (default
+  ``config.learning_rate``) from the unit's ``W`` (the same for every eta),
+  or that reloaded. ``key(*unit)`` names a unit (default ``unit_key(width=m,
+  rep=s[, eta=eta])``), its share of the progress is ``1 + m / work_width``.
+  """
   widths = [int(m) for m in config.widths]
   reps = range(config.reps)
   if etas is None:
@@ -176,12 +152,26 @@ def sweep(r: Run, config: ml_collections.ConfigDict,
     units = [(m, s, eta) for m in widths for s in reps for eta in etas]
   if key is None:
     def key(*unit):
-      return unit_key(**dict(zip(("width", "rep", "eta"), unit,
-                                 strict=False)))
+      return unit_key(**_tags(unit))
+
+  def measure(unit, log):
+    model = two_layer_model(unit[0], float(config.nu))
+    params0 = model.init(r.key(unit_key(width=unit[0], rep=unit[1])),
+                         config.d)
+    eta = float(config.learning_rate) if etas is None else unit[2]
+    t = train(model, params0, x, y, learning_rate=eta,
+              num_steps=config.num_steps, residual_floor=config.residual_floor,
+              log=log, **_tags(unit), **train_kw)
+    return summarise(*unit, model.apply(params0, x), t)
+
   work = [1.0 + unit[0] / work_width for unit in units]
   r.start_progress(len(units), interval_s=2.0, work=sum(work))
-  return [r.unit(key(*unit), functools.partial(measure, *unit), work=w)
+  return [r.unit(key(*unit), functools.partial(measure, unit), work=w)
           for unit, w in zip(units, work, strict=True)]
+
+
+def _tags(unit: tuple) -> dict[str, Any]:
+  return dict(zip(("width", "rep", "eta"), unit, strict=False))
 
 
 # C3 and C4: one step size in Theorem 1's range, a fit over widths.
@@ -194,11 +184,10 @@ FIXED_STEP_RULES = (
 )
 
 
-# ``theorem(C, eta) -> (eta_max, in_theorem)``: a theorem's largest step for
-# a measured Condition 2 constant ``C``; whether ``eta`` meets its hypotheses.
+# C1 and C2: their ranges besides the step sizes; ``theorem(C, eta) ->
+# (eta_max, in_theorem)``, a theorem's largest step for a measured ``C`` and
+# whether ``eta`` meets its hypotheses.
 Theorem = Callable[[float, float], tuple[float, bool]]
-
-# C1 and C2's ranges besides their step sizes.
 RATE_RULES = (Rule("num_steps", ">=", 1), Rule("reps", ">=", 1))
 
 
@@ -218,16 +207,13 @@ class RateSweep:
   m_star: dict[float, float | None]  # per eta: from which width it holds
   at_widest: dict[float, float]  # per eta: the largest ratio at ``widest``
   in_theorem: list[dict[str, Any]]  # the runs meeting the hypotheses
+  c_at_widest: float  # the largest measured ``C`` at ``widest``
 
   @property
   def failures(self) -> list[dict[str, Any]]:
     """The runs of a rated eta that break its bound."""
     return [u for u in self.results
             if u["eta"] in self.rated and not u["holds"]]
-
-  @property
-  def c_at_widest(self) -> float:
-    return max(u["C"] for u in self.results if u["width"] == self.widest)
 
   def measured(self) -> dict[str, Any]:
     """The figures ``rate_checks`` judge, and the runs' health."""
@@ -263,13 +249,15 @@ class RateSweep:
         f", holds for m >= "
         f"{'none' if self.m_star[eta] is None else f'{self.m_star[eta]:.0f}'}"
         for eta in self.rated)
-    fail = ("no run breaks the bound" if not fails else "breaks: " + _listed(
-        fails, 4, lambda u: f"m={u['width']} eta={u['eta']:{fmt}} "
-        f"({u['max_ratio']:.3g}"
-        + (f" > {u['bound']:.3g})" if self.with_bound else ")")))
-    where = _listed(inside, 6, lambda u: (
-        f"m={u['width']} eta={u['eta']:.3g} C={u['C']:.3f} (max ratio "
-        f"{u['max_ratio']:.4g}{'' if u['holds'] else ' BREAKS the rate'})"))
+    fail = ("no run breaks the bound" if not fails else "breaks: " + ", ".join(
+        f"m={u['width']} eta={u['eta']:{fmt}} ({u['max_ratio']:.3g}"
+        + (f" > {u['bound']:.3g})" if self.with_bound else ")")
+        for u in fails[:4]) + (" ..." if len(fails) > 4 else ""))
+    where = ", ".join(f"m={u['width']} eta={u['eta']:.3g} C={u['C']:.3f} "
+                      f"(max ratio {u['max_ratio']:.4g}"
+                      f"{'' if u['holds'] else ' BREAKS the rate'})"
+                      for u in inside[:6]) + (" ..." if len(inside) > 6
+                                               else "")
     cs = [u["C"] for u in self.results]
     return (f"{prefix}{rate}; {fail}; measured {what}C = {min(cs):.2g}.."
             f"{max(cs):.3g} ({self.c_at_widest:.2g} at the widest), "
@@ -283,19 +271,12 @@ class RateSweep:
                      for u in self.results]}
 
 
-def _listed(items: Sequence[Any], limit: int,
-            describe: Callable[[Any], str]) -> str:
-  """The first ``limit`` items described, then `` ...`` if there are more."""
-  return (", ".join(describe(u) for u in items[:limit])
-          + (" ..." if len(items) > limit else ""))
-
-
 def rate_sweep(r: Run, config: ml_collections.ConfigDict,
                etas: Sequence[float], bound: dict[float, float],
                theorem: Theorem, *, name: str, fmt: str, key_fmt: str,
                rated: Sequence[float] | None = None,
                with_bound: bool = False, key: Callable[..., str] | None = None,
-               loss: losses.Loss | None = None,
+               loss: losses.Loss | str = "squared",
                first_ratio: bool = False) -> RateSweep:
   """Runs the C1/C2 sweep and finds per eta where the rate holds.
 
@@ -306,11 +287,7 @@ def rate_sweep(r: Run, config: ml_collections.ConfigDict,
   config.ratio_rtol)``; ``m_star``: ``analysis.threshold_width`` of that.
   The other arguments are ``RateSweep``'s fields.
   """
-  x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-
-  def unit(width, rep, eta, log):
-    _, t = train_unit(r, config, x, y, width, rep, log, eta, loss=loss,
-                      jacobian=True)
+  def unit(width, rep, eta, u0, t):
     lam_g0 = t["lambda_min_G"][0]
     c = analysis.condition2_constant(max(t["jacobian_change"]), lam_g0)
     eta_max, in_theorem = theorem(c, eta)
@@ -325,7 +302,9 @@ def rate_sweep(r: Run, config: ml_collections.ConfigDict,
         "power_iteration_converged": all(t["jacobian_converged"]),
     }
 
-  results = sweep(r, config, unit, etas=etas, key=key)
+  x, y = data.sphere(config.n, config.d, seed=r.key("data"))
+  results = sweep(r, config, x, y, unit, etas=etas, key=key, loss=loss,
+                  jacobian=True)
   for u in results:
     if with_bound:
       u["bound"] = bound[u["eta"]]
@@ -341,7 +320,8 @@ def rate_sweep(r: Run, config: ml_collections.ConfigDict,
   return RateSweep(results, list(etas),
                    list(etas) if rated is None else list(rated), bound,
                    name, fmt, key_fmt, with_bound, widest, m_star,
-                   at_widest, [u for u in results if u["in_theorem"]])
+                   at_widest, [u for u in results if u["in_theorem"]],
+                   max(u["C"] for u in results if u["width"] == widest))
 
 
 def rate_checks(etas: Sequence[float], key_fmt: str, theorem: str,
@@ -444,13 +424,13 @@ def width_figure(r: Run, name: str, series: Sequence[plots.Series],
   return name
 
 
-def path_series(records: Sequence[dict[str, Any]], key: str,
-                widths: Sequence[int], first_step: int = 0,
-                normalise: bool = False) -> list[plots.Series]:
-  """``key`` against the step for repetition 0, a line per width, from
-  step ``first_step``; ``normalise``: divided by its value at step 0
-  (widths where that is not positive left out)."""
-  series = []
+def path_figure(r: Run, config: ml_collections.ConfigDict, claim: str,
+                name: str, key: str, widths: Sequence[int], first_step: int = 0,
+                normalise: bool = False, **kw: Any) -> str:
+  """Draws ``name``: ``key`` against the NGD step in repetition 0, a line
+  per width, from step ``first_step``; ``normalise``: divided by its value
+  at step 0 (widths where that is not positive left out)."""
+  records, series = r.records(), []
   for i, m in enumerate(widths):
     got = plots.series_from_records(
         records, "step", key, where=lambda rec, w=m: rec.get("rep") == 0
@@ -462,4 +442,6 @@ def path_series(records: Sequence[dict[str, Any]], key: str,
       continue
     series.append(plots.Series(ks, ys / ys[0] if normalise else ys,
                                f"m={m}", color=f"C{i % 10}"))
-  return series
+  plots.line_plot(r.path(name), series, xlabel="NGD step k", title=(
+      f"{claim}: along training (eta={config.learning_rate:g}, rep 0)"), **kw)
+  return name

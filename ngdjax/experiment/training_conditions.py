@@ -3,17 +3,16 @@
 The proof (appendix B, Lemmas 2-4; MATH.md 2) keeps, at every iterate ``k``
 of exact NGD on the squared loss, ``lambda_min(G(k)) >= (4/9)
 lambda_min(G(0))`` (Lemma 2) and ``||w(k) - w(0)|| <= R = 3 ||y - u(0)|| /
-sqrt(lambda_min(G(0)))`` (Lemma 3); inside that ball the flipped fraction
-of activations is at most ``2 (R / (nu delta))^{2/3} m^{-1/3}`` (Lemmas
-7-8, probability ``1 - delta``).
+sqrt(lambda_min(G(0)))`` (Lemma 3); in that ball at most a fraction ``2 (R
+/ (nu delta))^{2/3} m^{-1/3}`` of the activations flip (Lemmas 7-8,
+probability ``1 - delta``).
 
-Measured per width and repetition (fresh ``W``, fixed data on the sphere):
-exact NGD at ``eta = config.learning_rate`` with ``lambda_min(G(k))``,
-``||w(k) - w(0)||`` and the flipped fraction at every iterate; ``R`` with
-``lambda_min(G_inf)`` in place of ``lambda_min(G(0))`` is reported beside
-it. The checks are observations: the lemmas' hypothesis (Condition 2 with
-``C < 1/2``) is not met at these widths (C1). The flip bound is >= 1
-(cannot be broken by a fraction) below ``m ~ 1e5``: reported, not checked.
+Measured per width and repetition (fresh ``W``, fixed data on the sphere)
+at every iterate of NGD at ``eta = config.learning_rate``; ``R`` with
+``lambda_min(G_inf)`` for ``lambda_min(G(0))`` is reported beside it. The
+checks are observations: the lemmas' hypothesis (Condition 2 with ``C <
+1/2``) is not met at these widths (C1). The flip bound is >= 1 (a fraction
+cannot break it) below ``m ~ 1e5``: reported, not checked.
 
 Small preset (about 15 s on 2 CPU cores); full (about 30 s)::
 
@@ -54,14 +53,29 @@ def default_config() -> ml_collections.ConfigDict:
       delta=0.1)  # failure probability in the Lemma 7-8 flip bound
 
 
+# Lemmas 2-3 are proved under Condition 2, whose measured C is above 1/2 at
+# these widths (C1): the checks are observations of the conclusions.
+CHECKS = (
+    verdicts.Check("gram", (("m_star/gram", "<", "widest_width"),),
+                   "min_k lambda_min(G(k)) >= fraction lambda_min(G(0)) at "
+                   "every width >= m*, m* below the widest"),
+    verdicts.Check("distance", (("m_star/distance", "<", "widest_width"),),
+                   "max_k ||w(k)-w(0)|| <= factor ||y-u(0)||/"
+                   "sqrt(lambda_min(G(0))) at every width >= m*, m* below "
+                   "the widest"),
+    verdicts.Check("flips_shrink", (("flips_exponent_upper", "<", 0.0),),
+                   "flipped fraction falls with width: fitted exponent + 2 "
+                   "stderr < 0"),
+)
+
+
 def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   """Runs the sweep; the figures the checks judge and the report's text."""
   x, y = data.sphere(config.n, config.d, seed=r.key("data"))
   lam0 = float(lambda_min(kernels.relu_gram_inf(x)))
   scale = config.distance_factor / 3.0  # distance_bound's factor is 3
 
-  def one(m, s, log):
-    u0, t = training.train_unit(r, config, x, y, m, s, log)
+  def one(m, s, u0, t):
     lam_g0, r_meas = t["lambda_min_G"][0], max(t["distance"])
     return {
         "width": m, "rep": s, "lambda_min_G0": lam_g0,
@@ -80,26 +94,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
         "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
     }
 
-  return _summarise(r, config, training.sweep(r, config, one), lam0)
-
-
-# Lemmas 2-3 are proved under Condition 2, whose measured C is above 1/2 at
-# these widths (C1): the checks are observations of the conclusions.
-CHECKS = (
-    verdicts.Check("gram", (("m_star/gram", "<", "widest_width"),),
-                   "min_k lambda_min(G(k)) >= fraction lambda_min(G(0)) at "
-                   "every width >= m*, m* below the widest"),
-    verdicts.Check("distance", (("m_star/distance", "<", "widest_width"),),
-                   "max_k ||w(k)-w(0)|| <= factor ||y-u(0)||/"
-                   "sqrt(lambda_min(G(0))) at every width >= m*, m* below "
-                   "the widest"),
-    verdicts.Check("flips_shrink", (("flips_exponent_upper", "<", 0.0),),
-                   "flipped fraction falls with width: fitted exponent + 2 "
-                   "stderr < 0"),
-)
-
-
-def _summarise(r: Run, config, results, lam0) -> Outcome:
+  results = training.sweep(r, config, x, y, one)
   ws = [u["width"] for u in results]
   ok = {
       "gram": [u["lambda_ratio_min"] >= config.lambda_fraction
@@ -191,12 +186,9 @@ def _plot(r: Run, config, results, fit, m_star) -> list[str]:
       title="C3: Lemma 2, the Gram stays positive definite", hlines=lemma2,
       vlines=([] if m_star["gram"] is None
               else [(m_star["gram"], f"m* = {m_star['gram']:.0f}")]))
-  plots.line_plot(
-      r.path("lambda_path.png"),
-      training.path_series(r.records(), "lambda_min_G", widths,
-                           normalise=True),
-      xlabel="NGD step k", ylabel="lambda_min(G(k)) / lambda_min(G(0))",
-      title=f"C3: along training (eta={config.learning_rate:g}, rep 0)",
+  training.path_figure(
+      r, config, "C3", "lambda_path.png", "lambda_min_G", widths,
+      normalise=True, ylabel="lambda_min(G(k)) / lambda_min(G(0))",
       hlines=lemma2)
   training.width_figure(
       r, "distance.png",

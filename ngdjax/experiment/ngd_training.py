@@ -84,9 +84,8 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
   """Runs exact NGD from ``params0`` and measures every iterate.
 
   Stops after ``num_steps`` steps or at the first iterate with ``||u(k) -
-  y|| <= residual_floor ||u(0) - y||`` (below, ratios are round-off).
-  ``log`` (a ``Run.unit`` logger)
-  gets every iterate with ``tags``.
+  y|| <= residual_floor ||u(0) - y||`` (below, ratios are round-off);
+  ``log`` (a ``Run.unit`` logger) gets every iterate with ``tags``.
 
   Returns:
     Lists over the iterates ``k = 0..K``: ``residual_norm``,
@@ -174,21 +173,18 @@ def _tags(unit: tuple) -> dict[str, Any]:
   return dict(zip(("width", "rep", "eta"), unit, strict=False))
 
 
-# C3 and C4: one step size in Theorem 1's range, a fit over widths.
+# C1 and C2's ranges besides their step sizes; C3 and C4's: one step size in
+# Theorem 1's range, a fit over widths.
+RATE_RULES = (Rule("num_steps", ">=", 1), Rule("reps", ">=", 1))
 FIXED_STEP_RULES = (
-    Rule("len(widths)", ">=", 3, "for a fit"),
-    Rule("learning_rate", ">", 0),
+    Rule("len(widths)", ">=", 3, "for a fit"), Rule("learning_rate", ">", 0),
     Rule("learning_rate", "<=", 1, "Theorem 1's range"),
     Rule("delta", ">", 0), Rule("delta", "<", 1, "a probability"),
-    Rule("num_steps", ">=", 1), Rule("reps", ">=", 1),
-)
+    *RATE_RULES)
 
-
-# C1 and C2: their ranges besides the step sizes; ``theorem(C, eta) ->
-# (eta_max, in_theorem)``, a theorem's largest step for a measured ``C`` and
-# whether ``eta`` meets its hypotheses.
+# ``theorem(C, eta) -> (eta_max, in_theorem)`` (C1, C2): a theorem's largest
+# step for a measured ``C``; whether ``eta`` meets its hypotheses.
 Theorem = Callable[[float, float], tuple[float, bool]]
-RATE_RULES = (Rule("num_steps", ">=", 1), Rule("reps", ">=", 1))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -274,15 +274,11 @@ def rate_sweep(r: Run, config: ml_collections.ConfigDict,
                with_bound: bool = False, key: Callable[..., str] | None = None,
                loss: losses.Loss | str = "squared",
                first_ratio: bool = False) -> RateSweep:
-  """Runs the C1/C2 sweep and finds per eta where the rate holds.
+  """Runs the C1/C2 sweep (``theorem`` judges each run's ``C``) and finds
+  per eta where the rate holds: where ``max_ratio <= bound[eta] (1 +
+  config.ratio_rtol)``; ``first_ratio``: keep each run's first ratio too
+  (C1 at ``eta = 1``). The other arguments are ``RateSweep``'s fields."""
 
-  A unit (width, rep, eta; fixed data on the sphere) keeps the per-step
-  ratios, the run's Condition 2 constant ``C``, ``theorem``'s verdict on
-  it, the run's health and, with ``first_ratio``, the first step's ratio
-  (C1 at ``eta = 1``). It holds when ``max_ratio <= bound[eta] (1 +
-  config.ratio_rtol)``; ``m_star``: ``analysis.threshold_width`` of that.
-  The other arguments are ``RateSweep``'s fields.
-  """
   def unit(width, rep, eta, u0, t):
     lam_g0 = t["lambda_min_G"][0]
     c = analysis.condition2_constant(max(t["jacobian_change"]), lam_g0)

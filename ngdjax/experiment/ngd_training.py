@@ -2,10 +2,10 @@
 
 ``train``: ``ngdjax.optim.ngd`` with damping 0 (the theorems' update), with
 the diagnostics of every iterate (``||J(k) - J(0)||_2`` exact from the
-net's structure: seconds at widths up to ``10^6``); ``sweep``: one unit per
-(width, repetition[, step size]); ``rate_sweep`` .. ``residual_figure``:
-C1 and C2's rate analysis; the rest: figure parts. The theory's constants
-are in ``analysis``.
+net's structure: seconds at widths up to ``10^6``); ``sweep``: one run per
+(width, repetition[, step size]); ``base_config``: the fields C1-C4 share;
+``rate_sweep`` .. ``residual_figure``: C1 and C2's rate analysis; the rest:
+figure parts. The theory's constants are in ``analysis``.
 """
 
 from __future__ import annotations
@@ -45,13 +45,9 @@ def base_config(n: int, reps: int, num_steps: int,
   return c
 
 
-# The model and the loss are static in the jitted step: one object per
-# process, so reruns reuse the compiled code.
-@functools.lru_cache(maxsize=64)
-def two_layer_model(width: int, nu: float) -> models.Model:
-  return models.two_layer_relu(int(width), nu=float(nu))
-
-
+# The model and the loss are static in the jitted step; equal models compare
+# equal, and the loss is one object per ``alpha``: reruns reuse the compiled
+# code.
 squared_log_cosh = functools.lru_cache(maxsize=16)(losses.squared_log_cosh)
 
 
@@ -154,7 +150,7 @@ def sweep(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
       return unit_key(**_tags(unit))
 
   def measure(unit, log):
-    model = two_layer_model(unit[0], float(config.nu))
+    model = models.two_layer_relu(unit[0], nu=config.nu)
     params0 = model.init(r.key(unit_key(width=unit[0], rep=unit[1])),
                          config.d)
     eta = float(config.learning_rate) if etas is None else unit[2]

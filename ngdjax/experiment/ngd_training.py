@@ -280,8 +280,7 @@ def rate_sweep(r: Run, config: ml_collections.ConfigDict,
     c = analysis.condition2_constant(max(t["jacobian_change"]), lam_g0)
     eta_max, in_theorem = theorem(c, eta)
     return {
-        "width": width, "rep": rep, "eta": eta,
-        "max_ratio": max(t["ratios"]),
+        "width": width, "rep": rep, "eta": eta, "max_ratio": max(t["ratios"]),
         **({"first_ratio": t["ratios"][0]} if first_ratio else {}),
         "ratios": t["ratios"], "lambda_min_G0": lam_g0, "C": c,
         "eta_max": eta_max, "in_theorem": bool(in_theorem),

@@ -53,8 +53,6 @@ def default_config() -> ml_collections.ConfigDict:
       delta=0.1)  # failure probability in the Lemma 7-8 flip bound
 
 
-# Lemmas 2-3 are proved under Condition 2, whose measured C is above 1/2 at
-# these widths (C1): the checks are observations of the conclusions.
 CHECKS = (
     verdicts.Check("gram", (("m_star/gram", "<", "widest_width"),),
                    "min_k lambda_min(G(k)) >= fraction lambda_min(G(0)) at "
@@ -118,10 +116,9 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
           ("lambda_ratio_min", min), ("distance_max", max),
           ("distance_bound", min), ("distance_bound_lambda_0", min),
           ("flips_max", max), ("flip_bound", min))},
-      "distance_over_bound_max_at_widest": max(
-          u["distance_max"] / u["distance_bound"] for u in wide),
-      "distance_over_bound_max_overall": max(
-          u["distance_max"] / u["distance_bound"] for u in results),
+      **{f"distance_over_bound_max_{where}": max(
+          u["distance_max"] / u["distance_bound"] for u in units)
+         for where, units in (("at_widest", wide), ("overall", results))},
       # Below this width the flip bound is >= 1 and says nothing.
       "flip_bound_vacuous_below": max(
           8 * (u["distance_max"] / (config.nu * config.delta)) ** 2

@@ -1,11 +1,10 @@
 """C2: NGD with a general strongly convex, smooth loss (Theorem 2).
 
 MATH.md 2: for a loss ``l(u_i, y_i)`` that is ``mu``-strongly convex in
-``u`` with an ``L``-Lipschitz gradient, the update ``theta <- theta - eta
-J^T G^{-1} grad_u L(u)`` contracts ``||u(k+1) - y||^2 <= (1 - 2 eta mu L /
-(mu + L)) ||u(k) - y||^2`` when ``||P(k)||_2 <= C`` (Condition 2 with the
-same ``C`` gives it) and ``eta < 2 / (mu + L) * (1 - (1 + kappa) C) / (1 +
-C)^2``, ``kappa = L / mu`` (appendix eqn. 33).
+``u`` with an ``L``-Lipschitz gradient, NGD (``theta <- theta - eta J^T
+G^{-1} grad_u L(u)``) contracts ``||u(k+1) - y||^2 <= (1 - 2 eta mu L /
+(mu + L)) ||u(k) - y||^2`` under Condition 2 if ``eta < 2 / (mu + L) *
+(1 - (1 + kappa) C) / (1 + C)^2``, ``kappa = L / mu`` (appendix eqn. 33).
 
 Measured as C1 (the same sweep, ``C`` and checks) with the loss
 ``losses.squared_log_cosh(alpha)`` (``e^2 / 2 + alpha log cosh(e)``, ``mu =

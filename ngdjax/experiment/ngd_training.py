@@ -26,8 +26,6 @@ from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Run, unit_key
 from ngdjax.optim import ngd
 
-Log = Callable[..., None]
-
 
 def base_config(n: int, reps: int, num_steps: int,
                 **fields: Any) -> ml_collections.ConfigDict:
@@ -79,7 +77,7 @@ def _measure(model, params, params0, x, y):
 def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
           learning_rate: float, num_steps: int,
           loss: losses.Loss | str = "squared", residual_floor: float = 1e-10,
-          jacobian: bool = False, log: Log | None = None,
+          jacobian: bool = False, log: Callable[..., None] | None = None,
           **tags: Any) -> dict[str, Any]:
   """Runs exact NGD from ``params0`` and measures every iterate.
 

@@ -9,14 +9,11 @@ on MNIST 4 vs 9 with two outputs; here on scikit-learn's 8x8 digits (no
 download), unit rows, one-hot targets, ``two_layer_relu(width, out_dim=2)``.
 
 Measured at the random initialisation with the closed forms of
-``ngdjax.linearized.residuals``, on times up to GD's slowest mode decaying
-to ``decay`` (and ``t = inf``): each example's 2-D path (``examples`` drawn,
-the first of each class); the largest distance of ``u_i(t)`` from ``[u_i(0),
-y_i]`` relative to ``||y_i - u_i(0)||``, per example and for the whole
-vector in ``R^{2n}``; the end points; GD's closed form against
-``scipy.linalg.expm``. The check would fail if ``G`` were a multiple of
-``I``. NGD's straightness (to ``tol = roundoff_factor * 2n * eps``), both
-ending at ``y`` and GD matching ``expm`` are identities: sanity details.
+``ngdjax.linearized.residuals``: how far each example's 2-D path and the
+whole output vector stray from their segments (the check would fail if
+``G`` were a multiple of ``I``). NGD's straightness (to ``tol =
+roundoff_factor * 2n * eps``), both ending at ``y`` and GD matching
+``scipy.linalg.expm`` are identities: sanity details, not checks.
 
 Small preset (about 8 s on 2 CPU cores; n = 64, m = 1024); full (about 8 s;
 n = 256, m = 4096)::
@@ -69,14 +66,6 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _shown(labels: np.ndarray, count: int) -> list[int]:
-  """The first ``count // 2`` examples of class 0, then the first ``count
-  - count // 2`` of class 1."""
-  half = count // 2
-  return [int(i) for k, want in ((0, half), (1, count - half))
-          for i in np.flatnonzero(labels == k)[:want]]
-
-
 def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   """The paths (one unit), the figures and the report's text."""
   ds = data.digits(classes=tuple(config.classes), targets="onehot",
@@ -84,7 +73,10 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   x, y = ds.x_train, ds.y_train
   model = models.two_layer_relu(config.width, out_dim=2, nu=config.nu)
   params0 = model.init(r.key("init"), x.shape[1])
-  shown = _shown(np.asarray(ds.labels_train), config.examples)
+  # Drawn: the first examples of class 0, then of class 1 (half each).
+  half, labels = config.examples // 2, np.asarray(ds.labels_train)
+  shown = [int(i) for k, want in ((0, half), (1, config.examples - half))
+           for i in np.flatnonzero(labels == k)[:want]]
   r.start_progress(1)
   res = r.unit("paths", lambda log: _paths(config, model, params0, x, y,
                                            shown, log))
@@ -96,17 +88,17 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
       "closed_form": res["closed_form_error"] <= tol,
   }
   text = (
-      f"max deviation from the straight segment u(0) -> y, relative: NGD "
-      f"{res['ngd_deviation_max']:.2g} (every example and the whole "
-      f"vector), GD {res['gd_deviation_vector']:.3g} (whole vector), per "
-      f"example median {res['gd_deviation_median']:.3g}, max "
-      f"{res['gd_deviation_examples_max']:.3g}; ||u(inf) - y|| / ||r0||: "
-      f"GD {res['gd_end']:.2g}, NGD {res['ngd_end']:.2g}; at the last "
-      f"drawn time GD {res['gd_end_drawn']:.2g} (digits "
-      f"{config.classes[0]} vs {config.classes[1]}, n={config.n_train}, "
-      f"m={config.width}, cond(G)={res['cond_G']:.3g})")
-  text += ("; sanity (identities, not checks): " + ", ".join(
-      f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
+      "max deviation from the straight segment u(0) -> y, relative: NGD "
+      "{ngd_deviation_max:.2g} (every example and the whole vector), GD "
+      "{gd_deviation_vector:.3g} (whole vector), per example median "
+      "{gd_deviation_median:.3g}, max {gd_deviation_examples_max:.3g}; "
+      "||u(inf) - y|| / ||r0||: GD {gd_end:.2g}, NGD {ngd_end:.2g}; at the "
+      "last drawn time GD {gd_end_drawn:.2g} (digits {classes[0]} vs "
+      "{classes[1]}, n={n_train}, m={width}, cond(G)={cond_G:.3g}); sanity "
+      "(identities, not checks): {sanity}").format(
+          **res, classes=config.classes, n_train=config.n_train,
+          width=config.width, sanity=", ".join(
+              f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
   expectation = (
       "{criteria}; sanity, not judged: NGD straight to round-off tol = "
       f"{config.roundoff_factor:g} N eps = {tol:.2g}, both end at y, GD "
@@ -115,8 +107,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
       {k: v for k, v in res.items() if not isinstance(v, list)}, text,
       expectation, figures,
       {"sanity": sanity, "shown_examples": shown,
-       "shown_labels": [int(ds.classes[k])
-                        for k in np.asarray(ds.labels_train)[shown]],
+       "shown_labels": [int(ds.classes[k]) for k in labels[shown]],
        "deviation_per_shown_example": {
            m: res[f"{m}_deviation_shown"] for m in METHODS}})
 

@@ -13,17 +13,13 @@ the two-layer ReLU net frozen at ``w(0)``, ``G = J J^T`` and
 are straight segments, GD's are not; NGD at ``eta = 1`` has ``u(1) = y``.
 
 Measured on ``n`` points uniform on the sphere with Gaussian targets, for
-the flows and discrete steps (GD: ``eta = gd_lr / lambda_max(G)``; NGD:
-``eta = ngd_lr``) from ``ngdjax.linearized``: the end points and
-``min_norm_solution`` against ``-numpy.linalg.pinv(J) r0``; how far GD's
-weight path strays from NGD's segment ``[0, w*]`` and ``u(t)`` from ``[u(0),
-y]``; ``||u(1) - y||`` for NGD at ``eta = 1`` (closed form and one step of
-``ngdjax.optim.ngd``). Round-off tolerance: ``tol = roundoff_factor * eps *
-cond(G)`` (solves with ``G`` err by ``eps cond(G)``). Sanity details
-(identities, not checks): NGD's output path is straight; the closed forms
-match ``scipy.linalg.expm`` and ``explicit_steps`` numpy iterations. Extra,
-without a criterion: the real network trained by ``real_steps`` exact NGD
-steps against the linearised prediction (their gap vanishes as m grows).
+the flows and discrete steps of ``ngdjax.linearized``, against dense numpy
+references, to the round-off tolerance ``tol = roundoff_factor * eps *
+cond(G)``. Sanity details (identities, not checks): NGD's output path is
+straight; the closed forms match ``scipy.linalg.expm`` and
+``explicit_steps`` numpy iterations. Extra, without a criterion: the real
+network trained by ``real_steps`` exact NGD steps against the linearised
+prediction (their gap vanishes as the width grows).
 
 Small preset (about 10 s on 2 CPU cores; n = 16, d = 10, m = 1024); full
 (about 12 s; n = 32, m = 4096)::
@@ -144,19 +140,18 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
       f"||r0||), weights end {real['weight_gap_last']:.2g} ||w*|| from "
       "the linearised end point")
   text = (
-      f"end points vs -pinv(J) r0: max rel. error "
-      f"{lin['limit_error_max']:.2g}; GD weight path strays "
-      f"{lin['gd_weight_path_gap']:.3g} ||w*|| from NGD's (same-time gap "
-      f"up to {lin['same_time_gap']:.3g}); output path off its segment: "
-      f"NGD {lin['ngd_output_deviation']:.2g}, GD "
-      f"{lin['gd_output_deviation']:.3g} ||r0||; NGD eta=1: ||u(1) - y|| "
-      f"= {lin['ngd_one_step_closed_form']:.2g} (closed form), "
-      f"{lin['ngd_one_step_actual']:.2g} (actual step) ||r0||; closed "
-      f"forms vs expm/explicit steps {lin['closed_form_error_max']:.2g}; "
-      f"{real_text} (n={config.n}, m={config.width}, cond(G)="
-      f"{lin['cond_G']:.3g})")
-  text += ("; sanity (identities, not checks): " + ", ".join(
-      f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
+      "end points vs -pinv(J) r0: max rel. error {limit_error_max:.2g}; GD "
+      "weight path strays {gd_weight_path_gap:.3g} ||w*|| from NGD's "
+      "(same-time gap up to {same_time_gap:.3g}); output path off its "
+      "segment: NGD {ngd_output_deviation:.2g}, GD {gd_output_deviation:.3g}"
+      " ||r0||; NGD eta=1: ||u(1) - y|| = {ngd_one_step_closed_form:.2g} "
+      "(closed form), {ngd_one_step_actual:.2g} (actual step) ||r0||; "
+      "closed forms vs expm/explicit steps {closed_form_error_max:.2g}; "
+      "{real_text} (n={n}, m={width}, cond(G)={cond_G:.3g}); sanity "
+      "(identities, not checks): {sanity}").format(
+          **lin, real_text=real_text, n=config.n, width=config.width,
+          sanity=", ".join(f"{k} {'ok' if v else 'FAILED'}"
+                           for k, v in sanity.items()))
   expectation = (f"round-off tol = {config.roundoff_factor:g} eps cond(G) = "
                  f"{tol:.2g}; {{criteria}}")
   return Outcome(measured, text, expectation, figures,
@@ -187,7 +182,8 @@ def checks(config) -> tuple[verdicts.Check, ...]:
 def _linearized(config, model, params0, x, y, g, j, r0,
                 log) -> dict[str, Any]:
   """Every measurement on the linearised model (one resumable unit)."""
-  eig = np.linalg.eigvalsh(np.asarray(g, np.float64))
+  g64 = np.asarray(g, np.float64)
+  eig = np.linalg.eigvalsh(g64)
   lam_max, lam_min = float(eig[-1]), float(eig[0])
   cond = lam_max / lam_min
   eps = float(jnp.finfo(g.dtype).eps)
@@ -269,7 +265,7 @@ def _linearized(config, model, params0, x, y, g, j, r0,
     params1, _, _ = jax.jit(opt.step)(params0, opt.init(params0), x, y)
     one_step_how = "ngdjax.optim.ngd"
   else:  # the optimizers are missing: the same step, written out
-    a = np.linalg.solve(np.asarray(g, np.float64), r64)
+    a = np.linalg.solve(g64, r64)
     params1 = {"W": params0["W"] - (a @ j64).reshape(params0["W"].shape)}
     one_step_how = "explicit dense step (ngdjax.optim unavailable)"
   u1 = np.asarray(lin_model.apply(params1, x) - y, np.float64)
@@ -278,14 +274,13 @@ def _linearized(config, model, params0, x, y, g, j, r0,
   # The closed forms against dense references.
   cf = {}
   for i in np.unique(np.linspace(1, len(flow_t) - 1, 5).astype(int)):
-    ref = scipy.linalg.expm(-np.asarray(g, np.float64) * flow_t[i]) @ r64
+    ref = scipy.linalg.expm(-g64 * flow_t[i]) @ r64
     cf[f"gd_flow_residual_vs_expm@t={flow_t[i]:.3g}"] = (
         float(np.linalg.norm(paths["gd_flow"][1][i] - ref) / r_norm))
   ngd_flow_ref = np.exp(-flow_t)[:, None] * r64
   cf["ngd_flow_residual_vs_exp(-t)r0"] = float(
       np.max(np.linalg.norm(paths["ngd_flow"][1] - ngd_flow_ref, axis=1))
       / r_norm)
-  g64 = np.asarray(g, np.float64)
   k = config.explicit_steps
   for kind, method, lr in (("gd_steps", "gd", eta_gd),
                            ("ngd_steps", "ngd", eta_ngd)):
@@ -357,7 +352,9 @@ def _label(kind, lin, flow_suffix=""):
 
 
 def _plot(r: Run, config, lin) -> list[str]:
-  """Figures from ``metrics.jsonl``."""
+  """Figures from ``metrics.jsonl``: residuals and distances to ``w*``
+  against time, the weight paths in the plane of ``w*`` and GD's largest
+  excursion."""
   records = [rec for rec in r.records() if rec.get("kind") in KINDS]
   setting = f"(n={config.n}, m={config.width}, cond(G)={lin['cond_G']:.3g})"
   for fname, key, ylabel, title in (
@@ -378,21 +375,15 @@ def _plot(r: Run, config, lin) -> list[str]:
           color=_COLORS[kind]))
     plots.line_plot(r.path(fname), series, xlabel="time t", ylabel=ylabel,
                     title=f"C10: {title} {setting}", logx=True, logy=True)
-  _path_figure(r.path("weight_paths.png"), records, lin)
-  return ["residual_norm.png", "weight_distance.png", "weight_paths.png"]
 
-
-def _path_figure(path, records, lin) -> None:
-  """The weight paths in the plane of ``w*`` and GD's largest excursion."""
   fig = plots.figure((6.0, 4.2), left=0.13, right=0.97, bottom=0.13,
                      top=0.91)
   ax = fig.add_subplot()
-  top = 0.0
   xs, ys = (plots.series_from_records(records, "step", c, group="kind")
             for c in ("path_x", "path_y"))
+  top = max(float(np.max(ys[kind][1])) for kind in KINDS)
   for kind in KINDS:
     coords = xs[kind][1], ys[kind][1]
-    top = max(top, float(np.max(coords[1])))
     if kind.endswith("flow"):
       ax.plot(*coords, lw=2, color=_COLORS[kind], label=_LABELS[kind],
               zorder=2)
@@ -410,7 +401,8 @@ def _path_figure(path, records, lin) -> None:
                fontsize=10)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8, loc="upper right")
-  fig.savefig(path, dpi=110, bbox_inches="tight")
+  fig.savefig(r.path("weight_paths.png"), dpi=110, bbox_inches="tight")
+  return ["residual_norm.png", "weight_distance.png", "weight_paths.png"]
 
 
 SPEC = Experiment(

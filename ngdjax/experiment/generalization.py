@@ -7,34 +7,28 @@ the ramp loss, which bounds the 0-1 error) is at most
 
     sqrt(2 y^T G_inf^{-1} y / n) + 3 sqrt(log(6 / delta) / (2 n)) + eps.
 
-Data: scikit-learn's 8x8 digits 4 vs 9 (``+-1`` targets, ``test_fraction``
-held out). Label noise flips exactly ``round(p n)`` training labels, random
-labels draw each uniformly, test labels stay true (Zhang et al. 2017).
-Repetition ``rep`` uses seed ``seed + rep`` for split, subsample and
-corruption; its conditions share inputs and initialisation. Flipping ``p``
-and ``1 - p`` give mirror images (``y -> -y``, which leaves the measure
-unchanged), so the sweep is ``p`` in ``[0, 1/2]``; ``p = 1`` checks the
-invariance. ``preprocessing``: ``"centred"`` subtracts the pixels' training
-mean before normalising the rows (raw pixels are non-negative: mean cosine
-0.71, labels in ``G_inf``'s small eigen-directions), ``"raw"`` does not;
-the first is judged (whole sweep), the others reported (true and random).
+Data: scikit-learn's 8x8 digits 4 vs 9 (``+-1`` targets). Label noise flips
+exactly ``round(p n)`` training labels, random labels draw each uniformly,
+test labels stay true (Zhang et al. 2017); repetition ``rep`` uses seed
+``seed + rep``. Flipping ``p`` and ``1 - p`` give mirror images (``y ->
+-y``, which leaves the measure unchanged), so the sweep is ``p`` in ``[0,
+1/2]``; ``p = 1`` checks the invariance. ``"centred"`` inputs subtract the
+pixels' training mean before normalising the rows (raw pixels are
+non-negative: mean cosine 0.71), ``"raw"`` do not; the first preprocessing
+is judged (whole sweep), the others reported (true and random labels).
 
-Measured per condition and repetition: the measure and the bound (without
-``eps``); the test error of the infinite-width net trained to zero loss
-from ``u(0) = 0``, the kernel interpolant ``G_inf(x, X) G_inf^{-1} y``
-(MATH.md 6); a finite ``two_layer_relu(width)`` trained by exact NGD: its
-residual, errors and Theorem 6's finite-width chain, Lemma 11's per-neuron
-distance bound and Lemma 12's ``||w - w(0)||`` against ``sqrt(r0^T G_inf^-1
-r0)`` (eqn. 72, ``r0 = y - u(0)``; the lemma's ``y^T G_inf^-1 y`` too).
+Measured per condition and repetition: the measure, the bound (without
+``eps``), the test error of the infinite-width net trained to zero loss from
+``u(0) = 0`` (the kernel interpolant ``G_inf(x, X) G_inf^{-1} y``, MATH.md
+6), and a finite ``two_layer_relu(width)`` trained by exact NGD: its errors
+and Theorem 6's finite-width chain (Lemmas 11 and 12, eqn. 72).
 
 Changed after the first measurement: the judged test errors were the finite
 net's (m = 2048, NGD at ``eta = 1``, 10 steps), every run required to
-interpolate. True labels do (residual below 1e-15); at ``p = 0.2, 0.5`` and
-random labels NGD diverges (residual 1.6 .. 15 ``||y||``; 0.21 .. 0.58 after
-60 steps at smaller ``eta`` or with damping; m = 8192 too), as the theory
-predicts: the weights must move ``sqrt(r^T G^{-1} r)``, about 6 times more
-for noisy labels, so the width Theorem 3 needs grows with the measure. The
-judged errors are now the infinite-width net's (Theorem 6's object).
+interpolate; at ``p = 0.2, 0.5`` and random labels NGD diverges (residual
+1.6 .. 15 ``||y||``; also at smaller ``eta``, with damping, at m = 8192), as
+the theory predicts (the weights must move ``sqrt(r^T G^{-1} r)``, 6 times
+more for noisy labels). The judged errors are now the infinite-width net's.
 
 Small preset (20-30 s on 2 shared CPU cores, 5 s of it importing
 scikit-learn; n = 256, n_test = 90, label noise 0, 0.2, 0.5, 1 and random,
@@ -122,16 +116,6 @@ def _conditions(config) -> list[str]:
   return [f"noise={float(p):g}" for p in config.label_noise] + [RANDOM]
 
 
-def _units(config) -> list[tuple[str, str, int]]:
-  """``(prep, condition, rep)``: the whole sweep for the judged (first)
-  preprocessing, true and random labels for the others."""
-  first, *others = config.preprocessing
-  return ([(first, c, rep) for rep in range(config.reps)
-           for c in _conditions(config)]
-          + [(prep, c, rep) for prep in others for rep in range(config.reps)
-             for c in (TRUE, RANDOM)])
-
-
 def _inputs(ds, prep: str):
   """Training and test inputs: unit rows of the raw or centred pixels."""
   x, x_test = (np.asarray(a, np.float64) for a in (ds.x_train, ds.x_test))
@@ -155,9 +139,15 @@ def _validate(config) -> None:
 
 
 def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
-  """One unit per (preprocessing, labels, repetition); the figures."""
+  """One unit per (preprocessing, labels, repetition): the whole sweep for
+  the judged (first) preprocessing, true and random labels for the others;
+  the figures."""
   model = ngd_training.two_layer_model(int(config.width), float(config.nu))
-  units = _units(config)
+  first, *others = config.preprocessing
+  units = ([(first, c, rep) for rep in range(config.reps)
+            for c in _conditions(config)]
+           + [(prep, c, rep) for prep in others for rep in range(config.reps)
+              for c in (TRUE, RANDOM)])
   r.start_progress(len(units), interval_s=2.0)
   results = [
       r.unit(unit_key(prep=prep, rep=rep, labels=c),
@@ -298,6 +288,8 @@ def _chain(config, runs) -> dict[str, Any]:
 
 
 def _summarise(r: Run, config, all_results) -> Outcome:
+  from scipy.stats import spearmanr  # 0.5 s to import: only when needed
+
   primary = config.preprocessing[0]
   results = [u for u in all_results if u["prep"] == primary]
   conds = _conditions(config)
@@ -316,8 +308,8 @@ def _summarise(r: Run, config, all_results) -> Outcome:
   # p = 1 is left out of the rank correlation: its labels are the mirror
   # image of the true ones, so its error against the true labels is ~1.
   ranked = [u for u in results if u["labels"] != "noise=1"]
-  rank = _spearman([u["measure"] for u in ranked],
-                   [u["test_error_inf"] for u in ranked])
+  rank = float(spearmanr([u["measure"] for u in ranked],
+                         [u["test_error_inf"] for u in ranked]).statistic)
   measured = {
       "conditions": conds,
       "measure_mean": list(mean_measure.values()),
@@ -328,8 +320,7 @@ def _summarise(r: Run, config, all_results) -> Outcome:
       "finite_net_fit_max": list(per("fit", np.max).values()),
       "bound_true_labels": float(values(TRUE, "bound").mean()),
       "spearman_measure_vs_test_error": rank,
-      "n_train": results[0]["n_train"],
-      "n_test": results[0]["n_test"],
+      "n_train": results[0]["n_train"], "n_test": results[0]["n_test"],
       "preprocessing": primary,
       "separation_gap": float(values(RANDOM, "measure").min()
                               - values(TRUE, "measure").max()),
@@ -400,14 +391,6 @@ def _summarise(r: Run, config, all_results) -> Outcome:
   return Outcome(measured, text, figures=figures,
                  details={"observations": {"finite_net_fits": fits},
                           "runs": all_results})
-
-
-def _spearman(a, b) -> float:
-  """Rank correlation (average ranks for ties)."""
-  from scipy.stats import spearmanr  # 0.5 s to import: only when needed
-
-  value = spearmanr(a, b).statistic
-  return float(value) if np.isfinite(value) else float("nan")
 
 
 def _plot(r: Run, config) -> list[str]:

@@ -3,31 +3,25 @@ transform), GD and Adam on digits 4 vs 9, across widths, with wall-clock.
 
 MATH.md 2, 4-5: NGD contracts the residual by ``1 - eta`` per step whatever
 ``cond(G)`` (Theorem 1); K-FAC by ``1 - eta n h_i`` per coordinate
-(leverage scores ``h_i`` of the inputs), ``1 - eta d`` for every ``i`` after
-the Forster transform, so K-FAC at ``eta = 1/d`` is NGD at ``eta = 1``;
-``cond(G)`` sets GD's speed. So on real data NGD and K-FAC after Forster
+(leverage scores ``h_i``), ``1 - eta d`` for every ``i`` after the Forster
+transform; ``cond(G)`` sets GD's speed. So NGD and K-FAC after Forster
 should reach a small loss in far fewer steps than GD and Adam.
 
-Data: scikit-learn's 8x8 digits 4 vs 9 (``+-1`` targets) projected onto
-their top ``pca_dim`` right singular vectors (no centring), unit rows. On
-the raw pixels the Forster transform does not exist: 7 are zero in every
-image and some lit in one only (leverage 1); on the 57 non-constant ones
-Newton stalls at isotropy error 2.65 and Algorithm 1 stops at ``cond(A)``
-7e13.
+Data: digits 4 vs 9 projected onto their top ``pca_dim`` right singular
+vectors, unit rows: on the raw pixels (7 zero in every image, some lit in
+one image only) the Forster transform does not exist (Newton stalls at
+isotropy error 2.65, Algorithm 1 stops at ``cond(A)`` 7e13).
 
-Methods, on ``two_layer_relu(width)`` from one initialisation per width,
-full batch, sum loss: ``ngd``; ``kfac`` at ``eta = 1 / (n max_i h_i)`` (no
-coordinate overshoots, to first order); ``kfac_forster`` on
-``forster(X).Z`` at ``eta = 1/d``, its clock starting at the transform's
-(warm) time; ``gd`` and ``adam`` at each listed step size, the one with the
-fewest steps to the target compared (ties: the lower final loss). K-FAC adds
-``kfac_factor_damping`` (1e-10) to each factor: undamped to about 1e-9 but
-solved by Cholesky, as the ``eigh`` that zero damping needs took 0.85 s
-instead of 10 ms under load (K-FAC 40 times slower than NGD). A run stops
-after its budget, below ``stop_fraction L(0)`` or above ``1e6 L(0)``; steps
-are timed until the loss is on the host, compilation excluded. A baseline
-that never reaches the target counts as ``budget + 1`` steps. Wall-clock is
-reported, not judged: it depends on the machine's load.
+Methods, from one initialisation per width, full batch: ``ngd``; ``kfac``
+at ``eta = 1 / (n max_i h_i)`` (no coordinate overshoots, to first order);
+``kfac_forster`` on ``forster(X).Z`` at ``eta = 1/d``, its clock starting
+at the transform's time; ``gd`` and ``adam`` at each listed step size, the
+one with the fewest steps to the target compared. K-FAC adds
+``kfac_factor_damping`` (1e-10) to each factor, undamped to about 1e-9 but
+solved by Cholesky: the ``eigh`` that zero damping needs took 0.85 s instead
+of 10 ms under load. Steps are timed until the loss is on the host,
+compilation excluded; a baseline that never reaches the target counts as
+``budget + 1`` steps. Wall-clock is reported, not judged.
 
 Small preset (about 25 s on 2 shared CPU cores, 5 s of it importing
 scikit-learn; n = 256, d = 32, widths 512 and 2048; budgets 20 steps for
@@ -168,8 +162,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
     jax.block_until_ready(forster(x))  # warm: the transform's own cost
     eig = np.linalg.eigvalsh(x64.T @ x64)
     return {"n": n, "d": d, "nh_min": float(nh.min()),
-            "nh_max": float(nh.max()),
-            "cond_xtx": float(eig[-1] / eig[0]),
+            "nh_max": float(nh.max()), "cond_xtx": float(eig[-1] / eig[0]),
             "forster_error": float(fz.error),
             "forster_iterations": int(fz.iterations),
             "forster_seconds": time.perf_counter() - start}
@@ -184,10 +177,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
                     else config.curvature_steps * 20) * k[0] / 2048
           for k in runs}
   r.start_progress(len(runs), interval_s=5.0, work=sum(work.values()))
-  grams = {}
-  results = []
-  for key in runs:
-    m, method, hyper = key
+  grams, results = {}, []
+  for m, method, hyper in runs:
     model = ngd_training.two_layer_model(m, float(config.nu))
     params0 = model.init(r.key("init", f"width={m}"), d)
     if m not in grams and method == "gd":
@@ -197,7 +188,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
         unit_key(width=m, method=method, hyper=f"{hyper:g}"),
         functools.partial(_train, config, model, m, params0, inputs, y,
                           method, hyper, setup, grams.get(m)),
-        work=work[key]))
+        work=work[m, method, hyper]))
   return _summarise(r, config, setup, results)
 
 
@@ -317,12 +308,12 @@ def _summarise(r: Run, config, setup, results) -> Outcome:
   parts = [f"m={m}: " + ", ".join(
       f"{_label(method, u)} {show(u)}"
       for method, u in table[str(m)].items()) for m in widths]
-  text = (f"steps (and seconds) to L <= {config.target_fraction:g} L(0): "
-          + "; ".join(parts)
-          + f" (digits {config.classes[0]} vs {config.classes[1]}, "
-          f"n={setup['n']}, d={setup['d']} (PCA), cond(X^T X)="
-          f"{setup['cond_xtx']:.3g}, n h in [{setup['nh_min']:.3g}, "
-          f"{setup['nh_max']:.3g}])")
+  text = (
+      "steps (and seconds) to L <= {target:g} L(0): {parts} (digits "
+      "{classes[0]} vs {classes[1]}, n={n}, d={d} (PCA), cond(X^T X)="
+      "{cond_xtx:.3g}, n h in [{nh_min:.3g}, {nh_max:.3g}])").format(
+          target=config.target_fraction, parts="; ".join(parts),
+          classes=config.classes, **setup)
   expectation = (
       f"NGD (eta={config.ngd_lr:g}) and K-FAC+Forster (eta=1/d) reach "
       f"L <= {config.target_fraction:g} L(0) in <= 1/{config.speedup:g} of "
@@ -342,16 +333,14 @@ def _plot(r: Run, config, table) -> list[str]:
     for xkey, xlabel, suffix in (
         ("step", "step (log axis; step 0 drawn at 0.5)", "step"),
         ("seconds", "wall-clock seconds (compilation excluded)", "time")):
+      curves = plots.series_from_records(records, xkey, "loss_rel",
+                                         group="unit")
       series = []
       for method, best in row.items():
-        where = (lambda rec, m=m, method=method, h=best["hyper"]:
-                 rec["width"] == m and rec["method"] == method
-                 and rec["hyper"] == h)
-        got = plots.series_from_records(records, xkey, "loss_rel",
-                                        where=where)
-        if not got:
+        key = unit_key(width=m, method=method, hyper=f"{best['hyper']:g}")
+        if key not in curves:
           continue
-        (xs, ys), = got.values()
+        xs, ys = curves[key]
         # Log axes: the starting point of a step axis sits at 1 (step 0
         # is drawn at 0.5), and losses below the floor are clipped.
         xs = np.where(xs <= 0, 0.5 if xkey == "step" else np.nan, xs)

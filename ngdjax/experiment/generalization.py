@@ -198,7 +198,7 @@ def _unit(r: Run, config, model, prep, condition, rep,
   norms = np.asarray(norms, np.float64)
   y_norm = float(jnp.linalg.norm(y))
   fit = float(jnp.linalg.norm(u_train - y)) / y_norm
-  for k, v in enumerate([float(v / y_norm) for v in norms] + [fit]):
+  for k, v in enumerate([float(s / y_norm) for s in norms] + [fit]):
     log(step=k, rep=rep, labels=condition, prep=prep, residual_rel=v)
   second = 3 * math.sqrt(math.log(6 / config.delta) / (2 * n))
   return {

@@ -1,9 +1,11 @@
 """Every Jacobian/Gram method against a dense ``jax.jacrev`` reference."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.flatten_util import ravel_pytree
 
 import ngdjax
@@ -70,15 +72,41 @@ def test_jacobian_matches_jacrev(name, fn, params, chunk_size=2):
   np.testing.assert_allclose(out, ref, atol=1e-13)
 
 
-@pytest.mark.parametrize("name,fn,params", CASES, ids=IDS)
-@pytest.mark.parametrize("method", ["jacobian", "products", "structured"])
-def test_gram_methods_match_dense(name, fn, params, method, chunk_size=2):
-  # A bare function's dense layers are found in its traced computation
-  # (ngdjax._src.structure); every other leaf is on the exact generic path.
-  x = _inputs()
-  j = _dense_jacobian(fn, params, x)
-  out = ngdjax.gram(fn, params, x, method=method, chunk_size=chunk_size)
-  np.testing.assert_allclose(out, j @ j.T, atol=1e-12)
+class DenseReferenceTest(chex.TestCase):
+  """``gram`` and ``gram_vp`` against ``jacrev``, with and without jit."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+      (f"{name}_{method}", fn, params, method)
+      for name, fn, params in CASES
+      for method in ("jacobian", "products", "structured"))
+  def test_gram_methods_match_dense(self, fn, params, method, chunk_size=2):
+    # A bare function's dense layers are found in its traced computation
+    # (ngdjax._src.structure); every other leaf is on the exact generic path.
+    x = _inputs()
+    j = _dense_jacobian(fn, params, x)
+    out = self.variant(lambda p, z: ngdjax.gram(
+        fn, p, z, method=method, chunk_size=chunk_size))(params, x)
+    chex.assert_shape(out, (j.shape[0], j.shape[0]))
+    np.testing.assert_allclose(out, j @ j.T, atol=1e-12)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+      (f"{name}_chunk_{chunk_size}", fn, params, chunk_size)
+      for name, fn, params in CASES for chunk_size in (None, 3))
+  def test_gram_vp_matches_dense(self, fn, params, chunk_size):
+    x = _inputs()
+    j = _dense_jacobian(fn, params, x)
+    g = j @ j.T
+    rng = np.random.default_rng(3)
+    v = jnp.asarray(rng.standard_normal(g.shape[0]))
+    vs = jnp.asarray(rng.standard_normal((g.shape[0], 2)))
+    gram_vp = self.variant(lambda p, z, vec: ngdjax.gram_vp(
+        fn, p, z, vec, chunk_size=chunk_size))
+    out, outs = gram_vp(params, x, v), gram_vp(params, x, vs)
+    chex.assert_shape((out, outs), ((g.shape[0],), (g.shape[0], 2)))
+    np.testing.assert_allclose(out, g @ v, atol=1e-12)
+    np.testing.assert_allclose(outs, g @ vs, atol=1e-12)
 
 
 @pytest.mark.parametrize("name,fn,params", CASES, ids=IDS)
@@ -89,21 +117,6 @@ def test_cross_gram_matches_dense(name, fn, params, method):
   j2 = _dense_jacobian(fn, params, x2)
   out = ngdjax.gram(fn, params, x, x2, method=method)
   np.testing.assert_allclose(out, j1 @ j2.T, atol=1e-12)
-
-
-@pytest.mark.parametrize("name,fn,params", CASES, ids=IDS)
-@pytest.mark.parametrize("chunk_size", [None, 3])
-def test_gram_vp_matches_dense(name, fn, params, chunk_size):
-  x = _inputs()
-  j = _dense_jacobian(fn, params, x)
-  g = j @ j.T
-  rng = np.random.default_rng(3)
-  v = jnp.asarray(rng.standard_normal(g.shape[0]))
-  vs = jnp.asarray(rng.standard_normal((g.shape[0], 2)))
-  out = ngdjax.gram_vp(fn, params, x, v, chunk_size=chunk_size)
-  np.testing.assert_allclose(out, g @ v, atol=1e-12)
-  outs = ngdjax.gram_vp(fn, params, x, vs, chunk_size=chunk_size)
-  np.testing.assert_allclose(outs, g @ vs, atol=1e-12)
 
 
 def test_jvp_and_vjp_match_dense():

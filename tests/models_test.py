@@ -1,5 +1,8 @@
 """Models: parameterisation, layer factors and bad arguments."""
 
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,3 +121,96 @@ class TestBadArguments:
   def test_widths(self):
     with pytest.raises(ValueError, match="widths must be positive"):
       ngdjax.mlp([4, -1])
+
+
+# --------------------------------------------------------------------------
+# Equality by value (issue 14 item 5).
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build,same,other", [
+    (lambda: ngdjax.two_layer_relu(8, out_dim=2, nu=0.5, output_seed=1),
+     lambda: ngdjax.models.two_layer_relu(
+         width=np.int64(8), out_dim=2, nu=np.float64(0.5), output_seed=1),
+     lambda: ngdjax.two_layer_relu(8, out_dim=2, nu=0.5, output_seed=2)),
+    (lambda: ngdjax.two_layer_relu(8, nu=1),
+     lambda: ngdjax.two_layer_relu(8, nu=1.0),
+     lambda: ngdjax.two_layer_relu(8, nu=2)),
+    (lambda: ngdjax.mlp([5, 4], out_dim=2, activation="tanh"),
+     lambda: ngdjax.mlp((5, 4), out_dim=2, activation="tanh", b_std=0.1),
+     lambda: ngdjax.mlp([5, 4], out_dim=2, activation="tanh", w_std=2.0)),
+    (lambda: ngdjax.mlp([4], activation=jnp.sin, b_std=None),
+     lambda: ngdjax.mlp([4], activation=jnp.sin, b_std=None),
+     lambda: ngdjax.mlp([4], activation=jnp.sin, b_std=0.0)),
+], ids=["two_layer", "two_layer_int_nu", "mlp", "mlp_custom_activation"])
+def test_equal_arguments_give_equal_models(build, same, other):
+  a, b, c = build(), same(), other()
+  assert a is not b and a.apply is not b.apply
+  assert a == b and not a != b and hash(a) == hash(b)
+  assert {a: 1}[b] == 1
+  assert a.name == b.name
+  assert a != c and not a == c
+  # Each field compares by value too (optimizers take model.apply alone).
+  for fa, fb in zip(a, b, strict=True):
+    assert fa == fb and hash(fa) == hash(fb)
+  x = _x()
+  params = a.init(jax.random.key(0), 3)
+  np.testing.assert_array_equal(a.apply(params, x), b.apply(params, x))
+
+
+@pytest.mark.parametrize("other", [
+    lambda: ngdjax.two_layer_relu(8, nu=0.5, output_seed=1),
+    lambda: ngdjax.two_layer_relu(9),
+    lambda: ngdjax.two_layer_relu(8, out_dim=2),
+    lambda: ngdjax.mlp([8]),
+], ids=["nu_seed", "width", "out_dim", "mlp"])
+def test_different_arguments_give_unequal_models(other):
+  a, b = ngdjax.two_layer_relu(8), other()
+  assert a != b and a.apply != b.apply
+
+
+def test_replacing_a_field_or_linearizing_breaks_equality():
+  """A model with a swapped function must not reuse the original's trace."""
+  model = ngdjax.two_layer_relu(8)
+  assert model._replace(apply=lambda p, x: x) != ngdjax.two_layer_relu(8)
+  lin = ngdjax.linearize(model, model.init(jax.random.key(0), 3))
+  assert lin != model and lin != ngdjax.two_layer_relu(8)
+
+
+def test_jit_with_a_static_model_compiles_once_for_equal_builds():
+  chex.clear_trace_counter()
+
+  @functools.partial(jax.jit, static_argnums=0)
+  @chex.assert_max_traces(n=1)
+  def outputs(model, params, x):
+    return model.apply(params, x)
+
+  x = _x()
+  params = ngdjax.two_layer_relu(16).init(jax.random.key(0), 3)
+  first = outputs(ngdjax.two_layer_relu(16), params, x)
+  second = outputs(ngdjax.two_layer_relu(16), params, x)
+  np.testing.assert_array_equal(first, second)
+  assert outputs._cache_size() == 1
+  # A different model is a new compilation.
+  with pytest.raises(AssertionError, match="traced > 1 times"):
+    outputs(ngdjax.two_layer_relu(16, nu=0.5), params, x)
+
+
+def test_user_built_models_compare_by_identity_of_their_functions():
+  def init(key, in_dim):
+    return {"w": jnp.ones((in_dim,))}
+
+  def apply(params, x):
+    return (x @ params["w"])[:, None]
+
+  a = ngdjax.Model(init=init, apply=apply, out_dim=1, name="linear")
+  b = ngdjax.Model(init=init, apply=apply, out_dim=1, name="linear")
+  c = ngdjax.Model(init=init, apply=lambda p, x: apply(p, x), out_dim=1,
+                   name="linear")
+  assert a == b and hash(a) == hash(b)
+  assert a != c
+  assert a.apply is apply  # user functions are not wrapped
+  params = a.init(jax.random.key(0), 3)
+  g = ngdjax.gram(a, params, _x())
+  np.testing.assert_allclose(g, np.asarray(_x()) @ np.asarray(_x()).T,
+                             atol=1e-12)

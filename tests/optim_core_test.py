@@ -27,11 +27,6 @@ def _leaves(tree):
   return [np.asarray(t) for t in jax.tree_util.tree_leaves(tree)]
 
 
-def _close(a, b, **kw):
-  for la, lb in zip(_leaves(a), _leaves(b), strict=True):
-    np.testing.assert_allclose(la, lb, **kw)
-
-
 def _finite(tree):
   return all(np.all(np.isfinite(t)) for t in _leaves(tree))
 
@@ -44,19 +39,19 @@ def _finite(tree):
 def test_learning_rate_sweep_compiles_once(make):
   params, x, y = _problem()
   opt = make(0.1)
-  step = jax.jit(opt.step)
+  chex.clear_trace_counter()  # the counter is keyed by code location
+  step = jax.jit(chex.assert_max_traces(opt.step, n=1))
   for lr in (0.05, 0.1, 0.3):
     state = opt.init(params)._replace(learning_rate=jnp.asarray(lr))
     new, _, info = step(params, state, x, y)
     np.testing.assert_allclose(info["learning_rate"], lr)
     fresh = make(lr)
-    _close(new, fresh.step(params, fresh.init(params), x, y)[0], rtol=1e-10,
-           atol=1e-13)
+    chex.assert_trees_all_close(
+        new, fresh.step(params, fresh.init(params), x, y)[0], rtol=1e-10,
+        atol=1e-13)
   assert step._cache_size() == 1
 
   # A learning rate traced through the optimizer's constructor.
-  chex.clear_trace_counter()  # the counter is keyed by code location
-
   @jax.jit
   @chex.assert_max_traces(n=1)
   def run(lr):
@@ -65,21 +60,23 @@ def test_learning_rate_sweep_compiles_once(make):
 
   for lr in (0.05, 0.1, 0.3):
     fresh = make(lr)
-    _close(run(jnp.asarray(lr)),
-           fresh.step(params, fresh.init(params), x, y)[0], rtol=1e-10,
-           atol=1e-13)
+    chex.assert_trees_all_close(
+        run(jnp.asarray(lr)), fresh.step(params, fresh.init(params), x, y)[0],
+        rtol=1e-10, atol=1e-13)
 
 
 def test_damping_sweep_compiles_once():
   params, x, y = _problem()
   opt = ngd(MODEL, 0.5, damping=0.1)
-  step = jax.jit(opt.step)
+  chex.clear_trace_counter()
+  step = jax.jit(chex.assert_max_traces(opt.step, n=1))
   for lam in (0.01, 0.1):
     state = opt.init(params)._replace(damping=jnp.asarray(lam))
     new, _, info = step(params, state, x, y)
     np.testing.assert_allclose(info["damping"], lam)
     fresh = ngd(MODEL, 0.5, damping=lam)
-    _close(new, fresh.step(params, fresh.init(params), x, y)[0], rtol=1e-10)
+    chex.assert_trees_all_close(
+        new, fresh.step(params, fresh.init(params), x, y)[0], rtol=1e-10)
   assert step._cache_size() == 1
 
 
@@ -122,7 +119,8 @@ def test_bad_damping_schedule_falls_back_and_flags(name):
     rp, rs, _ = ref_step(rp, rs, x, y)
     assert int(info["damping_invalid"]) == (k > 0)
     np.testing.assert_allclose(info["damping"], 0.1)
-    _close(p, rp, rtol=1e-10, atol=1e-13)  # the fallback is the last value
+    # The fallback is the last value.
+    chex.assert_trees_all_close(p, rp, rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("name", ["ngd", "kfac", "gd"])
@@ -140,7 +138,7 @@ def test_bad_learning_rate_schedule_falls_back_and_flags(name):
     assert int(info["learning_rate_invalid"]) == k
     assert int(info["update_skipped"]) == 0
   assert _finite(p)
-  _close(p, rp, rtol=1e-10, atol=1e-13)
+  chex.assert_trees_all_close(p, rp, rtol=1e-10, atol=1e-13)
 
 
 def test_optax_nan_schedule_skips_the_update():
@@ -151,7 +149,7 @@ def test_optax_nan_schedule_skips_the_update():
   p1, s, info1 = jax.jit(opt.step)(p, s, x, y)
   assert int(info0["update_skipped"]) == 0
   assert int(info1["update_skipped"]) == 1 and int(info1["diverged"]) == 1
-  _close(p1, p, rtol=0)
+  chex.assert_trees_all_close(p1, p, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["ngd", "kfac", "gd", "lm"])

@@ -6,12 +6,12 @@ of the per-example loss, per-example gradients by ``jax.grad``; never from
 the library's closed forms.
 """
 
-import functools
-
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.flatten_util import ravel_pytree
 
 import ngdjax
@@ -38,13 +38,11 @@ def _sampled(u):
   return jax.random.categorical(sub, u, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _dense(opt, params, x, labels):
-  """One step and the dense pieces of its reference."""
+@jax.jit
+def _dense(params, x, labels):
+  """The dense pieces of a step's reference."""
   flat, unravel = ravel_pytree(params)
   out = lambda f: MODEL.apply(unravel(f), x)  # noqa: E731
-  new, state, info = opt.step(params, opt.init(params), x, labels)
-  delta = ravel_pytree(new)[0] - flat
   u = out(flat)
   jac = jax.jacrev(lambda f: out(f).reshape(-1))(flat)  # (N c, p)
 
@@ -54,7 +52,7 @@ def _dense(opt, params, x, labels):
   g = jax.vmap(jax.grad(example_loss))(u, labels)  # (n, c)
   hess = jax.vmap(jax.hessian(example_loss))(u, labels)  # (n, c, c)
   s = jax.vmap(jax.grad(example_loss))(u, _sampled(u))
-  return delta, info, jac, u, g, hess, s
+  return jac, u, g, hess, s
 
 
 def _reference(fisher, jac, g, hess, s, lr, lam):
@@ -73,20 +71,28 @@ def _reference(fisher, jac, g, hess, s, lr, lam):
   return -lr * np.linalg.solve(f + lam * np.eye(p), grad)
 
 
-@pytest.mark.parametrize("fisher", ["true", "empirical", "monte_carlo"])
-@pytest.mark.parametrize("solver,lam", [("cholesky", 1e-3), ("cg", 0.3)])
-def test_ngd_fisher_matches_dense(fisher, solver, lam):
-  params, x, labels = _problem(seed=1, scale=1.5)
-  opt = ngd(MODEL, 0.7, damping=lam, loss="softmax_cross_entropy",
-            fisher=fisher, solver=solver, cg_tol=1e-14)
-  delta, info, jac, u, g, hess, s = _dense(opt, params, x, labels)
-  ref = _reference(fisher, jac, g, hess, s, 0.7, lam)
-  scale = np.linalg.norm(ref)
-  assert np.linalg.norm(np.asarray(delta) - ref) <= 1e-8 * scale
-  np.testing.assert_allclose(
-      info["loss"], -np.sum(jax.nn.log_softmax(u)[np.arange(N), labels]),
-      rtol=1e-12)
-  assert int(info["diverged"]) == 0
+class NGDReferenceTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+      (f"{fisher}_{solver}", fisher, solver, lam)
+      for fisher in ("true", "empirical", "monte_carlo")
+      for solver, lam in (("cholesky", 1e-3), ("cg", 0.3)))
+  def test_ngd_fisher_matches_dense(self, fisher, solver, lam):
+    params, x, labels = _problem(seed=1, scale=1.5)
+    opt = ngd(MODEL, 0.7, damping=lam, loss="softmax_cross_entropy",
+              fisher=fisher, solver=solver, cg_tol=1e-14)
+    new, _, info = self.variant(
+        lambda p, a, b: opt.step(p, opt.init(p), a, b))(params, x, labels)
+    delta = ravel_pytree(new)[0] - ravel_pytree(params)[0]
+    jac, u, g, hess, s = _dense(params, x, labels)
+    ref = _reference(fisher, jac, g, hess, s, 0.7, lam)
+    scale = np.linalg.norm(ref)
+    assert np.linalg.norm(np.asarray(delta) - ref) <= 1e-8 * scale
+    np.testing.assert_allclose(
+        info["loss"], -np.sum(jax.nn.log_softmax(u)[np.arange(N), labels]),
+        rtol=1e-12)
+    assert int(info["diverged"]) == 0
 
 
 def test_one_hot_and_labels_agree_and_check():
@@ -95,9 +101,7 @@ def test_one_hot_and_labels_agree_and_check():
   state = opt.init(params)
   a = opt.step(params, state, x, labels)[0]
   b = opt.step(params, state, x, jax.nn.one_hot(labels, C))[0]
-  for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b),
-                    strict=True):
-    np.testing.assert_allclose(la, lb, rtol=1e-12)
+  chex.assert_trees_all_close(a, b, rtol=1e-12)
   with pytest.raises(ValueError, match="y holds class labels"):
     opt.step(params, state, x, labels.at[0].set(C))
   with pytest.raises(ValueError, match="y has 4 rows"):
@@ -134,10 +138,8 @@ def test_ngd_preconditioner_with_the_fisher_equals_ngd():
             fisher="monte_carlo")
   updates, _ = tx.update(params, tx.init(params), params, x=x, y=labels)
   new = opt.step(params, opt.init(params), x, labels)[0]
-  for up, p0, p1 in zip(jax.tree_util.tree_leaves(updates),
-                        jax.tree_util.tree_leaves(params),
-                        jax.tree_util.tree_leaves(new), strict=True):
-    np.testing.assert_allclose(up, p1 - p0, rtol=1e-10, atol=1e-14)
+  steps = jax.tree_util.tree_map(jnp.subtract, new, params)
+  chex.assert_trees_all_close(updates, steps, rtol=1e-10, atol=1e-14)
 
 
 # --------------------------------------------------------------------------
@@ -186,26 +188,31 @@ def _kfac_reference(params, x, labels, lr, lam, split, fisher):
   return deltas
 
 
-@pytest.mark.parametrize(
-    "fisher,split,kwargs",
-    [("true", "pi", {}),
-     ("true", "exact", {"form": "dual"}),
-     ("true", "pi", {"factor_decay": 0.0}),  # mini-batch mode, one batch
-     ("true", "exact", {"inverse_every": 3}),
-     ("monte_carlo", "pi", {}),
-     ("monte_carlo", "exact", {})])
-def test_kfac_cross_entropy_matches_explicit_kronecker(fisher, split, kwargs):
-  params, x, labels = _problem(seed=5)
-  lam, lr = 0.05, 0.6
-  opt = kfac(MODEL, lr, damping=lam, loss="softmax_cross_entropy",
-             fisher=fisher, damping_split=split, **kwargs)
-  new, _, info = jax.jit(opt.step)(params, opt.init(params), x, labels)
-  ref = _kfac_reference(params, x, labels, lr, lam, split, fisher)
-  old = MODEL.to_layer_matrices(params)
-  for n_mat, o_mat, r in zip(MODEL.to_layer_matrices(new), old, ref,
-                             strict=True):
-    np.testing.assert_allclose(n_mat - o_mat, r, rtol=1e-8, atol=1e-11)
-  assert int(info["cholesky_failed"]) == 0
+class KFACReferenceTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+      ("true_pi", "true", "pi", {}),
+      ("true_exact_dual", "true", "exact", {"form": "dual"}),
+      # Mini-batch mode, one batch.
+      ("true_pi_no_decay", "true", "pi", {"factor_decay": 0.0}),
+      ("true_exact_inverse_every_3", "true", "exact", {"inverse_every": 3}),
+      ("monte_carlo_pi", "monte_carlo", "pi", {}),
+      ("monte_carlo_exact", "monte_carlo", "exact", {}))
+  def test_kfac_cross_entropy_matches_explicit_kronecker(self, fisher, split,
+                                                         kwargs):
+    params, x, labels = _problem(seed=5)
+    lam, lr = 0.05, 0.6
+    opt = kfac(MODEL, lr, damping=lam, loss="softmax_cross_entropy",
+               fisher=fisher, damping_split=split, **kwargs)
+    new, _, info = self.variant(opt.step)(params, opt.init(params), x,
+                                          labels)
+    ref = _kfac_reference(params, x, labels, lr, lam, split, fisher)
+    old = MODEL.to_layer_matrices(params)
+    for n_mat, o_mat, r in zip(MODEL.to_layer_matrices(new), old, ref,
+                               strict=True):
+      np.testing.assert_allclose(n_mat - o_mat, r, rtol=1e-8, atol=1e-11)
+    assert int(info["cholesky_failed"]) == 0
 
 
 def test_kfac_running_averages_and_inverse_refresh():
@@ -261,9 +268,7 @@ def test_kfac_preconditioner_equals_kfac_over_steps():
     updates, s_tx = tx.update(params, s_tx, p_tx, x=xb, y=labels)
     p_tx = optax.apply_updates(p_tx, updates)
     p, s, _ = opt.step(p, s, xb, labels)
-  for a, b in zip(jax.tree_util.tree_leaves(p_tx), jax.tree_util.tree_leaves(p),
-                  strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+  chex.assert_trees_all_close(p_tx, p, rtol=1e-10, atol=1e-13)
   assert int(s_tx[0].info["cholesky_failed"]) == 0
 
 

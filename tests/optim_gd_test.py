@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,59 +34,56 @@ def _sum_loss(model, params, x, y):
   return 0.5 * jnp.sum((model.apply(params, x) - y) ** 2)
 
 
-def test_gd_and_optax_sgd_match_the_gradient_of_the_sum_loss():
-  model, params, x, y = _mlp_and_data()
-  schedule = lambda count: 0.3 * 0.5**count  # noqa: E731
-  opts = [gd(model, 0.3), gd(model, schedule),
-          optax_optimizer(model, optax.sgd(0.3))]
+class GradientReferenceTest(chex.TestCase):
 
-  @jax.jit
-  def run(p, a, b):
-    grads = jax.grad(lambda q: _sum_loss(model, q, a, b))(p)
-    out = []
-    for opt in opts:
-      p1, s1, info1 = opt.step(p, opt.init(p), a, b)
-      p2, s2, info2 = opt.step(p1, s1, a, b)
-      out.append((p1, info1, info2, s2.count))
-    return grads, _sum_loss(model, p, a, b), out
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gd_and_optax_sgd_match_the_gradient_of_the_sum_loss(self):
+    model, params, x, y = _mlp_and_data()
+    schedule = lambda count: 0.3 * 0.5**count  # noqa: E731
+    opts = [gd(model, 0.3), gd(model, schedule),
+            optax_optimizer(model, optax.sgd(0.3))]
 
-  grads, loss, out = run(params, x, y)
-  expected = jax.tree_util.tree_map(lambda p, g: p - 0.3 * g, params, grads)
-  grad_norm = math.sqrt(sum(float(jnp.sum(g**2))
-                            for g in jax.tree_util.tree_leaves(grads)))
-  for p1, info1, _, count in out:
-    for got, want in zip(jax.tree_util.tree_leaves(p1),
-                         jax.tree_util.tree_leaves(expected), strict=True):
-      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(info1["loss"], loss, rtol=1e-12)
-    np.testing.assert_allclose(info1["grad_norm"], grad_norm, rtol=1e-12)
-    np.testing.assert_allclose(info1["update_norm"], 0.3 * grad_norm,
-                               rtol=1e-12)
-    np.testing.assert_allclose(info1["residual_norm"],
-                               math.sqrt(2 * float(loss)), rtol=1e-12)
-    assert float(info1["damping"]) == 0.0
-    assert int(count) == 2
-  # The schedule halves the step size at the second step.
-  np.testing.assert_allclose(out[0][2]["learning_rate"], 0.3)
-  np.testing.assert_allclose(out[1][2]["learning_rate"], 0.15)
+    @self.variant
+    def run(p, a, b):
+      grads = jax.grad(lambda q: _sum_loss(model, q, a, b))(p)
+      out = []
+      for opt in opts:
+        p1, s1, info1 = opt.step(p, opt.init(p), a, b)
+        p2, s2, info2 = opt.step(p1, s1, a, b)
+        out.append((p1, info1, info2, s2.count))
+      return grads, _sum_loss(model, p, a, b), out
+
+    grads, loss, out = run(params, x, y)
+    expected = jax.tree_util.tree_map(lambda p, g: p - 0.3 * g, params,
+                                      grads)
+    grad_norm = math.sqrt(sum(float(jnp.sum(g**2))
+                              for g in jax.tree_util.tree_leaves(grads)))
+    for p1, info1, _, count in out:
+      chex.assert_trees_all_close(p1, expected, rtol=1e-12, atol=1e-14)
+      np.testing.assert_allclose(info1["loss"], loss, rtol=1e-12)
+      np.testing.assert_allclose(info1["grad_norm"], grad_norm, rtol=1e-12)
+      np.testing.assert_allclose(info1["update_norm"], 0.3 * grad_norm,
+                                 rtol=1e-12)
+      np.testing.assert_allclose(info1["residual_norm"],
+                                 math.sqrt(2 * float(loss)), rtol=1e-12)
+      assert float(info1["damping"]) == 0.0
+      assert int(count) == 2
+    # The schedule halves the step size at the second step.
+    np.testing.assert_allclose(out[0][2]["learning_rate"], 0.3)
+    np.testing.assert_allclose(out[1][2]["learning_rate"], 0.15)
 
 
 def test_optax_adam_trains_without_recompiling():
   model, params, x, y = _mlp_and_data()
   opt = optax_optimizer(model, optax.adam(0.05))
-  traces = []
-
-  def counted(p, s, a, b):
-    traces.append(1)  # runs once per trace, not per call
-    return opt.step(p, s, a, b)
-
-  step = jax.jit(counted)
+  chex.clear_trace_counter()  # the counter is keyed by code location
+  step = jax.jit(chex.assert_max_traces(opt.step, n=1))
   state = opt.init(params)
   losses = []
   for _ in range(30):
     params, state, info = step(params, state, x, y)
     losses.append(float(info["loss"]))
-  assert len(traces) == 1 and step._cache_size() == 1
+  assert step._cache_size() == 1
   assert np.all(np.diff(losses) < 0) and losses[-1] < 0.75 * losses[0], losses
 
 

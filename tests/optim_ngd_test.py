@@ -1,19 +1,22 @@
 """Exact NGD against dense references, and the rates of MATH.md 2.
 
 References are computed in numpy from a dense ``jax.jacrev`` Jacobian; each
-test compiles as few functions as it can (the step and its reference share
-one ``jit``), since compilation dominates the run time of tiny problems.
+test compiles as few functions as it can, since compilation dominates the
+run time of tiny problems. The dense-reference step tests run with and
+without ``jit`` (``chex.variants``).
 """
 
 import functools
 import math
 import types
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl.testing import parameterized
 from jax.flatten_util import ravel_pytree
 
 import ngdjax
@@ -75,27 +78,28 @@ CASES = [c if len(c) == 3 else (*c, _init(c[1], 3, seed=4)) for c in _cases()]
 IDS = [c[0] for c in CASES]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _step_and_jacobian(opt, fn, params, x, y):
-  """``opt.step`` from ``opt.init`` and the dense ``(J, vec(u))``, jitted."""
+@functools.partial(jax.jit, static_argnums=0)
+def _dense_jacobian(fn, params, x):
+  """The dense ``(J, vec(u))`` of ``fn`` at ``params`` by ``jax.jacrev``."""
   apply = getattr(fn, "apply", fn)
   flat, unravel = ravel_pytree(params)
   out = lambda f: apply(unravel(f), x).reshape(-1)  # noqa: E731
-  new, state, info = opt.step(params, opt.init(params), x, y)
-  delta = ravel_pytree(new)[0] - flat
-  return delta, state, info, jax.jacrev(out)(flat), out(flat)
+  return jax.jacrev(out)(flat), out(flat)
 
 
-def _run_and_reference(opt, fn, params, x, y, lr, lam, loss_name):
+def _run_and_reference(opt, fn, params, x, y, lr, lam, loss_name,
+                       variant=jax.jit):
   """The step and ``ref = -eta J^T (J J^T + lam I)^{-1} g`` (numpy).
 
-  Returns a namespace with ``delta`` (flat ``theta_new - theta``), ``ref``,
-  ``info``, ``state``, ``jac`` ``(N, p)``, ``u`` and ``g`` (``(N,)``) and
-  ``loss`` (the loss at ``u``).
+  The step from ``opt.init`` runs under ``variant`` (``jax.jit`` or a chex
+  variant's wrapper). Returns a namespace with ``delta`` (flat
+  ``theta_new - theta``), ``ref``, ``info``, ``state``, ``jac`` ``(N, p)``,
+  ``u`` and ``g`` (``(N,)``) and ``loss`` (the loss at ``u``).
   """
-  delta, state, info, jac, u = map(
-      lambda t: jax.tree_util.tree_map(np.asarray, t),
-      _step_and_jacobian(opt, fn, params, x, y))
+  step = variant(lambda p, a, b: opt.step(p, opt.init(p), a, b))
+  new, state, info = jax.tree_util.tree_map(np.asarray, step(params, x, y))
+  delta = np.asarray(ravel_pytree(new)[0] - ravel_pytree(params)[0])
+  jac, u = map(np.asarray, _dense_jacobian(fn, params, x))
   loss, g = _np_loss(loss_name, u - np.asarray(y).reshape(-1))
   v = np.linalg.solve(jac @ jac.T + lam * np.eye(len(u)), g)
   return types.SimpleNamespace(delta=delta, ref=-lr * jac.T @ v, info=info,
@@ -108,35 +112,6 @@ SETTINGS = [(0.0, "squared"), (0.3, "squared_log_cosh"), (0.3, "squared"),
             (0.0, "squared_log_cosh")]
 
 
-@pytest.mark.parametrize("case,setting",
-                         list(zip(CASES, SETTINGS, strict=True)), ids=IDS)
-def test_cholesky_update_matches_dense(case, setting):
-  _, fn, params = case
-  lam, loss_name = setting
-  x = _unit_rows(5, 3, seed=1)
-  c = 1 if "c1" in case[0] else 2
-  y = _targets(5, c)
-  opt = ngd(fn, 0.7, damping=lam, loss=loss_name)
-  r = _run_and_reference(opt, fn, params, x, y, 0.7, lam, loss_name)
-  delta, jac, g = r.delta, r.jac, r.g
-  np.testing.assert_allclose(delta, r.ref, rtol=1e-9, atol=1e-11)
-  assert int(r.info["cholesky_failed"]) == 0
-  np.testing.assert_allclose(r.info["update_norm"], np.linalg.norm(r.ref),
-                             rtol=1e-9)
-  np.testing.assert_allclose(r.info["loss"], r.loss, rtol=1e-12)
-  np.testing.assert_allclose(r.info["residual_norm"],
-                             np.linalg.norm(r.u - np.asarray(y).ravel()),
-                             rtol=1e-12)
-  if lam == 0.0:
-    # J^T G^{-1} g = J^+ g = F^+ J^T g for full row rank J (N < p).
-    np.testing.assert_allclose(delta, -0.7 * np.linalg.pinv(jac) @ g,
-                               rtol=1e-7, atol=1e-9)
-    fisher = jac.T @ jac
-    np.testing.assert_allclose(
-        delta, -0.7 * np.linalg.pinv(fisher, rcond=1e-10) @ (jac.T @ g),
-        rtol=1e-5, atol=1e-7)
-
-
 # The structured case (mlp: several layers, c = 2) uses the factored
 # product sum_l J_l (J_l^T v); bare functions use jax.linearize or gram_vp.
 CG_CASES = [
@@ -146,18 +121,53 @@ CG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,fn,params,chunk_size,method", CG_CASES,
-                         ids=[c[0] for c in CG_CASES])
-def test_cg_update_matches_dense(name, fn, params, chunk_size, method):
-  x = _unit_rows(5, 3, seed=2)
-  y = _targets(5, 2, seed=1)
-  opt = ngd(fn, 0.5, damping=0.2, solver="cg", cg_tol=1e-13, cg_maxiter=200,
-            chunk_size=chunk_size, gram_method=method)
-  r = _run_and_reference(opt, fn, params, x, y, 0.5, 0.2, "squared")
-  np.testing.assert_allclose(r.delta, r.ref, rtol=1e-9, atol=1e-11)
-  assert 0 < int(r.info["cg_iterations"]) <= 200
-  assert float(r.info["cg_residual"]) <= 1e-13
-  assert int(r.info["cg_failed"]) == 0
+class DenseReferenceTest(chex.TestCase):
+  """The exact NGD step against its dense reference, with and without jit."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+      (case[0], case, setting)
+      for case, setting in zip(CASES, SETTINGS, strict=True))
+  def test_cholesky_update_matches_dense(self, case, setting):
+    _, fn, params = case
+    lam, loss_name = setting
+    x = _unit_rows(5, 3, seed=1)
+    c = 1 if "c1" in case[0] else 2
+    y = _targets(5, c)
+    opt = ngd(fn, 0.7, damping=lam, loss=loss_name)
+    r = _run_and_reference(opt, fn, params, x, y, 0.7, lam, loss_name,
+                           self.variant)
+    delta, jac, g = r.delta, r.jac, r.g
+    np.testing.assert_allclose(delta, r.ref, rtol=1e-9, atol=1e-11)
+    assert int(r.info["cholesky_failed"]) == 0
+    np.testing.assert_allclose(r.info["update_norm"], np.linalg.norm(r.ref),
+                               rtol=1e-9)
+    np.testing.assert_allclose(r.info["loss"], r.loss, rtol=1e-12)
+    np.testing.assert_allclose(r.info["residual_norm"],
+                               np.linalg.norm(r.u - np.asarray(y).ravel()),
+                               rtol=1e-12)
+    if lam == 0.0:
+      # J^T G^{-1} g = J^+ g = F^+ J^T g for full row rank J (N < p).
+      np.testing.assert_allclose(delta, -0.7 * np.linalg.pinv(jac) @ g,
+                                 rtol=1e-7, atol=1e-9)
+      fisher = jac.T @ jac
+      np.testing.assert_allclose(
+          delta, -0.7 * np.linalg.pinv(fisher, rcond=1e-10) @ (jac.T @ g),
+          rtol=1e-5, atol=1e-7)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(CG_CASES)
+  def test_cg_update_matches_dense(self, fn, params, chunk_size, method):
+    x = _unit_rows(5, 3, seed=2)
+    y = _targets(5, 2, seed=1)
+    opt = ngd(fn, 0.5, damping=0.2, solver="cg", cg_tol=1e-13,
+              cg_maxiter=200, chunk_size=chunk_size, gram_method=method)
+    r = _run_and_reference(opt, fn, params, x, y, 0.5, 0.2, "squared",
+                           self.variant)
+    np.testing.assert_allclose(r.delta, r.ref, rtol=1e-9, atol=1e-11)
+    assert 0 < int(r.info["cg_iterations"]) <= 200
+    assert float(r.info["cg_residual"]) <= 1e-13
+    assert int(r.info["cg_failed"]) == 0
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -268,17 +278,11 @@ def test_second_call_does_not_recompile():
   x = _unit_rows(6, 3, seed=0)
   y = _targets(6, 2)
   opt = ngd(_linear, 0.5, damping=levenberg_marquardt(init=1e-2))
-  traces = []
-
-  def counted(p, s, a, b):
-    traces.append(1)
-    return opt.step(p, s, a, b)
-
-  step = jax.jit(counted)
+  chex.clear_trace_counter()  # the counter is keyed by code location
+  step = jax.jit(chex.assert_max_traces(opt.step, n=1))
   p, s, _ = step(params, opt.init(params), x, y)
   p, s, _ = step(p, s, x, y)
   p, s, _ = step(p, s, x, y)
-  assert len(traces) == 1
   assert step._cache_size() == 1
 
 

@@ -19,6 +19,10 @@ where ``M_l`` is the layer's weight matrix in ``(fan_in, fan_out)`` layout
 structured Gram, K-FAC's Kronecker factors and the per-layer updates are all
 built from these factors without per-example weight gradients.
 
+Models built by ``two_layer_relu`` and ``mlp`` compare and hash by value:
+two builds with equal arguments are ``==`` and hash equal, so a jitted
+function taking the model as a static argument compiles once for both.
+
 Example:
 
   >>> import jax, ngdjax
@@ -28,13 +32,17 @@ Example:
   (64, 3)
   >>> model.apply(params, jax.numpy.ones((5, 3))).shape
   (5, 1)
+  >>> model == ngdjax.models.two_layer_relu(width=64)
+  True
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +81,11 @@ class Model(NamedTuple):
     from_layer_matrices: the inverse of ``to_layer_matrices``.
     kernel_inf: ``x -> (N, N)`` infinite-width Gram of this model's trainable
       parameters, or ``None``.
+
+  Equality and hashing are a tuple's, field by field. The functions of a
+  model built by ``two_layer_relu`` or ``mlp`` compare by the builder's
+  (normalised) arguments, so equal builds are equal models; other
+  functions compare by identity.
   """
 
   init: Callable[[Array, int], Params]
@@ -85,6 +98,59 @@ class Model(NamedTuple):
   to_layer_matrices: Callable[[Params], tuple[Array, ...]] | None = None
   from_layer_matrices: Callable[[Sequence[Array]], Params] | None = None
   kernel_inf: Callable[[Array], Array] | None = None
+
+
+class _BuiltFunction:
+  """A builder's closure that compares and hashes by ``key``.
+
+  ``key`` is ``(builder, normalised arguments..., role)``; builders are
+  deterministic in their arguments, so equal keys mean equal functions.
+
+  Why per function rather than a ``key`` field on ``Model`` or memoised
+  builders: a model-level key would survive ``Model._replace`` (which
+  ``linearize`` and users call to swap ``apply``), so a modified model
+  would compare equal to its original and ``jit`` would silently reuse the
+  original's trace; memoised builders would keep a process-wide cache (hidden
+  state, and a recompile again once an entry is evicted). Keyed functions
+  keep ``Model`` a plain NamedTuple compared field by field: replacing any
+  field gives an unequal model.
+  """
+
+  def __init__(self, fn: Callable, key: tuple):
+    self._fn = fn
+    self._key = key
+    functools.update_wrapper(self, fn)
+
+  def __call__(self, *args, **kwargs):
+    return self._fn(*args, **kwargs)
+
+  def __eq__(self, other):
+    if not isinstance(other, _BuiltFunction):
+      return NotImplemented
+    return self._key == other._key
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __repr__(self):
+    return f"<{self._key[0]} {self._key[-1]} {self._key[1:-1]}>"
+
+
+def _by_value(key: tuple | None, **fns: Callable | None) -> dict[str, Any]:
+  """``fns`` wrapped as ``_BuiltFunction``s keyed by ``key + (name,)``.
+
+  With ``key=None`` (arguments that cannot be compared by value, e.g. an
+  unhashable activation) the functions are returned as they are.
+  """
+  if key is not None:
+    try:
+      hash(key)
+    except TypeError:
+      key = None
+  if key is None:
+    return fns
+  return {name: None if fn is None else _BuiltFunction(fn, (*key, name))
+          for name, fn in fns.items()}
 
 
 def _check_width(name: str, value) -> int:
@@ -126,6 +192,7 @@ def two_layer_relu(
   m = _check_width("width", width)
   c = _check_width("out_dim", out_dim)
   checks.check_scalar("nu", nu, positive=True)
+  nu = float(nu)  # so that nu=1 and nu=1.0 build equal models, same name
   a = jnp.asarray(output_layer(m, c, output_seed), dtype=jnp.float32)
 
   def init(key, in_dim: int) -> Params:
@@ -156,17 +223,23 @@ def two_layer_relu(
     g = kernels.relu_gram_inf(x)
     return g if c == 1 else jnp.kron(g, jnp.eye(c, dtype=g.dtype))
 
-  model = Model(
-      init=init,
-      apply=apply,
+  try:
+    key = ("two_layer_relu", m, c, nu, operator.index(output_seed))
+  except TypeError:  # a seed numpy takes but that is not an integer
+    key = None
+  return Model(
       out_dim=c,
       name=f"two_layer_relu(m={m}, c={c}, nu={nu})",
-      layer_factors=layer_factors,
-      to_layer_matrices=to_layer_matrices,
-      from_layer_matrices=from_layer_matrices,
-      kernel_inf=kernel_inf,
+      **_by_value(
+          key,
+          init=init,
+          apply=apply,
+          layer_factors=layer_factors,
+          to_layer_matrices=to_layer_matrices,
+          from_layer_matrices=from_layer_matrices,
+          kernel_inf=kernel_inf,
+      ),
   )
-  return model
 
 
 def output_layer(width: int, out_dim: int = 1, output_seed: int = 0):
@@ -225,8 +298,10 @@ def mlp(
   widths = tuple(_check_width("widths", w) for w in widths)
   c = _check_width("out_dim", out_dim)
   checks.check_scalar("w_std", w_std, positive=True)
+  w_std = float(w_std)
   if b_std is not None:
     checks.check_scalar("b_std", b_std, nonnegative=True)
+    b_std = float(b_std)
   use_bias = b_std is not None
   if isinstance(activation, str):
     if activation not in ACTIVATIONS:
@@ -325,14 +400,18 @@ def mlp(
       )
       return g if c == 1 else jnp.kron(g, jnp.eye(c, dtype=g.dtype))
 
+  key = ("mlp", widths, c, activation, w_std, b_std)
   return Model(
-      init=init,
-      apply=apply,
       out_dim=c,
       name=f"mlp(widths={list(widths)}, c={c}, {act_name})",
-      layer_factors=layer_factors,
-      to_layer_matrices=to_layer_matrices,
-      from_layer_matrices=from_layer_matrices,
-      kernel_inf=kernel_inf,
+      **_by_value(
+          key,
+          init=init,
+          apply=apply,
+          layer_factors=layer_factors,
+          to_layer_matrices=to_layer_matrices,
+          from_layer_matrices=from_layer_matrices,
+          kernel_inf=kernel_inf,
+      ),
   )
 

@@ -17,9 +17,12 @@ Conventions (MATH.md 1-3): where MATH.md 2 writes ``lambda_0`` for
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
+
+from ngdjax.experiment.runner import Run, unit_key
 
 
 def threshold_width(widths, ok) -> float | None:
@@ -131,3 +134,32 @@ def excursion_plane(points, along) -> tuple[np.ndarray, np.ndarray]:
   ortho = points - np.outer(points @ e1, e1)
   e2 = ortho[np.argmax(np.linalg.norm(ortho, axis=1))]
   return e1, e2 / np.linalg.norm(e2)
+
+
+# --------------------------------------------------------------------------
+# C5, C8: one unit per swept value, holding all its repetitions.
+# --------------------------------------------------------------------------
+
+
+def repetition_sweep(r: Run, name: str, values, reps: int, rows,
+                     work) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """Runs (or reloads) a unit ``unit_key(name=v)`` per ``v`` in ``values``:
+  ``rows(v)`` yields ``reps`` dicts of floats, logged with ``name=v, rep=s``;
+  ``work(v)`` is its share of the progress. Returns ``v`` and each row key
+  at every repetition (flat arrays, in the order of ``values``)."""
+  shares = {v: work(v) for v in values}
+  r.start_progress(len(values), interval_s=2.0, work=sum(shares.values()))
+
+  def one(v, log):
+    out = {name: v}
+    for s, row in enumerate(rows(v)):
+      log(**{name: v}, rep=s, **row)
+      for k, value in row.items():
+        out.setdefault(k, []).append(value)
+    return out
+
+  units = [r.unit(unit_key(**{name: v}), functools.partial(one, v),
+                  work=shares[v]) for v in values]
+  at = np.repeat([u[name] for u in units], reps).astype(float)
+  return at, {k: np.concatenate([u[k] for u in units])
+              for k in units[0] if k != name}

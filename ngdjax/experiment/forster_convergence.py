@@ -1,28 +1,17 @@
 """C7: the Forster transform, Algorithm 1 against Newton's method.
 
-MATH.md 5: Algorithm 1 of the appendix (``ngdjax.forster(method=
-"fixed_point")``) converges linearly to radial isotropic position; Newton's
-method on Barthe's convex potential (``method="newton"``) is the faster
-alternative MATH.md asks for, quadratically convergent and invariant under
-``x -> x L`` (anisotropy costs it nothing).
+MATH.md 5: Algorithm 1 of the appendix (``forster(method="fixed_point")``)
+converges linearly to radial isotropic position; Newton's method on Barthe's
+convex potential (``method="newton"``), the faster alternative MATH.md asks
+for, converges quadratically and is invariant under ``x -> x L``.
 
-Measured, on each kind of data of ``config.kinds`` (``n`` rows, ``d``
-columns, Gaussian entries; see ``make_data``):
-
-* the error ``||Z^T Z - (n/d) I||_F / (n/d)`` after every update, from
-  ``ForsterResult.history`` (for Newton, ``history[0]`` is the error after
-  its whitening start, for Algorithm 1 that of the row-normalised data);
-* updates to ``tol`` (iterations), Newton's inner conjugate-gradient
-  products, the final error of ``normalize_rows(x A)``, ``cond(A)``;
-* wall time of the iteration: ``forster`` under ``jax.jit`` (which skips
-  the input checks, identical for both methods), median of
-  ``config.repeats`` calls, the two methods interleaved, after a warm-up
-  call that compiles.
-
-The checks (``CHECKS``) ask for convergence and fewer Newton updates. Wall
-time is reported, not required: a Newton step costs a few Algorithm 1
-steps (``benchmarks/forster.py``), so on easy data the two take similar
-time.
+Measured on each kind of data (``make_data``): the error ``||Z^T Z - (n/d)
+I||_F / (n/d)`` after every update (Newton's ``history[0]`` is after its
+whitening start), updates to ``tol``, Newton's conjugate-gradient products,
+the final error, ``cond(A)`` and the wall time of the jitted iteration
+(median of ``repeats`` interleaved calls after a compiling one; reported,
+not required: a Newton step costs a few Algorithm 1 steps,
+``benchmarks/forster.py``).
 
 Small preset (about 7 s on 2 CPU cores; n = 500, d = 10, 5 timed calls);
 full (about 8 s; n = 1000, d = 20, 9 timed calls)::
@@ -31,12 +20,11 @@ full (about 8 s; n = 1000, d = 20, 9 timed calls)::
       --config=configs/forster_convergence.py:small \
       --workdir=/tmp/ngdjax/C7_small
 
-Seen: both methods reach error 1e-10 on every kind of data, Newton in fewer
-iterations (Algorithm 1 / Newton on Gaussian, anisotropic, near-degenerate,
-near-critical data: 16 / 4, 18 / 5, 36 / 7, 412 / 7 small; 12 / 3, 14 / 5,
-25 / 7, 451 / 7 full). In time the two are about even except on
-near-critical data, where Newton is about 10x faster (full: 126 ms against
-10 ms). Figure ``error_vs_iteration.png``.
+Seen: both reach 1e-10 on every kind, Newton in fewer updates (Algorithm 1 /
+Newton on Gaussian, anisotropic, near-degenerate, near-critical data: 16 /
+4, 18 / 5, 36 / 7, 412 / 7 small; 12 / 3, 14 / 5, 25 / 7, 451 / 7 full); in
+time about even except on near-critical data, where Newton is about 10x
+faster (full: 126 ms against 10 ms).
 """
 
 from __future__ import annotations
@@ -81,18 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
 def make_data(kind: str, n: int, d: int, rng: np.random.Generator, *,
               anisotropy: float = 1e4, degenerate_noise: float = 1e-3,
               critical_fraction: float = 0.96) -> np.ndarray:
-  """``(n, d)`` data of one kind (the kinds of ``benchmarks/forster.py``).
-
-  * ``"gaussian"``: i.i.d. standard normal entries.
-  * ``"anisotropic"``: the same with column scales ``logspace(0,
-    log10(anisotropy), d)``.
-  * ``"near_degenerate"``: half the rows within ``degenerate_noise`` of a
-    random 2-dimensional subspace (the transform exists; ``cond(A)`` grows
-    like ``1 / degenerate_noise``).
-  * ``"near_critical"``: ``critical_fraction * 2 n / d`` rows exactly in a
-    2-dimensional subspace, just under the existence threshold ``2 n / d``;
-    Algorithm 1's linear rate tends to 1 there.
-  """
+  """``(n, d)`` standard normal data of one kind of ``KINDS`` (those of
+  ``benchmarks/forster.py``; parameters as in ``default_config``). The
+  near-critical rows in a plane are just under the existence threshold ``2
+  n / d``, where Algorithm 1's linear rate tends to 1."""
   x = rng.standard_normal((n, d))
   if kind == "gaussian":
     return x
@@ -114,8 +94,7 @@ def make_data(kind: str, n: int, d: int, rng: np.random.Generator, *,
 
 @functools.lru_cache(maxsize=16)
 def _jitted_forster(method: str, tol: float, max_iters: int):
-  # One jitted function per setting in a process, so that every data kind
-  # (and a resumed or repeated run) reuses its compilation.
+  # One per setting and process: every data kind and rerun reuses its code.
   return jax.jit(functools.partial(forster, tol=tol, max_iters=max_iters,
                                    method=method))
 
@@ -154,10 +133,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
                   anisotropy=config.anisotropy,
                   degenerate_noise=config.degenerate_noise,
                   critical_fraction=config.critical_fraction)
-    # forster under jit skips the input checks (a numpy SVD of x, the same
-    # for both methods, on a shared machine slower than the iteration
-    # itself), so the calls time the iteration alone. The first call
-    # compiles (once per shape and method) and gives the result.
+    # Under jit forster skips its input checks (a numpy SVD): the calls time
+    # the iteration alone. The first compiles and gives the result.
     xj = jax.numpy.asarray(x)
     calls = {m: functools.partial(
         _jitted_forster(m, float(config.tol), int(config.max_iters)), xj)
@@ -166,20 +143,14 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
     seconds = _timed(calls, config.repeats)
     out = {"kind": kind}
     for m, res in results.items():
-      hist = np.asarray(res.history, np.float64)
-      hist = hist[: int(res.iterations) + 1]
+      hist = np.asarray(res.history, np.float64)[: int(res.iterations) + 1]
       for k, e in enumerate(hist):
         log(step=k, kind=kind, method=m, error=float(e))
       out[m] = {
-          "iterations": int(res.iterations),
-          "converged": bool(res.converged),
-          "error": float(res.error),
-          "cond": float(res.cond),
-          "cg_products": int(res.cg_iterations),
-          "time_s": seconds[m],
-          "reason": res.reason,
-          "history": hist.tolist(),
-      }
+          "iterations": int(res.iterations), "converged": bool(res.converged),
+          "error": float(res.error), "cond": float(res.cond),
+          "cg_products": int(res.cg_iterations), "time_s": seconds[m],
+          "reason": res.reason, "history": hist.tolist()}
     return out
 
   results = {k: r.unit(unit_key(kind=k), functools.partial(one, k))
@@ -201,11 +172,10 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
     measured[f"{k}/newton/cg_products"] = nt["cg_products"]
     measured[f"{k}/time_ratio_newton_over_alg1"] = (
         nt["time_s"] / fp["time_s"])
-    parts.append(
-        f"{k}: Alg. 1 {fp['iterations']} it ({1e3 * fp['time_s']:.1f} ms)"
-        f"{'' if fp['converged'] else ' NOT CONVERGED'}, Newton "
-        f"{nt['iterations']} it ({1e3 * nt['time_s']:.1f} ms)"
-        f"{'' if nt['converged'] else ' NOT CONVERGED'}")
+    parts.append(f"{k}: " + ", ".join(
+        f"{name} {res['iterations']} it ({1e3 * res['time_s']:.1f} ms)"
+        f"{'' if res['converged'] else ' NOT CONVERGED'}"
+        for name, res in (("Alg. 1", fp), ("Newton", nt))))
   text = (f"iterations to error <= {config.tol:g} (n={config.n}, "
           f"d={config.d}, float{'64' if jax.config.jax_enable_x64 else '32'}"
           "): " + "; ".join(parts))
@@ -218,26 +188,21 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
 
 def _plot(r: Run, config, results) -> list[str]:
   """Error vs iteration, one panel per kind, from ``metrics.jsonl``."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
   from matplotlib.ticker import MaxNLocator
 
   records = [rec for rec in r.records() if "error" in rec]
   kinds = list(config.kinds)
   cols = min(2, len(kinds))
   rows = -(-len(kinds) // cols)
-  fig = Figure(figsize=(5.2 * cols, 3.8 * rows))
-  FigureCanvasAgg(fig)
-  fig.subplots_adjust(left=0.09, right=0.98, bottom=0.08, top=0.9,
-                      hspace=0.42, wspace=0.22)
+  fig = plots.figure((5.2 * cols, 3.8 * rows), left=0.09, right=0.98,
+                     bottom=0.08, top=0.9, hspace=0.42, wspace=0.22)
   for i, kind in enumerate(kinds):
     ax = fig.add_subplot(rows, cols, i + 1)
     for m in METHODS:
-      series = plots.series_from_records(
+      (xs, ys), = plots.series_from_records(
           records, "step", "error",
           where=lambda rec, m=m, kind=kind: (rec["kind"] == kind
-                                             and rec["method"] == m))
-      (xs, ys), = series.values()
+                                             and rec["method"] == m)).values()
       res = results[kind][m]
       label, color, marker = _STYLES[m]
       ax.plot(xs, np.maximum(ys, 1e-300), marker=marker,
@@ -246,18 +211,16 @@ def _plot(r: Run, config, results) -> list[str]:
                     f"{1e3 * res['time_s']:.1f} ms")
     ax.axhline(config.tol, color="gray", ls=":", lw=1.2,
                label=f"tol = {config.tol:g}")
-    ax.set_yscale("log")
+    ax.set(yscale="log", xlabel="iteration (updates of A)",
+           ylabel="||Z^T Z - (n/d) I||_F / (n/d)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("iteration (updates of A)")
-    ax.set_ylabel("||Z^T Z - (n/d) I||_F / (n/d)")
     ax.set_title(kind.replace("_", "-"), fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7.5)
   fig.suptitle(f"C7: Forster transform, error vs iteration (n={config.n}, "
                f"d={config.d})", fontsize=11)
-  name = "error_vs_iteration.png"
-  fig.savefig(r.path(name), dpi=100, bbox_inches="tight")
-  return [name]
+  fig.savefig(r.path("error_vs_iteration.png"), dpi=100, bbox_inches="tight")
+  return ["error_vs_iteration.png"]
 
 
 SPEC = Experiment(

@@ -6,13 +6,10 @@ with mean ``G_inf``, so ``||G(0) - G_inf|| / ||G_inf||`` should fall like
 ``m^{-1/2}``. Lemma 6 turns this into ``lambda_min(G(0)) >= (3/4) lambda_0``
 once ``m = Omega(n log(n / delta) / lambda_0)``.
 
-Measured, for every width ``m`` and repetition (fresh ``W``; the data are
-fixed): the relative error of ``G(0)`` in the Frobenius and max-abs norms and
-``lambda_min(G(0)) / lambda_0``. The checks (``checks``) are observations of
-the limit: the fitted exponent of the ``config.error_norm`` error near
-``-1/2``, and a width ``m*`` below the widest from which on Lemma 6's
-fraction holds (Lemma 6 is a probability bound; its width scale is
-reported beside them).
+Measured, for every width ``m`` and repetition (fresh ``W``, fixed data):
+the relative error of ``G(0)`` in the Frobenius and max-abs norms and
+``lambda_min(G(0)) / lambda_0``. The checks observe the limit; Lemma 6 is a
+probability bound, its width scale is reported beside them.
 
 Small preset (about 15 s on 2 CPU cores; n = 32, widths 4 .. 16384, 4
 reps); full (about 40 s; n = 64, widths 4 .. 131072, 8 reps)::
@@ -20,10 +17,8 @@ reps); full (about 40 s; n = 64, widths 4 .. 131072, 8 reps)::
   python -m experiments.gram_limit --config=configs/gram_limit.py:small \
       --workdir=/tmp/ngdjax/C5_small
 
-Seen: the relative error of ``G(0)`` falls like ``m^(-1/2)`` (Frobenius
-exponent -0.487 +- 0.010 small, -0.498 +- 0.004 full) and
-``lambda_min(G(0)) >= (3/4) lambda_0`` from ``m* = 64`` (small) / ``m* =
-256`` (full) on; figures ``gram_error.png`` and ``lambda_min.png``.
+Seen: Frobenius exponent -0.487 +- 0.010 (small) / -0.498 +- 0.004 (full);
+``lambda_min(G(0)) >= (3/4) lambda_0`` from ``m* = 64`` / ``256`` on.
 """
 
 from __future__ import annotations
@@ -34,13 +29,13 @@ import math
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from ngdjax import data, diagnostics, kernels, models
+from ngdjax import data, diagnostics, kernels
 from ngdjax._src.jacobian import gram
 from ngdjax._src.linalg import lambda_min
 from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.config import Rule
+from ngdjax.experiment.ngd_training import two_layer_model
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 
 
@@ -64,24 +59,12 @@ def default_config() -> ml_collections.ConfigDict:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _initial_grams(model, d, keys, x):
-  """``G(0)`` for each key's initialisation, ``(reps, n, n)``.
-
-  One compilation per width (``lax.map`` traces the body once and keeps one
-  ``(n, m)`` activation pattern alive at a time). Everything downstream has
-  the shape ``(n, n)`` whatever the width, so it runs eagerly and compiles
-  once for the whole sweep.
-  """
+  """``G(0)`` for each key's initialisation, ``(reps, n, n)``: one
+  compilation per width, one ``(n, m)`` activation pattern alive at a time
+  (what follows is ``(n, n)`` at every width and runs eagerly)."""
   return jax.lax.map(
       lambda key: gram(model, model.init(key, d), x, method="structured"),
       keys)
-
-
-@functools.lru_cache(maxsize=64)
-def _model(width: int, nu: float) -> models.Model:
-  # One Model object per (width, nu) in a process: it is a static argument
-  # of the jitted _initial_grams, so a rerun (resume, tests, reproduce)
-  # reuses the compiled code instead of compiling every width again.
-  return models.two_layer_relu(width, nu=nu)
 
 
 def checks(config) -> tuple[verdicts.Check, ...]:
@@ -105,38 +88,25 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   x, _ = data.sphere(config.n, config.d, seed=r.key("data"))
   g_inf = kernels.relu_gram_inf(x)
   lam0 = float(lambda_min(g_inf))
-  widths_run = [int(m) for m in config.widths]
-  # Work per unit ~ a fixed cost (compilation) plus n^2 m for the Gram.
-  work = {m: 1.0 + m / 4096 for m in widths_run}
-  r.start_progress(len(widths_run), interval_s=2.0, work=sum(work.values()))
 
-  def one(m, log):
-    model = _model(m, float(config.nu))
+  def rows(m):
     keys = jnp.stack([r.key(unit_key(width=m, rep=s))
                       for s in range(config.reps)])
-    out = {"rel_error_fro": [], "rel_error_max": [], "lambda_min_ratio": []}
-    for s, g0 in enumerate(_initial_grams(model, config.d, keys, x)):
-      row = {
-          "rel_error_fro": diagnostics.relative_error(g0, g_inf, "fro"),
-          "rel_error_max": diagnostics.relative_error(g0, g_inf, "max"),
-          "lambda_min_ratio": lambda_min(g0) / lam0,
-      }
-      row = {k: float(v) for k, v in row.items()}
-      log(width=m, rep=s, **row)
-      for k, v in row.items():
-        out[k].append(v)
-    return {"width": m, **out}
+    model = two_layer_model(m, config.nu)
+    for g0 in _initial_grams(model, config.d, keys, x):
+      row = {f"rel_error_{k}": diagnostics.relative_error(g0, g_inf, k)
+             for k in ("fro", "max")}
+      row["lambda_min_ratio"] = lambda_min(g0) / lam0
+      yield {k: float(v) for k, v in row.items()}
 
-  # A unit is one width (all its repetitions): the resume granularity.
-  results = [r.unit(unit_key(width=m), functools.partial(one, m),
-                    work=work[m]) for m in widths_run]
-  widths = np.repeat([u["width"] for u in results],
-                     config.reps).astype(float)
-  errors = {k: np.concatenate([u[f"rel_error_{k}"] for u in results])
-            for k in ("fro", "max")}
-  fits = {k: diagnostics.fit_power_law(widths, e) for k, e in errors.items()}
+  # Work per unit ~ a fixed cost (compilation) plus n^2 m for the Gram.
+  widths, columns = analysis.repetition_sweep(
+      r, "width", [int(m) for m in config.widths], config.reps, rows,
+      lambda m: 1.0 + m / 4096)
+  fits = {k: diagnostics.fit_power_law(widths, columns[f"rel_error_{k}"])
+          for k in ("fro", "max")}
   fit = fits[config.error_norm]
-  ratios = np.concatenate([u["lambda_min_ratio"] for u in results])
+  ratios = columns["lambda_min_ratio"]
   m_star = analysis.threshold_width(widths, ratios >= config.lambda_fraction)
   lemma6_scale = config.n * math.log(config.n / config.delta) / lam0
 
@@ -159,9 +129,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
       f"{config.error_norm} rel. error ~ m^({fit.exponent:.3f} +- "
       f"{fit.exponent_stderr:.3f}) (max-abs: {fits['max'].exponent:.3f} +- "
       f"{fits['max'].exponent_stderr:.3f}); lambda_min(G(0)) >= "
-      f"{config.lambda_fraction:g} lambda_0 for m >= {m_star_text} "
-      f"(n={config.n}, d={config.d}, lambda_0={lam0:.3g}, "
-      f"{config.reps} reps)")
+      f"{config.lambda_fraction:g} lambda_0 for m >= {m_star_text} (n="
+      f"{config.n}, d={config.d}, lambda_0={lam0:.3g}, {config.reps} reps)")
   expectation = ("{criteria} (Lemma 6 scale n log(n/delta)/lambda_0 = "
                  f"{lemma6_scale:.3g})")
   return Outcome(measured, text, expectation, figures)
@@ -180,29 +149,26 @@ def _plot(r: Run, config, fits, m_star) -> list[str]:
     series += runs + [plots.Series(
         ux, fit.predict(ux), f"{label} fit: m^({fit.exponent:.3f} +- "
         f"{fit.exponent_stderr:.3f})", "dashed", color=color)]
-  first = fits[config.error_norm]
-  ux = np.unique([rec["width"] for rec in records]).astype(float)
-  ref = first.predict(ux[:1])[0] * (ux / ux[0]) ** config.expected_exponent
+  ref = (fits[config.error_norm].predict(ux[:1])[0]
+         * (ux / ux[0]) ** config.expected_exponent)
   series.append(plots.Series(ux, ref,
                              f"expected slope {config.expected_exponent:g}",
                              "dashed", color="gray"))
-  f1 = "gram_error.png"
-  plots.line_plot(r.path(f1), series, xlabel="width m",
+  plots.line_plot(r.path("gram_error.png"), series, xlabel="width m",
                   ylabel="||G(0) - G_inf|| / ||G_inf||",
                   title=f"C5: G(0) -> G_inf (n={config.n}, d={config.d})",
                   logx=True, logy=True, xticks=ux)
   series, ux = plots.runs_and_mean(records, "width", "lambda_min_ratio",
                                    "repetitions", "mean")
-  f2 = "lambda_min.png"
   plots.line_plot(
-      r.path(f2), series,
-      xlabel="width m", ylabel="lambda_min(G(0)) / lambda_0",
+      r.path("lambda_min.png"), series, xlabel="width m",
+      ylabel="lambda_min(G(0)) / lambda_0",
       title="C5: Lemma 6, lambda_min(G(0)) >= (3/4) lambda_0",
       logx=True, xticks=ux,
       hlines=[(config.lambda_fraction,
                f"Lemma 6: {config.lambda_fraction:g} lambda_0")],
       vlines=[] if m_star is None else [(m_star, f"m* = {m_star:.0f}")])
-  return [f1, f2]
+  return ["gram_error.png", "lambda_min.png"]
 
 
 SPEC = Experiment(

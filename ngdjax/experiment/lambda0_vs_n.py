@@ -1,28 +1,21 @@
 """C8: ``lambda_0`` against the number of points ``n`` uniform on the sphere.
 
-Theorem 5 (MATH.md 3) bounds ``lambda_0 = lambda_min(G_inf)`` below by a
-power of ``n`` for inputs uniform on ``S^{d-1}``: ``lambda_0`` may shrink as
-points crowd the sphere, but polynomially, not exponentially, so the width
-``m = Omega(n^4 / lambda_0^4)`` of Theorem 3 stays polynomial in ``n``. The
-proof (appendix D.4) takes the kernel's spectrum from Xie et al. (2016),
-``lambda_n = Omega(n^{-1-beta})`` with ``beta`` in ``(0, 1/2)``, which would
-give ``lambda_0 = Omega(n^{-beta})``.
+Theorem 5 (MATH.md 3): for inputs uniform on ``S^{d-1}``, ``lambda_0 =
+lambda_min(G_inf) >= C n^(-beta)`` with ``beta`` in ``(0, 1/2)`` (from the
+kernel's spectrum ``lambda_n = Omega(n^{-1-beta})``, Xie et al. 2016), so
+Theorem 3's width ``m = Omega(n^4 / lambda_0^4)`` stays polynomial in ``n``.
 
-Measured, for every ``n`` and repetition (fresh points): ``lambda_0`` and the
-largest off-diagonal cosine (the closest pair of points). The checks
-(``CHECKS``, at least 4 repetitions per ``n``) read the theorem's form
-``lambda_0 >= C n^(-beta)``, ``0 < beta < 1/2``, on the power law fitted
-over all points and on the lower envelope (the per-``n`` minimum, a fit of
-the bound rather than of the mean).
+Measured, for every ``n`` and repetition (fresh points): ``lambda_0`` and
+the largest off-diagonal cosine (the closest pair). The checks read the
+theorem's form on the power law fitted over all points and on the lower
+envelope (the per-``n`` minimum: a fit of the bound, not of the mean).
+Reported, not checked: ``R^2`` of the power and exponential fits (an ``R^2``
+threshold passed at 0.907 on one draw and failed at 0.879 on another).
 
-Reported, not checked: ``R^2`` of the power and exponential fits (an
-``R^2`` threshold passed at 0.907 on one draw and failed at 0.879 on
-another). The proof cannot stand as written: its Chernoff step needs the
-kernel's eigenvalues ``lambda_u = Omega(u^{-1-beta})`` to be large, but
-they sum to ``E[G_inf]_ii = 1/2`` (``sum_u lambda_u = 1/2``), so at most
-``n`` of them exceed ``1 / (2n)`` and ``n lambda_n <= 1/2``, which the
-step's constants contradict; the check tests the statement, not the
-proof.
+The proof (appendix D.4) cannot stand as written: its Chernoff step needs
+``lambda_u = Omega(u^{-1-beta})`` large, but the kernel's eigenvalues sum to
+``E[G_inf]_ii = 1/2``, so ``n lambda_n <= 1/2``, which the step's constants
+contradict; the checks test the statement.
 
 Small preset (about 10 s on 2 CPU cores; d = 10, n = 16 .. 256, 4 reps);
 full (about 3 minutes, most of it the n = 2048 eigendecompositions; n = 16
@@ -31,22 +24,18 @@ full (about 3 minutes, most of it the n = 2048 eigendecompositions; n = 16
   python -m experiments.lambda0_vs_n --config=configs/lambda0_vs_n.py:small \
       --workdir=/tmp/ngdjax/C8_small
 
-Seen: ``lambda_0`` falls like a power of ``n`` no faster than ``n^(-1/2)``
-(before this criterion, with 3 reps on the small preset: -0.366 +- 0.032;
-full run -0.300 +- 0.013, so ``beta <= 0.33`` at 2 stderr); figure
-``lambda0_vs_n.png``.
+Seen: exponent -0.366 +- 0.032 (small preset, 3 reps, before this
+criterion), -0.300 +- 0.013 (full: ``beta <= 0.33`` at 2 stderr).
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import ml_collections
 import numpy as np
 
 from ngdjax import data, diagnostics, kernels
-from ngdjax.experiment import plots, verdicts
+from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 
@@ -62,19 +51,18 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-# One compilation per n instead of one per eager operation; the points come
-# from data.sphere (unit rows, never parallel), so the value checks that jit
-# skips have nothing to catch here.
+# One compilation per n; the value checks that jit skips have nothing to
+# catch in data.sphere's points (unit rows, never parallel).
 _lambda_0 = jax.jit(kernels.lambda_0)
 
 
-def _linear_r_squared(x, y) -> float:
-  """``R^2`` of least squares ``y ~ a + b x`` (the exponential model)."""
-  x, y = np.asarray(x, float), np.asarray(y, float)
+def _exponential_fit(n, lam) -> tuple[float, float, float]:
+  """``log lambda_0 ~ a + b n`` by least squares: ``(b, a, R^2)``."""
+  x, y = np.asarray(n, float), np.log(np.asarray(lam, float))
   slope, intercept = np.polyfit(x, y, 1)
   rss = float(np.sum((y - intercept - slope * x) ** 2))
   tss = float(np.sum((y - y.mean()) ** 2))
-  return 1.0 - rss / tss if tss > 0 else 1.0
+  return slope, intercept, 1.0 - rss / tss if tss > 0 else 1.0
 
 
 CHECKS = (
@@ -92,28 +80,19 @@ CHECKS = (
 def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   """Runs the sweep; the figures the checks judge and the report's text."""
   ns = [int(n) for n in config.ns]
-  # Work per unit: a fixed cost (compilation, ~1 unit) plus the n^3 of the
-  # eigendecompositions, which overtakes it near n = 600 on a CPU core.
-  work = {n: 1.0 + (n / 600) ** 3 for n in ns}
-  r.start_progress(len(ns), interval_s=2.0, work=sum(work.values()))
 
-  def one(n, log):
-    out = {"lambda_0": [], "max_cos": []}
+  def rows(n):
     for s in range(config.reps):
       x, _ = data.sphere(n, config.d, seed=r.key(unit_key(n=n, rep=s)))
       cos = np.array(x @ x.T)
       np.fill_diagonal(cos, -1.0)
-      row = {"lambda_0": float(_lambda_0(x)), "max_cos": float(cos.max())}
-      log(n=n, rep=s, **row)
-      for k, v in row.items():
-        out[k].append(v)
-    return {"n": n, **out}
+      yield {"lambda_0": float(_lambda_0(x)), "max_cos": float(cos.max())}
 
-  # A unit is one sample size (all its repetitions).
-  results = [r.unit(unit_key(n=n), functools.partial(one, n), work=work[n])
-             for n in ns]
-  n_all = np.repeat([u["n"] for u in results], config.reps).astype(float)
-  lam = np.concatenate([u["lambda_0"] for u in results])
+  # Work per unit: a fixed cost (compilation, ~1 unit) plus the n^3 of the
+  # eigendecompositions, which overtakes it near n = 600 on a CPU core.
+  n_all, columns = analysis.repetition_sweep(
+      r, "n", ns, config.reps, rows, lambda n: 1.0 + (n / 600) ** 3)
+  lam = columns["lambda_0"]
   if np.any(lam <= 0):
     raise ValueError(f"lambda_0 <= 0 for some sample (min {lam.min():.3g})"
                      "; the points are degenerate")
@@ -121,15 +100,15 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   ns_sorted = np.array(sorted(set(n_all.tolist())))
   envelope = np.array([lam[n_all == n].min() for n in ns_sorted])
   env = diagnostics.fit_power_law(ns_sorted, envelope)
-  r2_exp = _linear_r_squared(n_all, np.log(lam))
-  figures = _plot(r, config, fit, n_all, lam)
+  slope, intercept, r2_exp = _exponential_fit(n_all, lam)
+  figures = _plot(r, config, fit, slope, intercept)
   measured = {
       "exponent": fit.exponent,
       "exponent_stderr": fit.exponent_stderr,
-      "beta_upper": -(fit.exponent - 2 * fit.exponent_stderr),
+      "beta_upper": -fit.interval()[0],
       "envelope_exponent": env.exponent,
       "envelope_exponent_stderr": env.exponent_stderr,
-      "envelope_beta_upper": -(env.exponent - 2 * env.exponent_stderr),
+      "envelope_beta_upper": -env.interval()[0],
       "max_beta": float(config.max_beta),
       "reps": int(config.reps),
       "prefactor": fit.prefactor,
@@ -149,16 +128,14 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
                  "(Theorem 5): {criteria}", figures)
 
 
-def _plot(r: Run, config, fit, n_all, lam) -> list[str]:
+def _plot(r: Run, config, fit, slope, intercept) -> list[str]:
   """The figure, from ``metrics.jsonl``."""
   records = [rec for rec in r.records() if "rep" in rec]
   series, ux = plots.runs_and_mean(records, "n", "lambda_0", "samples",
                                    "mean over samples")
-  slope, intercept = np.polyfit(n_all, np.log(lam), 1)
   grid = np.geomspace(ux.min(), ux.max(), 50)
-  name = "lambda0_vs_n.png"
   plots.line_plot(
-      r.path(name),
+      r.path("lambda0_vs_n.png"),
       series + [
           plots.Series(grid, fit.predict(grid),
                        f"power fit: n^({fit.exponent:.3f} +- "
@@ -170,7 +147,7 @@ def _plot(r: Run, config, fit, n_all, lam) -> list[str]:
       xlabel="number of points n", ylabel="lambda_0 = lambda_min(G_inf)",
       title=f"C8: lambda_0 vs n, uniform on S^{config.d - 1}",
       logx=True, logy=True, xticks=ux)
-  return [name]
+  return ["lambda0_vs_n.png"]
 
 
 SPEC = Experiment(

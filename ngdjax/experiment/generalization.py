@@ -61,9 +61,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ngdjax import data, diagnostics, kernels, linearized
+from ngdjax import data, diagnostics, kernels, linearized, models
 from ngdjax._src.linalg import normalize_rows
-from ngdjax.experiment import ngd_training, plots, verdicts
+from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 from ngdjax.optim import ngd
@@ -142,7 +142,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   """One unit per (preprocessing, labels, repetition): the whole sweep for
   the judged (first) preprocessing, true and random labels for the others;
   the figures."""
-  model = ngd_training.two_layer_model(int(config.width), float(config.nu))
+  # Equal models hash equal, so reruns reuse _train's compiled code.
+  model = models.two_layer_relu(int(config.width), nu=float(config.nu))
   first, *others = config.preprocessing
   units = ([(first, c, rep) for rep in range(config.reps)
             for c in _conditions(config)]

@@ -54,10 +54,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from ngdjax import data
+from ngdjax import data, models
 from ngdjax._src.forster import forster
 from ngdjax._src.jacobian import gram
-from ngdjax.experiment import ngd_training, plots, verdicts
+from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 from ngdjax.optim import gd, kfac, ngd, optax_optimizer
@@ -179,7 +179,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   r.start_progress(len(runs), interval_s=5.0, work=sum(work.values()))
   grams, results = {}, []
   for m, method, hyper in runs:
-    model = ngd_training.two_layer_model(m, float(config.nu))
+    # Equal models hash equal, so reruns reuse _step's compiled code.
+    model = models.two_layer_relu(m, nu=float(config.nu))
     params0 = model.init(r.key("init", f"width={m}"), d)
     if m not in grams and method == "gd":
       g0 = np.asarray(gram(model, params0, x), np.float64)

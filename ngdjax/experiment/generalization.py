@@ -90,8 +90,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.fit_tol = 1e-3  # finite net fits if ||u - y|| <= this ||y||
   c.min_error_gap = 0.1  # test_error_grows
   c.preprocessing = ("centred", "raw")  # the first is judged
-  # Lemma 12 / eqn. (72): ||w - w(0)|| within this of sqrt(r0^T G_inf^-1 r0).
-  c.lemma12_rtol = 0.1
+  c.lemma12_rtol = 0.1  # Lemma 12 (eqn. 72): ||w - w(0)|| within this
   return c
 
 
@@ -150,11 +149,9 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
            + [(prep, c, rep) for prep in others for rep in range(config.reps)
               for c in (TRUE, RANDOM)])
   r.start_progress(len(units), interval_s=2.0)
-  results = [
-      r.unit(unit_key(prep=prep, rep=rep, labels=c),
-             functools.partial(_unit, r, config, model, prep, c, rep))
-      for prep, c, rep in units
-  ]
+  results = [r.unit(unit_key(prep=prep, rep=rep, labels=c),
+                    functools.partial(_unit, r, config, model, prep, c, rep))
+             for prep, c, rep in units]
   return _summarise(r, config, results)
 
 

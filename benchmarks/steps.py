@@ -43,12 +43,18 @@ Digits classifier (issue 11): the MLP of ``configs/train.py`` (64-512-10,
 ReLU) with softmax cross-entropy on mini-batches of 256 digits; SGD (``gd``
 on the batch), NGD with the true Fisher in kernel form (``N = 2560``
 Cholesky) and with the empirical Fisher (``n x n`` kernel from the layer
-factors contracted with ``g``), K-FAC (true and Monte Carlo Fisher) with
-running factors and eigendecompositions refreshed every 10 steps
-(``_digits_flops`` gives the FLOP model). Each method is timed over runs
-of 10 consecutive steps carrying its state (so K-FAC pays one refresh per
-10 steps), batches rotating, methods interleaved; the figure is the median
-time per step.
+factors contracted with ``g``) and the Monte Carlo Fisher, K-FAC (true
+and Monte Carlo Fisher) with running factors and eigendecompositions
+refreshed every 10 steps, the factor statistics updated every step
+(``kfac``, ``kfac_mc``) or every 10 steps (``kfac_s``, ``kfac_mc_s``:
+``statistics_every=10``), and with ``inverse="cholesky"`` (``*_ch``)
+(``_digits_flops`` gives the FLOP model). Each
+method is timed over runs of 10 consecutive steps carrying its state (one
+full cycle: K-FAC pays one refresh and one or ten statistics updates per
+run), batches rotating, methods interleaved; the figure is the amortised
+time per step (run time / 10), median and min over ``--repeats`` runs.
+``--digits-methods=ngd_emp,kfac_mc_s`` times a subset, ``--digits-every``
+sets the cycle (default 10).
 """
 
 from __future__ import annotations
@@ -245,7 +251,8 @@ def flax_mlp(n, d, width, depth, dtype, repeats, damping):
           f"{flops[f'{name}_flax'] / flops[f'{name}_mlp']:.2f}")
 
 
-def digits(batch, dtype, repeats, inverse_every=10, widths=(512,)):
+def digits(batch, dtype, repeats, inverse_every=10, widths=(512,),
+           only=()):
   """Mini-batch steps on the digits MLP: NGD / SGD and K-FAC / SGD."""
   ds = ngdjax.data.digits(classes=tuple(range(10)), targets="onehot",
                           test_fraction=0.2, seed=0)
@@ -256,13 +263,31 @@ def digits(batch, dtype, repeats, inverse_every=10, widths=(512,)):
                                   model.init(jax.random.key(0), 64))
   loss = "softmax_cross_entropy"
   kf = {"loss": loss, "factor_decay": 0.95, "inverse_every": inverse_every}
+  # kfac*: statistics every step; kfac*_s: statistics every inverse_every
+  # steps (T_1 = T_3); *_ch: inverse="cholesky" (damped inverses at each
+  # refresh instead of eigendecompositions): the cheapest amortised cycle.
   optimizers = {
       "sgd": gd(model, 0.3 / batch, loss=loss),
       "ngd": ngd(model, 0.5, damping=0.3, loss=loss),
       "ngd_emp": ngd(model, 0.5, damping=0.3, loss=loss, fisher="empirical"),
+      "ngd_mc": ngd(model, 0.5, damping=0.3, loss=loss,
+                    fisher="monte_carlo"),
       "kfac": kfac(model, 0.5, damping=0.3, **kf),
       "kfac_mc": kfac(model, 0.5, damping=0.3, fisher="monte_carlo", **kf),
+      "kfac_s": kfac(model, 0.5, damping=0.3,
+                     statistics_every=inverse_every, **kf),
+      "kfac_mc_s": kfac(model, 0.5, damping=0.3, fisher="monte_carlo",
+                        statistics_every=inverse_every, **kf),
+      "kfac_ch": kfac(model, 0.5, damping=0.3, inverse="cholesky", **kf),
+      "kfac_s_ch": kfac(model, 0.5, damping=0.3, inverse="cholesky",
+                        statistics_every=inverse_every, **kf),
+      "kfac_mc_s_ch": kfac(model, 0.5, damping=0.3, fisher="monte_carlo",
+                           inverse="cholesky",
+                           statistics_every=inverse_every, **kf),
   }
+  if only:
+    optimizers = {k: v for k, v in optimizers.items()
+                  if k == "sgd" or k in only}
   rng = np.random.default_rng(0)
   batches = [(x_all[i], labels[i]) for i in
              (rng.choice(x_all.shape[0], batch, replace=False)
@@ -292,23 +317,30 @@ def digits(batch, dtype, repeats, inverse_every=10, widths=(512,)):
           f"/ sgd {med / per_step['sgd'][0]:7.2f} "
           f"(min {low / per_step['sgd'][1]:7.2f}) "
           f"model {flops[name] / 1e6:8.1f} MF "
-          f"(/ sgd {flops[name] / flops['sgd']:6.1f})")
-  return per_step
+          f"(/ sgd {flops[name] / flops['sgd']:6.2f})")
+  return per_step, flops
 
 
 def _digits_flops(n, sizes, inverse_every) -> dict:
   """FLOP model of one digits step (dominant terms; module docstring).
 
   Layers ``(a_l, b_l)`` (bias row included), ``c`` classes, ``N = n c``.
-  SGD ``6 n sum a_l b_l``. Layer factors: a forward ``2 n sum a_l b_l`` and
-  ``c`` pre-activation VJPs ``2 n c sum_{l>0} c b_{l-1}`` (rough). NGD true
-  Fisher: the rows ``S`` contracted into ``B`` (``2 n c^2 b_l``), Grams
-  ``2 N^2 b_l`` and ``2 n^2 a_l`` (symmetric-product fraction applied),
-  the ``N x N`` Cholesky ``N^3 / 3``. NGD empirical: ``n x n`` Grams
-  ``2 n^2 (a_l + b_l)`` and ``n^3 / 3``. K-FAC: factors ``2 n a_l^2`` and
-  ``2 R b_l^2`` (``R = N`` rows for the true Fisher, ``n`` for Monte
-  Carlo), preconditioning ``4 (a_l^2 b_l + a_l b_l^2)``, and every
-  ``inverse_every`` steps ``eigh`` at about ``9 k^3`` per factor.
+  SGD ``6 n sum a_l b_l`` (forward and backward). Layer factors: a forward
+  ``2 n sum a_l b_l`` and ``c`` pre-activation VJPs ``2 n c sum_{l>0} c
+  b_{l-1}`` (rough). NGD true Fisher: the rows ``S`` contracted into ``B``
+  (``2 n c^2 b_l``), Grams ``2 N^2 b_l`` and ``2 n^2 a_l`` (symmetric-product
+  fraction applied), the ``N x N`` Cholesky ``N^3 / 3``. NGD empirical and
+  Monte Carlo: ``n x n`` Grams ``2 n^2 (a_l + b_l)`` and ``n^3 / 3``; Monte
+  Carlo also ``G g`` (``4 n sum a_l b_l``).
+  K-FAC (mini-batch mode): the gradient (SGD's cost) and the
+  preconditioning through the cached eigenvectors ``4 (a_l^2 b_l + a_l
+  b_l^2)`` at every step; on statistics steps (every ``T_1``) the layer
+  factors and the factor products ``2 n a_l^2`` and ``2 R b_l^2`` (``R = N``
+  rows for the true Fisher, ``n`` for Monte Carlo); every ``inverse_every``
+  steps ``eigh`` at about ``9 k^3`` per factor. ``inverse="cholesky"``:
+  preconditioning ``2 (a_l^2 b_l + a_l b_l^2)``, refresh: Cholesky
+  ``k^3 / 3`` and the solve against ``I`` ``2 k^3`` per factor. Amortised
+  per step over a cycle.
   """
   c = sizes[-1]
   layers = [(a + 1, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
@@ -322,14 +354,27 @@ def _digits_flops(n, sizes, inverse_every) -> dict:
   emp = sgd + factors + sum(2 * n * c * b + 2 * n * n * (a + b) * _sym(n)
                             for a, b in layers) + n**3 / 3
 
-  def kfac_flops(rows):
-    per = sum(2 * n * a * a * _sym(a) + 2 * rows * b * b * _sym(b)
-              + 4 * (a * a * b + a * b * b) for a, b in layers)
-    refresh = sum(9 * (a**3 + b**3) for a, b in layers) / inverse_every
-    return sgd + factors + per + refresh
+  def kfac_flops(rows, stats_every, cholesky=False):
+    products = 2 if cholesky else 4
+    precondition = sum(products * (a * a * b + a * b * b) for a, b in layers)
+    statistics = factors + sum(2 * n * a * a * _sym(a)
+                               + 2 * rows * b * b * _sym(b)
+                               for a, b in layers)
+    per_k3 = (1 / 3 + 2) if cholesky else 9
+    refresh = sum(per_k3 * (a**3 + b**3) for a, b in layers)
+    return (sgd + precondition + statistics / stats_every
+            + refresh / inverse_every)
 
-  return {"sgd": sgd, "ngd": true, "ngd_emp": emp,
-          "kfac": kfac_flops(big_n), "kfac_mc": kfac_flops(n)}
+  # Monte Carlo: also the right-hand side Gamma_s G g, one structured
+  # G g product (J^T g, then J) of 4 n sum a_l b_l.
+  mc = emp + 4 * n * sum(a * b for a, b in layers)
+  return {"sgd": sgd, "ngd": true, "ngd_emp": emp, "ngd_mc": mc,
+          "kfac": kfac_flops(big_n, 1), "kfac_mc": kfac_flops(n, 1),
+          "kfac_s": kfac_flops(big_n, inverse_every),
+          "kfac_mc_s": kfac_flops(n, inverse_every),
+          "kfac_ch": kfac_flops(big_n, 1, True),
+          "kfac_s_ch": kfac_flops(big_n, inverse_every, True),
+          "kfac_mc_s_ch": kfac_flops(n, inverse_every, True)}
 
 
 def main():
@@ -346,6 +391,12 @@ def main():
   parser.add_argument("--quick", action="store_true",
                       help="tiny sizes, to check that the script runs")
   parser.add_argument("--digits-batch", type=int, default=256)
+  parser.add_argument("--digits-methods", default="",
+                      help="comma-separated subset of the digits methods "
+                      "(sgd is always timed)")
+  parser.add_argument("--digits-every", type=int, default=10,
+                      help="K-FAC's inverse refresh period (and the "
+                      "statistics period of the *_s methods): the cycle")
   parser.add_argument("--digits-only", action="store_true",
                       help="only the digits classifier's mini-batch steps")
   args = parser.parse_args()
@@ -359,7 +410,9 @@ def main():
 
   if args.quick:
     args.digits_batch = 32
-  dig = digits(args.digits_batch, dtype, args.repeats)
+  only = tuple(args.digits_methods.split(",")) if args.digits_methods else ()
+  dig = digits(args.digits_batch, dtype, args.repeats, only=only,
+               inverse_every=args.digits_every)
   if args.digits_only:
     _print_digits(dig)
     return
@@ -386,13 +439,18 @@ def main():
   _print_digits(dig)
 
 
-def _print_digits(per_step):
-  for name, target in (("ngd", 4.0), ("ngd_emp", 4.0), ("kfac", 2.0),
-                       ("kfac_mc", 2.0)):
+def _print_digits(result):
+  per_step, flops = result
+  print("\nratios to SGD, amortised per step over a full cycle: measured "
+        "median (min) [FLOP model]")
+  for name in per_step:
+    if name == "sgd":
+      continue
+    target = 2.0 if name.startswith("kfac") else 4.0
     med = per_step[name][0] / per_step["sgd"][0]
     low = per_step[name][1] / per_step["sgd"][1]
-    print(f"  digits: {name} / sgd = {med:.2f} (min {low:.2f}) "
-          f"[target <= {target:g}]")
+    print(f"  digits: {name:<12} / sgd = {med:6.2f} (min {low:6.2f}) "
+          f"[model {flops[name] / flops['sgd']:5.2f}] [target <= {target:g}]")
 
 
 if __name__ == "__main__":

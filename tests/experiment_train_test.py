@@ -1,5 +1,6 @@
 """Smoke test of the classifier demonstration (``ngdjax.experiment.train``)."""
 
+import functools
 import json
 import struct
 from pathlib import Path
@@ -17,6 +18,7 @@ def _tiny():
   c = train.default_config()
   c.widths, c.batch_size, c.eval_every = (8,), 16, 2
   c.adam_lrs, c.sgd_lrs = (1e-2,), (0.3,)
+  c.ngd_lrs, c.kfac_lrs = (0.5,), (0.5,)  # x 2 dampings each
   c.curvature_steps, c.first_order_steps = 3, 4
   c.kfac_inverse_every = 2
   return c
@@ -38,7 +40,8 @@ def test_train_smoke_and_resume(tmp_path):
     assert (tmp_path / f).read_bytes()[:8] == PNG_MAGIC
   for u in saved["details"]["runs"]:
     steps = [rec for rec in records if rec.get("method") == u["method"]
-             and rec.get("lr") == u["lr"] and "step" in rec]
+             and rec.get("lr") == u["lr"] and "step" in rec
+             and rec.get("damping") == u["damping"]]
     assert len(steps) == u["steps_run"] + 1
     assert np.all(np.diff([rec["seconds"] for rec in steps]) >= 0)
     assert sum("test_accuracy" in rec for rec in steps) >= 2
@@ -46,6 +49,39 @@ def test_train_smoke_and_resume(tmp_path):
   assert again["resumed_units"] == len(saved["details"]["runs"])
   assert again["measured"]["test_accuracy"] == saved["measured"][
       "test_accuracy"]
+
+
+def _append(logs, **values):
+  logs.append(values)
+
+
+def test_grid_points_share_one_compiled_step():
+  # A grid point run on the first point's compiled step (learning rate and
+  # damping put in the state) equals the same point built from scratch.
+  config = _tiny()
+  config.kfac_statistics_every = 2
+  ds = train.load(config)
+  model = train.models.mlp((8,), out_dim=10, w_std=1.4)
+  params0 = model.init(train.jax.random.key(0), ds.x_train.shape[1])
+  for method in train.CURVATURE:
+    compiled, logs = {}, []
+    log = functools.partial(_append, logs)
+
+    train._train(config, model, params0, ds, 16, method, 0.5, 0.1, compiled,
+                 log)
+    first = compiled[method]
+    reused = train._train(config, model, params0, ds, 16, method, 1.0, 1.0,
+                          compiled, log)
+    assert compiled[method] is first
+    fresh = train._train(config, model, params0, ds, 16, method, 1.0, 1.0,
+                         {}, log)
+    for key in ("final_test_accuracy", "best_test_accuracy", "steps_run",
+                "damping", "lr"):
+      assert reused[key] == fresh[key]
+    losses = [v["loss"] for v in logs if "loss" in v]
+    n = config.curvature_steps
+    np.testing.assert_allclose(losses[n:2 * n], losses[2 * n:], rtol=1e-12)
+    assert not np.allclose(losses[:n], losses[n:2 * n])
 
 
 def _write_idx(path, array):

@@ -243,23 +243,137 @@ def test_kfac_running_averages_and_inverse_refresh():
   assert not np.allclose(e1, e2)
 
 
+def _batch_factors(params, x, labels):
+  """Per-example ``(A^T A / n, B^T H B / n)`` per layer, from definitions."""
+  u = MODEL.apply(params, x)
+  hess = jax.vmap(jax.hessian(lambda ui, yi: -jax.nn.log_softmax(ui)[yi]))(
+      u, labels)
+  out = []
+  for f in MODEL.layer_factors(params, x):
+    a, b = np.asarray(f.inputs), np.asarray(f.output_grads)
+    out.append((a.T @ a / N,
+                np.einsum("ikb,ikl,ilc->bc", b, np.asarray(hess), b) / N))
+  return out
+
+
+@pytest.mark.parametrize("every,inverse",
+                         [(1, "eigh"), (2, "eigh"), (2, "cholesky")])
+def test_kfac_statistics_every_matches_hand_computation(every, inverse):
+  # Factor statistics at steps 0, T, 2T, ... only (decay applied once per
+  # update), eigendecompositions every step; each step's update against
+  # an explicit Kronecker product of the hand-computed averages with the
+  # pi-split damping: n (A~ + pi delta) (x) (B~ + delta / pi),
+  # delta = sqrt(lam / n).
+  params, x, labels = _problem(seed=8)
+  decay, lam, lr = 0.75, 0.05, 0.3
+  opt = kfac(MODEL, lr, damping=lam, loss="softmax_cross_entropy",
+             factor_decay=decay, statistics_every=every, inverse=inverse)
+  step = jax.jit(opt.step)
+  state, p = opt.init(params), params
+  batches = [(x, labels), (x[::-1] * 0.5, labels[::-1]),
+             (x + 0.1, (labels + 1) % C)]
+  avg = None
+  for k, (xb, yb) in enumerate(batches):
+    if k % every == 0:
+      batch = _batch_factors(p, xb, yb)
+      avg = batch if avg is None else [
+          (decay * fa + (1 - decay) * ba, decay * fb + (1 - decay) * bb)
+          for (fa, fb), (ba, bb) in zip(avg, batch, strict=True)]
+    _, grads, _, _, _ = _kfac_pieces(p, xb, yb)
+    new, state, info = step(p, state, xb, yb)
+    for (fa, fb), g, cur, old, fac in zip(
+        avg, grads, MODEL.to_layer_matrices(new),
+        MODEL.to_layer_matrices(p), state.curvature, strict=True):
+      np.testing.assert_allclose(fac.inputs_cov, fa, rtol=1e-12, atol=1e-15)
+      np.testing.assert_allclose(fac.grads_cov, fb, rtol=1e-12, atol=1e-15)
+      pi = np.sqrt((np.trace(fa) / len(fa)) / (np.trace(fb) / len(fb)))
+      delta = np.sqrt(lam / N)
+      f_kfac = N * np.kron(fa + pi * delta * np.eye(len(fa)),
+                           fb + delta / pi * np.eye(len(fb)))
+      ref = -lr * np.linalg.solve(f_kfac, np.ravel(g)).reshape(g.shape)
+      np.testing.assert_allclose(np.asarray(cur - old), ref, rtol=1e-8,
+                                 atol=1e-12)
+    assert int(info["cholesky_failed"]) == 0
+    p = new
+
+
+def test_kfac_cholesky_inverses_keep_the_refresh_damping():
+  # inverse="cholesky" with a damping schedule and a refresh every 2 steps:
+  # step 1 reuses the inverses of step 0, damped with lam(0), where "eigh"
+  # applies lam(1) to the cached eigenvalues; both against explicit kron.
+  params, x, labels = _problem(seed=10)
+  lr = 0.3
+
+  def lam(k):
+    return 0.05 * (1.0 + k)
+
+  batches = [(x, labels), (x * 0.7, labels[::-1])]
+  for inverse in ("eigh", "cholesky"):
+    opt = kfac(MODEL, lr, damping=lam, loss="softmax_cross_entropy",
+               factor_decay=0.0, inverse_every=2, inverse=inverse)
+    step = jax.jit(opt.step)
+    state, p = opt.init(params), params
+    avg = _batch_factors(p, *batches[0])
+    for k, (xb, yb) in enumerate(batches):
+      _, grads, _, _, _ = _kfac_pieces(p, xb, yb)
+      new, state, info = step(p, state, xb, yb)
+      used = lam(0) if inverse == "cholesky" else lam(k)
+      for (fa, fb), g, cur, old in zip(
+          avg, grads, MODEL.to_layer_matrices(new),
+          MODEL.to_layer_matrices(p), strict=True):
+        pi = np.sqrt((np.trace(fa) / len(fa)) / (np.trace(fb) / len(fb)))
+        delta = np.sqrt(used / N)
+        f_kfac = N * np.kron(fa + pi * delta * np.eye(len(fa)),
+                             fb + delta / pi * np.eye(len(fb)))
+        ref = -lr * np.linalg.solve(f_kfac, np.ravel(g)).reshape(g.shape)
+        np.testing.assert_allclose(np.asarray(cur - old), ref, rtol=1e-8,
+                                   atol=1e-12)
+      assert int(info["cholesky_failed"]) == 0
+      p = new
+
+
+def test_kfac_cholesky_inverse_falls_back_on_a_singular_factor():
+  # Undamped, the output layer's factor avg H_i is singular (H_i 1 = 0):
+  # the Cholesky refresh falls back to the pseudo-inverse, counted, and the
+  # step equals the eigendecomposition path's.
+  params, x, labels = _problem(seed=11)
+  news = []
+  for inverse in ("eigh", "cholesky"):
+    opt = kfac(MODEL, 0.3, damping=0.0, loss="softmax_cross_entropy",
+               factor_decay=0.0, inverse=inverse)
+    new, _, info = jax.jit(opt.step)(params, opt.init(params), x, labels)
+    assert int(info["cholesky_failed"]) == (inverse == "cholesky")
+    assert int(info["update_skipped"]) == 0
+    news.append(jax.tree_util.tree_leaves(new))
+  for a, b in zip(*news, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11)
+
+
 def test_kfac_bad_settings_raise():
   with pytest.raises(ValueError, match="factor_decay"):
     kfac(MODEL, 1.0, factor_decay=1.0)
   with pytest.raises(ValueError, match="inverse_every"):
     kfac(MODEL, 1.0, inverse_every=0)
+  with pytest.raises(ValueError, match="statistics_every"):
+    kfac(MODEL, 1.0, statistics_every=1.5)
+  with pytest.raises(ValueError, match="inverse"):
+    kfac(MODEL, 1.0, inverse="qr")
+  with pytest.raises(ValueError, match="damping_split"):
+    kfac(MODEL, 1.0, inverse="cholesky", damping_split="exact")
   with pytest.raises(ValueError, match="fisher"):
     kfac(MODEL, 1.0, fisher="sampled")
 
 
-def test_kfac_preconditioner_equals_kfac_over_steps():
+@pytest.mark.parametrize("extra", [{}, {"statistics_every": 2,
+                                       "inverse": "cholesky"}])
+def test_kfac_preconditioner_equals_kfac_over_steps(extra):
   import optax
 
   from ngdjax.optim import kfac_preconditioner
 
   params, x, labels = _problem(seed=7)
   settings = dict(damping=0.05, loss="softmax_cross_entropy",
-                  factor_decay=0.9, inverse_every=2)
+                  factor_decay=0.9, inverse_every=2, **extra)
   tx = optax.chain(kfac_preconditioner(MODEL, **settings), optax.sgd(0.4))
   opt = kfac(MODEL, 0.4, **settings)
   p_tx, s_tx, p, s = params, tx.init(params), params, opt.init(params)

@@ -27,6 +27,7 @@ from ngdjax._src.optim.damping import LevenbergMarquardt, levenberg_marquardt
 from ngdjax._src.optim.gd import GDState, OptaxState, gd, optax_optimizer
 from ngdjax._src.optim.kfac import (
     KFACFactors,
+    KFACInverses,
     KFACState,
     kfac,
     kfac_preconditioner,
@@ -43,6 +44,7 @@ __all__ = [
     "CurvatureState",
     "GDState",
     "KFACFactors",
+    "KFACInverses",
     "KFACState",
     "LevenbergMarquardt",
     "NGDPreconditionerState",

@@ -65,15 +65,39 @@ unchanged; ``"monte_carlo"`` uses one label sampled from the model per
 example, ``b_i = B_i^T (p_i - e_{s_i})``; ``"empirical"`` the gradients.
 
 Full-batch and mini-batch modes. By default (``factor_decay=None``,
-``inverse_every=1``) the factors are recomputed on the batch at every step:
-the setting of the paper's Theorem 4. Mini-batch mode (``factor_decay`` set,
-``inverse_every > 1`` or ``fisher="monte_carlo"``) keeps per-example
-factor averages ``A~ = avg A^T A / n`` and ``B~ = avg B'^T B' / n`` in the
-state, updated at every step by ``F <- decay F + (1 - decay) F_batch``,
-and their eigendecompositions, refreshed every ``inverse_every`` steps
-(``lax.cond``: the other steps reuse them); the damping, which may change
-at every step, is applied to the eigenvalues. Suggested for mini-batches:
-``factor_decay=0.95``, ``inverse_every=10`` (``experiments.train``).
+``inverse_every=1``, ``statistics_every=1``) the factors are recomputed on
+the batch at every step: the setting of the paper's Theorem 4. Mini-batch
+mode (``factor_decay`` set, ``inverse_every > 1``, ``statistics_every > 1``
+or ``fisher="monte_carlo"``) keeps per-example factor averages
+``A~ = avg A^T A / n`` and ``B~ = avg B'^T B' / n`` in the state, updated
+every ``statistics_every`` steps (Martens & Grosse 2015's ``T_1``; steps
+``0, T_1, 2 T_1, ...``) by ``F <- decay F + (1 - decay) F_batch`` (the
+decay is applied once per update, not per step; the first update takes the
+batch's factors), and their eigendecompositions, refreshed every
+``inverse_every`` steps (``T_3``; steps ``0, T_3, ...``, after that step's
+statistics update). Both use ``lax.cond``: on the other steps the layer
+factors (``c`` backward passes to the pre-activations and the factor
+products) and the eigendecompositions are not computed, and the step costs
+one forward and one backward pass (the gradient) plus the preconditioning
+products. The damping, which may change at every step, is applied to the
+eigenvalues. Suggested for mini-batches: ``factor_decay=0.95``,
+``inverse_every=10`` (``experiments.train``); ``statistics_every=10``
+makes the amortised step cheapest (``benchmarks/steps.py``).
+
+``inverse="cholesky"`` (mini-batch mode, ``damping_split="pi"``): instead of
+eigendecompositions, each refresh stores the damped inverses
+``(A~ + (lam_in / n + pi delta) I)^{-1}`` and ``(B~ + (lam_out / n +
+delta / pi) I)^{-1}`` (``delta = sqrt(lam / n)``, ``pi`` as in
+``averaged_update``) from a Cholesky factorisation (a non-finite factor or
+a pivot below ``k eps max`` falls back to the eigendecomposition
+pseudo-inverse and counts in ``cholesky_failed``), and every step
+multiplies ``(1/n) inv_A grad_M inv_B``: the same step as ``"eigh"`` when
+the damping is constant, at a fraction of the refresh cost (``k^3 / 3``
+for the factorisation and ``2 k^3`` for the solve against ``I``, against
+LAPACK's tridiagonal eigensolver, ``9 k^3`` or more) and half the
+per-step products. A
+damping that changes between refreshes (a schedule) takes effect at the
+next refresh, as in kfac-jax.
 
 Example:
 
@@ -108,6 +132,7 @@ from ngdjax._src.typing import Array
 
 FORMS = ("auto", "primal", "dual")
 SPLITS = ("pi", "exact")
+INVERSES = ("eigh", "cholesky")
 
 
 KFACState = core.CurvatureState  # curvature: KFACFactors per layer, or ()
@@ -131,6 +156,23 @@ class KFACFactors(NamedTuple):
   inputs_eigvecs: Array
   grads_eigvals: Array
   grads_eigvecs: Array
+
+
+class KFACInverses(NamedTuple):
+  """One layer's running factors and cached damped inverses
+  (``inverse="cholesky"``; module docstring).
+
+  Attributes:
+    inputs_cov: ``(a, a)`` running average of ``A^T A / n``.
+    grads_cov: ``(b, b)`` running average of ``B^T H B / n``.
+    inputs_inv: ``(a, a)`` ``(inputs_cov + d_A I)^{-1}`` at the last refresh.
+    grads_inv: ``(b, b)`` ``(grads_cov + d_B I)^{-1}`` at the last refresh.
+  """
+
+  inputs_cov: Array
+  grads_cov: Array
+  inputs_inv: Array
+  grads_inv: Array
 
 
 def use_dual(form: str, rows: int, dim: int) -> bool:
@@ -312,8 +354,8 @@ def _layer_shapes(model, params) -> tuple[tuple[int, int], ...]:
   if not isinstance(model, Model) or model.to_layer_matrices is None:
     raise ValueError(
         "model: running K-FAC factors (factor_decay, inverse_every > 1, "
-        'fisher="monte_carlo") need an ngdjax Model; a bare apply function '
-        "gets the full-batch mode"
+        'statistics_every > 1, fisher="monte_carlo") need an ngdjax Model; '
+        "a bare apply function gets the full-batch mode"
     )
   return tuple(m.shape for m in model.to_layer_matrices(params))
 
@@ -424,11 +466,53 @@ def _refresh(refresh, cov_a, cov_b, old: KFACFactors) -> KFACFactors:
   return KFACFactors(cov_a, cov_b, ea, qa, eb, qb)
 
 
+def _damped_inverses(cov_a, cov_b, n, lam, lam_in, lam_out):
+  """``(inv_A, inv_B, fallbacks)`` of ``inverse="cholesky"`` (module
+  docstring): the pi split of ``averaged_update`` with inverses in place of
+  eigendecompositions."""
+  mean_a = jnp.trace(cov_a) / cov_a.shape[0]
+  mean_b = jnp.trace(cov_b) / cov_b.shape[0]
+  ok = (mean_a > 0) & (mean_b > 0)
+  pi = jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a, 1.0)
+                              / jnp.where(ok, mean_b, 1.0)), 1.0)
+  delta = jnp.sqrt(jnp.asarray(lam, cov_a.dtype) / n)
+  inv_a, failed_a = _damped_inverse(cov_a, lam_in / n + pi * delta)
+  inv_b, failed_b = _damped_inverse(cov_b, lam_out / n + delta / pi)
+  return inv_a, inv_b, failed_a + failed_b
+
+
+def _damped_inverse(cov, damp) -> tuple[Array, Array]:
+  """``((cov + damp I)^{-1}, failed)`` by Cholesky.
+
+  A lean check (``psd_solve``'s residual test would cost another ``2 k^3``
+  with ``k`` right-hand sides): the factor must be finite with pivots above
+  ``k eps max diag``, else the eigendecomposition pseudo-inverse is used and
+  ``failed = 1``.
+  """
+  k = cov.shape[0]
+  sym = 0.5 * (cov + cov.T)
+  eye = jnp.eye(k, dtype=cov.dtype)
+  mat = sym + damp * eye
+  chol = jnp.linalg.cholesky(mat)
+  tol = k * jnp.finfo(cov.dtype).eps * jnp.max(jnp.abs(jnp.diagonal(mat)))
+  ok = (jnp.all(jnp.isfinite(chol))
+        & jnp.all(jnp.square(jnp.diagonal(chol)) > tol))
+  inv = jax.lax.cond(ok,
+                     lambda: jax.scipy.linalg.cho_solve((chol, True), eye),
+                     lambda: solvers.eigh_solve(sym, eye, damp))
+  return 0.5 * (inv + inv.T), (~ok).astype(jnp.int32)
+
+
 def _method(model, loss, form, damping_split, factor_damping, fisher,
-            factor_decay, inverse_every, static_zero) -> core.Method:
+            factor_decay, inverse_every, static_zero,
+            statistics_every=1, inverse="eigh") -> core.Method:
   """Validates K-FAC's settings; the direction for ``core.make``."""
   checks.check_choice("form", form, FORMS)
   checks.check_choice("damping_split", damping_split, SPLITS)
+  checks.check_choice("inverse", inverse, INVERSES)
+  if inverse == "cholesky" and damping_split != "pi":
+    raise ValueError('inverse="cholesky" needs damping_split="pi" (the '
+                     '"exact" split needs the eigendecompositions)')
   base.check_fisher(fisher, loss)
   if factor_decay is not None:
     checks.check_scalar("factor_decay", factor_decay, nonnegative=True)
@@ -438,8 +522,11 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
   checks.check_scalar("inverse_every", inverse_every, positive=True,
                       integer=True)
   inverse_every = int(inverse_every)
+  checks.check_scalar("statistics_every", statistics_every, positive=True,
+                      integer=True)
+  statistics_every = int(statistics_every)
   averaged = (factor_decay is not None or inverse_every > 1
-              or fisher == "monte_carlo")
+              or statistics_every > 1 or fisher == "monte_carlo")
   decay = factor_decay or 0.0
   if factor_damping is None:
     lam_in, lam_out = 0.0, 0.0
@@ -462,52 +549,92 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
     out = []
     for a, b in _layer_shapes(model, params):
       za, zb = jnp.zeros((a, a), dtype), jnp.zeros((b, b), dtype)
+      if inverse == "cholesky":
+        out.append(KFACInverses(za, zb, jnp.eye(a, dtype=dtype),
+                                jnp.eye(b, dtype=dtype)))
+        continue
       out.append(KFACFactors(za, zb, jnp.zeros((a,), dtype),
                              jnp.eye(a, dtype=dtype), jnp.zeros((b,), dtype),
                              jnp.eye(b, dtype=dtype)))
     return tuple(out)
 
   def direction(params, curvature, x, y, lam, key, count):
+    if averaged:
+      return averaged_direction(params, curvature, x, y, lam, key, count)
     u = base.outputs_fn(split_model(model)[0], x)(params)
     g = loss.grad(u, y).astype(u.dtype)
-    deltas, failed, new_curv = [], jnp.zeros((), jnp.int32), []
-    layers = _layer_factors(model, params, x)
-    for idx, f in enumerate(layers):
+    deltas, failed = [], jnp.zeros((), jnp.int32)
+    for f in _layer_factors(model, params, x):
       grads, h = _fisher_factors(loss, fisher, u, y, g, f.output_grads, key)
       n, c, b = grads.shape
-      if not averaged:
-        dual_a = use_dual(form, n, f.inputs.shape[1])
-        dual_b = use_dual(form, n * c, b)
-        if damping_split == "exact":
-          delta = exact_update(f.inputs, grads, h, lam, lam_in, lam_out,
-                               dual_a, dual_b)
-        else:
-          split_a, split_b = pi_split(f.inputs, grads.reshape(n * c, b), lam)
-          delta, fl = factored_update(
-              f.inputs, grads, h, lam_in + split_a, lam_out + split_b,
-              dual_a, dual_b,
-              pinv_a=static_zero and lam_in == 0.0,
-              pinv_b=static_zero and lam_out == 0.0,
-          )
-          failed = failed + fl
-        deltas.append(delta)
-        continue
-      old = curvature[idx]
+      dual_a = use_dual(form, n, f.inputs.shape[1])
+      dual_b = use_dual(form, n * c, b)
+      if damping_split == "exact":
+        delta = exact_update(f.inputs, grads, h, lam, lam_in, lam_out,
+                             dual_a, dual_b)
+      else:
+        split_a, split_b = pi_split(f.inputs, grads.reshape(n * c, b), lam)
+        delta, fl = factored_update(
+            f.inputs, grads, h, lam_in + split_a, lam_out + split_b,
+            dual_a, dual_b,
+            pinv_a=static_zero and lam_in == 0.0,
+            pinv_b=static_zero and lam_out == 0.0,
+        )
+        failed = failed + fl
+      deltas.append(delta)
+    direction, fl = _to_params(model, deltas, params, x, lam, g)
+    return core.Direction(u, direction, None, curvature,
+                          {"cholesky_failed": failed + fl})
+
+  def averaged_direction(params, curvature, x, y, lam, key, count):
+    # The gradient from one backward pass; the layer factors (c backward
+    # passes and the factor products) only on statistics steps.
+    u, pullback = jax.vjp(base.outputs_fn(split_model(model)[0], x), params)
+    g = loss.grad(u, y).astype(u.dtype)
+    grad_ms = model.to_layer_matrices(pullback(g)[0])
+    n = u.shape[0]
+
+    def statistics(old_covs):
       w = jnp.where(count == 0, 0.0, decay).astype(u.dtype)
-      bf = grads.reshape(n * c, b)
-      cov_a = w * old.inputs_cov + (1 - w) * self_outer(f.inputs.T) / n
-      cov_b = w * old.grads_cov + (1 - w) * self_outer(bf.T) / n
-      refresh = count % inverse_every == 0
+      covs = []
+      for f, (old_a, old_b) in zip(_layer_factors(model, params, x),
+                                   old_covs, strict=True):
+        grads, _ = _fisher_factors(loss, fisher, u, y, g, f.output_grads,
+                                   key)
+        bf = grads.reshape(-1, grads.shape[-1])
+        covs.append((w * old_a + (1 - w) * self_outer(f.inputs.T) / n,
+                     w * old_b + (1 - w) * self_outer(bf.T) / n))
+      return tuple(covs)
+
+    old_covs = tuple((f.inputs_cov, f.grads_cov) for f in curvature)
+    if statistics_every == 1:
+      covs = statistics(old_covs)
+    else:
+      covs = jax.lax.cond(count % statistics_every == 0, statistics,
+                          lambda old: old, old_covs)
+    refresh = count % inverse_every == 0
+    deltas, new_curv = [], []
+    failed = jnp.zeros((), jnp.int32)
+    for old, (cov_a, cov_b), grad_m in zip(curvature, covs, grad_ms,
+                                           strict=True):
+      grad_m = grad_m.astype(u.dtype)
+      if inverse == "cholesky":
+        inv_a, inv_b, fl = jax.lax.cond(
+            refresh,
+            lambda c: _damped_inverses(c[0], c[1], n, lam, lam_in, lam_out),
+            lambda c: (c[2], c[3], jnp.zeros((), jnp.int32)),
+            (cov_a, cov_b, old.inputs_inv, old.grads_inv))
+        failed = failed + fl
+        deltas.append(inv_a @ grad_m @ inv_b / n)
+        new_curv.append(KFACInverses(cov_a, cov_b, inv_a, inv_b))
+        continue
       factors = _refresh(refresh, cov_a, cov_b, old)
-      grad_m = f.inputs.T @ jnp.einsum("ik,ikb->ib", g, f.output_grads)
       deltas.append(averaged_update(factors, grad_m, n, lam, lam_in, lam_out,
                                     damping_split))
       new_curv.append(factors)
     direction, fl = _to_params(model, deltas, params, x, lam, g)
-    diagnostics = {"cholesky_failed": failed + fl}
-    return core.Direction(u, direction, None,
-                          tuple(new_curv) if averaged else curvature,
-                          diagnostics)
+    return core.Direction(u, direction, None, tuple(new_curv),
+                          {"cholesky_failed": failed + fl})
 
   return core.Method(init=init_curvature, direction=direction)
 
@@ -525,6 +652,8 @@ def kfac(
     factor_decay: float | None = None,
     inverse_every: int = 1,
     key=None,
+    statistics_every: int = 1,
+    inverse: str = "eigh",
 ) -> base.Optimizer:
   """K-FAC (MATH.md 4 and 7; module docstring).
 
@@ -568,17 +697,29 @@ def kfac(
       averages ``F <- decay F + (1 - decay) F_batch`` (the first step takes
       the batch's factors). ``0.95`` suits mini-batches.
     inverse_every: refresh the factors' eigendecompositions every this many
-      steps (default 1; 10 suits mini-batches; the averages are updated at
-      every step).
+      steps (default 1; 10 suits mini-batches), at steps ``0, k, 2k, ...``
+      (after that step's statistics update).
     key: PRNG key for ``"monte_carlo"`` (default ``jax.random.key(0)``).
+    statistics_every: update the running factor averages every this many
+      steps (default 1: every step), at steps ``0, T, 2T, ...``; each update
+      applies the decay once, ``F <- decay F + (1 - decay) F_batch``. The
+      steps in between compute only the gradient (one backward pass) and
+      the preconditioned direction from the cached eigendecompositions.
+      Any value ``> 1`` selects the mini-batch mode.
+    inverse: how the mini-batch mode refreshes its factors: ``"eigh"``
+      (default; eigendecompositions, the damping may change at every step)
+      or ``"cholesky"`` (damped inverses from a Cholesky factorisation at
+      the refresh's damping, much cheaper; ``damping_split="pi"`` only;
+      module docstring). Unused in the full-batch mode, which always
+      solves by Cholesky.
 
   Returns:
     ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
     ``update_norm``, ``damping``, ``learning_rate``, ``cholesky_failed``
     (factor solves that fell back to the pseudo-inverse, summed over
-    layers; 0 in mini-batch mode), the fault flags of
-    ``ngdjax.optim.core``, and for Levenberg-Marquardt ``reduction_ratio``
-    and ``loss_after``.
+    layers; in mini-batch mode only ``inverse="cholesky"`` refreshes
+    count), the fault flags of ``ngdjax.optim.core``, and for
+    Levenberg-Marquardt ``reduction_ratio`` and ``loss_after``.
 
   Raises:
     ValueError: a model without layer factors, bad hyper-parameters, or
@@ -589,7 +730,8 @@ def kfac(
   rule = damping_lib.resolve(damping)
   loss = base.check_loss(loss)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,
-                   factor_decay, inverse_every, rule.static_zero)
+                   factor_decay, inverse_every, rule.static_zero,
+                   statistics_every, inverse)
 
   def jvp_fn(params, x, tangent):
     return jvp(model, params, x, tangent)
@@ -610,6 +752,8 @@ def kfac_preconditioner(
     factor_decay: float | None = None,
     inverse_every: int = 1,
     key=None,
+    statistics_every: int = 1,
+    inverse: str = "eigh",
 ) -> optax.GradientTransformationExtraArgs:
   """K-FAC's direction as an optax transformation (as ``ngd_preconditioner``).
 
@@ -621,8 +765,8 @@ def kfac_preconditioner(
 
   Args:
     model, damping, loss, form, damping_split, factor_damping, fisher,
-      factor_decay, inverse_every, key: as in ``kfac`` (damping fixed or
-      scheduled).
+      factor_decay, inverse_every, key, statistics_every, inverse: as in
+      ``kfac`` (damping fixed or scheduled).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -633,7 +777,8 @@ def kfac_preconditioner(
                  and not isinstance(damping, damping_lib.LevenbergMarquardt)
                  and damping_lib.resolve(damping).static_zero)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,
-                   factor_decay, inverse_every, static_zero)
+                   factor_decay, inverse_every, static_zero,
+                   statistics_every, inverse)
   return core.preconditioner(model, loss, damping, method, key,
                              {"cholesky_failed": jnp.int32},
                              "kfac_preconditioner")

@@ -1,5 +1,4 @@
-"""C2 presets ``small`` and ``full`` (``SPEC.presets``); runtimes and
-results seen: ``ngdjax.experiment.general_loss``."""
+"""C2 presets: ``SPEC.presets`` in ``ngdjax.experiment.general_loss``."""
 
 from ngdjax.experiment.general_loss import SPEC
 

@@ -1,5 +1,4 @@
-"""C4 presets ``small`` and ``full`` (``SPEC.presets``); runtimes and
-results seen: ``ngdjax.experiment.jacobian_stability``."""
+"""C4 presets: ``SPEC.presets`` in ``ngdjax.experiment.jacobian_stability``."""
 
 from ngdjax.experiment.jacobian_stability import SPEC
 

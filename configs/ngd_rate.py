@@ -1,5 +1,4 @@
-"""C1 presets ``small`` and ``full`` (``SPEC.presets``); runtimes and
-results seen: ``ngdjax.experiment.ngd_rate``."""
+"""C1 presets: ``SPEC.presets`` in ``ngdjax.experiment.ngd_rate``."""
 
 from ngdjax.experiment.ngd_rate import SPEC
 

@@ -1,5 +1,4 @@
-"""C3 presets ``small`` and ``full`` (``SPEC.presets``); runtimes and
-results seen: ``ngdjax.experiment.training_conditions``."""
+"""C3 presets: ``SPEC.presets`` in ``ngdjax.experiment.training_conditions``."""
 
 from ngdjax.experiment.training_conditions import SPEC
 

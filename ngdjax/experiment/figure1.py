@@ -1,46 +1,32 @@
 """C11: the appendix's Figure 1, output-space paths of GD and NGD.
 
 MATH.md 6: on the linearised network, gradient flow moves the outputs by
-``u(t) - y = exp(-G t) (u(0) - y)`` and natural-gradient flow by
-``u(t) - y = exp(-t) (u(0) - y)``. NGD therefore moves every output, and the
-whole output vector, along the straight segment from ``u(0)`` to ``y``; GD
-shrinks the fast eigen-directions of ``G`` first and its path bends. Both
-end at ``y``. The appendix's Figure 1 shows these paths for a randomly
-initialised network on MNIST digits 4 and 9 with two outputs; here the
-digits are scikit-learn's 8x8 ones (no download), rows scaled to unit norm,
-one-hot targets, and the net is ``two_layer_relu(width, out_dim=2)``.
+``u(t) - y = exp(-G t) (u(0) - y)``, natural-gradient flow by ``exp(-t)
+(u(0) - y)``: NGD moves every output, and the whole output vector, along the
+straight segment from ``u(0)`` to ``y``; GD shrinks ``G``'s fast
+eigen-directions first and bends; both end at ``y``. The appendix draws this
+on MNIST 4 vs 9 with two outputs; here on scikit-learn's 8x8 digits (no
+download), unit rows, one-hot targets, ``two_layer_relu(width, out_dim=2)``.
 
-Measured, with ``G`` and ``u(0)`` at the random initialisation and the
-closed forms of ``ngdjax.linearized.residuals`` on a time grid from 0 to the
-time at which GD's slowest mode has decayed to ``config.decay`` (and
-``t = inf``): the 2-D output path ``u_i(t)`` of every training example
-(``config.examples`` of them drawn, the first of each class in training
-order); the largest distance of ``u_i(t)`` from the segment ``[u_i(0),
-y_i]``, relative to ``||y_i - u_i(0)||``, per example and for the whole
-output vector in ``R^{2n}``, GD and NGD; the end points ``||u(inf) - y|| /
-||u(0) - y||``; GD's closed form against ``scipy.linalg.expm(-G t) r0``.
+Measured at the random initialisation with the closed forms of
+``ngdjax.linearized.residuals``: how far each example's 2-D path and the
+whole output vector stray from their segments (the check would fail if
+``G`` were a multiple of ``I``). NGD's straightness (to ``tol =
+roundoff_factor * 2n * eps``), both ending at ``y`` and GD matching
+``scipy.linalg.expm`` are identities: sanity details, not checks.
 
-The check (``CHECKS``) is what the figure shows and what could come out
-otherwise (it would not if ``G`` were a multiple of ``I``). Sanity details,
-not claim checks (``details["sanity"]``): NGD's path is straight by
-construction (``exp(-t)`` times a fixed vector), so its deviation is at
-most ``tol = roundoff_factor * N * eps`` (``N = 2n`` outputs); both flows
-ending at ``y`` and GD's closed form matching ``expm`` restate identities.
-
-Small preset (about 8 s on 2 CPU cores; n = 64 digits 4 vs 9, m = 1024);
-full (about 8 s; n = 256, m = 4096)::
+Small preset (about 8 s on 2 CPU cores; n = 64, m = 1024); full (about 8 s;
+n = 256, m = 4096)::
 
   python -m experiments.figure1 --config=configs/figure1.py:small \
       --workdir=/tmp/ngdjax/C11_small
 
 Seen (small / full): NGD's output paths are straight to 1.9e-14 / 7.1e-15
-(relative, worst example or the whole vector) while GD's whole output
-vector strays 0.30 / 0.37 ``||y - u(0)||`` from the segment (per example:
-median 0.29 / 0.34); both end at ``y`` (the limit exactly; GD at the last
-drawn time to 7e-15 / 4e-15). cond(G) = 1.1e3 / 5.2e3. Figures
-``figure1.png`` (six examples, each in its 2-D output plane) and
-``whole_vector.png`` (the whole output vector projected on the segment and
-GD's largest excursion, and the residual against time).
+(worst example or the whole vector); GD's whole vector strays 0.30 / 0.37
+``||y - u(0)||`` from the segment (per example: median 0.29 / 0.34); both
+end at ``y`` (GD at the last drawn time to 7e-15 / 4e-15); cond(G) = 1.1e3 /
+5.2e3. Figures: ``figure1.png`` (six examples), ``whole_vector.png`` (the
+whole vector in the plane of the segment and GD's largest excursion).
 """
 
 from __future__ import annotations
@@ -80,15 +66,6 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _shown(labels: np.ndarray, count: int) -> list[int]:
-  """The first ``count // 2`` examples of class 0, then of class 1."""
-  half = count // 2
-  picked = []
-  for k, want in ((0, half), (1, count - half)):
-    picked += [int(i) for i in np.flatnonzero(labels == k)[:want]]
-  return picked
-
-
 def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   """The paths (one unit), the figures and the report's text."""
   ds = data.digits(classes=tuple(config.classes), targets="onehot",
@@ -96,7 +73,10 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   x, y = ds.x_train, ds.y_train
   model = models.two_layer_relu(config.width, out_dim=2, nu=config.nu)
   params0 = model.init(r.key("init"), x.shape[1])
-  shown = _shown(np.asarray(ds.labels_train), config.examples)
+  # Drawn: the first examples of class 0, then of class 1 (half each).
+  half, labels = config.examples // 2, np.asarray(ds.labels_train)
+  shown = [int(i) for k, want in ((0, half), (1, config.examples - half))
+           for i in np.flatnonzero(labels == k)[:want]]
   r.start_progress(1)
   res = r.unit("paths", lambda log: _paths(config, model, params0, x, y,
                                            shown, log))
@@ -108,17 +88,17 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
       "closed_form": res["closed_form_error"] <= tol,
   }
   text = (
-      f"max deviation from the straight segment u(0) -> y, relative: NGD "
-      f"{res['ngd_deviation_max']:.2g} (every example and the whole "
-      f"vector), GD {res['gd_deviation_vector']:.3g} (whole vector), per "
-      f"example median {res['gd_deviation_median']:.3g}, max "
-      f"{res['gd_deviation_examples_max']:.3g}; ||u(inf) - y|| / ||r0||: "
-      f"GD {res['gd_end']:.2g}, NGD {res['ngd_end']:.2g}; at the last "
-      f"drawn time GD {res['gd_end_drawn']:.2g} (digits "
-      f"{config.classes[0]} vs {config.classes[1]}, n={config.n_train}, "
-      f"m={config.width}, cond(G)={res['cond_G']:.3g})")
-  text += ("; sanity (identities, not checks): " + ", ".join(
-      f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
+      "max deviation from the straight segment u(0) -> y, relative: NGD "
+      "{ngd_deviation_max:.2g} (every example and the whole vector), GD "
+      "{gd_deviation_vector:.3g} (whole vector), per example median "
+      "{gd_deviation_median:.3g}, max {gd_deviation_examples_max:.3g}; "
+      "||u(inf) - y|| / ||r0||: GD {gd_end:.2g}, NGD {ngd_end:.2g}; at the "
+      "last drawn time GD {gd_end_drawn:.2g} (digits {classes[0]} vs "
+      "{classes[1]}, n={n_train}, m={width}, cond(G)={cond_G:.3g}); sanity "
+      "(identities, not checks): {sanity}").format(
+          **res, classes=config.classes, n_train=config.n_train,
+          width=config.width, sanity=", ".join(
+              f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
   expectation = (
       "{criteria}; sanity, not judged: NGD straight to round-off tol = "
       f"{config.roundoff_factor:g} N eps = {tol:.2g}, both end at y, GD "
@@ -127,8 +107,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
       {k: v for k, v in res.items() if not isinstance(v, list)}, text,
       expectation, figures,
       {"sanity": sanity, "shown_examples": shown,
-       "shown_labels": [int(ds.classes[k])
-                        for k in np.asarray(ds.labels_train)[shown]],
+       "shown_labels": [int(ds.classes[k]) for k in labels[shown]],
        "deviation_per_shown_example": {
            m: res[f"{m}_deviation_shown"] for m in METHODS}})
 
@@ -160,16 +139,15 @@ def _paths(config, model, params0, x, y, shown, log) -> dict[str, Any]:
   out: dict[str, Any] = {"lambda_max_G": lam_max, "lambda_min_G": lam_min,
                          "cond_G": lam_max / lam_min, "tol": tol,
                          "t_end": t_end, "r0_norm": r_norm}
-  paths = {}
+  paths, outputs = {}, {}
   for m in METHODS:
     res = np.asarray(linearized.residuals(g, r0, t, m), np.float64)
     out[f"{m}_end"] = float(np.linalg.norm(res[-1]) / r_norm)
     out[f"{m}_end_drawn"] = float(np.linalg.norm(res[-2]) / r_norm)
-    res = res[:-1]  # the drawn (finite) times
-    paths[m] = res
-    per_example = res.reshape(len(res), n, 2) + y64[None]
+    paths[m] = res = res[:-1]  # the drawn (finite) times
+    outputs[m] = u = res.reshape(len(res), n, 2) + y64[None]
     dev = np.array([
-        analysis.segment_deviation(per_example[:, i], u0_64[i], y64[i]).max()
+        analysis.segment_deviation(u[:, i], u0_64[i], y64[i]).max()
         / np.linalg.norm(y64[i] - u0_64[i]) for i in range(n)])
     vec = float(analysis.segment_deviation(res, r64, np.zeros_like(r64)).max()
                 / r_norm)
@@ -182,16 +160,14 @@ def _paths(config, model, params0, x, y, shown, log) -> dict[str, Any]:
   # The whole output vector in the plane of the segment (e1, towards y)
   # and of GD's largest excursion from it (e2).
   e1, e2 = analysis.excursion_plane(paths["gd"] - r64, -r64)
-  for m in METHODS:
-    res = paths[m]
-    u = res.reshape(len(res), n, 2) + y64[None]
+  for m, res in paths.items():
     moved = res - r64
     for k in range(len(res)):
       log(step=k, method=m, t=float(t[k]),
           residual_rel=float(np.linalg.norm(res[k]) / r_norm),
           proj_x=float(moved[k] @ e1 / r_norm),
           proj_y=float(moved[k] @ e2 / r_norm),
-          shown_u=u[k, shown].tolist())
+          shown_u=outputs[m][k, shown].tolist())
 
   # The drawn GD path against a dense matrix exponential.
   g64 = np.asarray(g, np.float64)
@@ -211,12 +187,8 @@ def _plot(r: Run, config, res, classes) -> list[str]:
   for m in METHODS:
     rows = sorted((rec for rec in records if rec["method"] == m),
                   key=lambda rec: rec["step"])
-    paths[m] = {
-        "u": np.array([rec["shown_u"] for rec in rows], float),
-        "proj": np.array([[rec["proj_x"], rec["proj_y"]] for rec in rows]),
-        "t": np.array([rec["t"] for rec in rows]),
-        "residual": np.array([rec["residual_rel"] for rec in rows]),
-    }
+    paths[m] = {k: np.array([rec[k] for rec in rows], float)
+                for k in ("shown_u", "proj_x", "proj_y", "t", "residual_rel")}
   u0 = np.asarray(res["shown_u0"])
   y = np.asarray(res["shown_y"])
   count = u0.shape[0]
@@ -227,13 +199,13 @@ def _plot(r: Run, config, res, classes) -> list[str]:
   for i in range(count):
     ax = fig.add_subplot(rows_, cols, i + 1)
     for m in METHODS:
-      ax.plot(paths[m]["u"][:, i, 0], paths[m]["u"][:, i, 1], lw=2,
-              label=_LABELS[m], **_STYLE[m])
+      ax.plot(*paths[m]["shown_u"][:, i].T, lw=2, label=_LABELS[m],
+              **_STYLE[m])
     ax.plot(*u0[i], "ko", ms=8, label="u(0) (random init)")
     ax.plot(*y[i], "*", color="C2", mec="black", ms=15, label="target y")
     ax.set_aspect("equal", adjustable="datalim")
-    ax.set_xlabel(f"output 1 (digit {classes[0]})")
-    ax.set_ylabel(f"output 2 (digit {classes[1]})")
+    ax.set(xlabel=f"output 1 (digit {classes[0]})",
+           ylabel=f"output 2 (digit {classes[1]})")
     label = classes[int(np.argmax(y[i]))]
     ax.set_title(f"example of digit {label}: off the line by GD "
                  f"{res['gd_deviation_shown'][i]:.2f}, NGD "
@@ -253,11 +225,12 @@ def _plot(r: Run, config, res, classes) -> list[str]:
                      top=0.88, wspace=0.25)
   ax = fig.add_subplot(1, 2, 1)
   for m in METHODS:
-    ax.plot(*paths[m]["proj"].T, lw=2, label=_LABELS[m], **_STYLE[m])
+    ax.plot(paths[m]["proj_x"], paths[m]["proj_y"], lw=2, label=_LABELS[m],
+            **_STYLE[m])
   ax.plot([0], [0], "ko", ms=8, label="u(0)")
   ax.plot([1], [0], "*", color="C2", mec="black", ms=15, label="y")
-  ax.set_xlabel("along y - u(0): <u(t) - u(0), y - u(0)> / ||y - u(0)||^2")
-  ax.set_ylabel("orthogonal (GD's largest excursion), / ||y - u(0)||")
+  ax.set(xlabel="along y - u(0): <u(t) - u(0), y - u(0)> / ||y - u(0)||^2",
+         ylabel="orthogonal (GD's largest excursion), / ||y - u(0)||")
   ax.set_title(f"whole output vector (R^{2 * config.n_train}): GD strays "
                f"{res['gd_deviation_vector']:.2f}, NGD "
                f"{res['ngd_deviation_vector']:.0e}", fontsize=9)
@@ -265,13 +238,11 @@ def _plot(r: Run, config, res, classes) -> list[str]:
   ax.legend(fontsize=8)
   ax = fig.add_subplot(1, 2, 2)
   for m in METHODS:
-    keep = (paths[m]["t"] > 0) & (paths[m]["residual"] > 1e-3 * config.decay)
-    ax.plot(paths[m]["t"][keep], paths[m]["residual"][keep], lw=2,
-            label=_LABELS[m], **_STYLE[m])
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  ax.set_xlabel("time t")
-  ax.set_ylabel("||u(t) - y|| / ||u(0) - y||")
+    t, res_rel = paths[m]["t"], paths[m]["residual_rel"]
+    keep = (t > 0) & (res_rel > 1e-3 * config.decay)
+    ax.plot(t[keep], res_rel[keep], lw=2, label=_LABELS[m], **_STYLE[m])
+  ax.set(xscale="log", yscale="log", xlabel="time t",
+         ylabel="||u(t) - y|| / ||u(0) - y||")
   ax.set_title(f"residual (cond(G) = {res['cond_G']:.3g})", fontsize=9)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)

@@ -1,22 +1,18 @@
 """C2: NGD with a general strongly convex, smooth loss (Theorem 2).
 
 MATH.md 2: for a loss ``l(u_i, y_i)`` that is ``mu``-strongly convex in
-``u`` with an ``L``-Lipschitz gradient, the update ``theta <- theta - eta
-J^T G^{-1} grad_u L(u)`` contracts ``||u(k+1) - y||^2 <= (1 - 2 eta mu L /
-(mu + L)) ||u(k) - y||^2`` when ``||P(k)||_2 <= C`` (Condition 2 with the
-same ``C`` gives it) and ``eta < 2 / (mu + L) * (1 - (1 + kappa) C) / (1 +
-C)^2``, ``kappa = L / mu`` (appendix eqn. 33). For wide nets ``C -> 0``
-and the step limit tends to ``2 / (mu + L)``.
+``u`` with an ``L``-Lipschitz gradient, NGD (``theta <- theta - eta J^T
+G^{-1} grad_u L(u)``) contracts ``||u(k+1) - y||^2 <= (1 - 2 eta mu L /
+(mu + L)) ||u(k) - y||^2`` under Condition 2 if ``eta < 2 / (mu + L) *
+(1 - (1 + kappa) C) / (1 + C)^2``, ``kappa = L / mu`` (appendix eqn. 33).
 
-The loss is ``losses.squared_log_cosh(alpha)``: ``l(e) = e^2 / 2 + alpha
-log cosh(e)``, ``mu = 1``, ``L = 1 + alpha``, not quadratic (NGD's output
-update is no longer a rescaling of the residual). Measured as C1 (the same
-sweep, ``C`` and checks, ``ngd_training.rate_checks``) with this loss,
-step sizes ``eta = f * 2 / (mu + L)`` for ``f`` in
-``config.eta_fractions`` and the bound ``b = 1 - 2 eta mu L / (mu + L)``.
-The measured ``C`` is below 1/3 (``kappa = 2``) only from widths ``~2^19``
-(``n = 8``), where the step limit is about ``0.23 * 2/(mu + L)``: hence
-``f = 0.1`` and widths up to ``2^20``.
+Measured as C1 (the same sweep, ``C`` and checks) with the loss
+``losses.squared_log_cosh(alpha)`` (``e^2 / 2 + alpha log cosh(e)``, ``mu =
+1``, ``L = 1 + alpha``, not quadratic) and ``eta = f * 2 / (mu + L)`` for
+``f`` in ``config.eta_fractions``. The measured ``C`` is below 1/3
+(``kappa = 2``) only from widths ``~2^19`` (``n = 8``), where the step
+limit is about ``0.23 * 2/(mu + L)``: hence ``f = 0.1`` and widths up to
+``2^20``.
 
 Small preset (about 35 s on 2 CPU cores); full run (6 min on 2 CPU cores
 shared at load ~12, estimated 3 min alone, most of it m = 2^20)::
@@ -26,11 +22,11 @@ shared at load ~12, estimated 3 min alone, most of it m = 2^20)::
 
 Seen (small / full; ``squared_log_cosh(1)``, bound ``1 - (4/3) eta``).
 Inside Theorem 2's hypotheses: 1 of 15 runs (m = 524288, eta = 0.067, C =
-0.178, max ratio 0.807 vs 0.911) / 6 of 56 runs (m = 262144 and 1048576,
-eta = 0.067 and 0.167, C = 0.14-0.19, max ratios 0.789-0.801 vs 0.911 and
+0.178, max ratio 0.807 vs 0.911) / 6 of 56 (m = 262144 and 1048576, eta =
+0.067 and 0.167, C = 0.14-0.19, max ratios 0.789-0.801 vs 0.911 and
 0.533-0.544 vs 0.778): the rate holds in every one. Outside them every
-ratio is within the bound from m = 8 on at n = 8; at ``eta = 0.6`` the
-ratios are 0.04 = ``(1 - 2 eta)^2``.
+ratio is within the bound from m = 8 on; at ``eta = 0.6`` the ratios are
+0.04 = ``(1 - 2 eta)^2``.
 """
 
 from __future__ import annotations
@@ -44,27 +40,20 @@ from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.n = 8  # training points on S^{d-1}
-  c.d = 10
-  c.nu = 1.0  # first-layer init scale
-  # Up to widths where the measured C < 1/3 (Theorem 2 at kappa = 2).
-  c.widths = (8, 64, 512, 4096, 16384, 262144, 1048576)
-  c.alpha = 1.0  # squared_log_cosh(alpha): mu = 1, L = 1 + alpha
-  # eta = f * 2 / (mu + L): Theorem 2's step limit as C -> 0 is f < 1; at
-  # C ~ 0.25 it is f < 0.17, hence f = 0.1.
-  c.eta_fractions = (0.1, 0.25, 0.5, 0.9)
-  c.reps = 2  # initialisations per width (shared by every eta)
-  c.num_steps = 8
-  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
-  c.ratio_rtol = 1e-9  # round-off allowance on ratio <= bound
-  return c
+  """The full run."""
+  return training.base_config(
+      n=8, reps=2, num_steps=8,
+      # Up to widths where the measured C < 1/3 (Theorem 2 at kappa = 2).
+      widths=(8, 64, 512, 4096, 16384, 262144, 1048576),
+      alpha=1.0,  # squared_log_cosh(alpha): mu = 1, L = 1 + alpha
+      # eta = f * 2 / (mu + L): Theorem 2's step limit as C -> 0 is f < 1;
+      # at C ~ 0.25 it is f < 0.17, hence f = 0.1.
+      eta_fractions=(0.1, 0.25, 0.5, 0.9),
+      ratio_rtol=1e-9)  # round-off allowance on ratio <= bound
 
 
 def _loss_and_etas(config):
-  loss = training.loss_for("squared_log_cosh", float(config.alpha))
+  loss = training.squared_log_cosh(float(config.alpha))
   return loss, [float(f) * 2.0 / (loss.mu + loss.L)
                 for f in config.eta_fractions]
 
@@ -88,8 +77,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
 
   rates = training.rate_sweep(
       r, config, etas, {eta: 1.0 - eta * factor for eta in etas}, theorem2,
-      name="Theorem 2", fmt=".3g", key_fmt=".4g", with_bound=True,
-      loss=loss,
+      name="Theorem 2", fmt=".3g", key_fmt=".4g", with_bound=True, loss=loss,
       # eta = f * 2 / (mu + L) is rarely short: name it by 6 digits.
       key=lambda m, s, eta: unit_key(width=m, rep=s, eta=f"{eta:.6g}"))
   measured = {"loss": loss.name, "mu": mu, "L": lip, "rate_factor": factor,

@@ -2,92 +2,52 @@
 true from random labels and grows with label noise (Theorem 6).
 
 MATH.md 3, Theorem 6: with probability ``1 - delta`` the population loss of
-the network trained to fit ``y`` (a loss bounded in ``[0, 1]`` and
-1-Lipschitz, e.g. the ramp loss, which bounds the 0-1 error) is at most
+the network trained to fit ``y`` (a loss in ``[0, 1]``, 1-Lipschitz, e.g.
+the ramp loss, which bounds the 0-1 error) is at most
 
     sqrt(2 y^T G_inf^{-1} y / n) + 3 sqrt(log(6 / delta) / (2 n)) + eps.
 
-The data-dependent first term (``ngdjax.diagnostics.generalization_measure``)
-is small when ``y`` lies along the top eigenvectors of ``G_inf`` (labels the
-kernel finds smooth) and large for labels it cannot predict: random labels,
-or true labels with a fraction flipped.
+Data: scikit-learn's 8x8 digits 4 vs 9 (``+-1`` targets). Label noise flips
+exactly ``round(p n)`` training labels, random labels draw each uniformly,
+test labels stay true (Zhang et al. 2017); repetition ``rep`` uses seed
+``seed + rep``. Flipping ``p`` and ``1 - p`` give mirror images (``y ->
+-y``, which leaves the measure unchanged), so the sweep is ``p`` in ``[0,
+1/2]``; ``p = 1`` checks the invariance. ``"centred"`` inputs subtract the
+pixels' training mean before normalising the rows (raw pixels are
+non-negative: mean cosine 0.71), ``"raw"`` do not; the first preprocessing
+is judged (whole sweep), the others reported (true and random labels).
 
-Data: scikit-learn's 8x8 digits 4 vs 9 (``ngdjax.data.digits``: unit rows,
-``+-1`` targets, stratified split with ``test_fraction`` held out, ``n_train``
-training examples). Label noise flips exactly ``round(p n)`` training labels;
-random labels draw every training label uniformly; the test labels are
-always the true ones (Zhang et al. 2017's protocol). Each repetition ``rep``
-uses ``seed + rep`` for the split, the subsample and the corruption; within
-a repetition every condition shares the inputs.
+Measured per condition and repetition: the measure, the bound (without
+``eps``), the test error of the infinite-width net trained to zero loss from
+``u(0) = 0`` (the kernel interpolant ``G_inf(x, X) G_inf^{-1} y``, MATH.md
+6), and a finite ``two_layer_relu(width)`` trained by exact NGD: its errors
+and Theorem 6's finite-width chain (Lemmas 11 and 12, eqn. 72).
 
-For two classes, flipping a fraction ``p`` and ``1 - p`` of the labels give
-label vectors that are mirror images in distribution (``y -> -y``), and the
-measure is invariant under ``y -> -y``. So the noise sweep over which the
-measure should grow is ``p`` in ``[0, 1/2]`` (at ``p = 1/2`` the labels are
-independent of the images, as with random labels); ``p = 1`` (every label
-flipped, exactly ``-y``) is measured as a check of that invariance, and its
-test error against the true labels is the mirror of the clean one.
+Changed after the first measurement: the judged test errors were the finite
+net's (m = 2048, NGD at ``eta = 1``, 10 steps), every run required to
+interpolate; at ``p = 0.2, 0.5`` and random labels NGD diverges (residual
+1.6 .. 15 ``||y||``; also at smaller ``eta``, with damping, at m = 8192), as
+the theory predicts (the weights must move ``sqrt(r^T G^{-1} r)``, 6 times
+more for noisy labels). The judged errors are now the infinite-width net's.
 
-Measured, for each condition (``label_noise`` fractions and random labels)
-and repetition: the measure and the Theorem 6 bound with ``delta`` (without
-``eps``); the 0-1 test error (true test labels) of the net in the theorem's
-regime, the infinite-width two-layer net trained to zero loss from ``u(0) =
-0``: the kernel interpolant ``u(x) = G_inf(x, X) G_inf^{-1} y``
-(``ngdjax.linearized.predict`` at ``t = inf`` with the cross-kernel
-``relu_gram_inf(x_test, x)``; MATH.md 6); a finite net,
-``two_layer_relu(width)`` trained by exact NGD (``eta = ngd_lr``,
-``train_steps`` steps) from a random initialisation: its relative training
-residual ``||u - y|| / ||y||``, training and test errors, and Theorem 6's
-finite-width chain: Lemma 11's per-neuron distance ``max_r ||w_r - w_r(0)||
-<= 4 sqrt(n) ||y - u(0)|| / (sqrt(m) lambda_0)``, Lemma 12's total distance
-against the infinite-width one ``sqrt(r0^T G_inf^-1 r0)`` (eqn. 72, ``r0 =
-y - u(0)``; the lemma writes ``y^T G_inf^-1 y``, also reported).
-
-Inputs: the raw 8x8 pixels are non-negative, so unit rows have mean cosine
-0.71 and the +-1 labels fall in ``G_inf``'s small eigen-directions;
-``preprocessing = "centred"`` subtracts the training mean of the pixels
-before normalising the rows, ``"raw"`` normalises the raw pixels. The
-checks (``checks``) judge the first preprocessing (the whole sweep); the
-others are reported (true and random labels). A Theorem 6 bound >= 1
-cannot be broken by a loss in ``[0, 1]``, so ``bound_holds`` FAILs rather
-than passing vacuously. Observation without a criterion
-(``details["observations"]``): whether the finite net fits, per condition.
-
-Changed after the first measurement (stated so that it is not hidden): the
-first version took the test errors from the finite net alone (small preset:
-m = 2048, NGD at ``eta = 1``, 10 steps) and required every run to
-interpolate. With true labels (and ``p = 1``) it does (residual below
-1e-15, test error 0.0, 0.99-1.0 for ``p = 1``); with ``p = 0.2, 0.5`` and
-random labels NGD diverges (final residual 1.6 .. 15 ``||y||``; 0.21 ..
-0.58 after 60 steps at ``eta = 0.5``, ``0.25`` or with Levenberg-Marquardt
-damping; m = 8192 diverges as well). That is the theory's own prediction:
-the weights must move ``sqrt(r^T G^{-1} r)`` (``r = u(0) - y``; for ``u(0)
-= 0`` the measure times ``sqrt(n / 2)``, about 6 times larger for noisy
-labels), so the width Theorem 3 needs grows with the measure. The judged
-test errors are therefore the infinite-width net's, the object of Theorem
-6; the finite net is reported beside them.
-
-Small preset (20-30 s on 2 shared CPU cores standalone, of which about 5 s
-import scikit-learn; 9 s inside reproduce; n = 256, n_test = 90, label
-noise 0, 0.2, 0.5, 1 and random labels, 3 repetitions, finite net m =
-1024); full (about 45 s; noise 0, 0.1, .., 0.5, 1, m = 4096)::
+Small preset (20-30 s on 2 shared CPU cores, 5 s of it importing
+scikit-learn; n = 256, n_test = 90, label noise 0, 0.2, 0.5, 1 and random,
+3 repetitions, m = 1024); full (about 45 s; noise 0, 0.1, .., 0.5, 1, m =
+4096)::
 
   python -m experiments.generalization \
       --config=configs/generalization.py:small \
       --workdir=/tmp/ngdjax/C9_small
 
-Seen (small preset, float64, mean of 3 repetitions). Centred inputs
-(judged): the measure is 0.736 with true labels, 3.46 / 4.15 at p = 0.2 /
-0.5, 4.20 with random labels, 0.736 at p = 1; kernel test error 0.004,
-0.156, 0.544, 0.448 (random). Theorem 6's bound for true labels is about
-1.00 (delta = 0.1): at or above 1, so ``bound_holds`` FAILs. The finite net
-(m = 1024, NGD eta = 1, 10 steps) fits the true labels in 3 of 3
-repetitions (test error 0.00); Lemma 11's per-neuron distance is at most
-0.00084 of its bound, and ``||w - w(0)|| / sqrt(r0^T G_inf^-1 r0)`` is
-1.08-1.09 (1.9-2.0 against the lemma's ``sqrt(y^T G_inf^-1 y)``, which
-ignores ``u(0)``). Raw inputs (reported): measure 1.11 true / 6.42 random,
-bound 1.41, Lemma 12 ratio 1.30-1.48. Figures measure.png, test_error.png,
-training_residual.png.
+Seen (small, mean of 3 repetitions). Centred (judged): measure 0.736 true,
+3.46 / 4.15 at p = 0.2 / 0.5, 4.20 random, 0.736 at p = 1; kernel test
+error 0.004, 0.156, 0.544, 0.448 (random). The bound for true labels is
+about 1.00 (delta = 0.1), which a loss in ``[0, 1]`` cannot break, so
+``bound_holds`` FAILs rather than pass vacuously. The finite net fits the
+true labels in 3 of 3 repetitions (test error 0.00); Lemma 11's distance is
+at most 0.00084 of its bound; Lemma 12's ratio is 1.08-1.09 (1.9-2.0
+against ``sqrt(y^T G_inf^-1 y)``, which ignores ``u(0)``). Raw (reported):
+measure 1.11 true / 6.42 random, bound 1.41, Lemma 12 ratio 1.30-1.48.
 """
 
 from __future__ import annotations
@@ -129,21 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.delta = 0.1  # Theorem 6's failure probability (the bound's 2nd term)
   c.fit_tol = 1e-3  # finite net fits if ||u - y|| <= this ||y||
   c.min_error_gap = 0.1  # test_error_grows
-  # Inputs: "centred" subtracts the training mean of the raw pixels before
-  # the rows are normalised, "raw" normalises the raw (non-negative)
-  # pixels. The first is judged (the whole sweep); the others are reported
-  # (true and random labels).
-  c.preprocessing = ("centred", "raw")
-  # Lemma 12 / eqn. (72): ||w - w(0)|| within this of sqrt(r0^T G_inf^-1 r0).
-  c.lemma12_rtol = 0.1
+  c.preprocessing = ("centred", "raw")  # the first is judged
+  c.lemma12_rtol = 0.1  # Lemma 12 (eqn. 72): ||w - w(0)|| within this
   return c
-
-
-@functools.lru_cache(maxsize=16)
-def _model(width: int, nu: float) -> models.Model:
-  # One Model per (width, nu): a static argument of _train, so reruns and
-  # every condition reuse its compiled code.
-  return models.two_layer_relu(width, nu=nu)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
@@ -167,28 +115,14 @@ def _conditions(config) -> list[str]:
   return [f"noise={float(p):g}" for p in config.label_noise] + [RANDOM]
 
 
-def _units(config) -> list[tuple[str, str, int]]:
-  """``(prep, condition, rep)``: the whole sweep for the judged (first)
-  preprocessing, true and random labels for the others."""
-  preps = list(config.preprocessing)
-  out = [(preps[0], c, rep) for rep in range(config.reps)
-         for c in _conditions(config)]
-  for prep in preps[1:]:
-    out += [(prep, c, rep) for rep in range(config.reps)
-            for c in (TRUE, RANDOM)]
-  return out
-
-
 def _inputs(ds, prep: str):
   """Training and test inputs: unit rows of the raw or centred pixels."""
-  x, x_test = np.asarray(ds.x_train, np.float64), np.asarray(ds.x_test,
-                                                              np.float64)
+  x, x_test = (np.asarray(a, np.float64) for a in (ds.x_train, ds.x_test))
   if prep == "centred":
     mean = x.mean(axis=0, keepdims=True)
     x, x_test = x - mean, x_test - mean
-  dtype = ds.y_train.dtype
-  return (jnp.asarray(normalize_rows(x), dtype),
-          jnp.asarray(normalize_rows(x_test), dtype))
+  return tuple(jnp.asarray(normalize_rows(a), ds.y_train.dtype)
+               for a in (x, x_test))
 
 
 def _sweep(config) -> list[float]:
@@ -204,24 +138,28 @@ def _validate(config) -> None:
 
 
 def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
-  """One unit per (preprocessing, labels, repetition); the figures."""
-  model = _model(int(config.width), float(config.nu))
-  units = _units(config)
+  """One unit per (preprocessing, labels, repetition): the whole sweep for
+  the judged (first) preprocessing, true and random labels for the others;
+  the figures."""
+  # Equal models hash equal, so reruns reuse _train's compiled code.
+  model = models.two_layer_relu(int(config.width), nu=float(config.nu))
+  first, *others = config.preprocessing
+  units = ([(first, c, rep) for rep in range(config.reps)
+            for c in _conditions(config)]
+           + [(prep, c, rep) for prep in others for rep in range(config.reps)
+              for c in (TRUE, RANDOM)])
   r.start_progress(len(units), interval_s=2.0)
-  results = [
-      r.unit(unit_key(prep=prep, rep=rep, labels=c),
-             functools.partial(_unit, r, config, model, prep, c, rep))
-      for prep, c, rep in units
-  ]
+  results = [r.unit(unit_key(prep=prep, rep=rep, labels=c),
+                    functools.partial(_unit, r, config, model, prep, c, rep))
+             for prep, c, rep in units]
   return _summarise(r, config, results)
 
 
 def _unit(r: Run, config, model, prep, condition, rep,
           log) -> dict[str, Any]:
-  if condition == RANDOM:
-    options = {"random_labels": True}
-  else:
-    options = {"label_noise": float(condition.split("=")[1])}
+  noise = None if condition == RANDOM else float(condition.split("=")[1])
+  options = ({"random_labels": True} if noise is None
+             else {"label_noise": noise})
   ds = data.digits(classes=tuple(config.classes), targets="pm1",
                    test_fraction=config.test_fraction,
                    seed=int(config.seed) + rep, n_train=config.n_train,
@@ -251,7 +189,6 @@ def _unit(r: Run, config, model, prep, condition, rep,
   # r0), r0 = y - u(0); and the lemma's sqrt(y^T G_inf^-1 y).
   kernel_distance_r0 = float(diagnostics.generalization_measure(
       x, y - u0, g_inf)) * math.sqrt(n / 2)
-  kernel_distance_y = measure * math.sqrt(n / 2)
   # Lemma 11: max_r ||w_r - w_r(0)|| <= 4 sqrt(n) ||y - u(0)|| / (sqrt(m)
   # lambda_0).
   lemma11 = (4 * math.sqrt(n) * float(jnp.linalg.norm(y - u0))
@@ -259,25 +196,20 @@ def _unit(r: Run, config, model, prep, condition, rep,
   norms = np.asarray(norms, np.float64)
   y_norm = float(jnp.linalg.norm(y))
   fit = float(jnp.linalg.norm(u_train - y)) / y_norm
-  for k, v in enumerate(norms):
-    log(step=k, rep=rep, labels=condition, prep=prep,
-        residual_rel=float(v / y_norm))
-  log(step=len(norms), rep=rep, labels=condition, prep=prep,
-      residual_rel=fit)
-  train_error = float(jnp.mean(jnp.sign(u_train) != y))
-  test_error = float(jnp.mean(jnp.sign(u_test) != ds.y_test))
+  for k, v in enumerate([float(s / y_norm) for s in norms] + [fit]):
+    log(step=k, rep=rep, labels=condition, prep=prep, residual_rel=v)
   second = 3 * math.sqrt(math.log(6 / config.delta) / (2 * n))
   return {
       "prep": prep, "labels": condition, "rep": rep, "lambda_0": lam0,
       "neuron_distance_max": float(neuron_max), "lemma11_bound": lemma11,
       "distance": float(distance), "kernel_distance_r0": kernel_distance_r0,
-      "kernel_distance_y": kernel_distance_y,
-      "noise": None if condition == RANDOM else options["label_noise"],
+      "kernel_distance_y": measure * math.sqrt(n / 2), "noise": noise,
       "wrong_labels": float(np.mean(ds.labels_train
                                     != ds.clean_labels_train)),
       "measure": measure, "bound": measure + second,
       "test_error_inf": test_error_inf, "fit": fit,
-      "train_error": train_error, "test_error": test_error,
+      "train_error": float(jnp.mean(jnp.sign(u_train) != y)),
+      "test_error": float(jnp.mean(jnp.sign(u_test) != ds.y_test)),
       "n_train": n, "n_test": int(ds.x_test.shape[0]),
   }
 
@@ -354,12 +286,14 @@ def _chain(config, runs) -> dict[str, Any]:
 
 
 def _summarise(r: Run, config, all_results) -> Outcome:
+  from scipy.stats import spearmanr  # 0.5 s to import: only when needed
+
   primary = config.preprocessing[0]
   results = [u for u in all_results if u["prep"] == primary]
   conds = _conditions(config)
 
-  def values(condition, key):
-    return np.array([u[key] for u in results if u["labels"] == condition])
+  def values(condition, key, runs=results):
+    return np.array([u[key] for u in runs if u["labels"] == condition])
 
   def per(key, reduce=np.mean):
     return {c: float(reduce(values(c, key))) for c in conds}
@@ -372,8 +306,8 @@ def _summarise(r: Run, config, all_results) -> Outcome:
   # p = 1 is left out of the rank correlation: its labels are the mirror
   # image of the true ones, so its error against the true labels is ~1.
   ranked = [u for u in results if u["labels"] != "noise=1"]
-  rank = _spearman([u["measure"] for u in ranked],
-                   [u["test_error_inf"] for u in ranked])
+  rank = float(spearmanr([u["measure"] for u in ranked],
+                         [u["test_error_inf"] for u in ranked]).statistic)
   measured = {
       "conditions": conds,
       "measure_mean": list(mean_measure.values()),
@@ -384,8 +318,7 @@ def _summarise(r: Run, config, all_results) -> Outcome:
       "finite_net_fit_max": list(per("fit", np.max).values()),
       "bound_true_labels": float(values(TRUE, "bound").mean()),
       "spearman_measure_vs_test_error": rank,
-      "n_train": results[0]["n_train"],
-      "n_test": results[0]["n_test"],
+      "n_train": results[0]["n_train"], "n_test": results[0]["n_test"],
       "preprocessing": primary,
       "separation_gap": float(values(RANDOM, "measure").min()
                               - values(TRUE, "measure").max()),
@@ -399,14 +332,11 @@ def _summarise(r: Run, config, all_results) -> Outcome:
   for prep in config.preprocessing[1:]:
     runs = [u for u in all_results if u["prep"] == prep]
     ch = _chain(config, runs)
-
-    def mean(key, labels, runs=runs):
-      return float(np.mean([u[key] for u in runs if u["labels"] == labels]))
-
     others[prep] = {
-        "measure_true_mean": mean("measure", TRUE),
-        "measure_random_mean": mean("measure", RANDOM),
-        "test_error_inf_true_mean": mean("test_error_inf", TRUE),
+        "measure_true_mean": float(values(TRUE, "measure", runs).mean()),
+        "measure_random_mean": float(values(RANDOM, "measure", runs).mean()),
+        "test_error_inf_true_mean": float(
+            values(TRUE, "test_error_inf", runs).mean()),
         **{k: ch[k] for k in ("bound_true_labels_max",
                               "finite_fitted_true_runs",
                               "lemma11_ratio_all_max", "lemma12_ratio_all")},
@@ -436,9 +366,8 @@ def _summarise(r: Run, config, all_results) -> Outcome:
       f"random) {rank:.2f}; "
       f"finite net (m={config.width}, NGD eta={config.ngd_lr:g}, "
       f"{config.train_steps} steps): fits "
-      + ", ".join(f"{c.replace('noise=', 'p=')}: {'yes' if v else 'no'}"
-                  for c, v in fits.items())
-      + f", test error {fmt(mean_error_net, '.2f')} (digits "
+      f"{fmt({c: 'yes' if v else 'no' for c, v in fits.items()}, 's')}"
+      f", test error {fmt(mean_error_net, '.2f')} (digits "
       f"{config.classes[0]} vs {config.classes[1]}, "
       f"n={measured['n_train']}, n_test={measured['n_test']})")
   if "flip_all_relative_gap" in measured:
@@ -462,28 +391,28 @@ def _summarise(r: Run, config, all_results) -> Outcome:
                           "runs": all_results})
 
 
-def _spearman(a, b) -> float:
-  """Rank correlation (average ranks for ties)."""
-  from scipy.stats import spearmanr  # 0.5 s to import: only when needed
-
-  value = spearmanr(a, b).statistic
-  return float(value) if np.isfinite(value) else float("nan")
-
-
 def _plot(r: Run, config) -> list[str]:
   """Figures from ``metrics.jsonl`` (so they can be redrawn from files)."""
   primary = config.preprocessing[0]
   records = [rec for rec in r.records()
              if rec.get("prep", primary) == primary]
   units = [rec for rec in records if "measure" in rec]
-  sweep = _sweep(config)
-  figures = []
-  for key, ylabel, fname, extra in (
-      ("measure", "sqrt(2 y^T G_inf^{-1} y / n)", "measure.png", None),
-      ("test_error_inf", "test error (true test labels)", "test_error.png",
-       (0.5, "chance (0.5)"))):
-    noisy = [rec for rec in units if rec["labels"] != RANDOM]
-    xs = np.array([rec["noise"] for rec in noisy])
+  noisy = [rec for rec in units if rec["labels"] != RANDOM]
+  xs = np.array([rec["noise"] for rec in noisy])
+  n = units[0]["n_train"]
+  second = 3 * math.sqrt(math.log(6 / config.delta) / (2 * n))
+  net_x, net_mean, _, _ = plots.mean_by_x(
+      xs, np.array([plots.as_float(rec["test_error"]) for rec in noisy]))
+  net = plots.Series(net_x, net_mean, f"finite net, m={config.width}, NGD "
+                     f"{config.train_steps} steps (mean)", "dashed",
+                     color="C7")
+  for fname, key, ylabel, title, hlines, extra in (
+      ("measure.png", "measure", "sqrt(2 y^T G_inf^{-1} y / n)",
+       f"C9: Theorem 6's measure on digits {config.classes[0]} vs "
+       f"{config.classes[1]} (n={n}; bound adds {second:.2f})", [], []),
+      ("test_error.png", "test_error_inf", "test error (true test labels)",
+       "C9: test error of the infinite-width net trained to zero loss "
+       "(kernel interpolant)", [(0.5, "chance (0.5)")], [net])):
     ys = np.array([plots.as_float(rec[key]) for rec in noisy])
     in_sweep = xs <= 0.5
     ux, mean, std, _ = plots.mean_by_x(xs[in_sweep], ys[in_sweep])
@@ -501,48 +430,29 @@ def _plot(r: Run, config) -> list[str]:
       series.append(plots.Series(
           [1.0], [ys[xs == 1.0].mean()],
           "p = 1: every label flipped (y -> -y)", "line", color="C2"))
-    if key == "test_error_inf":
-      net = np.array([plots.as_float(rec["test_error"]) for rec in noisy])
-      ux2, mean2, _, _ = plots.mean_by_x(xs, net)
-      series.append(plots.Series(
-          ux2, mean2, f"finite net, m={config.width}, NGD "
-          f"{config.train_steps} steps (mean)", "dashed", color="C7"))
-    if key == "measure":
-      bound_second = 3 * math.sqrt(math.log(6 / config.delta)
-                                   / (2 * units[0]["n_train"]))
-      title = (f"C9: Theorem 6's measure on digits {config.classes[0]} vs "
-               f"{config.classes[1]} (n={units[0]['n_train']}; bound adds "
-               f"{bound_second:.2f})")
-    else:
-      title = ("C9: test error of the infinite-width net trained to zero "
-               "loss (kernel interpolant)")
-    plots.line_plot(r.path(fname), series,
+    plots.line_plot(r.path(fname), series + extra,
                     xlabel="fraction p of training labels flipped",
                     ylabel=ylabel, title=title,
-                    xticks=sorted(set(sweep) | {1.0}),
-                    hlines=[extra] if extra else [])
-    figures.append(fname)
+                    xticks=sorted(set(_sweep(config)) | {1.0}),
+                    hlines=hlines)
 
+  curves = plots.series_from_records(records, "step", "residual_rel",
+                                     group="labels")
   series = []
   for i, cond in enumerate(_conditions(config)):
-    where = (lambda rec, cond=cond: rec.get("labels") == cond
-             and "residual_rel" in rec)
-    (xs, ys), = plots.series_from_records(records, "step", "residual_rel",
-                                          where=where).values()
-    ux, mean, _, _ = plots.mean_by_x(xs, ys)
+    ux, mean, _, _ = plots.mean_by_x(*curves[cond])
     keep = mean > 0
     series.append(plots.Series(ux[keep], mean[keep],
                                cond.replace("noise=", "noise p="),
                                color=f"C{i}"))
-  fname = "training_residual.png"
-  plots.line_plot(r.path(fname), series, xlabel="NGD step k",
+  plots.line_plot(r.path("training_residual.png"), series,
+                  xlabel="NGD step k",
                   ylabel="||u(k) - y|| / ||y|| (mean over repetitions)",
                   title=f"C9: the finite nets trained by NGD (eta="
                   f"{config.ngd_lr:g}, m={config.width}): observation",
                   logy=True,
                   hlines=[(config.fit_tol, f"fit_tol {config.fit_tol:g}")])
-  figures.append(fname)
-  return figures
+  return ["measure.png", "test_error.png", "training_residual.png"]
 
 
 SPEC = Experiment(

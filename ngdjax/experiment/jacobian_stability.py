@@ -1,22 +1,17 @@
 """C4: the Jacobian barely moves during NGD training of a wide net (Lemma 7).
 
-MATH.md 3, Lemma 7: with probability ``1 - delta``, for every ``w`` with
-``||w - w(0)|| <= R``, ``||J(w) - J(0)||_2^2 <= 2 n R^{2/3} / (nu^{2/3}
-delta^{2/3} m^{1/3})``, so at a fixed radius the bound decays like
-``m^{-1/6}``. For NGD the radius ``||w(k) - w(0)||`` does not grow with the
-width (Lemma 3), so the measured change should decay at least that fast
-(the bound is a worst case over the ball). Condition 2 asks ``||J -
+MATH.md 3, Lemma 7: with probability ``1 - delta``, ``||J(w) - J(0)||_2^2
+<= 2 n R^{2/3} / (nu^{2/3} delta^{2/3} m^{1/3})`` for every ``w`` with
+``||w - w(0)|| <= R``: ``m^{-1/6}`` at a fixed radius, and NGD's radius
+does not grow with the width (Lemma 3). Condition 2 asks ``||J -
 J(0)||_2 <= (C/3) sqrt(lambda_min(G(0)))`` with ``C < 1/2``.
 
-Measured per width and repetition (fresh ``W``, fixed data on the sphere),
-NGD as in C3 (``eta = config.learning_rate``) with ``||J(k) - J(0)||_2``
-(exact: the top eigenvalue of ``(X X^T) * (dS dS^T) / m``) and ``||w(k) -
-w(0)||`` at every iterate; the checks judge ``D = max_k ||J(k) -
-J(0)||_2`` against the bound at ``R_meas = max_k ||w(k) - w(0)||``.
-Reported beside them: the bound at the theory's radius ``R = 3 ||y - u(0)||
-/ sqrt(lambda_min(G(0)))``, Condition 2's threshold
-``sqrt(lambda_min(G(0))) / 6`` (``C = 1/2``) and the width where the
-fitted law would reach it (an extrapolation).
+Measured per width and repetition, NGD as in C3: ``D = max_k ||J(k) -
+J(0)||_2`` (exact: the top eigenvalue of ``(X X^T) * (dS dS^T) / m``)
+against the bound at ``R_meas = max_k ||w(k) - w(0)||``; reported beside
+them, the bound at the theory's radius ``3 ||y - u(0)|| /
+sqrt(lambda_min(G(0)))``, Condition 2's threshold ``sqrt(lambda_min(G(0)))
+/ 6`` and the width where the fitted law would reach it (an extrapolation).
 
 Small preset (about 20 s on 2 CPU cores); full run (about 2 min, most of it
 m = 16384)::
@@ -50,19 +45,11 @@ from ngdjax.experiment.runner import Experiment, Outcome, Run
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.n = 32  # training points on S^{d-1}
-  c.d = 10
-  c.nu = 1.0  # first-layer init scale
-  c.widths = (16, 64, 256, 1024, 4096, 16384)
-  c.reps = 3  # initialisations per width
-  c.learning_rate = 0.5
-  c.num_steps = 10
-  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
-  c.delta = 0.1  # Lemma 7's failure probability
-  return c
+  """The full run."""
+  return training.base_config(
+      n=32, reps=3, num_steps=10,
+      widths=(16, 64, 256, 1024, 4096, 16384), learning_rate=0.5,
+      delta=0.1)  # Lemma 7's failure probability
 
 
 # Lemma 7 is a probability bound at any width (no Condition 2 needed): the
@@ -82,16 +69,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   x, y = data.sphere(config.n, config.d, seed=r.key("data"))
   nu, delta = float(config.nu), float(config.delta)
 
-  def one(m, s, log):
-    model, params0 = training.init_net(r, config, m, s)
-    t = training.train(model, params0, x, y,
-                       learning_rate=float(config.learning_rate),
-                       num_steps=config.num_steps,
-                       residual_floor=config.residual_floor,
-                       jacobian=True, log=log, width=m, rep=s)
-    lam_g0 = t["lambda_min_G"][0]
-    r_meas = max(t["distance"])
-    u0 = model.apply(params0, x)
+  def one(m, s, u0, t):
+    lam_g0, r_meas = t["lambda_min_G"][0], max(t["distance"])
     r_theory = (float(diagnostics.distance_bound(y, u0, lam_g0))
                 if lam_g0 > 0 else math.inf)
     d_max = max(t["jacobian_change"])
@@ -111,7 +90,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
         "power_iteration_converged": all(t["jacobian_converged"])}
 
   # The per-iterate measurements cost n^2 m (structured ||J - J(0)||).
-  results = training.sweep(r, config, one, work_width=1024.0)
+  results = training.sweep(r, config, x, y, one, work_width=1024.0,
+                           jacobian=True)
   ws = np.array([u["width"] for u in results], float)
   fit = diagnostics.fit_power_law(
       ws, np.array([u["jacobian_change_max"] for u in results]))
@@ -132,14 +112,13 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
       "widest_width": widest,
       "jacobian_change_at_widest": max(u["jacobian_change_max"]
                                        for u in wide),
-      "lemma7_bound_at_widest": min(u["lemma7_bound"] for u in wide),
-      "lemma7_bound_theory_radius_at_widest": min(
-          u["lemma7_bound_theory_radius"] for u in wide),
+      **{f"{k}_at_widest": reduce(u[k] for u in wide) for k, reduce in (
+          ("lemma7_bound", min), ("lemma7_bound_theory_radius", min),
+          ("C", max))},
       "max_ratio_to_lemma7": max(u["jacobian_change_max"] / u["lemma7_bound"]
                                  for u in results),
       "runs_above_lemma7": int(len(below) - sum(below)),
       "condition2_threshold_at_widest": threshold,
-      "C_at_widest": max(u["C"] for u in wide),
       "extrapolated_condition2_width": m_cond2,
       "power_iteration_converged": all(u["power_iteration_converged"]
                                        for u in results),
@@ -170,8 +149,8 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
 def _plot(r: Run, config, results, fit) -> list[str]:
   """Figures from ``metrics.jsonl`` and the units."""
   widths = sorted({u["width"] for u in results})
-  plots.line_plot(
-      r.path("jacobian_change.png"),
+  training.width_figure(
+      r, "jacobian_change.png",
       plots.runs_and_mean(results, "width", "jacobian_change_max", None,
                           "max_k ||J(k) - J(0)||_2 (mean over reps)")[0]
       + [training.fit_series(results, fit),
@@ -180,16 +159,11 @@ def _plot(r: Run, config, results, fit) -> list[str]:
          training.mean_series(results, "condition2_threshold",
                               "Condition 2 with C = 1/2: "
                               "sqrt(lambda_min(G(0))) / 6", "C2")],
-      xlabel="width m", ylabel="||J(k) - J(0)||_2",
-      title=f"C4: Jacobian change along NGD (n={config.n}, d={config.d})",
-      logx=True, logy=True, xticks=widths)
-  plots.line_plot(
-      r.path("jacobian_path.png"),
-      training.path_series(r.records(), "jacobian_change", widths,
-                           first_step=1),
-      xlabel="NGD step k", ylabel="||J(k) - J(0)||_2",
-      title=f"C4: along training (eta={config.learning_rate:g}, rep 0)",
-      logy=True)
+      widths, ylabel="||J(k) - J(0)||_2",
+      title=f"C4: Jacobian change along NGD (n={config.n}, d={config.d})")
+  training.path_figure(
+      r, config, "C4", "jacobian_path.png", "jacobian_change", widths,
+      first_step=1, ylabel="||J(k) - J(0)||_2", logy=True)
   return ["jacobian_change.png", "jacobian_path.png"]
 
 

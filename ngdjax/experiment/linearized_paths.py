@@ -9,31 +9,17 @@ the two-layer ReLU net frozen at ``w(0)``, ``G = J J^T`` and
     NGD:  u(t) - y = exp(-t) r0,    w(t) - w(0) = -(1 - exp(-t)) J^T G^{-1} r0
 
 (discrete steps: ``(I - eta G)^k`` and ``(1 - eta)^k``). Both end at
-``w* = -J^T G^{-1} r0 = -pinv(J) r0``, the minimum-norm least-squares
-solution; NGD's output path (and weight path) is the straight segment to the
-end point, GD's is not; NGD with ``eta = 1`` has ``u(1) = y``.
+``w* = -pinv(J) r0``, the minimum-norm least-squares solution; NGD's paths
+are straight segments, GD's are not; NGD at ``eta = 1`` has ``u(1) = y``.
 
 Measured on ``n`` points uniform on the sphere with Gaussian targets, for
-the flows and for discrete steps (GD: ``eta = gd_lr / lambda_max(G)``;
-NGD: ``eta = ngd_lr``), all from ``ngdjax.linearized``: the end points
-``w(inf) - w(0)`` of all four, and ``min_norm_solution``, against
-``-numpy.linalg.pinv(J) r0``; GD's weight path's largest distance from
-NGD's (the segment ``[0, w*]``), and the largest same-time gap, relative to
-``||w*||``; the largest distance of ``u(t)`` from the segment ``[u(0),
-y]``, relative to ``||r0||``; for NGD at ``eta = 1``, ``||u(1) - y|| /
-||r0||`` from the closed form and from one step of ``ngdjax.optim.ngd`` on
-the linearised model; the closed forms against dense references
-(``scipy.linalg.expm(-G t) r0``, ``explicit_steps`` numpy iterations). An
-extra without a criterion: the real network trained by ``real_steps``
-exact NGD steps (``eta = real_lr``) against the linearised prediction; the
-theory only says their gap vanishes as the width grows.
-
-The checks (``checks``) use the round-off tolerance ``tol =
-roundoff_factor * eps * cond(G)`` (``eps`` of the compute dtype; errors of
-solves with ``G`` scale with ``eps cond(G)``). Sanity details, not claim
-checks (``details["sanity"]``): NGD's linearised output path is straight
-by construction (``ngd_straight``), and the closed forms agree with dense
-references (``closed_forms``); both restate identities.
+the flows and discrete steps of ``ngdjax.linearized``, against dense numpy
+references, to the round-off tolerance ``tol = roundoff_factor * eps *
+cond(G)``. Sanity details (identities, not checks): NGD's output path is
+straight; the closed forms match ``scipy.linalg.expm`` and
+``explicit_steps`` numpy iterations. Extra, without a criterion: the real
+network trained by ``real_steps`` exact NGD steps against the linearised
+prediction (their gap vanishes as the width grows).
 
 Small preset (about 10 s on 2 CPU cores; n = 16, d = 10, m = 1024); full
 (about 12 s; n = 32, m = 4096)::
@@ -42,16 +28,13 @@ Small preset (about 10 s on 2 CPU cores; n = 16, d = 10, m = 1024); full
       --config=configs/linearized_paths.py:small \
       --workdir=/tmp/ngdjax/C10_small
 
-Seen (small / full): every end point (GD and NGD, flow and steps,
-``min_norm_solution``) equals ``-pinv(J) r0`` to 6e-15 / 1.2e-14; GD's
-weight path strays 0.231 / 0.232 ``||w*||`` from NGD's straight one; NGD's
-output path is straight to 1e-15 while GD's bends 0.38 / 0.32 ``||r0||``
-off; NGD with ``eta = 1`` leaves ``||u(1) - y||`` of 3e-16 / 5e-16
-``||r0||``. Extra: the real network trained by exact NGD (``eta = 1``)
-misses ``y`` by 0.053 / 0.040 ``||r0||`` after the first step (the
-linearised model by 0) and ends 0.081 / 0.062 ``||w*||`` from the
-linearised end point. Figures ``residual_norm.png``,
-``weight_distance.png`` and ``weight_paths.png``.
+Seen (small / full): every end point equals ``-pinv(J) r0`` to 6e-15 /
+1.2e-14; GD's weight path strays 0.231 / 0.232 ``||w*||`` from NGD's; NGD's
+output path is straight to 1e-15, GD's bends 0.38 / 0.32 ``||r0||`` off;
+NGD at ``eta = 1`` leaves ``||u(1) - y||`` of 3e-16 / 5e-16 ``||r0||``. The
+real network (exact NGD, ``eta = 1``) misses ``y`` by 0.053 / 0.040
+``||r0||`` after one step and ends 0.081 / 0.062 ``||w*||`` from the
+linearised end point.
 """
 
 from __future__ import annotations
@@ -74,9 +57,8 @@ from ngdjax.experiment.runner import Experiment, Outcome, Run
 KINDS = ("gd_flow", "ngd_flow", "gd_steps", "ngd_steps")
 _LABELS = {"gd_flow": "GD flow", "ngd_flow": "NGD flow",
            "gd_steps": "GD steps", "ngd_steps": "NGD steps"}
+_COLORS = {kind: "C0" if kind.startswith("gd") else "C3" for kind in KINDS}
 _CONVERGE = "for the discrete iterations to converge"
-_COLORS = {"gd_flow": "C0", "ngd_flow": "C3", "gd_steps": "C0",
-           "ngd_steps": "C3"}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -113,12 +95,8 @@ def _step_grid(lr: float, rate: float, decay: float, num: int) -> np.ndarray:
 
 
 def _padded(t: np.ndarray, config) -> np.ndarray:
-  """``t`` then ``inf``, padded with ``inf`` to ``num_times + 2`` entries.
-
-  Every trajectory is evaluated on arrays of one length (the grids'
-  ``num_times + 1`` and ``inf``), so that the library's jitted cores
-  compile once per method rather than once per length.
-  """
+  """``t`` padded with ``inf`` to ``num_times + 2`` entries: one length for
+  every trajectory, so the library's jitted cores compile once per method."""
   return np.concatenate([t, np.full(config.num_times + 2 - len(t), np.inf)])
 
 
@@ -136,11 +114,13 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   x, y = data.sphere(config.n, config.d, seed=r.key("data"))
   model = models.two_layer_relu(config.width, nu=config.nu)
   params0 = model.init(r.key("init"), config.d)
+  g, j = gram(model, params0, x), jacobian(model, params0, x)
+  r0 = (model.apply(params0, x) - y).reshape(-1)
   r.start_progress(2, interval_s=2.0)
-  lin = r.unit("linearized",
-               lambda log: _linearized(config, model, params0, x, y, log))
-  real = r.unit("real_network",
-                lambda log: _real_network(config, model, params0, x, y, log))
+  lin = r.unit("linearized", lambda log: _linearized(
+      config, model, params0, x, y, g, j, r0, log))
+  real = r.unit("real_network", lambda log: _real_network(
+      config, model, params0, x, y, g, j, r0, log))
   figures = _plot(r, config, lin)
   tol = lin["tol"]
   sanity = {
@@ -160,19 +140,18 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
       f"||r0||), weights end {real['weight_gap_last']:.2g} ||w*|| from "
       "the linearised end point")
   text = (
-      f"end points vs -pinv(J) r0: max rel. error "
-      f"{lin['limit_error_max']:.2g}; GD weight path strays "
-      f"{lin['gd_weight_path_gap']:.3g} ||w*|| from NGD's (same-time gap "
-      f"up to {lin['same_time_gap']:.3g}); output path off its segment: "
-      f"NGD {lin['ngd_output_deviation']:.2g}, GD "
-      f"{lin['gd_output_deviation']:.3g} ||r0||; NGD eta=1: ||u(1) - y|| "
-      f"= {lin['ngd_one_step_closed_form']:.2g} (closed form), "
-      f"{lin['ngd_one_step_actual']:.2g} (actual step) ||r0||; closed "
-      f"forms vs expm/explicit steps {lin['closed_form_error_max']:.2g}; "
-      f"{real_text} (n={config.n}, m={config.width}, cond(G)="
-      f"{lin['cond_G']:.3g})")
-  text += ("; sanity (identities, not checks): " + ", ".join(
-      f"{k} {'ok' if v else 'FAILED'}" for k, v in sanity.items()))
+      "end points vs -pinv(J) r0: max rel. error {limit_error_max:.2g}; GD "
+      "weight path strays {gd_weight_path_gap:.3g} ||w*|| from NGD's "
+      "(same-time gap up to {same_time_gap:.3g}); output path off its "
+      "segment: NGD {ngd_output_deviation:.2g}, GD {gd_output_deviation:.3g}"
+      " ||r0||; NGD eta=1: ||u(1) - y|| = {ngd_one_step_closed_form:.2g} "
+      "(closed form), {ngd_one_step_actual:.2g} (actual step) ||r0||; "
+      "closed forms vs expm/explicit steps {closed_form_error_max:.2g}; "
+      "{real_text} (n={n}, m={width}, cond(G)={cond_G:.3g}); sanity "
+      "(identities, not checks): {sanity}").format(
+          **lin, real_text=real_text, n=config.n, width=config.width,
+          sanity=", ".join(f"{k} {'ok' if v else 'FAILED'}"
+                           for k, v in sanity.items()))
   expectation = (f"round-off tol = {config.roundoff_factor:g} eps cond(G) = "
                  f"{tol:.2g}; {{criteria}}")
   return Outcome(measured, text, expectation, figures,
@@ -200,13 +179,11 @@ def checks(config) -> tuple[verdicts.Check, ...]:
   )
 
 
-def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
+def _linearized(config, model, params0, x, y, g, j, r0,
+                log) -> dict[str, Any]:
   """Every measurement on the linearised model (one resumable unit)."""
-  u0 = model.apply(params0, x)
-  r0 = (u0 - y).reshape(-1)
-  g = gram(model, params0, x)
-  j = jacobian(model, params0, x)
-  eig = np.linalg.eigvalsh(np.asarray(g, np.float64))
+  g64 = np.asarray(g, np.float64)
+  eig = np.linalg.eigvalsh(g64)
   lam_max, lam_min = float(eig[-1]), float(eig[0])
   cond = lam_max / lam_min
   eps = float(jnp.finfo(g.dtype).eps)
@@ -288,7 +265,7 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
     params1, _, _ = jax.jit(opt.step)(params0, opt.init(params0), x, y)
     one_step_how = "ngdjax.optim.ngd"
   else:  # the optimizers are missing: the same step, written out
-    a = np.linalg.solve(np.asarray(g, np.float64), r64)
+    a = np.linalg.solve(g64, r64)
     params1 = {"W": params0["W"] - (a @ j64).reshape(params0["W"].shape)}
     one_step_how = "explicit dense step (ngdjax.optim unavailable)"
   u1 = np.asarray(lin_model.apply(params1, x) - y, np.float64)
@@ -297,14 +274,13 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
   # The closed forms against dense references.
   cf = {}
   for i in np.unique(np.linspace(1, len(flow_t) - 1, 5).astype(int)):
-    ref = scipy.linalg.expm(-np.asarray(g, np.float64) * flow_t[i]) @ r64
+    ref = scipy.linalg.expm(-g64 * flow_t[i]) @ r64
     cf[f"gd_flow_residual_vs_expm@t={flow_t[i]:.3g}"] = (
         float(np.linalg.norm(paths["gd_flow"][1][i] - ref) / r_norm))
   ngd_flow_ref = np.exp(-flow_t)[:, None] * r64
   cf["ngd_flow_residual_vs_exp(-t)r0"] = float(
       np.max(np.linalg.norm(paths["ngd_flow"][1] - ngd_flow_ref, axis=1))
       / r_norm)
-  g64 = np.asarray(g, np.float64)
   k = config.explicit_steps
   for kind, method, lr in (("gd_steps", "gd", eta_gd),
                            ("ngd_steps", "ngd", eta_ngd)):
@@ -334,15 +310,12 @@ def _linearized(config, model, params0, x, y, log) -> dict[str, Any]:
   }
 
 
-def _real_network(config, model, params0, x, y, log) -> dict[str, Any]:
+def _real_network(config, model, params0, x, y, g, j, r0,
+                  log) -> dict[str, Any]:
   """Exact NGD on the real network against the linearised prediction."""
   ngd = _try_ngd()
   if ngd is None:
     return {"skipped": True}
-  g = gram(model, params0, x)
-  j = jacobian(model, params0, x)
-  u0 = model.apply(params0, x)
-  r0 = (u0 - y).reshape(-1)
   r_norm = float(jnp.linalg.norm(r0))
   w_norm = float(linearized.min_norm_solution(j, g, r0).norm)
   ks = _padded(np.arange(config.real_steps + 1, dtype=np.float64), config)
@@ -351,26 +324,23 @@ def _real_network(config, model, params0, x, y, log) -> dict[str, Any]:
   opt = ngd(model, learning_rate=config.real_lr, damping=0.0)
   step = jax.jit(opt.step)
   params, state = params0, opt.init(params0)
-  out = {"skipped": False, "output_gap": [], "weight_gap": [],
-         "residual_real": [], "residual_linearized": []}
+  rows = []
   for k in range(config.real_steps + 1):
     if k:
       params, state, _ = step(params, state, x, y)
     res = (model.apply(params, x) - y).reshape(-1)
     dw = (params["W"] - params0["W"]).reshape(-1)
-    row = {
+    rows.append({
         "output_gap": float(jnp.linalg.norm(res - res_lin[k]) / r_norm),
         "weight_gap": float(jnp.linalg.norm(dw - w_lin[k]) / w_norm),
         "residual_real": float(jnp.linalg.norm(res) / r_norm),
         "residual_linearized": float(jnp.linalg.norm(res_lin[k]) / r_norm),
-    }
-    log(step=k, kind="real_network", **row)
-    for key, v in row.items():
-      out[key].append(v)
-  out["output_gap_last"] = out["output_gap"][-1]
-  out["weight_gap_last"] = out["weight_gap"][-1]
-  out["output_gap_max"] = max(out["output_gap"])
-  return out
+    })
+    log(step=k, kind="real_network", **rows[-1])
+  out = {key: [row[key] for row in rows] for key in rows[0]}
+  return {"skipped": False, **out, "output_gap_last": out["output_gap"][-1],
+          "weight_gap_last": out["weight_gap"][-1],
+          "output_gap_max": max(out["output_gap"])}
 
 
 def _label(kind, lin, flow_suffix=""):
@@ -382,48 +352,38 @@ def _label(kind, lin, flow_suffix=""):
 
 
 def _plot(r: Run, config, lin) -> list[str]:
-  """Figures from ``metrics.jsonl``."""
+  """Figures from ``metrics.jsonl``: residuals and distances to ``w*``
+  against time, the weight paths in the plane of ``w*`` and GD's largest
+  excursion."""
   records = [rec for rec in r.records() if rec.get("kind") in KINDS]
-
-  def curves(y):
-    out = []
+  setting = f"(n={config.n}, m={config.width}, cond(G)={lin['cond_G']:.3g})"
+  for fname, key, ylabel, title in (
+      ("residual_norm.png", "residual_rel", "||u(t) - y|| / ||u(0) - y||",
+       "linearised residuals"),
+      ("weight_distance.png", "weight_dist_rel",
+       "||w(t) - w(0) - w*|| / ||w*||", "distance to min-norm w*")):
+    curves = plots.series_from_records(records, "t", key, group="kind")
+    series = []
     for kind in KINDS:
-      (xs, ys), = plots.series_from_records(
-          records, "t", y, where=lambda rec, k=kind: rec["kind"] == k).values()
+      xs, ys = curves[kind]
       # Log axes; values far below the decay the grids were built for
       # (NGD's exp(-t) at GD's time scale) would only stretch the axis.
       keep = (xs > 0) & (ys > 1e-3 * config.decay)
-      out.append(plots.Series(
+      series.append(plots.Series(
           xs[keep], ys[keep], _label(kind, lin, ", at t = k eta"),
           "line" if kind.endswith("flow") else "scatter",
           color=_COLORS[kind]))
-    return out
+    plots.line_plot(r.path(fname), series, xlabel="time t", ylabel=ylabel,
+                    title=f"C10: {title} {setting}", logx=True, logy=True)
 
-  title = f"(n={config.n}, m={config.width}, cond(G)={lin['cond_G']:.3g})"
-  plots.line_plot(r.path("residual_norm.png"), curves("residual_rel"),
-                  xlabel="time t", ylabel="||u(t) - y|| / ||u(0) - y||",
-                  title=f"C10: linearised residuals {title}", logx=True,
-                  logy=True)
-  plots.line_plot(r.path("weight_distance.png"), curves("weight_dist_rel"),
-                  xlabel="time t", ylabel="||w(t) - w(0) - w*|| / ||w*||",
-                  title=f"C10: distance to min-norm w* {title}",
-                  logx=True, logy=True)
-  _path_figure(r.path("weight_paths.png"), records, lin)
-  return ["residual_norm.png", "weight_distance.png", "weight_paths.png"]
-
-
-def _path_figure(path, records, lin) -> None:
-  """The weight paths in the plane of ``w*`` and GD's largest excursion."""
   fig = plots.figure((6.0, 4.2), left=0.13, right=0.97, bottom=0.13,
                      top=0.91)
   ax = fig.add_subplot()
-  top = 0.0
+  xs, ys = (plots.series_from_records(records, "step", c, group="kind")
+            for c in ("path_x", "path_y"))
+  top = max(float(np.max(ys[kind][1])) for kind in KINDS)
   for kind in KINDS:
-    coords = [plots.series_from_records(
-        records, "step", c,
-        where=lambda rec, kind=kind: rec["kind"] == kind)[None][1]
-        for c in ("path_x", "path_y")]
-    top = max(top, float(np.max(coords[1])))
+    coords = xs[kind][1], ys[kind][1]
     if kind.endswith("flow"):
       ax.plot(*coords, lw=2, color=_COLORS[kind], label=_LABELS[kind],
               zorder=2)
@@ -434,14 +394,15 @@ def _path_figure(path, records, lin) -> None:
   ax.plot([0], [0], "ko", ms=9, label="w(0)", zorder=4)
   ax.plot([1], [0], "*", color="C2", ms=16, mec="black",
           label="w* = -pinv(J) r0 (min-norm solution)", zorder=4)
-  ax.set_xlabel("component along w*: <w(t) - w(0), w*> / ||w*||^2")
-  ax.set_ylabel("component orthogonal to w*, / ||w*||")
+  ax.set(xlabel="component along w*: <w(t) - w(0), w*> / ||w*||^2",
+         ylabel="component orthogonal to w*, / ||w*||")
   ax.set_title(f"C10: linearised weight paths (GD strays "
                f"{lin['gd_weight_path_gap']:.2g} ||w*||; same end point)",
                fontsize=10)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8, loc="upper right")
-  fig.savefig(path, dpi=110, bbox_inches="tight")
+  fig.savefig(r.path("weight_paths.png"), dpi=110, bbox_inches="tight")
+  return ["residual_norm.png", "weight_distance.png", "weight_paths.png"]
 
 
 SPEC = Experiment(

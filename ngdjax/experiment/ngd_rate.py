@@ -3,24 +3,19 @@
 MATH.md 2: under Conditions 1-2 (``||J - J(0)||_2 <= (C/3)
 sqrt(lambda_min(G(0)))`` in the ball of radius ``R``, ``C < 1/2``) and
 ``eta <= (1 - 2C) / (1 + C)^2``, exact NGD on the squared loss has
-``||y - u(k+1)||^2 <= (1 - eta) ||y - u(k)||^2``. Theorem 3 makes ``C`` as
-small as wanted by widening the net. ``eta = 1`` asks ``C = 0`` (the linear
-model, one step), so it is outside the theorem at every finite width and
-measured as its limit: the proof's eqn. (27) bounds the first-step ratio by
-``4C + C^2``, which should vanish with width.
+``||y - u(k+1)||^2 <= (1 - eta) ||y - u(k)||^2``; widening the net makes
+``C`` small (Theorem 3). ``eta = 1`` asks ``C = 0`` (the linear model, one
+step): outside the theorem at every finite width, it is measured as a
+limit, the first-step ratio (at most ``4C + C^2``, the proof's eqn. 27)
+vanishing with width.
 
 Measured per width, repetition (fresh ``W``, fixed data on the sphere) and
-``eta`` (the same ``W`` for every ``eta``): exact NGD (damping 0) for
-``config.num_steps`` steps or until ``||r(k)|| <= config.residual_floor
-||r(0)||``; every ratio ``||r(k+1)||^2 / ||r(k)||^2`` and, from ``||J(k) -
-J(0)||_2`` at the iterates, the run's Condition 2 constant ``C`` (a lower
-estimate of the ball's). The checks are ``ngd_training.rate_checks`` and,
-at ``eta = 1``, a power law fitted to the first-step ratio.
-
-``C`` falls with width (about ``m^(-0.28)``) and grows with ``n``: at ``n =
-8`` it is about 0.32 at ``m = 2^18`` and 0.22 at ``m = 2^20``, so the
-presets reach widths ``2^18 .. 2^20`` and a small step (``eta = 0.1``) to
-put runs inside the hypotheses.
+``eta`` (the same ``W`` for every ``eta``): every step's ratio ``||r(k+1)||^2
+/ ||r(k)||^2`` and, from ``||J(k) - J(0)||_2`` at the iterates, the run's
+Condition 2 constant ``C`` (a lower estimate of the ball's). ``C`` falls
+with width (about ``m^(-0.28)``) and grows with ``n``: at ``n = 8`` it is
+about 0.32 at ``m = 2^18`` and 0.22 at ``m = 2^20``, hence widths ``2^18
+.. 2^20`` and ``eta = 0.1``.
 
 Small preset (about 25 s on 2 CPU cores); full run (10 min on 2 CPU cores
 shared at load ~12, estimated 4 min alone, most of it m = 2^20)::
@@ -28,15 +23,13 @@ shared at load ~12, estimated 4 min alone, most of it m = 2^20)::
   python -m experiments.ngd_rate --config=configs/ngd_rate.py:small \
       --workdir=/tmp/ngdjax/C1_small
 
-Seen (small / full). Inside Theorem 1's hypotheses: 2 of 20 runs (m =
-262144, eta = 0.1 with C = 0.185, eta = 0.25 with C = 0.231; max ratios
-0.810 and 0.563 against 0.9 and 0.75) / 6 of 72 runs (m = 262144 and
-1048576, eta = 0.1 and 0.25, C = 0.22-0.32; max ratios 0.810 and 0.563):
-the rate holds in every one. Outside them the ratios sit near ``(1 -
-eta)^2`` from m = 64 on; m = 8 breaks the bound on the full run (0.91 at
-eta = 0.1). ``C`` is 0.38 at the widest on the full run (eta = 1). At
-``eta = 1`` the first-step ratio falls like ``m^(-0.87 +- 0.05)`` /
-``m^(-1.00 +- 0.02)``.
+Seen (small / full). Inside Theorem 1's hypotheses: 2 of 20 / 6 of 72
+runs (m = 262144 [and 1048576], eta = 0.1 and 0.25, C = 0.185-0.231 /
+0.22-0.32; max ratios 0.810 and 0.563 against 0.9 and 0.75): the rate holds
+in every one. Outside them the ratios sit near ``(1 - eta)^2`` from m = 64
+on; m = 8 breaks the bound on the full run (0.91 at eta = 0.1). ``C`` is
+0.38 at the widest on the full run (eta = 1). At ``eta = 1`` the first-step
+ratio falls like ``m^(-0.87 +- 0.05)`` / ``m^(-1.00 +- 0.02)``.
 """
 
 from __future__ import annotations
@@ -51,22 +44,15 @@ from ngdjax.experiment.runner import Experiment, Outcome, Run
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.n = 16  # training points on S^{d-1}
-  c.d = 10
-  c.nu = 1.0  # first-layer init scale
-  # From a narrow net (p = m d barely above n) to ones wide enough that the
-  # measured Condition 2 constant is below 1/2 (m >= 2^18 at n = 16).
-  c.widths = (8, 16, 64, 256, 1024, 4096, 16384, 262144, 1048576)
-  # 0.1 and 0.25 lie within Theorem 1's step limit where C < 0.28.
-  c.learning_rates = (0.1, 0.25, 0.5, 1.0)
-  c.reps = 2  # initialisations per width (shared by every eta)
-  c.num_steps = 8
-  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
-  c.ratio_rtol = 1e-9  # round-off allowance on ratio <= 1 - eta
-  return c
+  """The full run."""
+  return training.base_config(
+      n=16, reps=2, num_steps=8,
+      # From a narrow net (p = m d barely above n) to ones wide enough that
+      # the measured Condition 2 constant is below 1/2 (m >= 2^18 at n = 16).
+      widths=(8, 16, 64, 256, 1024, 4096, 16384, 262144, 1048576),
+      # 0.1 and 0.25 lie within Theorem 1's step limit where C < 0.28.
+      learning_rates=(0.1, 0.25, 0.5, 1.0),
+      ratio_rtol=1e-9)  # round-off allowance on ratio <= 1 - eta
 
 
 def _theorem1(c: float, eta: float) -> tuple[float, bool]:
@@ -125,28 +111,24 @@ def _plot(r: Run, config, rates, rows, fit) -> list[str]:
       title=f"C1: NGD per-step ratio (dots: every step; n={config.n}, "
             f"d={config.d})", bound_label="Theorem 1: 1 - eta = {:g}")
   if fit is not None:
-    figures.append("eta1_first_step.png")
-    plots.line_plot(
-        r.path(figures[-1]),
+    figures.append(training.width_figure(
+        r, "eta1_first_step.png",
         plots.runs_and_mean(rows, "width", "first_ratio", "runs",
                             color=f"C{rates.etas.index(1.0)}")[0]
-        + [training.fit_series(rows, fit, digits=2)],
-        xlabel="width m", ylabel="||r(1)||^2 / ||r(0)||^2 at eta = 1",
-        title="C1: NGD with eta = 1 (one step in the linear limit)",
-        logx=True, logy=True, xticks=widths)
+        + [training.fit_series(rows, fit, digits=2)], widths,
+        ylabel="||r(1)||^2 / ||r(0)||^2 at eta = 1",
+        title="C1: NGD with eta = 1 (one step in the linear limit)"))
   figures += training.residual_figure(
       r, rates, ylabel="||y - u(k)|| / ||y - u(0)||",
       title="C1: residuals at the widest (lines) and narrowest (dots) width")
-  figures.append("condition2.png")
-  plots.line_plot(
-      r.path(figures[-1]),
+  figures.append(training.width_figure(
+      r, "condition2.png",
       [training.mean_series([u for u in rates.results if u["eta"] == eta],
                             "C", f"eta={eta:g}", f"C{i}", "line")
-       for i, eta in enumerate(rates.etas)],
-      xlabel="width m",
+       for i, eta in enumerate(rates.etas)], widths,
       ylabel="C = 3 max_k ||J(k) - J(0)||_2 / sqrt(lambda_min(G(0)))",
       title="C1: measured Condition 2 constant (Theorem 1 needs C < 1/2)",
-      logx=True, logy=True, xticks=widths, hlines=[(0.5, "C = 1/2")])
+      hlines=[(0.5, "C = 1/2")]))
   return figures
 
 

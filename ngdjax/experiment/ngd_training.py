@@ -1,15 +1,11 @@
 """Exact NGD on the two-layer ReLU net, measured at every iterate (C1-C4).
 
-``train`` runs ``ngdjax.optim.ngd`` (damping 0, the theorems' update) and
-records at every iterate ``k``: ``||u(k) - y||``, ``lambda_min(G(k))``,
-``||w(k) - w(0)||``, the flipped fraction of the activation pattern and,
-optionally, ``||J(k) - J(0)||_2`` (exact from the net's structure,
-``diagnostics.jacobian_change_norm(method="structured")``: widths up to
-``10^6`` cost seconds). ``sweep`` runs one unit per (width, repetition[,
-step size]); ``rate_unit`` .. ``residual_figure``: the rate analysis of C1
-and C2; ``mean_series`` .. ``path_series``: figure parts of C1, C3, C4
-(with ``plots.runs_and_mean``).
-The theory's constants are in ``analysis``.
+``train``: ``ngdjax.optim.ngd`` with damping 0 (the theorems' update), with
+the diagnostics of every iterate (``||J(k) - J(0)||_2`` exact from the
+net's structure: seconds at widths up to ``10^6``); ``sweep``: one run per
+(width, repetition[, step size]); ``base_config``: the fields C1-C4 share;
+``rate_sweep`` .. ``residual_figure``: C1 and C2's rate analysis; the rest:
+figure parts. The theory's constants are in ``analysis``.
 """
 
 from __future__ import annotations
@@ -30,26 +26,31 @@ from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Run, unit_key
 from ngdjax.optim import ngd
 
-Log = Callable[..., None]
+
+def base_config(n: int, reps: int, num_steps: int,
+                **fields: Any) -> ml_collections.ConfigDict:
+  """A full run's config (the experiment's schema): the fields C1-C4
+  share, then ``fields``."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.n = n  # training points on S^{d-1}
+  c.d = 10
+  c.nu = 1.0  # first-layer init scale
+  c.reps = reps  # initialisations per width (shared by every eta)
+  c.num_steps = num_steps
+  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
+  c.update(fields)
+  return c
 
 
+# The model and the loss are static in the jitted steps (also C5's and C6's
+# model): one object per process, so reruns reuse the compiled code.
 @functools.lru_cache(maxsize=64)
 def two_layer_model(width: int, nu: float) -> models.Model:
-  """``models.two_layer_relu(width, nu=nu)``, one object per process: the
-  model is static in the jitted step, so reruns reuse the compiled code."""
   return models.two_layer_relu(int(width), nu=float(nu))
 
 
-@functools.lru_cache(maxsize=16)
-def loss_for(name: str, alpha: float = 1.0) -> losses.Loss:
-  """``losses.squared()`` or ``losses.squared_log_cosh(alpha)``, cached
-  (static in the jitted step, like the model)."""
-  if name == "squared":
-    return losses.squared()
-  if name == "squared_log_cosh":
-    return losses.squared_log_cosh(float(alpha))
-  raise ValueError(f'loss must be "squared" or "squared_log_cosh", got '
-                   f"{name!r}")
+squared_log_cosh = functools.lru_cache(maxsize=16)(losses.squared_log_cosh)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -75,36 +76,28 @@ def _measure(model, params, params0, x, y):
 
 def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
           learning_rate: float, num_steps: int,
-          loss: losses.Loss | None = None, residual_floor: float = 1e-10,
-          jacobian: bool = False, log: Log | None = None,
+          loss: losses.Loss | str = "squared", residual_floor: float = 1e-10,
+          jacobian: bool = False, log: Callable[..., None] | None = None,
           **tags: Any) -> dict[str, Any]:
   """Runs exact NGD from ``params0`` and measures every iterate.
 
-  Stops after ``num_steps`` steps, or at the first iterate with ``||u(k) -
-  y|| <= residual_floor ||u(0) - y||`` (below that a ratio of residuals is
-  round-off), so every entry of ``ratios`` is a meaningful contraction.
-
-  ``model`` is a ``two_layer_model``, ``x`` and ``y`` are ``(n, d)`` and
-  ``(n, 1)``, ``loss`` defaults to the squared loss; ``jacobian`` also
-  measures ``||J(k) - J(0)||_2``; ``log(step=k, **values)`` (a ``Run.unit``
-  logger) gets every iterate with ``tags`` (``width=..., eta=...``) added.
+  Stops after ``num_steps`` steps or at the first iterate with ``||u(k) -
+  y|| <= residual_floor ||u(0) - y||`` (below, ratios are round-off);
+  ``log`` (a ``Run.unit`` logger) gets every iterate with ``tags``.
 
   Returns:
     Lists over the iterates ``k = 0..K``: ``residual_norm``,
     ``lambda_min_G``, ``distance``, ``flips`` and, with ``jacobian``,
-    ``jacobian_change`` (0 at ``k = 0``) and ``jacobian_converged``; over
-    the steps: ``ratios`` (``||r(k+1)||^2 / ||r(k)||^2``) and
-    ``cholesky_failed`` (Gram solves that fell back to the pseudo-inverse);
-    and ``steps`` (``K``), ``reached_floor``.
+    ``jacobian_change`` (``||J(k) - J(0)||_2``) and ``jacobian_converged``;
+    over the steps: ``ratios`` (``||r(k+1)||^2 / ||r(k)||^2``) and
+    ``cholesky_failed`` (solves that fell back to the pseudo-inverse); and
+    ``steps`` (``K``), ``reached_floor``.
   """
-  loss = loss_for("squared") if loss is None else loss
   eta = jnp.asarray(learning_rate, params0["W"].dtype)
-  out: dict[str, list] = {k: [] for k in ("residual_norm", "lambda_min_G",
-                                          "distance", "flips",
-                                          "cholesky_failed")}
-  if jacobian:
-    out["jacobian_change"], out["jacobian_converged"] = [], []
-  params, r0, k = params0, None, 0
+  out: dict[str, list] = {k: [] for k in (
+      "residual_norm", "lambda_min_G", "distance", "flips", "cholesky_failed",
+      *(("jacobian_change", "jacobian_converged") if jacobian else ()))}
+  params, k = params0, 0
   while True:
     row = {k_: float(v) for k_, v in
            _measure(model, params, params0, x, y).items()}
@@ -118,8 +111,7 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
       out["jacobian_converged"].append(bool(converged))
     for k_, v in row.items():
       out[k_].append(v)
-    if r0 is None:
-      r0 = row["residual_norm"]
+    r0 = out["residual_norm"][0]
     rel = row["residual_norm"] / r0 if r0 > 0 else 0.0
     if k > 0:
       row["ratio"] = float(diagnostics.contraction_ratios(
@@ -137,23 +129,18 @@ def train(model: models.Model, params0: Any, x: jax.Array, y: jax.Array, *,
           "reached_floor": bool(rel <= residual_floor)}
 
 
-def init_net(r: Run, config: ml_collections.ConfigDict, width: int,
-             rep: int) -> tuple[models.Model, Any]:
-  """``(model, params0)`` for one width and repetition; every eta of a
-  C1/C2 sweep starts from this ``W``, and a resumed run draws it again."""
-  model = two_layer_model(width, float(config.nu))
-  return model, model.init(r.key(unit_key(width=width, rep=rep)), config.d)
-
-
-def sweep(r: Run, config: ml_collections.ConfigDict,
-          measure: Callable[..., dict[str, Any]], *,
+def sweep(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
+          y: jax.Array, summarise: Callable[..., dict[str, Any]], *,
           etas: Sequence[float] | None = None,
-          key: Callable[..., str] | None = None,
-          work_width: float = 4096.0) -> list[dict[str, Any]]:
-  """Runs (or reloads) ``measure(*unit, log)`` for the units ``(m, s[,
-  eta])`` over ``config.widths``, ``range(config.reps)`` and ``etas``, in
-  order; ``key(*unit)`` names one (default ``unit_key(width=m, rep=s[,
-  eta=eta])``), its share of the progress is ``1 + m / work_width``."""
+          key: Callable[..., str] | None = None, work_width: float = 4096.0,
+          **train_kw: Any) -> list[dict[str, Any]]:
+  """Per unit ``(m, s[, eta])`` over ``config.widths``, ``range(
+  config.reps)`` and ``etas``, in order: ``summarise(*unit, u(0), t)``, ``t``
+  the lists of ``train(..., **train_kw)`` at ``eta`` (default
+  ``config.learning_rate``) from the unit's ``W`` (the same for every eta),
+  or that reloaded. ``key(*unit)`` names a unit (default ``unit_key(width=m,
+  rep=s[, eta=eta])``), its share of the progress is ``1 + m / work_width``.
+  """
   widths = [int(m) for m in config.widths]
   reps = range(config.reps)
   if etas is None:
@@ -162,56 +149,40 @@ def sweep(r: Run, config: ml_collections.ConfigDict,
     units = [(m, s, eta) for m in widths for s in reps for eta in etas]
   if key is None:
     def key(*unit):
-      return unit_key(**dict(zip(("width", "rep", "eta"), unit,
-                                 strict=False)))
+      return unit_key(**_tags(unit))
+
+  def measure(unit, log):
+    model = two_layer_model(unit[0], config.nu)
+    params0 = model.init(r.key(unit_key(width=unit[0], rep=unit[1])),
+                         config.d)
+    eta = float(config.learning_rate) if etas is None else unit[2]
+    t = train(model, params0, x, y, learning_rate=eta,
+              num_steps=config.num_steps, residual_floor=config.residual_floor,
+              log=log, **_tags(unit), **train_kw)
+    return summarise(*unit, model.apply(params0, x), t)
+
   work = [1.0 + unit[0] / work_width for unit in units]
   r.start_progress(len(units), interval_s=2.0, work=sum(work))
-  return [r.unit(key(*unit), functools.partial(measure, *unit), work=w)
+  return [r.unit(key(*unit), functools.partial(measure, unit), work=w)
           for unit, w in zip(units, work, strict=True)]
 
 
-# C3 and C4: one step size in Theorem 1's range, a fit over widths.
+def _tags(unit: tuple) -> dict[str, Any]:
+  return dict(zip(("width", "rep", "eta"), unit, strict=False))
+
+
+# C1 and C2's ranges besides their step sizes; C3 and C4's: one step size in
+# Theorem 1's range, a fit over widths.
+RATE_RULES = (Rule("num_steps", ">=", 1), Rule("reps", ">=", 1))
 FIXED_STEP_RULES = (
-    Rule("len(widths)", ">=", 3, "for a fit"),
-    Rule("learning_rate", ">", 0),
+    Rule("len(widths)", ">=", 3, "for a fit"), Rule("learning_rate", ">", 0),
     Rule("learning_rate", "<=", 1, "Theorem 1's range"),
     Rule("delta", ">", 0), Rule("delta", "<", 1, "a probability"),
-    Rule("num_steps", ">=", 1), Rule("reps", ">=", 1),
-)
+    *RATE_RULES)
 
-
-# ``theorem(C, eta) -> (eta_max, in_theorem)``: a theorem's largest step for
-# a measured Condition 2 constant ``C``; whether ``eta`` meets its hypotheses.
+# ``theorem(C, eta) -> (eta_max, in_theorem)`` (C1, C2): a theorem's largest
+# step for a measured ``C``; whether ``eta`` meets its hypotheses.
 Theorem = Callable[[float, float], tuple[float, bool]]
-
-# C1 and C2's ranges besides their step sizes.
-RATE_RULES = (Rule("num_steps", ">=", 1), Rule("reps", ">=", 1))
-
-
-def rate_unit(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
-              y: jax.Array, width: int, rep: int, eta: float, log: Log, *,
-              theorem: Theorem, loss: losses.Loss | None = None,
-              first_ratio: bool = False) -> dict[str, Any]:
-  """One C1/C2 unit: the per-step ratios, the run's Condition 2 constant
-  ``C``, ``theorem``'s verdict on it and the run's health; with
-  ``first_ratio`` also the first step's ratio (C1 at ``eta = 1``)."""
-  model, params0 = init_net(r, config, width, rep)
-  t = train(model, params0, x, y, learning_rate=eta,
-            num_steps=config.num_steps, loss=loss,
-            residual_floor=config.residual_floor, jacobian=True, log=log,
-            width=width, rep=rep, eta=eta)
-  lam_g0 = t["lambda_min_G"][0]
-  c = analysis.condition2_constant(max(t["jacobian_change"]), lam_g0)
-  eta_max, in_theorem = theorem(c, eta)
-  return {
-      "width": width, "rep": rep, "eta": eta, "max_ratio": max(t["ratios"]),
-      **({"first_ratio": t["ratios"][0]} if first_ratio else {}),
-      "ratios": t["ratios"], "lambda_min_G0": lam_g0, "C": c,
-      "eta_max": eta_max, "in_theorem": bool(in_theorem),
-      "steps": t["steps"], "reached_floor": t["reached_floor"],
-      "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
-      "power_iteration_converged": all(t["jacobian_converged"]),
-  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +201,7 @@ class RateSweep:
   m_star: dict[float, float | None]  # per eta: from which width it holds
   at_widest: dict[float, float]  # per eta: the largest ratio at ``widest``
   in_theorem: list[dict[str, Any]]  # the runs meeting the hypotheses
+  c_at_widest: float  # the largest measured ``C`` at ``widest``
 
   @property
   def failures(self) -> list[dict[str, Any]]:
@@ -237,16 +209,11 @@ class RateSweep:
     return [u for u in self.results
             if u["eta"] in self.rated and not u["holds"]]
 
-  @property
-  def c_at_widest(self) -> float:
-    """The largest measured ``C`` at the widest width."""
-    return max(u["C"] for u in self.results if u["width"] == self.widest)
-
   def measured(self) -> dict[str, Any]:
     """The figures ``rate_checks`` judge, and the runs' health."""
-    results, widest = self.results, self.widest
+    results = self.results
     out = {
-        "widest_width": widest, "runs_total": len(results),
+        "widest_width": self.widest, "runs_total": len(results),
         "runs_inside_hypotheses": len(self.in_theorem),
         "runs_inside_breaking_rate": sum(not u["holds"]
                                          for u in self.in_theorem),
@@ -269,25 +236,23 @@ class RateSweep:
            what: str = "", extra: str = "") -> str:
     """The report's line: per rated eta the largest ratio at the widest
     width and ``m*``, the runs breaking the bound, the measured ``C``."""
-    fmt = self.fmt
+    fmt, fails, inside = self.fmt, self.failures, self.in_theorem
     rate = "; ".join(
         f"eta={eta:{fmt}}: max ratio at m={self.widest} "
         f"{self.at_widest[eta]:.3g} (bound {self.bound[eta]:{fmt}})"
         f", holds for m >= "
         f"{'none' if self.m_star[eta] is None else f'{self.m_star[eta]:.0f}'}"
         for eta in self.rated)
-    fails = self.failures
     fail = ("no run breaks the bound" if not fails else "breaks: " + ", ".join(
         f"m={u['width']} eta={u['eta']:{fmt}} ({u['max_ratio']:.3g}"
         + (f" > {u['bound']:.3g})" if self.with_bound else ")")
         for u in fails[:4]) + (" ..." if len(fails) > 4 else ""))
-    cs = [u["C"] for u in self.results]
-    inside = self.in_theorem
     where = ", ".join(f"m={u['width']} eta={u['eta']:.3g} C={u['C']:.3f} "
                       f"(max ratio {u['max_ratio']:.4g}"
                       f"{'' if u['holds'] else ' BREAKS the rate'})"
                       for u in inside[:6]) + (" ..." if len(inside) > 6
                                                else "")
+    cs = [u["C"] for u in self.results]
     return (f"{prefix}{rate}; {fail}; measured {what}C = {min(cs):.2g}.."
             f"{max(cs):.3g} ({self.c_at_widest:.2g} at the widest), "
             f"{self.theorem}'s hypotheses hold in {len(inside)} of "
@@ -305,23 +270,34 @@ def rate_sweep(r: Run, config: ml_collections.ConfigDict,
                theorem: Theorem, *, name: str, fmt: str, key_fmt: str,
                rated: Sequence[float] | None = None,
                with_bound: bool = False, key: Callable[..., str] | None = None,
-               **unit_kw: Any) -> RateSweep:
-  """Runs the C1/C2 sweep (a ``rate_unit`` per width, rep and eta, fixed
-  data on the sphere) and finds per eta where the rate holds.
+               loss: losses.Loss | str = "squared",
+               first_ratio: bool = False) -> RateSweep:
+  """Runs the C1/C2 sweep (``theorem`` judges each run's ``C``) and finds
+  per eta where the rate holds: where ``max_ratio <= bound[eta] (1 +
+  config.ratio_rtol)``; ``first_ratio``: keep each run's first ratio too
+  (C1 at ``eta = 1``). The other arguments are ``RateSweep``'s fields."""
 
-  A unit holds when ``max_ratio <= bound[eta] (1 + config.ratio_rtol)``;
-  ``m_star``: ``analysis.threshold_width`` of that. ``unit_kw`` go to
-  ``rate_unit``; the other arguments are ``RateSweep``'s fields.
-  """
+  def unit(width, rep, eta, u0, t):
+    lam_g0 = t["lambda_min_G"][0]
+    c = analysis.condition2_constant(max(t["jacobian_change"]), lam_g0)
+    eta_max, in_theorem = theorem(c, eta)
+    return {
+        "width": width, "rep": rep, "eta": eta, "max_ratio": max(t["ratios"]),
+        **({"first_ratio": t["ratios"][0]} if first_ratio else {}),
+        "ratios": t["ratios"], "lambda_min_G0": lam_g0, "C": c,
+        "eta_max": eta_max, "in_theorem": bool(in_theorem),
+        "steps": t["steps"], "reached_floor": t["reached_floor"],
+        "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
+        "power_iteration_converged": all(t["jacobian_converged"]),
+    }
+
   x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-  results = sweep(r, config, functools.partial(
-      rate_unit, r, config, x, y, theorem=theorem, **unit_kw),
-                  etas=etas, key=key)
-  rtol = config.ratio_rtol
+  results = sweep(r, config, x, y, unit, etas=etas, key=key, loss=loss,
+                  jacobian=True)
   for u in results:
     if with_bound:
       u["bound"] = bound[u["eta"]]
-    u["holds"] = u["max_ratio"] <= bound[u["eta"]] * (1.0 + rtol)
+    u["holds"] = u["max_ratio"] <= bound[u["eta"]] * (1.0 + config.ratio_rtol)
   widest = max(u["width"] for u in results)
   m_star, at_widest = {}, {}
   for eta in etas:
@@ -333,7 +309,8 @@ def rate_sweep(r: Run, config: ml_collections.ConfigDict,
   return RateSweep(results, list(etas),
                    list(etas) if rated is None else list(rated), bound,
                    name, fmt, key_fmt, with_bound, widest, m_star,
-                   at_widest, [u for u in results if u["in_theorem"]])
+                   at_widest, [u for u in results if u["in_theorem"]],
+                   max(u["C"] for u in results if u["width"] == widest))
 
 
 def rate_checks(etas: Sequence[float], key_fmt: str, theorem: str,
@@ -377,12 +354,8 @@ def ratio_figure(r: Run, rates: RateSweep, *, ylabel: str, title: str,
                             "steps", color=color),
                plots.Series([widths[0], widths[-1]], [b] * 2,
                             bound_label.format(b), "dashed", color=color)]
-  if not series:
-    return []
-  plots.line_plot(r.path("ratio_vs_width.png"), series, xlabel="width m",
-                  ylabel=ylabel, title=title, logx=True, logy=True,
-                  xticks=widths)
-  return ["ratio_vs_width.png"]
+  return [width_figure(r, "ratio_vs_width.png", series, widths,
+                       ylabel=ylabel, title=title)] if series else []
 
 
 def residual_figure(r: Run, rates: RateSweep, *, ylabel: str,
@@ -431,13 +404,22 @@ def fit_series(units: Sequence[dict[str, Any]], fit: Any,
       f"{fit.exponent_stderr:.{digits}f})", "dashed", color="gray")
 
 
-def path_series(records: Sequence[dict[str, Any]], key: str,
-                widths: Sequence[int], first_step: int = 0,
-                normalise: bool = False) -> list[plots.Series]:
-  """``key`` against the step for repetition 0, a line per width, from
-  step ``first_step``; ``normalise``: divided by its value at step 0
-  (widths where that is not positive left out)."""
-  series = []
+def width_figure(r: Run, name: str, series: Sequence[plots.Series],
+                 widths: Sequence[int], logy: bool = True, **kw: Any) -> str:
+  """Draws ``name``: ``series`` against the width on a log axis with the
+  widths as ticks (``kw``: ``line_plot``'s labels and lines)."""
+  plots.line_plot(r.path(name), series, xlabel="width m", logx=True,
+                  logy=logy, xticks=widths, **kw)
+  return name
+
+
+def path_figure(r: Run, config: ml_collections.ConfigDict, claim: str,
+                name: str, key: str, widths: Sequence[int], first_step: int = 0,
+                normalise: bool = False, **kw: Any) -> str:
+  """Draws ``name``: ``key`` against the NGD step in repetition 0, a line
+  per width, from step ``first_step``; ``normalise``: divided by its value
+  at step 0 (widths where that is not positive left out)."""
+  records, series = r.records(), []
   for i, m in enumerate(widths):
     got = plots.series_from_records(
         records, "step", key, where=lambda rec, w=m: rec.get("rep") == 0
@@ -449,4 +431,6 @@ def path_series(records: Sequence[dict[str, Any]], key: str,
       continue
     series.append(plots.Series(ks, ys / ys[0] if normalise else ys,
                                f"m={m}", color=f"C{i % 10}"))
-  return series
+  plots.line_plot(r.path(name), series, xlabel="NGD step k", title=(
+      f"{claim}: along training (eta={config.learning_rate:g}, rep 0)"), **kw)
+  return name

@@ -3,25 +3,18 @@
 The proof (appendix B, Lemmas 2-4; MATH.md 2) keeps, at every iterate ``k``
 of exact NGD on the squared loss, ``lambda_min(G(k)) >= (4/9)
 lambda_min(G(0))`` (Lemma 2) and ``||w(k) - w(0)|| <= R = 3 ||y - u(0)|| /
-sqrt(lambda_min(G(0)))`` (Lemma 3, ``diagnostics.distance_bound``); behind
-Condition 2 is that few activations flip: inside the ball the flipped
-fraction is at most ``2 (R / (nu delta))^{2/3} m^{-1/3}`` (Lemmas 7-8,
-probability ``1 - delta``). MATH.md 2 writes ``lambda_0`` for
-``lambda_min(G(0))`` here; the radius with ``lambda_0 =
-lambda_min(G_inf)`` is reported beside it.
+sqrt(lambda_min(G(0)))`` (Lemma 3); in that ball at most a fraction ``2 (R
+/ (nu delta))^{2/3} m^{-1/3}`` of the activations flip (Lemmas 7-8,
+probability ``1 - delta``).
 
-Measured per width and repetition (fresh ``W``, fixed data on the sphere):
-exact NGD (damping 0, ``eta = config.learning_rate``) until
-``config.num_steps`` or ``||u(k) - y|| <= config.residual_floor ||u(0) -
-y||``, with ``lambda_min(G(k))``, ``||w(k) - w(0)||`` and the flipped
-fraction at every iterate. The checks (``CHECKS``) are observations: the
-lemmas' hypothesis (Condition 2 with ``C < 1/2``) is not met at these
-widths (C1). The Lemma 7-8 flip bound is >= 1 (cannot be broken by a
-fraction) below ``m ~ 1e5``, so it is reported, not checked.
+Measured per width and repetition (fresh ``W``, fixed data on the sphere)
+at every iterate of NGD at ``eta = config.learning_rate``; ``R`` with
+``lambda_min(G_inf)`` for ``lambda_min(G(0))`` is reported beside it. The
+checks are observations: the lemmas' hypothesis (Condition 2 with ``C <
+1/2``) is not met at these widths (C1). The flip bound is >= 1 (a fraction
+cannot break it) below ``m ~ 1e5``: reported, not checked.
 
-Small preset (about 15 s on 2 CPU cores; n = 16, widths 8 .. 4096, 2
-initialisations, 20 steps); full (about 30 s; n = 32, widths 8 .. 16384, 3
-initialisations)::
+Small preset (about 15 s on 2 CPU cores); full (about 30 s)::
 
   python -m experiments.training_conditions \
       --config=configs/training_conditions.py:small \
@@ -34,8 +27,7 @@ and ``G(k)`` turns singular (ratio 0). ``max_k ||w(k) - w(0)||`` stays
 below the Lemma 3 radius at every width (at most 0.33 / 0.23 of it; 9.6
 vs 36.6 and 12.4 vs 64.7 at the widest). Flips fall like ``m^(-0.454 +-
 0.025)`` / ``m^(-0.451 +- 0.011)``, faster than the bound's ``m^(-1/3)``,
-whose value is still 1.9-2.4 at the widest width. Figures
-``lambda_min.png``, ``lambda_path.png``, ``distance.png``, ``flips.png``.
+whose value is still 1.9-2.4 at the widest width.
 """
 
 from __future__ import annotations
@@ -52,65 +44,15 @@ from ngdjax.experiment.runner import Experiment, Outcome, Run
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.n = 32  # training points on S^{d-1}
-  c.d = 10
-  c.nu = 1.0  # first-layer init scale
-  c.widths = (8, 16, 64, 256, 1024, 4096, 16384)
-  c.reps = 3  # initialisations per width
-  c.learning_rate = 0.5
-  c.num_steps = 40
-  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
-  c.lambda_fraction = 4 / 9  # Lemma 2
-  c.distance_factor = 3.0  # Lemma 3: R = factor ||y - u(0)|| / sqrt(lam)
-  c.delta = 0.1  # failure probability in the Lemma 7-8 flip bound
-  return c
+  """The full run."""
+  return training.base_config(
+      n=32, reps=3, num_steps=40,
+      widths=(8, 16, 64, 256, 1024, 4096, 16384), learning_rate=0.5,
+      lambda_fraction=4 / 9,  # Lemma 2
+      distance_factor=3.0,  # Lemma 3: R = factor ||y - u(0)|| / sqrt(lam)
+      delta=0.1)  # failure probability in the Lemma 7-8 flip bound
 
 
-def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
-  """Runs the sweep; the figures the checks judge and the report's text."""
-  x, y = data.sphere(config.n, config.d, seed=r.key("data"))
-  lam0 = float(lambda_min(kernels.relu_gram_inf(x)))
-
-  def one(m, s, log):
-    model, params0 = training.init_net(r, config, m, s)
-    t = training.train(model, params0, x, y,
-                       learning_rate=float(config.learning_rate),
-                       num_steps=config.num_steps,
-                       residual_floor=config.residual_floor, log=log,
-                       width=m, rep=s)
-    u0 = model.apply(params0, x)
-    lam_g0 = t["lambda_min_G"][0]
-    scale = config.distance_factor / 3.0  # distance_bound's factor is 3
-    bound = (scale * float(diagnostics.distance_bound(y, u0, lam_g0))
-             if lam_g0 > 0 else math.inf)
-    bound_inf = scale * float(diagnostics.distance_bound(y, u0, lam0))
-    r_meas = max(t["distance"])
-    return {
-        "width": m, "rep": s,
-        "lambda_min_G0": lam_g0,
-        "lambda_ratio_min": (min(t["lambda_min_G"]) / lam_g0
-                             if lam_g0 > 0 else -math.inf),
-        "distance_max": r_meas,
-        "distance_bound": bound,
-        "distance_bound_lambda_0": bound_inf,
-        "flips_max": max(t["flips"]),
-        "flips_final": t["flips"][-1],
-        "flip_bound": analysis.lemma8_flip_bound(
-            r_meas, float(config.nu), float(config.delta), m),
-        "steps": t["steps"],
-        "reached_floor": t["reached_floor"],
-        "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
-    }
-
-  results = training.sweep(r, config, one)
-  return _summarise(r, config, results, lam0)
-
-
-# Lemmas 2-3 are proved under Condition 2, whose measured C is above 1/2 at
-# these widths (C1): the checks are observations of the conclusions.
 CHECKS = (
     verdicts.Check("gram", (("m_star/gram", "<", "widest_width"),),
                    "min_k lambda_min(G(k)) >= fraction lambda_min(G(0)) at "
@@ -125,7 +67,32 @@ CHECKS = (
 )
 
 
-def _summarise(r: Run, config, results, lam0) -> Outcome:
+def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
+  """Runs the sweep; the figures the checks judge and the report's text."""
+  x, y = data.sphere(config.n, config.d, seed=r.key("data"))
+  lam0 = float(lambda_min(kernels.relu_gram_inf(x)))
+  scale = config.distance_factor / 3.0  # distance_bound's factor is 3
+
+  def one(m, s, u0, t):
+    lam_g0, r_meas = t["lambda_min_G"][0], max(t["distance"])
+    return {
+        "width": m, "rep": s, "lambda_min_G0": lam_g0,
+        "lambda_ratio_min": (min(t["lambda_min_G"]) / lam_g0
+                             if lam_g0 > 0 else -math.inf),
+        "distance_max": r_meas,
+        "distance_bound": (
+            scale * float(diagnostics.distance_bound(y, u0, lam_g0))
+            if lam_g0 > 0 else math.inf),
+        "distance_bound_lambda_0": scale * float(
+            diagnostics.distance_bound(y, u0, lam0)),
+        "flips_max": max(t["flips"]), "flips_final": t["flips"][-1],
+        "flip_bound": analysis.lemma8_flip_bound(
+            r_meas, float(config.nu), float(config.delta), m),
+        "steps": t["steps"], "reached_floor": t["reached_floor"],
+        "cholesky_failed_steps": int(sum(t["cholesky_failed"])),
+    }
+
+  results = training.sweep(r, config, x, y, one)
   ws = [u["width"] for u in results]
   ok = {
       "gram": [u["lambda_ratio_min"] >= config.lambda_fraction
@@ -143,21 +110,15 @@ def _summarise(r: Run, config, results, lam0) -> Outcome:
   nonvacuous = [u for u in results if u["flip_bound"] < 1.0]
   wide = [u for u in results if u["width"] == widest]
   measured = {
-      "lambda_0": lam0,
-      "widest_width": widest,
-      "runs": len(results),
+      "lambda_0": lam0, "widest_width": widest, "runs": len(results),
       "lambda_ratio_min_overall": min(u["lambda_ratio_min"] for u in results),
-      "lambda_ratio_min_at_widest": min(u["lambda_ratio_min"] for u in wide),
-      "distance_over_bound_max_at_widest": max(
-          u["distance_max"] / u["distance_bound"] for u in wide),
-      "distance_over_bound_max_overall": max(
-          u["distance_max"] / u["distance_bound"] for u in results),
-      "distance_max_at_widest": max(u["distance_max"] for u in wide),
-      "distance_bound_at_widest": min(u["distance_bound"] for u in wide),
-      "distance_bound_lambda_0_at_widest": min(
-          u["distance_bound_lambda_0"] for u in wide),
-      "flips_max_at_widest": max(u["flips_max"] for u in wide),
-      "flip_bound_at_widest": min(u["flip_bound"] for u in wide),
+      **{f"{k}_at_widest": reduce(u[k] for u in wide) for k, reduce in (
+          ("lambda_ratio_min", min), ("distance_max", max),
+          ("distance_bound", min), ("distance_bound_lambda_0", min),
+          ("flips_max", max), ("flip_bound", min))},
+      **{f"distance_over_bound_max_{where}": max(
+          u["distance_max"] / u["distance_bound"] for u in units)
+         for where, units in (("at_widest", wide), ("overall", results))},
       # Below this width the flip bound is >= 1 and says nothing.
       "flip_bound_vacuous_below": max(
           8 * (u["distance_max"] / (config.nu * config.delta)) ** 2
@@ -172,9 +133,8 @@ def _summarise(r: Run, config, results, lam0) -> Outcome:
           u["flips_max"] > u["flip_bound"] for u in nonvacuous),
       "cholesky_failed_steps": sum(u["cholesky_failed_steps"]
                                    for u in results),
+      **{f"m_star/{k}": m for k, m in m_star.items()},
   }
-  for k, m in m_star.items():
-    measured[f"m_star/{k}"] = m
 
   def star(k):
     return "none" if m_star[k] is None else f"{m_star[k]:.0f}"
@@ -216,24 +176,19 @@ def _plot(r: Run, config, results, fit, m_star) -> list[str]:
   widths = sorted({u["width"] for u in results})
   lemma2 = [(config.lambda_fraction,
              f"Lemma 2: {config.lambda_fraction:.3g}")]
-  plots.line_plot(
-      r.path("lambda_min.png"),
+  training.width_figure(
+      r, "lambda_min.png",
       plots.runs_and_mean(results, "width", "lambda_ratio_min", "runs")[0],
-      xlabel="width m",
-      ylabel="min_k lambda_min(G(k)) / lambda_min(G(0))",
-      title="C3: Lemma 2, the Gram stays positive definite",
-      logx=True, xticks=widths, hlines=lemma2,
+      widths, logy=False, ylabel="min_k lambda_min(G(k)) / lambda_min(G(0))",
+      title="C3: Lemma 2, the Gram stays positive definite", hlines=lemma2,
       vlines=([] if m_star["gram"] is None
               else [(m_star["gram"], f"m* = {m_star['gram']:.0f}")]))
-  plots.line_plot(
-      r.path("lambda_path.png"),
-      training.path_series(r.records(), "lambda_min_G", widths,
-                           normalise=True),
-      xlabel="NGD step k", ylabel="lambda_min(G(k)) / lambda_min(G(0))",
-      title=f"C3: along training (eta={config.learning_rate:g}, rep 0)",
+  training.path_figure(
+      r, config, "C3", "lambda_path.png", "lambda_min_G", widths,
+      normalise=True, ylabel="lambda_min(G(k)) / lambda_min(G(0))",
       hlines=lemma2)
-  plots.line_plot(
-      r.path("distance.png"),
+  training.width_figure(
+      r, "distance.png",
       plots.runs_and_mean(results, "width", "distance_max", None,
                           "max_k ||w(k) - w(0)|| (mean over reps)")[0]
       + [training.mean_series(results, "distance_bound", "Lemma 3: 3 ||y - "
@@ -241,9 +196,8 @@ def _plot(r: Run, config, results, fit, m_star) -> list[str]:
          training.mean_series(results, "distance_bound_lambda_0",
                               "same with lambda_0 = lambda_min(G_inf)",
                               "C2")],
-      xlabel="width m", ylabel="distance from initialisation",
-      title="C3: Lemma 3, the weights stay in the ball",
-      logx=True, logy=True, xticks=widths)
+      widths, ylabel="distance from initialisation",
+      title="C3: Lemma 3, the weights stay in the ball")
   series = plots.runs_and_mean(
       results, "width", "flips_max", None,
       "max_k flipped fraction (mean over reps)")[0] + [training.mean_series(
@@ -251,11 +205,10 @@ def _plot(r: Run, config, results, fit, m_star) -> list[str]:
           f"m^(-1/3), delta={config.delta:g}", "C3")]
   if fit is not None:
     series.append(training.fit_series(results, fit))
-  plots.line_plot(
-      r.path("flips.png"), series, xlabel="width m",
+  training.width_figure(
+      r, "flips.png", series, widths,
       ylabel="fraction of activations flipped",
       title="C3: activation-pattern flips along training",
-      logx=True, logy=True, xticks=widths,
       hlines=[(1.0, "fraction 1 (a bound above says nothing)")])
   return ["lambda_min.png", "lambda_path.png", "distance.png", "flips.png"]
 

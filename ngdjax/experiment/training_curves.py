@@ -2,74 +2,43 @@
 transform), GD and Adam on digits 4 vs 9, across widths, with wall-clock.
 
 MATH.md 2, 4-5: NGD contracts the residual by ``1 - eta`` per step whatever
-the conditioning of the Gram matrix (Theorem 1); K-FAC by ``1 - eta n h_i``
-per coordinate (leverage scores ``h_i`` of the inputs), which after the
-Forster transform is ``1 - eta d`` for every ``i``, so K-FAC at
-``eta = 1/d`` is NGD at ``eta = 1``. Gradient descent contracts the
-eigen-direction ``k`` of ``G`` by ``1 - eta lambda_k(G)`` with ``eta <
-2 / lambda_max(G)``: its speed is set by ``cond(G)``. So on real data (where
-``cond(G)`` is large) NGD and K-FAC after Forster should reach a small loss
-in far fewer steps than GD and Adam.
+``cond(G)`` (Theorem 1); K-FAC by ``1 - eta n h_i`` per coordinate
+(leverage scores ``h_i``), ``1 - eta d`` for every ``i`` after the Forster
+transform; ``cond(G)`` sets GD's speed. So NGD and K-FAC after Forster
+should reach a small loss in far fewer steps than GD and Adam.
 
-Data: scikit-learn's 8x8 digits 4 vs 9 (``ngdjax.data.digits``, ``+-1``
-targets, ``n_train`` training images), projected onto their top
-``pca_dim`` right singular vectors (no centring) and renormalised to unit
-rows, for every method alike. Why project: the raw 64 pixels include 7 that
-are zero in every training image and pixels lit in a single image (leverage
-score 1), so the rows are far from general position and the Forster
-transform does not exist (measured on the 57 non-constant pixels: Newton
-stalls at isotropy error 2.65, Algorithm 1 stops at ``cond(A)`` 7e13);
-after the projection it converges in a few Newton steps.
+Data: digits 4 vs 9 projected onto their top ``pca_dim`` right singular
+vectors, unit rows: on the raw pixels (7 zero in every image, some lit in
+one image only) the Forster transform does not exist (Newton stalls at
+isotropy error 2.65, Algorithm 1 stops at ``cond(A)`` 7e13).
 
-Methods, all on ``two_layer_relu(width)`` from one initialisation per width,
-full batch, sum loss ``L = 1/2 ||u - y||^2`` (``ngdjax.optim``; step sizes
-in ``default_config``): ``ngd`` (exact NGD), ``kfac`` on the projected
-inputs at ``eta = 1 / (n max_i h_i)`` (the largest step at which no
-coordinate overshoots, to first order), ``kfac_forster`` (K-FAC on ``Z =
-forster(X).Z`` at ``eta = 1 / d``; its wall-clock starts at the (warm) time
-of the Forster transform), ``gd`` and ``adam``, each at every step size
-listed; the one with the fewest steps to the target is compared (ties: the
-lower final loss), so the baselines are not handicapped by one poor choice.
+Methods, from one initialisation per width, full batch: ``ngd``; ``kfac``
+at ``eta = 1 / (n max_i h_i)`` (no coordinate overshoots, to first order);
+``kfac_forster`` on ``forster(X).Z`` at ``eta = 1/d``, its clock starting
+at the transform's time; ``gd`` and ``adam`` at each listed step size, the
+one with the fewest steps to the target compared. K-FAC adds
+``kfac_factor_damping`` (1e-10) to each factor, undamped to about 1e-9 but
+solved by Cholesky: the ``eigh`` that zero damping needs took 0.85 s instead
+of 10 ms under load. Steps are timed until the loss is on the host,
+compilation excluded; a baseline that never reaches the target counts as
+``budget + 1`` steps. Wall-clock is reported, not judged.
 
-Both K-FAC runs add ``kfac_factor_damping`` (1e-10) to each factor and no
-pi-split damping: the factors' smallest eigenvalues are many orders larger,
-so this is the undamped update of MATH.md 4 to about 1e-9, but it is solved
-by Cholesky instead of the eigendecomposition pseudo-inverse that exactly
-zero damping selects. Seen on this machine: a 256 x 256 ``eigh`` sometimes
-took 0.85 s instead of about 10 ms while other processes ran, which made the
-undamped K-FAC's wall-clock 40 times NGD's; with Cholesky a K-FAC step
-costs about as much as an NGD step, as it should.
-
-Each run stops after its step budget, below ``stop_fraction L(0)`` or above
-``1e6 L(0)``. Every step is timed until the loss at the new parameters is
-on the host (one compiled forward pass, which every method pays),
-compilation excluded (a warm-up step is run and discarded first). Measured,
-per width and method: ``L(k) / L(0)`` against steps and seconds; the steps
-and seconds to ``target_fraction L(0)`` (``None``: the budget ran out). A
-baseline that never reached the target counts as ``budget + 1`` steps, so
-the checks can only be in the fast methods' favour by a margin the budget
-allows (``speedup * steps <= budget + 1``). Wall-clock is reported, not
-judged: it depends on the machine and on what else runs on it.
-
-Small preset (about 25 s on 2 shared CPU cores standalone, of which about
-5 s import scikit-learn; 19 s inside reproduce; n = 256, PCA to d = 32,
-widths 512 and 2048; budgets 20 steps for NGD/K-FAC, 200 for GD/Adam);
-full (about 5 minutes; widths 512, 2048, 8192; budgets 40 / 1000)::
+Small preset (about 25 s on 2 shared CPU cores, 5 s of it importing
+scikit-learn; n = 256, d = 32, widths 512 and 2048; budgets 20 steps for
+NGD/K-FAC, 200 for GD/Adam); full (about 5 minutes; widths 512, 2048, 8192;
+budgets 40 / 1000)::
 
   python -m experiments.training_curves \
       --config=configs/training_curves.py:small \
       --workdir=/tmp/ngdjax/C12_small
 
 Seen (float64): steps to L <= 1e-4 L(0) at m = 512 / 2048 / 8192: NGD
-(eta = 1) 6 / 4 / 2; K-FAC after Forster (eta = 1/d) 4 / 3 / 2; Adam (best
-of lr 1e-3, 1e-2, 1e-1) 76 / 77 / 79; K-FAC on the raw (PCA) inputs (eta =
-1/(n max h)) not within 20 (small) / 40 steps at 512, 35 and 22 steps at
-2048 and 8192 (full); GD (eta = 1.9 / lambda_max(G(0)), the better of 1.0
-and 1.9) not within 1000 steps (L = 1.3e-3 .. 3.1e-3 L(0) at the end).
-Wall-clock to the target: NGD and K-FAC + Forster a few hundredths to
-tenths of a second, Adam 0.1-4 s; these numbers move by factors of several
-with the load of the machine. Figures loss_vs_step_m<width>.png and
-loss_vs_time_m<width>.png.
+(eta = 1) 6 / 4 / 2; K-FAC after Forster 4 / 3 / 2; Adam (best of lr 1e-3,
+1e-2, 1e-1) 76 / 77 / 79; K-FAC on the PCA inputs not within 20 (small) / 40
+steps at 512, 35 and 22 steps at 2048 and 8192; GD (best of eta = 1.0 and
+1.9 / lambda_max(G(0))) not within 1000 steps (L = 1.3e-3 .. 3.1e-3 L(0)).
+Wall-clock to the target: NGD and K-FAC + Forster hundredths to tenths of a
+second, Adam 0.1-4 s.
 """
 
 from __future__ import annotations
@@ -127,18 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-@functools.lru_cache(maxsize=16)
-def _model(width: int, nu: float) -> models.Model:
-  # One Model per (width, nu): a static argument of _step, so reruns reuse
-  # its compiled code.
-  return models.two_layer_relu(width, nu=nu)
-
-
 def _make(model, method: str, lr, damping: float):
-  """The optimizer of ``method`` at step size ``lr`` (may be traced).
-
-  ``damping`` is NGD's damping, or K-FAC's factor damping.
-  """
+  """``method``'s optimizer at step size ``lr`` (may be traced); ``damping``
+  is NGD's damping or K-FAC's factor damping."""
   if method == "ngd":
     return ngd(model, learning_rate=lambda count: lr, damping=damping)
   if method in ("kfac", "kfac_forster"):
@@ -164,15 +124,8 @@ def _loss(model, params, x, y):
 
 
 def prepare_inputs(x: np.ndarray, dim: int) -> np.ndarray:
-  """Rows projected onto the top ``dim`` right singular vectors, unit norm.
-
-  Args:
-    x: ``(n, d)`` inputs.
-    dim: ``1 <= dim <= min(n, d)``.
-
-  Returns:
-    ``(n, dim)`` float64 unit rows.
-  """
+  """``(n, d)`` rows projected onto their top ``dim`` right singular vectors
+  (``1 <= dim <= min(n, d)``): ``(n, dim)`` float64 unit rows."""
   x = np.asarray(x, np.float64)
   if not 1 <= dim <= min(x.shape):
     raise ValueError(f"pca_dim must lie in [1, {min(x.shape)}], got {dim}")
@@ -209,8 +162,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
     jax.block_until_ready(forster(x))  # warm: the transform's own cost
     eig = np.linalg.eigvalsh(x64.T @ x64)
     return {"n": n, "d": d, "nh_min": float(nh.min()),
-            "nh_max": float(nh.max()),
-            "cond_xtx": float(eig[-1] / eig[0]),
+            "nh_max": float(nh.max()), "cond_xtx": float(eig[-1] / eig[0]),
             "forster_error": float(fz.error),
             "forster_iterations": int(fz.iterations),
             "forster_seconds": time.perf_counter() - start}
@@ -225,11 +177,10 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
                     else config.curvature_steps * 20) * k[0] / 2048
           for k in runs}
   r.start_progress(len(runs), interval_s=5.0, work=sum(work.values()))
-  grams = {}
-  results = []
-  for key in runs:
-    m, method, hyper = key
-    model = _model(m, float(config.nu))
+  grams, results = {}, []
+  for m, method, hyper in runs:
+    # Equal models hash equal, so reruns reuse _step's compiled code.
+    model = models.two_layer_relu(m, nu=float(config.nu))
     params0 = model.init(r.key("init", f"width={m}"), d)
     if m not in grams and method == "gd":
       g0 = np.asarray(gram(model, params0, x), np.float64)
@@ -238,7 +189,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
         unit_key(width=m, method=method, hyper=f"{hyper:g}"),
         functools.partial(_train, config, model, m, params0, inputs, y,
                           method, hyper, setup, grams.get(m)),
-        work=work[key]))
+        work=work[m, method, hyper]))
   return _summarise(r, config, setup, results)
 
 
@@ -264,9 +215,8 @@ def _train(config, model, width, params0, inputs, y, method, hyper, setup,
   clock = setup["forster_seconds"] if method == "kfac_forster" else 0.0
   log(step=0, width=width, method=method, hyper=hyper,
       loss_rel=1.0, seconds=clock)
-  params, state = params0, state0
+  params, state, status = params0, state0, "budget"
   losses, seconds = [1.0], [clock]
-  status = "budget"
   for k in range(1, steps + 1):
     start = time.perf_counter()
     params, state, _ = _step(model, method, damping, params, state, x, y,
@@ -306,9 +256,7 @@ def _best(candidates: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def checks(config) -> tuple[verdicts.Check, ...]:
-  """Per fast method: at every width, its steps to the target over every
-  baseline's ``effective_steps / speedup`` (a fast method that never
-  reached the target fails)."""
+  """A fast method that never reached the target fails."""
   return tuple(verdicts.Check(
       f"{fast}_fast",
       tuple((f"m{int(m)}/{fast}/steps_to_target", "<=",
@@ -339,19 +287,16 @@ def _summarise(r: Run, config, setup, results) -> Outcome:
   figures = _plot(r, config, table)
   measured: dict[str, Any] = {"setup": setup}
   for m in widths:
-    for base in BASELINES:
-      steps = table[str(m)][base]["steps_to_target"]
-      measured[f"m{m}/{base}/effective_steps_over_speedup"] = (
-          (config.first_order_steps + 1 if steps is None else steps)
-          / config.speedup)
-  for m in widths:
-    for method in METHODS:
-      u = table[str(m)][method]
+    for method, u in table[str(m)].items():
       for k in ("steps_to_target", "seconds_to_target", "final_loss_rel",
                 "seconds_per_step"):
         measured[f"m{m}/{method}/{k}"] = u[k]
       if method in BASELINES:
+        steps = u["steps_to_target"]
         measured[f"m{m}/{method}/best_hyper"] = u["hyper"]
+        measured[f"m{m}/{method}/effective_steps_over_speedup"] = (
+            (config.first_order_steps + 1 if steps is None else steps)
+            / config.speedup)
 
   def show(u):
     s = u["steps_to_target"]
@@ -364,12 +309,12 @@ def _summarise(r: Run, config, setup, results) -> Outcome:
   parts = [f"m={m}: " + ", ".join(
       f"{_label(method, u)} {show(u)}"
       for method, u in table[str(m)].items()) for m in widths]
-  text = (f"steps (and seconds) to L <= {config.target_fraction:g} L(0): "
-          + "; ".join(parts)
-          + f" (digits {config.classes[0]} vs {config.classes[1]}, "
-          f"n={setup['n']}, d={setup['d']} (PCA), cond(X^T X)="
-          f"{setup['cond_xtx']:.3g}, n h in [{setup['nh_min']:.3g}, "
-          f"{setup['nh_max']:.3g}])")
+  text = (
+      "steps (and seconds) to L <= {target:g} L(0): {parts} (digits "
+      "{classes[0]} vs {classes[1]}, n={n}, d={d} (PCA), cond(X^T X)="
+      "{cond_xtx:.3g}, n h in [{nh_min:.3g}, {nh_max:.3g}])").format(
+          target=config.target_fraction, parts="; ".join(parts),
+          classes=config.classes, **setup)
   expectation = (
       f"NGD (eta={config.ngd_lr:g}) and K-FAC+Forster (eta=1/d) reach "
       f"L <= {config.target_fraction:g} L(0) in <= 1/{config.speedup:g} of "
@@ -389,16 +334,14 @@ def _plot(r: Run, config, table) -> list[str]:
     for xkey, xlabel, suffix in (
         ("step", "step (log axis; step 0 drawn at 0.5)", "step"),
         ("seconds", "wall-clock seconds (compilation excluded)", "time")):
+      curves = plots.series_from_records(records, xkey, "loss_rel",
+                                         group="unit")
       series = []
       for method, best in row.items():
-        where = (lambda rec, m=m, method=method, h=best["hyper"]:
-                 rec["width"] == m and rec["method"] == method
-                 and rec["hyper"] == h)
-        got = plots.series_from_records(records, xkey, "loss_rel",
-                                        where=where)
-        if not got:
+        key = unit_key(width=m, method=method, hyper=f"{best['hyper']:g}")
+        if key not in curves:
           continue
-        (xs, ys), = got.values()
+        xs, ys = curves[key]
         # Log axes: the starting point of a step axis sits at 1 (step 0
         # is drawn at 0.5), and losses below the floor are clipped.
         xs = np.where(xs <= 0, 0.5 if xkey == "step" else np.nan, xs)

@@ -35,8 +35,8 @@ from ngdjax._src.jacobian import gram
 from ngdjax._src.linalg import lambda_min
 from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.config import Rule
-from ngdjax.experiment.ngd_training import two_layer_model
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
+from ngdjax.models import two_layer_relu
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -92,7 +92,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   def rows(m):
     keys = jnp.stack([r.key(unit_key(width=m, rep=s))
                       for s in range(config.reps)])
-    model = two_layer_model(m, config.nu)
+    model = two_layer_relu(m, nu=config.nu)
     for g0 in _initial_grams(model, config.d, keys, x):
       row = {f"rel_error_{k}": diagnostics.relative_error(g0, g_inf, k)
              for k in ("fro", "max")}

@@ -65,8 +65,8 @@ from ngdjax._src.forster import forster
 from ngdjax._src.jacobian import jvp
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
-from ngdjax.experiment.ngd_training import two_layer_model
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
+from ngdjax.models import two_layer_relu
 from ngdjax.optim import kfac, ngd
 
 # One step from W(0), "<method>_<inputs>": (label, colour, style) in figures.
@@ -227,7 +227,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   conds = [float(k) for k in config.conds]
   x_sphere, y = data.sphere(config.n, config.d, seed=r.key("data"))
   z0 = np.asarray(forster(x_sphere).Z, np.float64)
-  model = two_layer_model(config.width, config.nu)
+  model = two_layer_relu(config.width, nu=config.nu)
   params0 = model.init(r.key("init"), config.d)
   r.start_progress(len(conds), interval_s=2.0)
   results = [r.unit(unit_key(cond=k), functools.partial(

@@ -43,13 +43,9 @@ def base_config(n: int, reps: int, num_steps: int,
   return c
 
 
-# The model and the loss are static in the jitted steps (also C5's and C6's
-# model): one object per process, so reruns reuse the compiled code.
-@functools.lru_cache(maxsize=64)
-def two_layer_model(width: int, nu: float) -> models.Model:
-  return models.two_layer_relu(int(width), nu=float(nu))
-
-
+# The loss is static in the jitted steps and a ``Loss`` compares by identity:
+# one object per alpha, so reruns reuse the compiled code. (Models compare
+# by value: ``two_layer_relu(m, nu)`` built twice is one static argument.)
 squared_log_cosh = functools.lru_cache(maxsize=16)(losses.squared_log_cosh)
 
 
@@ -152,7 +148,7 @@ def sweep(r: Run, config: ml_collections.ConfigDict, x: jax.Array,
       return unit_key(**_tags(unit))
 
   def measure(unit, log):
-    model = two_layer_model(unit[0], config.nu)
+    model = models.two_layer_relu(unit[0], nu=config.nu)
     params0 = model.init(r.key(unit_key(width=unit[0], rep=unit[1])),
                          config.d)
     eta = float(config.learning_rate) if etas is None else unit[2]

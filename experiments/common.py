@@ -9,9 +9,6 @@ plain arguments.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -38,39 +35,26 @@ def start(argv: list[str]) -> None:
   jax.config.update("jax_enable_x64", FLOAT64.value)
 
 
-def finish(summary: Mapping[str, Any]) -> int:
-  """Logs the outcome; the exit status is 0 when the claim reproduced."""
-  status = "PASS" if summary.get("passed") else "FAIL"
-  logging.info("%s %s: %s", summary.get("claim"), status,
-               summary.get("measured_text"))
-  return 0 if summary.get("passed") else 1
-
-
 def main(spec) -> None:
   """Runs ``spec`` (an ``Experiment``) from the command line.
 
-  The exit status is 0 when the claim reproduced, 1 when a check failed.
-  """
-  config, workdir = define_run_flags(spec.name)
-
-  def run(argv):
-    start(argv)
-    return finish(spec.run(config.value, workdir.value))
-
-  app.run(run)
-
-
-def define_run_flags(name: str):
-  """``--config`` and ``--workdir``, required, for the experiment ``name``.
-
-  Returns:
-    ``(config_flag, workdir_flag)`` holders; read ``.value`` in ``main``.
+  ``--config`` (``configs/<name>.py[:preset]``) and ``--workdir`` are
+  required. The exit status is 0 when the claim reproduced, 1 when a check
+  failed.
   """
   config = config_flags.DEFINE_config_file(
-      "config", None, f"Configuration file, e.g. configs/{name}.py:small.",
+      "config", None, f"Configuration file, e.g. configs/{spec.name}.py:small.",
       lock_config=True)
   workdir = flags.DEFINE_string(
       "workdir", None, "Directory for config.json, metrics.jsonl, "
       "summary.json and figures; rerunning with the same workdir resumes.")
   flags.mark_flags_as_required(["config", "workdir"])
-  return config, workdir
+
+  def run(argv):
+    start(argv)
+    summary = spec.run(config.value, workdir.value)
+    status = "PASS" if summary["passed"] else "FAIL"
+    logging.info("%s %s: %s", spec.claim, status, summary["measured_text"])
+    return 0 if summary["passed"] else 1
+
+  app.run(run)

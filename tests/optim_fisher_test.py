@@ -243,6 +243,16 @@ def test_kfac_running_averages_and_inverse_refresh():
   assert not np.allclose(e1, e2)
 
 
+def _pi_damped_step(fa, fb, g, lam, lr):
+  """``-lr (N (A + pi delta I) kron (B + delta / pi I))^{-1} g``, delta =
+  sqrt(lam / N): the running-average K-FAC step with the pi split."""
+  pi = np.sqrt((np.trace(fa) / len(fa)) / (np.trace(fb) / len(fb)))
+  delta = np.sqrt(lam / N)
+  f_kfac = N * np.kron(fa + pi * delta * np.eye(len(fa)),
+                       fb + delta / pi * np.eye(len(fb)))
+  return -lr * np.linalg.solve(f_kfac, np.ravel(g)).reshape(g.shape)
+
+
 def _batch_factors(params, x, labels):
   """Per-example ``(A^T A / n, B^T H B / n)`` per layer, from definitions."""
   u = MODEL.apply(params, x)
@@ -286,13 +296,9 @@ def test_kfac_statistics_every_matches_hand_computation(every, inverse):
         MODEL.to_layer_matrices(p), state.curvature, strict=True):
       np.testing.assert_allclose(fac.inputs_cov, fa, rtol=1e-12, atol=1e-15)
       np.testing.assert_allclose(fac.grads_cov, fb, rtol=1e-12, atol=1e-15)
-      pi = np.sqrt((np.trace(fa) / len(fa)) / (np.trace(fb) / len(fb)))
-      delta = np.sqrt(lam / N)
-      f_kfac = N * np.kron(fa + pi * delta * np.eye(len(fa)),
-                           fb + delta / pi * np.eye(len(fb)))
-      ref = -lr * np.linalg.solve(f_kfac, np.ravel(g)).reshape(g.shape)
-      np.testing.assert_allclose(np.asarray(cur - old), ref, rtol=1e-8,
-                                 atol=1e-12)
+      np.testing.assert_allclose(np.asarray(cur - old),
+                                 _pi_damped_step(fa, fb, g, lam, lr),
+                                 rtol=1e-8, atol=1e-12)
     assert int(info["cholesky_failed"]) == 0
     p = new
 
@@ -321,13 +327,9 @@ def test_kfac_cholesky_inverses_keep_the_refresh_damping():
       for (fa, fb), g, cur, old in zip(
           avg, grads, MODEL.to_layer_matrices(new),
           MODEL.to_layer_matrices(p), strict=True):
-        pi = np.sqrt((np.trace(fa) / len(fa)) / (np.trace(fb) / len(fb)))
-        delta = np.sqrt(used / N)
-        f_kfac = N * np.kron(fa + pi * delta * np.eye(len(fa)),
-                             fb + delta / pi * np.eye(len(fb)))
-        ref = -lr * np.linalg.solve(f_kfac, np.ravel(g)).reshape(g.shape)
-        np.testing.assert_allclose(np.asarray(cur - old), ref, rtol=1e-8,
-                                   atol=1e-12)
+        np.testing.assert_allclose(np.asarray(cur - old),
+                                   _pi_damped_step(fa, fb, g, used, lr),
+                                   rtol=1e-8, atol=1e-12)
       assert int(info["cholesky_failed"]) == 0
       p = new
 

@@ -1,7 +1,8 @@
 """Experiment configurations: ``get_config(arg)`` files, one per experiment.
 
-Each ``configs/<name>.py`` starts from ``ngdjax.experiment.<name>``'s
-``default_config()`` (the full run, which is also the schema a run is
-checked against) and defines presets selected with ``:preset``, e.g.
-``--config=configs/gram_limit.py:small``.
+Each ``configs/<name>.py`` is ``get_config = SPEC.get_config`` of
+``ngdjax.experiment.<name>``: ``default_config()`` (the full run, also the
+schema a run is checked against) with the spec's presets selected by
+``:preset``, e.g. ``--config=configs/gram_limit.py:small``. A config file of
+your own may build any ConfigDict with the same fields.
 """

@@ -6,6 +6,7 @@ Run from the repository root, e.g.::
   python -m experiments.gram_limit --config=configs/gram_limit.py:small \
       --workdir=/tmp/ngdjax/C5
 
-The work happens in ``ngdjax.experiment.<name>.run(config, workdir)``, which
-the tests call directly.
+Each ``experiments/<name>.py`` is ``common.main(SPEC)``: the work happens in
+``ngdjax.experiment.<name>.SPEC.run(config, workdir)``, which the tests call
+directly.
 """

@@ -43,7 +43,8 @@ def main(spec) -> None:
   failed.
   """
   config = config_flags.DEFINE_config_file(
-      "config", None, f"Configuration file, e.g. configs/{spec.name}.py:small.",
+      "config", None,
+      f"Configuration file, e.g. configs/{spec.name}.py:small.",
       lock_config=True)
   workdir = flags.DEFINE_string(
       "workdir", None, "Directory for config.json, metrics.jsonl, "

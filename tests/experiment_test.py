@@ -482,3 +482,9 @@ def test_claim_modules_import_no_other_claim():
         elif node.module.startswith("ngdjax.experiment."):
           imported.add(node.module.rsplit(".", 1)[1])
     assert imported <= shared, (spec.name, imported - shared)
+
+
+def test_experiment_layer_uses_the_public_api():
+  """The experiments call ngdjax as a user would: no ``ngdjax._src``."""
+  for path in sorted((REPO / "ngdjax" / "experiment").glob("*.py")):
+    assert "ngdjax._src" not in path.read_text(), path.name

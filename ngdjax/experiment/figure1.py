@@ -39,8 +39,7 @@ import ml_collections
 import numpy as np
 import scipy.linalg
 
-from ngdjax import data, linearized, models
-from ngdjax._src.jacobian import gram
+from ngdjax import data, gram, linearized, models
 from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run

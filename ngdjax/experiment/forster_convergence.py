@@ -39,7 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ngdjax._src.forster import forster
+from ngdjax import forster
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key

@@ -61,8 +61,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ngdjax import data, diagnostics, kernels, linearized, models
-from ngdjax._src.linalg import normalize_rows
+from ngdjax import (
+  data,
+  diagnostics,
+  kernels,
+  linearized,
+  models,
+  normalize_rows,
+)
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key

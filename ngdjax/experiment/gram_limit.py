@@ -30,9 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ngdjax import data, diagnostics, kernels
-from ngdjax._src.jacobian import gram
-from ngdjax._src.linalg import lambda_min
+from ngdjax import data, diagnostics, gram, kernels, lambda_min
 from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key

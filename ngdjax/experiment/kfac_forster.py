@@ -60,9 +60,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ngdjax import data, diagnostics
-from ngdjax._src.forster import forster
-from ngdjax._src.jacobian import jvp
+from ngdjax import data, diagnostics, forster, jvp
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key

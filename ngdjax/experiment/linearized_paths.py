@@ -48,8 +48,7 @@ import ml_collections
 import numpy as np
 import scipy.linalg
 
-from ngdjax import data, linearized, models
-from ngdjax._src.jacobian import gram, jacobian
+from ngdjax import data, gram, jacobian, linearized, models
 from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run

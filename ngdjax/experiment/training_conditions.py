@@ -36,8 +36,7 @@ import math
 
 import ml_collections
 
-from ngdjax import data, diagnostics, kernels
-from ngdjax._src.linalg import lambda_min
+from ngdjax import data, diagnostics, kernels, lambda_min
 from ngdjax.experiment import analysis, plots, verdicts
 from ngdjax.experiment import ngd_training as training
 from ngdjax.experiment.runner import Experiment, Outcome, Run

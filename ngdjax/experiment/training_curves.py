@@ -54,9 +54,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ngdjax import data, models
-from ngdjax._src.forster import forster
-from ngdjax._src.jacobian import gram
+from ngdjax import data, forster, gram, models
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key

@@ -1,10 +1,12 @@
 """Losses: gradients against autodiff, curvature against mu and L."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ngdjax
 from ngdjax import losses
 
 
@@ -81,3 +83,25 @@ def test_softmax_cross_entropy_root_is_finite_when_saturated():
   s_mat, h = loss.hessian_root(u, jnp.asarray([2]))
   assert np.all(np.isfinite(s_mat)) and np.all(np.isfinite(h))
   assert np.isfinite(float(loss.value(u, jnp.asarray([2]))))
+
+
+def test_losses_compare_by_value():
+  """Equal builds are one static argument of a jitted function."""
+  assert ngdjax.losses.squared_log_cosh(1) == (
+      ngdjax.losses.squared_log_cosh(1.0))
+  assert hash(ngdjax.losses.softmax_cross_entropy()) == hash(
+      ngdjax.losses.softmax_cross_entropy())
+  assert ngdjax.losses.squared_log_cosh(1.0) != (
+      ngdjax.losses.squared_log_cosh(2.0))
+  assert ngdjax.losses.squared() != ngdjax.losses.squared_log_cosh(0.0)
+  replaced = ngdjax.losses.squared()._replace(grad=lambda u, y: 2 * (u - y))
+  assert replaced != ngdjax.losses.squared()
+
+  @chex.assert_max_traces(n=1)
+  def value(loss, u, y):
+    return loss.value(u, y)
+
+  f = jax.jit(value, static_argnums=0)
+  u = jnp.ones((3, 2))
+  f(ngdjax.losses.squared_log_cosh(0.5), u, 0 * u)
+  f(ngdjax.losses.squared_log_cosh(0.5), u, 0 * u)  # no second trace

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ngdjax._src import checks
+from ngdjax._src.keyed import by_value
 from ngdjax._src.typing import Array
 
 
@@ -83,12 +84,15 @@ class Loss(NamedTuple):
 def squared() -> Loss:
   """``L = 1/2 sum ||u_i - y_i||^2``; ``grad = u - y``; ``mu = L = 1``."""
   return Loss(
-      value=lambda u, y: 0.5 * jnp.sum((u - y) ** 2),
-      grad=lambda u, y: u - y,
       mu=1.0,
       L=1.0,
       name="squared",
-      sample=lambda key, u: u + jax.random.normal(key, u.shape, u.dtype),
+      **by_value(
+          ("squared",),
+          value=lambda u, y: 0.5 * jnp.sum((u - y) ** 2),
+          grad=lambda u, y: u - y,
+          sample=lambda key, u: u + jax.random.normal(key, u.shape, u.dtype),
+      ),
   )
 
 
@@ -108,11 +112,15 @@ def squared_log_cosh(alpha: float = 1.0) -> Loss:
     return a + jnp.log1p(jnp.exp(-2 * a)) - jnp.log(2.0)
 
   return Loss(
-      value=lambda u, y: jnp.sum(0.5 * (u - y) ** 2 + alpha * log_cosh(u - y)),
-      grad=lambda u, y: (u - y) + alpha * jnp.tanh(u - y),
       mu=1.0,
       L=1.0 + alpha,
       name=f"squared_log_cosh(alpha={alpha:g})",
+      **by_value(
+          ("squared_log_cosh", alpha),
+          value=lambda u, y: jnp.sum(
+              0.5 * (u - y) ** 2 + alpha * log_cosh(u - y)),
+          grad=lambda u, y: (u - y) + alpha * jnp.tanh(u - y),
+      ),
   )
 
 
@@ -184,15 +192,18 @@ def softmax_cross_entropy() -> Loss:
     return jax.nn.one_hot(labels, u.shape[-1], dtype=u.dtype)
 
   return Loss(
-      value=value,
-      grad=grad,
       mu=0.0,
       L=0.5,
       name="softmax_cross_entropy",
-      hessian=hessian,
-      hessian_root=hessian_root,
-      sample=sample,
       labels=True,
+      **by_value(
+          ("softmax_cross_entropy",),
+          value=value,
+          grad=grad,
+          hessian=hessian,
+          hessian_root=hessian_root,
+          sample=sample,
+      ),
   )
 
 

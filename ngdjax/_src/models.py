@@ -38,17 +38,17 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ngdjax._src import checks, kernels
+from ngdjax._src.keyed import by_value
 from ngdjax._src.typing import Array, Params
 
 
@@ -98,59 +98,6 @@ class Model(NamedTuple):
   to_layer_matrices: Callable[[Params], tuple[Array, ...]] | None = None
   from_layer_matrices: Callable[[Sequence[Array]], Params] | None = None
   kernel_inf: Callable[[Array], Array] | None = None
-
-
-class _BuiltFunction:
-  """A builder's closure that compares and hashes by ``key``.
-
-  ``key`` is ``(builder, normalised arguments..., role)``; builders are
-  deterministic in their arguments, so equal keys mean equal functions.
-
-  Why per function rather than a ``key`` field on ``Model`` or memoised
-  builders: a model-level key would survive ``Model._replace`` (which
-  ``linearize`` and users call to swap ``apply``), so a modified model
-  would compare equal to its original and ``jit`` would silently reuse the
-  original's trace; memoised builders would keep a process-wide cache (hidden
-  state, and a recompile again once an entry is evicted). Keyed functions
-  keep ``Model`` a plain NamedTuple compared field by field: replacing any
-  field gives an unequal model.
-  """
-
-  def __init__(self, fn: Callable, key: tuple):
-    self._fn = fn
-    self._key = key
-    functools.update_wrapper(self, fn)
-
-  def __call__(self, *args, **kwargs):
-    return self._fn(*args, **kwargs)
-
-  def __eq__(self, other):
-    if not isinstance(other, _BuiltFunction):
-      return NotImplemented
-    return self._key == other._key
-
-  def __hash__(self):
-    return hash(self._key)
-
-  def __repr__(self):
-    return f"<{self._key[0]} {self._key[-1]} {self._key[1:-1]}>"
-
-
-def _by_value(key: tuple | None, **fns: Callable | None) -> dict[str, Any]:
-  """``fns`` wrapped as ``_BuiltFunction``s keyed by ``key + (name,)``.
-
-  With ``key=None`` (arguments that cannot be compared by value, e.g. an
-  unhashable activation) the functions are returned as they are.
-  """
-  if key is not None:
-    try:
-      hash(key)
-    except TypeError:
-      key = None
-  if key is None:
-    return fns
-  return {name: None if fn is None else _BuiltFunction(fn, (*key, name))
-          for name, fn in fns.items()}
 
 
 def _check_width(name: str, value) -> int:
@@ -230,7 +177,7 @@ def two_layer_relu(
   return Model(
       out_dim=c,
       name=f"two_layer_relu(m={m}, c={c}, nu={nu})",
-      **_by_value(
+      **by_value(
           key,
           init=init,
           apply=apply,
@@ -404,7 +351,7 @@ def mlp(
   return Model(
       out_dim=c,
       name=f"mlp(widths={list(widths)}, c={c}, {act_name})",
-      **_by_value(
+      **by_value(
           key,
           init=init,
           apply=apply,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from ngdjax import losses
 from ngdjax.experiment import analysis
 from ngdjax.experiment import ngd_training as training
 from ngdjax.experiment.config import Rule
@@ -53,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _loss_and_etas(config):
-  loss = training.squared_log_cosh(float(config.alpha))
+  loss = losses.squared_log_cosh(config.alpha)
   return loss, [float(f) * 2.0 / (loss.mu + loss.L)
                 for f in config.eta_fractions]
 

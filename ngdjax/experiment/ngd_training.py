@@ -43,10 +43,6 @@ def base_config(n: int, reps: int, num_steps: int,
   return c
 
 
-# The loss is static in the jitted steps and a ``Loss`` compares by identity:
-# one object per alpha, so reruns reuse the compiled code. (Models compare
-# by value: ``two_layer_relu(m, nu)`` built twice is one static argument.)
-squared_log_cosh = functools.lru_cache(maxsize=16)(losses.squared_log_cosh)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

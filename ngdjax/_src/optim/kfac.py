@@ -186,6 +186,14 @@ def use_dual(form: str, rows: int, dim: int) -> bool:
   return form == "dual"
 
 
+def _pi(mean_a: Array, mean_b: Array) -> Array:
+  """``pi = sqrt(mean_a / mean_b)`` (mean eigenvalues of the two factors);
+  1 when either is zero (no information to balance)."""
+  ok = (mean_a > 0) & (mean_b > 0)
+  return jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a, 1.0)
+                                / jnp.where(ok, mean_b, 1.0)), 1.0)
+
+
 def pi_split(inputs: Array, grads: Array, damping) -> tuple[Array, Array]:
   """``(lam_A, lam_B)`` of the pi-adjusted split (module docstring).
 
@@ -200,12 +208,8 @@ def pi_split(inputs: Array, grads: Array, damping) -> tuple[Array, Array]:
     factor is zero (no information to balance).
   """
   n, a = inputs.shape
-  mean_a = jnp.sum(jnp.square(inputs)) / (n * a)
-  mean_b = jnp.sum(jnp.square(grads)) / grads.shape[1]
-  ok = (mean_a > 0) & (mean_b > 0)
-  pi = jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a / jnp.where(ok, mean_b,
-                                                               1.0), 1.0)),
-                 1.0)
+  pi = _pi(jnp.sum(jnp.square(inputs)) / (n * a),
+           jnp.sum(jnp.square(grads)) / grads.shape[1])
   root = jnp.sqrt(jnp.asarray(damping, inputs.dtype))
   return n * pi * root, root / pi
 
@@ -432,12 +436,8 @@ def averaged_update(
   qa, qb = factors.inputs_eigvecs, factors.grads_eigvecs
   core_m = qa.T @ grad_m @ qb
   if split == "pi":
-    a, b = ea.shape[0], eb.shape[0]
-    mean_a = jnp.sum(factors.inputs_eigvals) / a
-    mean_b = jnp.sum(factors.grads_eigvals) / b
-    ok = (mean_a > 0) & (mean_b > 0)
-    pi = jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a, 1.0)
-                                / jnp.where(ok, mean_b, 1.0)), 1.0)
+    pi = _pi(jnp.sum(factors.inputs_eigvals) / ea.shape[0],
+             jnp.sum(factors.grads_eigvals) / eb.shape[0])
     delta = jnp.sqrt(jnp.asarray(damping, ea.dtype) / n)
     den = n * (ea + pi * delta)[:, None] * (eb + delta / pi)[None, :]
   else:
@@ -470,11 +470,8 @@ def _damped_inverses(cov_a, cov_b, n, lam, lam_in, lam_out):
   """``(inv_A, inv_B, fallbacks)`` of ``inverse="cholesky"`` (module
   docstring): the pi split of ``averaged_update`` with inverses in place of
   eigendecompositions."""
-  mean_a = jnp.trace(cov_a) / cov_a.shape[0]
-  mean_b = jnp.trace(cov_b) / cov_b.shape[0]
-  ok = (mean_a > 0) & (mean_b > 0)
-  pi = jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a, 1.0)
-                              / jnp.where(ok, mean_b, 1.0)), 1.0)
+  pi = _pi(jnp.trace(cov_a) / cov_a.shape[0],
+           jnp.trace(cov_b) / cov_b.shape[0])
   delta = jnp.sqrt(jnp.asarray(lam, cov_a.dtype) / n)
   inv_a, failed_a = _damped_inverse(cov_a, lam_in / n + pi * delta)
   inv_b, failed_b = _damped_inverse(cov_b, lam_out / n + delta / pi)

@@ -126,3 +126,34 @@ def test_bad_config_fails_at_start(tmp_path):
                      r">= 1.*config.target_accuracy must be <= 1"):
     train.SPEC.run(config, tmp_path)
   assert not (tmp_path / "config.json").exists()
+
+
+def _result(method, lr, damping=None, steps=None, final=0.9):
+  return {"method": method, "lr": lr, "damping": damping,
+          "steps_to_target": steps, "final_test_accuracy": final}
+
+
+def test_extend_grid_grows_only_past_a_winning_edge():
+  results = [
+      # NGD: best (lr 1, damping 1) is the top of both axes.
+      _result("ngd", 0.5, 0.1), _result("ngd", 0.5, 1.0, steps=150),
+      _result("ngd", 1.0, 0.1), _result("ngd", 1.0, 1.0, steps=90),
+      # K-FAC: best (lr 1, damping 0.1) interior on lr, bottom on damping.
+      *(_result("kfac", lr, lam) for lr in (0.5, 2.0) for lam in (0.1, 1.0)),
+      _result("kfac", 1.0, 0.1, steps=50), _result("kfac", 1.0, 1.0),
+      # Adam: best at the bottom (no target reached: by final accuracy).
+      _result("adam", 1e-3, final=0.95), _result("adam", 1e-2, final=0.9),
+      # SGD: a single learning rate has no ratio to continue.
+      _result("sgd", 0.3, steps=10),
+  ]
+  new = sorted(train.extend_grid(results), key=str)
+  expected = [("adam", 1e-4, None), ("kfac", 1.0, 0.01), ("ngd", 1.0, 10.0),
+              ("ngd", 2.0, 1.0)]
+  assert [(m, d is None) for m, _, d in new] == [
+      (m, d is None) for m, _, d in expected]
+  np.testing.assert_allclose([(lr, d or 0) for _, lr, d in new],
+                             [(lr, d or 0) for _, lr, d in expected])
+  # Once the new points are run and lose, the grid stops growing there.
+  results += [_result("ngd", 2.0, 1.0, steps=120),
+              _result("ngd", 1.0, 10.0, steps=100)]
+  assert not any(p[0] == "ngd" for p in train.extend_grid(results))

@@ -380,6 +380,8 @@ def _summarise(r: Run, config, ds, batch, results) -> Outcome:
     setting = f"lr={u['lr']:g}"
     if u.get("damping") is not None:
       setting += f", damping={u['damping']:g}"
+    if measured["best_on_grid_edge"][m]:
+      setting += ", on the grid's edge"
     return (f"{_LABELS[m].split(' (')[0]} ({setting}) {reach}, final "
             f"{100 * u['final_test_accuracy']:.1f}%")
 
@@ -391,7 +393,8 @@ def _summarise(r: Run, config, ds, batch, results) -> Outcome:
       f"demonstration (not a paper claim): NGD and K-FAC reach "
       f"{100 * config.target_accuracy:g}% test accuracy within "
       f"{config.curvature_steps} steps (best of their lr x damping grids); "
-      "Adam/SGD best of their lr grids, reported as measured")
+      "Adam/SGD best of their lr grids, reported as measured; every grid "
+      f"extended past a winning edge ({config.grid_extensions} rounds)")
   return Outcome(measured, text, expectation, figures, {"runs": results})
 
 

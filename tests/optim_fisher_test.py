@@ -215,6 +215,12 @@ class KFACReferenceTest(chex.TestCase):
     assert int(info["cholesky_failed"]) == 0
 
 
+def _weighted_mean(mats, decay):
+  """``sum_j decay^(k-1-j) M_j / sum_j decay^(k-1-j)`` over ``j < k``."""
+  weights = decay ** np.arange(len(mats) - 1, -1, -1.0)
+  return sum(w * m for w, m in zip(weights, mats, strict=True)) / sum(weights)
+
+
 def test_kfac_running_averages_and_inverse_refresh():
   params, x, labels = _problem(seed=6)
   decay = 0.75
@@ -229,11 +235,10 @@ def test_kfac_running_averages_and_inverse_refresh():
     covs.append(np.asarray(fac.inputs.T @ fac.inputs) / N)
     p, state, _ = step(p, state, xb, yb)
     states.append(state)
-  expected = covs[0]
-  for cov in covs[1:]:
-    expected = decay * expected + (1 - decay) * cov
-  np.testing.assert_allclose(states[-1].curvature[0].inputs_cov, expected,
-                             rtol=1e-12)
+  for k, state_k in enumerate(states):
+    np.testing.assert_allclose(state_k.curvature[0].inputs_cov,
+                               _weighted_mean(covs[:k + 1], decay),
+                               rtol=1e-12)
   # Eigendecompositions at steps 0 and 2 only.
   e0, e1, e2 = (s.curvature[0].inputs_eigvals for s in states)
   np.testing.assert_array_equal(e0, e1)
@@ -269,9 +274,9 @@ def _batch_factors(params, x, labels):
 @pytest.mark.parametrize("every,inverse",
                          [(1, "eigh"), (2, "eigh"), (2, "cholesky")])
 def test_kfac_statistics_every_matches_hand_computation(every, inverse):
-  # Factor statistics at steps 0, T, 2T, ... only (decay applied once per
-  # update), eigendecompositions every step; each step's update against
-  # an explicit Kronecker product of the hand-computed averages with the
+  # Factor statistics at steps 0, T, 2T, ... only (each update one term of
+  # the weighted mean), eigendecompositions every step; each step's update
+  # against an explicit Kronecker product of the hand-computed averages with the
   # pi-split damping: n (A~ + pi delta) (x) (B~ + delta / pi),
   # delta = sqrt(lam / n).
   params, x, labels = _problem(seed=8)
@@ -282,13 +287,13 @@ def test_kfac_statistics_every_matches_hand_computation(every, inverse):
   state, p = opt.init(params), params
   batches = [(x, labels), (x[::-1] * 0.5, labels[::-1]),
              (x + 0.1, (labels + 1) % C)]
-  avg = None
+  seen = []  # the batch factors of every statistics update so far
   for k, (xb, yb) in enumerate(batches):
     if k % every == 0:
-      batch = _batch_factors(p, xb, yb)
-      avg = batch if avg is None else [
-          (decay * fa + (1 - decay) * ba, decay * fb + (1 - decay) * bb)
-          for (fa, fb), (ba, bb) in zip(avg, batch, strict=True)]
+      seen.append(_batch_factors(p, xb, yb))
+    avg = [(_weighted_mean([f[layer][0] for f in seen], decay),
+            _weighted_mean([f[layer][1] for f in seen], decay))
+           for layer in range(len(seen[0]))]
     _, grads, _, _, _ = _kfac_pieces(p, xb, yb)
     new, state, info = step(p, state, xb, yb)
     for (fa, fb), g, cur, old, fac in zip(

@@ -40,6 +40,15 @@ Damping (``damping = lam``, ``damping_split``, ``factor_damping``):
   ``B^T B`` themselves (MATH.md 4's ``lam_X``, ``lam_S`` for the two-layer
   net), on top of either split.
 
+Relation to kfac-jax's conventions: kfac-jax preconditions the gradient of
+the mean loss, ``grad L / n``, with batch-averaged factors, so its damped
+curvature is ``F_kfac / n + lam' I``; its step is this module's step with
+``damping = n lam'`` and the same learning rate, and its pi-split damping
+``(A^T A / n + pi' sqrt(lam') I) (x) (B^T B / n + sqrt(lam') / pi' I)``
+is the split above (``pi = pi' / sqrt(n)``, which the sum convention's
+``B^T B`` absorbs). ``tests/optim_fisher_test.py`` checks the mini-batch
+mode against that mean-convention form (``_pi_damped_step``).
+
 Undamped (``damping=0``, no factor damping) the inverses are
 pseudo-inverses, as in MATH.md 4's ``P_S = S~ (S~^T S~)^+ S~^T``.
 
@@ -71,9 +80,12 @@ mode (``factor_decay`` set, ``inverse_every > 1``, ``statistics_every > 1``
 or ``fisher="monte_carlo"``) keeps per-example factor averages
 ``A~ = avg A^T A / n`` and ``B~ = avg B'^T B' / n`` in the state, updated
 every ``statistics_every`` steps (Martens & Grosse 2015's ``T_1``; steps
-``0, T_1, 2 T_1, ...``) by ``F <- decay F + (1 - decay) F_batch`` (the
-decay is applied once per update, not per step; the first update takes the
-batch's factors), and their eigendecompositions, refreshed every
+``0, T_1, 2 T_1, ...``) to the exponentially weighted mean of the ``k``
+batch factors so far, ``F_k = sum_j decay^(k-j) F^_j / sum_j
+decay^(k-j)`` (``average_weight``; the decay applies once per update, not
+per step; the first update takes the batch's factors, and the weight of
+the old average rises to ``decay``, as kfac-jax weights its moving
+averages), and their eigendecompositions, refreshed every
 ``inverse_every`` steps (``T_3``; steps ``0, T_3, ...``, after that step's
 statistics update). Both use ``lax.cond``: on the other steps the layer
 factors (``c`` backward passes to the pre-activations and the factor
@@ -448,6 +460,22 @@ def averaged_update(
   return qa @ core_m @ qb.T
 
 
+def average_weight(decay: float, k, dtype) -> Array:
+  """The weight of the old average at the ``k``-th factor update (k >= 1).
+
+  The running factor is the exponentially weighted mean of the ``k`` batch
+  factors so far, ``F_k = sum_j decay^(k-j) F^_j / sum_j decay^(k-j)``
+  (kfac-jax's weighting), which is the recursion ``F_k = w F_{k-1} + (1 -
+  w) F^_k`` with ``w = 1 - 1 / W_k``, ``W_k = sum_{j<k} decay^j = (1 -
+  decay^k) / (1 - decay)``: ``w = (decay - decay^k) / (1 - decay^k)``, 0 at
+  ``k = 1`` (also for ``decay = 0``) and ``decay`` in the limit. (The plain
+  recursion with ``w = decay`` from the first batch on would leave that
+  batch a weight ``decay^(k-1)``: 0.63 after 10 updates at 0.95.)
+  """
+  decay_k = jnp.asarray(decay, dtype) ** jnp.asarray(k, dtype)
+  return (decay - decay_k) / (1 - decay_k)
+
+
 def _refresh(refresh, cov_a, cov_b, old: KFACFactors) -> KFACFactors:
   """New averages; eigendecompositions recomputed only when ``refresh``."""
 
@@ -592,7 +620,7 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
     n = u.shape[0]
 
     def statistics(old_covs):
-      w = jnp.where(count == 0, 0.0, decay).astype(u.dtype)
+      w = average_weight(decay, count // statistics_every + 1, u.dtype)
       covs = []
       for f, (old_a, old_b) in zip(_layer_factors(model, params, x),
                                    old_covs, strict=True):
@@ -691,15 +719,16 @@ def kfac(
       always mini-batch mode).
     factor_decay: ``None`` (default: the factors of the current batch only,
       the paper's full-batch setting) or ``decay`` in ``[0, 1)``: running
-      averages ``F <- decay F + (1 - decay) F_batch`` (the first step takes
-      the batch's factors). ``0.95`` suits mini-batches.
+      averages, the exponentially weighted mean ``sum_j decay^(k-j) F^_j /
+      sum_j decay^(k-j)`` of the batch factors ``F^_j`` of the ``k``
+      updates so far (``average_weight``). ``0.95`` suits mini-batches.
     inverse_every: refresh the factors' eigendecompositions every this many
       steps (default 1; 10 suits mini-batches), at steps ``0, k, 2k, ...``
       (after that step's statistics update).
     key: PRNG key for ``"monte_carlo"`` (default ``jax.random.key(0)``).
     statistics_every: update the running factor averages every this many
       steps (default 1: every step), at steps ``0, T, 2T, ...``; each update
-      applies the decay once, ``F <- decay F + (1 - decay) F_batch``. The
+      counts once in the weighted mean (the decay is per update). The
       steps in between compute only the gradient (one backward pass) and
       the preconditioned direction from the cached eigendecompositions.
       Any value ``> 1`` selects the mini-batch mode.

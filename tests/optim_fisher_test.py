@@ -356,6 +356,62 @@ def test_kfac_cholesky_inverse_falls_back_on_a_singular_factor():
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11)
 
 
+@pytest.mark.parametrize("fisher", ["true", "empirical"])
+def test_kfac_unmatched_leaf_gets_its_fisher_block(fisher):
+  # A bare apply with a leaf outside any dense layer (an output scale): its
+  # block is the exact damped Fisher of the loss, J_s^T H J_s (true) or
+  # sum_i (J_s,i . g_i)^2 (empirical), not the squared loss's J_s^T J_s.
+  params, x, labels = _problem(seed=4)
+  full = {"mlp": params, "scale": jnp.asarray(1.3)}
+
+  def apply(p, xx):
+    return p["scale"] * MODEL.apply(p["mlp"], xx)
+
+  lam, lr = 0.3, 0.7
+  opt = kfac(apply, lr, damping=lam, loss="softmax_cross_entropy",
+             fisher=fisher)
+  new, _, info = jax.jit(opt.step)(full, opt.init(full), x, labels)
+  u = apply(full, x)
+  js = np.asarray(jax.jacfwd(
+      lambda sc: apply({"mlp": params, "scale": sc}, x))(full["scale"]))
+  g = np.asarray(jax.vmap(jax.grad(
+      lambda ui, yi: -jax.nn.log_softmax(ui)[yi]))(u, labels))
+  grad = np.sum(js * g)
+  if fisher == "true":
+    hess = np.asarray(jax.vmap(jax.hessian(
+        lambda ui, yi: -jax.nn.log_softmax(ui)[yi]))(u, labels))
+    curvature = np.einsum("ik,ikl,il->", js, hess, js)
+  else:
+    curvature = np.sum(np.sum(js * g, axis=1) ** 2)
+  np.testing.assert_allclose(new["scale"] - full["scale"],
+                             -lr * grad / (curvature + lam), rtol=1e-10)
+  assert int(info["cholesky_failed"]) == 0
+
+
+@pytest.mark.parametrize("fisher", ["true", "empirical", "monte_carlo"])
+@pytest.mark.parametrize("bare,kwargs", [
+    (True, {}),
+    (False, {"gram_method": "jacobian"}),
+    (False, {"chunk_size": 2}),
+    (True, {"solver": "cg", "cg_tol": 1e-14, "gram_method": "jacobian"}),
+    (False, {"solver": "cg", "cg_tol": 1e-14, "chunk_size": 2}),
+])
+def test_ngd_fisher_every_gram_path_matches_dense(fisher, bare, kwargs):
+  # The kernels from an explicit N x N Gram, blocked Gram-vector products
+  # and a bare apply function (no layer factors), against the dense p x p
+  # reference.
+  params, x, labels = _problem(seed=1, scale=1.5)
+  model = (lambda p, xx: MODEL.apply(p, xx)) if bare else MODEL
+  lam = 0.3
+  opt = ngd(model, 0.7, damping=lam, loss="softmax_cross_entropy",
+            fisher=fisher, **kwargs)
+  new, _, _ = jax.jit(opt.step)(params, opt.init(params), x, labels)
+  delta = ravel_pytree(new)[0] - ravel_pytree(params)[0]
+  jac, _, g, hess, s = _dense(params, x, labels)
+  ref = _reference(fisher, jac, g, hess, s, 0.7, lam)
+  assert np.linalg.norm(np.asarray(delta) - ref) <= 1e-9 * np.linalg.norm(ref)
+
+
 def test_kfac_bad_settings_raise():
   with pytest.raises(ValueError, match="factor_decay"):
     kfac(MODEL, 1.0, factor_decay=1.0)

@@ -76,7 +76,8 @@ for NGD at every rate and for K-FAC at lr >= 1; NGD at lr 4 diverges.
 Seconds per step: NGD 0.011, K-FAC 0.008, Adam and SGD 0.001. Seeds 1-4
 (other split, init and batches, same protocol): NGD 97% in 30-60 steps,
 final 98.1-98.6%; K-FAC 30-40, 97.8-98.9%; Adam 40, 98.1-98.6%; SGD
-(lr 11.1, on the grid's edge at every seed) 30-160, 97.8-98.6%. Seed 0's split is the hard one for every method.
+(lr 11.1, on the grid's edge at every seed) 30-160, 97.8-98.6%. Seed 0's
+split is the hard one for every method.
 """
 
 from __future__ import annotations

@@ -376,22 +376,28 @@ def _layer_shapes(model, params) -> tuple[tuple[int, int], ...]:
   return tuple(m.shape for m in model.to_layer_matrices(params))
 
 
-def _to_params(model, mats, params, x, lam, rhs):
+def _to_params(model, mats, params, x, lam, fisher_rows):
   """Per-layer ``(a, b)`` matrices back to a params pytree.
 
   A bare apply's unmatched leaves (layer norms, convolution kernels, shared
-  weights) get their exact damped Gauss-Newton block in kernel form,
-  ``(J_g^T J_g + lam)^{-1} J_g^T rhs = J_g^T (J_g J_g^T + lam)^{-1} rhs``
-  (``rhs`` = ``grad_u L``, ``(n, c)``); zero damping gives the
-  pseudo-inverse. Returns ``(params pytree, Cholesky fallbacks)``.
+  weights) get their exact damped Fisher block in kernel form: with
+  ``J_g`` their Jacobian ``(n, c, p_g)`` and ``(Z, h) = fisher_rows(J_g)``
+  (``_fisher_factors``: ``Z_i = S_i^T J_g,i`` for the true Fisher, ``g_i^T
+  J_g,i`` for the empirical one, ``J_g`` itself for ``H = I``),
+  ``(Z^T Z + lam)^{-1} Z^T h = Z^T (Z Z^T + lam)^{-1} h``; zero damping
+  gives the pseudo-inverse. Returns ``(params pytree, Cholesky
+  fallbacks)``.
   """
   st = structure.layer_structure(model, params, x)
   failed = jnp.zeros((), jnp.int32)
   generic = None
   if st.generic_jacobian is not None:
     jac = st.generic_jacobian(params, x)
-    v, failed = solvers.psd_solve(self_outer(jac), rhs.reshape(-1), lam)
-    generic = jac.T @ v
+    n = x.shape[0]
+    rows, h = fisher_rows(jac.reshape(n, jac.shape[0] // n, -1))
+    z = rows.reshape(-1, rows.shape[-1])
+    v, failed = solvers.psd_solve(self_outer(z), h.reshape(-1), lam)
+    generic = z.T @ v
   return st.from_layer_matrices(mats, generic), failed
 
 
@@ -607,7 +613,9 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
         )
         failed = failed + fl
       deltas.append(delta)
-    direction, fl = _to_params(model, deltas, params, x, lam, g)
+    direction, fl = _to_params(
+        model, deltas, params, x, lam,
+        lambda jac: _fisher_factors(loss, fisher, u, y, g, jac, key))
     return core.Direction(u, direction, None, curvature,
                           {"cholesky_failed": failed + fl})
 
@@ -657,7 +665,8 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
       deltas.append(averaged_update(factors, grad_m, n, lam, lam_in, lam_out,
                                     damping_split))
       new_curv.append(factors)
-    direction, fl = _to_params(model, deltas, params, x, lam, g)
+    # A Model has no unmatched leaves (``_layer_shapes``).
+    direction, fl = _to_params(model, deltas, params, x, lam, None)
     return core.Direction(u, direction, None, tuple(new_curv),
                           {"cholesky_failed": failed + fl})
 

@@ -16,7 +16,7 @@ from jax.flatten_util import ravel_pytree
 
 import ngdjax
 from ngdjax._src.optim.ngd import _row_gram
-from ngdjax.optim import kfac, ngd, ngd_preconditioner
+from ngdjax.optim import gd, kfac, ngd, ngd_preconditioner
 
 N, D, C = 5, 3, 3
 MODEL = ngdjax.mlp([4], out_dim=C, activation="tanh")
@@ -106,6 +106,20 @@ def test_one_hot_and_labels_agree_and_check():
     opt.step(params, state, x, labels.at[0].set(C))
   with pytest.raises(ValueError, match="y has 4 rows"):
     opt.step(params, state, x, labels[:4])
+  with pytest.raises(ValueError, match=r"y: .*integer class labels.*astype"):
+    opt.step(params, state, x, labels.astype(float))
+  smooth = 0.9 * jax.nn.one_hot(labels, C) + 0.1 / C  # label smoothing: ok
+  opt.step(params, state, x, smooth.astype(jnp.float32))
+  with pytest.raises(ValueError, match=r"y must hold class probabilit.*"
+                     r"row 1 sums to 1\.5"):
+    opt.step(params, state, x, smooth.at[1, 0].add(0.5))
+  with pytest.raises(ValueError, match=r"y must hold class probabilit.*"
+                     r"row 0 has a negative entry"):
+    opt.step(params, state, x, smooth.at[0].set(jnp.array([1.5, -0.5, 0.0])))
+  for make in (kfac, gd):
+    other = make(MODEL, 0.5, loss="softmax_cross_entropy")
+    with pytest.raises(ValueError, match="do not sum to 1"):
+      other.step(params, other.init(params), x, 2.0 * smooth)
   with pytest.raises(ValueError, match="fisher"):
     ngd(MODEL, 1.0, fisher="exact")
   with pytest.raises(ValueError, match="damping must be positive"):

@@ -264,6 +264,35 @@ def check_targets(name: str, y, n: int, out_dim: int | None = None):
   return y
 
 
+def check_probabilities(name: str, y):
+  """Requires the rows of ``y`` ``(n, c)`` to be probability vectors.
+
+  Entries ``>= -tol`` and row sums within ``tol`` of 1, ``tol = max(1e-6,
+  10 c eps)`` (softmax outputs and label smoothing pass in float32). Only
+  checked when ``y`` holds local values (not under ``jit``).
+  """
+  if not (is_concrete(y) and is_local(y)):
+    return y
+  arr = np.asarray(y)
+  tol = max(1e-6, 10 * arr.shape[1] * float(np.finfo(arr.dtype).eps))
+  sums = arr.sum(axis=1)
+  bad_sum = np.flatnonzero(np.abs(sums - 1.0) > tol)
+  if (arr < -tol).any():
+    row = int(np.flatnonzero((arr < -tol).any(axis=1))[0])
+    raise ValueError(
+        f"{name} must hold class probabilities (n, c) or integer labels "
+        f"(n,); row {row} has a negative entry ({float(arr[row].min()):.3g})"
+    )
+  if bad_sum.size:
+    row = int(bad_sum[0])
+    raise ValueError(
+        f"{name} must hold class probabilities (n, c) or integer labels "
+        f"(n,); {bad_sum.size} row(s) do not sum to 1 (row {row} sums to "
+        f"{float(sums[row]):.6g})"
+    )
+  return y
+
+
 def check_vector(name: str, v, size: int, *, of: str = "",
                  shapes: Sequence[tuple[int, ...]] = ()):
   """Checks a vector of length ``size`` (or one of the extra ``shapes``).

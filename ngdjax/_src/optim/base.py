@@ -126,7 +126,16 @@ def check_batch(apply_or_model, params, x, y, loss=None) -> tuple[Array, Array]:
         )
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(params), x.dtype)
     return x, jax.nn.one_hot(y, c, dtype=dtype)
+  if (loss is not None and loss.labels and hasattr(y, "ndim")
+      and y.ndim == 1 and c > 1):
+    raise ValueError(
+        f"y: {loss.name} takes integer class labels (n,) or class "
+        f"probabilities (n, c); got a {y.dtype} array of shape {y.shape} "
+        "(use y.astype(int) for labels)"
+    )
   y = checks.check_targets("y", y, x.shape[0], out_dim=c)
+  if loss is not None and loss.labels:
+    y = checks.check_probabilities("y", y)
   y = jnp.asarray(y)
   return x, as_columns(y)
 

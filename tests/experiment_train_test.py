@@ -36,6 +36,7 @@ def test_train_smoke_and_resume(tmp_path):
   assert saved["checks"] == train.SPEC.verdict(saved["measured"])
   for key in ("test_accuracy", "seconds_to_97", "steps_to_97"):
     assert set(saved["measured"][key]) == {"ngd", "kfac", "adam", "sgd"}
+    assert saved[key] == saved["measured"][key]  # the interface
   for acc in saved["measured"]["test_accuracy"].values():
     assert 0.0 <= acc <= 1.0
   assert len(summary["figures"]) == 4

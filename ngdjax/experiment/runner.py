@@ -246,7 +246,8 @@ class Run:
              measured_text: str, expectation: str,
              figures: Sequence[str] = (), title: str = "",
              checks: Mapping[str, bool] | None = None,
-             details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             details: Mapping[str, Any] | None = None,
+             headline: Sequence[str] = ()) -> dict[str, Any]:
     """Writes ``summary.json`` (atomically) and returns it.
 
     Args:
@@ -259,6 +260,8 @@ class Run:
       title: the claim in words.
       checks: the individual criteria that make up ``passed``.
       details: anything else worth keeping (per-unit tables, notes).
+      headline: keys of ``measured`` also written at the top level (an
+        interface other tools read, e.g. D1's ``test_accuracy``).
     """
     summary = {
         "claim": self.claim,
@@ -277,6 +280,11 @@ class Run:
                         "float64": bool(jax.config.jax_enable_x64)},
         "elapsed_s": time.monotonic() - self._start,
     }
+    for key in headline:
+      if key in summary:
+        raise ValueError(f"headline key {key!r} clashes with summary.json's "
+                         "own fields")
+      summary[key] = measured[key]
     metrics.write_summary(self.workdir, summary)
     return metrics.to_jsonable(summary)
 
@@ -356,6 +364,8 @@ class Experiment:
     presets: ``{name: {field: value}}`` overrides of ``default_config``;
       ``"full"`` (no overrides) is always there.
     default_preset: what ``get_config()`` without a preset returns.
+    headline: keys of ``Outcome.measured`` that ``summary.json`` also holds
+      at its top level (``Run.finish``).
   """
 
   name: str
@@ -373,6 +383,7 @@ class Experiment:
   presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(
       default_factory=dict)
   default_preset: str = "full"
+  headline: Sequence[str] = ()
 
   def preset_names(self) -> list[str]:
     return list(self.presets) + (["full"] if "full" not in self.presets
@@ -425,4 +436,5 @@ class Experiment:
               CRITERIA, verdicts.criteria_text(check_list)),
           figures=out.figures, title=self.title,
           details={**out.details,
-                   "check_kinds": verdicts.kinds(check_list)})
+                   "check_kinds": verdicts.kinds(check_list)},
+          headline=self.headline)

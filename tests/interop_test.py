@@ -282,7 +282,15 @@ def _kronecker_step(inputs, grads, g, lam):
   return out
 
 
-def test_kfac_on_flax_mlp_equals_kronecker_reference():
+# The mini-batch mode (running factors, here of one batch) needs
+# example_inputs for a bare apply; with decay 0 it is the same step.
+MODES = {"full_batch": lambda x: {},
+         "mini_batch": lambda x: {"factor_decay": 0.0, "inverse_every": 2,
+                                  "example_inputs": x[:1]}}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_kfac_on_flax_mlp_equals_kronecker_reference(mode):
   apply, params, x, _ = flax_mlp(bias=True, c=2)
   p = params["params"]
   names = ["Dense_0", "Dense_1", "Dense_2"]
@@ -304,7 +312,7 @@ def test_kfac_on_flax_mlp_equals_kronecker_reference():
   lam = 1e-2
   deltas = _kronecker_step(inputs, grads, u - y, lam)
   opt = ngdjax.kfac(apply, learning_rate=1.0, damping=lam,
-                    damping_split="exact")
+                    damping_split="exact", **MODES[mode](x))
   new, _, _ = jax.jit(opt.step)(params, opt.init(params), x, y)
   for k, m, delta in zip(names, mats, deltas, strict=True):
     want = np.asarray(m) - delta
@@ -313,7 +321,8 @@ def test_kfac_on_flax_mlp_equals_kronecker_reference():
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
 
 
-def test_kfac_generic_leaves_get_their_exact_block():
+@pytest.mark.parametrize("mode", list(MODES))
+def test_kfac_generic_leaves_get_their_exact_block(mode):
   """A scale vector (not a dense layer) gets ``(J_s^T J_s + lam)^{-1}
   J_s^T g``; the dense layers around it their Kronecker update."""
   keys = jax.random.split(jax.random.key(4), 4)
@@ -344,7 +353,7 @@ def test_kfac_generic_leaves_get_their_exact_block():
       params["s"])
   ds = np.linalg.solve(js.T @ js + lam * np.eye(5), js.T @ g.reshape(-1))
   opt = ngdjax.kfac(apply, learning_rate=1.0, damping=lam,
-                    damping_split="exact")
+                    damping_split="exact", **MODES[mode](x))
   new, _, _ = jax.jit(opt.step)(params, opt.init(params), x, y)
   np.testing.assert_allclose(new["s"], params["s"] - ds, rtol=1e-9)
   np.testing.assert_allclose(new["w2"], params["w2"] - d2, rtol=1e-9)
@@ -362,6 +371,31 @@ def test_kfac_step_runs_jitted_on_other_libraries(name):
       params)
   loss_after = 0.5 * jnp.sum(apply(new, x) ** 2)
   assert float(loss_after) < float(info["loss"])
+
+
+@pytest.mark.parametrize("name", ["eqx_mlp", "flax_cnn_digits"])
+def test_kfac_mini_batch_classifier_on_other_libraries(name):
+  # Running factors, refreshed every 2 steps, cross-entropy with integer
+  # labels, batches of different sizes than example_inputs; without
+  # example_inputs the error names it.
+  apply, params, x, _ = CASES[name]()
+  c = apply(params, x).shape[1]
+  labels = jnp.arange(x.shape[0]) % c
+  kw = {"loss": "softmax_cross_entropy", "factor_decay": 0.9,
+        "inverse_every": 2, "fisher": "monte_carlo"}
+  with pytest.raises(ValueError, match="example_inputs"):
+    ngdjax.kfac(apply, 0.1, damping=1.0, **kw).init(params)
+  opt = ngdjax.kfac(apply, 0.1, damping=1.0, example_inputs=x[:2], **kw)
+  step = jax.jit(opt.step)
+  state, p = opt.init(params), params
+  losses = []
+  for _ in range(4):
+    p, state, info = step(p, state, x, labels)
+    losses.append(float(info["loss"]))
+    assert int(info["diverged"]) == 0
+  assert losses[-1] < losses[0]
+  with pytest.raises(ValueError, match="example_inputs"):
+    ngdjax.kfac(apply, 0.3, example_inputs=jnp.zeros(()), **kw)
 
 
 # --------------------------------------------------------------------------

@@ -365,15 +365,25 @@ def _layer_factors(model, params, x):
   return structure.layer_structure(model, params, x).layer_factors(params, x)
 
 
-def _layer_shapes(model, params) -> tuple[tuple[int, int], ...]:
-  """``(a, b)`` of every layer matrix."""
-  if not isinstance(model, Model) or model.to_layer_matrices is None:
+def _layer_shapes(model, params, example_inputs=None
+                  ) -> tuple[tuple[int, int], ...]:
+  """``(a, b)`` of every layer matrix (the running factors' shapes).
+
+  A ``Model`` knows them from its params; a bare apply's dense layers are
+  found by tracing it on ``example_inputs`` (only their per-example shape
+  and dtype matter).
+  """
+  if isinstance(model, Model) and model.to_layer_matrices is not None:
+    return tuple(m.shape for m in model.to_layer_matrices(params))
+  if example_inputs is None:
     raise ValueError(
-        "model: running K-FAC factors (factor_decay, inverse_every > 1, "
-        'statistics_every > 1, fisher="monte_carlo") need an ngdjax Model; '
-        "a bare apply function gets the full-batch mode"
+        "example_inputs: running K-FAC factors (factor_decay, inverse_every "
+        '> 1, statistics_every > 1, fisher="monte_carlo") with a bare apply '
+        "function need example_inputs=, a batch of inputs (n, ...) like the "
+        "training batches (any n), to find its dense layers at init"
     )
-  return tuple(m.shape for m in model.to_layer_matrices(params))
+  st = structure.layer_structure(model, params, example_inputs)
+  return tuple(m.shape for m in jax.eval_shape(st.to_layer_matrices, params))
 
 
 def _to_params(model, mats, params, x, lam, fisher_rows):
@@ -536,8 +546,12 @@ def _damped_inverse(cov, damp) -> tuple[Array, Array]:
 
 def _method(model, loss, form, damping_split, factor_damping, fisher,
             factor_decay, inverse_every, static_zero,
-            statistics_every=1, inverse="eigh") -> core.Method:
+            statistics_every=1, inverse="eigh",
+            example_inputs=None) -> core.Method:
   """Validates K-FAC's settings; the direction for ``core.make``."""
+  if example_inputs is not None:
+    example_inputs = checks.check_inputs("example_inputs", example_inputs,
+                                         any_shape=True)
   checks.check_choice("form", form, FORMS)
   checks.check_choice("damping_split", damping_split, SPLITS)
   checks.check_choice("inverse", inverse, INVERSES)
@@ -578,7 +592,7 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
       return ()
     dtype = base.param_dtype(params)
     out = []
-    for a, b in _layer_shapes(model, params):
+    for a, b in _layer_shapes(model, params, example_inputs):
       za, zb = jnp.zeros((a, a), dtype), jnp.zeros((b, b), dtype)
       if inverse == "cholesky":
         out.append(KFACInverses(za, zb, jnp.eye(a, dtype=dtype),
@@ -613,18 +627,25 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
         )
         failed = failed + fl
       deltas.append(delta)
-    direction, fl = _to_params(
-        model, deltas, params, x, lam,
-        lambda jac: _fisher_factors(loss, fisher, u, y, g, jac, key))
+    direction, fl = _to_params(model, deltas, params, x, lam,
+                               generic_rows(u, y, g))
     return core.Direction(u, direction, None, curvature,
                           {"cholesky_failed": failed + fl})
+
+  def generic_rows(u, y, g):
+    # The Monte Carlo block would need Woodbury (lam > 0); unmatched leaves
+    # take the exact Fisher block instead.
+    generic_fisher = "true" if fisher == "monte_carlo" else fisher
+    return lambda jac: _fisher_factors(loss, generic_fisher, u, y, g, jac,
+                                       None)
 
   def averaged_direction(params, curvature, x, y, lam, key, count):
     # The gradient from one backward pass; the layer factors (c backward
     # passes and the factor products) only on statistics steps.
     u, pullback = jax.vjp(base.outputs_fn(split_model(model)[0], x), params)
     g = loss.grad(u, y).astype(u.dtype)
-    grad_ms = model.to_layer_matrices(pullback(g)[0])
+    st = structure.layer_structure(model, params, x)
+    grad_ms = st.to_layer_matrices(pullback(g)[0])
     n = u.shape[0]
 
     def statistics(old_covs):
@@ -665,8 +686,8 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
       deltas.append(averaged_update(factors, grad_m, n, lam, lam_in, lam_out,
                                     damping_split))
       new_curv.append(factors)
-    # A Model has no unmatched leaves (``_layer_shapes``).
-    direction, fl = _to_params(model, deltas, params, x, lam, None)
+    direction, fl = _to_params(model, deltas, params, x, lam,
+                               generic_rows(u, y, g))
     return core.Direction(u, direction, None, tuple(new_curv),
                           {"cholesky_failed": failed + fl})
 
@@ -688,6 +709,7 @@ def kfac(
     key=None,
     statistics_every: int = 1,
     inverse: str = "eigh",
+    example_inputs=None,
 ) -> base.Optimizer:
   """K-FAC (MATH.md 4 and 7; module docstring).
 
@@ -702,10 +724,12 @@ def kfac(
       equinox, plain) and ``x`` ``(n, ...)``: its dense layers are found in
       the traced computation (``ngdjax.describe_structure``) and get the
       K-FAC update; all unmatched leaves together (layer norms, convolution
-      kernels, shared weights) get their exact damped Gauss-Newton block
-      ``(J_g^T J_g + lam I)^{-1} J_g^T grad_u L``, solved in kernel form
-      (``N x N``, ``N = n c``; a pseudo-inverse when ``damping=0``). A bare
-      apply gets the full-batch mode (no running factors).
+      kernels, shared weights) get their exact damped Fisher block on the
+      batch, ``(J_g^T H J_g + lam I)^{-1} J_g^T grad_u L`` (the empirical
+      Fisher's rows for ``fisher="empirical"``, the true Fisher for
+      ``"monte_carlo"``), solved in kernel form (``N x N``, ``N = n c``; a
+      pseudo-inverse when ``damping=0``). A bare apply's mini-batch mode
+      needs ``example_inputs``.
     learning_rate: ``eta > 0`` (number or scalar array, held in the state)
       or a schedule ``count -> eta``.
     damping: ``lam >= 0`` (number or array, held in the state), a schedule,
@@ -747,6 +771,10 @@ def kfac(
       the refresh's damping, much cheaper; ``damping_split="pi"`` only;
       module docstring). Unused in the full-batch mode, which always
       solves by Cholesky.
+    example_inputs: for a bare apply in the mini-batch mode, a batch of
+      inputs ``(n, ...)`` shaped like the training batches (any ``n``):
+      ``init`` traces the apply on it to size the running factors. Not
+      needed for a ``Model``.
 
   Returns:
     ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
@@ -766,7 +794,7 @@ def kfac(
   loss = base.check_loss(loss)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,
                    factor_decay, inverse_every, rule.static_zero,
-                   statistics_every, inverse)
+                   statistics_every, inverse, example_inputs)
 
   def jvp_fn(params, x, tangent):
     return jvp(model, params, x, tangent)
@@ -789,6 +817,7 @@ def kfac_preconditioner(
     key=None,
     statistics_every: int = 1,
     inverse: str = "eigh",
+    example_inputs=None,
 ) -> optax.GradientTransformationExtraArgs:
   """K-FAC's direction as an optax transformation (as ``ngd_preconditioner``).
 
@@ -800,8 +829,8 @@ def kfac_preconditioner(
 
   Args:
     model, damping, loss, form, damping_split, factor_damping, fisher,
-      factor_decay, inverse_every, key, statistics_every, inverse: as in
-      ``kfac`` (damping fixed or scheduled).
+      factor_decay, inverse_every, key, statistics_every, inverse,
+      example_inputs: as in ``kfac`` (damping fixed or scheduled).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -813,7 +842,7 @@ def kfac_preconditioner(
                  and damping_lib.resolve(damping).static_zero)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,
                    factor_decay, inverse_every, static_zero,
-                   statistics_every, inverse)
+                   statistics_every, inverse, example_inputs)
   return core.preconditioner(model, loss, damping, method, key,
                              {"cholesky_failed": jnp.int32},
                              "kfac_preconditioner")

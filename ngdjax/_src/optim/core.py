@@ -422,9 +422,11 @@ def preconditioner(
     }
     for k in info_keys:
       info[k] = d.diagnostics[k].astype(state.info[k].dtype)
+    # The incoming updates are replaced (their dtypes kept); None is
+    # accepted, since the direction does not depend on them.
     direction = jax.tree_util.tree_map(
-        lambda t, ref: t.astype(ref.dtype), d.direction, updates
-    )
+        lambda t, ref: t.astype(ref.dtype), d.direction,
+        params if updates is None else updates)
     return direction, PreconditionerState(
         state.count + 1, info, jax.random.key_data(next_key), d.curvature)
 

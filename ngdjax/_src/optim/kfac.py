@@ -358,11 +358,16 @@ def _check_model(model):
   return model
 
 
-# The three access points to the model's layer structure (kept single so
+# The four access points to the model's layer structure (kept single so
 # that another source of layer factors plugs in here only).
 def _layer_factors(model, params, x):
   """Per layer ``LayerFactors(inputs (n, a), output_grads (n, c, b))``."""
   return structure.layer_structure(model, params, x).layer_factors(params, x)
+
+
+def _layer_matrices(model, params, x, tree) -> tuple[Array, ...]:
+  """``tree`` (shaped like params, e.g. the gradient) as layer matrices."""
+  return structure.layer_structure(model, params, x).to_layer_matrices(tree)
 
 
 def _layer_shapes(model, params, example_inputs=None
@@ -644,8 +649,7 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
     # passes and the factor products) only on statistics steps.
     u, pullback = jax.vjp(base.outputs_fn(split_model(model)[0], x), params)
     g = loss.grad(u, y).astype(u.dtype)
-    st = structure.layer_structure(model, params, x)
-    grad_ms = st.to_layer_matrices(pullback(g)[0])
+    grad_ms = _layer_matrices(model, params, x, pullback(g)[0])
     n = u.shape[0]
 
     def statistics(old_covs):

@@ -5,6 +5,8 @@ step's memory against a model in N (one N x N buffer), which is what the
 lean path is for.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 import ngdjax
 from ngdjax._src.jacobian import gram_blocks
-from ngdjax._src.optim import kernel_solve
+from ngdjax._src.optim import kernel_solve, solvers
 
 MODELS = {
     "two_layer_c1": ngdjax.two_layer_relu(32),
@@ -59,22 +61,51 @@ def test_tri_solve_ignores_upper_triangle(size, block):
   rhs = rng.standard_normal(size)
   for transpose, ref in ((False, np.linalg.solve(chol, rhs)),
                          (True, np.linalg.solve(chol.T, rhs))):
-    out = kernel_solve.tri_solve(jnp.asarray(buffer), jnp.asarray(rhs),
+    out = solvers.tri_solve(jnp.asarray(buffer), jnp.asarray(rhs),
                                  transpose=transpose, block=block)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-10)
 
 
-def test_cholesky_in_place_reads_lower_triangle():
+@pytest.mark.parametrize("size,block", [(37, 8), (32, 8), (6, 16), (5, 1)])
+def test_blocked_cholesky_equals_numpy(size, block):
+  """Tiles of 8 with a 5-row edge block (37 = 4 * 8 + 5), exact multiples,
+  one block and 1 x 1 tiles; the upper triangle is never read."""
   rng = np.random.default_rng(1)
-  a = rng.standard_normal((6, 6))
-  spd = a @ a.T + np.eye(6)
-  buffer = np.tril(spd) + np.triu(rng.standard_normal((6, 6)), 1)
-  chol, ok = jax.jit(kernel_solve.cholesky_in_place)(jnp.asarray(buffer))
+  a = rng.standard_normal((size, size))
+  spd = a @ a.T + np.eye(size)
+  buffer = np.tril(spd) + np.triu(rng.standard_normal((size, size)), 1)
+  chol, ok = jax.jit(lambda m: solvers.blocked_cholesky(m, block=block))(
+      jnp.asarray(buffer))
   assert bool(ok)
   np.testing.assert_allclose(np.tril(np.asarray(chol)),
-                             np.linalg.cholesky(spd), rtol=1e-12)
-  _, ok = kernel_solve.cholesky_in_place(jnp.asarray(-np.eye(3)))
+                             np.linalg.cholesky(spd), rtol=1e-10, atol=1e-12)
+  bad = np.tril(spd) - 2 * np.abs(np.linalg.eigvalsh(spd)).max() * np.eye(
+      size)
+  _, ok = solvers.blocked_cholesky(jnp.asarray(bad), block=block)
   assert not bool(ok)
+
+
+def test_tri_solve_matrix_rhs():
+  rng = np.random.default_rng(2)
+  a = rng.standard_normal((13, 13))
+  chol = np.linalg.cholesky(a @ a.T + 13 * np.eye(13))
+  rhs = rng.standard_normal((13, 3))
+  out = solvers.cho_solve(jnp.asarray(chol), jnp.asarray(rhs), block=4)
+  np.testing.assert_allclose(np.asarray(out),
+                             np.linalg.solve(chol @ chol.T, rhs), rtol=1e-10)
+
+
+def test_psd_solve_above_one_block_equals_numpy(monkeypatch):
+  monkeypatch.setattr(solvers, "CHOLESKY_BLOCK", 8)
+  rng = np.random.default_rng(3)
+  a = rng.standard_normal((21, 21))
+  spd = a @ a.T
+  rhs = rng.standard_normal((21, 2))
+  x, failed = solvers.psd_solve(jnp.asarray(spd), jnp.asarray(rhs), 0.1)
+  assert int(failed) == 0
+  np.testing.assert_allclose(np.asarray(x),
+                             np.linalg.solve(spd + 0.1 * np.eye(21), rhs),
+                             rtol=1e-9)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -160,3 +191,48 @@ def test_compiled_step_holds_one_n_by_n_buffer():
   lean = temp_bytes(block)
   assert lean <= 4 * entries + 4 * 16 * block * (n + m), lean / entries
   assert temp_bytes(None) > 8 * entries  # the model can fail
+
+
+_FACTOR_OPS = re.compile(
+    r"cholesky|potrf|triangular_solve|trsm", re.IGNORECASE)
+
+
+def _factor_operand_dims(text):
+  """Every tensor dimension on the lines of Cholesky / triangular-solve ops
+  (LAPACK custom calls or XLA ops) of a StableHLO or HLO module text."""
+  dims = []
+  for line in text.splitlines():
+    if _FACTOR_OPS.search(line) and ("custom_call" in line
+                                     or "stablehlo." in line
+                                     or "custom-call" in line):
+      for shape in re.findall(r"tensor<([0-9x]+)x?[a-z]", line):
+        dims += [int(v) for v in shape.split("x") if v]
+      for shape in re.findall(r"f(?:32|64)\[([0-9,]+)\]", line):
+        dims += [int(v) for v in shape.split(",") if v]
+  return dims
+
+
+@pytest.mark.parametrize("name,n,chunk", [("two_layer_c2", 40, 8),
+                                          ("two_layer_c1", 12, None)])
+def test_no_factorisation_larger_than_the_block(monkeypatch, name, n, chunk):
+  """No Cholesky or triangular-solve op in the lowered NGD step (lean path
+  with chunk_size, and psd_solve's one-block path without) gets an operand
+  dimension larger than the block (7 here: N = 80 and 12)."""
+  block = 7
+  monkeypatch.setattr(solvers, "CHOLESKY_BLOCK", block)
+  model = MODELS[name]
+  params = model.init(jax.random.key(0), 3)
+  x = _x(n)
+  y = jnp.sin(3 * x[:, :model.out_dim])
+  opt = ngdjax.ngd(model, learning_rate=1.0, damping=1e-3, chunk_size=chunk)
+  lowered = jax.jit(opt.step).lower(params, opt.init(params), x, y)
+  for text in (lowered.as_text(), lowered.compile().as_text()):
+    dims = _factor_operand_dims(text)
+    assert dims, "no factorisation found: the test would be vacuous"
+    assert max(dims) <= block, max(dims)
+  # The step still equals the one with a LAPACK call per system.
+  monkeypatch.setattr(solvers, "CHOLESKY_BLOCK", 1024)
+  ref = jax.jit(opt.step)(params, opt.init(params), x, y)
+  monkeypatch.setattr(solvers, "CHOLESKY_BLOCK", block)
+  out = jax.jit(opt.step)(params, opt.init(params), x, y)
+  np.testing.assert_allclose(out[0]["W"], ref[0]["W"], rtol=1e-9, atol=1e-12)

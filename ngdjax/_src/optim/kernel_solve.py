@@ -3,17 +3,20 @@
 The Cholesky NGD step of ``ngdjax.optim.ngd`` on ``N = n c`` outputs needs
 ``G`` (``N^2`` words) and its factor. Built naively, ``G``, its assembly
 copies, ``G + lam I``, the factor and the solve's workspace are live at once
-(11.5-16 bytes per entry in float32, issue 15). Here, when ``N`` exceeds
+(11.5-16 bytes per entry in float32). Here, when ``N`` exceeds
 one block:
 
 1. ``jacobian.gram_blocks(..., lower_only=True, diag_shift=lam)`` writes
    the lower block triangle of ``G + lam I`` into one buffer, block by block
    (each row block's layer factors computed once; only ``n^2 (d + m)``
    flops for the two-layer net);
-2. the buffer is factorised in place (``cholesky_in_place``: on CPU LAPACK's
-   ``potrf`` called on the row-major buffer itself, whose lower triangle is
-   the upper triangle of the column-major matrix LAPACK sees; XLA's own
-   Cholesky lowering inserts a layout copy and a second output buffer);
+2. the buffer is factorised in place by the library's blocked Cholesky
+   (``solvers.blocked_cholesky``): LAPACK (or XLA's Cholesky on other
+   backends) only ever factorises ``cholesky_block``-sized diagonal
+   blocks, the rest is matrix products written back with
+   ``dynamic_update_slice``, so no LAPACK build's large-matrix path (the
+   threaded ``spotrf`` of OpenBLAS 0.3.30 segfaults at ``N = 32767``) is
+   reached at any ``N``, and the same code runs in place on every backend;
 3. the two triangular solves run block by block on that buffer, through
    row panels only (``tri_solve``, ``O(N^2)`` flops, ``O(block N)``
    temporaries);
@@ -39,12 +42,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-try:  # jaxlib's CPU LAPACK FFI targets: internal, so optional (see below).
-  from jaxlib import lapack as _lapack
-except ImportError:  # pragma: no cover - depends on the jaxlib build
-  _lapack = None
 
 from ngdjax._src.jacobian import gram_blocks, gram_vp
 from ngdjax._src.optim import solvers
@@ -52,8 +49,6 @@ from ngdjax._src.typing import Array
 
 # Examples per block of the Gram when the caller gives no chunk_size.
 DEFAULT_BLOCK = 2048
-# Rows per block of the triangular solves.
-SOLVE_BLOCK = 1024
 # The failure criteria are those of solvers.psd_solve.
 RESIDUAL_TOL = solvers.RESIDUAL_TOL
 INVERSE_ITERATIONS = solvers.INVERSE_ITERATIONS
@@ -72,131 +67,12 @@ def use_lean_solve(n: int, chunk_size: int | None) -> bool:
   return n > block_size(n, chunk_size)
 
 
-def _potrf_cpu(a: Array) -> tuple[Array, Array]:
-  """LAPACK ``potrf`` in place on a row-major buffer (module docstring).
-
-  Row-major ``a`` is, to LAPACK, the column-major ``a^T``; its ``uplo='U'``
-  factor ``U`` with ``a^T = U^T U`` is, read back row-major, the lower ``L``
-  with ``A = L L^T``. The other triangle is left as it was.
-  """
-  target = _lapack.prepare_lapack_call("potrf_ffi", np.dtype(a.dtype))
-  call = jax.ffi.ffi_call(
-      target,
-      (jax.ShapeDtypeStruct(a.shape, a.dtype),
-       jax.ShapeDtypeStruct((), jnp.int32)),
-      input_output_aliases={0: 0},
-  )
-  chol, info = call(a, uplo=np.uint8(ord("U")))
-  return chol, info == 0
-
-
-def _cholesky_generic(a: Array) -> tuple[Array, Array]:
-  chol = jax.lax.linalg.cholesky(a, symmetrize_input=False)
-  return chol, jnp.all(jnp.isfinite(jnp.diagonal(chol)))
-
-
-def cholesky_in_place(a: Array) -> tuple[Array, Array]:
-  """Lower Cholesky factor of the matrix whose lower triangle ``a`` holds.
-
-  Returns ``(chol, ok)``: ``chol``'s lower triangle is ``L`` (``A = L
-  L^T``), its strict upper triangle is unspecified but finite where ``a``'s
-  was; ``ok`` is False when the factorisation broke down. On CPU (float32,
-  float64) the factor overwrites ``a``'s buffer; elsewhere it is
-  ``jax.lax.linalg.cholesky(a, symmetrize_input=False)``.
-  """
-  # The in-place CPU call uses jaxlib internals; a jaxlib without them
-  # (another version) gets XLA's Cholesky (one more N x N buffer).
-  if (a.dtype not in (jnp.float32, jnp.float64)
-      or not hasattr(_lapack, "prepare_lapack_call")):
-    return _cholesky_generic(a)
-  return jax.lax.platform_dependent(a, cpu=_potrf_cpu,
-                                    default=_cholesky_generic)
-
-
-def tri_solve(chol: Array, rhs: Array, *, transpose: bool,
-              block: int = SOLVE_BLOCK) -> Array:
-  """``L^{-1} rhs`` (or ``L^{-T} rhs``) from the lower triangle of ``chol``.
-
-  Block substitution touching ``chol`` only through ``(block, N)`` row
-  panels (contiguous in the row-major buffer, so XLA keeps its layout: a
-  column panel would make it copy the whole matrix to column-major). Blocks
-  of ``block`` rows, then the ``N mod block`` remaining ones.
-
-  * ``L y = r``, blocks in order: ``y_I = L_II^{-1} (r_I - L[I, :] y)``
-    with ``y`` still zero from block ``I`` on, so the unspecified upper
-    triangle only meets zeros.
-  * ``L^T z = r``, blocks in reverse: ``z_I = L_II^{-T} r_I``, then
-    ``r -= L[I, :]^T z_I`` restricted to the entries before block ``I``.
-
-  ``rhs`` is ``(N,)``; ``O(N^2)`` flops, ``O(block N)`` temporaries.
-  """
-  size = rhs.shape[0]
-  b = min(block, size)
-  full, rem = divmod(size, b)
-
-  def diag_solve(s, bb, r):
-    diag = jax.lax.dynamic_slice(chol, (s, s), (bb, bb))
-    # Given as the upper factor L_II^T: LAPACK's column-major view of it is
-    # the row-major block itself, so XLA keeps chol row-major.
-    return jax.lax.linalg.triangular_solve(
-        diag.T, r[:, None], left_side=True, lower=False,
-        transpose_a=not transpose)[:, 0]
-
-  def forward(s, bb, y):
-    panel = jax.lax.dynamic_slice(chol, (s, 0), (bb, size))
-    r = jax.lax.dynamic_slice(rhs, (s,), (bb,)) - panel @ y
-    return jax.lax.dynamic_update_slice(y, diag_solve(s, bb, r), (s,))
-
-  def backward(s, bb, carry):
-    z, r = carry
-    zi = diag_solve(s, bb, jax.lax.dynamic_slice(r, (s,), (bb,)))
-    panel = jax.lax.dynamic_slice(chol, (s, 0), (bb, size))
-    update = zi @ panel
-    before = jnp.arange(size) < s
-    r = r - jnp.where(before, update, 0.0)
-    return jax.lax.dynamic_update_slice(z, zi, (s,)), r
-
-  if not transpose:
-    y = jax.lax.fori_loop(0, full, lambda i, y: forward(i * b, b, y),
-                          jnp.zeros_like(rhs))
-    return forward(full * b, rem, y) if rem else y
-  carry = (jnp.zeros_like(rhs), rhs)
-  if rem:
-    carry = backward(full * b, rem, carry)
-  carry = jax.lax.fori_loop(
-      0, full, lambda t, c: backward((full - 1 - t) * b, b, c), carry)
-  return carry[0]
-
-
-def _row_norms_lower(chol: Array, block: int = SOLVE_BLOCK) -> Array:
-  """``A_jj = sum_{k <= j} L_jk^2`` by row panels (no ``N x N`` temporary)."""
-  size = chol.shape[0]
-  b = min(block, size)
-  full, rem = divmod(size, b)
-
-  def panel_norms(s, bb, out):
-    panel = jax.lax.dynamic_slice(chol, (s, 0), (bb, size))
-    rows = s + jnp.arange(bb)[:, None]
-    keep = jnp.arange(size)[None, :] <= rows
-    norms = jnp.sum(jnp.where(keep, jnp.square(panel), 0.0), axis=1)
-    return jax.lax.dynamic_update_slice(out, norms, (s,))
-
-  out = jax.lax.fori_loop(0, full, lambda i, o: panel_norms(i * b, b, o),
-                          jnp.zeros((size,), chol.dtype))
-  return panel_norms(full * b, rem, out) if rem else out
-
-
-def cho_solve(chol: Array, rhs: Array) -> Array:
-  """``(L L^T)^{-1} rhs`` with ``tri_solve`` (``4 N^2`` flops)."""
-  return tri_solve(chol, tri_solve(chol, rhs, transpose=False),
-                   transpose=True)
-
-
 def _eps(dtype) -> float:
   return float(jnp.finfo(dtype).eps)
 
 
-def factor_ok(chol: Array, x: Array, residual: Array) -> Array:
+def factor_ok(chol: Array, x: Array, residual: Array, *,
+              block: int | None = None) -> Array:
   """Whether a Cholesky solve is trustworthy, from the factor alone.
 
   ``x`` finite; smallest pivot ``L_ii^2`` and an inverse-iteration estimate
@@ -206,13 +82,13 @@ def factor_ok(chol: Array, x: Array, residual: Array) -> Array:
   criteria as ``solvers.psd_solve``, without the matrix ``A``.
   """
   size = chol.shape[0]
-  a_diag = _row_norms_lower(chol)
+  a_diag = solvers.row_norms_lower(chol, block=block)
   tol = size * _eps(chol.dtype) * jnp.max(a_diag)
   pivots_ok = jnp.all(jnp.square(jnp.diagonal(chol)) > tol)
   z = jnp.cos(1.0 + 2.3 * jnp.arange(size, dtype=chol.dtype))
   lam_est = jnp.asarray(jnp.inf, chol.dtype)
   for _ in range(INVERSE_ITERATIONS):
-    w = cho_solve(chol, z / jnp.linalg.norm(z))
+    w = solvers.cho_solve(chol, z / jnp.linalg.norm(z), block=block)
     lam_est = 1.0 / jnp.linalg.norm(w)
     z = w
   finite = jnp.all(jnp.isfinite(x)) & jnp.isfinite(residual)
@@ -228,6 +104,7 @@ def gram_cholesky_solve(
     damping,
     method: str = "auto",
     chunk_size: int | None = None,
+    cholesky_block: int | None = None,
 ) -> tuple[Array, Array, Array]:
   """``v = (G + lam I)^{-1} rhs`` with one ``N x N`` buffer (module doc).
 
@@ -240,6 +117,10 @@ def gram_cholesky_solve(
     method: the Gram method (``jacobian.gram``).
     chunk_size: examples per Gram block (default ``DEFAULT_BLOCK``), and per
       block of the matrix-free products.
+    cholesky_block: tile size of ``solvers.blocked_cholesky`` and of the
+      triangular solves: the largest matrix a LAPACK (or XLA) Cholesky or
+      triangular-solve kernel is given (default
+      ``solvers.CHOLESKY_BLOCK``).
 
   Returns:
     ``(v, gv, failed)``: the solution, ``G v`` (matrix-free), and an int32
@@ -250,15 +131,15 @@ def gram_cholesky_solve(
     # No half-precision Cholesky kernels: solve in float32 (as psd_solve).
     v, gv, failed = gram_cholesky_solve(
         apply_or_model, params, x, rhs.astype(jnp.float32), damping,
-        method, chunk_size)
+        method, chunk_size, cholesky_block)
     return v.astype(dtype), gv.astype(dtype), failed
   n = x.shape[0]
   block = block_size(n, chunk_size)
   lam = jnp.asarray(damping, dtype)
   a = gram_blocks(apply_or_model, params, x, block, method,
                   lower_only=True, diag_shift=lam, dtype=dtype)
-  chol, factored = cholesky_in_place(a)
-  v = cho_solve(chol, rhs)
+  chol, factored = solvers.blocked_cholesky(a, block=cholesky_block)
+  v = solvers.cho_solve(chol, rhs, block=cholesky_block)
 
   def matvec(vec):
     return gram_vp(apply_or_model, params, x, vec, block).astype(vec.dtype)
@@ -268,7 +149,7 @@ def gram_cholesky_solve(
   rhs_norm = jnp.linalg.norm(rhs)
   residual = jnp.linalg.norm(gv + lam * safe_v - rhs) / jnp.where(
       rhs_norm > 0, rhs_norm, 1.0)
-  ok = factored & factor_ok(chol, v, residual)
+  ok = factored & factor_ok(chol, v, residual, block=cholesky_block)
 
   def fallback():
     maxiter = min(rhs.shape[0], FALLBACK_MAXITER)

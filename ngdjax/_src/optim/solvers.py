@@ -71,6 +71,7 @@ divides by round-off curvature and returns an iterate of norm
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -107,6 +108,173 @@ def eigh_solve(mat: Array, rhs: Array, damping: Array) -> Array:
   return q @ coeff
 
 
+# Rows and columns per diagonal block of the library's Cholesky: the largest
+# matrix LAPACK (or XLA's own Cholesky) is ever given.
+CHOLESKY_BLOCK = 1024
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def blocked_cholesky(a: Array, *, block: int | None = None
+                     ) -> tuple[Array, Array]:
+  """Lower Cholesky factor of the matrix whose lower triangle ``a`` holds.
+
+  A blocked "up-looking" (row by row of blocks, left-looking within a row)
+  Cholesky owned by the library, on ``a``'s own buffer: with ``b = block``
+  and ``L_IJ`` the ``b x b`` tiles, for each block row ``I`` in order and
+  each ``J <= I``,
+
+      T   = A_IJ - sum_{K < J} L_IK L_JK^T      (products of b x b tiles)
+      L_IJ = T L_JJ^{-T}   (J < I),     L_II = chol(T),
+
+  each ``L_IJ`` written over ``A_IJ`` (``lax.dynamic_update_slice`` in
+  ``fori_loop``s, so XLA updates the buffer in place: no second ``N x N``
+  array, ``compiled.memory_analysis()`` shows it). Only ``b x b`` matrices
+  ever reach a Cholesky or triangular-solve kernel (LAPACK on CPU, cuSOLVER
+  on GPU, XLA's own on TPU), whatever ``N``: large LAPACK calls are where
+  some builds crash (OpenBLAS 0.3.30's threaded ``spotrf`` segfaults at
+  ``N = 32767``). The flops are the ``N^3 / 3`` of any Cholesky, almost all
+  in ``b x b x b`` matrix products at the matmul rate; ``N mod b`` trailing
+  rows form a last, shorter block row. Tiles are read by row blocks of the
+  row-major buffer, whose upper triangle is never read.
+
+  Args:
+    a: ``(N, N)``; its lower triangle holds the symmetric positive definite
+      matrix (the strict upper triangle is ignored).
+    block: tile size ``b`` (default ``CHOLESKY_BLOCK``).
+
+  Returns:
+    ``(chol, ok)``: ``chol``'s lower triangle is ``L`` (``A = L L^T``), its
+    strict upper triangle is unspecified (``a``'s, or zero within the
+    diagonal tiles); ``ok`` is False when a diagonal block's factorisation
+    broke down (a non-finite or non-positive pivot).
+  """
+  size = a.shape[0]
+  b = max(1, min(int(block or CHOLESKY_BLOCK), size))
+  full, rem = divmod(size, b)
+
+  def schur(a, r0, h, c0, w, nk):
+    # A[R, C] - sum_{K < nk} L[R, K] L[C, K]^T, K over b-wide blocks.
+    def body(k, acc):
+      left = jax.lax.dynamic_slice(a, (r0, k * b), (h, b))
+      right = jax.lax.dynamic_slice(a, (c0, k * b), (w, b))
+      return acc - jnp.matmul(left, right.T, precision=_HIGHEST)
+
+    start = jax.lax.dynamic_slice(a, (r0, c0), (h, w))
+    return jax.lax.fori_loop(0, nk, body, start)
+
+  def diag_factor(t):
+    chol = jax.lax.linalg.cholesky(t, symmetrize_input=False)
+    d = jnp.diagonal(chol)
+    return chol, jnp.all(jnp.isfinite(d) & (d > 0))
+
+  def off_diag(a, r0, h, j):
+    # L_IJ = T L_JJ^{-T}: solve X L_JJ^T = T.
+    t = schur(a, r0, h, j * b, b, j)
+    ljj = jax.lax.dynamic_slice(a, (j * b, j * b), (b, b))
+    lij = jax.lax.linalg.triangular_solve(ljj, t, left_side=False,
+                                          lower=True, transpose_a=True)
+    return jax.lax.dynamic_update_slice(a, lij, (r0, j * b))
+
+  def block_row(r0, h, nblocks, carry):
+    a, ok = carry
+    a = jax.lax.fori_loop(0, nblocks, lambda j, a: off_diag(a, r0, h, j), a)
+    chol, ok_i = diag_factor(schur(a, r0, h, r0, h, nblocks))
+    a = jax.lax.dynamic_update_slice(a, chol.astype(a.dtype), (r0, r0))
+    return a, ok & ok_i
+
+  carry = (a, jnp.ones((), bool))
+  carry = jax.lax.fori_loop(
+      0, full, lambda i, c: block_row(i * b, b, i, c), carry)
+  if rem:
+    carry = block_row(full * b, rem, full, carry)
+  return carry
+
+
+def tri_solve(chol: Array, rhs: Array, *, transpose: bool,
+              block: int | None = None) -> Array:
+  """``L^{-1} rhs`` (or ``L^{-T} rhs``) from the lower triangle of ``chol``.
+
+  Block substitution touching ``chol`` only through ``(block, N)`` row
+  panels (contiguous in the row-major buffer, so XLA keeps its layout: a
+  column panel would make it copy the whole matrix to column-major). Blocks
+  of ``block`` rows, then the ``N mod block`` remaining ones; only
+  ``block x block`` triangles reach a triangular-solve kernel.
+
+  * ``L y = r``, blocks in order: ``y_I = L_II^{-1} (r_I - L[I, :] y)``
+    with ``y`` still zero from block ``I`` on, so the unspecified upper
+    triangle only meets zeros.
+  * ``L^T z = r``, blocks in reverse: ``z_I = L_II^{-T} r_I``, then
+    ``r -= L[I, :]^T z_I`` restricted to the entries before block ``I``.
+
+  ``rhs`` is ``(N,)`` or ``(N, r)``; ``O(N^2 r)`` flops, ``O(block N)``
+  temporaries (for one right-hand side).
+  """
+  size = rhs.shape[0]
+  rhs2 = rhs.reshape(size, -1)
+  b = min(block or CHOLESKY_BLOCK, size)
+  full, rem = divmod(size, b)
+
+  def diag_solve(s, bb, r):
+    diag = jax.lax.dynamic_slice(chol, (s, s), (bb, bb))
+    # Given as the upper factor L_II^T: LAPACK's column-major view of it is
+    # the row-major block itself, so XLA keeps chol row-major.
+    return jax.lax.linalg.triangular_solve(
+        diag.T, r, left_side=True, lower=False, transpose_a=not transpose)
+
+  def forward(s, bb, y):
+    panel = jax.lax.dynamic_slice(chol, (s, 0), (bb, size))
+    r = (jax.lax.dynamic_slice_in_dim(rhs2, s, bb)
+         - jnp.matmul(panel, y, precision=_HIGHEST))
+    return jax.lax.dynamic_update_slice_in_dim(y, diag_solve(s, bb, r), s,
+                                               0)
+
+  def backward(s, bb, carry):
+    z, r = carry
+    zi = diag_solve(s, bb, jax.lax.dynamic_slice_in_dim(r, s, bb))
+    panel = jax.lax.dynamic_slice(chol, (s, 0), (bb, size))
+    update = jnp.matmul(panel.T, zi, precision=_HIGHEST)
+    before = (jnp.arange(size) < s)[:, None]
+    r = r - jnp.where(before, update, 0.0)
+    return jax.lax.dynamic_update_slice_in_dim(z, zi, s, 0), r
+
+  if not transpose:
+    y = jax.lax.fori_loop(0, full, lambda i, y: forward(i * b, b, y),
+                          jnp.zeros_like(rhs2))
+    out = forward(full * b, rem, y) if rem else y
+    return out.reshape(rhs.shape)
+  carry = (jnp.zeros_like(rhs2), rhs2)
+  if rem:
+    carry = backward(full * b, rem, carry)
+  carry = jax.lax.fori_loop(
+      0, full, lambda t, c: backward((full - 1 - t) * b, b, c), carry)
+  return carry[0].reshape(rhs.shape)
+
+
+def row_norms_lower(chol: Array, block: int | None = None) -> Array:
+  """``A_jj = sum_{k <= j} L_jk^2`` by row panels (no ``N x N`` temporary)."""
+  size = chol.shape[0]
+  b = min(block or CHOLESKY_BLOCK, size)
+  full, rem = divmod(size, b)
+
+  def panel_norms(s, bb, out):
+    panel = jax.lax.dynamic_slice(chol, (s, 0), (bb, size))
+    rows = s + jnp.arange(bb)[:, None]
+    keep = jnp.arange(size)[None, :] <= rows
+    norms = jnp.sum(jnp.where(keep, jnp.square(panel), 0.0), axis=1)
+    return jax.lax.dynamic_update_slice(out, norms, (s,))
+
+  out = jax.lax.fori_loop(0, full, lambda i, o: panel_norms(i * b, b, o),
+                          jnp.zeros((size,), chol.dtype))
+  return panel_norms(full * b, rem, out) if rem else out
+
+
+def cho_solve(chol: Array, rhs: Array, *,
+              block: int | None = None) -> Array:
+  """``(L L^T)^{-1} rhs`` with ``tri_solve`` (``4 N^2`` flops)."""
+  return tri_solve(chol, tri_solve(chol, rhs, transpose=False, block=block),
+                   transpose=True, block=block)
+
+
 def psd_solve(
     mat: Array, rhs: Array, damping, *, pinv: bool = False
 ) -> tuple[Array, Array]:
@@ -133,9 +301,15 @@ def psd_solve(
     return eigh_solve(mat, rhs, damping), jnp.zeros((), jnp.int32)
   eye = jnp.eye(mat.shape[0], dtype=mat.dtype)
   a = mat + damping * eye
-  chol = jnp.linalg.cholesky(a)
-  x = jax.scipy.linalg.cho_solve((chol, True), rhs)
-  ok = _cholesky_ok(a, chol, x, rhs)
+  if a.shape[0] > CHOLESKY_BLOCK:
+    # Never one large LAPACK call (blocked_cholesky).
+    chol, _ = blocked_cholesky(a)
+    solve = functools.partial(cho_solve, chol)
+  else:
+    chol = jnp.linalg.cholesky(a)
+    solve = functools.partial(jax.scipy.linalg.cho_solve, (chol, True))
+  x = solve(rhs)
+  ok = _cholesky_ok(a, chol, x, rhs, solve)
   x = jax.lax.cond(
       ok, lambda: x, lambda: eigh_solve(mat, rhs, damping).astype(x.dtype)
   )
@@ -148,10 +322,12 @@ RESIDUAL_TOL = 1e-2
 INVERSE_ITERATIONS = 3
 
 
-def _cholesky_ok(a: Array, chol: Array, x: Array, rhs: Array) -> Array:
+def _cholesky_ok(a: Array, chol: Array, x: Array, rhs: Array,
+                 solve: Callable[[Array], Array]) -> Array:
   """Whether a Cholesky solve of ``a x = rhs`` is trustworthy (docstring)."""
   k = a.shape[0]
-  finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(chol))
+  finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(
+      jnp.diagonal(chol)))
   tol = k * _eps(a.dtype) * jnp.max(jnp.abs(jnp.diagonal(a)))
   pivots_ok = jnp.all(jnp.square(jnp.diagonal(chol)) > tol)
   # Inverse iteration from a fixed vector: 1 / ||A^{-1} z|| >= lambda_min
@@ -159,7 +335,7 @@ def _cholesky_ok(a: Array, chol: Array, x: Array, rhs: Array) -> Array:
   z = jnp.cos(1.0 + 2.3 * jnp.arange(k, dtype=a.dtype))
   lam_est = jnp.asarray(jnp.inf, a.dtype)
   for _ in range(INVERSE_ITERATIONS):
-    w = jax.scipy.linalg.cho_solve((chol, True), z / jnp.linalg.norm(z))
+    w = solve(z / jnp.linalg.norm(z))
     w_norm = jnp.linalg.norm(w)
     lam_est = 1.0 / w_norm
     z = w

@@ -66,11 +66,15 @@ from ngdjax._src.jacobian import (
   vjp,
 )
 from ngdjax._src.linalg import self_outer
-from ngdjax._src.optim import base, core, kernel_solve, solvers
+from ngdjax._src.optim import base, core, kernel_solve, nystrom, solvers
 from ngdjax._src.optim import damping as damping_lib
 from ngdjax._src.typing import Array, Params
 
 SOLVERS = ("cholesky", "cg")
+# solver="cg": preconditioners (None: plain CG).
+PRECONDITIONERS = (None, "nystrom")
+# Default rank (pivot examples) of the Nystrom preconditioner.
+PRECONDITIONER_RANK = 512
 
 
 NGDState = core.CurvatureState  # count, damping, learning_rate, ...
@@ -89,6 +93,8 @@ class _Config(NamedTuple):
   cg_maxiter: int | None
   mesh: Any = None
   fisher: str = "true"
+  preconditioner: str | None = None
+  preconditioner_rank: int = PRECONDITIONER_RANK
 
 
 class _Direction(NamedTuple):
@@ -102,7 +108,8 @@ class _Direction(NamedTuple):
 
 def _check_config(
     model_or_apply, loss, solver, gram_method, chunk_size, cg_tol, cg_maxiter,
-    fisher="true",
+    fisher="true", preconditioner=None,
+    preconditioner_rank=PRECONDITIONER_RANK,
 ) -> _Config:
   apply, model = split_model(model_or_apply)
   loss = base.check_loss(loss)
@@ -115,8 +122,17 @@ def _check_config(
     checks.check_scalar("cg_maxiter", cg_maxiter, positive=True,
                          integer=True)
     cg_maxiter = int(cg_maxiter)
+  checks.check_choice("preconditioner", preconditioner, PRECONDITIONERS)
+  if preconditioner is not None and (solver != "cg" or fisher != "true"):
+    raise ValueError(
+        f"preconditioner={preconditioner!r} needs solver='cg' and "
+        f"fisher='true', got solver={solver!r}, fisher={fisher!r}")
+  checks.check_scalar("preconditioner_rank", preconditioner_rank,
+                      positive=True, integer=True)
   return _Config(apply, model, loss, solver, method.value, chunk_size,
-                 float(cg_tol), cg_maxiter, fisher=fisher)
+                 float(cg_tol), cg_maxiter, fisher=fisher,
+                 preconditioner=preconditioner,
+                 preconditioner_rank=int(preconditioner_rank))
 
 
 def _structured(cfg: _Config) -> bool:
@@ -156,17 +172,69 @@ def _gram_operator(cfg: _Config, params, x, f, n, c):
   return None, lambda vec: jvp_fn(transpose(vec.reshape(n, c))[0]).reshape(-1)
 
 
-def _solve(cfg: _Config, kernel, matvec, rhs, lam):
+def _solve(cfg: _Config, kernel, matvec, rhs, lam, build=None):
   """``(kernel + lam I)^{-1} rhs``: Cholesky on ``kernel`` or CG on
-  ``matvec``; returns ``(solution, diagnostics)``."""
+  ``matvec``; returns ``(solution, diagnostics)``. ``build`` (CG with a
+  preconditioner): ``() -> (Nystrom, diagnostics)``."""
   if kernel is not None:
     sol, failed = solvers.psd_solve(kernel, rhs, lam)
     return sol, {"cholesky_failed": failed}
   maxiter = cfg.cg_maxiter or rhs.shape[0]
-  result = solvers.cg(matvec, rhs, lam, cfg.cg_tol, maxiter)
+  extra, precond = {}, None
+  if build is not None:
+    pre, extra = build()
+    precond = pre.inverse(lam)
+  result = solvers.cg(matvec, rhs, lam, cfg.cg_tol, maxiter,
+                      preconditioner=precond)
   return result.x, {"cg_iterations": result.iterations,
                     "cg_residual": result.residual.astype(rhs.dtype),
-                    "cg_failed": result.failed}
+                    "cg_failed": result.failed, **extra}
+
+
+def _nystrom_builder(cfg: _Config, params, x, key, rows=None):
+  """``() -> (Nystrom, diagnostics)`` for ``G`` (``rows=None``) or the
+  true-Fisher kernel ``S^T G S`` (``rows = S``, ``(n, c, c)``): pivots by
+  randomly pivoted Cholesky on Gram columns (``ngdjax._src.optim.nystrom``),
+  its rank and build time (seconds, host clock) for ``info``."""
+  model = cfg.model or cfg.apply
+  key = jax.random.key(0) if key is None else key
+
+  def build():
+    t0 = nystrom.wall_clock(x)
+    diag = nystrom.gram_diagonal_blocks(model, params, x,
+                                        method=cfg.gram_method,
+                                        chunk_size=cfg.chunk_size)
+    if rows is not None:
+      diag = jnp.einsum("ika,ikl,ila->ia", rows, diag, rows)
+    else:
+      diag = jnp.diagonal(diag, axis1=1, axis2=2)
+    diag = diag.astype(x.dtype) + 0.0 * t0  # built after t0
+
+    def columns(idx):
+      cols = nystrom.gram_columns(model, params, x, idx,
+                                  method=cfg.gram_method,
+                                  chunk_size=cfg.chunk_size)
+      if rows is None:
+        return cols
+      n, c = diag.shape
+      cols = jnp.einsum("ika,ikm->iam", rows, cols.reshape(n, c, -1))
+      cols = cols.reshape(n * c, idx.shape[0], c)
+      return jnp.einsum("Nsk,ska->Nsa", cols, rows[idx]).reshape(n * c, -1)
+
+    f = nystrom.rp_cholesky(columns, diag, cfg.preconditioner_rank, key)
+    pre = nystrom.from_factor(f)
+    t1 = nystrom.wall_clock(pre.basis)
+    return pre, {"preconditioner_rank": pre.rank,
+                 "preconditioner_seconds": (t1 - t0).astype(x.dtype)}
+
+  return build
+
+
+def _relative(residual: Array, rhs: Array) -> Array:
+  """``||residual|| / ||rhs||`` (0 for ``rhs = 0``)."""
+  norm = jnp.linalg.norm(rhs)
+  return (jnp.linalg.norm(residual) / jnp.where(norm > 0, norm, 1.0)
+          ).astype(rhs.dtype)
 
 
 def _row_gram(factors, rows: Array) -> Array:
@@ -252,8 +320,16 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
     return lambda w: jnp.sum(rows * gmv((rows * w[:, None]).reshape(-1))
                              .reshape(n, c), axis=1)
 
+  precond = cfg.preconditioner is not None
   if cfg.fisher == "true" and cfg.loss.hessian is None:
-    v, diagnostics = _solve(cfg, g_mat, gmv, g_flat, lam)
+    build = _nystrom_builder(cfg, params, x, key) if precond else None
+    v, diagnostics = _solve(cfg, g_mat, gmv, g_flat, lam, build)
+    if "cg_residual" in diagnostics:
+      # The true relative residual, from the G v computed below anyway.
+      gv = gmv(v)
+      diagnostics["cg_residual"] = _relative(gv + lam * v - g_flat, g_flat)
+      direction = pullback(v.reshape(n, c))[0]
+      return _Direction(u, g, v, gv, direction, diagnostics)
   elif cfg.fisher == "true":
     s_mat, h = core.hessian_root(cfg.loss, u, y)
     if factors is not None:
@@ -270,8 +346,18 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
       return jnp.einsum("ika,ik->ia", s_mat,
                         gmv(sw).reshape(n, c)).reshape(-1)
 
-    w, diagnostics = _solve(cfg, kernel, kmv, h.reshape(-1), lam)
+    build = (_nystrom_builder(cfg, params, x, key, rows=s_mat) if precond
+             else None)
+    w, diagnostics = _solve(cfg, kernel, kmv, h.reshape(-1), lam, build)
     v = jnp.einsum("ikb,ib->ik", s_mat, w.reshape(n, c)).reshape(-1)
+    if "cg_residual" in diagnostics:
+      # K w = S^T G S w = S^T (G v): the true residual from G v below.
+      gv = gmv(v)
+      kw = jnp.einsum("ika,ik->ia", s_mat, gv.reshape(n, c)).reshape(-1)
+      diagnostics["cg_residual"] = _relative(kw + lam * w - h.reshape(-1),
+                                             h.reshape(-1))
+      direction = pullback(v.reshape(n, c))[0]
+      return _Direction(u, g, v, gv, direction, diagnostics)
   elif cfg.fisher == "empirical":
     w, diagnostics = _solve(cfg, kernel_of(g), kernel_vp(g),
                             jnp.ones((n,), u.dtype), lam)
@@ -300,6 +386,8 @@ def ngd(
     mesh=None,
     fisher: str = "true",
     key=None,
+    preconditioner: str | None = None,
+    preconditioner_rank: int = PRECONDITIONER_RANK,
 ) -> base.Optimizer:
   """Exact NGD, ``theta <- theta - eta (J^T H J + lam I)^{-1} J^T g``.
 
@@ -360,17 +448,30 @@ def ngd(
       Gram-vector products stay sharded (only ``p``-sized reductions cross
       devices). Params stay replicated. Results equal the unsharded step.
     fisher: ``"true"``, ``"empirical"`` or ``"monte_carlo"`` (above).
-    key: PRNG key for ``"monte_carlo"`` (default ``jax.random.key(0)``).
+    key: PRNG key for ``"monte_carlo"`` and the preconditioner's pivots
+      (default ``jax.random.key(0)``).
+    preconditioner: ``solver="cg"``, ``fisher="true"`` only: ``"nystrom"``
+      preconditions CG with a rank-``preconditioner_rank`` Nystrom
+      approximation of the kernel built from that many examples' Gram
+      columns, pivots by randomly pivoted Cholesky, never the whole Gram
+      (``ngdjax._src.optim.nystrom``); ``None`` is plain CG.
+    preconditioner_rank: pivot examples of the preconditioner (``c``
+      columns each), rebuilt at every step.
 
   Returns:
     ``Optimizer(init, step)``; ``step(params, state, x, y)`` returns info
     with ``loss``, ``residual_norm`` (``||u - y||``; ``||p - y||`` for a
     classifier), ``update_norm``, ``damping``, ``learning_rate``, then
-    ``cholesky_failed`` (cholesky) or ``cg_iterations`` and ``cg_residual``
-    (cg), the fault flags of ``ngdjax.optim.core`` (``diverged``,
-    ``update_skipped``, ``learning_rate_invalid``, ``damping_invalid``,
-    ``params_nonfinite``), and for Levenberg-Marquardt ``reduction_ratio``
-    and ``loss_after`` (the loss at the new params).
+    ``cholesky_failed`` (cholesky) or ``cg_iterations`` (products),
+    ``cg_residual`` (for ``fisher="true"`` the true relative residual of the
+    kernel system, ``||(K + lam I) v - b|| / ||b||``, else CG's recursive
+    one) and ``cg_failed`` (cg), with a preconditioner also
+    ``preconditioner_rank`` (columns kept) and ``preconditioner_seconds``
+    (its build, host wall clock), the fault flags of ``ngdjax.optim.core``
+    (``diverged``, ``update_skipped``, ``learning_rate_invalid``,
+    ``damping_invalid``, ``params_nonfinite``), and for
+    Levenberg-Marquardt ``reduction_ratio`` and ``loss_after`` (the loss at
+    the new params).
 
   Raises:
     ValueError: non-finite or negative ``learning_rate``/``damping``, an
@@ -378,7 +479,8 @@ def ngd(
       damping, or (from ``step``) non-finite params or a malformed batch.
   """
   cfg = _check_config(model_or_apply, loss, solver, gram_method, chunk_size,
-                      cg_tol, cg_maxiter, fisher)._replace(
+                      cg_tol, cg_maxiter, fisher, preconditioner,
+                      preconditioner_rank)._replace(
                           mesh=base.check_mesh(mesh))
   _check_monte_carlo_damping(fisher, damping)
 
@@ -422,6 +524,8 @@ def ngd_preconditioner(
     cg_maxiter: int | None = None,
     fisher: str = "true",
     key=None,
+    preconditioner: str | None = None,
+    preconditioner_rank: int = PRECONDITIONER_RANK,
 ) -> optax.GradientTransformationExtraArgs:
   """NGD's direction as an optax transformation (MATH.md 2).
 
@@ -442,7 +546,8 @@ def ngd_preconditioner(
 
   Args:
     model_or_apply, damping, loss, solver, gram_method, chunk_size, cg_tol,
-      cg_maxiter, fisher, key: as in ``ngd``. Damping is fixed or scheduled; the
+      cg_maxiter, fisher, key, preconditioner, preconditioner_rank: as in
+      ``ngd``. Damping is fixed or scheduled; the
       Levenberg-Marquardt rule needs the loss after the step, which a
       gradient transformation never sees (use ``ngd`` for it).
 
@@ -450,11 +555,15 @@ def ngd_preconditioner(
     An ``optax.GradientTransformationExtraArgs``.
   """
   cfg = _check_config(model_or_apply, loss, solver, gram_method, chunk_size,
-                      cg_tol, cg_maxiter, fisher)
+                      cg_tol, cg_maxiter, fisher, preconditioner,
+                      preconditioner_rank)
   _check_monte_carlo_damping(fisher, damping)
   info_keys = ({"cholesky_failed": jnp.int32} if solver == "cholesky"
                else {"cg_iterations": jnp.int32, "cg_residual": None,
                      "cg_failed": jnp.int32})
+  if preconditioner is not None:
+    info_keys.update(preconditioner_rank=jnp.int32,
+                     preconditioner_seconds=None)
 
   def direction(params, curvature, x, y, lam, key, count):
     del count

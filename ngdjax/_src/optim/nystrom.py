@@ -1,0 +1,213 @@
+"""Low-rank preconditioners for CG on kernel systems ``(K + mu I) x = b``.
+
+For ``N`` too large to store ``K`` (the Gram ``G = J J^T``, or the
+true-Fisher kernel ``S^T G S`` of cross-entropy NGD), CG runs on matrix-free
+products, each a pass over the network (``~8 n m d`` flops for the two-layer
+net); its iteration count grows with the condition number of
+``K + mu I``, which for a network's Gram is large: a few hundred eigenvalues
+of order ``n / d`` above a bulk of order one. A rank-``k`` approximation
+``K ~= F F^T`` that captures the top of the spectrum removes it.
+
+Built here from ``k`` columns of ``K``, never the whole matrix: a column
+block ``K[:, E]`` (the ``c`` outputs of examples ``E``) costs ``2 n |E|
+(d + m)`` flops for the two-layer net (a cross-Gram), so ``k`` in the
+hundreds costs about one matrix-free product.
+
+* Pivots by block randomly pivoted Cholesky (Chen, Epperly, Tropp & Webber,
+  "Randomly pivoted Cholesky", 2023): in each of ``k / s`` rounds, ``s``
+  examples drawn without replacement with probability proportional to the
+  residual diagonal ``diag(K - F F^T)`` (summed over an example's outputs;
+  Gumbel top-``s``), their columns ``C = K[:, E] - F F[E]^T``, and ``F``
+  extended by ``C R^+`` with ``R^T R = C[E]`` (from an eigendecomposition
+  of the ``s c x s c`` block, clamped like a pseudo-inverse, so a pivot
+  already explained by ``F`` adds nothing instead of ``1 / eps``). This is
+  the column Nystrom approximation ``K[:, P] K[P, P]^+ K[P, :]`` on the
+  chosen pivots ``P``, and ``F F^T <= K``.
+* Preconditioner (Frangella, Tropp & Udell, "Randomized Nystrom
+  preconditioning", SIAM J. Matrix Anal. Appl. 2023): with the thin SVD
+  ``F = U diag(sqrt(l)) V^T`` (from the ``k x k`` eigendecomposition of
+  ``F^T F``), ``l`` descending,
+
+      M^{-1} = (l_k + mu) U (diag(l) + mu I)^{-1} U^T + (I - U U^T),
+
+  symmetric positive definite. With ``k`` past the top of the spectrum the
+  preconditioned condition number is about ``(lambda_{k+1} + mu) / (l_k +
+  mu)`` times that of the remaining bulk.
+
+Cost: ``F`` and ``U`` are ``N x k`` (one of them live at a time after the
+build), one application of ``M^{-1}`` is ``4 N k`` flops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from ngdjax._src.jacobian import gram
+from ngdjax._src.linalg import pad_rows
+from ngdjax._src.typing import Array
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class Nystrom(NamedTuple):
+  """A rank-``k`` preconditioner for ``K + mu I``.
+
+  Attributes:
+    basis: ``(N, k)`` orthonormal columns ``U`` (zero columns for a rank
+      below ``k``).
+    eigvals: ``(k,)`` ``l``, descending (zero where ``U`` is).
+    rank: ``()`` int32, the numerical rank of ``F`` (columns kept).
+  """
+
+  basis: Array
+  eigvals: Array
+  rank: Array
+
+  def inverse(self, damping) -> Callable[[Array], Array]:
+    """``r -> M^{-1} r`` (module docstring) for the damping ``mu``."""
+    mu = jnp.asarray(damping, self.basis.dtype)
+    keep = self.eigvals > 0
+    last = jnp.min(jnp.where(keep, self.eigvals, jnp.inf))
+    last = jnp.where(jnp.isfinite(last), last, 0.0)
+    scale = jnp.where(keep, (last + mu) / (self.eigvals + mu), 1.0)
+
+    def apply(r):
+      coeff = jnp.matmul(self.basis.T, r, precision=_HIGHEST)
+      return r + jnp.matmul(self.basis, (scale - 1.0) * coeff,
+                            precision=_HIGHEST)
+
+    return apply
+
+
+def _sample_without_replacement(key, weights: Array, count: int) -> Array:
+  """``count`` indices drawn with probability ``~ weights``, no repeats
+  (Gumbel top-``count``; zero weights only after the positive ones)."""
+  gumbel = jax.random.gumbel(key, weights.shape, weights.dtype)
+  logits = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights,
+                                                    1.0)), -jnp.inf)
+  score = jnp.where(weights > 0, logits + gumbel, -1e30 + gumbel)
+  return jax.lax.top_k(score, count)[1]
+
+
+def rp_cholesky(
+    columns: Callable[[Array], Array],
+    diagonal: Array,
+    rank: int,
+    key,
+    *,
+    block: int = 128,
+) -> Array:
+  """``F`` (``N x k``) with ``F F^T`` the Nystrom approximation of ``K``
+  on pivots drawn by block randomly pivoted Cholesky (module docstring).
+
+  Args:
+    columns: ``idx (s,) -> K[:, E]`` as ``(N, s c)`` for the examples
+      ``idx``, their outputs in order (column ``j c + k`` is output ``k`` of
+      example ``idx[j]``).
+    diagonal: ``(n, c)`` diagonal of ``K`` (``N = n c``).
+    rank: pivot examples (columns of ``F``: ``rank c``).
+    key: PRNG key.
+    block: pivot examples per round.
+
+  Returns:
+    ``(N, k)``, ``k = ceil(rank / block) block c`` (columns of a pivot
+    already explained by the others, and of the last round's repeats, are
+    zero).
+  """
+  n, c = diagonal.shape
+  rank = int(min(rank, n))
+  s = int(min(block, rank))
+  rounds = -(-rank // s)
+  dtype = diagonal.dtype
+  eps = float(jnp.finfo(dtype).eps)
+  f = jnp.zeros((n * c, rounds * s * c), dtype)
+  residual = diagonal
+
+  def one_round(t, carry):
+    f, residual, taken = carry
+    # Chosen examples carry zero weight (their residual is ~0; round-off
+    # could leave it positive).
+    weights = jnp.where(taken, 0.0, jnp.maximum(residual.sum(axis=1), 0.0))
+    idx = _sample_without_replacement(jax.random.fold_in(key, t), weights, s)
+    taken = taken.at[idx].set(True)
+    rows = (idx[:, None] * c + jnp.arange(c)).reshape(-1)  # (s c,)
+    cols = columns(idx).astype(dtype)
+    cols = cols - jnp.matmul(f, f[rows].T, precision=_HIGHEST)
+    core = cols[rows]
+    e, q = jnp.linalg.eigh(0.5 * (core + core.T))
+    tol = core.shape[0] * eps * jnp.maximum(jnp.max(jnp.abs(e)),
+                                            jnp.max(diagonal))
+    inv_root = jnp.where(e > tol, jax.lax.rsqrt(jnp.where(e > tol, e, 1.0)),
+                         0.0)
+    new = jnp.matmul(cols, q * inv_root, precision=_HIGHEST)  # (N, s c)
+    f = jax.lax.dynamic_update_slice(f, new, (0, t * s * c))
+    residual = residual - jnp.square(new).sum(axis=1).reshape(n, c)
+    return f, residual, taken
+
+  f, _, _ = jax.lax.fori_loop(
+      0, rounds, one_round, (f, residual, jnp.zeros((n,), bool)))
+  return f
+
+
+def from_factor(f: Array) -> Nystrom:
+  """``Nystrom`` from ``F`` (``N x k``): the thin SVD of ``F`` from the
+  eigendecomposition of ``F^T F`` (``2 N k^2`` flops)."""
+  eps = float(jnp.finfo(f.dtype).eps)
+  gram = jnp.matmul(f.T, f, precision=_HIGHEST)
+  e, v = jnp.linalg.eigh(0.5 * (gram + gram.T))
+  e, v = e[::-1], v[:, ::-1]
+  keep = e > f.shape[1] * eps * jnp.max(jnp.abs(e))
+  inv_sv = jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, e, 1.0)), 0.0)
+  basis = jnp.matmul(f, v * inv_sv, precision=_HIGHEST)
+  return Nystrom(basis, jnp.where(keep, e, 0.0),
+                 jnp.sum(keep).astype(jnp.int32))
+
+
+_CLOCK_ORIGIN = time.perf_counter()
+
+
+def wall_clock(dependency: Array) -> Array:
+  """Seconds (``float32``, from an arbitrary origin) read on the host when
+  ``dependency`` has been computed; inside ``jit`` too (``io_callback``).
+  The difference of two readings times what lies between them in the data
+  flow (a preconditioner's build)."""
+
+  def now(_):
+    return np.float32(time.perf_counter() - _CLOCK_ORIGIN)
+
+  return io_callback(
+      now, jax.ShapeDtypeStruct((), jnp.float32),
+      jnp.sum(dependency.reshape(-1)[:1]))
+
+
+def gram_diagonal_blocks(apply_or_model, params, x: Array, *,
+                         method: str = "auto",
+                         chunk_size: int | None = None) -> Array:
+  """``G_ii`` (``(n, c, c)``), each example's own ``c x c`` Gram block,
+  ``chunk_size`` examples at a time (one-example Grams, vmapped)."""
+  n = x.shape[0]
+  chunk = min(n, chunk_size or n)
+
+  def one(xi):
+    return gram(apply_or_model, params, xi[None], method=method)
+
+  xp, _ = pad_rows(x, chunk)
+  blocks = jax.lax.map(jax.vmap(one), xp.reshape((-1, chunk) + x.shape[1:]))
+  return blocks.reshape((-1,) + blocks.shape[2:])[:n]
+
+
+def gram_columns(apply_or_model, params, x: Array, idx: Array, *,
+                 method: str = "auto",
+                 chunk_size: int | None = None) -> Array:
+  """``G[:, E]`` (``(n c, s c)``) for the examples ``E = idx`` (``(s,)``):
+  the cross-Gram of all examples against ``x[idx]``, by row blocks of
+  ``chunk_size``."""
+  return gram(apply_or_model, params, x, x[idx], method=method,
+              chunk_size=chunk_size)

@@ -104,9 +104,13 @@ def _child(spec: dict) -> dict:
         mesh=mesh)
     _, out["gram_s"], out["gram_compile_s"], _ = timed(gram_fn, params, x)
   if spec.get("step", True):
+    extra = {}
+    if spec.get("preconditioner"):
+      extra = {"preconditioner": spec["preconditioner"],
+               "preconditioner_rank": spec.get("rank", 512)}
     opt = ngdjax.ngd(model, learning_rate=1.0, damping=1e-3, chunk_size=chunk,
                      solver=solver, mesh=mesh, cg_tol=spec.get("cg_tol", 1e-6),
-                     cg_maxiter=spec.get("cg_maxiter"))
+                     cg_maxiter=spec.get("cg_maxiter"), **extra)
     (_, _, info), out["step_s"], out["step_compile_s"], temp = timed(
         opt.step, params, opt.init(params), x, y)
     out["step_temp_bytes_per_entry"] = None if temp is None else temp / n**2
@@ -114,6 +118,10 @@ def _child(spec: dict) -> dict:
     if "cg_iterations" in info:
       out["cg_iterations"] = int(info["cg_iterations"])
       out["cg_residual"] = float(info["cg_residual"])
+      out["cg_failed"] = int(info["cg_failed"])
+    for k in ("preconditioner_rank", "preconditioner_seconds"):
+      if k in info:
+        out[k] = float(info[k])
     if spec.get("floor"):
       # Measured after the step, so that its arrays do not add to the
       # step's peak memory.
@@ -178,6 +186,11 @@ def main():
       "in the same process, peak RSS and bytes per Gram entry")
   parser.add_argument("--solver", default="cholesky")
   parser.add_argument("--cg-maxiter", type=int, default=None)
+  parser.add_argument("--cg-tol", type=float, default=1e-6)
+  parser.add_argument("--preconditioner", default=None,
+                      help="with --solver cg: 'nystrom'")
+  parser.add_argument("--rank", type=int, default=512,
+                      help="the preconditioner's rank (pivot examples)")
   parser.add_argument("--with-gram", action="store_true",
                       help="with --single: also time the Gram alone")
   args = parser.parse_args()
@@ -189,9 +202,12 @@ def main():
   if args.single:
     spec = {"n": args.single, "d": args.d, "m": args.m, "chunk": args.chunk,
             "solver": args.solver, "floor": True, "gram": args.with_gram,
-            "cg_maxiter": args.cg_maxiter}
+            "cg_maxiter": args.cg_maxiter, "cg_tol": args.cg_tol,
+            "preconditioner": args.preconditioner, "rank": args.rank,
+            "load_before": os.getloadavg()}
     res = _run_child(spec)
     res.update(spec)
+    res["load_after"] = os.getloadavg()
     print(json.dumps(res, indent=1))
     return
 

@@ -88,7 +88,7 @@ def test_two_processes_equal_one(tmp_path):
   logs = []
   try:
     for p in procs:
-      logs.append(p.communicate(timeout=120)[0])
+      logs.append(p.communicate(timeout=480)[0])
   except subprocess.TimeoutExpired:
     pass
   finally:
@@ -116,3 +116,10 @@ def test_two_processes_equal_one(tmp_path):
                                atol=1e-10, err_msg=name)
     np.testing.assert_allclose(out[name + "/loss"], float(info["loss"]),
                                rtol=1e-12, err_msg=name)
+  p32, x32, y32 = worker.float32_problem(params, jax.numpy.asarray(x),
+                                         jax.numpy.asarray(y))
+  opt = worker.steps(None)["ngd_cholesky"]
+  new, _, _ = jax.jit(opt.step)(p32, opt.init(p32), x32, y32)
+  scale = float(np.abs(np.asarray(new["W"]) - np.asarray(params["W"])).max())
+  np.testing.assert_allclose(out["ngd_cholesky_f32/W"], np.asarray(new["W"]),
+                             atol=1e-5 * scale)

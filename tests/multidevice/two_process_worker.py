@@ -62,6 +62,11 @@ def steps(mesh):
   }
 
 
+def float32_problem(params, x, y):
+  """The problem in float32 (the arrays keep their sharding)."""
+  return jax.tree.map(lambda a: a.astype(jnp.float32), (params, x, y))
+
+
 def local_rows(sharding, shape):
   """The contiguous range of global rows this process's devices hold."""
   index = sharding.addressable_devices_indices_map(shape)
@@ -104,6 +109,11 @@ def main(process_id, port, out_dir):
     new, _, info = jax.jit(opt.step)(params, opt.init(params), x, y)
     out[name + "/W"] = gather(new["W"], tiled=True)
     out[name + "/loss"] = gather(info["loss"], tiled=True)
+  # float32, the Cholesky step with G in block rows (never gathered).
+  p32, x32, y32 = float32_problem(params, x, y)
+  opt = steps(mesh)["ngd_cholesky"]
+  new, _, _ = jax.jit(opt.step)(p32, opt.init(p32), x32, y32)
+  out["ngd_cholesky_f32/W"] = gather(new["W"], tiled=True)
   if process_id == 0:
     np.savez(f"{out_dir}/results.npz", **out)
   multihost_utils.sync_global_devices("done")

@@ -144,12 +144,29 @@ def gram_cholesky_solve(
   def matvec(vec):
     return gram_vp(apply_or_model, params, x, vec, block).astype(vec.dtype)
 
+  def factor_checks(v, residual):
+    return factored & factor_ok(chol, v, residual, block=cholesky_block)
+
+  return checked_solve(v, factor_checks, rhs, lam, matvec)
+
+
+def checked_solve(v, factor_checks, rhs, lam, matvec):
+  """The check of a Cholesky solution ``v`` and the CG fallback.
+
+  ``G v`` from the matrix-free ``matvec``; the solve passes when
+  ``factor_checks`` (a boolean, or ``(v, residual) -> bool``) holds, ``v``
+  is finite and the relative residual ``||G v + lam v - rhs|| / ||rhs||`` is
+  at most ``RESIDUAL_TOL``; else CG (module docstring). Returns ``(v, G v,
+  failed)``.
+  """
   safe_v = jnp.where(jnp.isfinite(v), v, 0.0)
   gv = matvec(safe_v)
   rhs_norm = jnp.linalg.norm(rhs)
   residual = jnp.linalg.norm(gv + lam * safe_v - rhs) / jnp.where(
       rhs_norm > 0, rhs_norm, 1.0)
-  ok = factored & factor_ok(chol, v, residual, block=cholesky_block)
+  ok = (factor_checks(v, residual) if callable(factor_checks)
+        else factor_checks)
+  ok = ok & jnp.all(jnp.isfinite(v)) & (residual <= RESIDUAL_TOL)
 
   def fallback():
     maxiter = min(rhs.shape[0], FALLBACK_MAXITER)
@@ -157,5 +174,5 @@ def gram_cholesky_solve(
     w = solvers.cg(matvec, rhs, lam, FALLBACK_TOL, maxiter).x
     return w, matvec(w)
 
-  v, gv = jax.lax.cond(ok, lambda: (v, gv), fallback)
+  v, gv = jax.lax.cond(ok, lambda: (safe_v, gv), fallback)
   return v, gv, jnp.logical_not(ok).astype(jnp.int32)

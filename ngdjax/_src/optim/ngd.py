@@ -66,7 +66,14 @@ from ngdjax._src.jacobian import (
   vjp,
 )
 from ngdjax._src.linalg import self_outer
-from ngdjax._src.optim import base, core, kernel_solve, nystrom, solvers
+from ngdjax._src.optim import (
+  base,
+  core,
+  kernel_solve,
+  nystrom,
+  sharded_solve,
+  solvers,
+)
 from ngdjax._src.optim import damping as damping_lib
 from ngdjax._src.typing import Array, Params
 
@@ -282,6 +289,14 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
   g = cfg.loss.grad(u, y).astype(u.dtype)
   g_flat = g.reshape(-1)
   lam = jnp.asarray(lam, u.dtype)
+  if (cfg.solver == "cholesky" and cfg.mesh is not None
+      and cfg.fisher == "true" and cfg.loss.hessian is None):
+    # G stays in the block rows its devices computed (sharded_solve).
+    v, gv, failed = sharded_solve.gram_cholesky_solve_sharded(
+        cfg.model or cfg.apply, params, x, g_flat, lam, cfg.mesh,
+        method=cfg.gram_method, chunk_size=cfg.chunk_size)
+    direction = pullback(v.reshape(n, c))[0]
+    return _Direction(u, g, v, gv, direction, {"cholesky_failed": failed})
   if (cfg.solver == "cholesky" and cfg.mesh is None
       and cfg.fisher == "true" and cfg.loss.hessian is None
       and kernel_solve.use_lean_solve(n, cfg.chunk_size)):

@@ -114,6 +114,33 @@ CHOLESKY_BLOCK = 1024
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+def tile_cholesky(t: Array) -> Array:
+  """Lower Cholesky factor of a small tile from its lower triangle.
+
+  LAPACK reads column-major; handing it ``sym(t).T`` (whose column-major
+  layout is ``t``'s row-major one) keeps XLA from giving the buffer ``t``
+  was sliced from a column-major copy.
+  """
+  lower = jnp.tril(t)
+  sym = lower + jnp.tril(t, -1).T
+  return jax.lax.linalg.cholesky(sym.T, symmetrize_input=False)
+
+
+def solve_transposed(lower: Array, t: Array) -> Array:
+  """``X`` with ``X L^T = t`` for a lower-triangular tile ``L``, as
+  ``(L X^T = t^T)^T`` given to LAPACK through transposes that are free in
+  its column-major view (``tile_cholesky``)."""
+  return jax.lax.linalg.triangular_solve(
+      lower.T, t.T, left_side=True, lower=False, transpose_a=True).T
+
+
+def solve_tile(diag: Array, r: Array, *, transpose: bool) -> Array:
+  """``L^{-1} r`` (``L^{-T} r``) for the lower triangle of the tile
+  ``diag`` and ``r`` ``(b, k)``, through ``diag.T`` (``tile_cholesky``)."""
+  return jax.lax.linalg.triangular_solve(
+      diag.T, r, left_side=True, lower=False, transpose_a=not transpose)
+
+
 def blocked_cholesky(a: Array, *, block: int | None = None
                      ) -> tuple[Array, Array]:
   """Lower Cholesky factor of the matrix whose lower triangle ``a`` holds.
@@ -163,7 +190,7 @@ def blocked_cholesky(a: Array, *, block: int | None = None
     return jax.lax.fori_loop(0, nk, body, start)
 
   def diag_factor(t):
-    chol = jax.lax.linalg.cholesky(t, symmetrize_input=False)
+    chol = tile_cholesky(t)
     d = jnp.diagonal(chol)
     return chol, jnp.all(jnp.isfinite(d) & (d > 0))
 
@@ -171,8 +198,7 @@ def blocked_cholesky(a: Array, *, block: int | None = None
     # L_IJ = T L_JJ^{-T}: solve X L_JJ^T = T.
     t = schur(a, r0, h, j * b, b, j)
     ljj = jax.lax.dynamic_slice(a, (j * b, j * b), (b, b))
-    lij = jax.lax.linalg.triangular_solve(ljj, t, left_side=False,
-                                          lower=True, transpose_a=True)
+    lij = solve_transposed(ljj, t)
     return jax.lax.dynamic_update_slice(a, lij, (r0, j * b))
 
   def block_row(r0, h, nblocks, carry):
@@ -216,10 +242,7 @@ def tri_solve(chol: Array, rhs: Array, *, transpose: bool,
 
   def diag_solve(s, bb, r):
     diag = jax.lax.dynamic_slice(chol, (s, s), (bb, bb))
-    # Given as the upper factor L_II^T: LAPACK's column-major view of it is
-    # the row-major block itself, so XLA keeps chol row-major.
-    return jax.lax.linalg.triangular_solve(
-        diag.T, r, left_side=True, lower=False, transpose_a=not transpose)
+    return solve_tile(diag, r, transpose=transpose)
 
   def forward(s, bb, y):
     panel = jax.lax.dynamic_slice(chol, (s, 0), (bb, size))
@@ -232,7 +255,8 @@ def tri_solve(chol: Array, rhs: Array, *, transpose: bool,
     z, r = carry
     zi = diag_solve(s, bb, jax.lax.dynamic_slice_in_dim(r, s, bb))
     panel = jax.lax.dynamic_slice(chol, (s, 0), (bb, size))
-    update = jnp.matmul(panel.T, zi, precision=_HIGHEST)
+    # (z_I^T L[I, :])^T: the row-major panel is never transposed (a copy).
+    update = jnp.matmul(zi.T, panel, precision=_HIGHEST).T
     before = (jnp.arange(size) < s)[:, None]
     r = r - jnp.where(before, update, 0.0)
     return jax.lax.dynamic_update_slice_in_dim(z, zi, s, 0), r

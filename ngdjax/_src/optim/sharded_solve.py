@@ -29,6 +29,8 @@ each device's rows are exactly the rows it computed.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
@@ -60,7 +62,8 @@ def tile_examples(n: int, c: int, devices: int, block: int | None,
   ``ceil(n / P)`` examples, so that the panel adds at most a quarter to the
   device's ``N^2 / P`` words."""
   block = block or solvers.CHOLESKY_BLOCK
-  share = -(-(-(-n // devices)) // PANEL_FRACTION)
+  per_device = math.ceil(n / devices)
+  share = math.ceil(per_device / PANEL_FRACTION)
   return max(1, min(block // c, chunk_size or block, share))
 
 

@@ -18,7 +18,11 @@ Solvers:
   When ``n`` exceeds one block (``chunk_size``, default 2048 examples), with
   no mesh, for ``fisher="true"`` on a regression loss:
   ``kernel_solve.gram_cholesky_solve``, one ``N x N``
-  buffer built and factorised in place, CG as its fallback.
+  buffer built and factorised in place, CG as its fallback. With a mesh
+  (same cases): ``sharded_solve.gram_cholesky_solve_sharded``, ``G`` kept
+  in the block rows each device computed, never gathered. Every Cholesky
+  is the library's blocked one (``solvers.blocked_cholesky``): no LAPACK
+  call on a matrix larger than ``solvers.CHOLESKY_BLOCK``.
 * ``"cg"``: conjugate gradients with matrix-free ``G v`` products, for ``N``
   too large to hold ``G``: ``ngdjax.gram_vp`` in blocks when ``chunk_size``
   is given (memory of one block), else the structured form ``sum_l J_l
@@ -28,7 +32,10 @@ Solvers:
   singular ``G + lam I``, e.g. zero damping and repeated inputs with
   different targets, and the step came from the damped fallback solve,
   never a ``1 / eps`` step; a ``cg_maxiter`` reached before ``cg_tol``
-  shows in ``cg_residual`` only; see ``ngdjax.optim.solvers``).
+  shows in ``cg_residual`` only; see ``ngdjax.optim.solvers``). With
+  ``preconditioner="nystrom"``: preconditioned CG, the preconditioner of
+  rank ``preconditioner_rank`` built from that many examples' Gram columns
+  (``ngdjax._src.optim.nystrom``; ``N`` beyond memory).
 
 Example:
 
@@ -457,11 +464,14 @@ def ngd(
     cg_tol: relative residual at which CG stops.
     cg_maxiter: CG iteration cap (default the system size).
     mesh: optional one-axis ``jax.sharding.Mesh`` (``ngdjax.parallel``): the
-      example axis is split over its devices. The Gram is computed by row
-      blocks (``ngdjax.parallel.sharded_gram``), gathered, and the
-      ``N x N`` Cholesky solve runs replicated; with ``solver="cg"`` the
-      Gram-vector products stay sharded (only ``p``-sized reductions cross
-      devices). Params stay replicated. Results equal the unsharded step.
+      example axis is split over its devices. For the squared-loss (and
+      other regression) true-Fisher Cholesky step each device computes and
+      keeps its block rows of ``G``, and the factorisation and solves move
+      ``N x b`` panels, never the matrix (``sharded_solve``); other
+      Cholesky kernels are gathered and solved replicated; with
+      ``solver="cg"`` the Gram-vector products stay sharded (only
+      ``p``-sized reductions cross devices). Params stay replicated.
+      Results equal the unsharded step.
     fisher: ``"true"``, ``"empirical"`` or ``"monte_carlo"`` (above).
     key: PRNG key for ``"monte_carlo"`` and the preconditioner's pivots
       (default ``jax.random.key(0)``).

@@ -4,7 +4,10 @@
     python benchmarks/scale.py --quick         # tiny sizes: checks it runs
     python benchmarks/scale.py --single 32768  # one step: time, FLOP floor,
                                                # peak RSS (issue 15)
-    python benchmarks/scale.py --single 131072 --solver cg
+    python benchmarks/scale.py --single 131072 --solver cg \
+        --preconditioner nystrom --cg-tol 1e-3 --chunk 2048
+    python benchmarks/scale.py --digits --rank 64 --cg-tol 1e-4
+                                               # true-Fisher CG vs Cholesky
     /usr/bin/time -v python benchmarks/scale.py --memory-check
                                                # n=4096, d=256, m=16384 in one
                                                # process (issue 7's 8 GB check)
@@ -134,6 +137,59 @@ def _child(spec: dict) -> dict:
   return out
 
 
+def digits_true_fisher(rank: int, cg_tol: float, repeats: int = 5) -> dict:
+  """The N = n c true-Fisher step of cross-entropy NGD on digits (MLP
+  64-512-10, batch 256, float32, damping 0.3 as ``benchmarks/steps.py``):
+  exact Cholesky against Nystrom-preconditioned CG; median step times in
+  one process, and the relative difference of the two updates."""
+  import jax
+  import jax.numpy as jnp
+
+  import ngdjax
+
+  ds = ngdjax.data.digits(classes=tuple(range(10)), targets="onehot",
+                          test_fraction=0.2, seed=0)
+  x_all = jnp.asarray(ds.x_train * np.sqrt(ds.x_train.shape[1]),
+                      jnp.float32)
+  idx = np.random.default_rng(0).choice(x_all.shape[0], 256, replace=False)
+  x, labels = x_all[idx], jnp.asarray(ds.labels_train)[idx]
+  model = ngdjax.mlp((512,), out_dim=10, w_std=float(np.sqrt(2.0)))
+  params = jax.tree_util.tree_map(lambda t: t.astype(jnp.float32),
+                                  model.init(jax.random.key(0), 64))
+  kw = {"loss": "softmax_cross_entropy", "damping": 0.3}
+  opts = {"cholesky": ngdjax.ngd(model, 0.5, **kw),
+          "cg_nystrom": ngdjax.ngd(model, 0.5, solver="cg",
+                                   preconditioner="nystrom",
+                                   preconditioner_rank=rank, cg_tol=cg_tol,
+                                   **kw),
+          "cg_plain": ngdjax.ngd(model, 0.5, solver="cg", cg_tol=cg_tol,
+                                 **kw)}
+  out, updates = {"load_before": os.getloadavg()}, {}
+  for name, opt in opts.items():
+    step = jax.jit(opt.step)
+    state = opt.init(params)
+    res = jax.block_until_ready(step(params, state, x, labels))
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(step(params, state, x, labels))
+      times.append(time.perf_counter() - t0)
+    out[name + "_s"] = float(np.median(times))
+    updates[name] = jax.flatten_util.ravel_pytree(jax.tree_util.tree_map(
+        lambda a, b: a - b, res[0], params))[0]
+    for k in ("cg_iterations", "cg_residual", "preconditioner_rank",
+              "preconditioner_seconds"):
+      if k in res[2]:
+        out[f"{name}_{k}"] = float(res[2][k])
+  ref = updates["cholesky"]
+  for name in ("cg_nystrom", "cg_plain"):
+    out[name + "_update_rel_diff"] = float(
+        jnp.linalg.norm(updates[name] - ref) / jnp.linalg.norm(ref))
+    out[name + " / cholesky"] = out[name + "_s"] / out["cholesky_s"]
+  out["load_after"] = os.getloadavg()
+  return out
+
+
 def _run_child(spec: dict, devices: int | None = None) -> dict:
   env = dict(os.environ)
   # The child imports this checkout's ngdjax, not an installed copy.
@@ -193,8 +249,14 @@ def main():
                       help="the preconditioner's rank (pivot examples)")
   parser.add_argument("--with-gram", action="store_true",
                       help="with --single: also time the Gram alone")
+  parser.add_argument("--digits", action="store_true",
+                      help="the digits true-Fisher step: Cholesky against "
+                      "Nystrom-preconditioned CG (--rank, --cg-tol)")
   args = parser.parse_args()
 
+  if args.digits:
+    print(json.dumps(digits_true_fisher(args.rank, args.cg_tol), indent=1))
+    return
   if args.memory_check:
     spec = {"n": 4096, "d": 256, "m": 16384}
     print(json.dumps(_child(spec)))

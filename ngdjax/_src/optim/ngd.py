@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import optax
 
 from ngdjax._src import checks
+from ngdjax._src import precision as precision_lib
 from ngdjax._src.jacobian import (
   gram,
   gram_vp,
@@ -89,6 +90,7 @@ class _Config(NamedTuple):
   cg_maxiter: int | None
   mesh: Any = None
   fisher: str = "true"
+  precision: str = "highest"
 
 
 class _Direction(NamedTuple):
@@ -300,6 +302,7 @@ def ngd(
     mesh=None,
     fisher: str = "true",
     key=None,
+    precision: str | None = None,
 ) -> base.Optimizer:
   """Exact NGD, ``theta <- theta - eta (J^T H J + lam I)^{-1} J^T g``.
 
@@ -361,6 +364,11 @@ def ngd(
       devices). Params stay replicated. Results equal the unsharded step.
     fisher: ``"true"``, ``"empirical"`` or ``"monte_carlo"`` (above).
     key: PRNG key for ``"monte_carlo"`` (default ``jax.random.key(0)``).
+    precision: ``"highest"`` (default: float32-accurate curvature on every
+      backend), ``"default"``, ``"fast"`` or ``"mixed"`` (the Gram at the
+      fast precision, refined to float32 accuracy by preconditioned CG with
+      exact products; ``ngdjax.optim.mixed_precision``). See
+      ``ngdjax.precision``.
 
   Returns:
     ``Optimizer(init, step)``; ``step(params, state, x, y)`` returns info
@@ -379,7 +387,8 @@ def ngd(
   """
   cfg = _check_config(model_or_apply, loss, solver, gram_method, chunk_size,
                       cg_tol, cg_maxiter, fisher)._replace(
-                          mesh=base.check_mesh(mesh))
+                          mesh=base.check_mesh(mesh),
+                          precision=precision_lib.resolve(precision))
   _check_monte_carlo_damping(fisher, damping)
 
   def direction(params, curvature, x, y, lam, key, count):
@@ -390,7 +399,8 @@ def ngd(
 
   method = core.Method(init=lambda params: (), direction=direction)
   return core.make(model_or_apply, cfg.apply, cfg.loss, learning_rate,
-                   damping, method, mesh=cfg.mesh, key=key)
+                   damping, method, mesh=cfg.mesh, key=key,
+                   precision=cfg.precision)
 
 
 def _check_monte_carlo_damping(fisher, damping):
@@ -422,6 +432,7 @@ def ngd_preconditioner(
     cg_maxiter: int | None = None,
     fisher: str = "true",
     key=None,
+    precision: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """NGD's direction as an optax transformation (MATH.md 2).
 
@@ -442,15 +453,17 @@ def ngd_preconditioner(
 
   Args:
     model_or_apply, damping, loss, solver, gram_method, chunk_size, cg_tol,
-      cg_maxiter, fisher, key: as in ``ngd``. Damping is fixed or scheduled; the
-      Levenberg-Marquardt rule needs the loss after the step, which a
-      gradient transformation never sees (use ``ngd`` for it).
+      cg_maxiter, fisher, key, precision: as in ``ngd``. Damping is fixed
+      or scheduled; the Levenberg-Marquardt rule needs the loss after the
+      step, which a gradient transformation never sees (use ``ngd`` for
+      it).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
   cfg = _check_config(model_or_apply, loss, solver, gram_method, chunk_size,
-                      cg_tol, cg_maxiter, fisher)
+                      cg_tol, cg_maxiter, fisher)._replace(
+                          precision=precision_lib.resolve(precision))
   _check_monte_carlo_damping(fisher, damping)
   info_keys = ({"cholesky_failed": jnp.int32} if solver == "cholesky"
                else {"cg_iterations": jnp.int32, "cg_residual": None,
@@ -463,4 +476,5 @@ def ngd_preconditioner(
 
   method = core.Method(init=lambda params: (), direction=direction)
   return core.preconditioner(model_or_apply, cfg.loss, damping, method, key,
-                             info_keys, "ngd_preconditioner")
+                             info_keys, "ngd_preconditioner",
+                             precision=cfg.precision)

@@ -67,7 +67,13 @@ from ngdjax._src.jacobian import (
   vjp,
 )
 from ngdjax._src.linalg import self_outer
-from ngdjax._src.optim import base, core, kernel_solve, solvers
+from ngdjax._src.optim import (
+  base,
+  core,
+  kernel_solve,
+  mixed_precision,
+  solvers,
+)
 from ngdjax._src.optim import damping as damping_lib
 from ngdjax._src.typing import Array, Params
 
@@ -129,12 +135,21 @@ def _structured(cfg: _Config) -> bool:
   )
 
 
+def _mixed(cfg: _Config) -> bool:
+  """Whether the step refines a fast Gram (``ngdjax.optim.mixed_precision``;
+  the true Fisher of a regression loss, unsharded; elsewhere ``"mixed"``
+  computes as ``"highest"``)."""
+  return (cfg.precision == "mixed" and cfg.solver == "cholesky"
+          and cfg.mesh is None and cfg.fisher == "true"
+          and cfg.loss.hessian is None)
+
+
 def _gram_operator(cfg: _Config, params, x, f, n, c):
   """``(G or None, vec -> G vec)`` for the configured solver."""
   if cfg.solver == "cholesky":
     g_mat = gram(cfg.model or cfg.apply, params, x,
                  method=cfg.gram_method, chunk_size=cfg.chunk_size,
-                 mesh=cfg.mesh)
+                 mesh=cfg.mesh, precision="fast" if _mixed(cfg) else None)
     if cfg.mesh is not None:
       # The N x N factorisation runs replicated: G (row-sharded) is
       # all-gathered once; N^2 words against the N^2 p of the Gram.
@@ -218,6 +233,7 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
   lam = jnp.asarray(lam, u.dtype)
   if (cfg.solver == "cholesky" and cfg.mesh is None
       and cfg.fisher == "true" and cfg.loss.hessian is None
+      and not _mixed(cfg)
       and kernel_solve.use_lean_solve(n, cfg.chunk_size)):
     # More than one Gram block: one N x N buffer, factorised in place.
     v, gv, failed = kernel_solve.gram_cholesky_solve(
@@ -254,7 +270,15 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
     return lambda w: jnp.sum(rows * gmv((rows * w[:, None]).reshape(-1))
                              .reshape(n, c), axis=1)
 
-  if cfg.fisher == "true" and cfg.loss.hessian is None:
+  if _mixed(cfg):
+    # The fast Gram preconditions CG on exact products.
+    _, exact_gmv = _gram_operator(cfg._replace(solver="cg"), params, x, f,
+                                  n, c)
+    v, diagnostics = mixed_precision.refined_solve(
+        g_mat, exact_gmv, g_flat, lam, lambda: gram(
+            cfg.model or cfg.apply, params, x, method=cfg.gram_method,
+            chunk_size=cfg.chunk_size))
+  elif cfg.fisher == "true" and cfg.loss.hessian is None:
     v, diagnostics = _solve(cfg, g_mat, gmv, g_flat, lam)
   elif cfg.fisher == "true":
     s_mat, h = core.hessian_root(cfg.loss, u, y)
@@ -468,6 +492,9 @@ def ngd_preconditioner(
   info_keys = ({"cholesky_failed": jnp.int32} if solver == "cholesky"
                else {"cg_iterations": jnp.int32, "cg_residual": None,
                      "cg_failed": jnp.int32})
+  if _mixed(cfg):
+    info_keys.update(mixed_products=jnp.int32, mixed_residual=None,
+                     mixed_fallback=jnp.int32)
 
   def direction(params, curvature, x, y, lam, key, count):
     del count

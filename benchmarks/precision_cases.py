@@ -127,8 +127,12 @@ def quantities(case: Case, dtype, precision: str | None, *,
       r, _ = _step_update(ngdjax.kfac(model, 1.0, damping, **kw),
                           params, x, y)
     elif name == "kfac_minibatch":
+      # inverse="cholesky": the default eigh refresh clamps the factors'
+      # small eigenvalues at a dtype-dependent level, so its float32 step
+      # differs from float64 by itself (60 % on the MLP, on CPU).
       r, _ = _step_update(ngdjax.kfac(model, 1.0, damping, factor_decay=0.95,
-                                      **kw), params, x, y)
+                                      inverse="cholesky", **kw),
+                          params, x, y)
     elif name == "relu_gram_inf":
       r = jax.jit(lambda x: ngdjax.relu_gram_inf(x, **kw))(x)
     elif name == "ngd_mixed":
@@ -154,4 +158,6 @@ def errors(case: Case, precision: str | None, reference=None, *,
                            names=names)
   got = quantities(case, jnp.float32, precision, damping=damping,
                    names=names)
-  return {k: relative_error(v, reference[k]) for k, v in got.items()}
+  # The mixed step is held to the exact float64 step.
+  return {k: relative_error(v, reference.get(k, reference.get(
+      "ngd_cholesky"))) for k, v in got.items()}

@@ -19,7 +19,7 @@ by default, whatever ``jax_default_matmul_precision`` says. One
   whatever the global flag says.
 * ``"mixed"`` (NGD): the ``n^2 p`` Gram at the fast precision, float32
   accuracy recovered with a few exact Gram-vector products
-  (``ngdjax.optim.mixed_precision``); everything else as ``"highest"``.
+  (``ngdjax._src.optim.mixed_precision``); everything else as ``"highest"``.
 
 How it works: ``lax.dot_general`` and ``lax.conv_general_dilated`` read
 ``jax_default_matmul_precision`` when they are traced (an explicit

@@ -136,9 +136,9 @@ def _structured(cfg: _Config) -> bool:
 
 
 def _mixed(cfg: _Config) -> bool:
-  """Whether the step refines a fast Gram (``ngdjax.optim.mixed_precision``;
-  the true Fisher of a regression loss, unsharded; elsewhere ``"mixed"``
-  computes as ``"highest"``)."""
+  """Whether the step refines a fast Gram (``ngdjax._src.optim.
+  mixed_precision``; the true Fisher of a regression loss, unsharded;
+  elsewhere ``"mixed"`` computes as ``"highest"``)."""
   return (cfg.precision == "mixed" and cfg.solver == "cholesky"
           and cfg.mesh is None and cfg.fisher == "true"
           and cfg.loss.hessian is None)
@@ -391,7 +391,7 @@ def ngd(
     precision: ``"highest"`` (default: float32-accurate curvature on every
       backend), ``"default"``, ``"fast"`` or ``"mixed"`` (the Gram at the
       fast precision, refined to float32 accuracy by preconditioned CG with
-      exact products; ``ngdjax.optim.mixed_precision``). See
+      exact products; ``ngdjax._src.optim.mixed_precision``). See
       ``ngdjax.precision``.
 
   Returns:
@@ -401,8 +401,11 @@ def ngd(
     ``cholesky_failed`` (cholesky) or ``cg_iterations`` and ``cg_residual``
     (cg), the fault flags of ``ngdjax.optim.core`` (``diverged``,
     ``update_skipped``, ``learning_rate_invalid``, ``damping_invalid``,
-    ``params_nonfinite``), and for Levenberg-Marquardt ``reduction_ratio``
-    and ``loss_after`` (the loss at the new params).
+    ``params_nonfinite``), for Levenberg-Marquardt ``reduction_ratio``
+    and ``loss_after`` (the loss at the new params), and with
+    ``precision="mixed"`` ``mixed_products`` (exact Gram-vector products),
+    ``mixed_residual`` and ``mixed_fallback`` (1: the Gram was rebuilt at
+    ``HIGHEST``).
 
   Raises:
     ValueError: non-finite or negative ``learning_rate``/``damping``, an

@@ -133,7 +133,8 @@ def steps(n: int, d: int, widths, rates, repeats: int, device):
           f"+ Cholesky n^3/3 = {chol_flops:.2e}; K-FAC's floor is not "
           "modelled).", "",
           "| computation | precision | median s | min s | floor s | "
-          "min / floor | peak device MB | load avg |",
+          "min / floor | process peak device MB after its first run | "
+          "load avg |",
           "|---|---|---|---|---|---|---|---|"]
   jobs = []
   for prec in PRECISIONS:
@@ -151,11 +152,26 @@ def steps(n: int, d: int, widths, rates, repeats: int, device):
     jobs.append(("kfac step", prec, jax.jit(opt.step),
                  (params, opt.init(params), x, y), None))
   with jax.default_device(device):
-    for name, prec, fn, args, floor in jobs:
-      args = jax.device_put(args, device)
-      med, best = _time(fn, *args, repeats=repeats)
-      peak = _peak_bytes(device)
-      load = os.getloadavg()[0]
+    # Compile everything, then time the jobs in turn, round after round, so
+    # that load changes hit every precision alike.
+    jobs = [(*job[:3], jax.device_put(job[3], device), job[4])
+            for job in jobs]
+    peaks = []
+    for _, _, fn, args, _ in jobs:
+      jax.block_until_ready(fn(*args))
+      peaks.append(_peak_bytes(device))
+    times = [[] for _ in jobs]
+    loads = []
+    for _ in range(repeats):
+      for i, (_, _, fn, args, _) in enumerate(jobs):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times[i].append(time.perf_counter() - t)
+      loads.append(os.getloadavg()[0])
+    load = statistics.median(loads)
+    for (name, prec, _, _, floor), ts, peak in zip(jobs, times, peaks,
+                                                   strict=True):
+      med, best = statistics.median(ts), min(ts)
       floor_s = "" if floor is None else f"{floor:.2e}"
       ratio = "" if floor is None else f"{best / floor:.1f}"
       mb = "n/a" if peak is None else f"{peak / 2**20:.0f}"

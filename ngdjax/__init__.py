@@ -14,6 +14,7 @@ from ngdjax import (
     models,
     optim,
     parallel,
+    precision,
 )
 from ngdjax._src.forster import (
     ForsterResult,
@@ -106,6 +107,7 @@ __all__ = [
     "optim",
     "parallel",
     "per_example_jacobian",
+    "precision",
     "relu_gram_inf",
     "relu_ntk_inf",
     "two_layer_ntk_inf",

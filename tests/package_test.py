@@ -18,7 +18,7 @@ import ngdjax
 
 SRC = pathlib.Path(ngdjax.__file__).parent / "_src"
 PUBLIC_MODULES = ("data", "diagnostics", "kernels", "linearized", "losses",
-                  "models", "optim", "parallel")
+                  "models", "optim", "parallel", "precision")
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ngdjax._src import checks
+from ngdjax._src import checks, precision
 from ngdjax._src.jacobian import gram, jacobian, jvp, split_model, vjp
 from ngdjax._src.kernels import relu_gram_inf
 from ngdjax._src.linalg import lambda_min
@@ -54,6 +54,7 @@ DENSE_JACOBIAN_ENTRIES = 1 << 22
 # --------------------------------------------------------------------------
 
 
+@precision.curvature
 def gram_lambda_min(model, params: Params, x: Array, method: str = "auto",
                     chunk_size: int | None = None) -> Array:
   """``lambda_min(G)`` of the empirical Gram ``G = J J^T`` (Condition 1).
@@ -135,6 +136,7 @@ def _difference_gram_block(apply, theta, theta0, x, block):
   return jax.vmap(one, in_axes=1, out_axes=1)(block)
 
 
+@precision.curvature
 def jacobian_change_norm(
     model,
     params: Params,
@@ -351,6 +353,7 @@ def activation_flips(w, w0, x: Array) -> Array:
 # --------------------------------------------------------------------------
 
 
+@precision.curvature
 def generalization_measure(x: Array, y: Array,
                            g_inf: Array | None = None) -> Array:
   """``sqrt(2 y^T G_inf^{-1} y / n)``, the data-dependent term of Theorem 6.

@@ -60,7 +60,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec
 
-from ngdjax._src import checks, parallel, structure
+from ngdjax._src import checks, parallel, precision, structure
 from ngdjax._src.linalg import as_columns, pad_rows, self_outer
 from ngdjax._src.models import LayerFactors, Model
 from ngdjax._src.typing import Array, Params
@@ -159,6 +159,7 @@ def output_dim(apply_or_model: ApplyOrModel, params: Params, x: Array) -> int:
 # --------------------------------------------------------------------------
 
 
+@precision.curvature
 def per_example_jacobian(
     apply_or_model: ApplyOrModel,
     params: Params,
@@ -176,6 +177,7 @@ def per_example_jacobian(
   return jax.lax.map(lambda xi: jac_one(params, xi), x, batch_size=chunk_size)
 
 
+@precision.curvature
 def jacobian(
     apply_or_model: ApplyOrModel,
     params: Params,
@@ -224,6 +226,7 @@ def outputs(
   return u.reshape(-1, u.shape[-1])[: x.shape[0]]
 
 
+@precision.curvature
 def jvp(
     apply_or_model: ApplyOrModel,
     params: Params,
@@ -278,6 +281,7 @@ def _check_output_vector_call(apply_or_model, params, x, v, chunk_size,
   return apply, x, chunk_size, n, c, v
 
 
+@precision.curvature
 def vjp(
     apply_or_model: ApplyOrModel,
     params: Params,
@@ -317,6 +321,7 @@ def vjp(
   return jax.lax.scan(accumulate, zero, (xb, vb))[0]
 
 
+@precision.curvature
 def gram_vp(
     apply_or_model: ApplyOrModel,
     params: Params,
@@ -730,6 +735,7 @@ def resolve_gram_method(
   return GramMethod.PRODUCTS
 
 
+@precision.curvature
 def gram(
     apply_or_model: ApplyOrModel,
     params: Params,

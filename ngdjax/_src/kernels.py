@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ngdjax._src import checks
+from ngdjax._src import checks, precision
 from ngdjax._src.linalg import lambda_min
 from ngdjax._src.typing import Array
 
@@ -119,6 +119,7 @@ def _check_x(x, name="x"):
   return checks.check_nonzero_rows(name, x)
 
 
+@precision.curvature
 def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
   """``G_inf`` of the two-layer ReLU net with only ``W`` trained (MATH.md 3).
 
@@ -143,6 +144,7 @@ def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
   return inner * (jnp.pi - theta) / (2 * jnp.pi)
 
 
+@precision.curvature
 def relu_covariance_inf(x: Array, nu: float = 1.0) -> Array:
   """``E_w[relu(w^T x_i) relu(w^T x_j)]``, ``w ~ N(0, nu^2 I)``: ``(n, n)``."""
   x = _check_x(x)
@@ -152,6 +154,7 @@ def relu_covariance_inf(x: Array, nu: float = 1.0) -> Array:
   return scale * _arc_cosine_1(theta, jnp.cos(theta))
 
 
+@precision.curvature
 def two_layer_ntk_inf(x: Array, nu: float = 1.0) -> Array:
   """NTK of the two-layer ReLU net when the output layer ``a`` is trained too.
 
@@ -163,6 +166,7 @@ def two_layer_ntk_inf(x: Array, nu: float = 1.0) -> Array:
   return relu_gram_inf(x) + relu_covariance_inf(x, nu)
 
 
+@precision.curvature
 def relu_ntk_inf(
     x: Array, depth: int, w_std: float = 1.0, b_std: float = 0.0
 ) -> Array:
@@ -216,6 +220,7 @@ def relu_ntk_inf(
   return theta_ntk
 
 
+@precision.curvature
 def lambda_0(x: Array) -> Array:
   """``lambda_0 = lambda_min(G_inf)`` for the two-layer net (Condition 1)."""
   return lambda_min(relu_gram_inf(x))

@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ngdjax._src import checks, linalg
+from ngdjax._src import checks, linalg, precision
 from ngdjax._src.jacobian import (
   ApplyOrModel,
   gram,
@@ -328,6 +328,7 @@ def _check_dynamics(t, method, learning_rate, damping) -> Array:
 # --------------------------------------------------------------------------
 
 
+@precision.curvature
 def residuals(
     G: Array,
     r0: Array,
@@ -374,6 +375,7 @@ def residuals(
   return (e * coeffs) @ v.T
 
 
+@precision.curvature
 def weights(
     jac_or_model: Array | ApplyOrModel,
     G: Array | None,
@@ -429,6 +431,7 @@ def weights(
   return -jt(a)
 
 
+@precision.curvature
 def predict(
     G_test_train: Array,
     G: Array,
@@ -525,6 +528,7 @@ def _solve_psd(g: Array, b: Array) -> Array:
   return jax.lax.cond(ok, _cholesky_solve, _pinv_solve, chol, g, b)
 
 
+@precision.curvature
 def min_norm_solution(
     jac_or_model: Array | ApplyOrModel,
     G: Array | None,

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import optax
 
 from ngdjax._src import checks
+from ngdjax._src import precision as precision_lib
 from ngdjax._src.optim import base, solvers
 from ngdjax._src.optim import damping as damping_lib
 from ngdjax._src.typing import Array, Params
@@ -237,6 +238,7 @@ def make(
     mesh=None,
     key=None,
     jvp_fn: Callable | None = None,
+    precision=None,
 ) -> base.Optimizer:
   """An ``Optimizer`` around a curvature ``method`` (module docstring).
 
@@ -251,6 +253,7 @@ def make(
     key: PRNG key for sampled curvature (``None``: ``jax.random.key(0)``).
     jvp_fn: ``(params, x, tangent) -> (n, c)``, the output change for
       Levenberg-Marquardt when the method does not provide it.
+    precision: the matmul policy of the step (``ngdjax.precision``).
 
   Returns:
     ``Optimizer(init, step)``.
@@ -327,7 +330,8 @@ def make(
     )
     return new_params, new_state, info
 
-  return base.Optimizer(init, base.step_on_mesh(step, mesh))
+  return base.Optimizer(
+      init, base.step_on_mesh(precision_lib.step(step, precision), mesh))
 
 
 # --------------------------------------------------------------------------
@@ -356,7 +360,7 @@ class PreconditionerState(NamedTuple):
 
 def preconditioner(
     model_or_apply, loss, damping, method: Method, key, info_keys: dict,
-    name: str,
+    name: str, precision=None,
 ) -> optax.GradientTransformationExtraArgs:
   """``method``'s direction as an optax transformation.
 
@@ -376,6 +380,7 @@ def preconditioner(
     info_keys: the method's diagnostics, ``name -> dtype`` (``None``: the
       params' dtype).
     name: the public function's name, for error messages.
+    precision: the matmul policy of the update (``ngdjax.precision``).
   """
   if isinstance(damping, damping_lib.LevenbergMarquardt):
     raise ValueError(
@@ -430,4 +435,5 @@ def preconditioner(
     return direction, PreconditionerState(
         state.count + 1, info, jax.random.key_data(next_key), d.curvature)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      init_fn, precision_lib.update(update_fn, precision))

@@ -135,6 +135,7 @@ import jax.numpy as jnp
 import optax
 
 from ngdjax._src import checks, structure
+from ngdjax._src import precision as precision_lib
 from ngdjax._src.jacobian import jvp, split_model
 from ngdjax._src.linalg import self_outer
 from ngdjax._src.models import Model
@@ -714,6 +715,7 @@ def kfac(
     statistics_every: int = 1,
     inverse: str = "eigh",
     example_inputs=None,
+    precision: str | None = None,
 ) -> base.Optimizer:
   """K-FAC (MATH.md 4 and 7; module docstring).
 
@@ -779,6 +781,9 @@ def kfac(
       inputs ``(n, ...)`` shaped like the training batches (any ``n``):
       ``init`` traces the apply on it to size the running factors. Not
       needed for a ``Model``.
+    precision: ``"highest"`` (default: float32-accurate factor statistics
+      and products on every backend), ``"default"`` or ``"fast"``
+      (``ngdjax.precision``; ``"mixed"`` is an NGD mode).
 
   Returns:
     ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
@@ -805,7 +810,8 @@ def kfac(
 
   return core.make(model, split_model(model)[0], loss, learning_rate,
                    damping, method,
-                   mesh=mesh, key=key, jvp_fn=jvp_fn)
+                   mesh=mesh, key=key, jvp_fn=jvp_fn,
+                   precision=_check_precision(precision))
 
 
 def kfac_preconditioner(
@@ -822,6 +828,7 @@ def kfac_preconditioner(
     statistics_every: int = 1,
     inverse: str = "eigh",
     example_inputs=None,
+    precision: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """K-FAC's direction as an optax transformation (as ``ngd_preconditioner``).
 
@@ -834,7 +841,8 @@ def kfac_preconditioner(
   Args:
     model, damping, loss, form, damping_split, factor_damping, fisher,
       factor_decay, inverse_every, key, statistics_every, inverse,
-      example_inputs: as in ``kfac`` (damping fixed or scheduled).
+      example_inputs, precision: as in ``kfac`` (damping fixed or
+      scheduled).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -849,4 +857,15 @@ def kfac_preconditioner(
                    statistics_every, inverse, example_inputs)
   return core.preconditioner(model, loss, damping, method, key,
                              {"cholesky_failed": jnp.int32},
-                             "kfac_preconditioner")
+                             "kfac_preconditioner",
+                             precision=_check_precision(precision))
+
+
+def _check_precision(precision) -> str:
+  """``precision`` resolved; ``"mixed"`` refines an NGD solve only."""
+  precision = precision_lib.resolve(precision)
+  if precision == "mixed":
+    raise ValueError(
+        'precision="mixed" is an NGD mode; use "highest", "default" or '
+        '"fast" for K-FAC')
+  return precision

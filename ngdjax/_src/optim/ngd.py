@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import optax
 
 from ngdjax._src import checks
+from ngdjax._src import precision as precision_lib
 from ngdjax._src.jacobian import (
   gram,
   gram_vp,
@@ -77,6 +78,7 @@ from ngdjax._src.optim import (
   base,
   core,
   kernel_solve,
+  mixed_precision,
   nystrom,
   sharded_solve,
   solvers,
@@ -109,6 +111,7 @@ class _Config(NamedTuple):
   fisher: str = "true"
   preconditioner: str | None = None
   preconditioner_rank: int = PRECONDITIONER_RANK
+  precision: str = "highest"
 
 
 class _Direction(NamedTuple):
@@ -157,12 +160,21 @@ def _structured(cfg: _Config) -> bool:
   )
 
 
+def _mixed(cfg: _Config) -> bool:
+  """Whether the step refines a fast Gram (``ngdjax._src.optim.
+  mixed_precision``; the true Fisher of a regression loss, unsharded;
+  elsewhere ``"mixed"`` computes as ``"highest"``)."""
+  return (cfg.precision == "mixed" and cfg.solver == "cholesky"
+          and cfg.mesh is None and cfg.fisher == "true"
+          and cfg.loss.hessian is None)
+
+
 def _gram_operator(cfg: _Config, params, x, f, n, c):
   """``(G or None, vec -> G vec)`` for the configured solver."""
   if cfg.solver == "cholesky":
     g_mat = gram(cfg.model or cfg.apply, params, x,
                  method=cfg.gram_method, chunk_size=cfg.chunk_size,
-                 mesh=cfg.mesh)
+                 mesh=cfg.mesh, precision="fast" if _mixed(cfg) else None)
     if cfg.mesh is not None:
       # The N x N factorisation runs replicated: G (row-sharded) is
       # all-gathered once; N^2 words against the N^2 p of the Gram.
@@ -306,6 +318,7 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
     return _Direction(u, g, v, gv, direction, {"cholesky_failed": failed})
   if (cfg.solver == "cholesky" and cfg.mesh is None
       and cfg.fisher == "true" and cfg.loss.hessian is None
+      and not _mixed(cfg)
       and kernel_solve.use_lean_solve(n, cfg.chunk_size)):
     # More than one Gram block: one N x N buffer, factorised in place.
     v, gv, failed = kernel_solve.gram_cholesky_solve(
@@ -343,7 +356,15 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
                              .reshape(n, c), axis=1)
 
   precond = cfg.preconditioner is not None
-  if cfg.fisher == "true" and cfg.loss.hessian is None:
+  if _mixed(cfg):
+    # The fast Gram preconditions CG on exact products.
+    _, exact_gmv = _gram_operator(cfg._replace(solver="cg"), params, x, f,
+                                  n, c)
+    v, diagnostics = mixed_precision.refined_solve(
+        g_mat, exact_gmv, g_flat, lam, lambda: gram(
+            cfg.model or cfg.apply, params, x, method=cfg.gram_method,
+            chunk_size=cfg.chunk_size))
+  elif cfg.fisher == "true" and cfg.loss.hessian is None:
     build = _nystrom_builder(cfg, params, x, key) if precond else None
     v, diagnostics = _solve(cfg, g_mat, gmv, g_flat, lam, build)
     if "cg_residual" in diagnostics:
@@ -410,6 +431,7 @@ def ngd(
     key=None,
     preconditioner: str | None = None,
     preconditioner_rank: int = PRECONDITIONER_RANK,
+    precision: str | None = None,
 ) -> base.Optimizer:
   """Exact NGD, ``theta <- theta - eta (J^T H J + lam I)^{-1} J^T g``.
 
@@ -482,6 +504,11 @@ def ngd(
       (``ngdjax._src.optim.nystrom``); ``None`` is plain CG.
     preconditioner_rank: pivot examples of the preconditioner (``c``
       columns each), rebuilt at every step.
+    precision: ``"highest"`` (default: float32-accurate curvature on every
+      backend), ``"default"``, ``"fast"`` or ``"mixed"`` (the Gram at the
+      fast precision, refined to float32 accuracy by preconditioned CG with
+      exact products; ``ngdjax._src.optim.mixed_precision``). See
+      ``ngdjax.precision``.
 
   Returns:
     ``Optimizer(init, step)``; ``step(params, state, x, y)`` returns info
@@ -496,7 +523,10 @@ def ngd(
     (``diverged``, ``update_skipped``, ``learning_rate_invalid``,
     ``damping_invalid``, ``params_nonfinite``), and for
     Levenberg-Marquardt ``reduction_ratio`` and ``loss_after`` (the loss at
-    the new params).
+    the new params), and
+    with ``precision="mixed"`` ``mixed_products`` (exact Gram-vector
+    products), ``mixed_residual`` and ``mixed_fallback`` (1: the Gram was
+    rebuilt at ``HIGHEST``).
 
   Raises:
     ValueError: non-finite or negative ``learning_rate``/``damping``, an
@@ -506,7 +536,8 @@ def ngd(
   cfg = _check_config(model_or_apply, loss, solver, gram_method, chunk_size,
                       cg_tol, cg_maxiter, fisher, preconditioner,
                       preconditioner_rank)._replace(
-                          mesh=base.check_mesh(mesh))
+                          mesh=base.check_mesh(mesh),
+                          precision=precision_lib.resolve(precision))
   _check_monte_carlo_damping(fisher, damping)
 
   def direction(params, curvature, x, y, lam, key, count):
@@ -517,7 +548,8 @@ def ngd(
 
   method = core.Method(init=lambda params: (), direction=direction)
   return core.make(model_or_apply, cfg.apply, cfg.loss, learning_rate,
-                   damping, method, mesh=cfg.mesh, key=key)
+                   damping, method, mesh=cfg.mesh, key=key,
+                   precision=cfg.precision)
 
 
 def _check_monte_carlo_damping(fisher, damping):
@@ -551,6 +583,7 @@ def ngd_preconditioner(
     key=None,
     preconditioner: str | None = None,
     preconditioner_rank: int = PRECONDITIONER_RANK,
+    precision: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """NGD's direction as an optax transformation (MATH.md 2).
 
@@ -571,7 +604,8 @@ def ngd_preconditioner(
 
   Args:
     model_or_apply, damping, loss, solver, gram_method, chunk_size, cg_tol,
-      cg_maxiter, fisher, key, preconditioner, preconditioner_rank: as in
+      cg_maxiter, fisher, key, preconditioner, preconditioner_rank,
+      precision: as in
       ``ngd``. Damping is fixed or scheduled; the
       Levenberg-Marquardt rule needs the loss after the step, which a
       gradient transformation never sees (use ``ngd`` for it).
@@ -581,7 +615,8 @@ def ngd_preconditioner(
   """
   cfg = _check_config(model_or_apply, loss, solver, gram_method, chunk_size,
                       cg_tol, cg_maxiter, fisher, preconditioner,
-                      preconditioner_rank)
+                      preconditioner_rank)._replace(
+                          precision=precision_lib.resolve(precision))
   _check_monte_carlo_damping(fisher, damping)
   info_keys = ({"cholesky_failed": jnp.int32} if solver == "cholesky"
                else {"cg_iterations": jnp.int32, "cg_residual": None,
@@ -589,6 +624,9 @@ def ngd_preconditioner(
   if preconditioner is not None:
     info_keys.update(preconditioner_rank=jnp.int32,
                      preconditioner_seconds=None)
+  if _mixed(cfg):
+    info_keys.update(mixed_products=jnp.int32, mixed_residual=None,
+                     mixed_fallback=jnp.int32)
 
   def direction(params, curvature, x, y, lam, key, count):
     del count
@@ -597,4 +635,5 @@ def ngd_preconditioner(
 
   method = core.Method(init=lambda params: (), direction=direction)
   return core.preconditioner(model_or_apply, cfg.loss, damping, method, key,
-                             info_keys, "ngd_preconditioner")
+                             info_keys, "ngd_preconditioner",
+                             precision=cfg.precision)

@@ -127,6 +127,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -138,7 +139,7 @@ from ngdjax._src import checks, structure
 from ngdjax._src.jacobian import jvp, split_model
 from ngdjax._src.linalg import self_outer
 from ngdjax._src.models import Model
-from ngdjax._src.optim import base, core, solvers
+from ngdjax._src.optim import base, core, kfac_conv, solvers
 from ngdjax._src.optim import damping as damping_lib
 from ngdjax._src.typing import Array
 
@@ -434,14 +435,20 @@ def _fisher_factors(loss, fisher, u, y, g, grads, key):
   n = g.shape[0]
   if fisher == "true" and loss.hessian is None:
     return grads, g
+  # Trailing axes (a convolution's positions and groups) ride along.
+  rest = grads.shape[2:]
+  grads = grads.reshape(grads.shape[:2] + (-1,))
   if fisher == "true":
     s_mat, h = core.hessian_root(loss, u, y)
-    return jnp.einsum("ijk,ijb->ikb", s_mat, grads), h
-  if fisher == "empirical":
+    rows = jnp.einsum("ijk,ijb->ikb", s_mat, grads)
+  elif fisher == "empirical":
     rows = jnp.einsum("ik,ikb->ib", g, grads)[:, None, :]
-    return rows, jnp.ones((n, 1), g.dtype)
-  sampled = loss.grad(u, loss.sample(key, u)).astype(g.dtype)
-  return jnp.einsum("ik,ikb->ib", sampled, grads)[:, None, :], None
+    h = jnp.ones((n, 1), g.dtype)
+  else:
+    sampled = loss.grad(u, loss.sample(key, u)).astype(g.dtype)
+    rows = jnp.einsum("ik,ikb->ib", sampled, grads)[:, None, :]
+    h = None
+  return rows.reshape(rows.shape[:2] + rest), h
 
 
 def averaged_update(
@@ -549,17 +556,37 @@ def _damped_inverse(cov, damp) -> tuple[Array, Array]:
   return 0.5 * (inv + inv.T), (~ok).astype(jnp.int32)
 
 
-def _method(model, loss, form, damping_split, factor_damping, fisher,
-            factor_decay, inverse_every, static_zero,
-            statistics_every=1, inverse="eigh",
-            example_inputs=None) -> core.Method:
-  """Validates K-FAC's settings; the direction for ``core.make``."""
+class _Settings(NamedTuple):
+  """K-FAC's validated settings (``kfac``'s arguments)."""
+
+  form: str
+  damping_split: str
+  fisher: str
+  averaged: bool  # mini-batch mode: running factors in the state
+  decay: float
+  inverse_every: int
+  statistics_every: int
+  inverse: str
+  lam_in: float
+  lam_out: float
+  static_zero: bool
+  weight_sharing: str
+  example_inputs: Array | None
+
+
+def _check_settings(form, damping_split, factor_damping, fisher, loss,
+                    factor_decay, inverse_every, static_zero,
+                    statistics_every, inverse, example_inputs,
+                    weight_sharing) -> _Settings:
+  """Validates K-FAC's settings (ValueError naming the argument)."""
   if example_inputs is not None:
     example_inputs = checks.check_inputs("example_inputs", example_inputs,
                                          any_shape=True)
   checks.check_choice("form", form, FORMS)
   checks.check_choice("damping_split", damping_split, SPLITS)
   checks.check_choice("inverse", inverse, INVERSES)
+  checks.check_choice("weight_sharing", weight_sharing,
+                      kfac_conv.APPROXIMATIONS)
   if inverse == "cholesky" and damping_split != "pi":
     raise ValueError('inverse="cholesky" needs damping_split="pi" (the '
                      '"exact" split needs the eigendecompositions)')
@@ -571,13 +598,10 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
     factor_decay = float(factor_decay)
   checks.check_scalar("inverse_every", inverse_every, positive=True,
                       integer=True)
-  inverse_every = int(inverse_every)
   checks.check_scalar("statistics_every", statistics_every, positive=True,
                       integer=True)
-  statistics_every = int(statistics_every)
-  averaged = (factor_decay is not None or inverse_every > 1
-              or statistics_every > 1 or fisher == "monte_carlo")
-  decay = factor_decay or 0.0
+  averaged = (factor_decay is not None or int(inverse_every) > 1
+              or int(statistics_every) > 1 or fisher == "monte_carlo")
   if factor_damping is None:
     lam_in, lam_out = 0.0, 0.0
   else:
@@ -590,112 +614,223 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
       ) from None
     checks.check_scalar("factor_damping[0]", lam_in, nonnegative=True)
     checks.check_scalar("factor_damping[1]", lam_out, nonnegative=True)
-    lam_in, lam_out = float(lam_in), float(lam_out)
+  return _Settings(form, damping_split, fisher, averaged, factor_decay or 0.0,
+                   int(inverse_every), int(statistics_every), inverse,
+                   float(lam_in), float(lam_out), static_zero,
+                   weight_sharing, example_inputs)
 
-  def init_curvature(params):
-    if not averaged:
-      return ()
-    dtype = base.param_dtype(params)
-    out = []
-    for a, b in _layer_shapes(model, params, example_inputs):
-      za, zb = jnp.zeros((a, a), dtype), jnp.zeros((b, b), dtype)
-      if inverse == "cholesky":
-        out.append(KFACInverses(za, zb, jnp.eye(a, dtype=dtype),
-                                jnp.eye(b, dtype=dtype)))
-        continue
-      out.append(KFACFactors(za, zb, jnp.zeros((a,), dtype),
-                             jnp.eye(a, dtype=dtype), jnp.zeros((b,), dtype),
-                             jnp.eye(b, dtype=dtype)))
-    return tuple(out)
+
+def _init_curvature(model, st: _Settings, params):
+  """Zero running factors (identity inverses) per layer; ``()`` in the
+  full-batch mode. A convolution's carry a leading group axis."""
+  if not st.averaged:
+    return ()
+  dtype = base.param_dtype(params)
+  out = []
+  for shape in _layer_shapes(model, params, st.example_inputs):
+    lead, (a, b) = shape[:-2], shape[-2:]
+
+    def eye(k, lead=lead):
+      return jnp.broadcast_to(jnp.eye(k, dtype=dtype), lead + (k, k))
+
+    za, zb = jnp.zeros(lead + (a, a), dtype), jnp.zeros(lead + (b, b), dtype)
+    if st.inverse == "cholesky":
+      out.append(KFACInverses(za, zb, eye(a), eye(b)))
+    else:
+      out.append(KFACFactors(za, zb, jnp.zeros(lead + (a,), dtype), eye(a),
+                             jnp.zeros(lead + (b,), dtype), eye(b)))
+  return tuple(out)
+
+
+def _dense_update(inputs, grads, h, lam, st: _Settings):
+  """The full-batch step of one dense layer: ``(delta (a, b), fallbacks)``
+  (``factored_update`` or ``exact_update``, in the form ``st.form`` picks).
+  ``inputs`` ``(n, a)``, ``grads`` ``(n, c, b)``, ``h`` ``(n, c)``."""
+  n, c, b = grads.shape
+  dual_a = use_dual(st.form, n, inputs.shape[1])
+  dual_b = use_dual(st.form, n * c, b)
+  if st.damping_split == "exact":
+    return (exact_update(inputs, grads, h, lam, st.lam_in, st.lam_out,
+                         dual_a, dual_b), jnp.zeros((), jnp.int32))
+  split_a, split_b = pi_split(inputs, grads.reshape(n * c, b), lam)
+  return factored_update(
+      inputs, grads, h, st.lam_in + split_a, st.lam_out + split_b,
+      dual_a, dual_b,
+      pinv_a=st.static_zero and st.lam_in == 0.0,
+      pinv_b=st.static_zero and st.lam_out == 0.0,
+  )
+
+
+def _shared_update(patches, grads, h, lam, st: _Settings):
+  """The full-batch step of a convolution (or any weight shared over ``T``
+  positions): ``(delta (G, a, b), fallbacks)``.
+
+  ``patches`` ``(n, T, G, a)``, ``grads`` ``(n, c, T, G, b)`` (already in
+  the Fisher's rows), ``h`` ``(n, c)``. ``"expand"`` is the dense update
+  with the ``n T`` positions as rows (``kfac_conv``), so its primal and dual
+  forms are the dense ones; ``"reduce"``'s gradient ``sum_t a_it y_it^T``
+  is not in the row space of the aggregated inputs, so it is solved in
+  primal form (eigendecompositions of its factors) whatever ``form``.
+  """
+  n, t, groups, _ = patches.shape
+  c = grads.shape[1]
+  if st.weight_sharing == "expand":
+    h_e = jnp.repeat(h, t, axis=0)  # rows (i, t)
+    deltas, failed = [], jnp.zeros((), jnp.int32)
+    for k in range(groups):
+      g_k = jnp.swapaxes(grads[:, :, :, k], 1, 2).reshape(n * t, c, -1)
+      delta, fl = _dense_update(patches[:, :, k].reshape(n * t, -1), g_k,
+                                h_e, lam, st)
+      deltas.append(delta)
+      failed = failed + fl
+    return jnp.stack(deltas), failed
+  cov_a, cov_b = kfac_conv.factors(patches, grads, "reduce")
+  grad_m = jnp.einsum("itga,iktgb,ik->gab", patches, grads, h)
+  old = KFACFactors(cov_a, cov_b, *(jnp.zeros_like(cov_a),) * 4)
+  factors = _per_group(lambda o: _refresh(True, o.inputs_cov, o.grads_cov,
+                                          o), old)
+  delta = _per_group(
+      lambda f, m: averaged_update(f, m, n, lam, st.lam_in, st.lam_out,
+                                   st.damping_split), factors, grad_m)
+  return delta, jnp.zeros((), jnp.int32)
+
+
+def _per_group(fn, *args):
+  """``fn`` on each group (leading axis) of ``args``; without ``vmap`` for
+  one group, so that ``lax.cond`` inside stays a branch."""
+  groups = jax.tree_util.tree_leaves(args)[0].shape[0]
+  if groups == 1:
+    out = fn(*jax.tree_util.tree_map(lambda v: v[0], args))
+    return jax.tree_util.tree_map(lambda v: v[None], out)
+  return jax.vmap(fn)(*args)
+
+
+def _full_batch_direction(model, loss, st: _Settings, params, x, y, lam,
+                          key):
+  """The full-batch mode's direction: each layer's factors on the batch."""
+  u = base.outputs_fn(split_model(model)[0], x)(params)
+  g = loss.grad(u, y).astype(u.dtype)
+  deltas, failed = [], jnp.zeros((), jnp.int32)
+  for f in _layer_factors(model, params, x):
+    grads, h = _fisher_factors(loss, st.fisher, u, y, g, f.output_grads,
+                               key)
+    if isinstance(f, kfac_conv.SharedFactors):
+      delta, fl = _shared_update(f.patches, grads, h, lam, st)
+    else:
+      delta, fl = _dense_update(f.inputs, grads, h, lam, st)
+    deltas.append(delta)
+    failed = failed + fl
+  direction, fl = _to_params(model, deltas, params, x, lam,
+                             _generic_rows(loss, st, u, y, g))
+  return core.Direction(u, direction, None, (),
+                        {"cholesky_failed": failed + fl})
+
+
+def _generic_rows(loss, st: _Settings, u, y, g):
+  # The Monte Carlo block would need Woodbury (lam > 0); unmatched leaves
+  # take the exact Fisher block instead.
+  generic_fisher = "true" if st.fisher == "monte_carlo" else st.fisher
+  return lambda jac: _fisher_factors(loss, generic_fisher, u, y, g, jac,
+                                     None)
+
+
+def _statistics(model, loss, st: _Settings, params, x, u, y, g, key, count,
+                old_covs):
+  """The running factor averages updated with the batch's factors."""
+  n = u.shape[0]
+  w = average_weight(st.decay, count // st.statistics_every + 1, u.dtype)
+  covs = []
+  for f, (old_a, old_b) in zip(_layer_factors(model, params, x), old_covs,
+                               strict=True):
+    grads, _ = _fisher_factors(loss, st.fisher, u, y, g, f.output_grads, key)
+    if isinstance(f, kfac_conv.SharedFactors):
+      new_a, new_b = kfac_conv.factors(f.patches, grads, st.weight_sharing)
+    else:
+      bf = grads.reshape(-1, grads.shape[-1])
+      new_a, new_b = self_outer(f.inputs.T) / n, self_outer(bf.T) / n
+    covs.append((w * old_a + (1 - w) * new_a, w * old_b + (1 - w) * new_b))
+  return tuple(covs)
+
+
+def _averaged_layer(old, cov_a, cov_b, grad_m, refresh, n, lam,
+                    st: _Settings):
+  """One layer's (one group's) step from running factors: ``(delta, new
+  state, fallbacks)``; the inverses are refreshed when ``refresh``."""
+  if st.inverse == "cholesky":
+    inv_a, inv_b, fl = jax.lax.cond(
+        refresh,
+        lambda c: _damped_inverses(c[0], c[1], n, lam, st.lam_in,
+                                   st.lam_out),
+        lambda c: (c[2], c[3], jnp.zeros((), jnp.int32)),
+        (cov_a, cov_b, old.inputs_inv, old.grads_inv))
+    return (inv_a @ grad_m @ inv_b / n,
+            KFACInverses(cov_a, cov_b, inv_a, inv_b), fl)
+  factors = _refresh(refresh, cov_a, cov_b, old)
+  return (averaged_update(factors, grad_m, n, lam, st.lam_in, st.lam_out,
+                          st.damping_split),
+          factors, jnp.zeros((), jnp.int32))
+
+
+def _averaged_direction(model, loss, st: _Settings, params, curvature, x, y,
+                        lam, key, count):
+  """The mini-batch mode's direction from running factors."""
+  # The gradient from one backward pass; the layer factors (c backward
+  # passes and the factor products) only on statistics steps.
+  u, pullback = jax.vjp(base.outputs_fn(split_model(model)[0], x), params)
+  g = loss.grad(u, y).astype(u.dtype)
+  grad_ms = _layer_matrices(model, params, x, pullback(g)[0])
+  n = u.shape[0]
+
+  def statistics(old_covs):
+    return _statistics(model, loss, st, params, x, u, y, g, key, count,
+                       old_covs)
+
+  old_covs = tuple((f.inputs_cov, f.grads_cov) for f in curvature)
+  if st.statistics_every == 1:
+    covs = statistics(old_covs)
+  else:
+    covs = jax.lax.cond(count % st.statistics_every == 0, statistics,
+                        lambda old: old, old_covs)
+  refresh = count % st.inverse_every == 0
+  deltas, new_curv = [], []
+  failed = jnp.zeros((), jnp.int32)
+  for old, (cov_a, cov_b), grad_m in zip(curvature, covs, grad_ms,
+                                         strict=True):
+    grad_m = grad_m.astype(u.dtype)
+    layer = functools.partial(_averaged_layer, refresh=refresh, n=n, lam=lam,
+                              st=st)
+    if grad_m.ndim == 3:  # a convolution: one Kronecker block per group
+      delta, new, fl = _per_group(layer, old, cov_a, cov_b, grad_m)
+      fl = jnp.sum(fl)
+    else:
+      delta, new, fl = layer(old, cov_a, cov_b, grad_m)
+    deltas.append(delta)
+    new_curv.append(new)
+    failed = failed + fl
+  direction, fl = _to_params(model, deltas, params, x, lam,
+                             _generic_rows(loss, st, u, y, g))
+  return core.Direction(u, direction, None, tuple(new_curv),
+                        {"cholesky_failed": failed + fl})
+
+
+def _method(model, loss, form, damping_split, factor_damping, fisher,
+            factor_decay, inverse_every, static_zero,
+            statistics_every=1, inverse="eigh",
+            example_inputs=None, weight_sharing="expand") -> core.Method:
+  """Validates K-FAC's settings; the direction for ``core.make``."""
+  st = _check_settings(form, damping_split, factor_damping, fisher, loss,
+                       factor_decay, inverse_every, static_zero,
+                       statistics_every, inverse, example_inputs,
+                       weight_sharing)
 
   def direction(params, curvature, x, y, lam, key, count):
-    if averaged:
-      return averaged_direction(params, curvature, x, y, lam, key, count)
-    u = base.outputs_fn(split_model(model)[0], x)(params)
-    g = loss.grad(u, y).astype(u.dtype)
-    deltas, failed = [], jnp.zeros((), jnp.int32)
-    for f in _layer_factors(model, params, x):
-      grads, h = _fisher_factors(loss, fisher, u, y, g, f.output_grads, key)
-      n, c, b = grads.shape
-      dual_a = use_dual(form, n, f.inputs.shape[1])
-      dual_b = use_dual(form, n * c, b)
-      if damping_split == "exact":
-        delta = exact_update(f.inputs, grads, h, lam, lam_in, lam_out,
-                             dual_a, dual_b)
-      else:
-        split_a, split_b = pi_split(f.inputs, grads.reshape(n * c, b), lam)
-        delta, fl = factored_update(
-            f.inputs, grads, h, lam_in + split_a, lam_out + split_b,
-            dual_a, dual_b,
-            pinv_a=static_zero and lam_in == 0.0,
-            pinv_b=static_zero and lam_out == 0.0,
-        )
-        failed = failed + fl
-      deltas.append(delta)
-    direction, fl = _to_params(model, deltas, params, x, lam,
-                               generic_rows(u, y, g))
-    return core.Direction(u, direction, None, curvature,
-                          {"cholesky_failed": failed + fl})
+    if st.averaged:
+      return _averaged_direction(model, loss, st, params, curvature, x, y,
+                                 lam, key, count)
+    return _full_batch_direction(model, loss, st, params, x, y, lam, key)
 
-  def generic_rows(u, y, g):
-    # The Monte Carlo block would need Woodbury (lam > 0); unmatched leaves
-    # take the exact Fisher block instead.
-    generic_fisher = "true" if fisher == "monte_carlo" else fisher
-    return lambda jac: _fisher_factors(loss, generic_fisher, u, y, g, jac,
-                                       None)
-
-  def averaged_direction(params, curvature, x, y, lam, key, count):
-    # The gradient from one backward pass; the layer factors (c backward
-    # passes and the factor products) only on statistics steps.
-    u, pullback = jax.vjp(base.outputs_fn(split_model(model)[0], x), params)
-    g = loss.grad(u, y).astype(u.dtype)
-    grad_ms = _layer_matrices(model, params, x, pullback(g)[0])
-    n = u.shape[0]
-
-    def statistics(old_covs):
-      w = average_weight(decay, count // statistics_every + 1, u.dtype)
-      covs = []
-      for f, (old_a, old_b) in zip(_layer_factors(model, params, x),
-                                   old_covs, strict=True):
-        grads, _ = _fisher_factors(loss, fisher, u, y, g, f.output_grads,
-                                   key)
-        bf = grads.reshape(-1, grads.shape[-1])
-        covs.append((w * old_a + (1 - w) * self_outer(f.inputs.T) / n,
-                     w * old_b + (1 - w) * self_outer(bf.T) / n))
-      return tuple(covs)
-
-    old_covs = tuple((f.inputs_cov, f.grads_cov) for f in curvature)
-    if statistics_every == 1:
-      covs = statistics(old_covs)
-    else:
-      covs = jax.lax.cond(count % statistics_every == 0, statistics,
-                          lambda old: old, old_covs)
-    refresh = count % inverse_every == 0
-    deltas, new_curv = [], []
-    failed = jnp.zeros((), jnp.int32)
-    for old, (cov_a, cov_b), grad_m in zip(curvature, covs, grad_ms,
-                                           strict=True):
-      grad_m = grad_m.astype(u.dtype)
-      if inverse == "cholesky":
-        inv_a, inv_b, fl = jax.lax.cond(
-            refresh,
-            lambda c: _damped_inverses(c[0], c[1], n, lam, lam_in, lam_out),
-            lambda c: (c[2], c[3], jnp.zeros((), jnp.int32)),
-            (cov_a, cov_b, old.inputs_inv, old.grads_inv))
-        failed = failed + fl
-        deltas.append(inv_a @ grad_m @ inv_b / n)
-        new_curv.append(KFACInverses(cov_a, cov_b, inv_a, inv_b))
-        continue
-      factors = _refresh(refresh, cov_a, cov_b, old)
-      deltas.append(averaged_update(factors, grad_m, n, lam, lam_in, lam_out,
-                                    damping_split))
-      new_curv.append(factors)
-    direction, fl = _to_params(model, deltas, params, x, lam,
-                               generic_rows(u, y, g))
-    return core.Direction(u, direction, None, tuple(new_curv),
-                          {"cholesky_failed": failed + fl})
-
-  return core.Method(init=init_curvature, direction=direction)
+  return core.Method(init=functools.partial(_init_curvature, model, st),
+                     direction=direction)
 
 
 def kfac(
@@ -714,6 +849,7 @@ def kfac(
     statistics_every: int = 1,
     inverse: str = "eigh",
     example_inputs=None,
+    weight_sharing: str = "expand",
 ) -> base.Optimizer:
   """K-FAC (MATH.md 4 and 7; module docstring).
 
@@ -779,6 +915,11 @@ def kfac(
       inputs ``(n, ...)`` shaped like the training batches (any ``n``):
       ``init`` traces the apply on it to size the running factors. Not
       needed for a ``Model``.
+    weight_sharing: the Kronecker factors of a layer applied at ``T``
+      positions of each example (a convolution): ``"expand"`` (default;
+      KFC, every position counts as an example) or ``"reduce"`` (positions
+      aggregated first; Eschenhagen et al. 2023); see
+      ``ngdjax._src.optim.kfac_conv``.
 
   Returns:
     ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
@@ -798,7 +939,8 @@ def kfac(
   loss = base.check_loss(loss)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,
                    factor_decay, inverse_every, rule.static_zero,
-                   statistics_every, inverse, example_inputs)
+                   statistics_every, inverse, example_inputs,
+                   weight_sharing)
 
   def jvp_fn(params, x, tangent):
     return jvp(model, params, x, tangent)
@@ -822,6 +964,7 @@ def kfac_preconditioner(
     statistics_every: int = 1,
     inverse: str = "eigh",
     example_inputs=None,
+    weight_sharing: str = "expand",
 ) -> optax.GradientTransformationExtraArgs:
   """K-FAC's direction as an optax transformation (as ``ngd_preconditioner``).
 
@@ -834,7 +977,8 @@ def kfac_preconditioner(
   Args:
     model, damping, loss, form, damping_split, factor_damping, fisher,
       factor_decay, inverse_every, key, statistics_every, inverse,
-      example_inputs: as in ``kfac`` (damping fixed or scheduled).
+      example_inputs, weight_sharing: as in ``kfac`` (damping fixed or
+      scheduled).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -846,7 +990,8 @@ def kfac_preconditioner(
                  and damping_lib.resolve(damping).static_zero)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,
                    factor_decay, inverse_every, static_zero,
-                   statistics_every, inverse, example_inputs)
+                   statistics_every, inverse, example_inputs,
+                   weight_sharing)
   return core.preconditioner(model, loss, damping, method, key,
                              {"cholesky_failed": jnp.int32},
                              "kfac_preconditioner")

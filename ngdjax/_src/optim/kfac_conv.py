@@ -71,6 +71,20 @@ from ngdjax._src.typing import Array
 APPROXIMATIONS = ("expand", "reduce")
 
 
+class SharedFactors(NamedTuple):
+  """A weight-sharing layer's factors on a batch.
+
+  Attributes:
+    patches: ``(n, T, G, a)`` layer inputs ``a[i, t, g]`` (bias column
+      last).
+    output_grads: ``(n, c, T, G, b)`` pre-activation gradients of each
+      output ``k``.
+  """
+
+  patches: Array
+  output_grads: Array
+
+
 class ConvSpec(NamedTuple):
   """A convolution's shapes and ``lax.conv_general_dilated`` parameters.
 

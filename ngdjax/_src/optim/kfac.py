@@ -1,4 +1,4 @@
-"""K-FAC for dense-layer networks, in primal and dual form (MATH.md 4).
+"""K-FAC for dense and convolution layers, in primal and dual form.
 
 Notation (per layer ``l``, from ``Model.layer_factors``): ``A`` ``(n, a)``
 the layer inputs, ``B`` ``(n, c, b)`` the backpropagated pre-activation
@@ -72,6 +72,20 @@ Cross-entropy (MATH.md 7). The output-side factor is ``B^T H B`` with
 as ``sum_k h_ik B'_ik`` (``S_i h_i = g_i``), so every form above applies
 unchanged; ``"monte_carlo"`` uses one label sampled from the model per
 example, ``b_i = B_i^T (p_i - e_{s_i})``; ``"empirical"`` the gradients.
+
+Convolutions (and any weight applied at ``T`` positions of an example) get
+Kronecker-factored blocks too (KFC, Grosse & Martens 2016), one per
+feature group, in the variant ``weight_sharing`` names: ``"expand"``
+(every position counts as an example, ``A~ = sum_{i,t} a a^T / (n T)``,
+``B~ = sum_{i,k,t} s s^T / n``) or ``"reduce"`` (positions aggregated
+first; Eschenhagen et al. 2023); ``ngdjax._src.optim.kfac_conv`` has the
+formulas. The curvature is again ``n A~ (x) B~``, so the damping, its pi
+split, the running averages and the inverse refresh below apply
+unchanged. In the full-batch mode "expand" is the dense update with the
+``n T`` positions as rows (primal or dual form as above); "reduce" is
+solved in primal form (its gradient ``sum_t a_it y_it^T`` is not in the
+row space of the aggregated inputs, so the push-through identity does
+not apply).
 
 Full-batch and mini-batch modes. By default (``factor_decay=None``,
 ``inverse_every=1``, ``statistics_every=1``) the factors are recomputed on

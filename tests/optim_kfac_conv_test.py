@@ -284,11 +284,12 @@ def _tiny_cnn(layout):
   return tapped, (s1, s2), taps, params, x
 
 
-def _reference_step(cnn, labels, lr, lam, approx):
+def _reference_step(cnn, labels, lr, lam, approx, split="pi"):
   """``-eta (n (A~ + pi d I) (x) (B~ + d / pi I))^{-1} vec(grad_M)`` per
   layer and group (``d = sqrt(lam / n)``, ``pi^2 = (tr A~ / a) / (tr B~ /
-  b)``), in numpy, for the true Fisher of softmax cross-entropy: ``A~`` and
-  ``B~ = sum s^T H s / n`` from explicit sums over the patches and the
+  b)``; ``split="exact"``: ``(n A~ (x) B~ + lam I)^{-1}``), in numpy,
+  for the true Fisher of softmax cross-entropy: ``A~`` and ``B~ = sum
+  s^T H s / n`` from explicit sums over the patches and the
   per-example Jacobians of the outputs at each pre-activation (jacrev)."""
   tapped, specs, tap_shapes, params, x = cnn
   n = x.shape[0]
@@ -336,8 +337,11 @@ def _reference_step(cnn, labels, lr, lam, approx):
       da, db = cov_a.shape[0], cov_b.shape[0]
       pi = math.sqrt((np.trace(cov_a) / da) / (np.trace(cov_b) / db))
       d = math.sqrt(lam / n)
-      curv = n * np.kron(cov_a + pi * d * np.eye(da),
-                         cov_b + d / pi * np.eye(db))
+      if split == "pi":
+        curv = n * np.kron(cov_a + pi * d * np.eye(da),
+                           cov_b + d / pi * np.eye(db))
+      else:
+        curv = n * np.kron(cov_a, cov_b) + lam * np.eye(da * db)
       per_group.append(np.linalg.solve(curv, grad_ms[layer][g].reshape(-1))
                        .reshape(da, db))
     deltas.append(jnp.asarray(np.stack(per_group)))
@@ -386,15 +390,23 @@ def test_kfac_step_on_a_cnn_matches_explicit_kronecker(layout, approx):
   apply = _cnn_apply(cnn)
   report = ngdjax.describe_structure(apply, params, x)
   assert report.generic == ()
-  # Full-batch mode (expand: Cholesky/dual machinery of the dense layers on
-  # the n T rows; reduce: eigendecompositions), and the running factors'
-  # first step (the batch's own factors) with both inverses.
-  for kwargs in ({}, {"factor_decay": 0.9},
+  # Full-batch mode (expand: the dense layers' Cholesky machinery on the
+  # n T rows, primal and dual; reduce: eigendecompositions), and the
+  # running factors' first step (the batch's own factors) with both
+  # inverses.
+  for kwargs in ({}, {"form": "dual"}, {"factor_decay": 0.9},
                  {"factor_decay": 0.9, "inverse": "cholesky"}):
     opt = ngdjax.kfac(apply, lr, damping=lam, loss="softmax_cross_entropy",
                       weight_sharing=approx, example_inputs=x, **kwargs)
     got, _, info = jax.jit(opt.step)(params, opt.init(params), x, labels)
     assert int(info["cholesky_failed"]) == 0
+    _assert_tree_close(got, want, 1e-9)
+  want = _reference_step(cnn, labels, lr, lam, approx, split="exact")
+  for kwargs in ({}, {"factor_decay": 0.9}):
+    opt = ngdjax.kfac(apply, lr, damping=lam, loss="softmax_cross_entropy",
+                      weight_sharing=approx, damping_split="exact",
+                      example_inputs=x, **kwargs)
+    got, _, _ = jax.jit(opt.step)(params, opt.init(params), x, labels)
     _assert_tree_close(got, want, 1e-9)
 
 

@@ -700,13 +700,15 @@ def _shared_update(patches, grads, h, lam, st: _Settings):
     return jnp.stack(deltas), failed
   cov_a, cov_b = kfac_conv.factors(patches, grads, "reduce")
   grad_m = jnp.einsum("itga,iktgb,ik->gab", patches, grads, h)
-  old = KFACFactors(cov_a, cov_b, *(jnp.zeros_like(cov_a),) * 4)
-  factors = _per_group(lambda o: _refresh(True, o.inputs_cov, o.grads_cov,
-                                          o), old)
-  delta = _per_group(
-      lambda f, m: averaged_update(f, m, n, lam, st.lam_in, st.lam_out,
-                                   st.damping_split), factors, grad_m)
-  return delta, jnp.zeros((), jnp.int32)
+
+  def update(cov_a, cov_b, grad_m):
+    factors = KFACFactors(cov_a, cov_b, *jnp.linalg.eigh(cov_a),
+                          *jnp.linalg.eigh(cov_b))
+    return averaged_update(factors, grad_m, n, lam, st.lam_in, st.lam_out,
+                           st.damping_split)
+
+  return (_per_group(update, cov_a, cov_b, grad_m),
+          jnp.zeros((), jnp.int32))
 
 
 def _per_group(fn, *args):

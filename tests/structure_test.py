@@ -324,3 +324,43 @@ def test_shared_weight_layer_factors_are_exact():
     np.testing.assert_allclose(
         jnp.einsum("tga,tgb->agb", a[i], s[i, 0]).reshape(m.shape), m,
         atol=1e-12)
+
+
+@pytest.mark.parametrize("nchw,groups,padding",
+                         [(False, 1, "SAME"), (True, 2, "VALID")])
+def test_conv_gram_is_exact_in_every_form_and_chunked(nchw, groups, padding):
+  from ngdjax._src import gram_forms
+
+  apply, params, x = _cnn(nchw, groups, padding=padding)
+  ref = _exact_gram(apply, params, x)
+  st = structure.model_structure(apply, params, x)
+  for form in ("patch", "jacobian"):
+    forms = tuple("outer" if lay.kind == "dense" else form
+                  for lay in st.layers)
+    f = gram_forms.features(st, forms, params, x)
+    np.testing.assert_allclose(gram_forms.self_gram(forms, f), ref,
+                               atol=1e-10 * float(jnp.max(ref)))
+    f2 = gram_forms.features(st, forms, params, x[:2])
+    np.testing.assert_allclose(gram_forms.cross(forms, f, f2),
+                               ref[:, :6], atol=1e-10 * float(jnp.max(ref)))
+  _check_gram(apply, params, x)
+  for chunk in (None, 3):
+    g = ngdjax.gram(apply, params, x, method="structured", chunk_size=chunk)
+    np.testing.assert_allclose(g, ref, atol=1e-10 * float(jnp.max(ref)))
+  x2 = 0.5 * x[:3]
+  flat, unravel = ravel_pytree(params)
+  j2 = jax.jacrev(lambda f: apply(unravel(f), x2).reshape(-1))(flat)
+  j1 = jax.jacrev(lambda f: apply(unravel(f), x).reshape(-1))(flat)
+  g = ngdjax.gram(apply, params, x, x2, method="structured", chunk_size=2)
+  np.testing.assert_allclose(g, j1 @ j2.T, atol=1e-10 * float(jnp.max(ref)))
+
+
+def test_gram_forms_cost_model_picks_per_layer():
+  from ngdjax._src import gram_forms
+
+  apply, params, x = _cnn(False, 1, padding="SAME")
+  st = structure.model_structure(apply, params, x)
+  # First conv: 56 positions, a = 10, b = 4: the Jacobian rows are cheaper
+  # than T^2 patch products; the dense layer is always "outer".
+  forms = gram_forms.choose_forms(st, block=128, r=3)
+  assert forms[0] == "jacobian" and forms[-1] == "outer"

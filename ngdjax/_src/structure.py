@@ -673,7 +673,8 @@ def _model_structure(model: Model, params) -> Structure:
       factors, model.to_layer_matrices, from_mats, None)
 
 
-def _has_closed_form(model) -> bool:
+def has_closed_form(model) -> bool:
+  """Whether ``model`` is a ``Model`` with closed-form layer factors."""
   return isinstance(model, Model) and None not in (
       model.layer_factors, model.to_layer_matrices, model.from_layer_matrices)
 
@@ -696,7 +697,7 @@ def model_structure(apply_or_model, params: Params, x: Array) -> Structure:
   """
   if isinstance(apply_or_model, Structure):
     return apply_or_model
-  if _has_closed_form(apply_or_model):
+  if has_closed_form(apply_or_model):
     return _model_structure(apply_or_model, params)
   if isinstance(apply_or_model, Model):
     apply_or_model = apply_or_model.apply

@@ -374,24 +374,53 @@ def _check_model(model):
 
 
 # The four access points to the model's layer structure (kept single so
-# that another source of layer factors plugs in here only).
-def _layer_factors(model, params, x):
-  """Per layer ``LayerFactors(inputs (n, a), output_grads (n, c, b))``."""
-  return structure.layer_structure(model, params, x).layer_factors(params, x)
+# that another source of layer factors plugs in here only). Dense layers
+# keep their ``(a, b)`` layer matrices; a convolution's or shared-weight
+# layer's ``(a, G b_g)`` matrix is handled as its ``G`` group blocks,
+# ``(G, a, b_g)``.
+def _layer_factors(model, params, x, cotangents=None):
+  """Per layer: a dense layer's ``LayerFactors(inputs (n, a), output_grads
+  (n, r, b))``, or a convolution's (shared-weight layer's)
+  ``kfac_conv.SharedFactors(patches (n, T, G, a), output_grads (n, r, T,
+  G, b))``. The ``r`` rows are the pullbacks of ``cotangents``
+  (``Structure.factors``: ``None`` for the ``c`` outputs, ``(n, c)`` for
+  one row, ``(n, c, r)`` for ``r``)."""
+  st = structure.model_structure(model, params, x)
+  return tuple(
+      f if lay.kind == "dense" else kfac_conv.SharedFactors(*lay.expand(f))
+      for lay, f in zip(st.layers, st.factors(params, x, cotangents),
+                        strict=True))
+
+
+def _grouped(layer, mat: Array) -> Array:
+  """A layer matrix ``(a, G b)`` as ``(G, a, b)`` (dense layers as is)."""
+  if layer.kind == "dense":
+    return mat
+  return jnp.swapaxes(mat.reshape(mat.shape[0], layer.groups, -1), 0, 1)
+
+
+def _ungrouped(layer, mat: Array) -> Array:
+  """The inverse of ``_grouped``."""
+  if layer.kind == "dense":
+    return mat
+  return jnp.swapaxes(mat, 0, 1).reshape(mat.shape[1], -1)
 
 
 def _layer_matrices(model, params, x, tree) -> tuple[Array, ...]:
   """``tree`` (shaped like params, e.g. the gradient) as layer matrices."""
-  return structure.layer_structure(model, params, x).to_layer_matrices(tree)
+  st = structure.model_structure(model, params, x)
+  return tuple(_grouped(lay, m) for lay, m in
+               zip(st.layers, st.to_layer_matrices(tree), strict=True))
 
 
 def _layer_shapes(model, params, example_inputs=None
-                  ) -> tuple[tuple[int, int], ...]:
-  """``(a, b)`` of every layer matrix (the running factors' shapes).
+                  ) -> tuple[tuple[int, ...], ...]:
+  """``(a, b)`` of every dense layer matrix, ``(G, a, b)`` of every
+  convolution's (the running factors' shapes).
 
-  A ``Model`` knows them from its params; a bare apply's dense layers are
-  found by tracing it on ``example_inputs`` (only their per-example shape
-  and dtype matter).
+  A ``Model`` knows them from its params; a bare apply's layers are found
+  by tracing it on ``example_inputs`` (only their per-example shape and
+  dtype matter).
   """
   if isinstance(model, Model) and model.to_layer_matrices is not None:
     return tuple(m.shape for m in model.to_layer_matrices(params))
@@ -400,17 +429,19 @@ def _layer_shapes(model, params, example_inputs=None
         "example_inputs: running K-FAC factors (factor_decay, inverse_every "
         '> 1, statistics_every > 1, fisher="monte_carlo") with a bare apply '
         "function need example_inputs=, a batch of inputs (n, ...) like the "
-        "training batches (any n), to find its dense layers at init"
+        "training batches (any n), to find its layers at init"
     )
-  st = structure.layer_structure(model, params, example_inputs)
-  return tuple(m.shape for m in jax.eval_shape(st.to_layer_matrices, params))
+  mats = jax.eval_shape(
+      lambda p: _layer_matrices(model, p, example_inputs, p), params)
+  return tuple(m.shape for m in mats)
 
 
 def _to_params(model, mats, params, x, lam, fisher_rows):
-  """Per-layer ``(a, b)`` matrices back to a params pytree.
+  """Per-layer matrices (``_layer_matrices``' shapes) back to a params
+  pytree.
 
-  A bare apply's unmatched leaves (layer norms, convolution kernels, shared
-  weights) get their exact damped Fisher block in kernel form: with
+  A bare apply's unmatched leaves (layer norms, embeddings, weights used
+  twice) get their exact damped Fisher block in kernel form: with
   ``J_g`` their Jacobian ``(n, c, p_g)`` and ``(Z, h) = fisher_rows(J_g)``
   (``_fisher_factors``: ``Z_i = S_i^T J_g,i`` for the true Fisher, ``g_i^T
   J_g,i`` for the empirical one, ``J_g`` itself for ``H = I``),
@@ -418,17 +449,32 @@ def _to_params(model, mats, params, x, lam, fisher_rows):
   gives the pseudo-inverse. Returns ``(params pytree, Cholesky
   fallbacks)``.
   """
-  st = structure.layer_structure(model, params, x)
+  st = structure.model_structure(model, params, x)
   failed = jnp.zeros((), jnp.int32)
   generic = None
-  if st.generic_jacobian is not None:
+  if st.has_generic:
     jac = st.generic_jacobian(params, x)
     n = x.shape[0]
     rows, h = fisher_rows(jac.reshape(n, jac.shape[0] // n, -1))
     z = rows.reshape(-1, rows.shape[-1])
     v, failed = solvers.psd_solve(self_outer(z), h.reshape(-1), lam)
     generic = z.T @ v
+  mats = [_ungrouped(lay, m) for lay, m in zip(st.layers, mats, strict=True)]
   return st.from_layer_matrices(mats, generic), failed
+
+
+def _fisher_cotangents(loss, fisher, u, y, g, key):
+  """``(cotangents, h)``: output cotangents whose pullbacks are the layer
+  factors' Fisher rows ``B'`` (``_fisher_factors``, one backward pass per
+  row: ``c`` for the true Fisher, one for the empirical and Monte Carlo
+  ones) and the gradient weights ``h`` (``None`` for Monte Carlo)."""
+  if fisher == "true" and loss.hessian is None:
+    return None, g
+  if fisher == "true":
+    return core.hessian_root(loss, u, y)
+  if fisher == "empirical":
+    return g, jnp.ones((g.shape[0], 1), g.dtype)
+  return loss.grad(u, loss.sample(key, u)).astype(g.dtype), None
 
 
 def _fisher_factors(loss, fisher, u, y, g, grads, key):
@@ -727,9 +773,9 @@ def _full_batch_direction(model, loss, st: _Settings, params, x, y, lam,
   u = base.outputs_fn(split_model(model)[0], x)(params)
   g = loss.grad(u, y).astype(u.dtype)
   deltas, failed = [], jnp.zeros((), jnp.int32)
-  for f in _layer_factors(model, params, x):
-    grads, h = _fisher_factors(loss, st.fisher, u, y, g, f.output_grads,
-                               key)
+  cotangents, h = _fisher_cotangents(loss, st.fisher, u, y, g, key)
+  for f in _layer_factors(model, params, x, cotangents):
+    grads = f.output_grads
     if isinstance(f, kfac_conv.SharedFactors):
       delta, fl = _shared_update(f.patches, grads, h, lam, st)
     else:
@@ -756,9 +802,10 @@ def _statistics(model, loss, st: _Settings, params, x, u, y, g, key, count,
   n = u.shape[0]
   w = average_weight(st.decay, count // st.statistics_every + 1, u.dtype)
   covs = []
-  for f, (old_a, old_b) in zip(_layer_factors(model, params, x), old_covs,
-                               strict=True):
-    grads, _ = _fisher_factors(loss, st.fisher, u, y, g, f.output_grads, key)
+  cotangents, _ = _fisher_cotangents(loss, st.fisher, u, y, g, key)
+  for f, (old_a, old_b) in zip(_layer_factors(model, params, x, cotangents),
+                               old_covs, strict=True):
+    grads = f.output_grads
     if isinstance(f, kfac_conv.SharedFactors):
       new_a, new_b = kfac_conv.factors(f.patches, grads, st.weight_sharing)
     else:

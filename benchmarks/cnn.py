@@ -147,8 +147,8 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--every", type=int, default=5)
   parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--learning-rate", type=float, default=0.1)
-  parser.add_argument("--damping", type=float, default=1e-3,
+  parser.add_argument("--learning-rate", type=float, default=0.05)
+  parser.add_argument("--damping", type=float, default=0.03,
                       help="kfac-jax's mean-convention damping lam' "
                            "(ngdjax gets batch * lam')")
   parser.add_argument("--train", action="store_true")
@@ -156,6 +156,7 @@ def main(argv=None):
   parser.add_argument("--eval-every", type=int, default=10)
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--no-kfac-jax", action="store_true")
+  parser.add_argument("--no-timing", action="store_true")
   parser.add_argument("--kfac-jax-python", default=KFAC_JAX_PYTHON)
   parser.add_argument("--json", default="", help="write the figures here")
   args = parser.parse_args(argv)
@@ -169,15 +170,16 @@ def main(argv=None):
         f"{args.batch}, inverses every {args.every} steps")
   print(ngdjax.describe_structure(net.cnn_apply, params, x_tr[:2]))
   figures = {}
-  if not args.no_kfac_jax:
-    figures["kfac_jax_before"] = run_kfac_jax(args)
-  figures["load_average_before"] = os.getloadavg()
-  figures["ngdjax"] = time_steps(
-      args, net.batches(x_tr, y_tr, args.batch), params)
-  figures["load_average_after"] = os.getloadavg()
-  if not args.no_kfac_jax:
-    figures["kfac_jax_after"] = run_kfac_jax(args)
-  _print_times(figures)
+  if not args.no_timing:
+    if not args.no_kfac_jax:
+      figures["kfac_jax_before"] = run_kfac_jax(args)
+    figures["load_average_before"] = os.getloadavg()
+    figures["ngdjax"] = time_steps(
+        args, net.batches(x_tr, y_tr, args.batch), params)
+    figures["load_average_after"] = os.getloadavg()
+    if not args.no_kfac_jax:
+      figures["kfac_jax_after"] = run_kfac_jax(args)
+    _print_times(figures)
   if args.train:
     figures["training"] = train(args, x_tr, y_tr, x_te, y_te)
   if args.json:

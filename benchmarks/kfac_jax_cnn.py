@@ -115,8 +115,8 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--every", type=int, default=5)
   parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--learning-rate", type=float, default=0.1)
-  parser.add_argument("--damping", type=float, default=1e-3,
+  parser.add_argument("--learning-rate", type=float, default=0.05)
+  parser.add_argument("--damping", type=float, default=0.03,
                       help="kfac-jax's (mean-convention) damping lam'")
   args = parser.parse_args(argv)
   import kfac_jax

@@ -378,36 +378,36 @@ needs_conv_structure = pytest.mark.skipif(
     reason="the structure analysis does not yet find convolution layers")
 
 
+# (layout, weight sharing, damping split, options): the full-batch mode
+# (expand: the dense layers' Cholesky machinery on the n T rows, primal and
+# dual; reduce: eigendecompositions) and the running factors' first step
+# (the batch's own factors) with both inverses.
+STEP_CASES = [
+    ("nhwc", "expand", "pi", {}),
+    ("nhwc", "expand", "pi", {"factor_decay": 0.9, "inverse": "cholesky"}),
+    ("nhwc", "reduce", "exact", {"factor_decay": 0.9}),
+    ("nchw", "expand", "exact", {"form": "dual"}),
+    ("nchw", "reduce", "pi", {}),
+]
+
+
 @needs_conv_structure
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-@pytest.mark.parametrize("approx", kc.APPROXIMATIONS)
-def test_kfac_step_on_a_cnn_matches_explicit_kronecker(layout, approx):
+@pytest.mark.parametrize("layout,approx,split,kwargs", STEP_CASES)
+def test_kfac_step_on_a_cnn_matches_explicit_kronecker(layout, approx, split,
+                                                        kwargs):
   cnn = _tiny_cnn(layout)
   params, x = cnn[3], cnn[4]
   labels = jnp.array([0, 2, 1, 2])
   lr, lam = 0.3, 0.05
-  want = _reference_step(cnn, labels, lr, lam, approx)
+  want = _reference_step(cnn, labels, lr, lam, approx, split)
   apply = _cnn_apply(cnn)
-  report = ngdjax.describe_structure(apply, params, x)
-  assert report.generic == ()
-  # Full-batch mode (expand: the dense layers' Cholesky machinery on the
-  # n T rows, primal and dual; reduce: eigendecompositions), and the
-  # running factors' first step (the batch's own factors) with both
-  # inverses.
-  for kwargs in ({}, {"form": "dual"}, {"factor_decay": 0.9},
-                 {"factor_decay": 0.9, "inverse": "cholesky"}):
-    opt = ngdjax.kfac(apply, lr, damping=lam, loss="softmax_cross_entropy",
-                      weight_sharing=approx, example_inputs=x, **kwargs)
-    got, _, info = jax.jit(opt.step)(params, opt.init(params), x, labels)
-    assert int(info["cholesky_failed"]) == 0
-    _assert_tree_close(got, want, 1e-9)
-  want = _reference_step(cnn, labels, lr, lam, approx, split="exact")
-  for kwargs in ({}, {"factor_decay": 0.9}):
-    opt = ngdjax.kfac(apply, lr, damping=lam, loss="softmax_cross_entropy",
-                      weight_sharing=approx, damping_split="exact",
-                      example_inputs=x, **kwargs)
-    got, _, _ = jax.jit(opt.step)(params, opt.init(params), x, labels)
-    _assert_tree_close(got, want, 1e-9)
+  assert ngdjax.describe_structure(apply, params, x).generic == ()
+  opt = ngdjax.kfac(apply, lr, damping=lam, loss="softmax_cross_entropy",
+                    weight_sharing=approx, damping_split=split,
+                    example_inputs=x, **kwargs)
+  got, _, info = jax.jit(opt.step)(params, opt.init(params), x, labels)
+  assert int(info["cholesky_failed"]) == 0
+  _assert_tree_close(got, want, 1e-9)
 
 
 @needs_conv_structure

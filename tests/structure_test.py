@@ -64,7 +64,9 @@ def test_report_lists_layers_and_generic_leaves():
                                (4,), 4, 4),
       structure.DenseLayerInfo("['head']", (4, 2), None, None, 4, 2),
   )
-  assert [(g.path, g.shape) for g in report.generic] == [("['gain']", (4,))]
+  assert not report.generic
+  assert [(g.weight, g.weight_shape) for g in report.norm] == [
+      ("['gain']", (4,))]
   text = str(report)
   assert "2 dense layer(s)" in text and "['gain'] (4,)" in text
 

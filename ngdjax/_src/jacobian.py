@@ -805,18 +805,23 @@ def sharded_gram(
 
 def _sharded_gram(apply_or_model, params, x, mesh, method, chunk_size):
   axis = parallel.mesh_axis(mesh)
-  _, model = split_model(apply_or_model)
   resolved = resolve_gram_method(apply_or_model, params, x, method)
   n = x.shape[0]
   c = output_dim(apply_or_model, params, x)
   xp, _ = parallel.pad_to_devices(x, mesh)
   xp = jax.device_put(xp, parallel.row_sharding(mesh))
   replicated = PartitionSpec()
+  st = None
+  if resolved is GramMethod.STRUCTURED:
+    st = structure.model_structure(apply_or_model, params, x)
 
-  if resolved is GramMethod.STRUCTURED and structure.has_closed_form(model):
+  if st is not None and not st.has_generic and all(
+      lay.positions == 1 and lay.groups == 1 for lay in st.layers):
 
     def local_rows(params, x_local):
-      mine = model.layer_factors(params, x_local)
+      # Dense layers only: the factors of every device's examples are
+      # all-gathered (O(n (a + c b)) per layer), never a Jacobian.
+      mine = st.factors(params, x_local)
       everyone = tuple(
           LayerFactors(
               jax.lax.all_gather(f.inputs, axis, tiled=True),
@@ -831,8 +836,8 @@ def _sharded_gram(apply_or_model, params, x, mesh, method, chunk_size):
     def local_rows(params, x_local):
       x_all = jax.lax.all_gather(x_local, axis, tiled=True)
       return gram(
-          apply_or_model, params, x_local, x_all, method=resolved.value,
-          chunk_size=chunk_size,
+          st or apply_or_model, params, x_local, x_all,
+          method=resolved.value, chunk_size=chunk_size,
       )
 
   g = jax.shard_map(

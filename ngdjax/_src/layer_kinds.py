@@ -417,3 +417,84 @@ def bias_to_rows(layer: Layer, z_chain: Chain, bias: Chain, leaf: Array,
                                 z_spec)(t)
   return layer.z_rows(t.reshape(layer.z_shape))
 
+
+
+# --------------------------------------------------------------------------
+# Elementwise scales: normalisation gains (and their shifts as the bias).
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleLayer(Layer):
+  """``z = h * gamma`` with ``gamma`` (``d`` entries) repeated over ``T``
+  positions, e.g. a layer norm's scale; a shift added after it is its
+  bias (``M`` is ``(1 + has_bias, d)``: rows ``gamma`` and the shift).
+
+  In the common form each feature is its own group (``G = d``, ``a = 1``
+  plus the bias, ``b_g = 1``), so the Gram of the layer is that of
+  ``d (1 + has_bias)`` parameters. Factors: ``inputs`` ``(n, T, d)`` (the
+  scaled ``h``), ``output_grads`` ``(n, r, T, d)``.
+  """
+
+  kind: ClassVar[str] = "norm"
+  order: tuple[int, ...] = ()  # flat z index of (feature, position) pairs
+
+  @property
+  def positions(self) -> int:
+    return len(self.order) // self.fan_out
+
+  @property
+  def groups(self) -> int:
+    return self.fan_out
+
+  def _rows(self, value: Array, lead: int) -> Array:
+    flat = value.reshape(value.shape[:lead] + (-1,))
+    picked = jnp.take(flat, jnp.asarray(self.order), axis=-1)
+    picked = picked.reshape(value.shape[:lead] + (self.fan_out,
+                                                   self.positions))
+    return jnp.swapaxes(picked, -1, -2)
+
+  def weight_matrix(self, leaf: Array) -> Array:
+    w = jnp.broadcast_to(replay(self.weight.nodes, leaf), self.z_shape)
+    return self._rows(w, 0)[:1]
+
+  def z_rows(self, z: Array) -> Array:
+    return self._rows(z, z.ndim - len(self.z_shape))
+
+  def factors(self, h: Array, g: Array) -> LayerFactors:
+    a = self._rows(h, 1) * self.input_scale(h.dtype)
+    s = self._rows(g, 2) / self.output_scale(g.dtype)
+    return LayerFactors(a, s.astype(a.dtype))
+
+  def expand(self, f: LayerFactors):
+    return (self.with_bias_column(f.inputs[..., None]),
+            f.output_grads[..., None])
+
+
+def match_scale(an: Analysis, li: int, chain: Chain):
+  """An elementwise scale by leaf ``li`` (replicated over positions)."""
+  graph = an.graph
+  k, pos = chain.use
+  node = graph.nodes[k]
+  h_ref = node.ins[1 - pos]
+  z_shape = graph.shape(node.outs[0])
+  if h_ref[0] != "v" or h_ref[1] not in an.x_dep:
+    return "multiplies an input-independent value"
+  if graph.shape(h_ref[1]) != z_shape:
+    return "multiplies a broadcast activation"
+  d = math.prod(graph.shape(graph.in_ids[li]))
+  with jax.ensure_compile_time_eval():
+    idx = jnp.arange(d, dtype=jnp.float32).reshape(graph.shape(
+        graph.in_ids[li]))
+    idx = np.asarray(jnp.broadcast_to(replay(chain.nodes, idx), z_shape))
+  flat = idx.reshape(-1).astype(np.int64)
+  counts = np.bincount(flat, minlength=d)
+  if np.any(counts != counts[0]) or counts[0] == 0:
+    return "scale not repeated evenly over positions"
+  order = tuple(int(i) for i in np.argsort(flat, kind="stable"))
+  return ScaleLayer(op=k, weight_leaf=li, weight=chain, w_pos=pos,
+                    h_ref=h_ref, h_shape=z_shape, out_id=node.outs[0],
+                    z_shape=z_shape, fan_in=1, fan_out=d, order=order)
+
+
+MATCHERS["mul"] = match_scale

@@ -73,6 +73,7 @@ from ngdjax._src.layer_kinds import (
     ConvLayer,
     DenseLayer,
     Layer,
+    ScaleLayer,
     SharedDenseLayer,
     bias_rows,
     bias_to_rows,
@@ -80,6 +81,10 @@ from ngdjax._src.layer_kinds import (
 from ngdjax._src.linalg import as_columns
 from ngdjax._src.models import LayerFactors, Model
 from ngdjax._src.typing import Array, Params
+
+# Operations whose weight may be a broadcast of the leaf (a scale repeated
+# over positions).
+REPLICATED_WEIGHTS = frozenset({"mul"})
 
 # --------------------------------------------------------------------------
 # The report.
@@ -163,12 +168,16 @@ class StructureReport(NamedTuple):
     generic: parameter leaves on the generic path, with the reason.
     conv: the matched convolutions.
     shared: the matched shared-weight dense layers.
+    norm: elementwise scales (normalisation gains; a shift added after one
+      is its bias), as ``SharedLayerInfo`` with ``fan_in`` 1 (plus the
+      shift) and ``fan_out`` the number of features.
   """
 
   layers: tuple[DenseLayerInfo, ...]
   generic: tuple[GenericLeafInfo, ...]
   conv: tuple[ConvLayerInfo, ...] = ()
   shared: tuple[SharedLayerInfo, ...] = ()
+  norm: tuple[SharedLayerInfo, ...] = ()
 
   def __str__(self) -> str:
     def bias(lay):
@@ -189,6 +198,10 @@ class StructureReport(NamedTuple):
                 f"({lay.fan_in}, {lay.fan_out}) at {lay.positions} "
                 f"positions, {lay.groups} group(s), strides "
                 f"{lay.window_strides}" for lay in self.conv]
+    if self.norm:
+      lines.append(f"{len(self.norm)} elementwise scale(s) (norm gains):")
+      lines += [f"  {lay.weight} {lay.weight_shape}{bias(lay)} at "
+                f"{lay.positions} positions" for lay in self.norm]
     size = sum(math.prod(g.shape) for g in self.generic)
     lines.append(f"{len(self.generic)} leaf/leaves ({size} parameters) on the "
                  "generic path (exact per-example Jacobian):")
@@ -249,7 +262,7 @@ def _match_weights(an: Analysis, n_leaves: int):
   graph = an.graph
   layers, reasons = [], {}
   for li in range(n_leaves):
-    chain = an.follow(graph.in_ids[li])
+    chain = an.follow(graph.in_ids[li], broadcasts=True)
     if chain.use is None:
       reasons[li] = "used more than once (or unused)"
       continue
@@ -259,6 +272,9 @@ def _match_weights(an: Analysis, n_leaves: int):
       reasons[li] = ("added to something other than a layer output"
                      if name == "add" else
                      f"feeds {name}, not a recognised layer")
+      continue
+    if chain.broadcast and name not in REPLICATED_WEIGHTS:
+      reasons[li] = f"replicated before {name}"
       continue
     found = matcher(an, li, chain)
     if isinstance(found, str):
@@ -339,9 +355,13 @@ def _report(plan: Plan) -> StructureReport:
                     fan_in(lay), lay.fan_out, lay.positions, lay.groups,
                     lay.window_strides, lay.padding)
       for lay in plan.layers if isinstance(lay, ConvLayer))
+  norm = tuple(
+      SharedLayerInfo(p[lay.weight_leaf], s[lay.weight_leaf], *bias(lay),
+                      fan_in(lay), lay.fan_out, lay.positions)
+      for lay in plan.layers if isinstance(lay, ScaleLayer))
   generic = tuple(GenericLeafInfo(p[li], s[li], plan.reasons[li])
                   for li in plan.generic_leaves)
-  return StructureReport(dense, generic, conv, shared)
+  return StructureReport(dense, generic, conv, shared, norm)
 
 
 # --------------------------------------------------------------------------

@@ -377,7 +377,15 @@ def _check_model(model):
 # that another source of layer factors plugs in here only). Dense layers
 # keep their ``(a, b)`` layer matrices; a convolution's or shared-weight
 # layer's ``(a, G b_g)`` matrix is handled as its ``G`` group blocks,
-# ``(G, a, b_g)``.
+# ``(G, a, b_g)``. Other kinds (elementwise scales) stay on the exact
+# generic path.
+KINDS = ("dense", "shared", "conv")
+
+
+def _structure(model, params, x):
+  return structure.model_structure(model, params, x).only(KINDS)
+
+
 def _layer_factors(model, params, x, cotangents=None):
   """Per layer: a dense layer's ``LayerFactors(inputs (n, a), output_grads
   (n, r, b))``, or a convolution's (shared-weight layer's)
@@ -385,7 +393,7 @@ def _layer_factors(model, params, x, cotangents=None):
   G, b))``. The ``r`` rows are the pullbacks of ``cotangents``
   (``Structure.factors``: ``None`` for the ``c`` outputs, ``(n, c)`` for
   one row, ``(n, c, r)`` for ``r``)."""
-  st = structure.model_structure(model, params, x)
+  st = _structure(model, params, x)
   return tuple(
       f if lay.kind == "dense" else kfac_conv.SharedFactors(*lay.expand(f))
       for lay, f in zip(st.layers, st.factors(params, x, cotangents),
@@ -408,7 +416,7 @@ def _ungrouped(layer, mat: Array) -> Array:
 
 def _layer_matrices(model, params, x, tree) -> tuple[Array, ...]:
   """``tree`` (shaped like params, e.g. the gradient) as layer matrices."""
-  st = structure.model_structure(model, params, x)
+  st = _structure(model, params, x)
   return tuple(_grouped(lay, m) for lay, m in
                zip(st.layers, st.to_layer_matrices(tree), strict=True))
 
@@ -449,7 +457,7 @@ def _to_params(model, mats, params, x, lam, fisher_rows):
   gives the pseudo-inverse. Returns ``(params pytree, Cholesky
   fallbacks)``.
   """
-  st = structure.model_structure(model, params, x)
+  st = _structure(model, params, x)
   failed = jnp.zeros((), jnp.int32)
   generic = None
   if st.has_generic:

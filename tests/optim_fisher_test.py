@@ -18,7 +18,7 @@ from absl.testing import parameterized
 from jax.flatten_util import ravel_pytree
 
 import ngdjax
-from ngdjax._src.optim.ngd import _row_gram
+from ngdjax._src import gram_forms, structure
 from ngdjax.optim import gd, kfac, ngd, ngd_preconditioner
 
 N, D, C = 5, 3, 3
@@ -484,7 +484,8 @@ def test_row_gram_matches_dense_jacobian(rows_per_example):
                       np.asarray(jac).reshape(n, C, -1))
   gamma_j = gamma_j.reshape(n * rows_per_example, -1)
   ref = gamma_j @ gamma_j.T
-  got = np.asarray(_row_gram(MODEL.layer_factors(params, x), rows))
+  st = structure.model_structure(MODEL, params, x)
+  got = np.asarray(gram_forms.row_gram(st, params, x, rows))
   np.testing.assert_allclose(got, ref, rtol=1e-10,
                              atol=1e-12 * np.abs(ref).max())
 

@@ -263,3 +263,56 @@ def test_sharded_cholesky_step_memory():
     pytest.skip("no memory analysis on this backend")
   assert analysis.temp_size_in_bytes <= 0.5 * 4 * n * n, (
       analysis.temp_size_in_bytes / (4 * n * n))
+# User models: a Model(init, apply, out_dim) without closed forms and a bare
+# apply (a small CNN: conv layers, a dense head; a layer-norm-like scale on
+# the generic path).
+# --------------------------------------------------------------------------
+
+
+def _cnn_apply(p, x):
+  h = jax.lax.conv_general_dilated(
+      x.reshape(x.shape[0], 3, 3, 1), p["k"], (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  h = jnp.tanh(h + p["b"]) * p["gain"]
+  return h.reshape(x.shape[0], -1) @ p["w"]
+
+
+def _cnn_init(key, in_dim):
+  del in_dim
+  k1, k2, k3 = jax.random.split(key, 3)
+  return {"k": jax.random.normal(k1, (2, 2, 1, 2)),
+          "b": jax.random.normal(k2, (2,)), "gain": jnp.ones(2) * 1.1,
+          "w": jax.random.normal(k3, (18, 2)) / 4.0}
+
+
+USER = {"user_model": ngdjax.Model(_cnn_init, _cnn_apply, 2),
+        "bare_apply": _cnn_apply}
+
+
+def _x9(n):
+  return jnp.asarray(np.random.default_rng(4).standard_normal((n, 9)))
+
+
+@pytest.mark.parametrize("name", sorted(USER))
+@pytest.mark.parametrize("method", ["auto", "structured", "jacobian"])
+def test_sharded_gram_of_user_models(name, method):
+  params = _cnn_init(jax.random.key(5), 9)
+  x = _x9(10)
+  ref = ngdjax.gram(USER[name], params, x, method=method)
+  out = ngdjax.gram(USER[name], params, x, method=method,
+                    mesh=parallel.data_mesh())
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(USER))
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_sharded_ngd_step_of_user_models(name, solver):
+  params = _cnn_init(jax.random.key(6), 9)
+  x = _x9(8)
+  y = jnp.sin(x[:, :2])
+  results = []
+  for m in (None, parallel.data_mesh()):
+    opt = ngdjax.ngd(USER[name], learning_rate=0.5, damping=1e-3,
+                     solver=solver, cg_tol=1e-12, cg_maxiter=200, mesh=m)
+    results.append(jax.jit(opt.step)(params, opt.init(params), x, y))
+  _tree_close(results[1][0], results[0][0], atol=1e-10)

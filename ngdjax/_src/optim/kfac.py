@@ -1,4 +1,4 @@
-"""K-FAC for dense-layer networks, in primal and dual form (MATH.md 4).
+"""K-FAC for dense and convolution layers, in primal and dual form.
 
 Notation (per layer ``l``, from ``Model.layer_factors``): ``A`` ``(n, a)``
 the layer inputs, ``B`` ``(n, c, b)`` the backpropagated pre-activation
@@ -73,6 +73,20 @@ as ``sum_k h_ik B'_ik`` (``S_i h_i = g_i``), so every form above applies
 unchanged; ``"monte_carlo"`` uses one label sampled from the model per
 example, ``b_i = B_i^T (p_i - e_{s_i})``; ``"empirical"`` the gradients.
 
+Convolutions (and any weight applied at ``T`` positions of an example) get
+Kronecker-factored blocks too (KFC, Grosse & Martens 2016), one per
+feature group, in the variant ``weight_sharing`` names: ``"expand"``
+(every position counts as an example, ``A~ = sum_{i,t} a a^T / (n T)``,
+``B~ = sum_{i,k,t} s s^T / n``) or ``"reduce"`` (positions aggregated
+first; Eschenhagen et al. 2023); ``ngdjax._src.optim.kfac_conv`` has the
+formulas. The curvature is again ``n A~ (x) B~``, so the damping, its pi
+split, the running averages and the inverse refresh below apply
+unchanged. In the full-batch mode "expand" is the dense update with the
+``n T`` positions as rows (primal or dual form as above); "reduce" is
+solved in primal form (its gradient ``sum_t a_it y_it^T`` is not in the
+row space of the aggregated inputs, so the push-through identity does
+not apply).
+
 Full-batch and mini-batch modes. By default (``factor_decay=None``,
 ``inverse_every=1``, ``statistics_every=1``) the factors are recomputed on
 the batch at every step: the setting of the paper's Theorem 4. Mini-batch
@@ -127,6 +141,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -139,7 +154,7 @@ from ngdjax._src import precision as precision_lib
 from ngdjax._src.jacobian import jvp, split_model
 from ngdjax._src.linalg import self_outer
 from ngdjax._src.models import Model
-from ngdjax._src.optim import base, core, solvers
+from ngdjax._src.optim import base, core, kfac_conv, solvers
 from ngdjax._src.optim import damping as damping_lib
 from ngdjax._src.typing import Array
 
@@ -360,24 +375,61 @@ def _check_model(model):
 
 
 # The four access points to the model's layer structure (kept single so
-# that another source of layer factors plugs in here only).
-def _layer_factors(model, params, x):
-  """Per layer ``LayerFactors(inputs (n, a), output_grads (n, c, b))``."""
-  return structure.layer_structure(model, params, x).layer_factors(params, x)
+# that another source of layer factors plugs in here only). Dense layers
+# keep their ``(a, b)`` layer matrices; a convolution's or shared-weight
+# layer's ``(a, G b_g)`` matrix is handled as its ``G`` group blocks,
+# ``(G, a, b_g)``. Other kinds (elementwise scales) stay on the exact
+# generic path.
+KINDS = ("dense", "shared", "conv")
+
+
+def _structure(model, params, x):
+  return structure.model_structure(model, params, x).only(KINDS)
+
+
+def _layer_factors(model, params, x, cotangents=None):
+  """Per layer: a dense layer's ``LayerFactors(inputs (n, a), output_grads
+  (n, r, b))``, or a convolution's (shared-weight layer's)
+  ``kfac_conv.SharedFactors(patches (n, T, G, a), output_grads (n, r, T,
+  G, b))``. The ``r`` rows are the pullbacks of ``cotangents``
+  (``Structure.factors``: ``None`` for the ``c`` outputs, ``(n, c)`` for
+  one row, ``(n, c, r)`` for ``r``)."""
+  st = _structure(model, params, x)
+  return tuple(
+      f if lay.kind == "dense" else kfac_conv.SharedFactors(*lay.expand(f))
+      for lay, f in zip(st.layers, st.factors(params, x, cotangents),
+                        strict=True))
+
+
+def _grouped(layer, mat: Array) -> Array:
+  """A layer matrix ``(a, G b)`` as ``(G, a, b)`` (dense layers as is)."""
+  if layer.kind == "dense":
+    return mat
+  return jnp.swapaxes(mat.reshape(mat.shape[0], layer.groups, -1), 0, 1)
+
+
+def _ungrouped(layer, mat: Array) -> Array:
+  """The inverse of ``_grouped``."""
+  if layer.kind == "dense":
+    return mat
+  return jnp.swapaxes(mat, 0, 1).reshape(mat.shape[1], -1)
 
 
 def _layer_matrices(model, params, x, tree) -> tuple[Array, ...]:
   """``tree`` (shaped like params, e.g. the gradient) as layer matrices."""
-  return structure.layer_structure(model, params, x).to_layer_matrices(tree)
+  st = _structure(model, params, x)
+  return tuple(_grouped(lay, m) for lay, m in
+               zip(st.layers, st.to_layer_matrices(tree), strict=True))
 
 
 def _layer_shapes(model, params, example_inputs=None
-                  ) -> tuple[tuple[int, int], ...]:
-  """``(a, b)`` of every layer matrix (the running factors' shapes).
+                  ) -> tuple[tuple[int, ...], ...]:
+  """``(a, b)`` of every dense layer matrix, ``(G, a, b)`` of every
+  convolution's (the running factors' shapes).
 
-  A ``Model`` knows them from its params; a bare apply's dense layers are
-  found by tracing it on ``example_inputs`` (only their per-example shape
-  and dtype matter).
+  A ``Model`` knows them from its params; a bare apply's layers are found
+  by tracing it on ``example_inputs`` (only their per-example shape and
+  dtype matter).
   """
   if isinstance(model, Model) and model.to_layer_matrices is not None:
     return tuple(m.shape for m in model.to_layer_matrices(params))
@@ -386,17 +438,19 @@ def _layer_shapes(model, params, example_inputs=None
         "example_inputs: running K-FAC factors (factor_decay, inverse_every "
         '> 1, statistics_every > 1, fisher="monte_carlo") with a bare apply '
         "function need example_inputs=, a batch of inputs (n, ...) like the "
-        "training batches (any n), to find its dense layers at init"
+        "training batches (any n), to find its layers at init"
     )
-  st = structure.layer_structure(model, params, example_inputs)
-  return tuple(m.shape for m in jax.eval_shape(st.to_layer_matrices, params))
+  mats = jax.eval_shape(
+      lambda p: _layer_matrices(model, p, example_inputs, p), params)
+  return tuple(m.shape for m in mats)
 
 
 def _to_params(model, mats, params, x, lam, fisher_rows):
-  """Per-layer ``(a, b)`` matrices back to a params pytree.
+  """Per-layer matrices (``_layer_matrices``' shapes) back to a params
+  pytree.
 
-  A bare apply's unmatched leaves (layer norms, convolution kernels, shared
-  weights) get their exact damped Fisher block in kernel form: with
+  A bare apply's unmatched leaves (layer norms, embeddings, weights used
+  twice) get their exact damped Fisher block in kernel form: with
   ``J_g`` their Jacobian ``(n, c, p_g)`` and ``(Z, h) = fisher_rows(J_g)``
   (``_fisher_factors``: ``Z_i = S_i^T J_g,i`` for the true Fisher, ``g_i^T
   J_g,i`` for the empirical one, ``J_g`` itself for ``H = I``),
@@ -404,17 +458,32 @@ def _to_params(model, mats, params, x, lam, fisher_rows):
   gives the pseudo-inverse. Returns ``(params pytree, Cholesky
   fallbacks)``.
   """
-  st = structure.layer_structure(model, params, x)
+  st = _structure(model, params, x)
   failed = jnp.zeros((), jnp.int32)
   generic = None
-  if st.generic_jacobian is not None:
+  if st.has_generic:
     jac = st.generic_jacobian(params, x)
     n = x.shape[0]
     rows, h = fisher_rows(jac.reshape(n, jac.shape[0] // n, -1))
     z = rows.reshape(-1, rows.shape[-1])
     v, failed = solvers.psd_solve(self_outer(z), h.reshape(-1), lam)
     generic = z.T @ v
+  mats = [_ungrouped(lay, m) for lay, m in zip(st.layers, mats, strict=True)]
   return st.from_layer_matrices(mats, generic), failed
+
+
+def _fisher_cotangents(loss, fisher, u, y, g, key):
+  """``(cotangents, h)``: output cotangents whose pullbacks are the layer
+  factors' Fisher rows ``B'`` (``_fisher_factors``, one backward pass per
+  row: ``c`` for the true Fisher, one for the empirical and Monte Carlo
+  ones) and the gradient weights ``h`` (``None`` for Monte Carlo)."""
+  if fisher == "true" and loss.hessian is None:
+    return None, g
+  if fisher == "true":
+    return core.hessian_root(loss, u, y)
+  if fisher == "empirical":
+    return g, jnp.ones((g.shape[0], 1), g.dtype)
+  return loss.grad(u, loss.sample(key, u)).astype(g.dtype), None
 
 
 def _fisher_factors(loss, fisher, u, y, g, grads, key):
@@ -435,14 +504,20 @@ def _fisher_factors(loss, fisher, u, y, g, grads, key):
   n = g.shape[0]
   if fisher == "true" and loss.hessian is None:
     return grads, g
+  # Trailing axes (a convolution's positions and groups) ride along.
+  rest = grads.shape[2:]
+  grads = grads.reshape(grads.shape[:2] + (-1,))
   if fisher == "true":
     s_mat, h = core.hessian_root(loss, u, y)
-    return jnp.einsum("ijk,ijb->ikb", s_mat, grads), h
-  if fisher == "empirical":
+    rows = jnp.einsum("ijk,ijb->ikb", s_mat, grads)
+  elif fisher == "empirical":
     rows = jnp.einsum("ik,ikb->ib", g, grads)[:, None, :]
-    return rows, jnp.ones((n, 1), g.dtype)
-  sampled = loss.grad(u, loss.sample(key, u)).astype(g.dtype)
-  return jnp.einsum("ik,ikb->ib", sampled, grads)[:, None, :], None
+    h = jnp.ones((n, 1), g.dtype)
+  else:
+    sampled = loss.grad(u, loss.sample(key, u)).astype(g.dtype)
+    rows = jnp.einsum("ik,ikb->ib", sampled, grads)[:, None, :]
+    h = None
+  return rows.reshape(rows.shape[:2] + rest), h
 
 
 def averaged_update(
@@ -550,17 +625,37 @@ def _damped_inverse(cov, damp) -> tuple[Array, Array]:
   return 0.5 * (inv + inv.T), (~ok).astype(jnp.int32)
 
 
-def _method(model, loss, form, damping_split, factor_damping, fisher,
-            factor_decay, inverse_every, static_zero,
-            statistics_every=1, inverse="eigh",
-            example_inputs=None) -> core.Method:
-  """Validates K-FAC's settings; the direction for ``core.make``."""
+class _Settings(NamedTuple):
+  """K-FAC's validated settings (``kfac``'s arguments)."""
+
+  form: str
+  damping_split: str
+  fisher: str
+  averaged: bool  # mini-batch mode: running factors in the state
+  decay: float
+  inverse_every: int
+  statistics_every: int
+  inverse: str
+  lam_in: float
+  lam_out: float
+  static_zero: bool
+  weight_sharing: str
+  example_inputs: Array | None
+
+
+def _check_settings(form, damping_split, factor_damping, fisher, loss,
+                    factor_decay, inverse_every, static_zero,
+                    statistics_every, inverse, example_inputs,
+                    weight_sharing) -> _Settings:
+  """Validates K-FAC's settings (ValueError naming the argument)."""
   if example_inputs is not None:
     example_inputs = checks.check_inputs("example_inputs", example_inputs,
                                          any_shape=True)
   checks.check_choice("form", form, FORMS)
   checks.check_choice("damping_split", damping_split, SPLITS)
   checks.check_choice("inverse", inverse, INVERSES)
+  checks.check_choice("weight_sharing", weight_sharing,
+                      kfac_conv.APPROXIMATIONS)
   if inverse == "cholesky" and damping_split != "pi":
     raise ValueError('inverse="cholesky" needs damping_split="pi" (the '
                      '"exact" split needs the eigendecompositions)')
@@ -572,13 +667,10 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
     factor_decay = float(factor_decay)
   checks.check_scalar("inverse_every", inverse_every, positive=True,
                       integer=True)
-  inverse_every = int(inverse_every)
   checks.check_scalar("statistics_every", statistics_every, positive=True,
                       integer=True)
-  statistics_every = int(statistics_every)
-  averaged = (factor_decay is not None or inverse_every > 1
-              or statistics_every > 1 or fisher == "monte_carlo")
-  decay = factor_decay or 0.0
+  averaged = (factor_decay is not None or int(inverse_every) > 1
+              or int(statistics_every) > 1 or fisher == "monte_carlo")
   if factor_damping is None:
     lam_in, lam_out = 0.0, 0.0
   else:
@@ -591,112 +683,226 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
       ) from None
     checks.check_scalar("factor_damping[0]", lam_in, nonnegative=True)
     checks.check_scalar("factor_damping[1]", lam_out, nonnegative=True)
-    lam_in, lam_out = float(lam_in), float(lam_out)
+  return _Settings(form, damping_split, fisher, averaged, factor_decay or 0.0,
+                   int(inverse_every), int(statistics_every), inverse,
+                   float(lam_in), float(lam_out), static_zero,
+                   weight_sharing, example_inputs)
 
-  def init_curvature(params):
-    if not averaged:
-      return ()
-    dtype = base.param_dtype(params)
-    out = []
-    for a, b in _layer_shapes(model, params, example_inputs):
-      za, zb = jnp.zeros((a, a), dtype), jnp.zeros((b, b), dtype)
-      if inverse == "cholesky":
-        out.append(KFACInverses(za, zb, jnp.eye(a, dtype=dtype),
-                                jnp.eye(b, dtype=dtype)))
-        continue
-      out.append(KFACFactors(za, zb, jnp.zeros((a,), dtype),
-                             jnp.eye(a, dtype=dtype), jnp.zeros((b,), dtype),
-                             jnp.eye(b, dtype=dtype)))
-    return tuple(out)
+
+def _init_curvature(model, st: _Settings, params):
+  """Zero running factors (identity inverses) per layer; ``()`` in the
+  full-batch mode. A convolution's carry a leading group axis."""
+  if not st.averaged:
+    return ()
+  dtype = base.param_dtype(params)
+  out = []
+  for shape in _layer_shapes(model, params, st.example_inputs):
+    lead, (a, b) = shape[:-2], shape[-2:]
+
+    def eye(k, lead=lead):
+      return jnp.broadcast_to(jnp.eye(k, dtype=dtype), lead + (k, k))
+
+    za, zb = jnp.zeros(lead + (a, a), dtype), jnp.zeros(lead + (b, b), dtype)
+    if st.inverse == "cholesky":
+      out.append(KFACInverses(za, zb, eye(a), eye(b)))
+    else:
+      out.append(KFACFactors(za, zb, jnp.zeros(lead + (a,), dtype), eye(a),
+                             jnp.zeros(lead + (b,), dtype), eye(b)))
+  return tuple(out)
+
+
+def _dense_update(inputs, grads, h, lam, st: _Settings):
+  """The full-batch step of one dense layer: ``(delta (a, b), fallbacks)``
+  (``factored_update`` or ``exact_update``, in the form ``st.form`` picks).
+  ``inputs`` ``(n, a)``, ``grads`` ``(n, c, b)``, ``h`` ``(n, c)``."""
+  n, c, b = grads.shape
+  dual_a = use_dual(st.form, n, inputs.shape[1])
+  dual_b = use_dual(st.form, n * c, b)
+  if st.damping_split == "exact":
+    return (exact_update(inputs, grads, h, lam, st.lam_in, st.lam_out,
+                         dual_a, dual_b), jnp.zeros((), jnp.int32))
+  split_a, split_b = pi_split(inputs, grads.reshape(n * c, b), lam)
+  return factored_update(
+      inputs, grads, h, st.lam_in + split_a, st.lam_out + split_b,
+      dual_a, dual_b,
+      pinv_a=st.static_zero and st.lam_in == 0.0,
+      pinv_b=st.static_zero and st.lam_out == 0.0,
+  )
+
+
+def _shared_update(patches, grads, h, lam, st: _Settings):
+  """The full-batch step of a convolution (or any weight shared over ``T``
+  positions): ``(delta (G, a, b), fallbacks)``.
+
+  ``patches`` ``(n, T, G, a)``, ``grads`` ``(n, c, T, G, b)`` (already in
+  the Fisher's rows), ``h`` ``(n, c)``. ``"expand"`` is the dense update
+  with the ``n T`` positions as rows (``kfac_conv``), so its primal and dual
+  forms are the dense ones; ``"reduce"``'s gradient ``sum_t a_it y_it^T``
+  is not in the row space of the aggregated inputs, so it is solved in
+  primal form (eigendecompositions of its factors) whatever ``form``.
+  """
+  n, t, groups, _ = patches.shape
+  c = grads.shape[1]
+  if st.weight_sharing == "expand":
+    h_e = jnp.repeat(h, t, axis=0)  # rows (i, t)
+    deltas, failed = [], jnp.zeros((), jnp.int32)
+    for k in range(groups):
+      g_k = jnp.swapaxes(grads[:, :, :, k], 1, 2).reshape(n * t, c, -1)
+      delta, fl = _dense_update(patches[:, :, k].reshape(n * t, -1), g_k,
+                                h_e, lam, st)
+      deltas.append(delta)
+      failed = failed + fl
+    return jnp.stack(deltas), failed
+  cov_a, cov_b = kfac_conv.factors(patches, grads, "reduce")
+  grad_m = jnp.einsum("itga,iktgb,ik->gab", patches, grads, h)
+
+  def update(cov_a, cov_b, grad_m):
+    factors = KFACFactors(cov_a, cov_b, *jnp.linalg.eigh(cov_a),
+                          *jnp.linalg.eigh(cov_b))
+    return averaged_update(factors, grad_m, n, lam, st.lam_in, st.lam_out,
+                           st.damping_split)
+
+  return (_per_group(update, cov_a, cov_b, grad_m),
+          jnp.zeros((), jnp.int32))
+
+
+def _per_group(fn, *args):
+  """``fn`` on each group (leading axis) of ``args``; without ``vmap`` for
+  one group, so that ``lax.cond`` inside stays a branch."""
+  groups = jax.tree_util.tree_leaves(args)[0].shape[0]
+  if groups == 1:
+    out = fn(*jax.tree_util.tree_map(lambda v: v[0], args))
+    return jax.tree_util.tree_map(lambda v: v[None], out)
+  return jax.vmap(fn)(*args)
+
+
+def _full_batch_direction(model, loss, st: _Settings, params, x, y, lam,
+                          key):
+  """The full-batch mode's direction: each layer's factors on the batch."""
+  u = base.outputs_fn(split_model(model)[0], x)(params)
+  g = loss.grad(u, y).astype(u.dtype)
+  deltas, failed = [], jnp.zeros((), jnp.int32)
+  cotangents, h = _fisher_cotangents(loss, st.fisher, u, y, g, key)
+  for f in _layer_factors(model, params, x, cotangents):
+    grads = f.output_grads
+    if isinstance(f, kfac_conv.SharedFactors):
+      delta, fl = _shared_update(f.patches, grads, h, lam, st)
+    else:
+      delta, fl = _dense_update(f.inputs, grads, h, lam, st)
+    deltas.append(delta)
+    failed = failed + fl
+  direction, fl = _to_params(model, deltas, params, x, lam,
+                             _generic_rows(loss, st, u, y, g))
+  return core.Direction(u, direction, None, (),
+                        {"cholesky_failed": failed + fl})
+
+
+def _generic_rows(loss, st: _Settings, u, y, g):
+  # The Monte Carlo block would need Woodbury (lam > 0); unmatched leaves
+  # take the exact Fisher block instead.
+  generic_fisher = "true" if st.fisher == "monte_carlo" else st.fisher
+  return lambda jac: _fisher_factors(loss, generic_fisher, u, y, g, jac,
+                                     None)
+
+
+def _statistics(model, loss, st: _Settings, params, x, u, y, g, key, count,
+                old_covs):
+  """The running factor averages updated with the batch's factors."""
+  n = u.shape[0]
+  w = average_weight(st.decay, count // st.statistics_every + 1, u.dtype)
+  covs = []
+  cotangents, _ = _fisher_cotangents(loss, st.fisher, u, y, g, key)
+  for f, (old_a, old_b) in zip(_layer_factors(model, params, x, cotangents),
+                               old_covs, strict=True):
+    grads = f.output_grads
+    if isinstance(f, kfac_conv.SharedFactors):
+      new_a, new_b = kfac_conv.factors(f.patches, grads, st.weight_sharing)
+    else:
+      bf = grads.reshape(-1, grads.shape[-1])
+      new_a, new_b = self_outer(f.inputs.T) / n, self_outer(bf.T) / n
+    covs.append((w * old_a + (1 - w) * new_a, w * old_b + (1 - w) * new_b))
+  return tuple(covs)
+
+
+def _averaged_layer(old, cov_a, cov_b, grad_m, refresh, n, lam,
+                    st: _Settings):
+  """One layer's (one group's) step from running factors: ``(delta, new
+  state, fallbacks)``; the inverses are refreshed when ``refresh``."""
+  if st.inverse == "cholesky":
+    inv_a, inv_b, fl = jax.lax.cond(
+        refresh,
+        lambda c: _damped_inverses(c[0], c[1], n, lam, st.lam_in,
+                                   st.lam_out),
+        lambda c: (c[2], c[3], jnp.zeros((), jnp.int32)),
+        (cov_a, cov_b, old.inputs_inv, old.grads_inv))
+    return (inv_a @ grad_m @ inv_b / n,
+            KFACInverses(cov_a, cov_b, inv_a, inv_b), fl)
+  factors = _refresh(refresh, cov_a, cov_b, old)
+  return (averaged_update(factors, grad_m, n, lam, st.lam_in, st.lam_out,
+                          st.damping_split),
+          factors, jnp.zeros((), jnp.int32))
+
+
+def _averaged_direction(model, loss, st: _Settings, params, curvature, x, y,
+                        lam, key, count):
+  """The mini-batch mode's direction from running factors."""
+  # The gradient from one backward pass; the layer factors (c backward
+  # passes and the factor products) only on statistics steps.
+  u, pullback = jax.vjp(base.outputs_fn(split_model(model)[0], x), params)
+  g = loss.grad(u, y).astype(u.dtype)
+  grad_ms = _layer_matrices(model, params, x, pullback(g)[0])
+  n = u.shape[0]
+
+  def statistics(old_covs):
+    return _statistics(model, loss, st, params, x, u, y, g, key, count,
+                       old_covs)
+
+  old_covs = tuple((f.inputs_cov, f.grads_cov) for f in curvature)
+  if st.statistics_every == 1:
+    covs = statistics(old_covs)
+  else:
+    covs = jax.lax.cond(count % st.statistics_every == 0, statistics,
+                        lambda old: old, old_covs)
+  refresh = count % st.inverse_every == 0
+  deltas, new_curv = [], []
+  failed = jnp.zeros((), jnp.int32)
+  for old, (cov_a, cov_b), grad_m in zip(curvature, covs, grad_ms,
+                                         strict=True):
+    grad_m = grad_m.astype(u.dtype)
+    layer = functools.partial(_averaged_layer, refresh=refresh, n=n, lam=lam,
+                              st=st)
+    if grad_m.ndim == 3:  # a convolution: one Kronecker block per group
+      delta, new, fl = _per_group(layer, old, cov_a, cov_b, grad_m)
+      fl = jnp.sum(fl)
+    else:
+      delta, new, fl = layer(old, cov_a, cov_b, grad_m)
+    deltas.append(delta)
+    new_curv.append(new)
+    failed = failed + fl
+  direction, fl = _to_params(model, deltas, params, x, lam,
+                             _generic_rows(loss, st, u, y, g))
+  return core.Direction(u, direction, None, tuple(new_curv),
+                        {"cholesky_failed": failed + fl})
+
+
+def _method(model, loss, form, damping_split, factor_damping, fisher,
+            factor_decay, inverse_every, static_zero,
+            statistics_every=1, inverse="eigh",
+            example_inputs=None, weight_sharing="expand") -> core.Method:
+  """Validates K-FAC's settings; the direction for ``core.make``."""
+  st = _check_settings(form, damping_split, factor_damping, fisher, loss,
+                       factor_decay, inverse_every, static_zero,
+                       statistics_every, inverse, example_inputs,
+                       weight_sharing)
 
   def direction(params, curvature, x, y, lam, key, count):
-    if averaged:
-      return averaged_direction(params, curvature, x, y, lam, key, count)
-    u = base.outputs_fn(split_model(model)[0], x)(params)
-    g = loss.grad(u, y).astype(u.dtype)
-    deltas, failed = [], jnp.zeros((), jnp.int32)
-    for f in _layer_factors(model, params, x):
-      grads, h = _fisher_factors(loss, fisher, u, y, g, f.output_grads, key)
-      n, c, b = grads.shape
-      dual_a = use_dual(form, n, f.inputs.shape[1])
-      dual_b = use_dual(form, n * c, b)
-      if damping_split == "exact":
-        delta = exact_update(f.inputs, grads, h, lam, lam_in, lam_out,
-                             dual_a, dual_b)
-      else:
-        split_a, split_b = pi_split(f.inputs, grads.reshape(n * c, b), lam)
-        delta, fl = factored_update(
-            f.inputs, grads, h, lam_in + split_a, lam_out + split_b,
-            dual_a, dual_b,
-            pinv_a=static_zero and lam_in == 0.0,
-            pinv_b=static_zero and lam_out == 0.0,
-        )
-        failed = failed + fl
-      deltas.append(delta)
-    direction, fl = _to_params(model, deltas, params, x, lam,
-                               generic_rows(u, y, g))
-    return core.Direction(u, direction, None, curvature,
-                          {"cholesky_failed": failed + fl})
+    if st.averaged:
+      return _averaged_direction(model, loss, st, params, curvature, x, y,
+                                 lam, key, count)
+    return _full_batch_direction(model, loss, st, params, x, y, lam, key)
 
-  def generic_rows(u, y, g):
-    # The Monte Carlo block would need Woodbury (lam > 0); unmatched leaves
-    # take the exact Fisher block instead.
-    generic_fisher = "true" if fisher == "monte_carlo" else fisher
-    return lambda jac: _fisher_factors(loss, generic_fisher, u, y, g, jac,
-                                       None)
-
-  def averaged_direction(params, curvature, x, y, lam, key, count):
-    # The gradient from one backward pass; the layer factors (c backward
-    # passes and the factor products) only on statistics steps.
-    u, pullback = jax.vjp(base.outputs_fn(split_model(model)[0], x), params)
-    g = loss.grad(u, y).astype(u.dtype)
-    grad_ms = _layer_matrices(model, params, x, pullback(g)[0])
-    n = u.shape[0]
-
-    def statistics(old_covs):
-      w = average_weight(decay, count // statistics_every + 1, u.dtype)
-      covs = []
-      for f, (old_a, old_b) in zip(_layer_factors(model, params, x),
-                                   old_covs, strict=True):
-        grads, _ = _fisher_factors(loss, fisher, u, y, g, f.output_grads,
-                                   key)
-        bf = grads.reshape(-1, grads.shape[-1])
-        covs.append((w * old_a + (1 - w) * self_outer(f.inputs.T) / n,
-                     w * old_b + (1 - w) * self_outer(bf.T) / n))
-      return tuple(covs)
-
-    old_covs = tuple((f.inputs_cov, f.grads_cov) for f in curvature)
-    if statistics_every == 1:
-      covs = statistics(old_covs)
-    else:
-      covs = jax.lax.cond(count % statistics_every == 0, statistics,
-                          lambda old: old, old_covs)
-    refresh = count % inverse_every == 0
-    deltas, new_curv = [], []
-    failed = jnp.zeros((), jnp.int32)
-    for old, (cov_a, cov_b), grad_m in zip(curvature, covs, grad_ms,
-                                           strict=True):
-      grad_m = grad_m.astype(u.dtype)
-      if inverse == "cholesky":
-        inv_a, inv_b, fl = jax.lax.cond(
-            refresh,
-            lambda c: _damped_inverses(c[0], c[1], n, lam, lam_in, lam_out),
-            lambda c: (c[2], c[3], jnp.zeros((), jnp.int32)),
-            (cov_a, cov_b, old.inputs_inv, old.grads_inv))
-        failed = failed + fl
-        deltas.append(inv_a @ grad_m @ inv_b / n)
-        new_curv.append(KFACInverses(cov_a, cov_b, inv_a, inv_b))
-        continue
-      factors = _refresh(refresh, cov_a, cov_b, old)
-      deltas.append(averaged_update(factors, grad_m, n, lam, lam_in, lam_out,
-                                    damping_split))
-      new_curv.append(factors)
-    direction, fl = _to_params(model, deltas, params, x, lam,
-                               generic_rows(u, y, g))
-    return core.Direction(u, direction, None, tuple(new_curv),
-                          {"cholesky_failed": failed + fl})
-
-  return core.Method(init=init_curvature, direction=direction)
+  return core.Method(init=functools.partial(_init_curvature, model, st),
+                     direction=direction)
 
 
 def kfac(
@@ -716,6 +922,7 @@ def kfac(
     inverse: str = "eigh",
     example_inputs=None,
     precision: str | None = None,
+    weight_sharing: str = "expand",
 ) -> base.Optimizer:
   """K-FAC (MATH.md 4 and 7; module docstring).
 
@@ -784,6 +991,11 @@ def kfac(
     precision: ``"highest"`` (default: float32-accurate factor statistics
       and products on every backend), ``"default"`` or ``"fast"``
       (``ngdjax.precision``; ``"mixed"`` is an NGD mode).
+    weight_sharing: the Kronecker factors of a layer applied at ``T``
+      positions of each example (a convolution): ``"expand"`` (default;
+      KFC, every position counts as an example) or ``"reduce"`` (positions
+      aggregated first; Eschenhagen et al. 2023); see
+      ``ngdjax._src.optim.kfac_conv``.
 
   Returns:
     ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
@@ -803,7 +1015,8 @@ def kfac(
   loss = base.check_loss(loss)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,
                    factor_decay, inverse_every, rule.static_zero,
-                   statistics_every, inverse, example_inputs)
+                   statistics_every, inverse, example_inputs,
+                   weight_sharing)
 
   def jvp_fn(params, x, tangent):
     return jvp(model, params, x, tangent)
@@ -829,6 +1042,7 @@ def kfac_preconditioner(
     inverse: str = "eigh",
     example_inputs=None,
     precision: str | None = None,
+    weight_sharing: str = "expand",
 ) -> optax.GradientTransformationExtraArgs:
   """K-FAC's direction as an optax transformation (as ``ngd_preconditioner``).
 
@@ -841,8 +1055,8 @@ def kfac_preconditioner(
   Args:
     model, damping, loss, form, damping_split, factor_damping, fisher,
       factor_decay, inverse_every, key, statistics_every, inverse,
-      example_inputs, precision: as in ``kfac`` (damping fixed or
-      scheduled).
+      example_inputs, weight_sharing, precision: as in ``kfac`` (damping
+      fixed or scheduled).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -854,7 +1068,8 @@ def kfac_preconditioner(
                  and damping_lib.resolve(damping).static_zero)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,
                    factor_decay, inverse_every, static_zero,
-                   statistics_every, inverse, example_inputs)
+                   statistics_every, inverse, example_inputs,
+                   weight_sharing)
   return core.preconditioner(model, loss, damping, method, key,
                              {"cholesky_failed": jnp.int32},
                              "kfac_preconditioner",

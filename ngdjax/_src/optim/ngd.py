@@ -62,18 +62,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ngdjax._src import checks
+from ngdjax._src import checks, gram_forms, structure
 from ngdjax._src import precision as precision_lib
 from ngdjax._src.jacobian import (
+  GramMethod,
   gram,
   gram_vp,
   outputs,
   parse_gram_method,
+  resolve_gram_method,
   split_model,
-  structured_gram_vp,
   vjp,
 )
-from ngdjax._src.linalg import self_outer
 from ngdjax._src.optim import (
   base,
   core,
@@ -152,12 +152,16 @@ def _check_config(
                  preconditioner_rank=int(preconditioner_rank))
 
 
-def _structured(cfg: _Config) -> bool:
-  return (
-      cfg.model is not None
-      and cfg.model.layer_factors is not None
-      and cfg.gram_method in ("auto", "structured")
-  )
+def _structure(cfg: _Config, params, x):
+  """The model's ``Structure`` when the Gram is structured, else ``None``
+  (built once per step; every structured path below takes it)."""
+  if cfg.gram_method not in ("auto", "structured"):
+    return None
+  st = structure.model_structure(cfg.model or cfg.apply, params, x)
+  if resolve_gram_method(st, params, x, cfg.gram_method) is not (
+      GramMethod.STRUCTURED):
+    return None
+  return st
 
 
 def _mixed(cfg: _Config) -> bool:
@@ -169,10 +173,11 @@ def _mixed(cfg: _Config) -> bool:
           and cfg.loss.hessian is None)
 
 
-def _gram_operator(cfg: _Config, params, x, f, n, c):
-  """``(G or None, vec -> G vec)`` for the configured solver."""
+def _gram_operator(cfg: _Config, params, x, f, n, c, st=None):
+  """``(G or None, vec -> G vec)`` for the configured solver; ``st`` is
+  the model's ``Structure`` (``_structure``) or ``None``."""
   if cfg.solver == "cholesky":
-    g_mat = gram(cfg.model or cfg.apply, params, x,
+    g_mat = gram(st or cfg.model or cfg.apply, params, x,
                  method=cfg.gram_method, chunk_size=cfg.chunk_size,
                  mesh=cfg.mesh, precision="fast" if _mixed(cfg) else None)
     if cfg.mesh is not None:
@@ -182,12 +187,11 @@ def _gram_operator(cfg: _Config, params, x, f, n, c):
           g_mat, jax.sharding.NamedSharding(cfg.mesh,
                                             jax.sharding.PartitionSpec()))
     return g_mat, lambda vec: g_mat.astype(vec.dtype) @ vec
-  if _structured(cfg) and cfg.chunk_size is None:
+  if st is not None and cfg.chunk_size is None:
     # All layer factors at once: O(n (d + m)) memory; with chunk_size the
     # blocked gram_vp below keeps memory at O(chunk (d + m)).
-    factors = cfg.model.layer_factors(params, x)
-    return None, lambda vec: structured_gram_vp(
-        factors, vec.reshape(n, c)).reshape(-1)
+    matvec = gram_forms.product_operator(st, params, x)
+    return None, lambda vec: matvec(vec.reshape(n, c)).reshape(-1)
   if cfg.chunk_size is not None:
     return None, lambda vec: gram_vp(cfg.apply, params, x, vec,
                                      cfg.chunk_size)
@@ -263,29 +267,6 @@ def _relative(residual: Array, rhs: Array) -> Array:
           ).astype(rhs.dtype)
 
 
-def _row_gram(factors, rows: Array) -> Array:
-  """``Gamma G Gamma^T`` from layer factors, ``(n r, n r)``.
-
-  ``rows`` ``(n, c, r)`` holds ``r`` rows per example (``Gamma`` is block
-  diagonal with blocks ``rows[i]^T``). With ``G_ij = sum_l (A_i . A_j)
-  B_i B_j^T`` (``B_i`` ``(c, b)``), ``rows[i]^T G_ij rows[j] = sum_l (A_i .
-  A_j) (rows[i]^T B_i) (rows[j]^T B_j)^T``: the rows are contracted into
-  ``B`` first (``2 n c r b`` flops per layer), then one ``(n r)``-row Gram
-  per factor, ``2 (n r)^2 b + 2 n^2 a``. For the empirical and Monte Carlo
-  Fisher (``r = 1``) this is an ``n x n`` problem: ``c^2`` times fewer
-  flops than the ``N x N`` Gram it replaces; for the true Fisher of
-  softmax cross-entropy (``r = c``, rows ``S``) it skips the ``(n, c, n,
-  c)`` contraction of ``G`` with ``S`` on both sides.
-  """
-  n, _, r = rows.shape
-  total = 0.0
-  for f in factors:
-    b = jnp.einsum("ikr,ikb->irb", rows, f.output_grads.astype(rows.dtype))
-    outer = self_outer(b.reshape(n * r, -1)).reshape(n, r, n, r)
-    total = total + outer * self_outer(f.inputs)[:, None, :, None]
-  return total.reshape(n * r, n * r)
-
-
 def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
   """``v`` with ``J^T v = (J^T H J + lam I)^{-1} J^T g`` (MATH.md 2, 7).
 
@@ -326,26 +307,27 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
         method=cfg.gram_method, chunk_size=cfg.chunk_size)
     direction = pullback(v.reshape(n, c))[0]
     return _Direction(u, g, v, gv, direction, {"cholesky_failed": failed})
-  factors = None
-  if (cfg.solver == "cholesky" and cfg.mesh is None
-      and cfg.chunk_size is None and _structured(cfg)
-      and not (cfg.fisher == "true" and cfg.loss.hessian is None)):
-    # The kernels below are Gamma G Gamma^T for per-example rows Gamma: built
-    # from the layer factors contracted with the rows first
-    # (``_row_gram``), never through the N x N Gram.
-    factors = cfg.model.layer_factors(params, x)
+  st = _structure(cfg, params, x)
+  rows_first = (cfg.solver == "cholesky" and cfg.mesh is None
+                and cfg.chunk_size is None and st is not None
+                and not (cfg.fisher == "true" and cfg.loss.hessian is None))
+  if rows_first:
+    # The kernels below are Gamma G Gamma^T for per-example rows Gamma:
+    # the rows go through the backward pass first (``gram_forms.row_gram``),
+    # never through the N x N Gram.
     g_mat = None
-    gmv = lambda vec: structured_gram_vp(  # noqa: E731
-        factors, vec.reshape(n, c)).reshape(-1)
+    matvec = gram_forms.product_operator(st, params, x)
+    gmv = lambda vec: matvec(vec.reshape(n, c)).reshape(-1)  # noqa: E731
   else:
-    g_mat, gmv = _gram_operator(cfg, params, x, f, n, c)
+    g_mat, gmv = _gram_operator(cfg, params, x, f, n, c, st)
   if g_mat is not None:
     g_mat = g_mat.astype(u.dtype)
 
   def kernel_of(rows):
     """``K = Gamma G Gamma^T`` for ``Gamma`` holding ``rows`` ``(n, c)``."""
-    if factors is not None:
-      return _row_gram(factors, rows[:, :, None]).astype(u.dtype)
+    if rows_first:
+      return gram_forms.row_gram(st, params, x,
+                                 rows[:, :, None]).astype(u.dtype)
     if g_mat is None:
       return None
     blocks = g_mat.reshape(n, c, n, c)
@@ -359,10 +341,10 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
   if _mixed(cfg):
     # The fast Gram preconditions CG on exact products.
     _, exact_gmv = _gram_operator(cfg._replace(solver="cg"), params, x, f,
-                                  n, c)
+                                  n, c, st)
     v, diagnostics = mixed_precision.refined_solve(
         g_mat, exact_gmv, g_flat, lam, lambda: gram(
-            cfg.model or cfg.apply, params, x, method=cfg.gram_method,
+            st or cfg.model or cfg.apply, params, x, method=cfg.gram_method,
             chunk_size=cfg.chunk_size))
   elif cfg.fisher == "true" and cfg.loss.hessian is None:
     build = _nystrom_builder(cfg, params, x, key) if precond else None
@@ -375,8 +357,8 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
       return _Direction(u, g, v, gv, direction, diagnostics)
   elif cfg.fisher == "true":
     s_mat, h = core.hessian_root(cfg.loss, u, y)
-    if factors is not None:
-      kernel = _row_gram(factors, s_mat).astype(u.dtype)
+    if rows_first:
+      kernel = gram_forms.row_gram(st, params, x, s_mat).astype(u.dtype)
     elif g_mat is not None:
       blocks = g_mat.reshape(n, c, n, c)
       kernel = jnp.einsum("ika,ikjl,jlb->iajb", s_mat, blocks, s_mat)

@@ -335,7 +335,8 @@ def test_kfac_generic_leaves_get_their_exact_block(mode):
     return (jnp.tanh(x @ p["w1"] + p["b1"]) * p["s"]) @ p["w2"]
 
   report = ngdjax.describe_structure(apply, params, _x())
-  assert [g.path for g in report.generic] == ["['s']"]
+  # An elementwise (norm-like) scale; K-FAC's dense view keeps it generic.
+  assert [lay.weight for lay in report.norm] == ["['s']"]
 
   def forward(mats, x, eps):
     a1 = jnp.concatenate([x, jnp.ones((x.shape[0], 1))], axis=1)

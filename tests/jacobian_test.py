@@ -164,9 +164,9 @@ def test_auto_picks_structured_where_dense_layers_are_found():
   for name, fn, params in CASES:
     got = resolve_gram_method(fn, params, x, "auto")
     assert got is GramMethod.STRUCTURED, name
-  # No dense layer (an elementwise model): the small Jacobian.
-  got = resolve_gram_method(lambda p, z: jnp.sin(z * p), jnp.ones(3), x,
-                            "auto")
+  # No layer (the parameters enter through a sum): the small Jacobian.
+  got = resolve_gram_method(lambda p, z: jnp.sin(z * jnp.sum(p)),
+                            jnp.ones(3), x, "auto")
   assert got is GramMethod.JACOBIAN
 
 

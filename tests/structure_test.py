@@ -366,3 +366,65 @@ def test_gram_forms_cost_model_picks_per_layer():
   # than T^2 patch products; the dense layer is always "outer".
   forms = gram_forms.choose_forms(st, block=128, r=3)
   assert forms[0] == "jacobian" and forms[-1] == "outer"
+
+
+def _flax_transformer():
+  nn = pytest.importorskip("flax.linen")
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):  # x: (n, tokens, features)
+      h = nn.LayerNorm()(x)
+      h = nn.SelfAttention(num_heads=2, qkv_features=4)(h)
+      x = x + h
+      h = nn.LayerNorm()(x)
+      h = nn.Dense(4)(jax.nn.gelu(nn.Dense(8)(h)))
+      x = x + h
+      return nn.Dense(2)(x.mean(axis=1))
+
+  x = _x(n=3, shape=(5, 4))
+  params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64),
+                                  Block().init(jax.random.key(0), x))
+  return Block().apply, params, x
+
+
+def _norm_embedding():
+  def apply(p, x):  # x: (n, tokens) integer ids stored as floats
+    ids = x.astype(jnp.int32)
+    h = p["embed"][ids]  # (n, T, d)
+    mu = h.mean(-1, keepdims=True)
+    h = (h - mu) / jnp.sqrt(((h - mu) ** 2).mean(-1, keepdims=True) + 1e-3)
+    h = h * p["scale"] + p["shift"]
+    return jnp.tanh(h).reshape(h.shape[0], -1) @ p["out"]
+
+  keys = jax.random.split(jax.random.key(8), 4)
+  params = {"embed": jax.random.normal(keys[0], (7, 3)),
+            "scale": 1.0 + 0.1 * jax.random.normal(keys[1], (3,)),
+            "shift": 0.1 * jax.random.normal(keys[2], (3,)),
+            "out": jax.random.normal(keys[3], (4 * 3, 2))}
+  x = jnp.asarray(np.random.default_rng(2).integers(0, 7, (5, 4)),
+                  jnp.float64)
+  return apply, params, x
+
+
+@pytest.mark.parametrize("case", ["transformer", "norm_embedding"])
+def test_sequence_models_gram_is_exact_on_every_path(case):
+  apply, params, x = {"transformer": _flax_transformer,
+                      "norm_embedding": _norm_embedding}[case]()
+  ref = _exact_gram(apply, params, x)
+  tol = 1e-10 * float(jnp.max(jnp.abs(ref)))
+  for method, chunk in [("auto", None), ("structured", None),
+                        ("structured", 2), ("jacobian", 2),
+                        ("products", 2)]:
+    g = ngdjax.gram(apply, params, x, method=method, chunk_size=chunk)
+    np.testing.assert_allclose(g, ref, atol=tol, err_msg=method)
+  report = ngdjax.describe_structure(apply, params, x)
+  if case == "transformer":
+    assert len(report.shared) >= 4, str(report)  # q, k, v, out, MLP
+    # The LayerNorm scales and shifts (a shift after flax's scale-into-
+    # rsqrt product is an elementwise layer of its own).
+    assert len(report.norm) == 4 and not report.generic, str(report)
+  else:
+    assert [(lay.weight, lay.bias) for lay in report.norm] == [
+        ("['scale']", "['shift']")]
+  _check_expanded_factors(apply, params, x)

@@ -438,6 +438,7 @@ class ScaleLayer(Layer):
 
   kind: ClassVar[str] = "norm"
   order: tuple[int, ...] = ()  # flat z index of (feature, position) pairs
+  shift: bool = False  # z = h + gamma: the input is a constant one
 
   @property
   def positions(self) -> int:
@@ -462,6 +463,11 @@ class ScaleLayer(Layer):
     return self._rows(z, z.ndim - len(self.z_shape))
 
   def factors(self, h: Array, g: Array) -> LayerFactors:
+    # h may broadcast over features (flax's LayerNorm multiplies its scale
+    # into rsqrt(var) first: the tap is then that product).
+    h = jnp.broadcast_to(h, h.shape[:1] + self.z_shape)
+    if self.shift:
+      h = jnp.ones_like(h)
     a = self._rows(h, 1) * self.input_scale(h.dtype)
     s = self._rows(g, 2) / self.output_scale(g.dtype)
     return LayerFactors(a, s.astype(a.dtype))
@@ -479,9 +485,11 @@ def match_scale(an: Analysis, li: int, chain: Chain):
   h_ref = node.ins[1 - pos]
   z_shape = graph.shape(node.outs[0])
   if h_ref[0] != "v" or h_ref[1] not in an.x_dep:
-    return "multiplies an input-independent value"
-  if graph.shape(h_ref[1]) != z_shape:
-    return "multiplies a broadcast activation"
+    return f"{node.name} with an input-independent value"
+  h_shape = graph.shape(h_ref[1])
+  if len(h_shape) != len(z_shape) or any(
+      a not in (1, b) for a, b in zip(h_shape, z_shape, strict=True)):
+    return "multiplies an activation of another shape"
   d = math.prod(graph.shape(graph.in_ids[li]))
   with jax.ensure_compile_time_eval():
     idx = jnp.arange(d, dtype=jnp.float32).reshape(graph.shape(
@@ -493,8 +501,9 @@ def match_scale(an: Analysis, li: int, chain: Chain):
     return "scale not repeated evenly over positions"
   order = tuple(int(i) for i in np.argsort(flat, kind="stable"))
   return ScaleLayer(op=k, weight_leaf=li, weight=chain, w_pos=pos,
-                    h_ref=h_ref, h_shape=z_shape, out_id=node.outs[0],
-                    z_shape=z_shape, fan_in=1, fan_out=d, order=order)
+                    h_ref=h_ref, h_shape=h_shape, out_id=node.outs[0],
+                    z_shape=z_shape, fan_in=1, fan_out=d, order=order,
+                    shift=node.name == "add")
 
 
 MATCHERS["mul"] = match_scale

@@ -215,6 +215,97 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+class _MLPSpec(NamedTuple):
+  """The settings of ``mlp``; its functions are methods of this record."""
+
+  widths: tuple[int, ...]
+  c: int
+  phi: Callable[[Array], Array]
+  w_std: float
+  b_std: float | None
+
+  def init(self, key, in_dim: int) -> Params:
+    d = _check_width("in_dim", in_dim)
+    dtype = jnp.zeros(()).dtype
+    sizes = (d, *self.widths, self.c)
+    keys = jax.random.split(key, len(sizes) - 1)
+    params = []
+    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:], strict=True):
+      kw, kb = jax.random.split(k)
+      layer = {"W": jax.random.normal(kw, (fan_in, fan_out), dtype)}
+      if self.b_std is not None:
+        layer["b"] = jax.random.normal(kb, (fan_out,), dtype)
+      params.append(layer)
+    return params
+
+  def layer_inputs(self, h):
+    scaled = self.w_std * h / math.sqrt(h.shape[-1])
+    if self.b_std is not None:
+      ones = jnp.full(h.shape[:-1] + (1,), self.b_std, h.dtype)
+      scaled = jnp.concatenate([scaled, ones], axis=-1)
+    return scaled
+
+  def forward(self, params, x, perturbations=None):
+    """Returns outputs and each layer's (scaled) inputs.
+
+    ``perturbations`` are added to the pre-activations; differentiating the
+    outputs with respect to them at zero gives the backpropagated
+    pre-activation gradients.
+    """
+    h, inputs = x, []
+    for depth, layer in enumerate(params):
+      z = self.w_std * h @ layer["W"] / math.sqrt(h.shape[-1])
+      if self.b_std is not None:
+        z = z + self.b_std * layer["b"]
+      inputs.append(self.layer_inputs(h))
+      if perturbations is not None:
+        z = z + perturbations[depth]
+      h = self.phi(z) if depth + 1 < len(params) else z
+    return h, inputs
+
+  def apply(self, params, x):
+    return self.forward(params, x)[0]
+
+  def layer_factors(self, params, x):
+    zeros = [jnp.zeros((x.shape[0], lay["W"].shape[1]), x.dtype)
+             for lay in params]
+    _, pullback, inputs = jax.vjp(
+        lambda eps: self.forward(params, x, eps), zeros, has_aux=True
+    )
+    # One VJP per output k, with cotangent e_k on every example: since each
+    # example's outputs depend on its own row only, this gives per-example
+    # pre-activation gradients (n, fan_out) for every layer at once.
+    cotangents = jnp.broadcast_to(
+        jnp.eye(self.c, dtype=x.dtype)[:, None, :], (self.c, x.shape[0],
+                                                     self.c)
+    )
+    grads = jax.vmap(pullback)(cotangents)[0]  # list of (c, n, fan_out)
+    return tuple(
+        LayerFactors(inputs=inp, output_grads=jnp.swapaxes(g, 0, 1))
+        for inp, g in zip(inputs, grads, strict=True)
+    )
+
+  def to_layer_matrices(self, params):
+    mats = []
+    for layer in params:
+      mat = layer["W"]
+      if self.b_std is not None:
+        mat = jnp.concatenate([mat, layer["b"][None]], axis=0)
+      mats.append(mat)
+    return tuple(mats)
+
+  def from_layer_matrices(self, mats):
+    if self.b_std is not None:
+      return [{"W": mat[:-1], "b": mat[-1]} for mat in mats]
+    return [{"W": mat} for mat in mats]
+
+  def kernel_inf(self, x):
+    g = kernels.relu_ntk_inf(
+        x, depth=len(self.widths), w_std=self.w_std, b_std=self.b_std or 0.0
+    )
+    return g if self.c == 1 else jnp.kron(g, jnp.eye(self.c, dtype=g.dtype))
+
+
 def mlp(
     widths: Sequence[int],
     out_dim: int = 1,
@@ -249,7 +340,6 @@ def mlp(
   if b_std is not None:
     checks.check_scalar("b_std", b_std, nonnegative=True)
     b_std = float(b_std)
-  use_bias = b_std is not None
   if isinstance(activation, str):
     if activation not in ACTIVATIONS:
       raise ValueError(
@@ -259,93 +349,12 @@ def mlp(
     act_name, phi = activation, ACTIVATIONS[activation]
   else:
     act_name, phi = getattr(activation, "__name__", "custom"), activation
-
-  def init(key, in_dim: int) -> Params:
-    d = _check_width("in_dim", in_dim)
-    dtype = jnp.zeros(()).dtype
-    sizes = (d, *widths, c)
-    keys = jax.random.split(key, len(sizes) - 1)
-    params = []
-    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:], strict=True):
-      kw, kb = jax.random.split(k)
-      layer = {"W": jax.random.normal(kw, (fan_in, fan_out), dtype)}
-      if use_bias:
-        layer["b"] = jax.random.normal(kb, (fan_out,), dtype)
-      params.append(layer)
-    return params
-
-  def layer_inputs(h):
-    scaled = w_std * h / math.sqrt(h.shape[-1])
-    if use_bias:
-      ones = jnp.full(h.shape[:-1] + (1,), b_std, h.dtype)
-      scaled = jnp.concatenate([scaled, ones], axis=-1)
-    return scaled
-
-  def forward(params, x, perturbations=None):
-    """Returns outputs and each layer's (scaled) inputs.
-
-    ``perturbations`` are added to the pre-activations; differentiating the
-    outputs with respect to them at zero gives the backpropagated
-    pre-activation gradients.
-    """
-    h, inputs = x, []
-    for depth, layer in enumerate(params):
-      z = w_std * h @ layer["W"] / math.sqrt(h.shape[-1])
-      if use_bias:
-        z = z + b_std * layer["b"]
-      inputs.append(layer_inputs(h))
-      if perturbations is not None:
-        z = z + perturbations[depth]
-      h = phi(z) if depth + 1 < len(params) else z
-    return h, inputs
-
-  def apply(params, x):
-    return forward(params, x)[0]
-
-  def layer_factors(params, x):
-    zeros = [jnp.zeros((x.shape[0], lay["W"].shape[1]), x.dtype)
-             for lay in params]
-    _, pullback, inputs = jax.vjp(
-        lambda eps: forward(params, x, eps), zeros, has_aux=True
-    )
-    # One VJP per output k, with cotangent e_k on every example: since each
-    # example's outputs depend on its own row only, this gives per-example
-    # pre-activation gradients (n, fan_out) for every layer at once.
-    cotangents = jnp.broadcast_to(
-        jnp.eye(c, dtype=x.dtype)[:, None, :], (c, x.shape[0], c)
-    )
-    grads = jax.vmap(pullback)(cotangents)[0]  # list of (c, n, fan_out)
-    return tuple(
-        LayerFactors(inputs=inp, output_grads=jnp.swapaxes(g, 0, 1))
-        for inp, g in zip(inputs, grads, strict=True)
-    )
-
-  def to_layer_matrices(params):
-    mats = []
-    for layer in params:
-      mat = layer["W"]
-      if use_bias:
-        mat = jnp.concatenate([mat, layer["b"][None]], axis=0)
-      mats.append(mat)
-    return tuple(mats)
-
-  def from_layer_matrices(mats):
-    params = []
-    for mat in mats:
-      if use_bias:
-        params.append({"W": mat[:-1], "b": mat[-1]})
-      else:
-        params.append({"W": mat})
-    return params
-
-  kernel_inf = None
-  if act_name == "relu":
-
-    def kernel_inf(x):
-      g = kernels.relu_ntk_inf(
-          x, depth=len(widths), w_std=w_std, b_std=b_std or 0.0
-      )
-      return g if c == 1 else jnp.kron(g, jnp.eye(c, dtype=g.dtype))
+  spec = _MLPSpec(widths, c, phi, w_std, b_std)
+  init, apply = spec.init, spec.apply
+  layer_factors = spec.layer_factors
+  to_layer_matrices = spec.to_layer_matrices
+  from_layer_matrices = spec.from_layer_matrices
+  kernel_inf = spec.kernel_inf if act_name == "relu" else None
 
   key = ("mlp", widths, c, activation, w_std, b_std)
   return Model(

@@ -77,6 +77,7 @@ from ngdjax._src.layer_kinds import (
     SharedDenseLayer,
     bias_rows,
     bias_to_rows,
+    match_scale,
 )
 from ngdjax._src.linalg import as_columns
 from ngdjax._src.models import LayerFactors, Model
@@ -313,6 +314,21 @@ def _attach_biases(an: Analysis, layers, reasons):
   return tuple(out)
 
 
+def _match_shifts(an: Analysis, layers, reasons):
+  """Leaves added at every position that are no layer's bias (a layer
+  norm's shift after its scale): elementwise layers of their own."""
+  graph, found = an.graph, []
+  for li in sorted(reasons):
+    chain = an.follow(graph.in_ids[li], broadcasts=True)
+    if chain.use is None or graph.nodes[chain.use[0]].name != "add":
+      continue
+    lay = match_scale(an, li, chain)
+    if isinstance(lay, ScaleLayer):
+      found.append(dataclasses.replace(lay, z_chain=an.follow(lay.out_id)))
+      del reasons[li]
+  return tuple(sorted((*layers, *found), key=lambda lay: lay.op))
+
+
 def analyse(apply: Callable, params: Params, x: Array) -> Plan:
   """The ``Plan`` of a bare ``apply(params, x)`` (module docstring).
 
@@ -322,6 +338,7 @@ def analyse(apply: Callable, params: Params, x: Array) -> Plan:
   an = Analysis(graph, len(leaves))
   layers, reasons = _match_weights(an, len(leaves))
   layers = _attach_biases(an, layers, reasons)
+  layers = _match_shifts(an, layers, reasons)
   used = {lay.weight_leaf for lay in layers} | {
       lay.bias_leaf for lay in layers if lay.has_bias}
   for li in range(len(leaves)):

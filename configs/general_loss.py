@@ -1,5 +1,5 @@
 """C2 presets: ``SPEC.presets`` in ``ngdjax.experiment.general_loss``."""
 
-from ngdjax.experiment.general_loss import SPEC
+from experiments.general_loss import SPEC
 
 get_config = SPEC.get_config

@@ -1,6 +1,6 @@
 """C5 presets ``small`` and ``full`` (``SPEC.presets``); runtimes and
 results seen: ``ngdjax.experiment.gram_limit``."""
 
-from ngdjax.experiment.gram_limit import SPEC
+from experiments.gram_limit import SPEC
 
 get_config = SPEC.get_config

@@ -1,5 +1,5 @@
 """C4 presets: ``SPEC.presets`` in ``ngdjax.experiment.jacobian_stability``."""
 
-from ngdjax.experiment.jacobian_stability import SPEC
+from experiments.jacobian_stability import SPEC
 
 get_config = SPEC.get_config

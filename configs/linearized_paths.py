@@ -1,6 +1,6 @@
 """C10 presets ``small`` and ``full`` (``SPEC.presets``); runtimes and
 results seen: ``ngdjax.experiment.linearized_paths``."""
 
-from ngdjax.experiment.linearized_paths import SPEC
+from experiments.linearized_paths import SPEC
 
 get_config = SPEC.get_config

@@ -1,6 +1,6 @@
 """D1 presets ``digits`` (= ``small``), ``full`` and ``mnist``
 (``SPEC.presets``); commands and results seen: ``ngdjax.experiment.train``."""
 
-from ngdjax.experiment.train import SPEC
+from experiments.train import SPEC
 
 get_config = SPEC.get_config

@@ -1,5 +1,5 @@
 """C3 presets: ``SPEC.presets`` in ``ngdjax.experiment.training_conditions``."""
 
-from ngdjax.experiment.training_conditions import SPEC
+from experiments.training_conditions import SPEC
 
 get_config = SPEC.get_config

@@ -1,7 +1,120 @@
-"""C2 entry point; presets: ``configs/general_loss.py``."""
+"""C2: NGD with a general strongly convex, smooth loss (Theorem 2).
 
-from experiments import common
-from ngdjax.experiment.general_loss import SPEC
+MATH.md 2: for a loss ``l(u_i, y_i)`` that is ``mu``-strongly convex in
+``u`` with an ``L``-Lipschitz gradient, NGD (``theta <- theta - eta J^T
+G^{-1} grad_u L(u)``) contracts ``||u(k+1) - y||^2 <= (1 - 2 eta mu L /
+(mu + L)) ||u(k) - y||^2`` under Condition 2 if ``eta < 2 / (mu + L) *
+(1 - (1 + kappa) C) / (1 + C)^2``, ``kappa = L / mu`` (appendix eqn. 33).
+
+Measured as C1 (the same sweep, ``C`` and checks) with the loss
+``losses.squared_log_cosh(alpha)`` (``e^2 / 2 + alpha log cosh(e)``, ``mu =
+1``, ``L = 1 + alpha``, not quadratic) and ``eta = f * 2 / (mu + L)`` for
+``f`` in ``config.eta_fractions``. The measured ``C`` is below 1/3
+(``kappa = 2``) only from widths ``~2^19`` (``n = 8``), where the step
+limit is about ``0.23 * 2/(mu + L)``: hence ``f = 0.1`` and widths up to
+``2^20``.
+
+Small preset (about 35 s on 2 CPU cores); full run (6 min on 2 CPU cores
+shared at load ~12, estimated 3 min alone, most of it m = 2^20)::
+
+  python -m experiments.general_loss --config=configs/general_loss.py:small \
+      --workdir=/tmp/ngdjax/C2_small
+
+Seen (small / full; ``squared_log_cosh(1)``, bound ``1 - (4/3) eta``).
+Inside Theorem 2's hypotheses: 1 of 15 runs (m = 524288, eta = 0.067, C =
+0.178, max ratio 0.807 vs 0.911) / 6 of 56 (m = 262144 and 1048576, eta =
+0.067 and 0.167, C = 0.14-0.19, max ratios 0.789-0.801 vs 0.911 and
+0.533-0.544 vs 0.778): the rate holds in every one. Outside them every
+ratio is within the bound from m = 8 on; at ``eta = 0.6`` the ratios are
+0.04 = ``(1 - 2 eta)^2``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments import analysis, common
+from experiments import ngd_training as training
+from ngdjax import losses
+from ngdjax.experiment.config import Rule
+from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The full run."""
+  return training.base_config(
+      n=8, reps=2, num_steps=8,
+      # Up to widths where the measured C < 1/3 (Theorem 2 at kappa = 2).
+      widths=(8, 64, 512, 4096, 16384, 262144, 1048576),
+      alpha=1.0,  # squared_log_cosh(alpha): mu = 1, L = 1 + alpha
+      # eta = f * 2 / (mu + L): Theorem 2's step limit as C -> 0 is f < 1;
+      # at C ~ 0.25 it is f < 0.17, hence f = 0.1.
+      eta_fractions=(0.1, 0.25, 0.5, 0.9),
+      ratio_rtol=1e-9)  # round-off allowance on ratio <= bound
+
+
+def _loss_and_etas(config):
+  loss = losses.squared_log_cosh(config.alpha)
+  return loss, [float(f) * 2.0 / (loss.mu + loss.L)
+                for f in config.eta_fractions]
+
+
+def checks(config):
+  """``rate_checks`` for every eta of the sweep."""
+  return training.rate_checks(
+      _loss_and_etas(config)[1], ".4g", "Theorem 2",
+      "measured (1 + kappa) C < 1 (C < 1/3 at kappa = 2) and eta < 2/(mu + "
+      "L) (1 - (1 + kappa) C)/(1 + C)^2")
+
+
+def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
+  """Runs the sweep; the figures the checks judge and the report's text."""
+  loss, etas = _loss_and_etas(config)
+  mu, lip, factor = loss.mu, loss.L, loss.rate_factor  # 2 mu L / (mu + L)
+
+  def theorem2(c, eta):
+    eta_max = analysis.theorem2_eta_max(c, mu, lip)
+    return eta_max, eta < eta_max
+
+  rates = training.rate_sweep(
+      r, config, etas, {eta: 1.0 - eta * factor for eta in etas}, theorem2,
+      name="Theorem 2", fmt=".3g", key_fmt=".4g", with_bound=True, loss=loss,
+      # eta = f * 2 / (mu + L) is rarely short: name it by 6 digits.
+      key=lambda m, s, eta: unit_key(width=m, rep=s, eta=f"{eta:.6g}"))
+  measured = {"loss": loss.name, "mu": mu, "L": lip, "rate_factor": factor,
+              "eta_limit": 2.0 / (mu + lip), **rates.measured()}
+  text = rates.text(config, prefix=f"{loss.name} (mu={mu:g}, L={lip:g}): ")
+  expectation = (
+      f"per-step ratio <= (1 - 2 eta mu L/(mu + L)) (1 + "
+      f"{config.ratio_rtol:g}) = 1 - {factor:.4g} eta, eta = f * 2/(mu + L),"
+      f" f in {tuple(config.eta_fractions)}; {{criteria}}")
+  figures = training.ratio_figure(
+      r, rates, ylabel="||u(k+1) - y||^2 / ||u(k) - y||^2",
+      title=f"C2: NGD per-step ratio, {loss.name} (dots: every step)",
+      bound_label="Theorem 2: 1 - 2 eta mu L/(mu+L) = {:.3g}")
+  figures += training.residual_figure(
+      r, rates, ylabel="||u(k) - y|| / ||u(0) - y||",
+      title=f"C2: {loss.name}, widest (lines) / narrowest (dots) width")
+  return Outcome(measured, text, expectation, figures, rates.details())
+
+
+SPEC = Experiment(
+    name="general_loss", claim="C2",
+    title=("General loss (Theorem 2): ||u(k+1) - y||^2 <= (1 - 2 eta mu L / "
+           "(mu + L)) ||u(k) - y||^2"),
+    row="General loss (Theorem 2)",
+    measures="measured contraction with a strongly convex, smooth loss",
+    expects="<= 1 - 2 eta mu L / (mu + L)",
+    default_config=default_config, measure=measure, checks=checks,
+    rules=(Rule("len(widths)", ">=", 2), Rule("len(eta_fractions)", ">=", 1),
+           Rule("each(eta_fractions)", ">", 0),
+           Rule("each(eta_fractions)", "<", 1, "of Theorem 2's limit"),
+           Rule("alpha", ">", 0, "alpha = 0 is the squared loss of C1"),
+           *training.RATE_RULES),
+    presets={"small": dict(n=8, widths=(8, 64, 512, 4096, 524288),
+                           eta_fractions=(0.1, 0.5, 0.9), reps=1,
+                           num_steps=8)})
+
 
 if __name__ == "__main__":
   common.main(SPEC)

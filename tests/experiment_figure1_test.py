@@ -1,12 +1,12 @@
-"""Smoke test of C11 (``ngdjax.experiment.figure1``)."""
+"""Smoke test of C11 (``experiments.figure1``)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from experiments import figure1
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import figure1
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

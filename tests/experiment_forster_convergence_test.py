@@ -1,4 +1,4 @@
-"""Smoke test of C7 (``ngdjax.experiment.forster_convergence``)."""
+"""Smoke test of C7 (``experiments.forster_convergence``)."""
 
 import json
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import forster_convergence
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import forster_convergence
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,12 +1,12 @@
-"""Smoke test of C2 (``ngdjax.experiment.general_loss``)."""
+"""Smoke test of C2 (``experiments.general_loss``)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from experiments import general_loss
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import general_loss
 
 SPEC = general_loss.SPEC
 

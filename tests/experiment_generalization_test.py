@@ -1,12 +1,12 @@
-"""Smoke test of C9 (``ngdjax.experiment.generalization``)."""
+"""Smoke test of C9 (``experiments.generalization``)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from experiments import generalization
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import generalization
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

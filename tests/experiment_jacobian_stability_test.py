@@ -1,11 +1,11 @@
-"""Smoke test of C4 (``ngdjax.experiment.jacobian_stability``)."""
+"""Smoke test of C4 (``experiments.jacobian_stability``)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from ngdjax.experiment import analysis, jacobian_stability
+from experiments import analysis, jacobian_stability
 from ngdjax.experiment import config as config_lib
 
 SPEC = jacobian_stability.SPEC

@@ -1,4 +1,4 @@
-"""Smoke test of C6 (``ngdjax.experiment.kfac_forster``)."""
+"""Smoke test of C6 (``experiments.kfac_forster``)."""
 
 import json
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import kfac_forster
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import kfac_forster
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Smoke test of C10 (``ngdjax.experiment.linearized_paths``)."""
+"""Smoke test of C10 (``experiments.linearized_paths``)."""
 
 import json
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ngdjax.experiment import analysis, linearized_paths
+from experiments import analysis, linearized_paths
 from ngdjax.experiment import config as config_lib
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Smoke test of C1 (``ngdjax.experiment.ngd_rate``) and its helpers."""
+"""Smoke test of C1 (``experiments.ngd_rate``) and its helpers."""
 
 import json
 import math
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ngdjax.experiment import analysis, ngd_rate
+from experiments import analysis, ngd_rate
 from ngdjax.experiment import config as config_lib
 
 SPEC = ngd_rate.SPEC

@@ -1,4 +1,4 @@
-"""Smoke test of the classifier demonstration (``ngdjax.experiment.train``)."""
+"""Smoke test of the classifier demonstration (``experiments.train``)."""
 
 import functools
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import train
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import train
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,12 +1,12 @@
-"""Smoke test of C3 (``ngdjax.experiment.training_conditions``)."""
+"""Smoke test of C3 (``experiments.training_conditions``)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from experiments import training_conditions
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import training_conditions
 
 SPEC = training_conditions.SPEC
 

@@ -1,4 +1,4 @@
-"""Smoke test of C12 (``ngdjax.experiment.training_curves``)."""
+"""Smoke test of C12 (``experiments.training_curves``)."""
 
 import json
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import training_curves
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import training_curves
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from ngdjax.experiment import (
+from experiments import (
   analysis,
   figure1,
   forster_convergence,
@@ -20,8 +20,8 @@ from ngdjax.experiment import (
   train,
   training_conditions,
   training_curves,
-  verdicts,
 )
+from ngdjax.experiment import verdicts
 from ngdjax.experiment.verdicts import Check
 
 # --------------------------------------------------------------------------

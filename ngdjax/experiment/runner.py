@@ -17,7 +17,7 @@ figures drawn), and its ``checks`` as data (``verdicts.Check``)::
 the config (fields against the schema, then the rules) and the workdir,
 calls ``measure(run, config)`` inside a ``Run``, evaluates the checks on
 the measured figures and writes ``summary.json`` with the verdict, the
-criteria text and the check kinds. ``ngdjax.experiment.registry`` lists
+criteria text and the check kinds. ``experiments.registry`` lists
 the specs; the reproduction report and every entry point read it.
 
 ``Run``: one experiment in one workdir, checked at start and resumable.

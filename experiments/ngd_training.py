@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from experiments import analysis
 from ngdjax import data, diagnostics, losses, models
-from ngdjax.experiment import analysis, plots, verdicts
+from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Run, unit_key
 from ngdjax.optim import ngd

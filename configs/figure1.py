@@ -1,6 +1,34 @@
-"""C11 presets ``small`` and ``full`` (``SPEC.presets``); runtimes and
-results seen: ``ngdjax.experiment.figure1``."""
+"""C11 settings: the appendix's Figure 1: output-space paths of GD and NGD.
 
-from experiments.figure1 import SPEC
+The values of the full run, then the presets (``small``, ``full``) that change
+some of them; ``experiments/figure1.py`` measures and judges. Run from the
+repository root::
 
-get_config = SPEC.get_config
+  python -m experiments.figure1 \
+      --config=configs/figure1.py:small \
+      --workdir=/tmp/ngdjax/C11_small
+
+Any field can be changed on the command line, e.g. ``--config.seed=1``.
+"""
+
+import ml_collections
+
+from ngdjax.experiment.config import with_preset
+
+
+def get_config(preset: str = "full") -> ml_collections.ConfigDict:
+  """The config of ``preset``: the full run's values, then its changes."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.classes = (4, 9)  # digits; output k is the one-hot entry of classes[k]
+  c.n_train = 256  # training examples (N = 2 n outputs)
+  c.width = 4096  # hidden units m
+  c.nu = 1.0  # first-layer init scale
+  c.examples = 6  # examples drawn (half from each class)
+  c.num_times = 200  # points of each path
+  c.decay = 1e-12  # paths run until GD's slowest mode is this small
+  c.roundoff_factor = 10.0  # tol = roundoff_factor * N * eps
+  c.min_path_gap = 1e-3  # GD's whole-vector path must stray this far
+  return with_preset(
+      c, preset,
+      small=dict(n_train=64, width=1024, num_times=120))

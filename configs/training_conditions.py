@@ -1,5 +1,36 @@
-"""C3 presets: ``SPEC.presets`` in ``ngdjax.experiment.training_conditions``."""
+"""C3 settings: the conditions of Theorem 1's proof along training.
 
-from experiments.training_conditions import SPEC
+The values of the full run, then the presets (``small``, ``full``) that change
+some of them; ``experiments/training_conditions.py`` measures and judges. Run
+from the repository root::
 
-get_config = SPEC.get_config
+  python -m experiments.training_conditions \
+      --config=configs/training_conditions.py:small \
+      --workdir=/tmp/ngdjax/C3_small
+
+Any field can be changed on the command line, e.g. ``--config.seed=1``.
+"""
+
+import ml_collections
+
+from ngdjax.experiment.config import with_preset
+
+
+def get_config(preset: str = "full") -> ml_collections.ConfigDict:
+  """The config of ``preset``: the full run's values, then its changes."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.n = 32  # training points on S^{d-1}
+  c.d = 10
+  c.nu = 1.0  # first-layer init scale
+  c.reps = 3  # initialisations per width (shared by every eta)
+  c.num_steps = 40
+  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
+  c.widths = (8, 16, 64, 256, 1024, 4096, 16384)
+  c.learning_rate = 0.5
+  c.lambda_fraction = 4 / 9  # Lemma 2
+  c.distance_factor = 3.0  # Lemma 3: R = factor ||y - u(0)|| / sqrt(lam)
+  c.delta = 0.1  # failure probability in the Lemma 7-8 flip bound
+  return with_preset(
+      c, preset,
+      small=dict(n=16, widths=(8, 32, 128, 512, 4096), reps=2, num_steps=20))

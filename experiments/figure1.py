@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 import scipy.linalg
 
+from configs import figure1 as settings
 from experiments import analysis, common
 from ngdjax import data, gram, linearized, models
 from ngdjax.experiment import plots, verdicts
@@ -48,22 +49,6 @@ from ngdjax.experiment.runner import Experiment, Outcome, Run
 METHODS = ("gd", "ngd")
 _LABELS = {"gd": "GD flow", "ngd": "NGD flow"}
 _STYLE = {"gd": dict(color="C0", ls="-"), "ngd": dict(color="C3", ls="--")}
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.classes = (4, 9)  # digits; output k is the one-hot entry of classes[k]
-  c.n_train = 256  # training examples (N = 2 n outputs)
-  c.width = 4096  # hidden units m
-  c.nu = 1.0  # first-layer init scale
-  c.examples = 6  # examples drawn (half from each class)
-  c.num_times = 200  # points of each path
-  c.decay = 1e-12  # paths run until GD's slowest mode is this small
-  c.roundoff_factor = 10.0  # tol = roundoff_factor * N * eps
-  c.min_path_gap = 1e-3  # GD's whole-vector path must stray this far
-  return c
 
 
 def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
@@ -257,10 +242,9 @@ SPEC = Experiment(
     row="The appendix's Figure 1",
     measures="output-space paths of GD and NGD on digits 4 vs 9, two outputs",
     expects="NGD moves on a straight line, GD does not",
-    default_config=default_config, measure=measure, checks=checks,
+    get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("len(classes)", "in", (2,), "two outputs"),
-           Rule("examples", ">=", 2), Rule("examples", "<=", "n_train")),
-    presets={"small": dict(n_train=64, width=1024, num_times=120)})
+           Rule("examples", ">=", 2), Rule("examples", "<=", "n_train")))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from configs import forster_convergence as settings
 from experiments import common
 from ngdjax import forster
 from ngdjax.experiment import plots, verdicts
@@ -51,29 +52,14 @@ _STYLES = {"fixed_point": ("Algorithm 1 (fixed point)", "C0", "o"),
            "newton": ("Newton (Barthe's potential)", "C3", "s")}
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.n = 1000  # rows
-  c.d = 20  # columns
-  c.kinds = KINDS  # data kinds, see make_data
-  c.anisotropy = 1e4  # anisotropic: column scales span this factor
-  c.degenerate_noise = 1e-3  # near_degenerate: distance from the subspace
-  c.critical_fraction = 0.96  # near_critical: rows in the plane / (2 n / d)
-  c.tol = 1e-10  # target error (float64)
-  c.max_iters = 2000  # updates allowed to either method
-  c.repeats = 9  # timed calls per method (median reported)
-  return c
-
-
 def make_data(kind: str, n: int, d: int, rng: np.random.Generator, *,
               anisotropy: float = 1e4, degenerate_noise: float = 1e-3,
               critical_fraction: float = 0.96) -> np.ndarray:
   """``(n, d)`` standard normal data of one kind of ``KINDS`` (those of
-  ``benchmarks/forster.py``; parameters as in ``default_config``). The
-  near-critical rows in a plane are just under the existence threshold ``2
-  n / d``, where Algorithm 1's linear rate tends to 1."""
+  ``benchmarks/forster.py``; parameters as in
+  ``configs/forster_convergence.py``). The near-critical rows in a plane
+  are just under the existence threshold ``2 n / d``, where Algorithm 1's
+  linear rate tends to 1."""
   x = rng.standard_normal((n, d))
   if kind == "gaussian":
     return x
@@ -230,11 +216,10 @@ SPEC = Experiment(
     row="Forster transform (Algorithm 1)",
     measures="error vs iteration, Algorithm 1 and the faster method",
     expects="converges; the faster method needs fewer iterations",
-    default_config=default_config, measure=measure, checks=CHECKS,
+    get_config=settings.get_config, measure=measure, checks=CHECKS,
     rules=(Rule("len(kinds)", ">=", 1, "a non-empty subset"),
            Rule("each(kinds)", "in", KINDS),
-           Rule("n", ">=", "d", "the transform needs n >= d")),
-    presets={"small": dict(n=500, d=10, repeats=5)})
+           Rule("n", ">=", "d", "the transform needs n >= d")))
 
 
 if __name__ == "__main__":

@@ -33,24 +33,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import general_loss as settings
 from experiments import analysis, common
 from experiments import ngd_training as training
 from ngdjax import losses
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run."""
-  return training.base_config(
-      n=8, reps=2, num_steps=8,
-      # Up to widths where the measured C < 1/3 (Theorem 2 at kappa = 2).
-      widths=(8, 64, 512, 4096, 16384, 262144, 1048576),
-      alpha=1.0,  # squared_log_cosh(alpha): mu = 1, L = 1 + alpha
-      # eta = f * 2 / (mu + L): Theorem 2's step limit as C -> 0 is f < 1;
-      # at C ~ 0.25 it is f < 0.17, hence f = 0.1.
-      eta_fractions=(0.1, 0.25, 0.5, 0.9),
-      ratio_rtol=1e-9)  # round-off allowance on ratio <= bound
 
 
 def _loss_and_etas(config):
@@ -105,15 +93,12 @@ SPEC = Experiment(
     row="General loss (Theorem 2)",
     measures="measured contraction with a strongly convex, smooth loss",
     expects="<= 1 - 2 eta mu L / (mu + L)",
-    default_config=default_config, measure=measure, checks=checks,
+    get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("len(widths)", ">=", 2), Rule("len(eta_fractions)", ">=", 1),
            Rule("each(eta_fractions)", ">", 0),
            Rule("each(eta_fractions)", "<", 1, "of Theorem 2's limit"),
            Rule("alpha", ">", 0, "alpha = 0 is the squared loss of C1"),
-           *training.RATE_RULES),
-    presets={"small": dict(n=8, widths=(8, 64, 512, 4096, 524288),
-                           eta_fractions=(0.1, 0.5, 0.9), reps=1,
-                           num_steps=8)})
+           *training.RATE_RULES))
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import generalization as settings
 from experiments import common
 from ngdjax import (
   data,
@@ -77,28 +78,6 @@ from ngdjax.optim import ngd
 
 RANDOM = "random"
 TRUE = "noise=0"
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.classes = (4, 9)
-  c.n_train = 256  # training examples (of 271 after the split)
-  c.test_fraction = 0.25
-  c.label_noise = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0)  # fractions flipped
-  c.reps = 3  # repetitions: split, subsample and corruption seeds
-  c.width = 4096  # hidden units of the trained net
-  c.nu = 1.0
-  c.ngd_lr = 1.0
-  c.ngd_damping = 0.0
-  c.train_steps = 10
-  c.delta = 0.1  # Theorem 6's failure probability (the bound's 2nd term)
-  c.fit_tol = 1e-3  # finite net fits if ||u - y|| <= this ||y||
-  c.min_error_gap = 0.1  # test_error_grows
-  c.preprocessing = ("centred", "raw")  # the first is judged
-  c.lemma12_rtol = 0.1  # Lemma 12 (eqn. 72): ||w - w(0)|| within this
-  return c
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
@@ -470,7 +449,7 @@ SPEC = Experiment(
     measures=("sqrt(2 y^T G_inf^{-1} y / n), true vs random labels and label "
               "noise on digits 4/9, beside the test error"),
     expects="larger for random labels, growing with label noise",
-    default_config=default_config, measure=measure, checks=checks,
+    get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("len(classes)", "in", (2,), "two digits, +-1 targets"),
            Rule("each(label_noise)", ">=", 0),
            Rule("each(label_noise)", "<=", 1),
@@ -481,8 +460,7 @@ SPEC = Experiment(
            Rule("len(preprocessing)", ">=", 1),
            Rule("each(preprocessing)", "in", ("centred", "raw")),
            Rule("preprocessing", "distinct")),
-    validate=_validate,
-    presets={"small": dict(label_noise=(0.0, 0.2, 0.5, 1.0), width=1024)})
+    validate=_validate)
 
 
 if __name__ == "__main__":

@@ -30,30 +30,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from configs import gram_limit as settings
 from experiments import analysis, common
 from ngdjax import data, diagnostics, gram, kernels, lambda_min
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 from ngdjax.models import two_layer_relu
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.n = 64  # training points on S^{d-1}
-  c.d = 10
-  c.nu = 1.0  # first-layer init scale (G_inf does not depend on it)
-  # From below n (where G(0) has rank <= m d and is singular) to far above.
-  c.widths = tuple(2**k for k in range(2, 18))  # 4 .. 131072
-  c.reps = 8  # independent initialisations per width
-  c.error_norm = "fro"  # error whose exponent is checked: "fro" or "max"
-  c.expected_exponent = -0.5
-  c.exponent_tolerance = 0.1  # pass if |exponent - expected| <= this
-  c.lambda_fraction = 0.75  # Lemma 6
-  c.delta = 0.1  # failure probability in Lemma 6's width scale (reported)
-  return c
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -178,11 +161,9 @@ SPEC = Experiment(
               "lambda_min(G(0)) / lambda_0"),
     expects=("exponent about -1/2; lambda_min(G(0)) >= (3/4) lambda_0 past a "
              "width"),
-    default_config=default_config, measure=measure, checks=checks,
+    get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("error_norm", "in", ("fro", "max")),
-           Rule("len(widths)", ">=", 3, "widths for a fit")),
-    presets={"small": dict(n=32, widths=tuple(4**k for k in range(1, 8)),
-                           reps=4)})
+           Rule("len(widths)", ">=", 3, "widths for a fit")))
 
 
 if __name__ == "__main__":

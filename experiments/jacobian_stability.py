@@ -38,20 +38,12 @@ import math
 import ml_collections
 import numpy as np
 
+from configs import jacobian_stability as settings
 from experiments import analysis, common
 from experiments import ngd_training as training
 from ngdjax import data, diagnostics
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.runner import Experiment, Outcome, Run
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run."""
-  return training.base_config(
-      n=32, reps=3, num_steps=10,
-      widths=(16, 64, 256, 1024, 4096, 16384), learning_rate=0.5,
-      delta=0.1)  # Lemma 7's failure probability
-
 
 # Lemma 7 is a probability bound at any width (no Condition 2 needed): the
 # check against it is inside its hypotheses; the decay is an observation.
@@ -175,10 +167,8 @@ SPEC = Experiment(
     row="Jacobian stability (Lemma 7)",
     measures="||J(k) - J(0)||_2 vs width, fitted exponent",
     expects="below the Lemma 7 bound, decaying with width",
-    default_config=default_config, measure=measure, checks=CHECKS,
-    rules=training.FIXED_STEP_RULES,
-    presets={"small": dict(n=16, widths=(16, 64, 256, 1024, 4096), reps=2,
-                           num_steps=8)})
+    get_config=settings.get_config, measure=measure, checks=CHECKS,
+    rules=training.FIXED_STEP_RULES)
 
 
 if __name__ == "__main__":

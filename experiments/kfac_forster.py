@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import kfac_forster as settings
 from experiments import common
 from ngdjax import data, diagnostics, forster, jvp
 from ngdjax.experiment import plots, verdicts
@@ -75,30 +76,6 @@ ONE_STEP = {
     "ngd_forster": ("NGD, eta = 1, Forster Z", "black", "dashed"),
     "ngd_raw": ("NGD, eta = 1, raw X", "C2", "dashed"),
 }
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.n = 64  # training points
-  c.d = 8  # input dimension (n > d: X^T X is invertible)
-  c.width = 65536  # hidden units m (>= n, so P_S = I; module docstring)
-  c.nu = 1.0  # first-layer init scale
-  c.conds = (1.0, 10.0, 100.0, 1000.0, 10000.0)  # prescribed cond(X^T X)
-  c.steps = 20  # K-FAC steps per sweep and cond
-  c.fixed_eta_times_d = 0.5  # fixed sweep: eta = this / d
-  c.residual_floor = 1e-8  # rates count steps while ||r|| > this ||r(0)||
-  c.diverge_factor = 1e6  # ... and while ||r|| <= this ||r(0)||
-  c.bound_rtol = 0.1  # theorem_bound: 1 - ratio >= (1 - this)(1 - bound)
-  c.max_second_order = 0.1  # Theorem 4's hypothesis: ||(2)|| <= this ||(1)||
-  c.rate_tol = 0.02  # leverage_prediction: |measured - predicted| rate
-  c.monotone_tol = 0.01  # degrades: rate(kappa') >= rate(kappa) - this
-  c.min_rise = 0.5  # degrades: rate(max kappa) - rate(min kappa) >= this
-  c.one_step_tol = 0.1  # forster_one_step: ||r(1)|| / ||r(0)|| <= this
-  c.match_tol = 0.1  # equals_ngd: ||u_kfac(1) - u_ngd(1)|| / ||r(0)||
-  c.first_order_tol = 1e-6  # equals_ngd: ||J dth_kfac - J dth_ngd|| / ||r0||
-  return c
 
 
 def _scaled_rows(z0: np.ndarray, log_alpha: float) -> np.ndarray:
@@ -522,15 +499,14 @@ SPEC = Experiment(
     measures="K-FAC rate vs cond(X^T X); K-FAC after Forster vs NGD",
     expects="rate depends on cond(X^T X); after Forster equal to NGD "
             "(eta = 1/d)",
-    default_config=default_config, measure=measure, checks=checks,
+    get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("n", ">", "d", "X^T X must be invertible"),
            Rule("d", ">=", 2),
            Rule("width", ">=", "n", "so that P_S = I, MATH.md 4"),
            Rule("len(conds)", ">=", 2),
            Rule("each(conds)", ">=", 1),
            Rule("conds", "increasing"),
-           Rule("steps", ">=", 1)),
-    presets={"small": dict(n=32, width=32768, steps=15)})
+           Rule("steps", ">=", 1)))
 
 
 if __name__ == "__main__":

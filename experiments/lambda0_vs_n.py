@@ -34,23 +34,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from configs import lambda0_vs_n as settings
 from experiments import analysis, common
 from ngdjax import data, diagnostics, kernels
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.d = 10
-  c.ns = tuple(2**k for k in range(4, 12))  # 16 .. 2048
-  c.reps = 5  # independent samples of the points per n (>= 4)
-  c.max_beta = 0.5  # lambda_0 >= C n^(-beta) with beta < this
-  return c
-
 
 # One compilation per n; the value checks that jit skips have nothing to
 # catch in data.sphere's points (unit rows, never parallel).
@@ -157,10 +146,9 @@ SPEC = Experiment(
     row="lambda_0 vs n on the sphere (Theorem 5)",
     measures="lambda_0 = lambda_min(G_inf) vs n, fitted power",
     expects="bounded below by a power of n",
-    default_config=default_config, measure=measure, checks=CHECKS,
+    get_config=settings.get_config, measure=measure, checks=CHECKS,
     rules=(Rule("len(ns)", ">=", 3, "sample sizes for a fit"),
-           Rule("reps", ">=", 4, "a confidence interval over repetitions")),
-    presets={"small": dict(ns=(16, 32, 64, 128, 256), reps=4)})
+           Rule("reps", ">=", 4, "a confidence interval over repetitions")))
 
 
 if __name__ == "__main__":

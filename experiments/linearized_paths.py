@@ -48,6 +48,7 @@ import ml_collections
 import numpy as np
 import scipy.linalg
 
+from configs import linearized_paths as settings
 from experiments import analysis, common
 from ngdjax import data, gram, jacobian, linearized, models
 from ngdjax.experiment import plots, verdicts
@@ -59,26 +60,6 @@ _LABELS = {"gd_flow": "GD flow", "ngd_flow": "NGD flow",
            "gd_steps": "GD steps", "ngd_steps": "NGD steps"}
 _COLORS = {kind: "C0" if kind.startswith("gd") else "C3" for kind in KINDS}
 _CONVERGE = "for the discrete iterations to converge"
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.n = 32  # training points on S^{d-1}
-  c.d = 10
-  c.width = 4096  # hidden units m; p = m d weights
-  c.nu = 1.0  # first-layer init scale
-  c.num_times = 80  # points of each trajectory
-  c.decay = 1e-12  # trajectories run until the slowest GD mode is this small
-  c.gd_lr = 1.0  # GD steps: eta = gd_lr / lambda_max(G), needs < 2
-  c.ngd_lr = 0.5  # NGD steps, in (0, 2)
-  c.explicit_steps = 20  # explicit iterations checked against the closed form
-  c.roundoff_factor = 1e3  # tol = roundoff_factor * eps * cond(G)
-  c.min_path_gap = 1e-3  # GD's path must stray this far from NGD's
-  c.real_steps = 3  # exact NGD steps of the real network (the extra)
-  c.real_lr = 1.0
-  return c
 
 
 def _relative(a, b) -> float:
@@ -412,12 +393,11 @@ SPEC = Experiment(
     row="Linearised GD vs NGD (Section 6 of MATH.md)",
     measures="end points and paths of linearised GD and NGD; NGD at eta = 1",
     expects="same minimum-norm limit, different paths; NGD in one step",
-    default_config=default_config, measure=measure, checks=checks,
+    get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("gd_lr", ">", 0), Rule("gd_lr", "<", 2, _CONVERGE),
            Rule("ngd_lr", ">", 0), Rule("ngd_lr", "<", 2, _CONVERGE),
            Rule("real_steps", ">=", 1),
-           Rule("real_steps", "<", "num_times")),
-    presets={"small": dict(n=16, width=1024, num_times=60)})
+           Rule("real_steps", "<", "num_times")))
 
 
 if __name__ == "__main__":

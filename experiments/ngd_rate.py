@@ -36,24 +36,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import ngd_rate as settings
 from experiments import analysis, common
 from experiments import ngd_training as training
 from ngdjax import diagnostics
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run."""
-  return training.base_config(
-      n=16, reps=2, num_steps=8,
-      # From a narrow net (p = m d barely above n) to ones wide enough that
-      # the measured Condition 2 constant is below 1/2 (m >= 2^18 at n = 16).
-      widths=(8, 16, 64, 256, 1024, 4096, 16384, 262144, 1048576),
-      # 0.1 and 0.25 lie within Theorem 1's step limit where C < 0.28.
-      learning_rates=(0.1, 0.25, 0.5, 1.0),
-      ratio_rtol=1e-9)  # round-off allowance on ratio <= 1 - eta
 
 
 def _theorem1(c: float, eta: float) -> tuple[float, bool]:
@@ -141,13 +130,11 @@ SPEC = Experiment(
     measures=("per-step ratio ||r(k+1)||^2 / ||r(k)||^2, several widths and "
               "eta"),
     expects="<= 1 - eta",
-    default_config=default_config, measure=measure, checks=checks,
+    get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("len(widths)", ">=", 3), Rule("len(learning_rates)", ">=", 1),
            Rule("each(learning_rates)", ">", 0),
            Rule("each(learning_rates)", "<=", 1, "Theorem 1's range"),
-           *training.RATE_RULES),
-    presets={"small": dict(n=8, widths=(8, 64, 512, 4096, 262144), reps=1,
-                           num_steps=8)})
+           *training.RATE_RULES))
 
 
 if __name__ == "__main__":

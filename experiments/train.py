@@ -93,6 +93,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from configs import train as settings
 from experiments import common
 from ngdjax import data, models
 from ngdjax.experiment import plots, verdicts
@@ -106,36 +107,6 @@ _LABELS = {"ngd": "NGD (Fisher, kernel form)", "kfac": "K-FAC",
            "adam": "Adam", "sgd": "SGD"}
 _COLORS = {"ngd": "C3", "kfac": "C0", "adam": "C4", "sgd": "C2"}
 LOSS = "softmax_cross_entropy"
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The digits run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.data_dir = ""  # MNIST IDX files here; empty: scikit-learn's digits
-  c.n_train = 0  # MNIST only: a random subset of this many (0: all)
-  c.n_test = 0  # MNIST only
-  c.test_fraction = 0.2  # digits only
-  c.widths = (512,)  # hidden layers
-  c.w_std = 1.4142135623730951  # sqrt(2): He scaling for ReLU
-  c.batch_size = 64
-  c.ngd_lrs = (0.5, 1.0)
-  c.ngd_dampings = (0.1, 1.0)
-  c.kfac_lrs = (0.5, 1.0)
-  c.kfac_dampings = (0.1, 1.0)
-  c.kfac_decay = 0.95
-  c.kfac_inverse_every = 10
-  c.kfac_statistics_every = 1
-  c.kfac_inverse = "cholesky"  # or "eigh"; the same step at fixed damping
-  c.adam_lrs = (3e-3, 1e-2, 3e-2)
-  c.sgd_lrs = (0.1, 0.3, 1.0)  # on the batch-mean loss
-  c.curvature_steps = 200  # budget of ngd and kfac
-  c.first_order_steps = 400  # budget of adam and sgd
-  c.eval_every = 10
-  c.cosine_decay = False  # True: every step size decays to 0 (cosine)
-  c.target_accuracy = 0.97
-  c.grid_extensions = 2  # rounds of extend_grid (0: the grid as given)
-  return c
 
 
 def load(config) -> data.Dataset:
@@ -440,8 +411,6 @@ CHECKS = tuple(
 
 _GRIDS = ("adam_lrs", "sgd_lrs", "ngd_lrs", "ngd_dampings", "kfac_lrs",
           "kfac_dampings")
-_LONGER = dict(curvature_steps=500, first_order_steps=1500)
-
 SPEC = Experiment(
     name="train", claim="D1",
     title=("Classifier on real data (demonstration): NGD, K-FAC, Adam and "
@@ -450,7 +419,7 @@ SPEC = Experiment(
     measures=("test accuracy vs steps and seconds: NGD (Fisher), K-FAC, "
               "Adam, SGD with mini-batches on the 10 digits"),
     expects="NGD and K-FAC reach 97% test accuracy",
-    default_config=default_config, measure=measure, checks=CHECKS,
+    get_config=settings.get_config, measure=measure, checks=CHECKS,
     rules=(*(Rule(f"len({g})", ">=", 1) for g in _GRIDS),
            *(Rule(f, ">=", 1) for f in ("curvature_steps",
                                          "first_order_steps", "eval_every",
@@ -459,11 +428,7 @@ SPEC = Experiment(
            Rule("grid_extensions", ">=", 0),
            Rule("kfac_inverse", "in", ("eigh", "cholesky"))),
     # The issue's interface: summary.json's test_accuracy and seconds_to_97.
-    headline=("test_accuracy", "seconds_to_97", "steps_to_97"),
-    presets={"digits": {}, "small": {},
-             "full": dict(_LONGER, adam_lrs=(1e-3, 3e-3, 1e-2, 3e-2),
-                          sgd_lrs=(0.03, 0.1, 0.3, 1.0)),
-             "mnist": dict(_LONGER, batch_size=128, eval_every=50)})
+    headline=("test_accuracy", "seconds_to_97", "steps_to_97"))
 
 
 if __name__ == "__main__":

@@ -36,22 +36,12 @@ import math
 
 import ml_collections
 
+from configs import training_conditions as settings
 from experiments import analysis, common
 from experiments import ngd_training as training
 from ngdjax import data, diagnostics, kernels, lambda_min
 from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.runner import Experiment, Outcome, Run
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run."""
-  return training.base_config(
-      n=32, reps=3, num_steps=40,
-      widths=(8, 16, 64, 256, 1024, 4096, 16384), learning_rate=0.5,
-      lambda_fraction=4 / 9,  # Lemma 2
-      distance_factor=3.0,  # Lemma 3: R = factor ||y - u(0)|| / sqrt(lam)
-      delta=0.1)  # failure probability in the Lemma 7-8 flip bound
-
 
 CHECKS = (
     verdicts.Check("gram", (("m_star/gram", "<", "widest_width"),),
@@ -222,10 +212,8 @@ SPEC = Experiment(
     measures="lambda_min(G(k)), ||w(k) - w(0)||, activation-pattern flips",
     expects=("lambda_min(G(k)) >= (4/9) lambda_min(G(0)); ||w(k) - w(0)|| "
              "<= 3 ||y - u(0)|| / sqrt(lambda_0)"),
-    default_config=default_config, measure=measure, checks=CHECKS,
-    rules=training.FIXED_STEP_RULES,
-    presets={"small": dict(n=16, widths=(8, 32, 128, 512, 4096), reps=2,
-                           num_steps=20)})
+    get_config=settings.get_config, measure=measure, checks=CHECKS,
+    rules=training.FIXED_STEP_RULES)
 
 
 if __name__ == "__main__":

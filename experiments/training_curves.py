@@ -54,6 +54,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from configs import training_curves as settings
 from experiments import common
 from ngdjax import data, forster, gram, models
 from ngdjax.experiment import plots, verdicts
@@ -69,30 +70,6 @@ _LABELS = {"ngd": "NGD", "kfac": "K-FAC", "kfac_forster": "K-FAC + Forster",
 _COLORS = {"ngd": "C3", "kfac": "C0", "kfac_forster": "C1", "gd": "C2",
            "adam": "C4"}
 _DIVERGED = 1e6
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full run (its fields are the experiment's schema)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.classes = (4, 9)
-  c.n_train = 256
-  c.pca_dim = 32  # inputs projected onto this many singular vectors
-  c.widths = (512, 2048, 8192)  # >= n_train: K-FAC's P_S = I
-  c.nu = 1.0
-  c.ngd_lr = 1.0
-  c.ngd_damping = 0.0
-  c.kfac_scale = 1.0  # kfac: eta = this / (n max_i h_i)
-  c.kfac_factor_damping = 1e-10  # added to both factors: Cholesky solves
-  c.kfac_forster_scale = 1.0  # kfac_forster: eta = this / d
-  c.gd_scales = (1.0, 1.9)  # gd: eta = s / lambda_max(G(0))
-  c.adam_lrs = (1e-3, 1e-2, 1e-1)
-  c.curvature_steps = 40  # budget of ngd, kfac, kfac_forster
-  c.first_order_steps = 1000  # budget of gd, adam
-  c.target_fraction = 1e-4  # "small loss": L <= this L(0)
-  c.stop_fraction = 1e-14  # a run stops below this L(0)
-  c.speedup = 10.0  # fast methods need <= 1/speedup of the baselines' steps
-  return c
 
 
 def _make(model, method: str, lr, damping: float):
@@ -367,7 +344,7 @@ SPEC = Experiment(
     measures=("loss vs step and wall-clock: NGD, K-FAC (with and without "
               "Forster), GD, Adam on digits across widths"),
     expects="NGD and K-FAC after Forster converge in the fewest steps",
-    default_config=default_config, measure=measure, checks=checks,
+    get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("len(classes)", "in", (2,), "two digits"),
            Rule("len(widths)", ">=", 1),
            Rule("each(widths)", ">=", "n_train", "so that K-FAC's P_S = I"),
@@ -376,9 +353,7 @@ SPEC = Experiment(
            Rule("first_order_steps", ">=", 1),
            Rule("stop_fraction", ">", 0),
            Rule("stop_fraction", "<", "target_fraction"),
-           Rule("target_fraction", "<", 1)),
-    presets={"small": dict(widths=(512, 2048), curvature_steps=20,
-                           first_order_steps=200)})
+           Rule("target_fraction", "<", 1)))
 
 
 if __name__ == "__main__":

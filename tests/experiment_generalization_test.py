@@ -14,7 +14,7 @@ FIGURES = ["measure.png", "test_error.png", "training_residual.png"]
 
 
 def _tiny():
-  c = generalization.default_config()
+  c = generalization.SPEC.default_config()
   c.n_train, c.width, c.reps, c.train_steps = 40, 64, 2, 2
   c.label_noise = (0.0, 0.5, 1.0)
   return c
@@ -72,4 +72,4 @@ def test_presets_match_schema():
   path = REPO / "configs" / "generalization.py"
   for spec in (str(path), f"{path}:small"):
     config_lib.check_config(config_lib.load_config_file(spec),
-                            generalization.default_config())
+                            generalization.SPEC.default_config())

@@ -16,7 +16,7 @@ FIGURES = ["rate_vs_cond.png", "residuals_theorem_step.png",
 
 
 def _tiny():
-  c = kfac_forster.default_config()
+  c = kfac_forster.SPEC.default_config()
   c.n, c.d, c.width, c.steps = 12, 3, 64, 3
   c.conds = (1.0, 10.0, 100.0)
   return c
@@ -82,4 +82,4 @@ def test_presets_match_schema():
   path = REPO / "configs" / "kfac_forster.py"
   for spec in (str(path), f"{path}:small"):
     config_lib.check_config(config_lib.load_config_file(spec),
-                            kfac_forster.default_config())
+                            kfac_forster.SPEC.default_config())

@@ -110,7 +110,7 @@ def test_check_config_names_unknown_missing_and_mistyped_fields():
 
 
 def test_run_with_unknown_field_fails_before_writing(tmp_path):
-  bad = gram_limit.default_config()
+  bad = gram_limit.SPEC.default_config()
   with bad.unlocked():
     bad.widht = 3
   with pytest.raises(ValueError, match=r"config\.widht is not a field"):
@@ -124,7 +124,7 @@ def test_unwritable_workdir_fails_at_start(tmp_path):
   with pytest.raises(ValueError, match="is not a writable directory"):
     config_lib.check_workdir(blocker / "run")
   with pytest.raises(ValueError, match="is not a writable directory"):
-    lambda0_vs_n.SPEC.run(lambda0_vs_n.default_config(), blocker / "run")
+    lambda0_vs_n.SPEC.run(lambda0_vs_n.SPEC.default_config(), blocker / "run")
   with pytest.raises(ValueError, match="workdir must be"):
     config_lib.check_workdir("")
 
@@ -135,7 +135,7 @@ def test_load_config_file_presets_and_presets_match_schema():
     path = REPO / "configs" / f"{name}.py"
     for spec in (str(path), f"{path}:small"):
       config_lib.check_config(config_lib.load_config_file(spec),
-                              module.default_config())
+                              module.SPEC.default_config())
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
       config_lib.load_config_file(f"{path}:huge")
   with pytest.raises(ValueError, match="does not exist"):
@@ -243,7 +243,7 @@ TINY = {
 
 
 def _tiny(module):
-  c = module.default_config()
+  c = module.SPEC.default_config()
   exec(TINY[module.SPEC.name], {"c": c})  # noqa: S102 - test fixture text
   return c
 
@@ -291,7 +291,7 @@ def test_reproduce_report_with_tiny_configs_and_rerun(tmp_path):
     (configs / f"{name}.py").write_text(
         f"from experiments import {name}\n"
         "def get_config(arg=None):\n"
-        f"  c = {name}.default_config()\n"
+        f"  c = {name}.SPEC.default_config()\n"
         f"  {fields}\n"
         "  return c\n")
   out = tmp_path / "out"

@@ -14,7 +14,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny():
-  c = training_conditions.default_config()
+  c = training_conditions.SPEC.default_config()
   c.n, c.d, c.widths, c.reps, c.num_steps = 6, 3, (4, 16, 64), 1, 4
   return c
 
@@ -62,6 +62,6 @@ def test_presets_load_and_match_schema():
           / "training_conditions.py")
   for spec in (str(path), f"{path}:small"):
     config = config_lib.load_config_file(spec)
-    config_lib.check_config(config, training_conditions.default_config())
+    config_lib.check_config(config, training_conditions.SPEC.default_config())
   with pytest.raises(ValueError, match="unknown preset"):
     config_lib.load_config_file(f"{path}:huge")

@@ -14,7 +14,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny():
-  c = training_curves.default_config()
+  c = training_curves.SPEC.default_config()
   c.n_train, c.pca_dim, c.widths = 24, 6, (32,)
   c.gd_scales, c.adam_lrs = (1.0,), (1e-2,)
   c.curvature_steps, c.first_order_steps = 3, 5
@@ -78,4 +78,4 @@ def test_presets_match_schema():
   path = REPO / "configs" / "training_curves.py"
   for spec in (str(path), f"{path}:small"):
     config_lib.check_config(config_lib.load_config_file(spec),
-                            training_curves.default_config())
+                            training_curves.SPEC.default_config())

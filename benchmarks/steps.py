@@ -39,7 +39,7 @@ bare ``module.apply`` (3 hidden layers of 512 with biases, n = 256, d = 64;
 dense layers found automatically) against the same steps on ``ngdjax.mlp``
 of the same shape (skipped when flax is not installed).
 
-Digits classifier (issue 11): the MLP of ``configs/train.py`` (64-512-10,
+Digits classifier: the MLP of ``configs/train.py`` (64-512-10,
 ReLU) with softmax cross-entropy on mini-batches of 256 digits; SGD (``gd``
 on the batch), NGD with the true Fisher in kernel form (``N = 2560``
 Cholesky) and with the empirical Fisher (``n x n`` kernel from the layer

@@ -1,11 +1,11 @@
 """C11: the appendix's Figure 1, output-space paths of GD and NGD.
 
-MATH.md 6: on the linearised network, gradient flow moves the outputs by
-``u(t) - y = exp(-G t) (u(0) - y)``, natural-gradient flow by ``exp(-t)
-(u(0) - y)``: NGD moves every output, and the whole output vector, along the
-straight segment from ``u(0)`` to ``y``; GD shrinks ``G``'s fast
-eigen-directions first and bends; both end at ``y``. The appendix draws this
-on MNIST 4 vs 9 with two outputs; here on scikit-learn's 8x8 digits (no
+``docs/math.md`` ("Linearised dynamics"): on the linearised network, gradient
+flow moves the outputs by ``u(t) - y = exp(-G t) (u(0) - y)``, natural-gradient
+flow by ``exp(-t) (u(0) - y)``: NGD moves every output, and the whole output
+vector, along the straight segment from ``u(0)`` to ``y``; GD shrinks ``G``'s
+fast eigen-directions first and bends; both end at ``y``. The appendix draws
+this on MNIST 4 vs 9 with two outputs; here on scikit-learn's 8x8 digits (no
 download), unit rows, one-hot targets, ``two_layer_relu(width, out_dim=2)``.
 
 Measured at the random initialisation with the closed forms of
@@ -15,18 +15,8 @@ whole output vector stray from their segments (the check would fail if
 roundoff_factor * 2n * eps``), both ending at ``y`` and GD matching
 ``scipy.linalg.expm`` are identities: sanity details, not checks.
 
-Small preset (about 8 s on 2 CPU cores; n = 64, m = 1024); full (about 8 s;
-n = 256, m = 4096)::
-
-  python -m experiments.figure1 --config=configs/figure1.py:small \
-      --workdir=/tmp/ngdjax/C11_small
-
-Seen (small / full): NGD's output paths are straight to 1.9e-14 / 7.1e-15
-(worst example or the whole vector); GD's whole vector strays 0.30 / 0.37
-``||y - u(0)||`` from the segment (per example: median 0.29 / 0.34); both
-end at ``y`` (GD at the last drawn time to 7e-15 / 4e-15); cond(G) = 1.1e3 /
-5.2e3. Figures: ``figure1.png`` (six examples), ``whole_vector.png`` (the
-whole vector in the plane of the segment and GD's largest excursion).
+Settings and presets: ``configs/figure1.py``; results of earlier runs:
+``docs/results.md``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """C7: the Forster transform, Algorithm 1 against Newton's method.
 
-MATH.md 5: Algorithm 1 of the appendix (``forster(method="fixed_point")``)
-converges linearly to radial isotropic position; Newton's method on Barthe's
-convex potential (``method="newton"``), the faster alternative MATH.md asks
-for, converges quadratically and is invariant under ``x -> x L``.
+``docs/math.md`` ("The Forster transform"): Algorithm 1 of the appendix
+(``forster(method="fixed_point")``) converges linearly to radial isotropic
+position; Newton's method on Barthe's convex potential (``method="newton"``),
+the faster alternative the appendix invites for, converges quadratically and is
+invariant under ``x -> x L``.
 
 Measured on each kind of data (``make_data``): the error ``||Z^T Z - (n/d)
 I||_F / (n/d)`` after every update (Newton's ``history[0]`` is after its
@@ -13,19 +14,8 @@ the final error, ``cond(A)`` and the wall time of the jitted iteration
 not required: a Newton step costs a few Algorithm 1 steps,
 ``benchmarks/forster.py``).
 
-Small preset (about 7 s on 2 CPU cores; n = 500, d = 10, 5 timed calls);
-full (about 8 s; n = 1000, d = 20, 9 timed calls)::
-
-  python -m experiments.forster_convergence \
-      --config=configs/forster_convergence.py:small \
-      --workdir=/tmp/ngdjax/C7_small
-
-Seen: both reach 1e-10 on every kind, Newton in fewer updates (Algorithm 1 /
-Newton on Gaussian, anisotropic, near-degenerate, near-critical data: 16 /
-4, 18 / 5, 36 / 7, 412 / 7 small; 12 / 3, 14 / 5, 25 / 7, 451 / 7 full); in
-time about even except on near-critical data, where Newton is about 10x
-faster (full: 126 ms against 10 ms).
-"""
+Settings and presets: ``configs/forster_convergence.py``; results of earlier
+runs: ``docs/results.md``."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """C2: NGD with a general strongly convex, smooth loss (Theorem 2).
 
-MATH.md 2: for a loss ``l(u_i, y_i)`` that is ``mu``-strongly convex in
-``u`` with an ``L``-Lipschitz gradient, NGD (``theta <- theta - eta J^T
-G^{-1} grad_u L(u)``) contracts ``||u(k+1) - y||^2 <= (1 - 2 eta mu L /
-(mu + L)) ||u(k) - y||^2`` under Condition 2 if ``eta < 2 / (mu + L) *
-(1 - (1 + kappa) C) / (1 + C)^2``, ``kappa = L / mu`` (appendix eqn. 33).
+``docs/math.md`` ("The theorems"): for a loss ``l(u_i, y_i)`` that is
+``mu``-strongly convex in ``u`` with an ``L``-Lipschitz gradient, NGD (``theta
+<- theta - eta J^T G^{-1} grad_u L(u)``) contracts ``||u(k+1) - y||^2 <= (1 - 2
+eta mu L / (mu + L)) ||u(k) - y||^2`` under Condition 2 if ``eta < 2 / (mu + L)
+* (1 - (1 + kappa) C) / (1 + C)^2``, ``kappa = L / mu`` (appendix eqn. 33).
 
 Measured as C1 (the same sweep, ``C`` and checks) with the loss
 ``losses.squared_log_cosh(alpha)`` (``e^2 / 2 + alpha log cosh(e)``, ``mu =
@@ -14,19 +14,8 @@ Measured as C1 (the same sweep, ``C`` and checks) with the loss
 limit is about ``0.23 * 2/(mu + L)``: hence ``f = 0.1`` and widths up to
 ``2^20``.
 
-Small preset (about 35 s on 2 CPU cores); full run (6 min on 2 CPU cores
-shared at load ~12, estimated 3 min alone, most of it m = 2^20)::
-
-  python -m experiments.general_loss --config=configs/general_loss.py:small \
-      --workdir=/tmp/ngdjax/C2_small
-
-Seen (small / full; ``squared_log_cosh(1)``, bound ``1 - (4/3) eta``).
-Inside Theorem 2's hypotheses: 1 of 15 runs (m = 524288, eta = 0.067, C =
-0.178, max ratio 0.807 vs 0.911) / 6 of 56 (m = 262144 and 1048576, eta =
-0.067 and 0.167, C = 0.14-0.19, max ratios 0.789-0.801 vs 0.911 and
-0.533-0.544 vs 0.778): the rate holds in every one. Outside them every
-ratio is within the bound from m = 8 on; at ``eta = 0.6`` the ratios are
-0.04 = ``(1 - 2 eta)^2``.
+Settings and presets: ``configs/general_loss.py``; results of earlier runs:
+``docs/results.md``.
 """
 
 from __future__ import annotations

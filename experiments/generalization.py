@@ -1,9 +1,9 @@
 """C9: the generalization measure ``sqrt(2 y^T G_inf^{-1} y / n)`` separates
 true from random labels and grows with label noise (Theorem 6).
 
-MATH.md 3, Theorem 6: with probability ``1 - delta`` the population loss of
-the network trained to fit ``y`` (a loss in ``[0, 1]``, 1-Lipschitz, e.g.
-the ramp loss, which bounds the 0-1 error) is at most
+Theorem 6 (``docs/math.md``, "The theorems"): with probability ``1 - delta``
+the population loss of the network trained to fit ``y`` (a loss in ``[0, 1]``,
+1-Lipschitz, e.g. the ramp loss, which bounds the 0-1 error) is at most
 
     sqrt(2 y^T G_inf^{-1} y / n) + 3 sqrt(log(6 / delta) / (2 n)) + eps.
 
@@ -19,35 +19,13 @@ is judged (whole sweep), the others reported (true and random labels).
 
 Measured per condition and repetition: the measure, the bound (without
 ``eps``), the test error of the infinite-width net trained to zero loss from
-``u(0) = 0`` (the kernel interpolant ``G_inf(x, X) G_inf^{-1} y``, MATH.md
-6), and a finite ``two_layer_relu(width)`` trained by exact NGD: its errors
-and Theorem 6's finite-width chain (Lemmas 11 and 12, eqn. 72).
+``u(0) = 0`` (the kernel interpolant ``G_inf(x, X) G_inf^{-1} y``,
+``docs/math.md``, "Linearised dynamics"), and a finite
+``two_layer_relu(width)`` trained by exact NGD: its errors and Theorem 6's
+finite-width chain (Lemmas 11 and 12, eqn. 72).
 
-Changed after the first measurement: the judged test errors were the finite
-net's (m = 2048, NGD at ``eta = 1``, 10 steps), every run required to
-interpolate; at ``p = 0.2, 0.5`` and random labels NGD diverges (residual
-1.6 .. 15 ``||y||``; also at smaller ``eta``, with damping, at m = 8192), as
-the theory predicts (the weights must move ``sqrt(r^T G^{-1} r)``, 6 times
-more for noisy labels). The judged errors are now the infinite-width net's.
-
-Small preset (20-30 s on 2 shared CPU cores, 5 s of it importing
-scikit-learn; n = 256, n_test = 90, label noise 0, 0.2, 0.5, 1 and random,
-3 repetitions, m = 1024); full (about 45 s; noise 0, 0.1, .., 0.5, 1, m =
-4096)::
-
-  python -m experiments.generalization \
-      --config=configs/generalization.py:small \
-      --workdir=/tmp/ngdjax/C9_small
-
-Seen (small, mean of 3 repetitions). Centred (judged): measure 0.736 true,
-3.46 / 4.15 at p = 0.2 / 0.5, 4.20 random, 0.736 at p = 1; kernel test
-error 0.004, 0.156, 0.544, 0.448 (random). The bound for true labels is
-about 1.00 (delta = 0.1), which a loss in ``[0, 1]`` cannot break, so
-``bound_holds`` FAILs rather than pass vacuously. The finite net fits the
-true labels in 3 of 3 repetitions (test error 0.00); Lemma 11's distance is
-at most 0.00084 of its bound; Lemma 12's ratio is 1.08-1.09 (1.9-2.0
-against ``sqrt(y^T G_inf^-1 y)``, which ignores ``u(0)``). Raw (reported):
-measure 1.11 true / 6.42 random, bound 1.41, Lemma 12 ratio 1.30-1.48.
+Settings and presets: ``configs/generalization.py``; results of earlier runs:
+``docs/results.md``.
 """
 
 from __future__ import annotations

@@ -1,24 +1,19 @@
 """C5: the Gram matrix at initialisation converges to ``G_inf`` with width.
 
-For the two-layer ReLU net (MATH.md 3) on ``n`` points uniform on the
-sphere, ``G(0) = (X X^T) * (S S^T) / m`` is an average of ``m`` i.i.d. terms
-with mean ``G_inf``, so ``||G(0) - G_inf|| / ||G_inf||`` should fall like
-``m^{-1/2}``. Lemma 6 turns this into ``lambda_min(G(0)) >= (3/4) lambda_0``
-once ``m = Omega(n log(n / delta) / lambda_0)``.
+For the two-layer ReLU net (``docs/math.md`` ("The two-layer ReLU network")) on
+``n`` points uniform on the sphere, ``G(0) = (X X^T) * (S S^T) / m`` is an
+average of ``m`` i.i.d. terms with mean ``G_inf``, so ``||G(0) - G_inf|| /
+||G_inf||`` should fall like ``m^{-1/2}``. Lemma 6 turns this into
+``lambda_min(G(0)) >= (3/4) lambda_0`` once ``m = Omega(n log(n / delta) /
+lambda_0)``.
 
 Measured, for every width ``m`` and repetition (fresh ``W``, fixed data):
 the relative error of ``G(0)`` in the Frobenius and max-abs norms and
 ``lambda_min(G(0)) / lambda_0``. The checks observe the limit; Lemma 6 is a
 probability bound, its width scale is reported beside them.
 
-Small preset (about 15 s on 2 CPU cores; n = 32, widths 4 .. 16384, 4
-reps); full (about 40 s; n = 64, widths 4 .. 131072, 8 reps)::
-
-  python -m experiments.gram_limit --config=configs/gram_limit.py:small \
-      --workdir=/tmp/ngdjax/C5_small
-
-Seen: Frobenius exponent -0.487 +- 0.010 (small) / -0.498 +- 0.004 (full);
-``lambda_min(G(0)) >= (3/4) lambda_0`` from ``m* = 64`` / ``256`` on.
+Settings and presets: ``configs/gram_limit.py``; results of earlier runs:
+``docs/results.md``.
 """
 
 from __future__ import annotations

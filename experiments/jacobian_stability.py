@@ -1,9 +1,9 @@
 """C4: the Jacobian barely moves during NGD training of a wide net (Lemma 7).
 
-MATH.md 3, Lemma 7: with probability ``1 - delta``, ``||J(w) - J(0)||_2^2
-<= 2 n R^{2/3} / (nu^{2/3} delta^{2/3} m^{1/3})`` for every ``w`` with
-``||w - w(0)|| <= R``: ``m^{-1/6}`` at a fixed radius, and NGD's radius
-does not grow with the width (Lemma 3). Condition 2 asks ``||J -
+Lemma 7 (``docs/math.md``, "The theorems"): with probability ``1 - delta``,
+``||J(w) - J(0)||_2^2 <= 2 n R^{2/3} / (nu^{2/3} delta^{2/3} m^{1/3})`` for
+every ``w`` with ``||w - w(0)|| <= R``: ``m^{-1/6}`` at a fixed radius, and
+NGD's radius does not grow with the width (Lemma 3). Condition 2 asks ``||J -
 J(0)||_2 <= (C/3) sqrt(lambda_min(G(0)))`` with ``C < 1/2``.
 
 Measured per width and repetition, NGD as in C3: ``D = max_k ||J(k) -
@@ -13,23 +13,8 @@ them, the bound at the theory's radius ``3 ||y - u(0)|| /
 sqrt(lambda_min(G(0)))``, Condition 2's threshold ``sqrt(lambda_min(G(0)))
 / 6`` and the width where the fitted law would reach it (an extrapolation).
 
-Small preset (about 20 s on 2 CPU cores); full run (about 2 min, most of it
-m = 16384)::
-
-  python -m experiments.jacobian_stability \
-      --config=configs/jacobian_stability.py:small \
-      --workdir=/tmp/ngdjax/C4_small
-
-Seen (small / full; eta = 0.5): ``D`` decays like ``m^(-0.259 +- 0.019)``
-/ ``m^(-0.286 +- 0.005)``, faster than the Lemma 7 bound (``m^(-0.17)`` /
-``m^(-0.18)`` at the measured radius; about the ``m^(-1/4)`` that flips
-falling like ``m^(-1/2)`` would give, since ``||J - J(0)||_F^2`` is ``n``
-times the flipped fraction) and far below it: 0.175 vs 6.24 at m = 4096,
-0.127 vs 7.76 at m = 16384 (delta = 0.1), at most 0.053 / 0.033 of the
-bound in any run. Condition 2 with ``C = 1/2`` needs ``D <= 0.063 /
-0.054``: not met in the sweep (C = 1.4 / 1.18 at the widest width); the
-fitted law would reach it near m ~ 2e5 / 3e5.
-"""
+Settings and presets: ``configs/jacobian_stability.py``; results of earlier
+runs: ``docs/results.md``."""
 
 from __future__ import annotations
 

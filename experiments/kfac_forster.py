@@ -1,13 +1,13 @@
 """C6: K-FAC's rate depends on ``cond(X^T X)``; after the Forster transform
 K-FAC with ``eta = 1/d`` is natural gradient descent (Theorem 4).
 
-MATH.md 4-5: for the two-layer ReLU net with ``m >= n``, K-FAC's first-order
-output update is ``-eta n diag(h) r`` with the leverage scores ``h_i = x_i^T
-(X^T X)^{-1} x_i``. At Theorem 4's step ``eta = lambda_min(X^T X) / n``
-every ``eta n h_i`` lies in ``[1/kappa, 1]`` (``kappa = cond(X^T X)``), so
-``||r(k+1)||^2 / ||r(k)||^2 <= (1 - 1/kappa)^2``. After the Forster
-transform ``Z`` every ``n h_i = d``: K-FAC at ``eta = 1/d`` is NGD at ``eta
-= 1``, whatever ``kappa`` was.
+``docs/math.md`` ("K-FAC", "The Forster transform"): for the two-layer ReLU net
+with ``m >= n``, K-FAC's first-order output update is ``-eta n diag(h) r`` with
+the leverage scores ``h_i = x_i^T (X^T X)^{-1} x_i``. At Theorem 4's step ``eta
+= lambda_min(X^T X) / n`` every ``eta n h_i`` lies in ``[1/kappa, 1]`` (``kappa
+= cond(X^T X)``), so ``||r(k+1)||^2 / ||r(k)||^2 <= (1 - 1/kappa)^2``. After
+the Forster transform ``Z`` every ``n h_i = d``: K-FAC at ``eta = 1/d`` is NGD
+at ``eta = 1``, whatever ``kappa`` was.
 
 Measured per ``kappa`` (inputs from ``conditioned_inputs``, one ``W(0)``),
 undamped K-FAC: ``steps`` steps at Theorem 4's step and at ``eta =
@@ -17,36 +17,8 @@ leverage-score prediction; Theorem 4's hypotheses, ``_hypotheses``), and one
 step from ``W(0)`` of K-FAC (``eta = 1/d``) and NGD (``eta = 1``) on ``X``
 and on ``Z``.
 
-Changed after the first measurement: the criterion also required the fixed
-sweep to match its prediction and NGD's one step on the raw ``X`` to be
-small. Both failed, outside Theorem 4's hypotheses at a fixed width (as
-``kappa`` grows, ``lambda_0`` shrinks and Theorem 3's width grows); they are
-now observations (``details["observations"]``). Width: the checks test
-first-order statements; at n = 64, one step on ``Z`` leaves 0.28, 0.18,
-0.080 ``||r(0)||`` (K-FAC) and 0.15, 0.073, 0.042 (NGD, about ``m^(-1/2)``)
-for m = 4096, 16384, 65536: the checks fail at m = 4096 on second-order
-effects (twice NGD's for K-FAC, whose step is not minimum-norm).
-
-Small preset (about 12 s on 2 CPU cores; n = 32, d = 8, m = 32768, conds 1
-.. 1e4, 15 steps); full (about 60 s; n = 64, m = 65536, 20 steps)::
-
-  python -m experiments.kfac_forster --config=configs/kfac_forster.py:small \
-      --workdir=/tmp/ngdjax/C6_small
-
-Seen (small / full, float64) at kappa = 1, 10, 100, 1e3, 1e4: the rate at
-``eta = lambda_min/n`` 4e-8, 0.699, 0.947, 0.993, 0.999 / 5e-8, 0.714,
-0.952, 0.994, 0.999, within 0.01 of the prediction and below the bound. One
-step on ``Z``: K-FAC leaves 0.087-0.088 / 0.079-0.080 ``||r(0)||``, NGD
-0.025-0.026 / 0.042 (every kappa); first-order updates agree to 5e-12 /
-4e-13, outputs to 0.066 / 0.046 ``||r(0)||``. On the raw ``X``: K-FAC leaves
-0.29 .. 0.75 / 0.29 .. 0.62 for kappa >= 10, NGD 0.025, 0.058, 0.15, 0.30,
-0.47 (small) / 0.37 at 1e4 (full); the fixed sweep's rate is 0.26, 0.46,
-0.58, 0.69, 0.81 against predicted 0.25, 0.45, 0.55, 0.60, 0.63. Theorem 4's
-hypotheses (small) hold at kappa = 1 only, where the bound holds: the
-Jacobian condition is 0.46, 4.8, 48, 255, 1350 (its right side shrinks like
-1/kappa; lambda_S ratio >= 0.76, second/first-order term <= 0.087
-everywhere); at larger kappa the rate is seen outside them
-(``bound_all_conds``).
+Settings and presets: ``configs/kfac_forster.py``; results of earlier runs:
+``docs/results.md``.
 """
 
 from __future__ import annotations
@@ -502,7 +474,7 @@ SPEC = Experiment(
     get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("n", ">", "d", "X^T X must be invertible"),
            Rule("d", ">=", 2),
-           Rule("width", ">=", "n", "so that P_S = I, MATH.md 4"),
+           Rule("width", ">=", "n", "so that P_S = I, docs/math.md 'K-FAC'"),
            Rule("len(conds)", ">=", 2),
            Rule("each(conds)", ">=", 1),
            Rule("conds", "increasing"),

@@ -1,9 +1,10 @@
 """C8: ``lambda_0`` against the number of points ``n`` uniform on the sphere.
 
-Theorem 5 (MATH.md 3): for inputs uniform on ``S^{d-1}``, ``lambda_0 =
-lambda_min(G_inf) >= C n^(-beta)`` with ``beta`` in ``(0, 1/2)`` (from the
-kernel's spectrum ``lambda_n = Omega(n^{-1-beta})``, Xie et al. 2016), so
-Theorem 3's width ``m = Omega(n^4 / lambda_0^4)`` stays polynomial in ``n``.
+Theorem 5 (``docs/math.md`` ("The two-layer ReLU network")): for inputs uniform
+on ``S^{d-1}``, ``lambda_0 = lambda_min(G_inf) >= C n^(-beta)`` with ``beta``
+in ``(0, 1/2)`` (from the kernel's spectrum ``lambda_n = Omega(n^{-1-beta})``,
+Xie et al. 2016), so Theorem 3's width ``m = Omega(n^4 / lambda_0^4)`` stays
+polynomial in ``n``.
 
 Measured, for every ``n`` and repetition (fresh points): ``lambda_0`` and
 the largest off-diagonal cosine (the closest pair). The checks read the
@@ -17,15 +18,8 @@ The proof (appendix D.4) cannot stand as written: its Chernoff step needs
 ``E[G_inf]_ii = 1/2``, so ``n lambda_n <= 1/2``, which the step's constants
 contradict; the checks test the statement.
 
-Small preset (about 10 s on 2 CPU cores; d = 10, n = 16 .. 256, 4 reps);
-full (about 3 minutes, most of it the n = 2048 eigendecompositions; n = 16
-.. 2048, 5 reps)::
-
-  python -m experiments.lambda0_vs_n --config=configs/lambda0_vs_n.py:small \
-      --workdir=/tmp/ngdjax/C8_small
-
-Seen: exponent -0.366 +- 0.032 (small preset, 3 reps, before this
-criterion), -0.300 +- 0.013 (full: ``beta <= 0.33`` at 2 stderr).
+Settings and presets: ``configs/lambda0_vs_n.py``; results of earlier runs:
+``docs/results.md``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """C10: linearised GD and NGD reach the same minimum-norm solution by
 different paths; NGD with ``eta = 1`` gets there in one step.
 
-MATH.md 6 (the appendix's equations 108-110). With the Jacobian ``J`` of
-the two-layer ReLU net frozen at ``w(0)``, ``G = J J^T`` and
-``r0 = u(0) - y``:
+``docs/math.md`` ("Linearised dynamics") (the appendix's equations 108-110).
+With the Jacobian ``J`` of the two-layer ReLU net frozen at ``w(0)``, ``G = J
+J^T`` and ``r0 = u(0) - y``:
 
     GD :  u(t) - y = exp(-G t) r0,  w(t) - w(0) = -J^T G^{-1} (I - exp(-G t)) r0
     NGD:  u(t) - y = exp(-t) r0,    w(t) - w(0) = -(1 - exp(-t)) J^T G^{-1} r0
@@ -21,20 +21,8 @@ straight; the closed forms match ``scipy.linalg.expm`` and
 network trained by ``real_steps`` exact NGD steps against the linearised
 prediction (their gap vanishes as the width grows).
 
-Small preset (about 10 s on 2 CPU cores; n = 16, d = 10, m = 1024); full
-(about 12 s; n = 32, m = 4096)::
-
-  python -m experiments.linearized_paths \
-      --config=configs/linearized_paths.py:small \
-      --workdir=/tmp/ngdjax/C10_small
-
-Seen (small / full): every end point equals ``-pinv(J) r0`` to 6e-15 /
-1.2e-14; GD's weight path strays 0.231 / 0.232 ``||w*||`` from NGD's; NGD's
-output path is straight to 1e-15, GD's bends 0.38 / 0.32 ``||r0||`` off;
-NGD at ``eta = 1`` leaves ``||u(1) - y||`` of 3e-16 / 5e-16 ``||r0||``. The
-real network (exact NGD, ``eta = 1``) misses ``y`` by 0.053 / 0.040
-``||r0||`` after one step and ends 0.081 / 0.062 ``||w*||`` from the
-linearised end point.
+Settings and presets: ``configs/linearized_paths.py``; results of earlier runs:
+``docs/results.md``.
 """
 
 from __future__ import annotations
@@ -390,7 +378,7 @@ SPEC = Experiment(
     name="linearized_paths", claim="C10",
     title=("Linearised GD and NGD: same minimum-norm limit, different paths; "
            "NGD in one step at eta = 1"),
-    row="Linearised GD vs NGD (Section 6 of MATH.md)",
+    row="Linearised GD vs NGD (Theorem 7)",
     measures="end points and paths of linearised GD and NGD; NGD at eta = 1",
     expects="same minimum-norm limit, different paths; NGD in one step",
     get_config=settings.get_config, measure=measure, checks=checks,

@@ -1,13 +1,12 @@
 """C1: NGD contracts the squared residual by ``1 - eta`` per step (Theorem 1).
 
-MATH.md 2: under Conditions 1-2 (``||J - J(0)||_2 <= (C/3)
-sqrt(lambda_min(G(0)))`` in the ball of radius ``R``, ``C < 1/2``) and
-``eta <= (1 - 2C) / (1 + C)^2``, exact NGD on the squared loss has
-``||y - u(k+1)||^2 <= (1 - eta) ||y - u(k)||^2``; widening the net makes
-``C`` small (Theorem 3). ``eta = 1`` asks ``C = 0`` (the linear model, one
-step): outside the theorem at every finite width, it is measured as a
-limit, the first-step ratio (at most ``4C + C^2``, the proof's eqn. 27)
-vanishing with width.
+``docs/math.md`` ("The theorems"): under Conditions 1-2 (``||J - J(0)||_2 <=
+(C/3) sqrt(lambda_min(G(0)))`` in the ball of radius ``R``, ``C < 1/2``) and
+``eta <= (1 - 2C) / (1 + C)^2``, exact NGD on the squared loss has ``||y -
+u(k+1)||^2 <= (1 - eta) ||y - u(k)||^2``; widening the net makes ``C`` small
+(Theorem 3). ``eta = 1`` asks ``C = 0`` (the linear model, one step): outside
+the theorem at every finite width, it is measured as a limit, the first-step
+ratio (at most ``4C + C^2``, the proof's eqn. 27) vanishing with width.
 
 Measured per width, repetition (fresh ``W``, fixed data on the sphere) and
 ``eta`` (the same ``W`` for every ``eta``): every step's ratio ``||r(k+1)||^2
@@ -17,19 +16,8 @@ with width (about ``m^(-0.28)``) and grows with ``n``: at ``n = 8`` it is
 about 0.32 at ``m = 2^18`` and 0.22 at ``m = 2^20``, hence widths ``2^18
 .. 2^20`` and ``eta = 0.1``.
 
-Small preset (about 25 s on 2 CPU cores); full run (10 min on 2 CPU cores
-shared at load ~12, estimated 4 min alone, most of it m = 2^20)::
-
-  python -m experiments.ngd_rate --config=configs/ngd_rate.py:small \
-      --workdir=/tmp/ngdjax/C1_small
-
-Seen (small / full). Inside Theorem 1's hypotheses: 2 of 20 / 6 of 72
-runs (m = 262144 [and 1048576], eta = 0.1 and 0.25, C = 0.185-0.231 /
-0.22-0.32; max ratios 0.810 and 0.563 against 0.9 and 0.75): the rate holds
-in every one. Outside them the ratios sit near ``(1 - eta)^2`` from m = 64
-on; m = 8 breaks the bound on the full run (0.91 at eta = 0.1). ``C`` is
-0.38 at the widest on the full run (eta = 1). At ``eta = 1`` the first-step
-ratio falls like ``m^(-0.87 +- 0.05)`` / ``m^(-1.00 +- 0.02)``.
+Settings and presets: ``configs/ngd_rate.py``; results of earlier runs:
+``docs/results.md``.
 """
 
 from __future__ import annotations

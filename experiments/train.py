@@ -1,6 +1,6 @@
 """Train a classifier on real data: NGD, K-FAC, Adam and SGD side by side.
 
-A demonstration beyond the paper's claims (DESIGN.md, "Experiments"): an
+A demonstration beyond the paper's claims (``docs/guide/experiments.md``): an
 MLP (``ngdjax.mlp``, ReLU, NTK parameterisation) on all 10 classes of
 scikit-learn's 8x8 digits (1797 images; stratified 80/20 split, fixed seed),
 or on MNIST IDX files when ``config.data_dir`` is set, trained with
@@ -8,8 +8,9 @@ mini-batches and the softmax cross-entropy (sum over the batch):
 
 * ``ngd``: ``ngd(model, lr, damping, loss="softmax_cross_entropy",
   fisher="true")``: the exact Fisher natural gradient in kernel form on each
-  batch (an ``N x N`` Cholesky solve, ``N = batch * 10``; MATH.md 7), for
-  each ``lr`` in ``ngd_lrs`` and ``damping`` in ``ngd_dampings``;
+  batch (an ``N x N`` Cholesky solve, ``N = batch * 10``; ``docs/math.md``,
+  "The Fisher of cross-entropy"), for each ``lr`` in ``ngd_lrs`` and
+  ``damping`` in ``ngd_dampings``;
 * ``kfac``: ``kfac(..., loss="softmax_cross_entropy")`` with running factor
   averages (``kfac_decay``), updated every ``kfac_statistics_every`` steps,
   and their damped inverses (``kfac_inverse="cholesky"``) or
@@ -63,21 +64,8 @@ MNIST from IDX files (``train-images-idx3-ubyte[.gz]`` etc. in DIR)::
   python -m experiments.train --config=configs/train.py:mnist \
       --config.data_dir=DIR --workdir=/tmp/ngdjax/train_mnist
 
-Measured (digits preset, seed 0, float64, quiet 2-core machine, 38 s
-wall for 23 runs): final test accuracy / steps and seconds to 97% (360
-test images: 97% needs 350 right). With the grid as first fixed (NGD and
-K-FAC lr {0.5, 1} x damping {0.1, 1}) every method's best sat on its
-grid's top edge and NGD missed: 96.7% (best 96.9%, 349 of 360), K-FAC 97%
-at step 120; the grid extension was added after that run. With it: NGD
-(lr 2, damping 1) 97.2% / 80 steps, 0.90 s; K-FAC (lr 2, damping 1) 97.5%
-/ 70 steps, 0.56 s; Adam (3e-2) 97.2% / 80 steps, 0.08 s; SGD (11.1, still
-on the grid's edge) 96.7% / not reached in 400 steps. Damping 0.1 diverges
-for NGD at every rate and for K-FAC at lr >= 1; NGD at lr 4 diverges.
-Seconds per step: NGD 0.011, K-FAC 0.008, Adam and SGD 0.001. Seeds 1-4
-(other split, init and batches, same protocol): NGD 97% in 30-60 steps,
-final 98.1-98.6%; K-FAC 30-40, 97.8-98.9%; Adam 40, 98.1-98.6%; SGD
-(lr 11.1, on the grid's edge at every seed) 30-160, 97.8-98.6%. Seed 0's
-split is the hard one for every method.
+Settings and presets: ``configs/train.py``; results of earlier runs:
+``docs/results.md``.
 """
 
 from __future__ import annotations

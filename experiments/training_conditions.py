@@ -1,11 +1,11 @@
 """C3: the conditions of Theorem 1's proof, measured along NGD training.
 
-The proof (appendix B, Lemmas 2-4; MATH.md 2) keeps, at every iterate ``k``
-of exact NGD on the squared loss, ``lambda_min(G(k)) >= (4/9)
-lambda_min(G(0))`` (Lemma 2) and ``||w(k) - w(0)|| <= R = 3 ||y - u(0)|| /
-sqrt(lambda_min(G(0)))`` (Lemma 3); in that ball at most a fraction ``2 (R
-/ (nu delta))^{2/3} m^{-1/3}`` of the activations flip (Lemmas 7-8,
-probability ``1 - delta``).
+The proof (appendix B, Lemmas 2-4; ``docs/math.md`` ("The theorems")) keeps, at
+every iterate ``k`` of exact NGD on the squared loss, ``lambda_min(G(k)) >=
+(4/9) lambda_min(G(0))`` (Lemma 2) and ``||w(k) - w(0)|| <= R = 3 ||y - u(0)||
+/ sqrt(lambda_min(G(0)))`` (Lemma 3); in that ball at most a fraction ``2 (R /
+(nu delta))^{2/3} m^{-1/3}`` of the activations flip (Lemmas 7-8, probability
+``1 - delta``).
 
 Measured per width and repetition (fresh ``W``, fixed data on the sphere)
 at every iterate of NGD at ``eta = config.learning_rate``; ``R`` with
@@ -14,21 +14,8 @@ checks are observations: the lemmas' hypothesis (Condition 2 with ``C <
 1/2``) is not met at these widths (C1). The flip bound is >= 1 (a fraction
 cannot break it) below ``m ~ 1e5``: reported, not checked.
 
-Small preset (about 15 s on 2 CPU cores); full (about 30 s)::
-
-  python -m experiments.training_conditions \
-      --config=configs/training_conditions.py:small \
-      --workdir=/tmp/ngdjax/C3_small
-
-Seen (small / full; eta = 0.5): ``min_k lambda_min(G(k)) /
-lambda_min(G(0))`` is 0.965 / 0.997 at the widest width and above 4/9
-from ``m* = 32`` / ``16`` on; at m = 8 an example's activations all die
-and ``G(k)`` turns singular (ratio 0). ``max_k ||w(k) - w(0)||`` stays
-below the Lemma 3 radius at every width (at most 0.33 / 0.23 of it; 9.6
-vs 36.6 and 12.4 vs 64.7 at the widest). Flips fall like ``m^(-0.454 +-
-0.025)`` / ``m^(-0.451 +- 0.011)``, faster than the bound's ``m^(-1/3)``,
-whose value is still 1.9-2.4 at the widest width.
-"""
+Settings and presets: ``configs/training_conditions.py``; results of earlier
+runs: ``docs/results.md``."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """C12: training curves of NGD, K-FAC (with and without the Forster
 transform), GD and Adam on digits 4 vs 9, across widths, with wall-clock.
 
-MATH.md 2, 4-5: NGD contracts the residual by ``1 - eta`` per step whatever
-``cond(G)`` (Theorem 1); K-FAC by ``1 - eta n h_i`` per coordinate
-(leverage scores ``h_i``), ``1 - eta d`` for every ``i`` after the Forster
-transform; ``cond(G)`` sets GD's speed. So NGD and K-FAC after Forster
-should reach a small loss in far fewer steps than GD and Adam.
+``docs/math.md`` ("The theorems", "K-FAC", "The Forster transform"): NGD
+contracts the residual by ``1 - eta`` per step whatever ``cond(G)`` (Theorem
+1); K-FAC by ``1 - eta n h_i`` per coordinate (leverage scores ``h_i``), ``1 -
+eta d`` for every ``i`` after the Forster transform; ``cond(G)`` sets GD's
+speed. So NGD and K-FAC after Forster should reach a small loss in far fewer
+steps than GD and Adam.
 
 Data: digits 4 vs 9 projected onto their top ``pca_dim`` right singular
 vectors, unit rows: on the raw pixels (7 zero in every image, some lit in
@@ -23,22 +24,8 @@ of 10 ms under load. Steps are timed until the loss is on the host,
 compilation excluded; a baseline that never reaches the target counts as
 ``budget + 1`` steps. Wall-clock is reported, not judged.
 
-Small preset (about 25 s on 2 shared CPU cores, 5 s of it importing
-scikit-learn; n = 256, d = 32, widths 512 and 2048; budgets 20 steps for
-NGD/K-FAC, 200 for GD/Adam); full (about 5 minutes; widths 512, 2048, 8192;
-budgets 40 / 1000)::
-
-  python -m experiments.training_curves \
-      --config=configs/training_curves.py:small \
-      --workdir=/tmp/ngdjax/C12_small
-
-Seen (float64): steps to L <= 1e-4 L(0) at m = 512 / 2048 / 8192: NGD
-(eta = 1) 6 / 4 / 2; K-FAC after Forster 4 / 3 / 2; Adam (best of lr 1e-3,
-1e-2, 1e-1) 76 / 77 / 79; K-FAC on the PCA inputs not within 20 (small) / 40
-steps at 512, 35 and 22 steps at 2048 and 8192; GD (best of eta = 1.0 and
-1.9 / lambda_max(G(0))) not within 1000 steps (L = 1.3e-3 .. 3.1e-3 L(0)).
-Wall-clock to the target: NGD and K-FAC + Forster hundredths to tenths of a
-second, Adam 0.1-4 s.
+Settings and presets: ``configs/training_curves.py``; results of earlier runs:
+``docs/results.md``.
 """
 
 from __future__ import annotations

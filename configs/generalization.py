@@ -35,6 +35,11 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   c.min_error_gap = 0.1  # test_error_grows
   c.preprocessing = ("centred", "raw")  # the first is judged
   c.lemma12_rtol = 0.1  # Lemma 12 (eqn. 72): ||w - w(0)|| within this
+  # Theorem 6's bound where it can speak (at n = 256 it is above 1): a
+  # binary task over all ten digits (digits < bound_split -> +1), true
+  # labels, at each n of bound_ns (0: every training image, 1347).
+  c.bound_split = 5
+  c.bound_ns = (128, 256, 512, 1024, 0)
   return with_preset(
       c, preset,
       small=dict(label_noise=(0.0, 0.2, 0.5, 1.0), width=1024))

@@ -1,15 +1,4 @@
-"""C11 settings: the appendix's Figure 1: output-space paths of GD and NGD.
-
-The values of the full run, then the presets (``small``, ``full``) that change
-some of them; ``experiments/figure1.py`` measures and judges. Run from the
-repository root::
-
-  python -m experiments.figure1 \
-      --config=configs/figure1.py:small \
-      --workdir=/tmp/ngdjax/C11_small
-
-Any field can be changed on the command line, e.g. ``--config.seed=1``.
-"""
+"""C11 settings: the appendix's Figure 1: output-space paths of GD and NGD."""
 
 import ml_collections
 
@@ -17,7 +6,6 @@ from ngdjax.experiment.config import with_preset
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
-  """The config of ``preset``: the full run's values, then its changes."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.classes = (4, 9)  # digits; output k is the one-hot entry of classes[k]

@@ -1,15 +1,4 @@
-"""C7 settings: the Forster transform: Algorithm 1 against Newton's method.
-
-The values of the full run, then the presets (``small``, ``full``) that change
-some of them; ``experiments/forster_convergence.py`` measures and judges. Run
-from the repository root::
-
-  python -m experiments.forster_convergence \
-      --config=configs/forster_convergence.py:small \
-      --workdir=/tmp/ngdjax/C7_small
-
-Any field can be changed on the command line, e.g. ``--config.seed=1``.
-"""
+"""C7 settings: the Forster transform: Algorithm 1 against Newton's method."""
 
 import ml_collections
 
@@ -17,7 +6,6 @@ from ngdjax.experiment.config import with_preset
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
-  """The config of ``preset``: the full run's values, then its changes."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.n = 1000  # rows

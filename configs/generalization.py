@@ -1,15 +1,4 @@
-"""C9 settings: the generalization measure of Theorem 6 on digits.
-
-The values of the full run, then the presets (``small``, ``full``) that change
-some of them; ``experiments/generalization.py`` measures and judges. Run from
-the repository root::
-
-  python -m experiments.generalization \
-      --config=configs/generalization.py:small \
-      --workdir=/tmp/ngdjax/C9_small
-
-Any field can be changed on the command line, e.g. ``--config.seed=1``.
-"""
+"""C9 settings: the generalization measure of Theorem 6 on digits."""
 
 import ml_collections
 
@@ -17,7 +6,6 @@ from ngdjax.experiment.config import with_preset
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
-  """The config of ``preset``: the full run's values, then its changes."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.classes = (4, 9)

@@ -1,15 +1,4 @@
-"""C5 settings: G(0) -> G_inf with width (Lemma 6).
-
-The values of the full run, then the presets (``small``, ``full``) that change
-some of them; ``experiments/gram_limit.py`` measures and judges. Run from the
-repository root::
-
-  python -m experiments.gram_limit \
-      --config=configs/gram_limit.py:small \
-      --workdir=/tmp/ngdjax/C5_small
-
-Any field can be changed on the command line, e.g. ``--config.seed=1``.
-"""
+"""C5 settings: G(0) -> G_inf with width (Lemma 6)."""
 
 import ml_collections
 
@@ -17,7 +6,6 @@ from ngdjax.experiment.config import with_preset
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
-  """The config of ``preset``: the full run's values, then its changes."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.n = 64  # training points on S^{d-1}

@@ -1,15 +1,5 @@
 """C6 settings: K-FAC's rate against cond(X^T X), and after the Forster
 transform (Theorems 4-5).
-
-The values of the full run, then the presets (``small``, ``full``) that change
-some of them; ``experiments/kfac_forster.py`` measures and judges. Run from the
-repository root::
-
-  python -m experiments.kfac_forster \
-      --config=configs/kfac_forster.py:small \
-      --workdir=/tmp/ngdjax/C6_small
-
-Any field can be changed on the command line, e.g. ``--config.seed=1``.
 """
 
 import ml_collections
@@ -18,7 +8,6 @@ from ngdjax.experiment.config import with_preset
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
-  """The config of ``preset``: the full run's values, then its changes."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.n = 64  # training points

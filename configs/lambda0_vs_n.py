@@ -1,15 +1,4 @@
-"""C8 settings: lambda_0 against n.
-
-The values of the full run, then the presets (``small``, ``full``) that change
-some of them; ``experiments/lambda0_vs_n.py`` measures and judges. Run from the
-repository root::
-
-  python -m experiments.lambda0_vs_n \
-      --config=configs/lambda0_vs_n.py:small \
-      --workdir=/tmp/ngdjax/C8_small
-
-Any field can be changed on the command line, e.g. ``--config.seed=1``.
-"""
+"""C8 settings: lambda_0 against n."""
 
 import ml_collections
 
@@ -17,7 +6,6 @@ from ngdjax.experiment.config import with_preset
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
-  """The config of ``preset``: the full run's values, then its changes."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.d = 10

@@ -1,15 +1,5 @@
 """C10 settings: linearised GD and NGD reach the minimum-norm solution
 (Theorem 7).
-
-The values of the full run, then the presets (``small``, ``full``) that change
-some of them; ``experiments/linearized_paths.py`` measures and judges. Run from
-the repository root::
-
-  python -m experiments.linearized_paths \
-      --config=configs/linearized_paths.py:small \
-      --workdir=/tmp/ngdjax/C10_small
-
-Any field can be changed on the command line, e.g. ``--config.seed=1``.
 """
 
 import ml_collections
@@ -18,7 +8,6 @@ from ngdjax.experiment.config import with_preset
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
-  """The config of ``preset``: the full run's values, then its changes."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.n = 32  # training points on S^{d-1}

@@ -1,15 +1,7 @@
 """D1 settings: a classifier on real data: NGD, K-FAC, Adam and SGD.
 
-The values of the digits run (``digits``, also ``small``), then the presets
-``full`` and ``mnist`` that change some of them; ``get_config()`` is
-``full``. ``experiments/train.py`` measures and judges. Run from the
-repository root::
-
-  python -m experiments.train \
-      --config=configs/train.py:small \
-      --workdir=/tmp/ngdjax/D1_small
-
-Any field can be changed on the command line, e.g. ``--config.seed=1``.
+The values of the digits run (``digits``, also ``small``); ``full`` and
+``mnist`` change some of them, and ``get_config()`` is ``full``.
 """
 
 import ml_collections
@@ -18,7 +10,6 @@ from ngdjax.experiment.config import with_preset
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
-  """The config of ``preset``: the digits run's values, then its changes."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data_dir = ""  # MNIST IDX files here; empty: scikit-learn's digits

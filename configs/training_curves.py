@@ -1,15 +1,4 @@
-"""C12 settings: training curves of NGD, K-FAC, GD and Adam.
-
-The values of the full run, then the presets (``small``, ``full``) that change
-some of them; ``experiments/training_curves.py`` measures and judges. Run from
-the repository root::
-
-  python -m experiments.training_curves \
-      --config=configs/training_curves.py:small \
-      --workdir=/tmp/ngdjax/C12_small
-
-Any field can be changed on the command line, e.g. ``--config.seed=1``.
-"""
+"""C12 settings: training curves of NGD, K-FAC, GD and Adam."""
 
 import ml_collections
 
@@ -17,7 +6,6 @@ from ngdjax.experiment.config import with_preset
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
-  """The config of ``preset``: the full run's values, then its changes."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.classes = (4, 9)

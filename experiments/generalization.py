@@ -138,7 +138,7 @@ def _kernel_fit(x, y, x_test, y_test, g_inf) -> tuple[float, float]:
   trained to zero loss from ``u(0) = 0``: the kernel interpolant
   ``u_test = G_inf(x_test, x) G_inf^{-1} y``; ``y`` is ``(n, 1)``,
   ``y_test`` ``(n_test,)`` in ``{-1, 1}``."""
-  measure = float(diagnostics.generalization_measure(x, y, g_inf))
+  measure = float(diagnostics.generalization_measure(x, y, g_inf=g_inf))
   u_inf = linearized.predict(kernels.relu_gram_inf(x_test, x), g_inf,
                              -y, jnp.zeros(x_test.shape[0], y.dtype),
                              jnp.array([jnp.inf]), method="ngd")[-1]
@@ -166,8 +166,8 @@ def _bound_unit(config, prep, n, rep, log) -> dict[str, Any]:
   measure, test_error_inf = _kernel_fit(x, y, x_test, y_test, g_inf)
   rng = np.random.default_rng(int(config.seed) + rep)
   y_random = jnp.asarray(rng.choice([-1.0, 1.0], size=y.shape), x.dtype)
-  measure_random = float(diagnostics.generalization_measure(x, y_random,
-                                                            g_inf))
+  measure_random = float(diagnostics.generalization_measure(
+      x, y_random, g_inf=g_inf))
   size = x.shape[0]
   second = 3 * math.sqrt(math.log(6 / config.delta) / (2 * size))
   return {"prep": prep, "rep": rep, "n_train": size,
@@ -205,7 +205,7 @@ def _unit(r: Run, config, model, prep, condition, rep,
   # Lemma 12 / eqn. (72): the infinite-width distance sqrt(r0^T G_inf^-1
   # r0), r0 = y - u(0); and the lemma's sqrt(y^T G_inf^-1 y).
   kernel_distance_r0 = float(diagnostics.generalization_measure(
-      x, y - u0, g_inf)) * math.sqrt(n / 2)
+      x, y - u0, g_inf=g_inf)) * math.sqrt(n / 2)
   # Lemma 11: max_r ||w_r - w_r(0)|| <= 4 sqrt(n) ||y - u(0)|| / (sqrt(m)
   # lambda_0).
   lemma11 = (4 * math.sqrt(n) * float(jnp.linalg.norm(y - u0))

@@ -71,7 +71,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
                       for s in range(config.reps)])
     model = two_layer_relu(m, nu=config.nu)
     for g0 in _initial_grams(model, config.d, keys, x):
-      row = {f"rel_error_{k}": diagnostics.relative_error(g0, g_inf, k)
+      row = {f"rel_error_{k}": diagnostics.relative_error(g0, g_inf, norm=k)
              for k in ("fro", "max")}
       row["lambda_min_ratio"] = lambda_min(g0) / lam0
       yield {k: float(v) for k, v in row.items()}

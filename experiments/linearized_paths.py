@@ -182,8 +182,10 @@ def _linearized(config, model, params0, x, y, g, j, r0,
   paths = {}
   for kind, (method, lr, t) in settings.items():
     tp = _padded(t, config)
-    res = np.asarray(linearized.residuals(g, r0, tp, method, lr), np.float64)
-    w = np.asarray(linearized.weights(j, g, r0, tp, method, lr), np.float64)
+    res = np.asarray(linearized.residuals(g, r0, tp, method,
+                                          learning_rate=lr), np.float64)
+    w = np.asarray(linearized.weights(j, g, r0, tp, method,
+                                      learning_rate=lr), np.float64)
     limit_errors[kind] = _relative(w[-1], w_star)  # t = inf
     paths[kind] = (t, res[: len(t)], w[: len(t)])
   mns = linearized.min_norm_solution(j, g, r0)
@@ -258,7 +260,8 @@ def _linearized(config, model, params0, x, y, g, j, r0,
       r = r64 + j64 @ w
       w = w - lr * (j64.T @ (r if method == "gd"
                              else np.linalg.solve(g64, r)))
-    closed = linearized.weights(j, g, r0, float(k), method, lr)[0]
+    closed = linearized.weights(j, g, r0, float(k), method,
+                                learning_rate=lr)[0]
     cf[f"{kind}_weights_vs_{k}_explicit_steps"] = _relative(closed, w)
 
   return {
@@ -288,8 +291,10 @@ def _real_network(config, model, params0, x, y, g, j, r0,
   r_norm = float(jnp.linalg.norm(r0))
   w_norm = float(linearized.min_norm_solution(j, g, r0).norm)
   ks = _padded(np.arange(config.real_steps + 1, dtype=np.float64), config)
-  res_lin = linearized.residuals(g, r0, ks, "ngd", config.real_lr)
-  w_lin = linearized.weights(j, g, r0, ks, "ngd", config.real_lr)
+  res_lin = linearized.residuals(g, r0, ks, "ngd",
+                                 learning_rate=config.real_lr)
+  w_lin = linearized.weights(j, g, r0, ks, "ngd",
+                               learning_rate=config.real_lr)
   opt = ngd(model, learning_rate=config.real_lr, damping=0.0)
   step = jax.jit(opt.step)
   params, state = params0, opt.init(params0)

@@ -165,7 +165,7 @@ def two_layer_ntk_inf(x: Array, nu: float = 1.0) -> Array:
 
 
 def relu_ntk_inf(
-    x: Array, depth: int, w_std: float = 1.0, b_std: float = 0.0
+    x: Array, depth: int, *, w_std: float = 1.0, b_std: float = 0.0
 ) -> Array:
   """Infinite-width NTK of ``ngdjax.models.mlp`` with ReLU, one output.
 

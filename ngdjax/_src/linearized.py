@@ -333,6 +333,7 @@ def residuals(
     r0: Array,
     t: Array,
     method: str = "gd",
+    *,
     learning_rate: float | None = None,
     damping: float = 0.0,
 ) -> Array:
@@ -380,9 +381,9 @@ def weights(
     r0: Array,
     t: Array,
     method: str = "gd",
+    *,
     learning_rate: float | None = None,
     damping: float = 0.0,
-    *,
     params: Params | None = None,
     x: Array | None = None,
 ) -> Array:
@@ -436,6 +437,7 @@ def predict(
     u0_test: Array,
     t: Array,
     method: str = "gd",
+    *,
     learning_rate: float | None = None,
     damping: float = 0.0,
 ) -> Array:

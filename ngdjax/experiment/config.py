@@ -88,7 +88,8 @@ def _kind(value: Any) -> str:
   return "other"
 
 
-def check_config(config: Any, defaults: Any, prefix: str = "config") -> None:
+def check_config(config: Any, defaults: Any, *,
+                 prefix: str = "config") -> None:
   """Checks that ``config`` has exactly the fields of ``defaults``.
 
   Every field is compared recursively; one ``ValueError`` lists all

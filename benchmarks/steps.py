@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +68,7 @@ import numpy as np
 
 import ngdjax
 from ngdjax._src.linalg import SELF_OUTER_BLOCKS, SELF_OUTER_MIN_ROWS
+from ngdjax.experiment import timing
 from ngdjax.optim import gd, kfac, ngd
 
 
@@ -80,12 +80,7 @@ def _interleaved_times(fns: dict, repeats: int) -> dict:
   """
   for fn in fns.values():
     jax.block_until_ready(fn())  # warm-up: compile
-  times = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[k].append(time.perf_counter() - t0)
+  times = timing.interleaved(fns, repeats)
   return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 

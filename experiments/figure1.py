@@ -230,8 +230,6 @@ SPEC = Experiment(
     title=("The appendix's Figure 1: output-space paths of linearised GD and "
            "NGD on digits 4 vs 9, two outputs"),
     row="The appendix's Figure 1",
-    measures="output-space paths of GD and NGD on digits 4 vs 9, two outputs",
-    expects="NGD moves on a straight line, GD does not",
     get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("len(classes)", "in", (2,), "two outputs"),
            Rule("examples", ">=", 2), Rule("examples", "<=", "n_train")))

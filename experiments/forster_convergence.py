@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import statistics
-import time
 import zlib
 from typing import Any
 
@@ -32,7 +31,7 @@ import numpy as np
 from configs import forster_convergence as settings
 from experiments import common
 from ngdjax import forster
-from ngdjax.experiment import plots, verdicts
+from ngdjax.experiment import plots, timing, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Experiment, Outcome, Run, unit_key
 
@@ -79,12 +78,7 @@ def _jitted_forster(method: str, tol: float, max_iters: int):
 def _timed(calls: dict[str, Any], repeats: int) -> dict[str, float]:
   """Median seconds per call, the calls interleaved (shared-machine load
   then affects every method alike)."""
-  times = {m: [] for m in calls}
-  for _ in range(repeats):
-    for m, call in calls.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(call())
-      times[m].append(time.perf_counter() - t0)
+  times = timing.interleaved(calls, repeats)
   return {m: statistics.median(ts) for m, ts in times.items()}
 
 
@@ -204,8 +198,6 @@ SPEC = Experiment(
     name="forster_convergence", claim="C7",
     title="Forster transform: Algorithm 1 and Newton's method converge",
     row="Forster transform (Algorithm 1)",
-    measures="error vs iteration, Algorithm 1 and the faster method",
-    expects="converges; the faster method needs fewer iterations",
     get_config=settings.get_config, measure=measure, checks=CHECKS,
     rules=(Rule("len(kinds)", ">=", 1, "a non-empty subset"),
            Rule("each(kinds)", "in", KINDS),

@@ -80,8 +80,6 @@ SPEC = Experiment(
     title=("General loss (Theorem 2): ||u(k+1) - y||^2 <= (1 - 2 eta mu L / "
            "(mu + L)) ||u(k) - y||^2"),
     row="General loss (Theorem 2)",
-    measures="measured contraction with a strongly convex, smooth loss",
-    expects="<= 1 - 2 eta mu L / (mu + L)",
     get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("len(widths)", ">=", 2), Rule("len(eta_fractions)", ">=", 1),
            Rule("each(eta_fractions)", ">", 0),

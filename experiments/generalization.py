@@ -560,9 +560,6 @@ SPEC = Experiment(
     title=("Generalization measure sqrt(2 y^T G_inf^{-1} y / n): true vs "
            "random labels and label noise on digits 4 vs 9 (Theorem 6)"),
     row="Generalization measure (Theorem 6)",
-    measures=("sqrt(2 y^T G_inf^{-1} y / n), true vs random labels and label "
-              "noise on digits 4/9, beside the test error"),
-    expects="larger for random labels, growing with label noise",
     get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("len(classes)", "in", (2,), "two digits, +-1 targets"),
            Rule("each(label_noise)", ">=", 0),

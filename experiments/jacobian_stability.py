@@ -150,8 +150,6 @@ SPEC = Experiment(
     title=("Jacobian stability (Lemma 7): ||J(k) - J(0)||_2 decays with "
            "width, below the Lemma 7 bound"),
     row="Jacobian stability (Lemma 7)",
-    measures="||J(k) - J(0)||_2 vs width, fitted exponent",
-    expects="below the Lemma 7 bound, decaying with width",
     get_config=settings.get_config, measure=measure, checks=CHECKS,
     rules=training.FIXED_STEP_RULES)
 

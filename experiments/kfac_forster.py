@@ -468,9 +468,6 @@ SPEC = Experiment(
     title=("K-FAC's rate depends on cond(X^T X); after the Forster transform "
            "K-FAC (eta = 1/d) equals NGD (Theorem 4)"),
     row="K-FAC and the Forster transform (Theorem 4)",
-    measures="K-FAC rate vs cond(X^T X); K-FAC after Forster vs NGD",
-    expects="rate depends on cond(X^T X); after Forster equal to NGD "
-            "(eta = 1/d)",
     get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("n", ">", "d", "X^T X must be invertible"),
            Rule("d", ">=", 2),

@@ -138,8 +138,6 @@ SPEC = Experiment(
     name="lambda0_vs_n", claim="C8",
     title="lambda_0 vs n for sphere data: bounded below by a power of n",
     row="lambda_0 vs n on the sphere (Theorem 5)",
-    measures="lambda_0 = lambda_min(G_inf) vs n, fitted power",
-    expects="bounded below by a power of n",
     get_config=settings.get_config, measure=measure, checks=CHECKS,
     rules=(Rule("len(ns)", ">=", 3, "sample sizes for a fit"),
            Rule("reps", ">=", 4, "a confidence interval over repetitions")))

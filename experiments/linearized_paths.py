@@ -384,8 +384,6 @@ SPEC = Experiment(
     title=("Linearised GD and NGD: same minimum-norm limit, different paths; "
            "NGD in one step at eta = 1"),
     row="Linearised GD vs NGD (Theorem 7)",
-    measures="end points and paths of linearised GD and NGD; NGD at eta = 1",
-    expects="same minimum-norm limit, different paths; NGD in one step",
     get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("gd_lr", ">", 0), Rule("gd_lr", "<", 2, _CONVERGE),
            Rule("ngd_lr", ">", 0), Rule("ngd_lr", "<", 2, _CONVERGE),

@@ -115,9 +115,6 @@ SPEC = Experiment(
     title=("NGD rate (Theorem 1): ||r(k+1)||^2 <= (1 - eta) ||r(k)||^2 for "
            "wide nets"),
     row="NGD rate (Theorem 1)",
-    measures=("per-step ratio ||r(k+1)||^2 / ||r(k)||^2, several widths and "
-              "eta"),
-    expects="<= 1 - eta",
     get_config=settings.get_config, measure=measure, checks=checks,
     rules=(Rule("len(widths)", ">=", 3), Rule("len(learning_rates)", ">=", 1),
            Rule("each(learning_rates)", ">", 0),

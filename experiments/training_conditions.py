@@ -196,9 +196,6 @@ SPEC = Experiment(
            "lambda_min(G(0)), ||w(k) - w(0)|| <= 3 ||y - u(0)|| / "
            "sqrt(lambda_min(G(0))), few activation flips"),
     row="Conditions along training (Theorem 1's proof)",
-    measures="lambda_min(G(k)), ||w(k) - w(0)||, activation-pattern flips",
-    expects=("lambda_min(G(k)) >= (4/9) lambda_min(G(0)); ||w(k) - w(0)|| "
-             "<= 3 ||y - u(0)|| / sqrt(lambda_0)"),
     get_config=settings.get_config, measure=measure, checks=CHECKS,
     rules=training.FIXED_STEP_RULES)
 

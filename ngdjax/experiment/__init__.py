@@ -10,11 +10,19 @@ package holds what every claim shares:
 * ``config``: the schema and ``Rule`` checks, config files, workdirs.
 * ``verdicts``: checks as data, evaluated on the measured figures.
 * ``metrics`` / ``checkpoint`` / ``progress``: files, units, ETA.
-* ``plots``: PNG figures (Agg canvas, no pyplot).
+* ``plots``: PNG figures (Agg canvas, no pyplot); ``timing``: interleaved
+  wall-clock timing.
 * ``reproduce``: runs a list of experiments and writes ``report.md``.
 """
 
-from ngdjax.experiment import checkpoint, config, metrics, plots, progress
+from ngdjax.experiment import (
+    checkpoint,
+    config,
+    metrics,
+    plots,
+    progress,
+    timing,
+)
 from ngdjax.experiment.checkpoint import UnitStore
 from ngdjax.experiment.config import (
     check_config,
@@ -57,6 +65,7 @@ __all__ = [
     "read_metrics",
     "read_summary",
     "seed_key",
+    "timing",
     "unit_key",
     "write_json_atomic",
     "write_summary",

@@ -9,8 +9,8 @@ schema; presets such as ``small`` change its values), range ``rules``, the
 
   SPEC = Experiment(
       name="gram_limit", claim="C5", title="G(0) -> G_inf ...",
-      row="G(0) -> G_inf with width (Lemma 6)", measures="...",
-      expects="...", get_config=configs.gram_limit.get_config,
+      row="G(0) -> G_inf with width (Lemma 6)",
+      get_config=configs.gram_limit.get_config,
       measure=measure, checks=CHECKS,
       rules=(Rule("len(widths)", ">=", 3, "for a fit"),))
 
@@ -352,8 +352,6 @@ class Experiment:
     claim: ``"C1"`` .. ``"C12"``, or ``"D1"`` for a demonstration.
     title: the claim with its bounds (``summary["title"]``).
     row: the claim's short name in the report's first column.
-    measures: what is measured (the report's text until it has run).
-    expects: the expectation (the report's text until it has run).
     get_config: ``preset -> ConfigDict``, the ``get_config`` of
       ``configs/<name>.py``; its default (``get_config()``, the full run)
       is the schema every run's config is checked against.
@@ -371,8 +369,6 @@ class Experiment:
   claim: str
   title: str
   row: str
-  measures: str
-  expects: str
   get_config: Callable[..., Any]
   measure: Callable[[Run, Any], Outcome]
   checks: Sequence[verdicts.Check] | Callable[[Any], Sequence[

@@ -186,15 +186,17 @@ def test_c9_verdict():
   config = generalization.SPEC.default_config()
   good = {"separation_gap": 2.0, "noise_step_min": 0.1,
           "error_gap_random": 0.4, "error_gap_noise": 0.3,
-          "bound_true_labels_max": 0.95, "kernel_bound_margin_min": 0.9,
-          "finite_fitted_true_runs": 3, "finite_bound_margin_min": 0.9,
+          "bound_large_n_max": 0.95, "kernel_bound_margin_large_n_min": 0.9,
+          "kernel_bound_margin_min": 0.9, "finite_fitted_true_runs": 3,
+          "finite_bound_margin_min": 0.9,
           "lemma11_ratio_max": 0.2, "lemma12_ratio_max": 1.05,
           "lemma12_ratio_min": 0.97}
   _both(generalization.SPEC.verdict, good, [
       {"separation_gap": -0.1},
       {"noise_step_min": 0.0},
       {"error_gap_noise": 0.05},
-      {"bound_true_labels_max": 1.38},  # vacuous for a [0, 1] loss
+      {"bound_large_n_max": 1.38},  # vacuous for a [0, 1] loss
+      {"kernel_bound_margin_large_n_min": -0.01},
       {"kernel_bound_margin_min": -0.01},
       {"finite_fitted_true_runs": 0},
       {"finite_bound_margin_min": None},

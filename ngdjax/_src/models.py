@@ -111,7 +111,7 @@ def _check_width(name: str, value) -> int:
 
 
 def two_layer_relu(
-    width: int, out_dim: int = 1, nu: float = 1.0, output_seed: int = 0
+    width: int, out_dim: int = 1, *, nu: float = 1.0, output_seed: int = 0
 ) -> Model:
   """The two-layer ReLU network of MATH.md section 3.
 
@@ -219,6 +219,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 def mlp(
     widths: Sequence[int],
     out_dim: int = 1,
+    *,
     activation: str | Callable[[Array], Array] = "relu",
     w_std: float = 1.0,
     b_std: float | None = 0.1,

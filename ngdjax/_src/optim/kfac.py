@@ -701,6 +701,7 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
 def kfac(
     model: Model,
     learning_rate: base.ScalarOrSchedule,
+    *,
     damping: float | Callable | damping_lib.LevenbergMarquardt = 0.0,
     loss="squared",
     form: str = "auto",
@@ -811,6 +812,7 @@ def kfac(
 def kfac_preconditioner(
     model: Model,
     damping: float | Callable = 0.0,
+    *,
     loss="squared",
     form: str = "auto",
     damping_split: str = "pi",

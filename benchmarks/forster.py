@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,7 @@ jax.config.update("jax_enable_x64", True)
 
 # The implementation module, for its private jitted loop and defaults.
 from ngdjax._src import forster as forster_lib  # noqa: E402
+from ngdjax.experiment import timing  # noqa: E402
 
 METHODS = ("fixed_point", "newton")
 KINDS = ("gaussian", "anisotropic", "near_degenerate", "near_critical")
@@ -78,12 +78,7 @@ def time_methods(xn, tol, max_cond, repeats, max_iters=5000):
       for m in METHODS
   }
   results = {m: jax.block_until_ready(run()) for m, run in runs.items()}
-  times = {m: [] for m in METHODS}
-  for _ in range(repeats):
-    for m, run in runs.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(run())
-      times[m].append(time.perf_counter() - t0)
+  times = timing.interleaved(runs, repeats)
   return {m: (statistics.median(times[m]), results[m]) for m in METHODS}
 
 

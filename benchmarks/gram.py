@@ -51,6 +51,18 @@ def _time(fn, *args, repeats=3):
   return statistics.median(times)
 
 
+
+def _method_rows(model, params, x, methods, flops, repeats):
+  """``(method, seconds, flops)`` of ``gram(..., method=m)`` for each m."""
+  rows = []
+  for method in methods:
+    fn = jax.jit(lambda p, x, method=method: ngdjax.gram(model, p, x,
+                                                        method=method))
+    rows.append(
+        (method, _time(fn, params, x, repeats=repeats), flops[method])
+    )
+  return rows
+
 def _sphere(key, n, d):
   return ngdjax.normalize_rows(jax.random.normal(key, (n, d)))
 
@@ -72,13 +84,8 @@ def two_layer(n, d, m, methods, repeats):
       "jacobian": 2 * n * m * d + 2 * n * n * m * d,
       "products": 2 * n * n * m * d * 2,
   }
-  rows = [("matmul floor", floor, flops["floor"])]
-  for method in methods:
-    fn = jax.jit(lambda p, x, method=method: ngdjax.gram(model, p, x,
-                                                        method=method))
-    rows.append(
-        (method, _time(fn, params, x, repeats=repeats), flops[method])
-    )
+  rows = [("matmul floor", floor, flops["floor"]),
+          *_method_rows(model, params, x, methods, flops, repeats)]
   return f"two-layer ReLU n={n} d={d} m={m}", floor, rows
 
 
@@ -107,13 +114,8 @@ def mlp(n, d, width, depth, methods, repeats):
       "jacobian": 3 * fwd + 2 * n * n * p,
       "products": 2 * 3 * fwd * n + 2 * n * n * p,
   }
-  rows = [("forward + factor-Gram floor", floor, fwd + factor_grams)]
-  for method in methods:
-    fn = jax.jit(lambda p, x, method=method: ngdjax.gram(model, p, x,
-                                                        method=method))
-    rows.append(
-        (method, _time(fn, params, x, repeats=repeats), flops[method])
-    )
+  rows = [("forward + factor-Gram floor", floor, fwd + factor_grams),
+          *_method_rows(model, params, x, methods, flops, repeats)]
   return f"MLP n={n} d={d} width={width} hidden layers={depth}", floor, rows
 
 

@@ -3,14 +3,14 @@
     python benchmarks/scale.py                 # README table (CPU: ~3 min)
     python benchmarks/scale.py --quick         # tiny sizes: checks it runs
     python benchmarks/scale.py --single 32768  # one step: time, FLOP floor,
-                                               # peak RSS (issue 15)
+                                               # peak RSS
     python benchmarks/scale.py --single 131072 --solver cg \
         --preconditioner nystrom --cg-tol 1e-3 --chunk 2048
     python benchmarks/scale.py --digits --rank 64 --cg-tol 1e-4
                                                # true-Fisher CG vs Cholesky
     /usr/bin/time -v python benchmarks/scale.py --memory-check
                                                # n=4096, d=256, m=16384 in one
-                                               # process (issue 7's 8 GB check)
+                                               # process (within 8 GB)
 
 Every configuration runs in a child process so that its peak memory is its
 own: the child reports its peak resident set size (``getrusage``; on an

@@ -39,7 +39,7 @@ bare ``module.apply`` (3 hidden layers of 512 with biases, n = 256, d = 64;
 dense layers found automatically) against the same steps on ``ngdjax.mlp``
 of the same shape (skipped when flax is not installed).
 
-Digits classifier (issue 11): the MLP of ``configs/train.py`` (64-512-10,
+Digits classifier: the MLP of ``configs/train.py`` (64-512-10,
 ReLU) with softmax cross-entropy on mini-batches of 256 digits; SGD (``gd``
 on the batch), NGD with the true Fisher in kernel form (``N = 2560``
 Cholesky) and with the empirical Fisher (``n x n`` kernel from the layer
@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +68,7 @@ import numpy as np
 
 import ngdjax
 from ngdjax._src.linalg import SELF_OUTER_BLOCKS, SELF_OUTER_MIN_ROWS
+from ngdjax.experiment import timing
 from ngdjax.optim import gd, kfac, ngd
 
 
@@ -80,12 +80,7 @@ def _interleaved_times(fns: dict, repeats: int) -> dict:
   """
   for fn in fns.values():
     jax.block_until_ready(fn())  # warm-up: compile
-  times = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[k].append(time.perf_counter() - t0)
+  times = timing.interleaved(fns, repeats)
   return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments import common
+from experiments import common, registry
 from ngdjax.experiment import reproduce
 
+_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for report.md and one sub-directory per "
     "experiment.", required=True)
@@ -25,7 +26,8 @@ _ONLY = flags.DEFINE_list("only", [], "Claim ids to run, e.g. C5,C8 "
 
 def main(argv):
   common.start(argv)
-  result = reproduce.run(_WORKDIR.value, full=_FULL.value, only=_ONLY.value)
+  result = reproduce.run(_WORKDIR.value, registry.SPECS, _CONFIGS,
+                         full=_FULL.value, only=_ONLY.value)
   print(Path(result["report"]).read_text())
   bad = result["counts"]["FAIL"] + result["counts"]["ERROR"]
   return 1 if bad else 0

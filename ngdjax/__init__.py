@@ -1,8 +1,8 @@
 """ngdjax: natural gradient descent for over-parameterised networks, in JAX.
 
 Implements Zhang, Martens & Grosse, "Fast Convergence of Natural Gradient
-Descent for Over-parameterized Neural Networks" (NeurIPS 2019). See
-``MATH.md`` for the conventions (sum loss, ``G = J J^T``).
+Descent for Over-parameterized Neural Networks" (NeurIPS 2019). The
+conventions (sum loss, ``G = J J^T``, no ``1/n``) are in ``docs/math.md``.
 """
 
 from ngdjax import (

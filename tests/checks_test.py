@@ -323,3 +323,88 @@ def test_psd_solve_float32_and_half_precision():
     assert x.dtype == dtype and int(failed) == 0
     np.testing.assert_allclose(np.asarray(x, np.float64), want, rtol=rtol,
                                atol=rtol * np.abs(want).max())
+
+
+# --------------------------------------------------------------------------
+# The last bad inputs of the fault suite: each names its argument, or (half
+# precision) is computed in the model's dtype.
+# --------------------------------------------------------------------------
+
+
+def _mlp_batch(dtype=jnp.float32):
+  model = ngdjax.mlp([8], out_dim=1)
+  params = jax.tree.map(lambda a: a.astype(jnp.float32),
+                        model.init(jax.random.key(0), in_dim=4))
+  x = jax.random.normal(jax.random.key(1), (6, 4), jnp.float32)
+  return model, params, x.astype(dtype), jnp.ones((6,), jnp.float32)
+
+
+@pytest.mark.parametrize("make", [ngdjax.kfac, ngdjax.ngd])
+def test_integer_inputs_are_refused_naming_x(make):
+  model, params, x, y = _mlp_batch(jnp.int32)
+  opt = make(model, 0.1, damping=1e-3)
+  with pytest.raises(ValueError, match=r"^x must be floating point"):
+    opt.step(params, opt.init(params), x, y)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("make", [ngdjax.kfac, ngdjax.ngd])
+def test_half_precision_inputs_compute_in_the_models_dtype(make, dtype):
+  model, params, x, y = _mlp_batch(dtype)
+  opt = make(model, 0.1, damping=1e-3)
+  new, _, info = opt.step(params, opt.init(params), x, y)
+  # The same step as on the float32 inputs the half-precision ones round to.
+  ref, _, ref_info = opt.step(params, opt.init(params),
+                              x.astype(jnp.float32), y)
+  assert jax.tree.leaves(new)[0].dtype == jnp.float32
+  np.testing.assert_allclose(info["loss"], ref_info["loss"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compute_dtype_inputs_keeps_integers_for_a_bare_apply():
+  ids = jnp.arange(4)
+  assert checks.compute_dtype_inputs("x", ids, {"w": jnp.ones(3)},
+                                     integers=True) is ids
+  x = jnp.ones((2, 3), jnp.float64)  # wider than the params: unchanged
+  assert checks.compute_dtype_inputs(
+      "x", x, {"w": jnp.ones(3, jnp.float32)}).dtype == jnp.float64
+
+
+@pytest.mark.parametrize("make", [ngdjax.kfac, ngdjax.ngd])
+def test_state_of_another_optimizer_is_named(make):
+  model, params, x, y = _mlp_batch()
+  opt = make(model, 0.1, damping=1e-3)
+  gd_state = ngdjax.gd(model, 0.1).init(params)
+  with pytest.raises(ValueError, match=r"^state is a GDState, not the "):
+    opt.step(params, gd_state, x, y)
+
+
+def test_model_apply_with_wrong_feature_count_is_named():
+  model, params, x, _ = _mlp_batch()
+  with pytest.raises(ValueError, match="x has 5 features but the model's "
+                     "first layer takes 4"):
+    model.apply(params, jnp.ones((6, 5)))
+  two, p2, x2 = _setup(d=3)
+  with pytest.raises(ValueError, match="x has 4 features but the model's W "
+                     "takes 3"):
+    two.apply(p2, jnp.ones((5, 4)))
+  # Also under jit (shapes are static).
+  with pytest.raises(ValueError, match="x has 4 features"):
+    jax.jit(two.apply)(p2, jnp.ones((5, 4)))
+  assert two.apply(p2, x2).shape == (5, 1)
+
+
+def test_relu_gram_inf_cross_kernel_with_wrong_feature_count_is_named():
+  x = ngdjax.normalize_rows(jnp.ones((3, 4)) + jnp.eye(3, 4))
+  with pytest.raises(ValueError, match="x2 has 5 features but x has 4"):
+    ngdjax.relu_gram_inf(x, jnp.ones((2, 5)))
+  assert ngdjax.relu_gram_inf(x, x[:2]).shape == (3, 2)
+
+
+@pytest.mark.parametrize("widths", [8, "8", 8.0])
+def test_mlp_widths_must_be_a_sequence(widths):
+  with pytest.raises(ValueError, match=r"^widths must be a sequence"):
+    ngdjax.mlp(widths=widths)
+  assert ngdjax.mlp(widths=(8,)).init(jax.random.key(0), 2)[0]["W"].shape == (
+      2, 8)

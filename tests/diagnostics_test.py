@@ -37,9 +37,9 @@ def test_relative_error(norm):
   b = np.array([[1.0, 2.5], [3.0, 3.0]])
   ref = {"fro": np.linalg.norm(a - b) / np.linalg.norm(b),
          "max": 1.0 / 3.0}[norm]
-  np.testing.assert_allclose(diagnostics.relative_error(a, b, norm), ref)
+  np.testing.assert_allclose(diagnostics.relative_error(a, b, norm=norm), ref)
   with pytest.raises(ValueError, match="norm must be"):
-    diagnostics.relative_error(a, b, "nuc")
+    diagnostics.relative_error(a, b, norm="nuc")
   with pytest.raises(ValueError, match="reference has"):
     diagnostics.relative_error(a, b[:1])
 

@@ -1,18 +1,18 @@
-"""Smoke test of C11 (``ngdjax.experiment.figure1``)."""
+"""Smoke test of C11 (``experiments.figure1``)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from experiments import figure1
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import figure1
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny():
-  c = figure1.default_config()
+  c = figure1.SPEC.default_config()
   c.n_train, c.width, c.examples, c.num_times = 8, 32, 2, 10
   return c
 
@@ -59,6 +59,6 @@ def test_presets_load_and_match_schema():
   path = Path(__file__).resolve().parents[1] / "configs" / "figure1.py"
   for spec in (str(path), f"{path}:small"):
     config = config_lib.load_config_file(spec)
-    config_lib.check_config(config, figure1.default_config())
+    config_lib.check_config(config, figure1.SPEC.default_config())
   with pytest.raises(ValueError, match="unknown preset"):
     config_lib.load_config_file(f"{path}:huge")

@@ -1,4 +1,4 @@
-"""Smoke test of C7 (``ngdjax.experiment.forster_convergence``)."""
+"""Smoke test of C7 (``experiments.forster_convergence``)."""
 
 import json
 from pathlib import Path
@@ -6,14 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import forster_convergence
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import forster_convergence
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny():
-  c = forster_convergence.default_config()
+  c = forster_convergence.SPEC.default_config()
   c.n, c.d, c.repeats = 40, 4, 1
   return c
 
@@ -72,6 +72,6 @@ def test_presets_load_and_match_schema():
           / "forster_convergence.py")
   for spec in (str(path), f"{path}:small"):
     config = config_lib.load_config_file(spec)
-    config_lib.check_config(config, forster_convergence.default_config())
+    config_lib.check_config(config, forster_convergence.SPEC.default_config())
   with pytest.raises(ValueError, match="unknown preset"):
     config_lib.load_config_file(f"{path}:huge")

@@ -1,12 +1,12 @@
-"""Smoke test of C2 (``ngdjax.experiment.general_loss``)."""
+"""Smoke test of C2 (``experiments.general_loss``)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from experiments import general_loss
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import general_loss
 
 SPEC = general_loss.SPEC
 
@@ -14,7 +14,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny():
-  c = general_loss.default_config()
+  c = general_loss.SPEC.default_config()
   c.n, c.d, c.widths, c.reps, c.num_steps = 6, 3, (4, 64), 1, 3
   c.eta_fractions = (0.5, 0.9)
   return c
@@ -60,6 +60,6 @@ def test_presets_load_and_match_schema():
   path = Path(__file__).resolve().parents[1] / "configs" / "general_loss.py"
   for spec in (str(path), f"{path}:small"):
     config = config_lib.load_config_file(spec)
-    config_lib.check_config(config, general_loss.default_config())
+    config_lib.check_config(config, general_loss.SPEC.default_config())
   with pytest.raises(ValueError, match="unknown preset"):
     config_lib.load_config_file(f"{path}:huge")

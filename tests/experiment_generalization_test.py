@@ -1,22 +1,25 @@
-"""Smoke test of C9 (``ngdjax.experiment.generalization``)."""
+"""Smoke test of C9 (``experiments.generalization``)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
+from experiments import generalization
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import generalization
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FIGURES = ["measure.png", "test_error.png", "training_residual.png"]
+FIGURES = ["measure.png", "test_error.png", "training_residual.png",
+           "bound_vs_n.png"]
 
 
 def _tiny():
-  c = generalization.default_config()
+  c = generalization.SPEC.default_config()
   c.n_train, c.width, c.reps, c.train_steps = 40, 64, 2, 2
   c.label_noise = (0.0, 0.5, 1.0)
+  c.bound_ns = (30, 60)
   return c
 
 
@@ -57,7 +60,19 @@ def test_generalization_smoke_and_resume(tmp_path):
            and u["prep"] == "centred"]
   assert all(u["wrong_labels"] == 0.5 for u in noisy)
   again = generalization.SPEC.run(config, tmp_path)
-  assert again["resumed_units"] == len(runs)
+  # Theorem 6 on the all-digits task at each n of bound_ns: the bound is
+  # the measure plus 3 sqrt(log(6 / delta) / (2 n)).
+  bound_runs = saved["details"]["bound_runs"]
+  assert len(bound_runs) == config.reps * 2
+  assert m["bound_ns"] == [30, 60] and m["bound_large_n"] == 60
+  for u in bound_runs:
+    second = 3 * (math.log(6 / config.delta) / (2 * u["n_train"])) ** 0.5
+    assert u["bound"] == pytest.approx(u["measure"] + second)
+    assert 0 < u["positive_fraction"] < 1  # both classes present
+  assert m["bound_large_n_max"] == max(u["bound"] for u in bound_runs
+                                       if u["n_train"] == 60)
+  again = generalization.SPEC.run(config, tmp_path)
+  assert again["resumed_units"] == len(runs) + len(bound_runs)
   assert again["measured"] == saved["measured"]
 
 
@@ -72,4 +87,4 @@ def test_presets_match_schema():
   path = REPO / "configs" / "generalization.py"
   for spec in (str(path), f"{path}:small"):
     config_lib.check_config(config_lib.load_config_file(spec),
-                            generalization.default_config())
+                            generalization.SPEC.default_config())

@@ -1,11 +1,11 @@
-"""Smoke test of C4 (``ngdjax.experiment.jacobian_stability``)."""
+"""Smoke test of C4 (``experiments.jacobian_stability``)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from ngdjax.experiment import analysis, jacobian_stability
+from experiments import analysis, jacobian_stability
 from ngdjax.experiment import config as config_lib
 
 SPEC = jacobian_stability.SPEC
@@ -14,7 +14,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny():
-  c = jacobian_stability.default_config()
+  c = jacobian_stability.SPEC.default_config()
   c.n, c.d, c.widths, c.reps, c.num_steps = 6, 3, (4, 16, 64), 1, 3
   return c
 
@@ -56,6 +56,6 @@ def test_presets_load_and_match_schema():
           / "jacobian_stability.py")
   for spec in (str(path), f"{path}:small"):
     config = config_lib.load_config_file(spec)
-    config_lib.check_config(config, jacobian_stability.default_config())
+    config_lib.check_config(config, jacobian_stability.SPEC.default_config())
   with pytest.raises(ValueError, match="unknown preset"):
     config_lib.load_config_file(f"{path}:huge")

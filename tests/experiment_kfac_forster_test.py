@@ -1,4 +1,4 @@
-"""Smoke test of C6 (``ngdjax.experiment.kfac_forster``)."""
+"""Smoke test of C6 (``experiments.kfac_forster``)."""
 
 import json
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import kfac_forster
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import kfac_forster
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -16,7 +16,7 @@ FIGURES = ["rate_vs_cond.png", "residuals_theorem_step.png",
 
 
 def _tiny():
-  c = kfac_forster.default_config()
+  c = kfac_forster.SPEC.default_config()
   c.n, c.d, c.width, c.steps = 12, 3, 64, 3
   c.conds = (1.0, 10.0, 100.0)
   return c
@@ -82,4 +82,4 @@ def test_presets_match_schema():
   path = REPO / "configs" / "kfac_forster.py"
   for spec in (str(path), f"{path}:small"):
     config_lib.check_config(config_lib.load_config_file(spec),
-                            kfac_forster.default_config())
+                            kfac_forster.SPEC.default_config())

@@ -1,4 +1,4 @@
-"""Smoke test of C10 (``ngdjax.experiment.linearized_paths``)."""
+"""Smoke test of C10 (``experiments.linearized_paths``)."""
 
 import json
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ngdjax.experiment import analysis, linearized_paths
+from experiments import analysis, linearized_paths
 from ngdjax.experiment import config as config_lib
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -14,7 +14,7 @@ FIGURES = ["residual_norm.png", "weight_distance.png", "weight_paths.png"]
 
 
 def _tiny():
-  c = linearized_paths.default_config()
+  c = linearized_paths.SPEC.default_config()
   c.n, c.d, c.width, c.num_times = 6, 3, 64, 12
   c.explicit_steps, c.real_steps = 5, 2
   return c
@@ -79,6 +79,6 @@ def test_presets_load_and_match_schema():
   path = Path(__file__).resolve().parents[1] / "configs" / "linearized_paths.py"
   for spec in (str(path), f"{path}:small"):
     config = config_lib.load_config_file(spec)
-    config_lib.check_config(config, linearized_paths.default_config())
+    config_lib.check_config(config, linearized_paths.SPEC.default_config())
   with pytest.raises(ValueError, match="unknown preset"):
     config_lib.load_config_file(f"{path}:huge")

@@ -1,4 +1,4 @@
-"""Smoke test of C1 (``ngdjax.experiment.ngd_rate``) and its helpers."""
+"""Smoke test of C1 (``experiments.ngd_rate``) and its helpers."""
 
 import json
 import math
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ngdjax.experiment import analysis, ngd_rate
+from experiments import analysis, ngd_rate
 from ngdjax.experiment import config as config_lib
 
 SPEC = ngd_rate.SPEC
@@ -15,7 +15,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny():
-  c = ngd_rate.default_config()
+  c = ngd_rate.SPEC.default_config()
   c.n, c.d, c.widths, c.reps, c.num_steps = 6, 3, (4, 16, 64), 1, 3
   return c
 
@@ -67,7 +67,7 @@ def test_presets_load_and_match_schema():
   path = Path(__file__).resolve().parents[1] / "configs" / "ngd_rate.py"
   for spec in (str(path), f"{path}:small"):
     config = config_lib.load_config_file(spec)
-    config_lib.check_config(config, ngd_rate.default_config())
+    config_lib.check_config(config, ngd_rate.SPEC.default_config())
   with pytest.raises(ValueError, match="unknown preset"):
     config_lib.load_config_file(f"{path}:huge")
 

@@ -15,17 +15,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+from experiments import analysis, gram_limit, lambda0_vs_n, registry
 from ngdjax import experiment
-from ngdjax.experiment import (
-  analysis,
-  gram_limit,
-  lambda0_vs_n,
-  metrics,
-  plots,
-  registry,
-  reproduce,
-)
 from ngdjax.experiment import config as config_lib
+from ngdjax.experiment import metrics, plots, reproduce
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -117,7 +110,7 @@ def test_check_config_names_unknown_missing_and_mistyped_fields():
 
 
 def test_run_with_unknown_field_fails_before_writing(tmp_path):
-  bad = gram_limit.default_config()
+  bad = gram_limit.SPEC.default_config()
   with bad.unlocked():
     bad.widht = 3
   with pytest.raises(ValueError, match=r"config\.widht is not a field"):
@@ -131,7 +124,7 @@ def test_unwritable_workdir_fails_at_start(tmp_path):
   with pytest.raises(ValueError, match="is not a writable directory"):
     config_lib.check_workdir(blocker / "run")
   with pytest.raises(ValueError, match="is not a writable directory"):
-    lambda0_vs_n.SPEC.run(lambda0_vs_n.default_config(), blocker / "run")
+    lambda0_vs_n.SPEC.run(lambda0_vs_n.SPEC.default_config(), blocker / "run")
   with pytest.raises(ValueError, match="workdir must be"):
     config_lib.check_workdir("")
 
@@ -142,7 +135,7 @@ def test_load_config_file_presets_and_presets_match_schema():
     path = REPO / "configs" / f"{name}.py"
     for spec in (str(path), f"{path}:small"):
       config_lib.check_config(config_lib.load_config_file(spec),
-                              module.default_config())
+                              module.SPEC.default_config())
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
       config_lib.load_config_file(f"{path}:huge")
   with pytest.raises(ValueError, match="does not exist"):
@@ -250,7 +243,7 @@ TINY = {
 
 
 def _tiny(module):
-  c = module.default_config()
+  c = module.SPEC.default_config()
   exec(TINY[module.SPEC.name], {"c": c})  # noqa: S102 - test fixture text
   return c
 
@@ -288,22 +281,21 @@ def test_lambda0_vs_n_smoke(tmp_path):
   assert saved["measured"]["exponent"] < 0
 
 
-def test_reproduce_report_with_tiny_configs_and_rerun(tmp_path, monkeypatch):
+def test_reproduce_report_with_tiny_configs_and_rerun(tmp_path):
   # Only C5 and C8 (tiny configs) are registered, so the test does not
   # depend on the other experiments.
-  monkeypatch.setattr(registry, "SPECS", (gram_limit.SPEC,
-                                          lambda0_vs_n.SPEC))
+  specs = (gram_limit.SPEC, lambda0_vs_n.SPEC)
   configs = tmp_path / "configs"
   configs.mkdir()
   for name, fields in TINY.items():
     (configs / f"{name}.py").write_text(
-        f"from ngdjax.experiment import {name}\n"
+        f"from experiments import {name}\n"
         "def get_config(arg=None):\n"
-        f"  c = {name}.default_config()\n"
+        f"  c = {name}.SPEC.default_config()\n"
         f"  {fields}\n"
         "  return c\n")
   out = tmp_path / "out"
-  result = reproduce.run(out, configs_dir=configs)
+  result = reproduce.run(out, specs, configs)
   rows = {r["claim"]: r for r in result["rows"]}
   assert list(rows) == ["C5", "C8"]
   assert rows["C5"]["status"] in ("PASS", "FAIL")
@@ -320,10 +312,10 @@ def test_reproduce_report_with_tiny_configs_and_rerun(tmp_path, monkeypatch):
   assert "lemma6 [observation]" in report
   counts = json.loads((out / "report.json").read_text())["counts"]
   assert sum(counts.values()) == 2
-  again = reproduce.run(out, configs_dir=configs, only="C5,C8")
+  again = reproduce.run(out, specs, configs, only="C5,C8")
   assert all(r["skipped"] for r in again["rows"])
   with pytest.raises(ValueError, match=r"unknown claims \['C13'\]"):
-    reproduce.run(out, configs_dir=configs, only="C13")
+    reproduce.run(out, specs, configs, only="C13")
 
 
 def test_every_registered_experiment_has_config_and_entry_point():
@@ -470,21 +462,23 @@ def test_claim_modules_import_no_other_claim():
   never imported from another claim's module."""
   import ast
 
-  shared = {"analysis", "checkpoint", "config", "metrics", "ngd_training",
+  shared = {"analysis", "checkpoint", "common", "config", "metrics",
+            "ngd_training",
             "plots", "progress", "runner", "verdicts"}
   for spec in registry.SPECS:
-    path = REPO / "ngdjax" / "experiment" / f"{spec.name}.py"
+    path = REPO / "experiments" / f"{spec.name}.py"
     imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
       if isinstance(node, ast.ImportFrom) and node.module:
-        if node.module == "ngdjax.experiment":
+        if node.module in ("ngdjax.experiment", "experiments"):
           imported |= {a.name for a in node.names}
-        elif node.module.startswith("ngdjax.experiment."):
+        elif node.module.startswith(("ngdjax.experiment.", "experiments.")):
           imported.add(node.module.rsplit(".", 1)[1])
     assert imported <= shared, (spec.name, imported - shared)
 
 
 def test_experiment_layer_uses_the_public_api():
   """The experiments call ngdjax as a user would: no ``ngdjax._src``."""
-  for path in sorted((REPO / "ngdjax" / "experiment").glob("*.py")):
+  for path in sorted([*(REPO / "ngdjax" / "experiment").glob("*.py"),
+                      *(REPO / "experiments").glob("*.py")]):
     assert "ngdjax._src" not in path.read_text(), path.name

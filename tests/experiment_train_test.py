@@ -1,4 +1,4 @@
-"""Smoke test of the classifier demonstration (``ngdjax.experiment.train``)."""
+"""Smoke test of the classifier demonstration (``experiments.train``)."""
 
 import functools
 import json
@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import train
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import train
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny():
-  c = train.default_config()
+  c = train.SPEC.default_config()
   c.widths, c.batch_size, c.eval_every = (8,), 16, 2
   c.adam_lrs, c.sgd_lrs = (1e-2,), (0.3,)
   c.ngd_lrs, c.kfac_lrs = (0.5,), (0.5,)  # x 2 dampings each
@@ -116,7 +116,7 @@ def test_presets_match_schema():
   for spec in (str(path), f"{path}:small", f"{path}:digits",
                f"{path}:mnist"):
     config_lib.check_config(config_lib.load_config_file(spec),
-                            train.default_config())
+                            train.SPEC.default_config())
 
 
 def test_bad_config_fails_at_start(tmp_path):

@@ -1,12 +1,12 @@
-"""Smoke test of C3 (``ngdjax.experiment.training_conditions``)."""
+"""Smoke test of C3 (``experiments.training_conditions``)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from experiments import training_conditions
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import training_conditions
 
 SPEC = training_conditions.SPEC
 
@@ -14,7 +14,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny():
-  c = training_conditions.default_config()
+  c = training_conditions.SPEC.default_config()
   c.n, c.d, c.widths, c.reps, c.num_steps = 6, 3, (4, 16, 64), 1, 4
   return c
 
@@ -62,6 +62,6 @@ def test_presets_load_and_match_schema():
           / "training_conditions.py")
   for spec in (str(path), f"{path}:small"):
     config = config_lib.load_config_file(spec)
-    config_lib.check_config(config, training_conditions.default_config())
+    config_lib.check_config(config, training_conditions.SPEC.default_config())
   with pytest.raises(ValueError, match="unknown preset"):
     config_lib.load_config_file(f"{path}:huge")

@@ -1,4 +1,4 @@
-"""Smoke test of C12 (``ngdjax.experiment.training_curves``)."""
+"""Smoke test of C12 (``experiments.training_curves``)."""
 
 import json
 from pathlib import Path
@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import training_curves
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import training_curves
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny():
-  c = training_curves.default_config()
+  c = training_curves.SPEC.default_config()
   c.n_train, c.pca_dim, c.widths = 24, 6, (32,)
   c.gd_scales, c.adam_lrs = (1.0,), (1e-2,)
   c.curvature_steps, c.first_order_steps = 3, 5
@@ -78,4 +78,4 @@ def test_presets_match_schema():
   path = REPO / "configs" / "training_curves.py"
   for spec in (str(path), f"{path}:small"):
     config_lib.check_config(config_lib.load_config_file(spec),
-                            training_curves.default_config())
+                            training_curves.SPEC.default_config())

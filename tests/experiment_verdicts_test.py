@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from ngdjax.experiment import (
+from experiments import (
   analysis,
   figure1,
   forster_convergence,
@@ -20,8 +20,8 @@ from ngdjax.experiment import (
   train,
   training_conditions,
   training_curves,
-  verdicts,
 )
+from ngdjax.experiment import verdicts
 from ngdjax.experiment.verdicts import Check
 
 # --------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def test_c1_verdict():
           "m_star/eta=0.5": 64.0, "runs_inside_hypotheses": 2,
           "runs_inside_breaking_rate": 0,
           "eta1_first_ratio_exponent_upper": -0.5}
-  config = ngd_rate.default_config()
+  config = ngd_rate.SPEC.default_config()
   config.learning_rates = etas
   _both(ngd_rate.SPEC.verdict, good, [
       {"runs_inside_hypotheses": 0},  # no run qualifies: FAIL
@@ -102,7 +102,7 @@ def test_c1_verdict():
 
 
 def test_c2_verdict():
-  config = general_loss.default_config()
+  config = general_loss.SPEC.default_config()
   config.alpha, config.eta_fractions = 1.0, (0.1, 0.9)  # eta = 2/30, 0.6
   good = {"widest_width": 1024, "m_star/eta=0.06667": 8.0,
           "m_star/eta=0.6": 512.0, "runs_inside_hypotheses": 1,
@@ -129,7 +129,7 @@ def test_c4_verdict():
 
 
 def test_c5_verdict():
-  config = gram_limit.default_config()
+  config = gram_limit.SPEC.default_config()
   good = {"exponent": -0.49, "m_star": 512.0, "widest_width": 131072.0}
   _both(gram_limit.SPEC.verdict, good, [
       {"exponent": -0.3}, {"exponent": -0.7}, {"m_star": None},
@@ -137,7 +137,7 @@ def test_c5_verdict():
 
 
 def test_c6_verdict():
-  config = kfac_forster.default_config()
+  config = kfac_forster.SPEC.default_config()
   good = {"conds_inside_hypotheses": 2, "conds_inside_breaking_bound": 0,
           "conds_breaking_bound": 0, "rates_finite": True,
           "rate_largest_drop": 0.0, "rate_rise": 0.99,
@@ -183,18 +183,20 @@ def test_c8_verdict():
 
 
 def test_c9_verdict():
-  config = generalization.default_config()
+  config = generalization.SPEC.default_config()
   good = {"separation_gap": 2.0, "noise_step_min": 0.1,
           "error_gap_random": 0.4, "error_gap_noise": 0.3,
-          "bound_true_labels_max": 0.95, "kernel_bound_margin_min": 0.9,
-          "finite_fitted_true_runs": 3, "finite_bound_margin_min": 0.9,
+          "bound_large_n_max": 0.95, "kernel_bound_margin_large_n_min": 0.9,
+          "kernel_bound_margin_min": 0.9, "finite_fitted_true_runs": 3,
+          "finite_bound_margin_min": 0.9,
           "lemma11_ratio_max": 0.2, "lemma12_ratio_max": 1.05,
           "lemma12_ratio_min": 0.97}
   _both(generalization.SPEC.verdict, good, [
       {"separation_gap": -0.1},
       {"noise_step_min": 0.0},
       {"error_gap_noise": 0.05},
-      {"bound_true_labels_max": 1.38},  # vacuous for a [0, 1] loss
+      {"bound_large_n_max": 1.38},  # vacuous for a [0, 1] loss
+      {"kernel_bound_margin_large_n_min": -0.01},
       {"kernel_bound_margin_min": -0.01},
       {"finite_fitted_true_runs": 0},
       {"finite_bound_margin_min": None},
@@ -205,7 +207,7 @@ def test_c9_verdict():
 
 
 def test_c10_verdict():
-  config = linearized_paths.default_config()
+  config = linearized_paths.SPEC.default_config()
   good = {"tol": 1e-10, "limit_error_max": 1e-12,
           "gd_weight_path_gap": 0.5, "ngd_one_step_closed_form": 1e-14,
           "ngd_one_step_actual": 1e-13}
@@ -215,13 +217,13 @@ def test_c10_verdict():
 
 
 def test_c11_verdict():
-  config = figure1.default_config()
+  config = figure1.SPEC.default_config()
   _both(figure1.SPEC.verdict, {"gd_deviation_vector": 0.3},
         [{"gd_deviation_vector": 1e-9}], config)
 
 
 def test_c12_verdict():
-  config = training_curves.default_config()
+  config = training_curves.SPEC.default_config()
   good = {}
   for m in config.widths:
     for base in training_curves.BASELINES:

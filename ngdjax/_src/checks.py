@@ -117,6 +117,71 @@ def all_finite(x) -> bool | None:
   return bool(jnp.all(jnp.isfinite(x)))
 
 
+def check_sequence(name: str, value, *, example: str = "") -> tuple:
+  """Requires a sequence (list, tuple, array) and returns it as a tuple.
+
+  A bare number or a string is refused with the argument's name, e.g.
+  ``mlp(widths=8)`` where ``widths=(8,)`` was meant.
+  """
+  if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+    hint = f", e.g. {example}" if example else ""
+    raise ValueError(
+        f"{name} must be a sequence{hint}, got {type(value).__name__} "
+        f"{value!r}"
+    )
+  return tuple(value)
+
+
+def check_features(name: str, x, size: int, what: str):
+  """Requires ``x.shape[-1] == size``: the features a layer or kernel takes.
+
+  ``what`` completes the message, e.g. ``"the model's first layer takes"``
+  gives ``x has 5 features but the model's first layer takes 4``. Shapes
+  are static, so this also runs under ``jax.jit``.
+  """
+  got = x.shape[-1] if getattr(x, "ndim", 0) >= 1 else "no feature axis"
+  if got != size:
+    raise ValueError(f"{name} has {got} features but {what} {size}")
+  return x
+
+
+def check_state(name: str, state, expected: type):
+  """Requires the state type an optimizer's ``init`` returns.
+
+  ``ngd(...).step`` given the ``GDState`` of ``gd`` otherwise fails deep
+  inside with an ``AttributeError``.
+  """
+  if not isinstance(state, expected):
+    raise ValueError(
+        f"{name} is a {type(state).__name__}, not the {expected.__name__} "
+        "this optimizer's init returns; pass the state from the same "
+        "optimizer's init"
+    )
+  return state
+
+
+def compute_dtype_inputs(name: str, x, params, *, integers: bool = False):
+  """``x`` in the floating dtype the model computes in.
+
+  Half-precision inputs (``float16``, ``bfloat16``) of a model whose
+  parameters are wider are cast up to the parameters' dtype, as the
+  model's own output would be (NumPy promotion), so that every product in
+  a step shares one dtype. Integer or boolean inputs are refused (naming
+  ``name``) unless ``integers`` (a bare ``apply`` may take token ids).
+  """
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    if integers:
+      return x
+    return check_dtype(name, x, floating=True)
+  floats = [leaf.dtype for leaf in jax.tree_util.tree_leaves(params)
+            if jnp.issubdtype(getattr(leaf, "dtype", None), jnp.floating)]
+  if floats and jnp.issubdtype(x.dtype, jnp.floating):
+    target = jnp.result_type(*floats)
+    if jnp.finfo(x.dtype).bits < jnp.finfo(target).bits:
+      return x.astype(target)
+  return x
+
+
 def check_array(
     name: str,
     x,

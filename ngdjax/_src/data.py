@@ -71,7 +71,7 @@ def _positive_int(name, value) -> int:
 # --------------------------------------------------------------------------
 
 
-def sphere(n: int, d: int, seed=0, targets: str = "gaussian",
+def sphere(n: int, d: int, *, seed=0, targets: str = "gaussian",
            out_dim: int = 1, dtype=None) -> tuple[Array, Array]:
   """``n`` points uniform on the unit sphere ``S^{d-1}``, with targets.
 
@@ -253,7 +253,7 @@ def _subsample(images, labels, count, rng, name):
   return images[idx], labels[idx]
 
 
-def digits(classes: Sequence[int] = (4, 9), targets: str = "pm1",
+def digits(classes: Sequence[int] = (4, 9), targets: str = "pm1", *,
            test_fraction: float = 0.25, seed: int = 0,
            random_labels: bool = False, label_noise: float = 0.0,
            n_train: int | None = None, normalize: bool = True,
@@ -390,7 +390,7 @@ def _find(directory: Path, stem: str) -> Path:
                    "download MNIST there first")
 
 
-def mnist(directory: str | os.PathLike, classes: Sequence[int] = (4, 9),
+def mnist(directory: str | os.PathLike, classes: Sequence[int] = (4, 9), *,
           targets: str = "pm1", seed: int = 0, n_train: int | None = None,
           n_test: int | None = None, random_labels: bool = False,
           label_noise: float = 0.0, normalize: bool = True,

@@ -55,7 +55,7 @@ DENSE_JACOBIAN_ENTRIES = 1 << 22
 
 
 @precision.curvature
-def gram_lambda_min(model, params: Params, x: Array, method: str = "auto",
+def gram_lambda_min(model, params: Params, x: Array, *, method: str = "auto",
                     chunk_size: int | None = None) -> Array:
   """``lambda_min(G)`` of the empirical Gram ``G = J J^T`` (Condition 1).
 
@@ -73,7 +73,8 @@ def gram_lambda_min(model, params: Params, x: Array, method: str = "auto",
                          chunk_size=chunk_size))
 
 
-def relative_error(a: Array, reference: Array, norm: str = "fro") -> Array:
+def relative_error(a: Array, reference: Array, *,
+                   norm: str = "fro") -> Array:
   """``||a - ref|| / ||ref||`` in the Frobenius (``"fro"``) or max-abs
   (``"max"``) norm; e.g. ``G(0)`` against ``G_inf`` (C5)."""
   checks.check_array("a", a)
@@ -142,8 +143,8 @@ def jacobian_change_norm(
     params: Params,
     params0: Params,
     x: Array,
-    method: str = "auto",
     *,
+    method: str = "auto",
     block_size: int = 4,
     max_iters: int = 200,
     tol: float = 1e-7,
@@ -354,7 +355,7 @@ def activation_flips(w, w0, x: Array) -> Array:
 
 
 @precision.curvature
-def generalization_measure(x: Array, y: Array,
+def generalization_measure(x: Array, y: Array, *,
                            g_inf: Array | None = None) -> Array:
   """``sqrt(2 y^T G_inf^{-1} y / n)``, the data-dependent term of Theorem 6.
 

@@ -647,11 +647,11 @@ def _failure_message(res: ForsterResult, x: np.ndarray, method: str) -> str:
 
 def forster(
     x,
+    *,
     tol: float | None = None,
     max_iters: int = 500,
     method: str | ForsterMethod = "newton",
     perturb: float | None = None,
-    *,
     seed: int = 0,
     max_cond: float | None = None,
     patience: int = 10,

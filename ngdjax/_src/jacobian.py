@@ -726,6 +726,7 @@ def gram(
     params: Params,
     x: Array,
     x2: Array | None = None,
+    *,
     method: str | GramMethod = "auto",
     chunk_size: int | None = None,
     mesh=None,

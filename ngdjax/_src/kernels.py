@@ -138,7 +138,8 @@ def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
     ``(n, n2)`` kernel matrix.
   """
   x = _check_x(x)
-  x2 = x if x2 is None else _check_x(x2, "x2")
+  x2 = x if x2 is None else checks.check_features(
+      "x2", _check_x(x2, "x2"), x.shape[1], "x has")
   inner = x @ x2.T
   theta = _row_angles(x, x2)
   return inner * (jnp.pi - theta) / (2 * jnp.pi)
@@ -168,7 +169,7 @@ def two_layer_ntk_inf(x: Array, nu: float = 1.0) -> Array:
 
 @precision.curvature
 def relu_ntk_inf(
-    x: Array, depth: int, w_std: float = 1.0, b_std: float = 0.0
+    x: Array, depth: int, *, w_std: float = 1.0, b_std: float = 0.0
 ) -> Array:
   """Infinite-width NTK of ``ngdjax.models.mlp`` with ReLU, one output.
 

@@ -334,6 +334,7 @@ def residuals(
     r0: Array,
     t: Array,
     method: str = "gd",
+    *,
     learning_rate: float | None = None,
     damping: float = 0.0,
 ) -> Array:
@@ -382,9 +383,9 @@ def weights(
     r0: Array,
     t: Array,
     method: str = "gd",
+    *,
     learning_rate: float | None = None,
     damping: float = 0.0,
-    *,
     params: Params | None = None,
     x: Array | None = None,
 ) -> Array:
@@ -439,6 +440,7 @@ def predict(
     u0_test: Array,
     t: Array,
     method: str = "gd",
+    *,
     learning_rate: float | None = None,
     damping: float = 0.0,
 ) -> Array:

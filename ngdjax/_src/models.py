@@ -111,7 +111,7 @@ def _check_width(name: str, value) -> int:
 
 
 def two_layer_relu(
-    width: int, out_dim: int = 1, nu: float = 1.0, output_seed: int = 0
+    width: int, out_dim: int = 1, *, nu: float = 1.0, output_seed: int = 0
 ) -> Model:
   """The two-layer ReLU network of MATH.md section 3.
 
@@ -149,6 +149,7 @@ def two_layer_relu(
 
   def apply(params, x):
     w = params["W"]
+    checks.check_features("x", x, w.shape[1], "the model's W takes")
     hidden = jax.nn.relu(x @ w.T)
     return hidden @ a.astype(hidden.dtype) / math.sqrt(m)
 
@@ -252,6 +253,8 @@ class _MLPSpec(NamedTuple):
     outputs with respect to them at zero gives the backpropagated
     pre-activation gradients.
     """
+    checks.check_features("x", x, params[0]["W"].shape[0],
+                          "the model's first layer takes")
     h, inputs = x, []
     for depth, layer in enumerate(params):
       z = self.w_std * h @ layer["W"] / math.sqrt(h.shape[-1])
@@ -309,6 +312,7 @@ class _MLPSpec(NamedTuple):
 def mlp(
     widths: Sequence[int],
     out_dim: int = 1,
+    *,
     activation: str | Callable[[Array], Array] = "relu",
     w_std: float = 1.0,
     b_std: float | None = 0.1,
@@ -333,7 +337,8 @@ def mlp(
     ``output_grads = du / dz_{l+1}`` (backpropagated by one VJP per output).
     ``kernel_inf`` is the deep ReLU NTK when ``activation == "relu"``.
   """
-  widths = tuple(_check_width("widths", w) for w in widths)
+  widths = tuple(_check_width("widths", w) for w in checks.check_sequence(
+      "widths", widths, example="(512,) or (512, 512)"))
   c = _check_width("out_dim", out_dim)
   checks.check_scalar("w_std", w_std, positive=True)
   w_std = float(w_std)

@@ -1,24 +1,28 @@
-"""The experiment layer (DESIGN.md, "Experiments"): one spec per claim.
+"""The experiment machinery: a claim as data, a resumable run per workdir.
 
-* ``runner``: ``Experiment`` (a claim as data: schema, rules, presets,
+The claims themselves (what is measured, the checks) live in the
+repository's ``experiments/`` and their settings in ``configs/``; this
+package holds what every claim shares:
+
+* ``runner``: ``Experiment`` (a claim as data: rules, config file,
   ``measure``, checks, report texts) and ``Run`` (a checked, resumable
   workdir with per-unit keys, progress, ``summary.json``).
-* ``registry.SPECS``: every spec in report order; ``reproduce`` runs them
-  and writes ``report.md``.
-* ``config`` (schema and ``Rule`` checks, config files, workdirs),
-  ``verdicts`` (checks as data), ``analysis`` (what several claims share),
-  ``metrics`` / ``checkpoint`` / ``progress`` (files, units, ETA), ``plots``
-  (PNG figures, Agg canvas, no pyplot).
-* One module per claim, ``SPEC`` at its bottom: ``ngd_rate`` (C1),
-  ``general_loss`` (C2), ``training_conditions`` (C3),
-  ``jacobian_stability`` (C4), ``gram_limit`` (C5), ``kfac_forster`` (C6),
-  ``forster_convergence`` (C7), ``lambda0_vs_n`` (C8), ``generalization``
-  (C9), ``linearized_paths`` (C10), ``figure1`` (C11), ``training_curves``
-  (C12), ``train`` (D1, a demonstration); ``ngd_training`` is the NGD loop
-  C1-C4 share.
+* ``config``: the schema and ``Rule`` checks, config files, workdirs.
+* ``verdicts``: checks as data, evaluated on the measured figures.
+* ``metrics`` / ``checkpoint`` / ``progress``: files, units, ETA.
+* ``plots``: PNG figures (Agg canvas, no pyplot); ``timing``: interleaved
+  wall-clock timing.
+* ``reproduce``: runs a list of experiments and writes ``report.md``.
 """
 
-from ngdjax.experiment import checkpoint, config, metrics, plots, progress
+from ngdjax.experiment import (
+    checkpoint,
+    config,
+    metrics,
+    plots,
+    progress,
+    timing,
+)
 from ngdjax.experiment.checkpoint import UnitStore
 from ngdjax.experiment.config import (
     check_config,
@@ -61,6 +65,7 @@ __all__ = [
     "read_metrics",
     "read_summary",
     "seed_key",
+    "timing",
     "unit_key",
     "write_json_atomic",
     "write_summary",

@@ -88,7 +88,8 @@ def _kind(value: Any) -> str:
   return "other"
 
 
-def check_config(config: Any, defaults: Any, prefix: str = "config") -> None:
+def check_config(config: Any, defaults: Any, *,
+                 prefix: str = "config") -> None:
   """Checks that ``config`` has exactly the fields of ``defaults``.
 
   Every field is compared recursively; one ``ValueError`` lists all
@@ -210,6 +211,32 @@ def check_rules(config: Any, rules: Sequence[Rule]) -> None:
   problems = [p for p in (rule.problem(config) for rule in rules) if p]
   if problems:
     raise ValueError("; ".join(problems))
+
+
+def with_preset(config: ml_collections.ConfigDict, preset: str | None,
+                **presets: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """``config`` (the full run) with the overrides of preset ``preset``.
+
+  A config file's ``get_config(preset)`` ends with it::
+
+    return with_preset(c, preset, small=dict(n=32, reps=4))
+
+  ``"full"`` is always a preset (no overrides unless ``presets`` has one);
+  ``None`` or ``""`` means ``"full"``.
+
+  Raises:
+    ValueError: an unknown preset, naming the known ones.
+  """
+  name = preset or "full"
+  names = list(presets) + (["full"] if "full" not in presets else [])
+  if name not in names:
+    quoted = [f'"{p}"' for p in names]
+    choices = (", ".join(quoted[:-1]) + " or " + quoted[-1]
+               if len(quoted) > 1 else quoted[0])
+    raise ValueError(f"unknown preset {preset!r}; use {choices}")
+  for field, value in presets.get(name, {}).items():
+    config[field] = value
+  return config
 
 
 def load_config_file(spec: str | os.PathLike) -> ml_collections.ConfigDict:

@@ -1,11 +1,11 @@
-"""Runs every registered experiment and writes ``report.md``.
+"""Runs a list of experiments and writes ``report.md``.
 
-One row per spec of ``registry.SPECS`` (C1..C12 and the D1
-demonstration): what is measured, the bound or expectation, PASS / FAIL (or
-ERROR) and links to the figures. Each experiment runs in its own
-sub-workdir ``<workdir>/<claim>_<name>_<preset>`` with the preset loaded
-from ``configs/<name>.py`` (as on the command line); a rerun skips every
-experiment whose ``summary.json`` is there for the same config (and an
+One row per ``Experiment`` (``experiments.registry.SPECS`` holds C1..C12
+and the D1 demonstration): what is measured, the bound or expectation,
+PASS / FAIL (or ERROR) and links to the figures. Each experiment runs in
+its own sub-workdir ``<workdir>/<claim>_<name>_<preset>`` with the preset
+loaded from ``configs/<name>.py`` (as on the command line); a rerun skips
+every experiment whose ``summary.json`` is there for the same config (and an
 interrupted experiment resumes from its finished units).
 """
 
@@ -23,7 +23,7 @@ import jax
 from absl import logging
 
 from ngdjax.experiment import config as config_lib
-from ngdjax.experiment import metrics, registry
+from ngdjax.experiment import metrics
 from ngdjax.experiment.progress import Progress, format_seconds
 from ngdjax.experiment.runner import Experiment
 
@@ -31,9 +31,23 @@ REPORT_FILE = "report.md"
 REPORT_JSON = "report.json"
 
 
-def default_configs_dir() -> Path:
-  """``configs/`` of the checkout this package was imported from."""
-  return Path(__file__).resolve().parents[2] / "configs"
+def select(only: str | Sequence[str] | None,
+           specs: Sequence[Experiment]) -> list[Experiment]:
+  """The specs whose claim ids are in ``only`` (``"C5,C8"``); all if empty.
+
+  Raises:
+    ValueError: naming the unknown ids and the known ones.
+  """
+  specs = list(specs)
+  if not only:
+    return specs
+  ids = [s.strip() for s in (only.split(",") if isinstance(only, str)
+                             else only) if s.strip()]
+  known = [s.claim for s in specs]
+  unknown = [i for i in ids if i not in known]
+  if unknown:
+    raise ValueError(f"only names unknown claims {unknown}; known: {known}")
+  return [s for s in specs if s.claim in ids]
 
 
 def _finished(subdir: Path, config) -> dict[str, Any] | None:
@@ -47,16 +61,17 @@ def _finished(subdir: Path, config) -> dict[str, Any] | None:
   return summary
 
 
-def run(workdir: str | os.PathLike, full: bool = False,
-        only: str | Sequence[str] | None = None,
-        configs_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-  """Runs the registered experiments and writes ``report.md``.
+def run(workdir: str | os.PathLike, specs: Sequence[Experiment],
+        configs_dir: str | os.PathLike, *, full: bool = False,
+        only: str | Sequence[str] | None = None) -> dict[str, Any]:
+  """Runs ``specs`` and writes ``report.md``.
 
   Args:
     workdir: directory for the report and one sub-workdir per experiment.
+    specs: the experiments, in report order.
+    configs_dir: the directory of the ``<name>.py`` config files.
     full: use each config's full preset instead of ``small``.
     only: claim ids to run (``"C5,C8"`` or a sequence); default all.
-    configs_dir: the ``configs/`` directory; default the checkout's.
 
   Returns:
     ``{"rows": [...], "counts": {...}, "report": path}``; each row has
@@ -64,8 +79,8 @@ def run(workdir: str | os.PathLike, full: bool = False,
     ``measured``, ``expectation``, ``figures`` and ``workdir``.
   """
   workdir = config_lib.check_workdir(workdir)
-  specs = registry.select(only, registry.SPECS)
-  configs_dir = Path(configs_dir) if configs_dir else default_configs_dir()
+  specs = select(only, specs)
+  configs_dir = Path(configs_dir)
   preset = "full" if full else "small"
   if not configs_dir.is_dir():
     raise ValueError(f"configs_dir {str(configs_dir)!r} is not a directory; "
@@ -130,8 +145,8 @@ def _row(claim: Experiment, status: str, note: str = "", *,
       "claim": claim.claim,
       "title": claim.row,
       "status": status,
-      "measured": (summary or {}).get("measured_text") or claim.measures,
-      "expectation": (summary or {}).get("expectation") or claim.expects,
+      "measured": (summary or {}).get("measured_text") or "not measured",
+      "expectation": (summary or {}).get("expectation") or claim.title,
       "checks": (summary or {}).get("checks", {}),
       "check_kinds": ((summary or {}).get("details") or {}).get(
           "check_kinds", {}),

@@ -1,23 +1,24 @@
 """The one experiment runner: a spec per claim, a resumable run per workdir.
 
 Each claim is one ``Experiment`` spec (data, no control flow): its name,
-claim id and titles, the config schema (``default_config``) with range
-``rules`` and named ``presets``, the ``measure`` function that runs the
-units and returns an ``Outcome`` (measured figures, the report's text, the
-figures drawn), and its ``checks`` as data (``verdicts.Check``)::
+claim id and titles, its config file's ``get_config`` (the full run is the
+schema; presets such as ``small`` change its values), range ``rules``, the
+``measure`` function that runs the units and returns an ``Outcome``
+(measured figures, the report's text, the figures drawn), and its
+``checks`` as data (``verdicts.Check``)::
 
   SPEC = Experiment(
       name="gram_limit", claim="C5", title="G(0) -> G_inf ...",
-      row="G(0) -> G_inf with width (Lemma 6)", measures="...",
-      expects="...", default_config=default_config, measure=measure,
-      checks=CHECKS, rules=(Rule("len(widths)", ">=", 3, "for a fit"),),
-      presets={"small": dict(n=32, reps=4)})
+      row="G(0) -> G_inf with width (Lemma 6)",
+      get_config=configs.gram_limit.get_config,
+      measure=measure, checks=CHECKS,
+      rules=(Rule("len(widths)", ">=", 3, "for a fit"),))
 
 ``Experiment.run(config, workdir)`` is the same for every claim: it checks
 the config (fields against the schema, then the rules) and the workdir,
 calls ``measure(run, config)`` inside a ``Run``, evaluates the checks on
 the measured figures and writes ``summary.json`` with the verdict, the
-criteria text and the check kinds. ``ngdjax.experiment.registry`` lists
+criteria text and the check kinds. ``experiments.registry`` lists
 the specs; the reproduction report and every entry point read it.
 
 ``Run``: one experiment in one workdir, checked at start and resumable.
@@ -42,7 +43,7 @@ dominates experiments that sweep widths or sample sizes. Experiments run
 single-device, where partitionability buys nothing. Code called from
 ``measure`` sees that stream; nothing else in the process does.
 
-Faults on resume (issue 13):
+Faults on resume:
 
 * A run that fails before finishing any unit (an invalid config value
   rejected by the experiment, a typo caught in the first second) leaves no
@@ -347,23 +348,19 @@ class Experiment:
   """One claim of the paper as data (see the module docstring).
 
   Attributes:
-    name: module name in ``ngdjax.experiment``, ``configs/``,
-      ``experiments/``.
+    name: the module's name in ``experiments/`` and ``configs/``.
     claim: ``"C1"`` .. ``"C12"``, or ``"D1"`` for a demonstration.
     title: the claim with its bounds (``summary["title"]``).
     row: the claim's short name in the report's first column.
-    measures: what is measured (the report's text until it has run).
-    expects: the expectation (the report's text until it has run).
-    default_config: the full run's config; its fields are the schema.
+    get_config: ``preset -> ConfigDict``, the ``get_config`` of
+      ``configs/<name>.py``; its default (``get_config()``, the full run)
+      is the schema every run's config is checked against.
     measure: ``(run, config) -> Outcome``.
     checks: the ``verdicts.Check`` s, or ``config -> checks`` when they
       depend on the config.
     rules: ``config.Rule`` ranges, checked before any work.
     validate: ``config -> None`` for conditions rules cannot state; raises
       ``ValueError`` naming the field.
-    presets: ``{name: {field: value}}`` overrides of ``default_config``;
-      ``"full"`` (no overrides) is always there.
-    default_preset: what ``get_config()`` without a preset returns.
     headline: keys of ``Outcome.measured`` that ``summary.json`` also holds
       at its top level (``Run.finish``).
   """
@@ -372,36 +369,17 @@ class Experiment:
   claim: str
   title: str
   row: str
-  measures: str
-  expects: str
-  default_config: Callable[[], Any]
+  get_config: Callable[..., Any]
   measure: Callable[[Run, Any], Outcome]
   checks: Sequence[verdicts.Check] | Callable[[Any], Sequence[
       verdicts.Check]] = ()
   rules: Sequence[config_lib.Rule] = ()
   validate: Callable[[Any], None] | None = None
-  presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(
-      default_factory=dict)
-  default_preset: str = "full"
   headline: Sequence[str] = ()
 
-  def preset_names(self) -> list[str]:
-    return list(self.presets) + (["full"] if "full" not in self.presets
-                                 else [])
-
-  def get_config(self, preset: str | None = None):
-    """The config of ``preset`` (``None`` or ``""``: ``default_preset``)."""
-    name = preset or self.default_preset
-    names = self.preset_names()
-    if name not in names:
-      quoted = [f'"{p}"' for p in names]
-      choices = (", ".join(quoted[:-1]) + " or " + quoted[-1]
-                 if len(quoted) > 1 else quoted[0])
-      raise ValueError(f"unknown preset {preset!r}; use {choices}")
-    config = self.default_config()
-    for field, value in self.presets.get(name, {}).items():
-      config[field] = value
-    return config
+  def default_config(self) -> Any:
+    """The full run's config, ``get_config()``: the schema."""
+    return self.get_config()
 
   def check_list(self, config: Any = None) -> tuple[verdicts.Check, ...]:
     """The checks (for the default config when ``config`` is ``None``)."""

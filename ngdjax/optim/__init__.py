@@ -4,34 +4,26 @@
     state = opt.init(params)
     params, state, info = jax.jit(opt.step)(params, state, x, y)
 
-* ``gd``, ``optax_optimizer``: baselines (``ngdjax/_src/optim/gd.py``).
-* ``ngd``: exact natural gradient in kernel form, Cholesky or CG, and
-  ``ngd_preconditioner`` for ``optax.chain`` (``ngd.py``, MATH.md 2).
-* ``kfac``: K-FAC with primal/dual factor solves, the Fisher of
+* ``gd``, ``optax_optimizer``: the baselines.
+* ``ngd``: exact natural gradient in kernel form (Cholesky or CG), and
+  ``ngd_preconditioner`` for ``optax.chain``.
+* ``kfac``: K-FAC with primal or dual factor solves, the Fisher of
   cross-entropy, running factor averages for mini-batches, and
-  ``kfac_preconditioner`` for ``optax.chain`` (``kfac.py``, MATH.md 4, 7).
-* ``ngd`` and ``kfac`` share one step (``core.py``): state
-  (``CurvatureState``), hyper-parameters held in the state (a sweep compiles
-  once), damping, Levenberg-Marquardt, ``info`` and the fault flags.
-* Damping: a number, a schedule, or ``levenberg_marquardt(...)``
-  (``damping.py``); Cholesky fallback and CG in ``solvers.py``.
+  ``kfac_preconditioner`` for ``optax.chain``.
+* Damping: a number, a schedule, or ``levenberg_marquardt(...)``.
+
+``ngd`` and ``kfac`` share one step: hyper-parameters held in the state
+(a sweep compiles once), damping, the Cholesky fallback and the fault
+flags of ``info``. The user guide (``docs/guide/ngd.md``,
+``docs/guide/kfac.md``) and the math (``docs/math.md``) say what each
+computes.
 """
 
 from ngdjax._src.optim.base import Optimizer
-from ngdjax._src.optim.core import (
-    DIVERGENCE_FACTOR,
-    CurvatureState,
-    PreconditionerState,
-)
+from ngdjax._src.optim.core import PreconditionerState
 from ngdjax._src.optim.damping import LevenbergMarquardt, levenberg_marquardt
 from ngdjax._src.optim.gd import GDState, OptaxState, gd, optax_optimizer
-from ngdjax._src.optim.kfac import (
-    KFACFactors,
-    KFACInverses,
-    KFACState,
-    kfac,
-    kfac_preconditioner,
-)
+from ngdjax._src.optim.kfac import KFACState, kfac, kfac_preconditioner
 from ngdjax._src.optim.ngd import (
     NGDPreconditionerState,
     NGDState,
@@ -40,11 +32,7 @@ from ngdjax._src.optim.ngd import (
 )
 
 __all__ = [
-    "DIVERGENCE_FACTOR",
-    "CurvatureState",
     "GDState",
-    "KFACFactors",
-    "KFACInverses",
     "KFACState",
     "LevenbergMarquardt",
     "NGDPreconditionerState",

@@ -106,6 +106,9 @@ def check_batch(apply_or_model, params, x, y, loss=None) -> tuple[Array, Array]:
   apply, model = split_model(apply_or_model)
   # A bare apply takes inputs of any shape (n, ...) (issue 10).
   x = checks.check_inputs("x", x, any_shape=model is None)
+  # Integer x only for a bare apply (token ids); half-precision x of a
+  # wider model is computed in the model's dtype.
+  x = checks.compute_dtype_inputs("x", x, params, integers=model is None)
   checks.check_model_params(model, params, x, finite=False)
   if model is None:
     checks.check_apply(apply, params, x)

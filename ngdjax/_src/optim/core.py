@@ -276,6 +276,7 @@ def make(
     )
 
   def step(params, state: CurvatureState, x, y):
+    checks.check_state("state", state, CurvatureState)
     check_params(params)
     x, y = base.check_batch(model_or_apply, params, x, y, loss)
     x, y = base.shard_batch(x, y, mesh)

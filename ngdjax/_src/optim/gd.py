@@ -83,7 +83,7 @@ def _fault_info(info, loss0, loss_scale, grads, skipped, params):
 
 
 def gd(
-    model_or_apply, learning_rate: base.ScalarOrSchedule, loss="squared"
+    model_or_apply, learning_rate: base.ScalarOrSchedule, *, loss="squared"
 ) -> base.Optimizer:
   """Full-batch gradient descent, ``theta <- theta - eta grad L(theta)``.
 
@@ -141,7 +141,7 @@ def gd(
 
 
 def optax_optimizer(
-    model_or_apply, tx: optax.GradientTransformation, loss="squared"
+    model_or_apply, tx: optax.GradientTransformation, *, loss="squared"
 ) -> base.Optimizer:
   """Runs an optax transformation as an ngdjax ``Optimizer``.
 

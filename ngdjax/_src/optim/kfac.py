@@ -908,6 +908,7 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
 def kfac(
     model: Model,
     learning_rate: base.ScalarOrSchedule,
+    *,
     damping: float | Callable | damping_lib.LevenbergMarquardt = 0.0,
     loss="squared",
     form: str = "auto",
@@ -1030,6 +1031,7 @@ def kfac(
 def kfac_preconditioner(
     model: Model,
     damping: float | Callable = 0.0,
+    *,
     loss="squared",
     form: str = "auto",
     damping_split: str = "pi",

@@ -401,6 +401,7 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
 def ngd(
     model_or_apply,
     learning_rate: base.ScalarOrSchedule,
+    *,
     damping: float | Callable | damping_lib.LevenbergMarquardt = 0.0,
     loss="squared",
     solver: str = "cholesky",
@@ -555,6 +556,7 @@ NGDPreconditionerState = core.PreconditionerState
 def ngd_preconditioner(
     model_or_apply,
     damping: float | Callable = 0.0,
+    *,
     loss="squared",
     solver: str = "cholesky",
     gram_method: str = "auto",

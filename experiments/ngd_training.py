@@ -3,7 +3,8 @@
 ``train``: ``ngdjax.optim.ngd`` with damping 0 (the theorems' update), with
 the diagnostics of every iterate (``||J(k) - J(0)||_2`` exact from the
 net's structure: seconds at widths up to ``10^6``); ``sweep``: one run per
-(width, repetition[, step size]); ``base_config``: the fields C1-C4 share;
+(width, repetition[, step size]) (the fields C1-C4 share are in their
+``configs/``);
 ``rate_sweep`` .. ``residual_figure``: C1 and C2's rate analysis; the rest:
 figure parts. The theory's constants are in ``analysis``.
 """
@@ -20,29 +21,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from experiments import analysis
 from ngdjax import data, diagnostics, losses, models
-from ngdjax.experiment import analysis, plots, verdicts
+from ngdjax.experiment import plots, verdicts
 from ngdjax.experiment.config import Rule
 from ngdjax.experiment.runner import Run, unit_key
 from ngdjax.optim import ngd
-
-
-def base_config(n: int, reps: int, num_steps: int,
-                **fields: Any) -> ml_collections.ConfigDict:
-  """A full run's config (the experiment's schema): the fields C1-C4
-  share, then ``fields``."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.n = n  # training points on S^{d-1}
-  c.d = 10
-  c.nu = 1.0  # first-layer init scale
-  c.reps = reps  # initialisations per width (shared by every eta)
-  c.num_steps = num_steps
-  c.residual_floor = 1e-10  # stop once ||r(k)|| / ||r(0)|| is this small
-  c.update(fields)
-  return c
-
-
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

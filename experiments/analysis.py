@@ -10,10 +10,9 @@ theory's constants evaluated at measured figures.
   of a trajectory, the largest step the theorems allow for it, the Lemma 7
   Jacobian bound and the Lemma 8 flip bound at a measured radius.
 
-Conventions (MATH.md 1-3): where MATH.md 2 writes ``lambda_0`` for
-``lambda_min(G(0))`` (Conditions 1-2, Lemmas 2-3) the code says
-``lambda_min(G(0))``; ``lambda_0`` is ``lambda_min(G_inf)``.
-"""
+Conventions (``docs/math.md``, "Conventions"): where the paper writes
+``lambda_0`` for ``lambda_min(G(0))`` (Conditions 1-2, Lemmas 2-3) the code
+says ``lambda_min(G(0))``; ``lambda_0`` is ``lambda_min(G_inf)``."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def init_params(seed):
   """``benchmarks/train.py``'s ``init_params`` (same numpy draws)."""
   rng = np.random.default_rng(seed)
   params = []
-  for a, b in zip(SIZES[:-1], SIZES[1:]):
+  for a, b in zip(SIZES[:-1], SIZES[1:], strict=True):
     w = rng.standard_normal((a, b)) / np.sqrt(a)
     params.append({"w": w.astype(np.float32), "b": np.zeros(b, np.float32)})
   return params

@@ -332,7 +332,7 @@ def make(
     loss0 = loss.value(d.u, y)
     diverged, scale = divergence(loss0, state.loss_scale,
                                  all_finite(d.direction))
-    ctx = _StepInputs(apply, loss, rule, jvp_fn, params, state, x, y, d,
+    ctx = _StepInputs(apply, loss, _per_batch(rule, x.shape[0]), jvp_fn, params, state, x, y, d,
                       loss0, lam, lr, None if adaptive_mu else state.momentum,
                       lr_ok & lam_ok, with_velocity)
     out = _model_step(ctx) if cfg.quadratic else _fixed_step(ctx)
@@ -392,6 +392,15 @@ class _StepOutputs(NamedTuple):
   skipped: Array  # () int32
   loss_after_nonfinite: Array  # () int32
   info: dict
+
+
+def _per_batch(rule, n: int):
+  """The rule with per-example Levenberg-Marquardt bounds times ``n``."""
+  lm = rule.adaptive
+  if lm is None or not lm.per_example:
+    return rule
+  return rule._replace(adaptive=lm._replace(
+      min_damping=n * lm.min_damping, max_damping=n * lm.max_damping))
 
 
 def _adapt_every(rule, count) -> Array:

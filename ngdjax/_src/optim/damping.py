@@ -11,7 +11,7 @@ Every curvature-based optimizer (``ngd``, ``kfac``) takes ``damping`` as
   steps, ``lam <- omega lam`` when ``rho > 3/4`` and ``lam <- lam / omega``
   when ``rho < 1/4``, ``omega = (19/20)^T``, starting from ``lam = n`` (one
   per example of the first batch: kfac-jax's mean-convention damping 1 in
-  the library's sum convention).
+  the library's sum convention), within ``[1e-8 n, 1e8 n]``.
 
 Reduction ratio (Levenberg-Marquardt; More 1978, Martens 2010 section 4.1).
 A step ``delta`` is judged by
@@ -69,9 +69,9 @@ class LevenbergMarquardt(NamedTuple):
     max_damping: ceiling.
     every: adapt every this many steps (at steps ``0, every, 2 every,
       ...``); the ratio is measured on those steps.
-    per_example: ``init`` is per example: the first step's damping is
-      ``init`` times its batch size (sum convention), so that one setting
-      suits every batch size.
+    per_example: ``init``, ``min_damping`` and ``max_damping`` are per
+      example: times the batch size ``n`` (the first step's damping is ``n
+      init``; sum convention), so that one setting suits every batch size.
   """
 
   init: float = 1.0

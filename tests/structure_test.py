@@ -109,7 +109,9 @@ def test_weight_sharing_and_unsupported_patterns_are_generic():
   report = ngdjax.describe_structure(apply, params, x)
   generic = {g.path: g.reason for g in report.generic}
   assert "used more than once" in generic["['tied']"]
-  assert "shared over positions" in generic["['shared']"]
+  assert "['shared']" not in generic  # a shared-weight layer now
+  assert [(lay.weight, lay.positions) for lay in report.shared] == [
+      ("['shared']", 2)]
   assert [lay.weight for lay in report.layers] == ["['heads']", "['out']"]
   _check_gram(apply, params, x)
 
@@ -218,3 +220,147 @@ def test_whole_batch_and_per_example_evaluation_agree():
         atol=1e-14)
   _check_gram(apply, params, x)
   _check_gram(apply, params, x[:1])
+
+
+# --------------------------------------------------------------------------
+# Convolutions and shared-weight layers: the expanded factors reproduce the
+# Jacobian, dU_ik / dM_g = sum_t A[i, t, g] S[i, k, t, g]^T.
+# --------------------------------------------------------------------------
+
+
+def _cnn(nchw, groups=2, stride=2, padding="VALID"):
+  dn = ("NCHW", "OIHW", "NCHW") if nchw else ("NHWC", "HWIO", "NHWC")
+
+  def bias(b):
+    return b[:, None, None] if nchw else b
+
+  def apply(p, x):
+    h = jax.lax.conv_general_dilated(x, p["k1"], (1, 1), "SAME",
+                                     dimension_numbers=dn)
+    h = jnp.tanh(h + bias(p["b1"]))
+    h = jax.lax.conv_general_dilated(
+        h, p["k2"], (stride, stride), padding, rhs_dilation=(1, 2),
+        dimension_numbers=dn, feature_group_count=groups)
+    h = jnp.tanh(h * 0.5 + bias(p["b2"]))
+    return h.reshape(h.shape[0], -1) @ p["w"] + p["b"]
+
+  x = _x(n=4, shape=(1, 7, 8) if nchw else (7, 8, 1))
+  z = jax.eval_shape(
+      lambda: jax.lax.conv_general_dilated(
+          jnp.zeros((1, 7, 8, 4)), jnp.zeros((3, 3, 4 // groups, 6)),
+          (stride, stride), padding, rhs_dilation=(1, 2),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+          feature_group_count=groups))
+  shapes = {"k1": (4, 1, 3, 3) if nchw else (3, 3, 1, 4), "b1": (4,),
+            "k2": (6, 4 // groups, 3, 3) if nchw else (3, 3, 4 // groups, 6),
+            "b2": (6,), "w": (int(np.prod(z.shape)), 3), "b": (3,)}
+  keys = jax.random.split(jax.random.key(0), len(shapes))
+  params = {k: jax.random.normal(key, s)
+            for key, (k, s) in zip(keys, shapes.items(), strict=True)}
+  return apply, params, x
+
+
+def _check_expanded_factors(apply, params, x):
+  st = structure.model_structure(apply, params, x)
+  expanded = st.expand(st.factors(params, x))
+  jac = jax.jacrev(lambda q: jnp.atleast_2d(apply(q, x)))(params)
+  n, c = jax.tree_util.tree_leaves(jac)[0].shape[:2]
+  for i in range(n):
+    for k in range(c):
+      mats = st.to_layer_matrices(
+          jax.tree_util.tree_map(lambda a, i=i, k=k: a[i, k], jac))
+      for (a, s), m in zip(expanded, mats, strict=True):
+        dm = jnp.einsum("tga,tgb->agb", a[i], s[i, k])
+        np.testing.assert_allclose(dm.reshape(m.shape), m, atol=1e-11)
+  return st
+
+
+@pytest.mark.parametrize("nchw,groups,padding",
+                         [(False, 1, "SAME"), (True, 2, "VALID")])
+def test_conv_layers_are_found_and_their_factors_are_exact(nchw, groups,
+                                                           padding):
+  apply, params, x = _cnn(nchw, groups, padding=padding)
+  st = _check_expanded_factors(apply, params, x)
+  report = st.report
+  assert not report.generic, str(report)
+  assert [(lay.kernel, lay.bias, lay.groups) for lay in report.conv] == [
+      ("['k1']", "['b1']", 1), ("['k2']", "['b2']", groups)]
+  assert [lay.weight for lay in report.layers] == ["['w']"]
+  f = st.factors(params, x)
+  assert f[0].inputs.shape == (4, 7, 8, 1)  # channels last, as fed
+  assert f[0].output_grads.shape == (4, 3, 7, 8, 4)
+  # One backward pass for a given output cotangent.
+  cot = jnp.asarray(np.random.default_rng(3).standard_normal((4, 3)))
+  for got, want in zip(st.factors(params, x, cot), f, strict=True):
+    np.testing.assert_allclose(
+        got.output_grads[:, 0],
+        jnp.einsum("ik,ik...->i...", cot, want.output_grads), atol=1e-12)
+  back = st.from_layer_matrices(st.to_layer_matrices(params))
+  for k in params:
+    np.testing.assert_array_equal(back[k], params[k])
+
+
+def test_shared_weight_layer_factors_are_exact():
+  def apply(p, x):  # (n, tokens, d): one weight at every token
+    h = jnp.tanh(x @ p["w"] + p["b"])
+    return jnp.einsum("ntd,td->n", h, p["v"])[:, None]
+
+  keys = jax.random.split(jax.random.key(4), 3)
+  params = {"w": jax.random.normal(keys[0], (3, 4)),
+            "b": jax.random.normal(keys[1], (4,)),
+            "v": jax.random.normal(keys[2], (5, 4))}
+  x = _x(n=3, shape=(5, 3))
+  st = structure.model_structure(apply, params, x)
+  assert [(lay.weight, lay.bias, lay.positions)
+          for lay in st.report.shared] == [("['w']", "['b']", 5)]
+  # v contracts tokens and features: a dense layer with a = 5 * 4.
+  assert [lay.weight for lay in st.report.layers] == ["['v']"]
+  expanded = st.expand(st.factors(params, x))
+  jac = jax.jacrev(lambda q: apply(q, x))(params)
+  for i in range(3):
+    m, _ = st.to_layer_matrices(
+        jax.tree_util.tree_map(lambda a, i=i: a[i, 0], jac))
+    a, s = expanded[0]
+    np.testing.assert_allclose(
+        jnp.einsum("tga,tgb->agb", a[i], s[i, 0]).reshape(m.shape), m,
+        atol=1e-12)
+
+
+@pytest.mark.parametrize("nchw,groups,padding",
+                         [(False, 1, "SAME"), (True, 2, "VALID")])
+def test_conv_gram_is_exact_in_every_form_and_chunked(nchw, groups, padding):
+  from ngdjax._src import gram_forms
+
+  apply, params, x = _cnn(nchw, groups, padding=padding)
+  ref = _exact_gram(apply, params, x)
+  st = structure.model_structure(apply, params, x)
+  for form in ("patch", "jacobian"):
+    forms = tuple("outer" if lay.kind == "dense" else form
+                  for lay in st.layers)
+    f = gram_forms.features(st, forms, params, x)
+    np.testing.assert_allclose(gram_forms.self_gram(forms, f), ref,
+                               atol=1e-10 * float(jnp.max(ref)))
+    f2 = gram_forms.features(st, forms, params, x[:2])
+    np.testing.assert_allclose(gram_forms.cross(forms, f, f2),
+                               ref[:, :6], atol=1e-10 * float(jnp.max(ref)))
+  _check_gram(apply, params, x)
+  for chunk in (None, 3):
+    g = ngdjax.gram(apply, params, x, method="structured", chunk_size=chunk)
+    np.testing.assert_allclose(g, ref, atol=1e-10 * float(jnp.max(ref)))
+  x2 = 0.5 * x[:3]
+  flat, unravel = ravel_pytree(params)
+  j2 = jax.jacrev(lambda f: apply(unravel(f), x2).reshape(-1))(flat)
+  j1 = jax.jacrev(lambda f: apply(unravel(f), x).reshape(-1))(flat)
+  g = ngdjax.gram(apply, params, x, x2, method="structured", chunk_size=2)
+  np.testing.assert_allclose(g, j1 @ j2.T, atol=1e-10 * float(jnp.max(ref)))
+
+
+def test_gram_forms_cost_model_picks_per_layer():
+  from ngdjax._src import gram_forms
+
+  apply, params, x = _cnn(False, 1, padding="SAME")
+  st = structure.model_structure(apply, params, x)
+  # First conv: 56 positions, a = 10, b = 4: the Jacobian rows are cheaper
+  # than T^2 patch products; the dense layer is always "outer".
+  forms = gram_forms.choose_forms(st, block=128, r=3)
+  assert forms[0] == "jacobian" and forms[-1] == "outer"

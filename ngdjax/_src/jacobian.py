@@ -60,7 +60,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec
 
-from ngdjax._src import checks, parallel, structure
+from ngdjax._src import checks, gram_forms, parallel, structure
 from ngdjax._src.linalg import as_columns, pad_rows, self_outer
 from ngdjax._src.models import LayerFactors, Model
 from ngdjax._src.typing import Array, Params
@@ -95,6 +95,8 @@ def split_model(apply_or_model: ApplyOrModel) -> tuple[Callable, Model | None]:
   """Returns ``(apply, model_or_None)`` for a ``Model`` or a bare function."""
   if isinstance(apply_or_model, Model):
     return apply_or_model.apply, apply_or_model
+  if isinstance(apply_or_model, structure.Structure):
+    return apply_or_model.apply, None
   if callable(apply_or_model):
     return apply_or_model, None
   raise ValueError(
@@ -514,74 +516,57 @@ def structured_gram_vp(factors: tuple[LayerFactors, ...], v: Array) -> Array:
   return out
 
 
-def _gram_structured(model, params, x1, x2, chunk_size):
-  if not isinstance(model, Model) or model.layer_factors is None:
-    return _gram_found_structure(model, params, x1, x2, chunk_size)
-  n_max = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
-  if chunk_size is None or chunk_size >= n_max:
-    f1 = model.layer_factors(params, x1)
-    f2 = None if x2 is None else model.layer_factors(params, x2)
-    return structured_gram_from_factors(f1, f2)
-  return _gram_structured_streamed(model, params, x1, x2, chunk_size)
+def _structure_and_forms(apply_or_model, params, x, block):
+  """The model's ``Structure`` and each layer's Gram form for blocks of
+  ``block`` examples (``gram_forms.choose_forms``)."""
+  st = structure.model_structure(apply_or_model, params, x)
+  c = output_dim(st.apply, params, x)
+  itemsize = jnp.dtype(x.dtype).itemsize
+  return st, gram_forms.choose_forms(st, block, c, itemsize)
 
 
-def _gram_found_structure(apply_or_model, params, x1, x2, chunk_size):
-  """Structured Gram of the dense layers found in a bare ``apply``, plus the
-  exact Gram of the generic leaves (``structure`` module)."""
-  if isinstance(apply_or_model, Model):
-    apply_or_model = apply_or_model.apply
-  n_max = max(x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0])
-  if x2 is None and chunk_size is not None and chunk_size < n_max:
-    # Block by block into one buffer; each block is this function unchunked.
+def _gram_structured(apply_or_model, params, x1, x2, chunk_size):
+  """``G`` from the model's structure: each layer in its cheapest exact
+  form (``gram_forms``), generic leaves by their Jacobian."""
+  n1 = x1.shape[0]
+  n_max = max(n1, n1 if x2 is None else x2.shape[0])
+  chunked = chunk_size is not None and chunk_size < n_max
+  if x2 is None and chunked:
+    # Block by block into one buffer.
     return gram_blocks(apply_or_model, params, x1, chunk_size,
                        GramMethod.STRUCTURED)
-  st = structure.layer_structure(apply_or_model, params, x1)
-  total = 0.0
-  if st.report.layers:
-    if chunk_size is None or chunk_size >= n_max:
-      f1 = st.layer_factors(params, x1)
-      f2 = None if x2 is None else st.layer_factors(params, x2)
-      total = structured_gram_from_factors(f1, f2)
-    else:
-      total = _gram_structured_streamed(st, params, x1, x2, chunk_size)
-  if st.generic_jacobian is not None:
+  st, forms = _structure_and_forms(apply_or_model, params, x1,
+                                   chunk_size if chunked else n_max)
 
-    def generic(x):
-      if chunk_size is None or chunk_size >= x.shape[0]:
-        return st.generic_jacobian(params, x)
-      xb, _ = _blocks(x, chunk_size)
-      jac = jax.lax.map(lambda xc: st.generic_jacobian(params, xc), xb)
-      rows = x.shape[0] * jac.shape[1] // chunk_size
-      return jac.reshape(-1, jac.shape[-1])[:rows]
+  def feats(x):
+    return gram_forms.features(st, forms, params, x)
 
-    j1 = generic(x1)
-    total = total + (self_outer(j1) if x2 is None else j1 @ generic(x2).T)
-  return total
+  if not chunked:
+    f1 = feats(x1)
+    if x2 is None:
+      return gram_forms.self_gram(forms, f1)
+    return gram_forms.cross(forms, f1, feats(x2))
+  return _gram_structured_streamed(feats, forms, x1, x2, chunk_size)
 
 
-def _gram_structured_streamed(model, params, x1, x2, chunk_size):
-  """The structured Gram block by block, never holding all layer factors.
+def _gram_structured_streamed(feats, forms, x1, x2, chunk_size):
+  """The cross-Gram block by block, never holding all features.
 
-  Symmetric case (``x2 is None``): ``gram_blocks``, one ``(N, N)`` buffer
-  filled in place. Cross-Gram: for each block of rows the factors are
-  computed once, and for each block of columns again (``lax.map`` over
-  both), so memory is the factors of two blocks plus the output. The price
-  is recomputing the column factors once per row block: ``n / chunk`` extra
-  factor passes (for the two-layer net ``2 n m d`` flops each, against the
-  Gram's ``2 n^2 m``: a fraction ``d / chunk`` more work).
+  For each block of rows the features are computed once, and for each
+  block of columns again (``lax.map`` over both), so memory is the
+  features of two blocks plus the output. The price is recomputing the
+  column features once per row block: ``n / chunk`` extra factor passes
+  (for the two-layer net ``2 n m d`` flops each, against the Gram's
+  ``2 n^2 m``: a fraction ``d / chunk`` more work).
   """
-  if x2 is None:
-    return gram_blocks(model, params, x1, chunk_size, GramMethod.STRUCTURED)
   n1, n2 = x1.shape[0], x2.shape[0]
   rows_b, _ = _blocks(x1, chunk_size)
   cols_b, _ = _blocks(x2, chunk_size)
 
   def row_block(xr):
-    fr = model.layer_factors(params, xr)
-    blocks = jax.lax.map(
-        lambda xc: structured_gram_from_factors(
-            fr, model.layer_factors(params, xc)),
-        cols_b)  # (col blocks, chunk c, chunk c)
+    fr = feats(xr)
+    blocks = jax.lax.map(lambda xc: gram_forms.cross(forms, fr, feats(xc)),
+                         cols_b)  # (col blocks, chunk c, chunk c)
     return jnp.moveaxis(blocks, 0, 1).reshape(blocks.shape[1], -1)
 
   g = jax.lax.map(row_block, rows_b)  # (row blocks, chunk c, n2p c)
@@ -634,21 +619,22 @@ def gram_blocks(
   Returns:
     ``(n c, n c)`` array.
   """
-  _, model = split_model(apply_or_model)
   n = x.shape[0]
   b = max(1, min(int(block), n))
   k = -(-n // b)
   resolved = resolve_gram_method(apply_or_model, params,
                                  checks.leading_rows(x, b), method)
-  if resolved is GramMethod.STRUCTURED and (
-      model is not None and model.layer_factors is not None):
-    # (A bare apply's found structure goes through gram per block below.)
+  if resolved is GramMethod.STRUCTURED:
+    st, forms = _structure_and_forms(apply_or_model, params, x, b)
 
     def factors(xb):
-      return model.layer_factors(params, xb)
+      return gram_forms.features(st, forms, params, xb)
 
-    cross = structured_gram_from_factors
-    self_gram = _self_gram
+    def cross(fi, fj):
+      return gram_forms.cross(forms, fi, fj)
+
+    def self_gram(fi):
+      return gram_forms.self_gram(forms, fi)
   else:
 
     def factors(xb):
@@ -715,13 +701,12 @@ def resolve_gram_method(
   method = parse_gram_method(method)
   if method is not GramMethod.AUTO:
     return method
-  apply, model = split_model(apply_or_model)
-  if model is not None and model.layer_factors is not None:
+  st = structure.model_structure(apply_or_model, params, x)
+  if st.plan is None:  # a Model's closed-form layer factors
     return GramMethod.STRUCTURED
-  n_out = x.shape[0] * output_dim(apply_or_model, params, x)
-  report = structure.describe_structure(apply, params, x)
-  if report.layers:
-    p_generic = sum(math.prod(g.shape) for g in report.generic)
+  n_out = x.shape[0] * output_dim(st.apply, params, x)
+  if st.layers:
+    p_generic = sum(math.prod(g.shape) for g in st.report.generic)
     if n_out * p_generic * x.dtype.itemsize <= AUTO_JACOBIAN_BYTES:
       return GramMethod.STRUCTURED
   p = ravel_pytree(params)[0].size
@@ -781,7 +766,7 @@ def gram(
         apply_or_model, params, x, mesh, resolved.value, chunk_size
     )
   if resolved is GramMethod.STRUCTURED:
-    return _gram_structured(model or apply, params, x, x2, chunk_size)
+    return _gram_structured(apply_or_model, params, x, x2, chunk_size)
   if resolved is GramMethod.JACOBIAN:
     return _gram_jacobian(apply, params, x, x2, chunk_size)
   return _gram_products(apply, params, x, x2, chunk_size)
@@ -828,7 +813,7 @@ def _sharded_gram(apply_or_model, params, x, mesh, method, chunk_size):
   xp = jax.device_put(xp, parallel.row_sharding(mesh))
   replicated = PartitionSpec()
 
-  if resolved is GramMethod.STRUCTURED and model is not None:
+  if resolved is GramMethod.STRUCTURED and structure.has_closed_form(model):
 
     def local_rows(params, x_local):
       mine = model.layer_factors(params, x_local)

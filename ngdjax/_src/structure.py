@@ -1,40 +1,41 @@
-"""Dense-layer structure found automatically in any ``apply(params, x)``.
+"""A model's layer structure, analysed once into one value.
 
-The structured Gram and K-FAC need, for every dense layer, its inputs ``A``
-and its backpropagated pre-activation gradients ``B`` (``LayerFactors``,
-``ngdjax._src.models``). The library's own models provide them; for any other
-model (flax, equinox, plain pytrees) this module finds them in the traced
-computation:
+The structured Gram and K-FAC need, for every layer whose Jacobian is an
+outer product (dense layers, dense layers shared over tokens, convolutions:
+``ngdjax._src.layer_kinds``), the layer's inputs ``A`` and the
+back-propagated gradients ``S`` at its pre-activations. The library's own
+models provide them in closed form; for any other model (flax, equinox,
+plain pytrees) this module finds them in the traced computation:
 
-1. ``apply`` is traced once on one example (``x`` of shape ``(1, ...)``,
-   shapes only) with ``jax.make_jaxpr``; calls to ``jit`` are inlined.
-2. A *dense layer* is a ``dot_general`` without batch dimensions that
-   contracts an input-dependent activation ``h`` with a parameter leaf ``W``,
-   where ``W`` reaches the ``dot_general`` only through layout operations
-   (transpose, reshape, unit-dimension broadcasts, dtype conversion) and
-   constant scalar factors, and is used nowhere else. Per example, all free
-   dimensions of ``h`` must have size one (one output row per example: a
-   token or pixel axis shares the weight and is not a rank-one layer). A
-   *bias* is a leaf that reaches, the same way, an ``add`` with the layer
-   output (possibly after layout operations, e.g. equinox's transpose), the
-   output being used nowhere else.
-3. The model is then evaluated by an interpreter of its jaxpr on the whole
-   batch (a second trace, with the same operations, in which each layer's
-   activation and output have one example axis; otherwise the one-example
-   trace ``vmap``-ed over examples), which records each layer's ``h`` and
-   adds a zero perturbation to each layer output; one VJP per output with
-   respect to the perturbations gives ``B`` for every layer at once, as
-   ``models.mlp`` does. No per-example weight gradient is formed, and the
+1. ``analyse`` traces ``apply`` once on one example (``x`` of shape
+   ``(1, ...)``, shapes only) with ``jax.make_jaxpr``; calls to ``jit`` are
+   inlined. Each parameter leaf is followed through layout operations
+   (transpose, reshape, unit broadcasts, dtype conversion) and constant
+   scalar factors to the operation that uses it; that operation's kind
+   (``layer_kinds.MATCHERS``: ``dot_general``, ``conv_general_dilated``)
+   decides whether the leaf is a layer's weight. A *bias* is a leaf that
+   reaches, the same way (broadcasts over positions allowed), an ``add``
+   with the layer output, adding the same value at every position. The
+   result is a ``Plan``: the layers by kind and the other leaves with the
+   reason they were not matched.
+2. ``model_structure`` turns the plan into a ``Structure``, the one value
+   that the Gram, NGD and K-FAC take. Its ``factors`` evaluate the model by
+   an interpreter of the jaxpr on the whole batch (a second trace, with the
+   same operations, in which each layer's activation and output have one
+   example axis; otherwise the one-example trace ``vmap``-ed over
+   examples), recording each layer's input and adding a zero perturbation
+   to each layer output; one VJP per output row with respect to the
+   perturbations gives every layer's ``S`` at once (or one VJP for a given
+   output cotangent). No per-example weight gradient is formed, and the
    operations are those of ``apply`` itself, so XLA shares the forward pass
-   with an optimizer's own (NGD and K-FAC steps on a flax MLP compile to
-   the flops of the same steps on ``ngdjax.mlp``).
+   with an optimizer's own.
 
-Every other parameter leaf (layer-norm scales, embeddings, convolution
-kernels, weights used twice, biases that do not fit the pattern) is on the
-*generic path*: its per-example Jacobian is taken exactly (``vmap`` of
-``jacrev`` over those leaves only) and its Gram ``J_g J_g^T`` is added. The
-sum is therefore exactly ``J J^T`` for every model that satisfies the
-library's assumption that example ``i``'s outputs depend on ``x[i]`` alone.
+Every other parameter leaf (layer-norm scales, embeddings, weights used
+twice, biases that do not fit the pattern) is on the *generic path*: its
+per-example Jacobian is taken exactly (``vmap`` of ``jacrev`` over those
+leaves only). Sums over layers and generic leaves are therefore exact for
+every model that satisfies the library's assumption that example ``i``'s
+outputs depend on ``x[i]`` alone.
 
 ``describe_structure`` reports what was found, so a user can see why a model
 is fast (everything matched) or slow (large leaves on the generic path).
@@ -57,125 +58,31 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.extend import core as jex_core
 
 from ngdjax._src import checks
+from ngdjax._src.jaxpr_graph import Analysis, Graph, evaluate, leaf_paths
+from ngdjax._src.jaxpr_graph import trace as trace_apply
+from ngdjax._src.layer_kinds import (
+    MATCHERS,
+    ConvLayer,
+    DenseLayer,
+    Layer,
+    SharedDenseLayer,
+    bias_rows,
+    bias_to_rows,
+)
 from ngdjax._src.linalg import as_columns
 from ngdjax._src.models import LayerFactors, Model
 from ngdjax._src.typing import Array, Params
 
-# Primitives that only move or relabel entries: a chain of them from a leaf
-# is a permutation of its entries (unit broadcasts are checked separately).
-LAYOUT_PRIMITIVES = frozenset({
-    "transpose", "reshape", "squeeze", "expand_dims", "broadcast_in_dim",
-    "convert_element_type", "copy", "copy_p",
-})
-# Call primitives whose body is inlined, so layers inside jitted helpers are
-# found too.
-INLINED_PRIMITIVES = frozenset({"pjit", "jit", "closed_call", "core_call"})
-SCALE_PRIMITIVES = frozenset({"mul", "div"})
-
-
 # --------------------------------------------------------------------------
-# A flat graph of the traced computation.
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Node:
-  eqn: Any  # the JaxprEqn
-  ins: tuple  # per operand: ("v", value id) or ("c", literal value)
-  outs: tuple[int, ...]  # value ids
-
-
-@dataclasses.dataclass
-class _Graph:
-  nodes: list[_Node]
-  consts: dict[int, Any]  # value id -> constant
-  in_ids: list[int]  # leaves, then x
-  outs: list[tuple]  # refs of the outputs
-  avals: dict[int, Any]  # value id -> abstract value
-
-
-def _flatten_jaxpr(closed) -> _Graph:
-  """Flattens a ClosedJaxpr into nodes, inlining ``jit`` calls."""
-  nodes, consts, avals = [], {}, {}
-  counter = itertools.count()
-
-  def run(jaxpr, const_vals, in_refs):
-    env = {}
-    for var, value in zip(jaxpr.constvars, const_vals, strict=True):
-      i = next(counter)
-      consts[i] = value
-      avals[i] = var.aval
-      env[var] = ("v", i)
-    for var, ref in zip(jaxpr.invars, in_refs, strict=True):
-      env[var] = ref
-
-    def read(atom):
-      if isinstance(atom, jex_core.Literal):
-        return ("c", atom.val)
-      return env[atom]
-
-    for eqn in jaxpr.eqns:
-      ins = tuple(read(a) for a in eqn.invars)
-      inner = eqn.params.get("jaxpr")
-      if eqn.primitive.name in INLINED_PRIMITIVES and inner is not None:
-        if isinstance(inner, jex_core.ClosedJaxpr):
-          outs = run(inner.jaxpr, inner.consts, ins)
-        else:
-          outs = run(inner, (), ins)
-        for var, ref in zip(eqn.outvars, outs, strict=True):
-          env[var] = ref
-        continue
-      out_ids = tuple(next(counter) for _ in eqn.outvars)
-      for var, i in zip(eqn.outvars, out_ids, strict=True):
-        env[var] = ("v", i)
-        avals[i] = var.aval
-      nodes.append(_Node(eqn, ins, out_ids))
-    return [read(a) for a in jaxpr.outvars]
-
-  in_ids = [next(counter) for _ in closed.jaxpr.invars]
-  for var, i in zip(closed.jaxpr.invars, in_ids, strict=True):
-    avals[i] = var.aval
-  outs = run(closed.jaxpr, closed.consts, [("v", i) for i in in_ids])
-  return _Graph(nodes, consts, in_ids, outs, avals)
-
-
-def _bind(eqn, *args):
-  params = eqn.primitive.get_bind_params(eqn.params)
-  subfuns = ()
-  if isinstance(params, tuple):  # older jax: (subfuns, params)
-    subfuns, params = params
-  out = eqn.primitive.bind(*subfuns, *args, **params)
-  return out if eqn.primitive.multiple_results else [out]
-
-
-def _evaluate(graph: _Graph, inputs, taps: dict, records: Sequence[int]):
-  """Runs the graph; adds ``taps[id]`` to value ``id``; returns the outputs
-  and the values of ``records``."""
-  env = dict(graph.consts)
-  env.update(zip(graph.in_ids, inputs, strict=True))
-
-  def read(ref):
-    return env[ref[1]] if ref[0] == "v" else ref[1]
-
-  for node in graph.nodes:
-    outs = _bind(node.eqn, *(read(r) for r in node.ins))
-    for i, value in zip(node.outs, outs, strict=True):
-      env[i] = value + taps[i] if i in taps else value
-  return [read(r) for r in graph.outs], [env[i] for i in records]
-
-
-# --------------------------------------------------------------------------
-# Matching dense layers.
+# The report.
 # --------------------------------------------------------------------------
 
 
@@ -200,6 +107,46 @@ class DenseLayerInfo(NamedTuple):
   fan_out: int
 
 
+class SharedLayerInfo(NamedTuple):
+  """A weight applied at ``positions`` tokens or pixels of each example.
+
+  Attributes as ``DenseLayerInfo``, plus ``positions`` (``T``).
+  """
+
+  weight: str
+  weight_shape: tuple[int, ...]
+  bias: str | None
+  bias_shape: tuple[int, ...] | None
+  fan_in: int
+  fan_out: int
+  positions: int
+
+
+class ConvLayerInfo(NamedTuple):
+  """A convolution (``lax.conv_general_dilated``) with a parameter kernel.
+
+  Attributes:
+    kernel, kernel_shape, bias, bias_shape: leaf paths and shapes.
+    fan_in: ``a``, rows of the layer matrix (input channels per group times
+      kernel positions, plus one for the bias).
+    fan_out: output channels.
+    positions: ``T``, output positions per example.
+    groups: ``feature_group_count``.
+    window_strides, padding: of the convolution.
+  """
+
+  kernel: str
+  kernel_shape: tuple[int, ...]
+  bias: str | None
+  bias_shape: tuple[int, ...] | None
+  fan_in: int
+  fan_out: int
+  positions: int
+  groups: int
+  window_strides: tuple[int, ...]
+  padding: tuple[tuple[int, int], ...]
+
+
 class GenericLeafInfo(NamedTuple):
   """A parameter leaf on the exact generic (per-example Jacobian) path."""
 
@@ -214,245 +161,554 @@ class StructureReport(NamedTuple):
   Attributes:
     layers: the matched dense layers, in the order of the computation.
     generic: parameter leaves on the generic path, with the reason.
+    conv: the matched convolutions.
+    shared: the matched shared-weight dense layers.
   """
 
   layers: tuple[DenseLayerInfo, ...]
   generic: tuple[GenericLeafInfo, ...]
+  conv: tuple[ConvLayerInfo, ...] = ()
+  shared: tuple[SharedLayerInfo, ...] = ()
 
   def __str__(self) -> str:
+    def bias(lay):
+      return f" + bias {lay.bias} {lay.bias_shape}" if lay.bias else ""
+
     lines = [f"{len(self.layers)} dense layer(s) matched "
              "(structured: no per-example weight gradients):"]
-    for lay in self.layers:
-      bias = (f" + bias {lay.bias} {lay.bias_shape}" if lay.bias else "")
-      lines.append(f"  {lay.weight} {lay.weight_shape}{bias} -> M "
-                   f"({lay.fan_in}, {lay.fan_out})")
-    size = sum(int(np.prod(g.shape)) for g in self.generic)
+    lines += [f"  {lay.weight} {lay.weight_shape}{bias(lay)} -> M "
+              f"({lay.fan_in}, {lay.fan_out})" for lay in self.layers]
+    if self.shared:
+      lines.append(f"{len(self.shared)} shared-weight dense layer(s):")
+      lines += [f"  {lay.weight} {lay.weight_shape}{bias(lay)} -> M "
+                f"({lay.fan_in}, {lay.fan_out}) at {lay.positions} "
+                "positions" for lay in self.shared]
+    if self.conv:
+      lines.append(f"{len(self.conv)} convolution(s):")
+      lines += [f"  {lay.kernel} {lay.kernel_shape}{bias(lay)} -> M "
+                f"({lay.fan_in}, {lay.fan_out}) at {lay.positions} "
+                f"positions, {lay.groups} group(s), strides "
+                f"{lay.window_strides}" for lay in self.conv]
+    size = sum(math.prod(g.shape) for g in self.generic)
     lines.append(f"{len(self.generic)} leaf/leaves ({size} parameters) on the "
                  "generic path (exact per-example Jacobian):")
-    for g in self.generic:
-      lines.append(f"  {g.path} {g.shape}: {g.reason}")
+    lines += [f"  {g.path} {g.shape}: {g.reason}" for g in self.generic]
     return "\n".join(lines)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Scale:
-  """A constant scalar factor met on a chain: ``value`` or ``1 / value``."""
-
-  ref: tuple
-  invert: bool
+# --------------------------------------------------------------------------
+# The plan: a pure analysis of the traced computation.
+# --------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layer:
-  dot: int  # node index of the dot_general
-  weight_leaf: int
-  weight_chain: tuple[_Node, ...]  # layout nodes from the leaf to W'
-  weight_scales: tuple[_Scale, ...]
-  w_pos: int  # operand position of W' in the dot_general
-  h_ref: tuple  # the activation operand
-  out_id: int  # z, where the perturbation is added
-  bias_leaf: int | None
-  bias_chain: tuple[_Node, ...]
-  bias_scales: tuple[_Scale, ...]
-  z_chain: tuple[_Node, ...]  # layout/scale nodes from z onwards
-  fan_in: int  # K, without the bias
-  fan_out: int  # F
-  z_scales: tuple[_Scale, ...] = ()
+class Plan:
+  """The layers of a traced ``apply`` and the reasons for the rest.
+
+  Attributes:
+    graph: the one-example graph (``jaxpr_graph.Graph``).
+    layers: matched layers in the order of the computation.
+    reasons: leaf index -> why it is not part of a layer (generic leaves
+      and integer constants).
+    paths, shapes, dtypes: of every leaf; treedef: of ``params``.
+  """
+
+  graph: Graph
+  layers: tuple[Layer, ...]
+  reasons: dict[int, str]
+  paths: tuple[str, ...]
+  shapes: tuple[tuple[int, ...], ...]
+  dtypes: tuple[Any, ...]
+  treedef: Any
+
+  @property
+  def constant_leaves(self) -> tuple[int, ...]:
+    """Integer leaves (step counters, PRNG keys): no derivative."""
+    return tuple(li for li in sorted(self.reasons)
+                 if not jnp.issubdtype(self.dtypes[li], jnp.inexact))
+
+  @property
+  def generic_leaves(self) -> tuple[int, ...]:
+    return tuple(li for li in sorted(self.reasons)
+                 if li not in self.constant_leaves)
+
+  def restrict(self, kinds) -> Plan:
+    """The plan with the layers of other kinds moved to the generic path."""
+    reasons = dict(self.reasons)
+    for lay in self.layers:
+      if lay.kind not in kinds:
+        reasons[lay.weight_leaf] = f"{lay.kind} layer (generic here)"
+        if lay.has_bias:
+          reasons[lay.bias_leaf] = f"bias of a {lay.kind} layer"
+    layers = tuple(lay for lay in self.layers if lay.kind in kinds)
+    return dataclasses.replace(self, layers=layers, reasons=reasons)
 
 
-def _is_unit_broadcast(node: _Node, avals) -> bool:
-  """A broadcast_in_dim that only inserts unit dimensions (a reshape)."""
-  (ref,) = node.ins[:1]
-  shape_in = tuple(avals[ref[1]].shape) if ref[0] == "v" else ()
-  shape_out = tuple(node.eqn.params["shape"])
-  dims = tuple(int(d) for d in node.eqn.params["broadcast_dimensions"])
-  if list(dims) != sorted(dims):
-    return False
-  if any(shape_out[d] != s for d, s in zip(dims, shape_in, strict=True)):
-    return False
-  return all(shape_out[k] == 1 for k in range(len(shape_out))
-             if k not in dims)
-
-
-class _Analysis:
-  """Consumers, input dependence and constness of every value."""
-
-  def __init__(self, graph: _Graph, n_leaves: int):
-    self.graph = graph
-    self.consumers: dict[int, list[tuple[int, int]]] = {}
-    for k, node in enumerate(graph.nodes):
-      for pos, ref in enumerate(node.ins):
-        if ref[0] == "v":
-          self.consumers.setdefault(ref[1], []).append((k, pos))
-    for ref in graph.outs:
-      if ref[0] == "v":
-        self.consumers.setdefault(ref[1], []).append((-1, 0))
-    self.producer = {i: k for k, node in enumerate(graph.nodes)
-                     for i in node.outs}
-    leaf_ids = set(graph.in_ids[:n_leaves])
-    x_id = graph.in_ids[n_leaves]
-    self.x_dep, self.param_dep = {x_id}, set(leaf_ids)
-    for node in graph.nodes:
-      ids = [r[1] for r in node.ins if r[0] == "v"]
-      if any(i in self.x_dep for i in ids):
-        self.x_dep.update(node.outs)
-      if any(i in self.param_dep for i in ids):
-        self.param_dep.update(node.outs)
-
-  def only_consumer(self, value_id):
-    uses = self.consumers.get(value_id, [])
-    return uses[0] if len(uses) == 1 and uses[0][0] >= 0 else None
-
-  def constant_scalar(self, ref):
-    """A ref to a size-1 constant equal to ``ref``'s value, or None."""
-    if ref[0] == "c":
-      return ref if np.size(ref[1]) == 1 else None
-    i = ref[1]
-    if i in self.x_dep or i in self.param_dep:
-      return None
-    if int(np.prod(self.graph.avals[i].shape)) == 1:
-      return ref
-    k = self.producer.get(i)
-    if k is not None:
-      node = self.graph.nodes[k]
-      if node.eqn.primitive.name in ("broadcast_in_dim",
-                                     "convert_element_type"):
-        return self.constant_scalar(node.ins[0])
-    return None
-
-  def follow(self, value_id, partial=False):
-    """From a leaf, the layout/scale chain to its one non-layout consumer.
-
-    Returns ``(chain, scales, end_value, (node index, operand))``, or None
-    when a value on the way has several consumers (or is an output); with
-    ``partial`` the chain up to there, with ``None`` as the consumer.
-    """
-    chain, scales, cur = [], [], value_id
-    while True:
-      use = self.only_consumer(cur)
-      if use is None:
-        return (tuple(chain), tuple(scales), cur, None) if partial else None
-      k, pos = use
-      node = self.graph.nodes[k]
-      name = node.eqn.primitive.name
-      if name in LAYOUT_PRIMITIVES and len(node.outs) == 1 and (
-          name != "broadcast_in_dim" or _is_unit_broadcast(node,
-                                                           self.graph.avals)):
-        chain.append(node)
-        cur = node.outs[0]
-        continue
-      if name in SCALE_PRIMITIVES and (name == "mul" or pos == 0):
-        other = self.constant_scalar(node.ins[1 - pos])
-        if other is not None and tuple(self.graph.avals[node.outs[0]].shape) \
-            == tuple(self.graph.avals[cur].shape):
-          scales.append(_Scale(other, invert=name == "div"))
-          chain.append(node)
-          cur = node.outs[0]
-          continue
-      return tuple(chain), tuple(scales), cur, (k, pos)
-
-
-def _leaf_paths(params) -> list[str]:
-  return [jax.tree_util.keystr(path)
-          for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-
-def _match(graph: _Graph, n_leaves: int):
-  """Dense layers and the reasons the other leaves were not matched."""
-  an = _Analysis(graph, n_leaves)
-  leaf_ids = graph.in_ids[:n_leaves]
-  ends = {}  # leaf index -> follow() result
-  for li, i in enumerate(leaf_ids):
-    ends[li] = an.follow(i)
-  layers, used, reasons = [], set(), {}
-  for li, end in ends.items():
-    if end is None:
+def _match_weights(an: Analysis, n_leaves: int):
+  """Layers whose weight is a leaf, and reasons for the other leaves."""
+  graph = an.graph
+  layers, reasons = [], {}
+  for li in range(n_leaves):
+    chain = an.follow(graph.in_ids[li])
+    if chain.use is None:
       reasons[li] = "used more than once (or unused)"
       continue
-    chain, scales, w_id, (k, pos) = end
-    node = graph.nodes[k]
-    if node.eqn.primitive.name == "add":
-      reasons[li] = "added to something other than a dense-layer output"
+    name = graph.nodes[chain.use[0]].name
+    matcher = MATCHERS.get(name)
+    if matcher is None:
+      reasons[li] = ("added to something other than a layer output"
+                     if name == "add" else
+                     f"feeds {name}, not a recognised layer")
       continue
-    if node.eqn.primitive.name != "dot_general":
-      reasons[li] = f"feeds {node.eqn.primitive.name}, not a dense layer"
-      continue
-    (lc, rc), (lb, rb) = node.eqn.params["dimension_numbers"]
-    if lb or rb:
-      reasons[li] = "dot_general with batch dimensions"
-      continue
-    h_ref = node.ins[1 - pos]
-    if h_ref[0] != "v" or h_ref[1] not in an.x_dep:
-      reasons[li] = "dot_general with an input-independent operand"
-      continue
-    h_shape = graph.avals[h_ref[1]].shape
-    w_shape = graph.avals[w_id].shape
-    h_contract = tuple(lc if pos == 1 else rc)
-    w_contract = tuple(rc if pos == 1 else lc)
-    h_free = [d for d in range(len(h_shape)) if d not in h_contract]
-    if int(np.prod([h_shape[d] for d in h_free])) != 1:
-      reasons[li] = ("shared over positions within an example (e.g. a token "
-                     "or pixel axis)")
-      continue
-    fan_in = int(np.prod([w_shape[d] for d in w_contract]))
-    fan_out = int(np.prod(w_shape)) // max(fan_in, 1)
-    layer = _Layer(k, li, chain, scales, pos, h_ref, node.outs[0], None, (),
-                   (), (), fan_in, fan_out)
-    layers.append(layer)
-    used.add(li)
-  layers.sort(key=lambda lay: lay.dot)  # the order of the computation
-  # Biases: a leaf whose chain ends in an add with a layer's output.
-  by_add = {}
-  for li, end in ends.items():
-    if li in used or end is None:
-      continue
-    chain, scales, b_id, (k, pos) = end
-    if graph.nodes[k].eqn.primitive.name == "add":
-      by_add[(k, 1 - pos)] = (li, chain, scales, b_id)
-  for idx, layer in enumerate(layers):
+    found = matcher(an, li, chain)
+    if isinstance(found, str):
+      reasons[li] = found
+    else:
+      layers.append(found)
+  return sorted(layers, key=lambda lay: lay.op), reasons
+
+
+def _attach_biases(an: Analysis, layers, reasons):
+  """Each layer with its output chain and, if one fits, its bias leaf."""
+  graph = an.graph
+  by_add = {}  # (add node, operand of the layer side) -> (leaf, chain)
+  for li in list(reasons):
+    chain = an.follow(graph.in_ids[li], broadcasts=True)
+    if chain.use is not None and graph.nodes[chain.use[0]].name == "add":
+      k, pos = chain.use
+      by_add[(k, 1 - pos)] = (li, chain)
+  out = []
+  for lay in layers:
     # From the layer output z, layout operations and constant factors (the
     # NTK scale 1/sqrt(fan_in), equinox's transpose) up to the next real
-    # operation: the factors are folded into the layer inputs, so that B is
+    # operation: the factors are folded into the layer inputs, so that S is
     # the gradient with respect to the pre-activation the next operation
     # sees; if that operation adds a bias leaf, the bias joins the layer.
-    chain, scales, cur, use = an.follow(layer.out_id, partial=True)
-    layer = layers[idx] = dataclasses.replace(layer, z_chain=chain,
-                                              z_scales=scales)
-    if use is None:
-      continue
-    k, pos = use
-    node = graph.nodes[k]
-    if node.eqn.primitive.name == "add" and (k, pos) in by_add:
-      li, b_chain, b_scales, b_id = by_add[(k, pos)]
-      b_size = int(np.prod(graph.avals[graph.in_ids[li]].shape))
-      if (b_size == layer.fan_out and tuple(graph.avals[b_id].shape)
-          == tuple(graph.avals[cur].shape)):
-        del by_add[(k, pos)]
-        layers[idx] = dataclasses.replace(
-            layer, bias_leaf=li, bias_chain=b_chain, bias_scales=b_scales)
-        used.add(li)
+    z_chain = an.follow(lay.out_id)
+    lay = dataclasses.replace(lay, z_chain=z_chain)
+    if z_chain.use is not None and z_chain.use in by_add:
+      li, chain = by_add[z_chain.use]
+      if bias_rows(lay, z_chain, chain, graph.shape(graph.in_ids[li]),
+                   graph.shape(z_chain.end)):
+        del by_add[z_chain.use]
+        lay = dataclasses.replace(lay, bias_leaf=li, bias=chain)
         reasons.pop(li, None)
-  for li in range(n_leaves):
+    out.append(lay)
+  return tuple(out)
+
+
+def analyse(apply: Callable, params: Params, x: Array) -> Plan:
+  """The ``Plan`` of a bare ``apply(params, x)`` (module docstring).
+
+  Shapes only are used (``params`` and ``x`` may be tracers).
+  """
+  graph, leaves, treedef = trace_apply(apply, params, x)
+  an = Analysis(graph, len(leaves))
+  layers, reasons = _match_weights(an, len(leaves))
+  layers = _attach_biases(an, layers, reasons)
+  used = {lay.weight_leaf for lay in layers} | {
+      lay.bias_leaf for lay in layers if lay.has_bias}
+  for li in range(len(leaves)):
     if li not in used and li not in reasons:
-      reasons[li] = "added to something other than a matched layer output"
-  return layers, reasons
+      reasons[li] = "added to something other than a layer output"
+  return Plan(graph, layers, reasons, tuple(leaf_paths(params)),
+              tuple(tuple(jnp.shape(v)) for v in leaves),
+              tuple(jnp.result_type(v) for v in leaves), treedef)
+
+
+def _report(plan: Plan) -> StructureReport:
+  p, s = plan.paths, plan.shapes
+
+  def bias(lay):
+    return ((p[lay.bias_leaf], s[lay.bias_leaf]) if lay.has_bias
+            else (None, None))
+
+  def fan_in(lay):
+    return lay.fan_in + lay.has_bias
+
+  dense = tuple(
+      DenseLayerInfo(p[lay.weight_leaf], s[lay.weight_leaf], *bias(lay),
+                     fan_in(lay), lay.fan_out)
+      for lay in plan.layers if isinstance(lay, DenseLayer))
+  shared = tuple(
+      SharedLayerInfo(p[lay.weight_leaf], s[lay.weight_leaf], *bias(lay),
+                      fan_in(lay), lay.fan_out, lay.positions)
+      for lay in plan.layers if isinstance(lay, SharedDenseLayer))
+  conv = tuple(
+      ConvLayerInfo(p[lay.weight_leaf], s[lay.weight_leaf], *bias(lay),
+                    fan_in(lay), lay.fan_out, lay.positions, lay.groups,
+                    lay.window_strides, lay.padding)
+      for lay in plan.layers if isinstance(lay, ConvLayer))
+  generic = tuple(GenericLeafInfo(p[li], s[li], plan.reasons[li])
+                  for li in plan.generic_leaves)
+  return StructureReport(dense, generic, conv, shared)
 
 
 # --------------------------------------------------------------------------
-# The structure object used by gram and kfac.
+# Evaluating the plan: layer factors.
 # --------------------------------------------------------------------------
 
 
-def _replay(chain, value):
-  """Applies the layout operations of ``chain`` (scales skipped)."""
-  for node in chain:
-    if node.eqn.primitive.name in LAYOUT_PRIMITIVES:
-      (value,) = _bind(node.eqn, value)
-  return value
+def _example_axis(s1, sn, n, allowed):
+  if len(s1) != len(sn):
+    return None
+  diff = [d for d, (a, b) in enumerate(zip(s1, sn, strict=True)) if a != b]
+  if len(diff) != 1 or s1[diff[0]] != 1 or sn[diff[0]] != n or (
+      diff[0] not in allowed):
+    return None
+  return diff[0]
+
+
+def _batched_graph(apply, params, plan: Plan, x):
+  """The layers in a trace on the whole batch, or None.
+
+  Evaluating the batch-``n`` trace runs exactly the operations of
+  ``apply(params, x)`` (no ``vmap`` of one example), so XLA can share the
+  forward pass with the optimizer's own. The batch-1 trace stays the one
+  analysed: the two traces must have the same operations, and each layer's
+  activation and output must have one axis that is the example axis.
+
+  Returns:
+    ``(graph_n, [(h id, h example axis, z id, z example axis)])``.
+  """
+  graph, n = plan.graph, x.shape[0]
+  if n < 2:
+    return None
+  try:
+    graph_n = trace_apply(apply, params, x, batch=n)[0]
+  except Exception:  # noqa: BLE001 - batch-dependent code: vmap path
+    return None
+  if [nd.eqn.primitive for nd in graph.nodes] != [
+      nd.eqn.primitive for nd in graph_n.nodes]:
+    return None
+  where = {i: (k, j) for k, nd in enumerate(graph.nodes)
+           for j, i in enumerate(nd.outs)}
+  where.update({i: (-1, j) for j, i in enumerate(graph.in_ids)})
+
+  def id_n(i):
+    k, j = where[i]
+    return graph_n.in_ids[j] if k < 0 else graph_n.nodes[k].outs[j]
+
+  found = []
+  for lay in plan.layers:
+    if lay.h_ref[1] not in where or lay.out_id not in where:
+      return None
+    h_n, z_n = id_n(lay.h_ref[1]), id_n(lay.out_id)
+    e_h = _example_axis(lay.h_shape, graph_n.shape(h_n), n,
+                        lay.example_axes_h())
+    e_z = _example_axis(lay.z_shape, graph_n.shape(z_n), n,
+                        lay.example_axes_z())
+    if e_h is None or e_z is None:
+      return None
+    found.append((h_n, e_h, z_n, e_z))
+  return graph_n, found
+
+
+def _cotangent_sets(u_shape, cotangents, dtype):
+  """``(r, n, c)`` output cotangents: ``e_k`` on every example (``r = c``)
+  by default, one given ``(n, c)``, or ``(n, c, r)`` given rows."""
+  n, c = u_shape
+  if cotangents is None:
+    return jnp.broadcast_to(jnp.eye(c, dtype=dtype)[:, None, :], (c, n, c))
+  cot = jnp.asarray(cotangents, dtype)
+  if cot.ndim == 2:
+    return cot.reshape(1, n, c)
+  return jnp.moveaxis(cot.reshape(n, c, -1), 2, 0)
+
+
+def _traced_factors(apply, plan: Plan, params, x, cotangents=None):
+  """Every layer's ``LayerFactors`` (per kind, ``layer_kinds``)."""
+  leaves = jax.tree_util.tree_leaves(params)
+  layers, n = plan.layers, x.shape[0]
+  if not layers:
+    return ()
+  batched = _batched_graph(apply, params, plan, x)
+  if batched is not None:
+    graph_n, ids = batched
+
+    def run(eps):
+      taps = {z: e for (_, _, z, _), e in zip(ids, eps, strict=True)}
+      outs, hs = evaluate(graph_n, [*leaves, x], taps,
+                          [h for h, _, _, _ in ids])
+      hs = [jnp.moveaxis(h, e_h, 0).reshape((n,) + lay.h_shape)
+            for h, lay, (_, e_h, _, _) in zip(hs, layers, ids, strict=True)]
+      return outs[0].reshape(n, -1), hs
+
+    zeros = [jnp.zeros(graph_n.shape(z), graph_n.avals[z].dtype)
+             for _, _, z, _ in ids]
+  else:
+
+    def one(xi, eps):
+      taps = {lay.out_id: e for lay, e in zip(layers, eps, strict=True)}
+      outs, hs = evaluate(plan.graph, [*leaves, xi[None]], taps,
+                          [lay.h_ref[1] for lay in layers])
+      return outs[0].reshape(-1), hs
+
+    def run(eps):
+      return jax.vmap(one)(x, eps)
+
+    zeros = [jnp.zeros((n,) + lay.z_shape,
+                       plan.graph.avals[lay.out_id].dtype) for lay in layers]
+  u, pullback, hs = jax.vjp(run, zeros, has_aux=True)
+  cots = _cotangent_sets(u.shape, cotangents, u.dtype)
+  grads = jax.vmap(pullback)(cots)[0]  # per layer (r, *z shape)
+  out = []
+  for k, (lay, h, g) in enumerate(zip(layers, hs, grads, strict=True)):
+    if batched is not None:
+      e_z = batched[1][k][3]
+      g = jnp.moveaxis(g, e_z + 1, 1).reshape((g.shape[0], n) + lay.z_shape)
+    out.append(lay.factors(h.astype(u.dtype), jnp.swapaxes(g, 0, 1)))
+  return tuple(out)
+
+
+# --------------------------------------------------------------------------
+# Parameters <-> layer matrices, the generic Jacobian.
+# --------------------------------------------------------------------------
+
+
+def _inverse(to_matrix, shape, dtype, mat):
+  """The leaf whose image under ``to_matrix`` is ``mat``.
+
+  ``to_matrix`` only permutes entries (and may convert the dtype), so its
+  inverse is its linear transpose.
+  """
+  spec = jax.ShapeDtypeStruct(shape, dtype)
+  out = jax.eval_shape(to_matrix, spec)
+  (leaf,) = jax.linear_transpose(to_matrix, spec)(mat.astype(out.dtype))
+  return leaf.astype(dtype)
+
+
+def _bias_row(plan: Plan, lay: Layer, leaf):
+  end = plan.graph.shape(lay.z_chain.end)
+  return bias_to_rows(lay, lay.z_chain, lay.bias, leaf, end)[0][None]
+
+
+def _to_layer_matrices(plan: Plan, tree) -> tuple[Array, ...]:
+  leaves = jax.tree_util.tree_leaves(tree)
+  mats = []
+  for lay in plan.layers:
+    m = lay.weight_matrix(leaves[lay.weight_leaf])
+    if lay.has_bias:
+      row = _bias_row(plan, lay, leaves[lay.bias_leaf]).astype(m.dtype)
+      m = jnp.concatenate([m, row], axis=0)
+    mats.append(m)
+  return tuple(mats)
+
+
+def _from_layer_matrices(plan: Plan, mats, generic=None) -> Params:
+  out = [None] * len(plan.shapes)
+  sh, dt = plan.shapes, plan.dtypes
+  for lay, m in zip(plan.layers, mats, strict=True):
+    li = lay.weight_leaf
+    out[li] = _inverse(lay.weight_matrix, sh[li], dt[li], m[: lay.fan_in])
+    if lay.has_bias:
+      li = lay.bias_leaf
+      out[li] = _inverse(lambda leaf, lay=lay: _bias_row(plan, lay, leaf),
+                         sh[li], dt[li], m[lay.fan_in:])
+  for li in plan.constant_leaves:
+    out[li] = jnp.zeros(sh[li], dt[li])
+  offset = 0
+  for li in plan.generic_leaves:
+    size = math.prod(sh[li])
+    if generic is None:
+      out[li] = jnp.zeros(sh[li], dt[li])
+    else:
+      out[li] = generic[offset:offset + size].reshape(sh[li]).astype(dt[li])
+    offset += size
+  return jax.tree_util.tree_unflatten(plan.treedef, out)
+
+
+def _generic_jacobian(apply, plan: Plan, params, x) -> Array:
+  """``(n c, p_g)``: Jacobian of the generic leaves, leaf by leaf."""
+  leaves = jax.tree_util.tree_leaves(params)
+  idx = plan.generic_leaves
+
+  def f(gl, xi):
+    ll = list(leaves)
+    for li, v in zip(idx, gl, strict=True):
+      ll[li] = v
+    p = jax.tree_util.tree_unflatten(plan.treedef, ll)
+    return as_columns(apply(p, xi[None]))[0]
+
+  jac = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(
+      [leaves[li] for li in idx], x)  # leaves (n, c, *s)
+  n, c = jac[0].shape[:2]
+  return jnp.concatenate([j.reshape(n * c, -1) for j in jac], axis=1)
+
+
+# --------------------------------------------------------------------------
+# The structure object.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLayer:
+  """A dense layer of a library ``Model`` (closed-form factors)."""
+
+  kind = "dense"
+  fan_in: int  # rows of M, the bias row included
+  fan_out: int
+  has_bias = False
+  positions = 1
+  groups = 1
+
+  def expand(self, f: LayerFactors):
+    return DenseLayer.expand(self, f)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Structure:
+  """A model's layer structure: the one value curvature code takes.
+
+  Build it with ``model_structure(apply_or_model, params, x)`` (shapes
+  only; inside ``jit`` is fine) once per step and pass it on.
+
+  Attributes:
+    apply: ``apply(params, x)`` of the model.
+    layers: the layers, in the order of the computation; each has a
+      ``kind`` (``"dense"``, ``"shared"``, ``"conv"``), ``fan_in`` /
+      ``fan_out`` (its layer matrix ``M`` is ``(fan_in + has_bias,
+      fan_out)``), ``positions`` (``T``), ``groups`` (``G``) and
+      ``expand`` (``ngdjax._src.layer_kinds``).
+    report: the ``StructureReport``.
+    plan: the ``Plan`` of a traced model (``None`` for a library model).
+  """
+
+  apply: Callable[[Params, Array], Array]
+  layers: tuple[Any, ...]
+  report: StructureReport
+  plan: Plan | None
+  _factors: Callable = dataclasses.field(repr=False)
+  _to_mats: Callable = dataclasses.field(repr=False)
+  _from_mats: Callable = dataclasses.field(repr=False)
+  _generic: Callable | None = dataclasses.field(repr=False)
+
+  def factors(self, params: Params, x: Array, cotangents: Array | None = None
+              ) -> tuple[LayerFactors, ...]:
+    """Every layer's ``LayerFactors(inputs, output_grads)``.
+
+    Shapes per kind (``layer_kinds``): dense ``(n, a)``, ``(n, r, b)``;
+    shared ``(n, T, a)``, ``(n, r, T, b)``; conv ``(n, *in_spatial,
+    in_channels)``, ``(n, r, *out_spatial, out_channels)``. The ``r`` rows
+    of ``output_grads`` are the gradients of the outputs along
+
+    * ``cotangents=None``: each output ``k`` (``r = c``; ``c`` VJPs),
+    * ``cotangents`` ``(n, c)``: that output cotangent (``r = 1``; one VJP),
+    * ``cotangents`` ``(n, c, r)``: each of its ``r`` columns.
+    """
+    return self._factors(params, x, cotangents)
+
+  def expand(self, factors) -> tuple[tuple[Array, Array], ...]:
+    """Per layer ``(A (n, T, G, a), S (n, r, T, G, b_g))``: the common form
+    ``dU_ik / dM_g = sum_t A[i, t, g] S[i, k, t, g]^T`` of every kind."""
+    return tuple(lay.expand(f)
+                 for lay, f in zip(self.layers, factors, strict=True))
+
+  def to_layer_matrices(self, tree: Params) -> tuple[Array, ...]:
+    """``tree`` (shaped like params, e.g. a gradient) as layer matrices."""
+    return self._to_mats(tree)
+
+  def from_layer_matrices(self, mats, generic: Array | None = None
+                          ) -> Params:
+    """The inverse of ``to_layer_matrices``; the generic leaves from the
+    flat ``generic`` ``(p_g,)`` (leaf order) or zero."""
+    return self._from_mats(mats, generic)
+
+  @property
+  def has_generic(self) -> bool:
+    return self._generic is not None
+
+  def generic_jacobian(self, params: Params, x: Array) -> Array:
+    """``(n c, p_g)`` exact Jacobian of the generic leaves."""
+    if self._generic is None:
+      raise ValueError("this model has no generic leaves")
+    return self._generic(params, x)
+
+  def only(self, kinds) -> Structure:
+    """The structure with layers of other kinds on the generic path."""
+    if self.plan is None:
+      return self
+    return _traced_structure(self.apply, self.plan.restrict(tuple(kinds)))
+
+
+def _traced_structure(apply, plan: Plan) -> Structure:
+  generic = None
+  if plan.generic_leaves:
+
+    def generic(params, x):
+      return _generic_jacobian(apply, plan, params, x)
+
+  return Structure(
+      apply, plan.layers, _report(plan), plan,
+      lambda params, x, cot: _traced_factors(apply, plan, params, x, cot),
+      lambda tree: _to_layer_matrices(plan, tree),
+      lambda mats, g: _from_layer_matrices(plan, mats, g), generic)
+
+
+def _model_structure(model: Model, params) -> Structure:
+  mats = jax.eval_shape(model.to_layer_matrices, params)
+  report = StructureReport(
+      layers=tuple(
+          DenseLayerInfo(f"layer {k}", tuple(m.shape), None, None,
+                         m.shape[0], m.shape[1])
+          for k, m in enumerate(mats)),
+      generic=())
+
+  def factors(params, x, cotangents):
+    fs = model.layer_factors(params, x)
+    if cotangents is None:
+      return fs
+    n, c = x.shape[0], fs[0].output_grads.shape[1]
+    rows = jnp.asarray(cotangents).reshape(n, c, -1)
+    return tuple(LayerFactors(f.inputs, jnp.einsum(
+        "ikr,ikb->irb", rows.astype(f.output_grads.dtype), f.output_grads))
+                 for f in fs)
+
+  def from_mats(mats, generic=None):
+    del generic  # a Model's layer matrices hold all its parameters
+    return model.from_layer_matrices(mats)
+
+  return Structure(
+      model.apply, tuple(ModelLayer(*m.shape) for m in mats), report, None,
+      factors, model.to_layer_matrices, from_mats, None)
+
+
+def has_closed_form(model) -> bool:
+  """Whether ``model`` is a ``Model`` with closed-form layer factors."""
+  return isinstance(model, Model) and None not in (
+      model.layer_factors, model.to_layer_matrices, model.from_layer_matrices)
+
+
+def model_structure(apply_or_model, params: Params, x: Array) -> Structure:
+  """The ``Structure`` of a ``Model`` or of a bare ``apply(params, x)``.
+
+  For a ``Model`` with ``layer_factors`` (``two_layer_relu``, ``mlp``) its
+  own closed forms are used and nothing is generic. For a bare function the
+  layers are found in the traced computation (module docstring). Shapes
+  only are used (``x`` may be a tracer); call it inside ``jit``.
+
+  Args:
+    apply_or_model: a ``Model`` or ``apply(params, x)``.
+    params: parameter pytree.
+    x: ``(n, ...)`` inputs (only ``x.shape[1:]`` and the dtype matter).
+
+  Returns:
+    A ``Structure``.
+  """
+  if isinstance(apply_or_model, Structure):
+    return apply_or_model
+  if has_closed_form(apply_or_model):
+    return _model_structure(apply_or_model, params)
+  if isinstance(apply_or_model, Model):
+    apply_or_model = apply_or_model.apply
+  return _traced_structure(apply_or_model, analyse(apply_or_model, params, x))
 
 
 class LayerStructure(NamedTuple):
-  """Layer factors of any model, plus its generic (unmatched) leaves.
+  """The dense layers of any model, plus its generic (other) leaves.
+
+  A view of ``Structure`` restricted to dense layers (convolutions and
+  shared-weight layers count as generic here).
 
   Attributes:
     layer_factors: ``(params, x (n, ...)) -> tuple[LayerFactors, ...]`` of
@@ -475,357 +731,26 @@ class LayerStructure(NamedTuple):
   report: StructureReport
 
 
-def _inverse(to_matrix, shape, dtype, mat):
-  """The leaf whose image under ``to_matrix`` is ``mat``.
-
-  ``to_matrix`` only permutes entries (and may convert the dtype), so its
-  inverse is its linear transpose.
-  """
-  spec = jax.ShapeDtypeStruct(shape, dtype)
-  out = jax.eval_shape(to_matrix, spec)
-  (leaf,) = jax.linear_transpose(to_matrix, spec)(mat.astype(out.dtype))
-  return leaf.astype(dtype)
-
-
-def _trace(apply, params, x, batch=1):
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  specs = [jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v))
-           for v in leaves]
-  x_spec = jax.ShapeDtypeStruct((batch,) + tuple(x.shape[1:]),
-                                jnp.result_type(x))
-
-  def flat_apply(leaf_values, xi):
-    return apply(jax.tree_util.tree_unflatten(treedef, leaf_values), xi)
-
-  closed = jax.make_jaxpr(flat_apply)(specs, x_spec)
-  return _flatten_jaxpr(closed), leaves, treedef
-
-
-def _scale_value(scales, env_read, dtype):
-  value = jnp.ones((), dtype)
-  for s in scales:
-    v = jnp.reshape(env_read(s.ref), ()).astype(dtype)
-    value = value / v if s.invert else value * v
-  return value
-
-
-def _structure_for_apply(apply, params, x) -> LayerStructure:
-  graph, leaves0, treedef = _trace(apply, params, x)
-  n_leaves = len(leaves0)
-  layers, reasons = _match(graph, n_leaves)
-  paths = _leaf_paths(params)
-  generic_idx = sorted(reasons)
-  shapes = [tuple(jnp.shape(v)) for v in leaves0]
-  dtypes = [jnp.result_type(v) for v in leaves0]
-
-  def read_const(ref):
-    return graph.consts[ref[1]] if ref[0] == "v" else ref[1]
-
-  # Constant scales are read from the graph's constants (or literals); a
-  # scale computed inside the graph from constants is evaluated here.
-  def scale_of(scales, dtype):
-    for s in scales:
-      if s.ref[0] == "v" and s.ref[1] not in graph.consts:
-        raise _Unsupported
-    return _scale_value(scales, read_const, dtype)
-
-  ok_layers = []
-  for lay in layers:
-    try:
-      scale_of(lay.weight_scales + lay.z_scales + lay.bias_scales,
-               jnp.float32)
-    except _Unsupported:
-      reasons[lay.weight_leaf] = "scaled by a computed constant"
-      if lay.bias_leaf is not None:
-        reasons[lay.bias_leaf] = "bias of an unmatched layer"
-      continue
-    ok_layers.append(lay)
-  layers = ok_layers
-  # Integer leaves (step counters, PRNG keys) have no derivative: they are
-  # constants here, and zero in from_layer_matrices.
-  constant_idx = [li for li in sorted(reasons)
-                  if not jnp.issubdtype(dtypes[li], jnp.inexact)]
-  generic_idx = [li for li in sorted(reasons) if li not in constant_idx]
-
-  def h_order(lay):
-    node = graph.nodes[lay.dot]
-    (lc, rc), _ = node.eqn.params["dimension_numbers"]
-    h_contract = tuple(int(d) for d in (lc if lay.w_pos == 1 else rc))
-    w_contract = tuple(int(d) for d in (rc if lay.w_pos == 1 else lc))
-    return h_contract, w_contract
-
-  def weight_to_matrix(lay, leaf):
-    w = _replay(lay.weight_chain, leaf)
-    _, w_contract = h_order(lay)
-    free = tuple(d for d in range(w.ndim) if d not in w_contract)
-    return jnp.transpose(w, w_contract + free).reshape(lay.fan_in,
-                                                       lay.fan_out)
-
-  def bias_to_row(lay, leaf):
-    t = _replay(lay.bias_chain, leaf)  # the shape of the add's operand
-    z_aval = graph.avals[lay.out_id]
-    z_spec = jax.ShapeDtypeStruct(z_aval.shape, t.dtype)
-    if lay.z_chain:
-      (t,) = jax.linear_transpose(lambda z: _replay(lay.z_chain, z),
-                                  z_spec)(t)
-    return t.reshape(1, lay.fan_out)
-
-  def layer_input(lay, h, dtype):
-    # The chain's constant factors k (after the dot) and s_W (on the weight)
-    # go into A; B is then du/dz / k (layer_factors), the gradient at the
-    # pre-activation; a bias enters with its own factor s_b.
-    h_contract, _ = h_order(lay)
-    free = tuple(d for d in range(h.ndim) if d not in h_contract)
-    a = jnp.transpose(h, h_contract + free).reshape(lay.fan_in)
-    a = a * scale_of(lay.weight_scales + lay.z_scales, a.dtype)
-    if lay.bias_leaf is not None:
-      a = jnp.concatenate([a, scale_of(lay.bias_scales, a.dtype)[None]])
-    return a.astype(dtype)
-
-  def batched_plan(x):
-    """The layers in a trace on the whole batch, or None.
-
-    Evaluating the batch-``n`` trace runs exactly the operations of
-    ``apply(params, x)`` (no ``vmap`` of one example), so XLA can share the
-    forward pass with the optimizer's own. The batch-1 trace stays the one
-    analysed: the two traces must have the same operations, and each layer's
-    activation and output must have one axis that is the example axis.
-    """
-    n = x.shape[0]
-    if n < 2:
-      return None
-    try:
-      graph_n = _trace(apply, params, x, batch=n)[0]
-    except Exception:  # noqa: BLE001 - batch-dependent code: vmap path
-      return None
-    if [nd.eqn.primitive for nd in graph.nodes] != [
-        nd.eqn.primitive for nd in graph_n.nodes]:
-      return None
-    where = {i: (k, j) for k, nd in enumerate(graph.nodes)
-             for j, i in enumerate(nd.outs)}
-    where.update({i: (-1, j) for j, i in enumerate(graph.in_ids)})
-
-    def id_n(i):
-      k, j = where[i]
-      return graph_n.in_ids[j] if k < 0 else graph_n.nodes[k].outs[j]
-
-    def example_axis(i, allowed):
-      s1, sn = graph.avals[i].shape, graph_n.avals[id_n(i)].shape
-      if len(s1) != len(sn):
-        return None
-      diff = [d for d, (a, b) in enumerate(zip(s1, sn, strict=True))
-              if a != b]
-      if len(diff) != 1 or s1[diff[0]] != 1 or sn[diff[0]] != n or (
-          diff[0] not in allowed):
-        return None
-      return diff[0]
-
-    plan = []
-    for lay in layers:
-      if lay.h_ref[1] not in where or lay.out_id not in where:
-        return None
-      h_contract, _ = h_order(lay)
-      h_rank = len(graph.avals[lay.h_ref[1]].shape)
-      e_h = example_axis(lay.h_ref[1], set(range(h_rank)) - set(h_contract))
-      e_z = example_axis(lay.out_id,
-                         set(range(len(graph.avals[lay.out_id].shape))))
-      if e_h is None or e_z is None:
-        return None
-      plan.append((id_n(lay.h_ref[1]), e_h, id_n(lay.out_id), e_z))
-    return graph_n, plan
-
-  def layer_factors_batched(leaves, x, graph_n, plan):
-    n = x.shape[0]
-
-    def run(eps):
-      taps = {z_id: e for (_, _, z_id, _), e in zip(plan, eps, strict=True)}
-      outs, hs = _evaluate(graph_n, [*leaves, x], taps,
-                           [h_id for h_id, _, _, _ in plan])
-      u = outs[0].reshape(n, -1)
-      inputs = []
-      for lay, h, (_, e_h, _, _) in zip(layers, hs, plan, strict=True):
-        h_contract, _ = h_order(lay)
-        rest = tuple(d for d in range(h.ndim)
-                     if d not in h_contract and d != e_h)
-        a = jnp.transpose(h, (e_h,) + h_contract + rest).reshape(
-            n, lay.fan_in)
-        a = a * scale_of(lay.weight_scales + lay.z_scales, a.dtype)
-        if lay.bias_leaf is not None:
-          col = jnp.broadcast_to(scale_of(lay.bias_scales, a.dtype), (n, 1))
-          a = jnp.concatenate([a, col], axis=1)
-        inputs.append(a.astype(u.dtype))
-      return u, inputs
-
-    zeros = [jnp.zeros(graph_n.avals[z_id].shape, graph_n.avals[z_id].dtype)
-             for _, _, z_id, _ in plan]
-    u, pullback, inputs = jax.vjp(run, zeros, has_aux=True)
-    c = u.shape[1]
-    cot = jnp.broadcast_to(jnp.eye(c, dtype=u.dtype)[:, None, :], (c, n, c))
-    grads = jax.vmap(pullback)(cot)[0]  # each (c, *z shape)
-    return tuple(
-        LayerFactors(inputs=a, output_grads=jnp.swapaxes(
-            jnp.moveaxis(g, e_z + 1, 1).reshape(c, n, lay.fan_out)
-            / scale_of(lay.z_scales, g.dtype), 0, 1).astype(a.dtype))
-        for lay, a, g, (_, _, _, e_z) in zip(layers, inputs, grads, plan,
-                                             strict=True))
-
-  def layer_factors(params, x):
-    leaves = jax.tree_util.tree_leaves(params)
-    planned = batched_plan(x)
-    if planned is not None:
-      return layer_factors_batched(leaves, x, *planned)
-    records = [lay.h_ref[1] for lay in layers]
-
-    def one(xi, eps):
-      taps = {lay.out_id: e for lay, e in zip(layers, eps, strict=True)}
-      outs, hs = _evaluate(graph, [*leaves, xi[None]], taps, records)
-      u = outs[0].reshape(-1)
-      inputs = [layer_input(lay, h, u.dtype)
-                for lay, h in zip(layers, hs, strict=True)]
-      return u, inputs
-
-    n = x.shape[0]
-    zeros = [jnp.zeros((n,) + tuple(graph.avals[lay.out_id].shape),
-                       graph.avals[lay.out_id].dtype) for lay in layers]
-    u, pullback, inputs = jax.vjp(
-        lambda eps: jax.vmap(one)(x, eps), zeros, has_aux=True)
-    c = u.shape[1]
-    # One VJP per output k with cotangent e_k on every example: per-example
-    # pre-activation gradients of every layer at once (examples are
-    # independent), as models.mlp does.
-    cot = jnp.broadcast_to(jnp.eye(c, dtype=u.dtype)[:, None, :], (c, n, c))
-    grads = jax.vmap(pullback)(cot)[0]
-    return tuple(
-        LayerFactors(inputs=a, output_grads=jnp.swapaxes(
-            g.reshape(c, n, lay.fan_out)
-            / scale_of(lay.z_scales, g.dtype), 0, 1).astype(a.dtype))
-        for lay, a, g in zip(layers, inputs, grads, strict=True))
-
-  def to_layer_matrices(params):
-    leaves = jax.tree_util.tree_leaves(params)
-    mats = []
-    for lay in layers:
-      m = weight_to_matrix(lay, leaves[lay.weight_leaf])
-      if lay.bias_leaf is not None:
-        row = bias_to_row(lay, leaves[lay.bias_leaf]).astype(m.dtype)
-        m = jnp.concatenate([m, row], axis=0)
-      mats.append(m)
-    return tuple(mats)
-
-  def from_layer_matrices(mats, generic=None):
-    out = [None] * n_leaves
-    for lay, m in zip(layers, mats, strict=True):
-      out[lay.weight_leaf] = _inverse(
-          lambda leaf, lay=lay: weight_to_matrix(lay, leaf),
-          shapes[lay.weight_leaf], dtypes[lay.weight_leaf], m[: lay.fan_in])
-      if lay.bias_leaf is not None:
-        out[lay.bias_leaf] = _inverse(
-            lambda leaf, lay=lay: bias_to_row(lay, leaf),
-            shapes[lay.bias_leaf], dtypes[lay.bias_leaf], m[lay.fan_in:])
-    for li in constant_idx:
-      out[li] = jnp.zeros(shapes[li], dtypes[li])
-    offset = 0
-    for li in generic_idx:
-      size = int(np.prod(shapes[li]))
-      if generic is None:
-        out[li] = jnp.zeros(shapes[li], dtypes[li])
-      else:
-        out[li] = generic[offset:offset + size].reshape(shapes[li]).astype(
-            dtypes[li])
-      offset += size
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-  generic_jacobian = None
-  if generic_idx:
-
-    def generic_jacobian(params, x):
-      leaves = jax.tree_util.tree_leaves(params)
-
-      def f(gl, xi):
-        ll = list(leaves)
-        for li, v in zip(generic_idx, gl, strict=True):
-          ll[li] = v
-        p = jax.tree_util.tree_unflatten(treedef, ll)
-        return as_columns(apply(p, xi[None]))[0]
-
-      jac = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(
-          [leaves[li] for li in generic_idx], x)  # leaves (n, c, *s)
-      n, c = jac[0].shape[:2]
-      return jnp.concatenate([j.reshape(n * c, -1) for j in jac], axis=1)
-
-  report = StructureReport(
-      layers=tuple(
-          DenseLayerInfo(
-              weight=paths[lay.weight_leaf],
-              weight_shape=shapes[lay.weight_leaf],
-              bias=None if lay.bias_leaf is None else paths[lay.bias_leaf],
-              bias_shape=(None if lay.bias_leaf is None
-                          else shapes[lay.bias_leaf]),
-              fan_in=lay.fan_in + (lay.bias_leaf is not None),
-              fan_out=lay.fan_out)
-          for lay in layers),
-      generic=tuple(GenericLeafInfo(paths[li], shapes[li], reasons[li])
-                    for li in generic_idx))
-  return LayerStructure(layer_factors, to_layer_matrices,
-                        from_layer_matrices, generic_jacobian, report)
-
-
-class _Unsupported(Exception):
-  pass
-
-
-def _structure_for_model(model: Model, params) -> LayerStructure:
-  mats = jax.eval_shape(model.to_layer_matrices, params)
-  report = StructureReport(
-      layers=tuple(
-          DenseLayerInfo(f"layer {k}", tuple(m.shape), None, None,
-                         m.shape[0], m.shape[1])
-          for k, m in enumerate(mats)),
-      generic=())
-
-  def from_layer_matrices(mats, generic=None):
-    del generic  # a Model's layer matrices hold all its parameters
-    return model.from_layer_matrices(mats)
-
-  return LayerStructure(model.layer_factors, model.to_layer_matrices,
-                        from_layer_matrices, None, report)
-
-
 def layer_structure(apply_or_model, params: Params, x: Array
                     ) -> LayerStructure:
-  """The layer structure of a ``Model`` or of a bare ``apply(params, x)``.
-
-  For a ``Model`` with ``layer_factors`` (``two_layer_relu``, ``mlp``) its
-  own closed forms are used and nothing is generic. For a bare function the
-  dense layers are found in the traced computation (module docstring).
-  Shapes only are used (``x`` may be a tracer); call it inside ``jit``.
-
-  Args:
-    apply_or_model: a ``Model`` or ``apply(params, x)``.
-    params: parameter pytree.
-    x: ``(n, ...)`` inputs (only ``x.shape[1:]`` and the dtype matter).
-
-  Returns:
-    A ``LayerStructure``.
-  """
-  if isinstance(apply_or_model, Model):
-    if apply_or_model.layer_factors is not None and (
-        apply_or_model.to_layer_matrices is not None
-        and apply_or_model.from_layer_matrices is not None):
-      return _structure_for_model(apply_or_model, params)
-    apply_or_model = apply_or_model.apply
-  return _structure_for_apply(apply_or_model, params, x)
+  """The dense-layer view (``LayerStructure``) of ``model_structure``."""
+  st = model_structure(apply_or_model, params, x).only(("dense",))
+  return LayerStructure(
+      lambda p, z: st.factors(p, z), st.to_layer_matrices,
+      st.from_layer_matrices,
+      st.generic_jacobian if st.has_generic else None, st.report)
 
 
 def describe_structure(apply_or_model, params: Params, x: Array
                        ) -> StructureReport:
-  """Which dense layers were found, and which leaves are on the generic path.
+  """Which layers were found, and which leaves are on the generic path.
 
   ``print(ngdjax.describe_structure(apply, params, x))`` lists each matched
-  layer (weight and bias paths, shapes, the layer matrix ``(a, b)``) and each
-  generic leaf with its shape and why it was not matched. Matched layers cost
-  what ``ngdjax.mlp``'s structured Gram costs; generic leaves cost a
-  per-example Jacobian (``O(n c p_g)`` memory).
+  layer by kind (dense, shared-weight dense, convolution: weight and bias
+  paths, shapes, the layer matrix ``(a, b)``) and each generic leaf with
+  its shape and why it was not matched. Matched layers cost what
+  ``ngdjax.mlp``'s structured Gram costs; generic leaves cost a per-example
+  Jacobian (``O(n c p_g)`` memory).
 
   Args:
     apply_or_model: a ``Model`` or ``apply(params, x)``.
@@ -842,4 +767,4 @@ def describe_structure(apply_or_model, params: Params, x: Array
   checks.check_inputs("x", x, any_shape=True)
   if not jax.tree_util.tree_leaves(params):
     raise ValueError("params has no array leaves")
-  return layer_structure(apply_or_model, params, x).report
+  return model_structure(apply_or_model, params, x).report

@@ -1,0 +1,157 @@
+"""The exact Gram ``G = J J^T`` of a ``Structure``, per layer in its
+cheapest form.
+
+Every layer (``ngdjax._src.layer_kinds``) has the common factors
+``A`` ``(n, T, G, a)`` and ``S`` ``(n, r, T, G, b_g)``: example ``i``'s
+Jacobian row ``k`` with respect to the layer matrix is
+``J_ik = sum_t A_it S_ikt^T`` (per group). Its Gram block can be formed in
+three exact ways; ``choose_forms`` picks one per layer from a FLOP and
+memory model (flops per pair of examples, ``r`` rows each):
+
+* ``"outer"`` (dense layers, ``T = G = 1``): ``(A A^T) * (S S^T)``, an
+  input Gram times a gradient Gram, ``2 (a + r^2 b)`` per pair (MATH.md's
+  ``(X X^T) * (S S^T) / m`` for the two-layer net). Always the cheapest for
+  ``T = 1``.
+* ``"patch"``: ``sum_{t,t'} (A_it . A_jt') (S_ikt . S_jlt')``, per pair
+  ``2 G T^2 (a + r^2 b_g)`` plus ``2 r^2 T^2 G`` for the elementwise
+  product and sum; memory ``(n r T)^2 G`` for a block of ``n`` examples.
+  Cheap for few positions and large layers.
+* ``"jacobian"``: form the per-example Jacobian rows ``J_ik`` (``(n r,
+  G a b_g)``, ``r T G a b_g`` flops per example) and multiply, ``2 r^2 G a
+  b_g`` per pair. Cheaper for convolutions with many output positions
+  (``T^2 (a + r^2 b_g) > r^2 a b_g``), e.g. a first conv layer.
+
+Parameters outside any layer (``Structure.generic_jacobian``) are one more
+``"jacobian"`` block. The features of a block of examples (``features``)
+are computed once and contracted against another block's (``cross``) or
+their own (``self_gram``), so ``jacobian.gram_blocks`` bounds memory by
+the features of two blocks plus the ``(N, N)`` result.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ngdjax._src.linalg import self_outer
+from ngdjax._src.typing import Array
+
+# The patch form's intermediate (n r T)^2 G may not exceed this (bytes).
+PATCH_MAX_BYTES = 1 << 28
+# The elementwise product and sum of the patch form run at memory speed:
+# count each entry this many flops.
+PATCH_ENTRY_COST = 8
+
+
+def layer_costs(layer, block: int, r: int, itemsize: int = 4):
+  """``{form: flops per pair of examples}`` for ``layer`` (memory-feasible
+  forms only), with ``block`` examples per side and ``r`` rows each."""
+  t, g = layer.positions, layer.groups
+  a = layer.fan_in + layer.has_bias
+  bg = layer.fan_out // g
+  if t == 1 and g == 1:
+    return {"outer": 2 * (a + r * r * bg)}
+  costs = {"jacobian": 2 * r * r * g * a * bg}
+  patch = 2 * g * t * t * (a + r * r * bg) + (
+      PATCH_ENTRY_COST * r * r * t * t * g)
+  if g * (block * r * t) ** 2 * itemsize <= PATCH_MAX_BYTES:
+    costs["patch"] = patch
+  return costs
+
+
+def choose_forms(structure, block: int, r: int, itemsize: int = 4
+                 ) -> tuple[str, ...]:
+  """The cheapest form of every layer of ``structure`` (module docstring)."""
+  forms = []
+  for lay in structure.layers:
+    costs = layer_costs(lay, block, r, itemsize)
+    forms.append(min(costs, key=costs.get))
+  return tuple(forms)
+
+
+def features(structure, forms, params, x) -> tuple:
+  """Per layer the arrays its form contracts, then the generic Jacobian.
+
+  ``"outer"``: ``(A (n, a), S (n, r, b))``; ``"patch"``: ``(A, S)`` as
+  expanded; ``"jacobian"``: ``(n r, p_l)`` Jacobian rows.
+  """
+  out = []
+  expanded = structure.expand(structure.factors(params, x))
+  for form, (a, s) in zip(forms, expanded, strict=True):
+    if form == "outer":
+      out.append((a[:, 0, 0], s[:, :, 0, 0]))
+    elif form == "patch":
+      out.append((a, s))
+    else:
+      n, r = s.shape[:2]
+      j = jnp.einsum("itga,iktgb->ikgab", a, s)
+      out.append(j.reshape(n * r, -1))
+  if structure.has_generic:
+    out.append(structure.generic_jacobian(params, x))
+  return tuple(out)
+
+
+def _outer(f1, f2):
+  (a1, s1), (a2, s2) = f1, f2
+  n1, r = s1.shape[:2]
+  n2 = s2.shape[0]
+  if f2 is f1:
+    input_gram = self_outer(a1)
+    grad_gram = self_outer(s1.reshape(n1 * r, -1))
+  else:
+    input_gram = a1 @ a2.T
+    grad_gram = s1.reshape(n1 * r, -1) @ s2.reshape(n2 * r, -1).T
+  if r == 1:
+    return input_gram * grad_gram
+  return (grad_gram.reshape(n1, r, n2, r)
+          * input_gram[:, None, :, None]).reshape(n1 * r, n2 * r)
+
+
+def _patch(f1, f2):
+  (a1, s1), (a2, s2) = f1, f2
+  n1, r, t, g, _ = s1.shape
+  n2 = s2.shape[0]
+  total = 0.0
+  for k in range(g):
+    aa = a1[:, :, k].reshape(n1 * t, -1) @ a2[:, :, k].reshape(n2 * t, -1).T
+    ss = (s1[:, :, :, k].reshape(n1 * r * t, -1)
+          @ s2[:, :, :, k].reshape(n2 * r * t, -1).T)
+    prod = ss.reshape(n1, r, t, n2, r, t) * aa.reshape(n1, 1, t, n2, 1, t)
+    total = total + prod.sum(axis=(2, 5))
+  return total.reshape(n1 * r, n2 * r)
+
+
+def cross(forms, f1, f2) -> Array:
+  """``G[rows of f1, rows of f2]`` from two blocks' ``features``."""
+  total = 0.0
+  for k, (p, q) in enumerate(zip(f1, f2, strict=True)):
+    form = forms[k] if k < len(forms) else "jacobian"
+    if form == "outer":
+      total = total + _outer(p, q)
+    elif form == "patch":
+      total = total + _patch(p, q)
+    else:
+      total = total + p @ q.T
+  return total
+
+
+def self_gram(forms, f) -> Array:
+  """``cross(forms, f, f)``, multiplying only one triangle where it can."""
+  total = 0.0
+  for k, p in enumerate(f):
+    form = forms[k] if k < len(forms) else "jacobian"
+    if form == "outer":
+      total = total + _outer(p, p)
+    elif form == "patch":
+      total = total + _patch(p, p)
+    else:
+      total = total + self_outer(p)
+  return total
+
+
+def gram_flops(structure, n: int, r: int, forms) -> int:
+  """Flops of the symmetric Gram of ``n`` examples with ``forms`` (the
+  benchmark's model: half the pairs, as ``self_outer`` multiplies)."""
+  total = 0
+  for lay, form in zip(structure.layers, forms, strict=True):
+    total += layer_costs(lay, n, r, itemsize=0)[form] * n * n // 2
+  return total

@@ -232,6 +232,58 @@ def classifier(args):
   return results
 
 
+def statistics_cost(args, repeats=5, steps=20):
+  """Milliseconds per step of the autoencoder: SGD, and K-FAC (Monte Carlo,
+  fixed step) with statistics every step or never (only at step 0), no
+  inverse refresh after step 0; and the adaptive K-FAC of ``autoencoder``.
+
+  Median over ``repeats`` blocks of ``steps`` steps, all in this process.
+  """
+  x_all = jnp.asarray(digits_01())
+  order = batches(x_all.shape[0], args.batch, steps + 1, args.seed)
+  params = init_params(args.seed)
+  example = x_all[:args.batch]
+  never = 10 ** 9
+
+  def kfac_fixed(every):
+    return kfac(apply, 0.1, damping=float(args.batch), fisher="monte_carlo",
+                factor_decay=0.95, inverse_every=never,
+                statistics_every=every, example_inputs=example)
+
+  makers = {
+      "sgd": lambda: gd(apply, 0.1 / args.batch),
+      "kfac_statistics_every_step": lambda: kfac_fixed(1),
+      "kfac_no_statistics": lambda: kfac_fixed(never),
+      "kfac_adaptive (inverses every 5)": lambda: kfac(
+          apply, fisher="monte_carlo", factor_decay=0.95, inverse_every=5,
+          example_inputs=example),
+  }
+  out = {}
+  for name, make in makers.items():
+    opt = make()
+    step = jax.jit(opt.step)
+    p, state = params, opt.init(params)
+    xb = x_all[order[0]]
+    p, state, _ = jax.block_until_ready(step(p, state, xb, xb))  # step 0
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for idx in order[1:]:
+        xb = x_all[idx]
+        p, state, _ = step(p, state, xb, xb)
+      jax.block_until_ready(p)
+      times.append(1e3 * (time.perf_counter() - start) / steps)
+    out[name] = {"ms_per_step": float(np.median(times)),
+                 "ms_min": float(np.min(times)),
+                 "load_average": os.getloadavg()}
+  for name, r in out.items():
+    ratio = r["ms_per_step"] / out["sgd"]["ms_per_step"]
+    print(f"{name:34s} {r['ms_per_step']:8.2f} ms/step (min "
+          f"{r['ms_min']:.2f}) = {ratio:5.1f} x SGD  load "
+          + ", ".join(f"{v:.1f}" for v in r["load_average"]), flush=True)
+  return out
+
+
 def plot(results, out):
   import matplotlib
   matplotlib.use("Agg")
@@ -268,7 +320,8 @@ def main():
   p.add_argument("--no_lm_sweep", dest="lm_sweep", action="store_false")
   p.add_argument("--only", nargs="*", default=None,
                  help="run only the autoencoder methods with these prefixes")
-  p.add_argument("--tasks", nargs="*", default=["autoencoder", "classifier"])
+  p.add_argument("--tasks", nargs="*",
+                 default=["autoencoder", "classifier", "statistics"])
   p.add_argument("--classifier_steps", type=int, default=200)
   p.add_argument("--kfac_jax_python", default=KFAC_JAX)
   args = p.parse_args()
@@ -288,6 +341,8 @@ def main():
     print("figure:", plot(res, args.out))
   if "classifier" in args.tasks:
     out["classifier"] = classifier(args)
+  if "statistics" in args.tasks:
+    out["statistics"] = statistics_cost(args)
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(out, f, indent=1, default=float)
 

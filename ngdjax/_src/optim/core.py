@@ -3,7 +3,22 @@
 NGD and K-FAC differ only in how they turn a batch into a preconditioned
 direction ``d`` (the update is ``-eta d``). Everything around it lives here,
 once: the state, the hyper-parameters, damping (fixed, scheduled or
-Levenberg-Marquardt), the ``info`` dict and the fault handling.
+Levenberg-Marquardt), momentum, the quadratic-model step, the ``info`` dict
+and the fault handling.
+
+Step control. With a fixed learning rate the update is ``-eta d`` (plus
+``mu v``, the previous update, with a fixed ``momentum``). With
+``learning_rate="adaptive"`` (and ``momentum="adaptive"``, and/or
+``damping="adaptive"``) the update ``alpha (-d) + mu v`` minimises the damped
+quadratic model on the batch (``ngdjax.optim.quadratic``; Martens & Grosse
+2015, sections 6-7): ``info`` reports ``learning_rate`` (``alpha``),
+``momentum`` (``mu``), ``model_change`` (``M(delta)``), ``loss_after``,
+``reduction_ratio``, ``step_rejected``, ``bad_model`` and
+``model_fallback``. A step the model cannot vouch for (no minimiser, a loss
+that goes up on the batch, a non-finite update) is rejected: the params and
+``v`` stay as they were and a Levenberg-Marquardt damping is raised at once.
+Per step this costs one JVP for NGD (``J d`` comes with its solve) or two
+for K-FAC (``J d``, ``J v``, one linearisation) and one forward pass.
 
 Hyper-parameters in the state (optax ``inject_hyperparams`` style). A
 constant ``learning_rate`` or ``damping`` is stored in the state by ``init``
@@ -332,8 +347,9 @@ def make(
     loss0 = loss.value(d.u, y)
     diverged, scale = divergence(loss0, state.loss_scale,
                                  all_finite(d.direction))
-    ctx = _StepInputs(apply, loss, _per_batch(rule, x.shape[0]), jvp_fn, params, state, x, y, d,
-                      loss0, lam, lr, None if adaptive_mu else state.momentum,
+    ctx = _StepInputs(apply, loss, _per_batch(rule, x.shape[0]), jvp_fn,
+                      params, state, x, y, d, loss0, lam, lr,
+                      None if adaptive_mu else state.momentum,
                       lr_ok & lam_ok, with_velocity)
     out = _model_step(ctx) if cfg.quadratic else _fixed_step(ctx)
     info = base.base_info(loss0, loss.residual(d.u, y), out.update_norm,

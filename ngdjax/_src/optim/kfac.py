@@ -360,9 +360,15 @@ def _check_model(model):
 
 # The four access points to the model's layer structure (kept single so
 # that another source of layer factors plugs in here only).
-def _layer_factors(model, params, x):
-  """Per layer ``LayerFactors(inputs (n, a), output_grads (n, c, b))``."""
-  return structure.layer_structure(model, params, x).layer_factors(params, x)
+def _layer_factors(model, params, x, cotangents=None):
+  """Per layer ``LayerFactors(inputs (n, a), output_grads (n, c, b))``;
+  with ``cotangents`` ``(n, c)``, ``output_grads`` ``(n, 1, b)`` holds the
+  rows along them (one backward pass for a traced model, not ``c``)."""
+  if cotangents is None:
+    return structure.layer_structure(model, params, x).layer_factors(
+        params, x)
+  st = structure.model_structure(model, params, x).only(("dense",))
+  return st.factors(params, x, cotangents)
 
 
 def _layer_matrices(model, params, x, tree) -> tuple[Array, ...]:
@@ -660,10 +666,15 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
     def statistics(old_covs):
       w = average_weight(decay, count // statistics_every + 1, u.dtype)
       covs = []
-      for f, (old_a, old_b) in zip(_layer_factors(model, params, x),
+      # Monte Carlo: the factor's rows s_i^T B_i from one backward pass
+      # along the sampled gradients s (the draw _fisher_factors makes).
+      sampled = (loss.grad(u, loss.sample(key, u)).astype(u.dtype)
+                 if fisher == "monte_carlo" else None)
+      for f, (old_a, old_b) in zip(_layer_factors(model, params, x, sampled),
                                    old_covs, strict=True):
-        grads, _ = _fisher_factors(loss, fisher, u, y, g, f.output_grads,
-                                   key)
+        grads = f.output_grads
+        if sampled is None:
+          grads, _ = _fisher_factors(loss, fisher, u, y, g, grads, key)
         bf = grads.reshape(-1, grads.shape[-1])
         covs.append((w * old_a + (1 - w) * self_outer(f.inputs.T) / n,
                      w * old_b + (1 - w) * self_outer(bf.T) / n))

@@ -316,7 +316,8 @@ def main():
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--adam_lrs", type=float, nargs="*",
                  default=[1e-3, 3e-3, 1e-2])
-  p.add_argument("--sgd_lrs", type=float, nargs="*", default=[0.1, 0.3, 1.0])
+  p.add_argument("--sgd_lrs", type=float, nargs="*",
+                 default=[0.003, 0.01, 0.03])
   p.add_argument("--no_lm_sweep", dest="lm_sweep", action="store_false")
   p.add_argument("--only", nargs="*", default=None,
                  help="run only the autoencoder methods with these prefixes")

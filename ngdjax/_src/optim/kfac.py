@@ -729,7 +729,7 @@ def kfac(
     inverse_every: int = 1,
     key=None,
     statistics_every: int = 1,
-    inverse: str = "eigh",
+    inverse: str | None = None,
     example_inputs=None,
     momentum: float | str | None = None,
 ) -> base.Optimizer:
@@ -794,11 +794,13 @@ def kfac(
       the preconditioned direction from the cached eigendecompositions.
       Any value ``> 1`` selects the mini-batch mode.
     inverse: how the mini-batch mode refreshes its factors: ``"eigh"``
-      (default; eigendecompositions, the damping may change at every step)
-      or ``"cholesky"`` (damped inverses from a Cholesky factorisation at
+      (eigendecompositions, the damping may change at every step) or
+      ``"cholesky"`` (damped inverses from a Cholesky factorisation at
       the refresh's damping, much cheaper; ``damping_split="pi"`` only;
-      module docstring). Unused in the full-batch mode, which always
-      solves by Cholesky.
+      module docstring). ``None`` (default): ``"cholesky"`` with a
+      Levenberg-Marquardt damping and the pi split (a damping that
+      changes every few steps, as kfac-jax applies it), else ``"eigh"``.
+      Unused in the full-batch mode, which always solves by Cholesky.
     example_inputs: for a bare apply in the mini-batch mode, a batch of
       inputs ``(n, ...)`` shaped like the training batches (any ``n``):
       ``init`` traces the apply on it to size the running factors. Not
@@ -826,6 +828,9 @@ def kfac(
   learning_rate, momentum, damping, _ = core.step_settings(
       learning_rate, momentum, damping)
   rule = damping_lib.resolve(damping)
+  if inverse is None:
+    inverse = ("cholesky" if rule.adaptive is not None
+               and damping_split == "pi" else "eigh")
   loss = base.check_loss(loss)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,
                    factor_decay, inverse_every, rule.static_zero,

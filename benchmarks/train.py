@@ -292,11 +292,14 @@ def plot(results, out):
   for name, r in results.items():
     if name.startswith(("adam_", "sgd_")) and not r.get("best"):
       continue
+    if not np.isfinite(r["final_loss"]):
+      continue  # diverged: listed in the table only
     steps, secs, loss = zip(*r["curve"], strict=True)
     axes[0].plot(steps, loss, label=name)
     axes[1].plot(secs, loss, label=name)
   for ax, xlabel in zip(axes, ("step", "seconds"), strict=True):
     ax.set_yscale("log")
+    ax.set_ylim(0.05, 20.0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("full-data loss (mean 1/2||u-y||^2)")
     ax.grid(alpha=0.3)

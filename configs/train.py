@@ -19,10 +19,12 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   c.widths = (512,)  # hidden layers
   c.w_std = 1.4142135623730951  # sqrt(2): He scaling for ReLU
   c.batch_size = 64
-  c.ngd_lrs = (0.5, 1.0)
-  c.ngd_dampings = (0.1, 1.0)
-  c.kfac_lrs = (0.5, 1.0)
-  c.kfac_dampings = (0.1, 1.0)
+  # "adaptive": the quadratic-model step size and momentum and the
+  # Levenberg-Marquardt damping (ngdjax.optim.quadratic); numbers give a grid.
+  c.ngd_lrs = ("adaptive",)
+  c.ngd_dampings = ("adaptive",)
+  c.kfac_lrs = ("adaptive",)
+  c.kfac_dampings = ("adaptive",)
   c.kfac_decay = 0.95
   c.kfac_inverse_every = 10
   c.kfac_statistics_every = 1

@@ -17,6 +17,10 @@ mini-batches and the softmax cross-entropy (sum over the batch):
   eigendecompositions (``"eigh"``) refreshed every ``kfac_inverse_every``
   steps, for
   each ``lr`` in ``kfac_lrs`` and ``damping`` in ``kfac_dampings``;
+  By default both grids are ``("adaptive",)``: one run each, with the step
+  size and momentum chosen by the quadratic model and Levenberg-Marquardt
+  damping (``ngdjax.optim.quadratic``; two JVPs and a forward pass more per
+  step); numbers in ``*_lrs`` / ``*_dampings`` give a grid instead;
 * ``adam``: ``optax.adam(lr)``, for each ``lr`` in ``adam_lrs``;
 * ``sgd``: plain mini-batch SGD on the batch-mean loss at each ``lr`` in
   ``sgd_lrs`` (the library's ``gd`` on the sum loss at ``lr / batch``).
@@ -125,9 +129,18 @@ def load(config) -> data.Dataset:
                      x_test=standardise(ds.x_test))
 
 
+def _setting(value):
+  """A grid value: ``"adaptive"`` as is, a number as a float."""
+  return value if isinstance(value, str) else float(value)
+
+
+def _fmt(value) -> str:
+  return value if isinstance(value, str) else f"{value:g}"
+
+
 def _make(model, method: str, lr: float, config, batch: int, steps: int,
           damping: float | None = None):
-  if config.cosine_decay:
+  if config.cosine_decay and not isinstance(lr, str):
     lr = optax.cosine_decay_schedule(lr, steps)
   if method == "ngd":
     return ngd(model, lr, damping=damping, loss=LOSS, fisher="true")
@@ -170,7 +183,7 @@ def measure(r: Run, config: ml_collections.ConfigDict) -> Outcome:
   model = models.mlp(tuple(int(w) for w in config.widths), out_dim=10,
                      activation="relu", w_std=float(config.w_std))
   params0 = model.init(r.key("init"), d)
-  runs = [(m, float(lr), float(lam)) for m in CURVATURE
+  runs = [(m, _setting(lr), _setting(lam)) for m in CURVATURE
           for lr in config[f"{m}_lrs"] for lam in config[f"{m}_dampings"]]
   runs += [("adam", float(lr), None) for lr in config.adam_lrs]
   runs += [("sgd", float(lr), None) for lr in config.sgd_lrs]
@@ -198,6 +211,8 @@ def _beyond(values, value: float) -> float | None:
   ``value`` is interior or the axis has a single value (no ratio to
   continue).
   """
+  if any(isinstance(v, str) for v in (*values, value)):
+    return None  # "adaptive": no grid axis to extend
   ordered = sorted(set(values))
   if len(ordered) < 2:
     return None
@@ -238,8 +253,8 @@ def extend_grid(results: list[dict[str, Any]]) -> list[tuple]:
 
 def _unit(method, lr, damping) -> str:
   if damping is None:
-    return unit_key(method=method, lr=f"{lr:g}")
-  return unit_key(method=method, lr=f"{lr:g}", damping=f"{damping:g}")
+    return unit_key(method=method, lr=_fmt(lr))
+  return unit_key(method=method, lr=_fmt(lr), damping=_fmt(damping))
 
 
 def _train(config, model, params0, ds, batch, method, lr, damping, compiled,
@@ -251,7 +266,8 @@ def _train(config, model, params0, ds, batch, method, lr, damping, compiled,
   """
   steps = (config.curvature_steps if method in CURVATURE
            else config.first_order_steps)
-  reuse = method in CURVATURE and not config.cosine_decay
+  reuse = (method in CURVATURE and not config.cosine_decay
+           and not isinstance(lr, str) and not isinstance(damping, str))
   if reuse and method in compiled:
     opt, step = compiled[method]
   else:
@@ -298,7 +314,7 @@ def _train(config, model, params0, ds, batch, method, lr, damping, compiled,
       break
   hit = next((e for e in evals if e[2] >= config.target_accuracy), None)
   return {
-      "method": method, "lr": float(lr), "damping": damping,
+      "method": method, "lr": _setting(lr), "damping": damping,
       "steps_run": k,
       "status": status,
       "final_test_accuracy": evals[-1][2],
@@ -338,9 +354,9 @@ def _summarise(r: Run, config, ds, batch, results) -> Outcome:
     u = best[m]
     reach = ("not reached" if u["steps_to_target"] is None else
              f"{u['steps_to_target']} steps/{u['seconds_to_target']:.3g}s")
-    setting = f"lr={u['lr']:g}"
+    setting = f"lr={_fmt(u['lr'])}"
     if u.get("damping") is not None:
-      setting += f", damping={u['damping']:g}"
+      setting += f", damping={_fmt(u['damping'])}"
     if measured["best_on_grid_edge"][m]:
       setting += ", on the grid's edge"
     return (f"{_LABELS[m].split(' (')[0]} ({setting}) {reach}, final "
@@ -376,9 +392,9 @@ def _plot(r: Run, config, best) -> list[str]:
         if not pts:
           continue
         xs, ys = zip(*pts, strict=True)
-        label = f"{_LABELS[m]}, lr={best[m]['lr']:g}"
+        label = f"{_LABELS[m]}, lr={_fmt(best[m]['lr'])}"
         if best[m].get("damping") is not None:
-          label += f", damping={best[m]['damping']:g}"
+          label += f", damping={_fmt(best[m]['damping'])}"
         series.append(plots.Series(x=xs, y=ys, color=_COLORS[m],
                                    label=label, style="line"))
       name = f"{y_key}_vs_{x_key}.png"

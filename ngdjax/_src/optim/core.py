@@ -3,7 +3,22 @@
 NGD and K-FAC differ only in how they turn a batch into a preconditioned
 direction ``d`` (the update is ``-eta d``). Everything around it lives here,
 once: the state, the hyper-parameters, damping (fixed, scheduled or
-Levenberg-Marquardt), the ``info`` dict and the fault handling.
+Levenberg-Marquardt), momentum, the quadratic-model step, the ``info`` dict
+and the fault handling.
+
+Step control. With a fixed learning rate the update is ``-eta d`` (plus
+``mu v``, the previous update, with a fixed ``momentum``). With
+``learning_rate="adaptive"`` (and ``momentum="adaptive"``, and/or
+``damping="adaptive"``) the update ``alpha (-d) + mu v`` minimises the damped
+quadratic model on the batch (``ngdjax.optim.quadratic``; Martens & Grosse
+2015, sections 6-7): ``info`` reports ``learning_rate`` (``alpha``),
+``momentum`` (``mu``), ``model_change`` (``M(delta)``), ``loss_after``,
+``reduction_ratio``, ``step_rejected``, ``bad_model`` and
+``model_fallback``. A step the model cannot vouch for (no minimiser, a loss
+that goes up on the batch, a non-finite update) is rejected: the params and
+``v`` stay as they were and a Levenberg-Marquardt damping is raised at once.
+Per step this costs one JVP for NGD (``J d`` comes with its solve) or two
+for K-FAC (``J d``, ``J v``, one linearisation) and one forward pass.
 
 Hyper-parameters in the state (optax ``inject_hyperparams`` style). A
 constant ``learning_rate`` or ``damping`` is stored in the state by ``init``
@@ -50,11 +65,12 @@ import optax
 
 from ngdjax._src import checks
 from ngdjax._src import precision as precision_lib
-from ngdjax._src.optim import base, solvers
+from ngdjax._src.optim import base, quadratic, solvers
 from ngdjax._src.optim import damping as damping_lib
 from ngdjax._src.typing import Array, Params
 
 DIVERGENCE_FACTOR = 1e4
+step_settings = quadratic.settings  # ngd's and kfac's argument check
 
 
 class CurvatureState(NamedTuple):
@@ -73,6 +89,10 @@ class CurvatureState(NamedTuple):
       Fisher; unused otherwise).
     curvature: the direction's own state (``()`` for NGD; K-FAC's running
       factor averages and cached eigendecompositions).
+    velocity: the previous update ``v``, shaped like params (zeros before
+      the first step and after a rejected one), or ``()`` without momentum.
+    momentum: ``()`` float: a fixed momentum (replace it to sweep), or the
+      last ``mu`` chosen by the quadratic model.
   """
 
   count: Array
@@ -81,6 +101,8 @@ class CurvatureState(NamedTuple):
   loss_scale: Array
   key: Array
   curvature: Any
+  velocity: Any = ()
+  momentum: Any = ()
 
 
 class Direction(NamedTuple):
@@ -239,6 +261,7 @@ def make(
     key=None,
     jvp_fn: Callable | None = None,
     precision=None,
+    momentum=0.0,
 ) -> base.Optimizer:
   """An ``Optimizer`` around a curvature ``method`` (module docstring).
 
@@ -246,26 +269,44 @@ def make(
     model_or_apply: what ``check_batch`` inspects (a ``Model`` or apply).
     apply: ``apply(params, x)``.
     loss: a validated ``Loss``.
-    learning_rate: number, array or schedule.
-    damping: number, array, schedule or ``LevenbergMarquardt``.
+    learning_rate: number, array, schedule or ``"adaptive"``.
+    damping: number, array, schedule, ``LevenbergMarquardt`` or
+      ``"adaptive"``.
     method: the direction.
     mesh: optional example-axis mesh (validated by the caller).
     key: PRNG key for sampled curvature (``None``: ``jax.random.key(0)``).
     jvp_fn: ``(params, x, tangent) -> (n, c)``, the output change for
       Levenberg-Marquardt when the method does not provide it.
     precision: the matmul policy of the step (``ngdjax.precision``).
+    momentum: a number in ``[0, 1)`` (heavy ball: ``delta = -eta d + mu
+      v``) or ``"adaptive"`` (``ngdjax.optim.quadratic``).
 
   Returns:
     ``Optimizer(init, step)``.
   """
-  lr0, lr_schedule = hyperparameter(learning_rate, "learning_rate",
-                                    positive=True)
-  rule = damping_lib.resolve(damping)
+  cfg = quadratic.settings(learning_rate, momentum, damping)
+  adaptive_lr = isinstance(cfg.learning_rate, str)
+  adaptive_mu = isinstance(cfg.momentum, str)
+  if adaptive_lr:
+    lr0, lr_schedule = 0.0, None
+  else:
+    lr0, lr_schedule = hyperparameter(cfg.learning_rate, "learning_rate",
+                                      positive=True)
+  mu0 = 0.0 if adaptive_mu else cfg.momentum
+  with_velocity = adaptive_mu or not (checks.is_concrete(mu0)
+                                      and float(mu0) == 0.0)
+  rule = damping_lib.resolve(cfg.damping)
   lam_schedule = None if rule.adaptive is not None else rule.schedule
   key = key_data(key)
+  if jvp_fn is None:
+    def jvp_fn(params, x, tangent):
+      f = base.outputs_fn(apply, x)
+      return jax.jvp(f, (params,), (tangent,))[1]
 
   def init(params) -> CurvatureState:
     dtype = base.param_dtype(params)
+    velocity = (jax.tree_util.tree_map(jnp.zeros_like, params)
+                if with_velocity else ())
     return CurvatureState(
         count=jnp.zeros((), jnp.int32),
         damping=jnp.asarray(rule.initial, dtype),
@@ -273,7 +314,28 @@ def make(
         loss_scale=jnp.full((), jnp.nan, dtype),
         key=key,
         curvature=method.init(params),
+        velocity=velocity,
+        momentum=jnp.asarray(mu0, dtype),
     )
+
+  def hyperparameters(state, n):
+    dtype = state.damping.dtype
+    lam_raw = (state.damping if lam_schedule is None
+               else jnp.asarray(lam_schedule(state.count), dtype))
+    if rule.adaptive is not None and rule.adaptive.per_example:
+      # init is per example: the sum convention's damping scales with n.
+      lam_raw = jnp.where(state.count == 0, n * lam_raw, lam_raw)
+    lam, lam_bad, lam_ok = valid_value(lam_raw, state.damping,
+                                       positive=False)
+    lam = jnp.where(lam_ok, lam, 0.0).astype(dtype)
+    if adaptive_lr:
+      return lam, lam_bad, lam_ok, None, jnp.array(False), jnp.array(True)
+    lr_raw = (state.learning_rate if lr_schedule is None
+              else jnp.asarray(lr_schedule(state.count), dtype))
+    lr, lr_bad, lr_ok = valid_value(lr_raw, state.learning_rate,
+                                    positive=True)
+    return (lam, lam_bad, lam_ok, jnp.where(lr_ok, lr, 0.0).astype(dtype),
+            lr_bad, lr_ok)
 
   def step(params, state: CurvatureState, x, y):
     checks.check_state("state", state, CurvatureState)
@@ -281,58 +343,209 @@ def make(
     x, y = base.check_batch(model_or_apply, params, x, y, loss)
     x, y = base.shard_batch(x, y, mesh)
     dtype = state.damping.dtype
-    lam_raw = (state.damping if lam_schedule is None
-               else jnp.asarray(lam_schedule(state.count), dtype))
-    lam, lam_bad, lam_ok = valid_value(lam_raw, state.damping,
-                                       positive=False)
-    lam = jnp.where(lam_ok, lam, 0.0).astype(dtype)
-    lr_raw = (state.learning_rate if lr_schedule is None
-              else jnp.asarray(lr_schedule(state.count), dtype))
-    lr, lr_bad, lr_ok = valid_value(lr_raw, state.learning_rate,
-                                    positive=True)
-    lr = jnp.where(lr_ok, lr, 0.0).astype(dtype)
+    lam, lam_bad, lam_ok, lr, lr_bad, lr_ok = hyperparameters(state,
+                                                              x.shape[0])
     next_key, subkey = jax.random.split(jax.random.wrap_key_data(state.key))
     d = method.direction(params, state.curvature, x, y, lam, subkey,
                          state.count)
     loss0 = loss.value(d.u, y)
-    new_params, skipped = guarded_update(params, d.direction, lr,
-                                         lr_ok & lam_ok)
-    finite_update = all_finite(d.direction)
-    diverged, scale = divergence(loss0, state.loss_scale, finite_update)
-    info = base.base_info(loss0, loss.residual(d.u, y),
-                          lr * base.tree_norm(d.direction), lam, lr, dtype)
+    diverged, scale = divergence(loss0, state.loss_scale,
+                                 all_finite(d.direction))
+    ctx = _StepInputs(apply, loss, _per_batch(rule, x.shape[0]), jvp_fn,
+                      params, state, x, y, d, loss0, lam, lr,
+                      None if adaptive_mu else state.momentum,
+                      lr_ok & lam_ok, with_velocity)
+    out = _model_step(ctx) if cfg.quadratic else _fixed_step(ctx)
+    info = base.base_info(loss0, loss.residual(d.u, y), out.update_norm,
+                          lam, out.learning_rate, dtype)
     info.update(d.diagnostics)
-    next_lam = lam
-    if rule.adaptive is not None:
-      du = d.output_change
-      if du is None:
-        du = jvp_fn(params, x, d.direction)
-      # Predicted change: the loss at the linearised outputs u - eta J d
-      # (ngdjax.optim.damping explains the choice).
-      predicted = loss.value(d.u - lr * du.reshape(d.u.shape), y) - loss0
-      loss1 = loss.value(base.outputs_fn(apply, x)(new_params), y)
-      rho = damping_lib.reduction_ratio(loss1 - loss0, predicted)
-      next_lam = damping_lib.lm_update(rule.adaptive, lam, rho)
-      diverged = diverged | (~jnp.isfinite(loss1)).astype(jnp.int32)
-      info["reduction_ratio"] = rho.astype(dtype)
-      info["loss_after"] = loss1.astype(dtype)
-    info["diverged"] = diverged
-    info["update_skipped"] = skipped
+    info.update(out.info)
+    info["diverged"] = diverged | out.loss_after_nonfinite
+    info["update_skipped"] = out.skipped
     info["learning_rate_invalid"] = lr_bad.astype(jnp.int32)
     info["damping_invalid"] = lam_bad.astype(jnp.int32)
     info["params_nonfinite"] = (~all_finite(params)).astype(jnp.int32)
+    step_lr = (out.learning_rate if adaptive_lr
+               else jnp.where(lr_ok, lr, state.learning_rate))
     new_state = CurvatureState(
         count=state.count + 1,
-        damping=next_lam.astype(dtype),
-        learning_rate=jnp.where(lr_ok, lr, state.learning_rate).astype(dtype),
+        damping=out.damping.astype(dtype),
+        learning_rate=jnp.asarray(step_lr).astype(dtype),
         loss_scale=scale,
         key=jax.random.key_data(next_key),
         curvature=d.curvature,
+        velocity=out.velocity,
+        momentum=jnp.asarray(out.momentum).astype(dtype),
     )
-    return new_params, new_state, info
+    return out.params, new_state, info
 
   return base.Optimizer(
       init, base.step_on_mesh(precision_lib.step(step, precision), mesh))
+
+
+class _StepInputs(NamedTuple):
+  """What ``_fixed_step`` and ``_model_step`` need from ``make``'s step."""
+
+  apply: Callable
+  loss: Any
+  rule: damping_lib.DampingRule
+  jvp_fn: Callable
+  params: Params
+  state: CurvatureState
+  x: Array
+  y: Array
+  d: Direction
+  loss0: Array
+  lam: Array  # () damping of this step
+  lr: Array | None  # () fixed learning rate; None: adaptive
+  mu: Array | None  # () fixed momentum; None: adaptive
+  usable: Array  # () bool: the learning rate and damping are valid
+  with_velocity: bool
+
+
+class _StepOutputs(NamedTuple):
+  params: Params
+  velocity: Any
+  damping: Array  # () the next step's damping
+  learning_rate: Array  # () the alpha used
+  momentum: Array  # () the mu used
+  update_norm: Array
+  skipped: Array  # () int32
+  loss_after_nonfinite: Array  # () int32
+  info: dict
+
+
+def _per_batch(rule, n: int):
+  """The rule with per-example Levenberg-Marquardt bounds times ``n``."""
+  lm = rule.adaptive
+  if lm is None or not lm.per_example:
+    return rule
+  return rule._replace(adaptive=lm._replace(
+      min_damping=n * lm.min_damping, max_damping=n * lm.max_damping))
+
+
+def _adapt_every(rule, count) -> Array:
+  """Whether Levenberg-Marquardt adapts at this step (every ``every``)."""
+  return count % rule.adaptive.every == 0
+
+
+def _fixed_step(s: _StepInputs) -> _StepOutputs:
+  """A fixed learning rate: ``delta = -eta d`` (``+ mu v`` with momentum);
+  Levenberg-Marquardt against the linearised network
+  (``ngdjax.optim.damping``)."""
+  dtype = s.lam.dtype
+  info = {}
+  if s.with_velocity:
+    delta = jax.tree_util.tree_map(
+        lambda a, v: (-s.lr * a + s.mu * v).astype(a.dtype), s.d.direction,
+        s.state.velocity)
+    new_params, skipped = guarded_update(s.params, delta, -1.0, s.usable)
+    velocity = jax.tree_util.tree_map(
+        lambda t: jnp.where(skipped > 0, jnp.zeros_like(t), t), delta)
+    update_norm = base.tree_norm(delta)
+    info["momentum"] = jnp.asarray(s.mu, dtype)
+  else:
+    new_params, skipped = guarded_update(s.params, s.d.direction, s.lr,
+                                         s.usable)
+    velocity = ()
+    update_norm = s.lr * base.tree_norm(s.d.direction)
+  next_lam = s.lam
+  bad_after = jnp.zeros((), jnp.int32)
+  if s.rule.adaptive is not None:
+    if s.with_velocity:
+      du = s.jvp_fn(s.params, s.x, delta).reshape(s.d.u.shape)
+    else:
+      du = s.d.output_change
+      if du is None:
+        du = s.jvp_fn(s.params, s.x, s.d.direction)
+      du = -s.lr * du.reshape(s.d.u.shape)
+    # Predicted change: the loss at the linearised outputs u + J delta
+    # (ngdjax.optim.damping explains the choice).
+    predicted = s.loss.value(s.d.u + du, s.y) - s.loss0
+    loss1 = s.loss.value(base.outputs_fn(s.apply, s.x)(new_params), s.y)
+    rho = damping_lib.reduction_ratio(loss1 - s.loss0, predicted)
+    next_lam = jnp.where(_adapt_every(s.rule, s.state.count),
+                         damping_lib.lm_update(s.rule.adaptive, s.lam, rho),
+                         s.lam)
+    bad_after = (~jnp.isfinite(loss1)).astype(jnp.int32)
+    info["reduction_ratio"] = rho.astype(dtype)
+    info["loss_after"] = loss1.astype(dtype)
+  mu = s.mu if s.mu is not None else jnp.zeros((), dtype)
+  return _StepOutputs(new_params, velocity, next_lam, s.lr, mu, update_norm,
+                      skipped, bad_after, info)
+
+
+def _model_step(s: _StepInputs) -> _StepOutputs:
+  """The quadratic-model step (``ngdjax.optim.quadratic``).
+
+  ``delta = alpha Delta + mu v`` with ``Delta = -d``; the loss at ``theta +
+  delta`` on the batch gives ``rho = (h(theta + delta) - h(theta)) /
+  M(delta)``. The step is rejected (params and ``v`` reset, damping raised
+  by the rule's ``increase`` at once when it is Levenberg-Marquardt) when
+  the model has no minimiser (``Delta^T C~ Delta <= 0``), when the loss
+  does not decrease (``rho < 0``, including a non-finite loss), or when the
+  update is not finite. Levenberg-Marquardt adapts every ``every`` steps.
+  """
+  dtype = s.lam.dtype
+  f = base.outputs_fn(s.apply, s.x)
+  neg = jax.tree_util.tree_map(jnp.negative, s.d.direction)  # Delta
+  if s.with_velocity:
+    _, lin = jax.linearize(f, s.params)
+    j_v = lin(s.state.velocity)
+  else:
+    lin = lambda t: s.jvp_fn(s.params, s.x, t)  # noqa: E731
+    j_v = jnp.zeros_like(s.d.u)
+  if s.d.output_change is not None:
+    j_delta = -s.d.output_change.reshape(s.d.u.shape)
+  else:
+    j_delta = lin(neg).reshape(s.d.u.shape)
+  j_v = j_v.reshape(s.d.u.shape)
+  v = s.state.velocity if s.with_velocity else None
+  sq = jnp.stack([quadratic.tree_vdot(neg, neg),
+                  quadratic.tree_vdot(neg, v) if v is not None else 0.0,
+                  quadratic.tree_vdot(v, v) if v is not None else 0.0])
+  grad_u = s.loss.grad(s.d.u, s.y).astype(s.d.u.dtype)
+  quad, linear = quadratic.model_terms(s.loss, s.d.u, s.y, grad_u, j_delta,
+                                       j_v, s.lam * sq.astype(dtype))
+  coef = quadratic.coefficients(quad, linear, lr=s.lr, mu=s.mu)
+  if v is None:
+    delta = jax.tree_util.tree_map(lambda a: (coef.alpha * a).astype(a.dtype),
+                                   neg)
+  else:
+    delta = jax.tree_util.tree_map(
+        lambda a, b: (coef.alpha * a + coef.mu * b).astype(a.dtype), neg, v)
+  new = base.tree_axpy(1.0, delta, s.params)
+  loss1 = s.loss.value(f(new), s.y)
+  rho = damping_lib.reduction_ratio(loss1 - s.loss0, coef.change)
+  finite = all_finite(new) & s.usable
+  rejected = coef.bad_model | ~(loss1 <= s.loss0) | ~finite
+  keep = lambda a, b: jnp.where(rejected, b, a)  # noqa: E731
+  new_params = jax.tree_util.tree_map(keep, new, s.params)
+  velocity = ()
+  if v is not None:
+    velocity = jax.tree_util.tree_map(
+        lambda t: jnp.where(rejected, jnp.zeros_like(t), t), delta)
+  next_lam = s.lam
+  if s.rule.adaptive is not None:
+    lm = s.rule.adaptive
+    raised = jnp.clip(s.lam * lm.increase, lm.min_damping, lm.max_damping)
+    adapted = jnp.where(_adapt_every(s.rule, s.state.count),
+                        damping_lib.lm_update(lm, s.lam, rho), s.lam)
+    next_lam = jnp.where(rejected, raised, adapted)
+  info = {
+      "momentum": coef.mu.astype(dtype),
+      "model_change": coef.change.astype(dtype),
+      "reduction_ratio": rho.astype(dtype),
+      "loss_after": loss1.astype(dtype),
+      "step_rejected": rejected.astype(jnp.int32),
+      "bad_model": coef.bad_model.astype(jnp.int32),
+      # The first step has no previous update: not a fallback.
+      "model_fallback": jnp.where(s.state.count > 0, coef.fallback, 0),
+  }
+  update_norm = jnp.where(rejected, 0.0, base.tree_norm(delta))
+  return _StepOutputs(new_params, velocity, next_lam, coef.alpha, coef.mu,
+                      update_norm, (~finite).astype(jnp.int32),
+                      jnp.zeros((), jnp.int32), info)
 
 
 # --------------------------------------------------------------------------

@@ -4,8 +4,14 @@ Every curvature-based optimizer (``ngd``, ``kfac``) takes ``damping`` as
 
 * a number ``lam >= 0``: fixed;
 * a callable ``count -> lam`` (an optax-style schedule of the step count);
-* ``levenberg_marquardt(...)``: adapted after every step by the reduction
-  ratio rule below.
+* ``levenberg_marquardt(...)``: adapted by the reduction ratio rule below,
+  every ``every`` steps (default: after every step);
+* ``"adaptive"``: ``ADAPTIVE``, Martens & Grosse (2015, section 6.5)'s rule
+  for the quadratic-model step (``ngdjax.optim.quadratic``): every ``T = 5``
+  steps, ``lam <- omega lam`` when ``rho > 3/4`` and ``lam <- lam / omega``
+  when ``rho < 1/4``, ``omega = (19/20)^T``, starting from ``lam = n`` (one
+  per example of the first batch: kfac-jax's mean-convention damping 1 in
+  the library's sum convention), within ``[1e-8 n, 1e8 n]``.
 
 Reduction ratio (Levenberg-Marquardt; More 1978, Martens 2010 section 4.1).
 A step ``delta`` is judged by
@@ -24,8 +30,12 @@ network's nonlinearity. Then
     rho < lower  ->  lam <- lam * increase     (model too optimistic)
     rho > upper  ->  lam <- lam * decrease     (model trustworthy)
 
-clipped to ``[min_damping, max_damping]``. The step is always taken (as in
-K-FAC and Hessian-free): only the damping of the next step changes.
+clipped to ``[min_damping, max_damping]``. With a fixed learning rate the
+step is always taken (as in K-FAC and Hessian-free): only the damping of
+the next step changes. With the quadratic-model step
+(``learning_rate="adaptive"``) the prediction is the damped model ``M``
+itself and a step that increases the loss is rejected
+(``ngdjax.optim.quadratic``).
 
 Degenerate predictions. When the linearised model itself predicts an
 *increase* (``predicted > 0``: a step longer than the model's minimiser,
@@ -57,6 +67,11 @@ class LevenbergMarquardt(NamedTuple):
     upper: threshold above which damping decreases (``lower < upper``).
     min_damping: floor (``>= 0``), keeps the rule from reaching 0 exactly.
     max_damping: ceiling.
+    every: adapt every this many steps (at steps ``0, every, 2 every,
+      ...``); the ratio is measured on those steps.
+    per_example: ``init``, ``min_damping`` and ``max_damping`` are per
+      example: times the batch size ``n`` (the first step's damping is ``n
+      init``; sum convention), so that one setting suits every batch size.
   """
 
   init: float = 1.0
@@ -66,6 +81,8 @@ class LevenbergMarquardt(NamedTuple):
   upper: float = 0.75
   min_damping: float = 1e-8
   max_damping: float = 1e8
+  every: int = 1
+  per_example: bool = False
 
 
 def levenberg_marquardt(
@@ -76,11 +93,14 @@ def levenberg_marquardt(
     upper: float = 0.75,
     min_damping: float = 1e-8,
     max_damping: float = 1e8,
+    every: int = 1,
+    per_example: bool = False,
 ) -> LevenbergMarquardt:
   """Validated ``LevenbergMarquardt`` settings; pass as ``damping=``.
 
   The defaults are Martens (2010)'s ``2/3`` and ``3/2`` with thresholds
-  ``1/4`` and ``3/4``.
+  ``1/4`` and ``3/4``, applied after every step; ``damping="adaptive"`` is
+  ``ADAPTIVE`` (the K-FAC paper's slower rule, every 5 steps).
   """
   checks.check_scalar("init", init, positive=True)
   checks.check_scalar("decrease", decrease, positive=True)
@@ -89,6 +109,9 @@ def levenberg_marquardt(
   checks.check_scalar("upper", upper)
   checks.check_scalar("min_damping", min_damping, nonnegative=True)
   checks.check_scalar("max_damping", max_damping, positive=True)
+  checks.check_scalar("every", every, positive=True, integer=True)
+  if not isinstance(per_example, bool):
+    raise ValueError(f"per_example must be a bool, got {per_example!r}")
   if not decrease < 1.0:
     raise ValueError(f"decrease must be in (0, 1), got {decrease!r}")
   if not increase > 1.0:
@@ -104,8 +127,18 @@ def levenberg_marquardt(
     )
   return LevenbergMarquardt(
       float(init), float(decrease), float(increase), float(lower),
-      float(upper), float(min_damping), float(max_damping),
+      float(upper), float(min_damping), float(max_damping), int(every),
+      per_example,
   )
+
+
+# Martens & Grosse (2015, section 6.5): omega = (19/20)^T every T = 5 steps.
+_EVERY = 5
+ADAPTIVE = LevenbergMarquardt(
+    init=1.0, decrease=(19 / 20) ** _EVERY, increase=(20 / 19) ** _EVERY,
+    lower=0.25, upper=0.75, min_damping=1e-8, max_damping=1e8,
+    every=_EVERY, per_example=True,
+)
 
 
 class DampingRule(NamedTuple):
@@ -134,8 +167,15 @@ def resolve(damping, name: str = "damping") -> DampingRule:
   """Validates ``damping`` (number, array, schedule or ``LevenbergMarquardt``).
 
   A traced array is accepted unchecked (the optimizers flag an invalid value
-  inside the step, ``ngdjax.optim.core``).
+  inside the step, ``ngdjax.optim.core``). ``"adaptive"`` is ``ADAPTIVE``.
   """
+  if isinstance(damping, str):
+    if damping != "adaptive":
+      raise ValueError(
+          f'{name} must be a number, a schedule, "adaptive" or '
+          f"levenberg_marquardt(...), got {damping!r}"
+      )
+    damping = ADAPTIVE
   if isinstance(damping, LevenbergMarquardt):
     lm = levenberg_marquardt(*damping)  # re-validate hand-built tuples
     return DampingRule(lm.init, lambda lam, count: lam, lm, False)

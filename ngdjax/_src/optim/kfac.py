@@ -553,6 +553,11 @@ def averaged_update(
     den = n * ea[:, None] * eb[None, :] + damping
   scale = jnp.max(jnp.abs(den))
   keep = den > den.size * jnp.finfo(den.dtype).eps * scale
+  # Damped, every denominator is >= lam > 0 and is inverted (as kfac-jax
+  # does): the relative cutoff (the pseudo-inverse of zero damping) would
+  # drop real curvature directions once adaptive damping has become small.
+  damped = (jnp.asarray(damping) > 0) | (lam_in > 0) | (lam_out > 0)
+  keep = keep | (damped & (den > 0))
   core_m = core_m * jnp.where(keep, 1.0 / jnp.where(keep, den, 1.0), 0.0)
   return qa @ core_m @ qb.T
 
@@ -907,9 +912,10 @@ def _method(model, loss, form, damping_split, factor_damping, fisher,
 
 def kfac(
     model: Model,
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: base.ScalarOrSchedule | str = "adaptive",
     *,
-    damping: float | Callable | damping_lib.LevenbergMarquardt = 0.0,
+    damping: float | Callable | damping_lib.LevenbergMarquardt | str
+    | None = None,
     loss="squared",
     form: str = "auto",
     damping_split: str = "pi",
@@ -920,10 +926,11 @@ def kfac(
     inverse_every: int = 1,
     key=None,
     statistics_every: int = 1,
-    inverse: str = "eigh",
+    inverse: str | None = None,
     example_inputs=None,
     precision: str | None = None,
     weight_sharing: str = "expand",
+    momentum: float | str | None = None,
 ) -> base.Optimizer:
   """K-FAC (MATH.md 4 and 7; module docstring).
 
@@ -944,11 +951,17 @@ def kfac(
       ``"monte_carlo"``), solved in kernel form (``N x N``, ``N = n c``; a
       pseudo-inverse when ``damping=0``). A bare apply's mini-batch mode
       needs ``example_inputs``.
-    learning_rate: ``eta > 0`` (number or scalar array, held in the state)
-      or a schedule ``count -> eta``.
+    learning_rate: ``eta > 0`` (number or scalar array, held in the state),
+      a schedule ``count -> eta``, or ``"adaptive"`` (default): the step
+      size (and momentum) minimising the damped quadratic model on the
+      batch (``ngdjax.optim.quadratic``; two JVPs and one forward pass
+      more per step).
     damping: ``lam >= 0`` (number or array, held in the state), a schedule,
-      or ``levenberg_marquardt(...)`` (the predicted reduction uses
-      ``J delta`` from one JVP).
+      ``levenberg_marquardt(...)`` (the predicted reduction uses ``J
+      delta`` from one JVP), or ``"adaptive"`` (``ngdjax.optim.damping``:
+      Levenberg-Marquardt every 5 steps from ``lam = n``). ``None``
+      (default): ``"adaptive"`` with an adaptive learning rate, else 0.
+      The factored damping follows it (``damping_split``).
     loss: a name in ``ngdjax.losses.LOSSES`` or a ``Loss``; its gradient
       ``grad_u L`` replaces the residual ``r``.
     form: ``"auto"`` (per factor, the smaller solve), ``"primal"`` or
@@ -980,11 +993,13 @@ def kfac(
       the preconditioned direction from the cached eigendecompositions.
       Any value ``> 1`` selects the mini-batch mode.
     inverse: how the mini-batch mode refreshes its factors: ``"eigh"``
-      (default; eigendecompositions, the damping may change at every step)
-      or ``"cholesky"`` (damped inverses from a Cholesky factorisation at
+      (eigendecompositions, the damping may change at every step) or
+      ``"cholesky"`` (damped inverses from a Cholesky factorisation at
       the refresh's damping, much cheaper; ``damping_split="pi"`` only;
-      module docstring). Unused in the full-batch mode, which always
-      solves by Cholesky.
+      module docstring). ``None`` (default): ``"cholesky"`` with a
+      Levenberg-Marquardt damping and the pi split (a damping that
+      changes every few steps, as kfac-jax applies it), else ``"eigh"``.
+      Unused in the full-batch mode, which always solves by Cholesky.
     example_inputs: for a bare apply in the mini-batch mode, a batch of
       inputs ``(n, ...)`` shaped like the training batches (any ``n``):
       ``init`` traces the apply on it to size the running factors. Not
@@ -997,6 +1012,11 @@ def kfac(
       KFC, every position counts as an example) or ``"reduce"`` (positions
       aggregated first; Eschenhagen et al. 2023); see
       ``ngdjax._src.optim.kfac_conv``.
+    momentum: ``"adaptive"`` (chosen with the learning rate by the
+      quadratic model), a number in ``[0, 1)`` (heavy ball, ``delta = -eta
+      d + mu v``; with ``learning_rate="adaptive"`` the step size is chosen
+      for it), or ``None`` (default: ``"adaptive"`` with an adaptive
+      learning rate, else 0).
 
   Returns:
     ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
@@ -1012,7 +1032,12 @@ def kfac(
   """
   model = _check_model(model)
   mesh = base.check_mesh(mesh)
+  learning_rate, momentum, damping, _ = core.step_settings(
+      learning_rate, momentum, damping)
   rule = damping_lib.resolve(damping)
+  if inverse is None:
+    inverse = ("cholesky" if rule.adaptive is not None
+               and damping_split == "pi" else "eigh")
   loss = base.check_loss(loss)
   method = _method(model, loss, form, damping_split, factor_damping, fisher,
                    factor_decay, inverse_every, rule.static_zero,
@@ -1024,7 +1049,7 @@ def kfac(
 
   return core.make(model, split_model(model)[0], loss, learning_rate,
                    damping, method,
-                   mesh=mesh, key=key, jvp_fn=jvp_fn,
+                   mesh=mesh, key=key, jvp_fn=jvp_fn, momentum=momentum,
                    precision=_check_precision(precision))
 
 

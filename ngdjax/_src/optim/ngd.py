@@ -400,9 +400,10 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
 
 def ngd(
     model_or_apply,
-    learning_rate: base.ScalarOrSchedule,
+    learning_rate: base.ScalarOrSchedule | str = "adaptive",
     *,
-    damping: float | Callable | damping_lib.LevenbergMarquardt = 0.0,
+    damping: float | Callable | damping_lib.LevenbergMarquardt | str
+    | None = None,
     loss="squared",
     solver: str = "cholesky",
     gram_method: str = "auto",
@@ -415,6 +416,7 @@ def ngd(
     preconditioner: str | None = None,
     preconditioner_rank: int = PRECONDITIONER_RANK,
     precision: str | None = None,
+    momentum: float | str | None = None,
 ) -> base.Optimizer:
   """Exact NGD, ``theta <- theta - eta (J^T H J + lam I)^{-1} J^T g``.
 
@@ -454,11 +456,15 @@ def ngd(
       params pytree (flax, equinox, plain) and ``x`` ``(n, ...)``; the
       structured Gram serves both (``ngdjax.describe_structure``).
     learning_rate: ``eta > 0`` (a number or a scalar array, stored in the
-      state so one compiled step serves a sweep), or a schedule
-      ``count -> eta`` (``ngdjax.optim.core``).
+      state so one compiled step serves a sweep), a schedule
+      ``count -> eta`` (``ngdjax.optim.core``), or ``"adaptive"``
+      (default): the step size (and momentum) minimising the damped
+      quadratic model on the batch (``ngdjax.optim.quadratic``; one JVP
+      and one forward pass more per step).
     damping: ``lam >= 0`` (number or array, stored in the state), a
-      schedule ``count -> lam``, or ``levenberg_marquardt(...)``
-      (``ngdjax.optim.damping``).
+      schedule ``count -> lam``, ``levenberg_marquardt(...)`` or
+      ``"adaptive"`` (``ngdjax.optim.damping``). ``None`` (default):
+      ``"adaptive"`` with an adaptive learning rate, else 0.
     loss: a name in ``ngdjax.losses.LOSSES`` or a ``Loss``. With
       ``"softmax_cross_entropy"`` the targets are integer labels ``(n,)`` or
       class probabilities ``(n, c)``.
@@ -492,6 +498,8 @@ def ngd(
       fast precision, refined to float32 accuracy by preconditioned CG with
       exact products; ``ngdjax._src.optim.mixed_precision``). See
       ``ngdjax.precision``.
+    momentum: ``"adaptive"``, a number in ``[0, 1)`` or ``None`` (as in
+      ``kfac``).
 
   Returns:
     ``Optimizer(init, step)``; ``step(params, state, x, y)`` returns info
@@ -521,6 +529,8 @@ def ngd(
                       preconditioner_rank)._replace(
                           mesh=base.check_mesh(mesh),
                           precision=precision_lib.resolve(precision))
+  learning_rate, momentum, damping, _ = core.step_settings(
+      learning_rate, momentum, damping)
   _check_monte_carlo_damping(fisher, damping)
 
   def direction(params, curvature, x, y, lam, key, count):
@@ -532,7 +542,7 @@ def ngd(
   method = core.Method(init=lambda params: (), direction=direction)
   return core.make(model_or_apply, cfg.apply, cfg.loss, learning_rate,
                    damping, method, mesh=cfg.mesh, key=key,
-                   precision=cfg.precision)
+                   precision=cfg.precision, momentum=momentum)
 
 
 def _check_monte_carlo_damping(fisher, damping):

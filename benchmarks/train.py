@@ -1,0 +1,355 @@
+"""Adaptive K-FAC and NGD against Adam, SGD and kfac-jax: loss vs steps/s.
+
+Two tasks, every method from the same initialisation on the same batches:
+
+* ``autoencoder``: the K-FAC paper's kind of benchmark, a tanh autoencoder
+  64-128-64-16-64-128-64 (linear output) on the 1797 scikit-learn digits
+  scaled to [0, 1], squared error, batch 256, 300 steps. The figure is the
+  full-data loss as the per-example mean of ``1/2 ||u - y||^2`` (ngdjax's
+  sum loss over ``n``; kfac-jax's ``register_squared_error_loss`` with
+  weight 1/2). Methods: ``ngdjax.kfac`` with ``learning_rate``,
+  ``momentum`` and ``damping`` all ``"adaptive"`` (Monte Carlo Fisher,
+  factor decay 0.95, inverses every 5 steps); ``ngdjax.ngd`` with the same
+  three settings (Monte Carlo and empirical Fisher, and the exact Fisher,
+  each by CG on the batch, at most 50 iterations); Adam and SGD (mean
+  loss; best of a small learning-rate grid, the only methods given a
+  grid); kfac-jax 0.0.8 with its adaptive settings (``kfac_jax_train.py``,
+  run with ``--kfac_jax_python`` when that interpreter exists); and the
+  adaptive K-FAC with ``damping=levenberg_marquardt(init=lam0)`` for
+  ``lam0`` = 0.01, 0.1, 1, 10 times the batch size.
+* ``classifier``: ``experiments.train``'s digits task (MLP 64-512-10 ReLU,
+  batch 64, softmax cross-entropy), 200 steps of K-FAC and NGD with the
+  adaptive defaults (no grid): the test accuracy and the first step at
+  which it reaches 97 %.
+
+Seconds are training time only (a discarded warm-up step compiles; the
+full-data evaluation is off the clock). The machine is shared: the load
+average is printed beside every timing, which is one run (no repeats).
+
+    python benchmarks/train.py --out /tmp/ngdjax_train
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import ngdjax
+from ngdjax.optim import gd, kfac, levenberg_marquardt, ngd, optax_optimizer
+
+SIZES = (64, 128, 64, 16, 64, 128, 64)
+KFAC_JAX = "/work/kfacjax-venv/bin/python"
+
+
+def digits_01():
+  from sklearn.datasets import load_digits
+  return load_digits().data.astype(np.float32) / 16.0
+
+
+def init_params(seed):
+  """Weights ``N(0, 1/fan_in)``, zero biases (kfac_jax_train.py draws the
+  same)."""
+  rng = np.random.default_rng(seed)
+  params = []
+  for a, b in zip(SIZES[:-1], SIZES[1:], strict=True):
+    w = rng.standard_normal((a, b)) / np.sqrt(a)
+    params.append({"w": jnp.asarray(w.astype(np.float32)),
+                   "b": jnp.zeros(b, jnp.float32)})
+  return params
+
+
+def apply(params, x):
+  h = x
+  for i, p in enumerate(params):
+    h = h @ p["w"] + p["b"]
+    if i < len(params) - 1:
+      h = jnp.tanh(h)
+  return h
+
+
+def batches(n, batch, steps, seed):
+  """A new permutation every epoch (kfac_jax_train.py draws the same)."""
+  rng = np.random.default_rng([seed, 1])
+  out, epoch = [], []
+  while len(out) < steps:
+    if len(epoch) < batch:
+      epoch = list(rng.permutation(n))
+    out.append(np.asarray(epoch[:batch]))
+    epoch = epoch[batch:]
+  return out
+
+
+def train(opt, params, x_all, order, evaluate, every=10):
+  """Runs ``opt`` on the batches; ``[(step, seconds, metric)]``, info."""
+  step = jax.jit(opt.step)
+  state = opt.init(params)
+  first = x_all[order[0]]
+  jax.block_until_ready(step(params, state, first, first))  # compiles
+  curve, clock = [(0, 0.0, evaluate(params))], 0.0
+  flags = {"rejected": 0, "diverged": 0}
+  for k, idx in enumerate(order):
+    xb = x_all[idx]
+    start = time.perf_counter()
+    params, state, info = step(params, state, xb, xb)
+    jax.block_until_ready(params)
+    clock += time.perf_counter() - start
+    flags["rejected"] += int(info.get("step_rejected", 0))
+    flags["diverged"] += int(info["diverged"])
+    if (k + 1) % every == 0 or k + 1 == len(order):
+      curve.append((k + 1, clock, evaluate(params)))
+  return curve, flags
+
+
+def autoencoder(args):
+  x_all = jnp.asarray(digits_01())
+  n = x_all.shape[0]
+  order = batches(n, args.batch, args.steps, args.seed)
+  params0 = init_params(args.seed)
+  full = jax.jit(lambda p: 0.5 * jnp.sum((apply(p, x_all) - x_all) ** 2) / n)
+
+  def evaluate(p):
+    return float(full(p))
+
+  example = x_all[:args.batch]
+  adaptive = dict(learning_rate="adaptive", momentum="adaptive")
+
+  def kfac_opt(damping="adaptive"):
+    return kfac(apply, **adaptive, damping=damping, fisher="monte_carlo",
+                factor_decay=0.95, inverse_every=5, example_inputs=example)
+
+  def ngd_opt(fisher):
+    return ngd(apply, **adaptive, damping="adaptive", fisher=fisher,
+               solver="cg", cg_maxiter=50, cg_tol=1e-4)
+
+  runs = {"kfac": kfac_opt, "ngd_monte_carlo": lambda: ngd_opt("monte_carlo"),
+          "ngd_empirical": lambda: ngd_opt("empirical"),
+          "ngd_true_cg": lambda: ngd_opt("true")}
+  for lr in args.adam_lrs:
+    runs[f"adam_{lr:g}"] = lambda lr=lr: optax_optimizer(apply,
+                                                         optax.adam(lr))
+  for lr in args.sgd_lrs:  # on the mean loss: the sum loss at lr / batch
+    runs[f"sgd_{lr:g}"] = lambda lr=lr: gd(apply, lr / args.batch)
+  if args.lm_sweep:
+    for mult in (0.01, 0.1, 1.0, 10.0):
+      lam0 = mult * args.batch
+      runs[f"kfac_lm_{mult:g}n"] = lambda lam0=lam0: kfac_opt(
+          levenberg_marquardt(init=lam0))
+  results = {}
+  for name, make in runs.items():
+    if args.only and not any(name.startswith(o) for o in args.only):
+      continue
+    curve, flags = train(make(), params0, x_all, order, evaluate)
+    results[name] = {"curve": curve, "final_loss": curve[-1][2],
+                     "seconds": curve[-1][1], "initial_loss": curve[0][2],
+                     "max_loss": max(c[2] for c in curve), **flags,
+                     "load_average": os.getloadavg()}
+    _print_row(name, results[name])
+  if args.kfac_jax_python and os.path.exists(args.kfac_jax_python):
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [args.kfac_jax_python, os.path.join(here, "kfac_jax_train.py"),
+         "--steps", str(args.steps), "--batch", str(args.batch),
+         "--seed", str(args.seed)],
+        capture_output=True, text=True, check=False)
+    if out.returncode == 0:
+      r = json.loads(out.stdout.strip().splitlines()[-1])
+      curve = [(0, 0.0, r["initial_loss"])] + [tuple(c[:3])
+                                               for c in r["curve"]]
+      results["kfac_jax"] = {"curve": curve, "final_loss": r["final_loss"],
+                             "seconds": r["seconds"],
+                             "initial_loss": r["initial_loss"],
+                             "max_loss": max(c[2] for c in curve),
+                             "load_average": r["load_average"]}
+      _print_row("kfac_jax", results["kfac_jax"])
+    else:
+      print("kfac-jax run failed:", out.stderr[-2000:], file=sys.stderr)
+  return results
+
+
+def _print_row(name, r):
+  load = ", ".join(f"{v:.1f}" for v in r["load_average"])
+  extra = ""
+  if "rejected" in r:
+    extra = f"  rejected {r['rejected']:3d}  diverged {r['diverged']:3d}"
+  print(f"{name:22s} final {r['final_loss']:.4f}  max {r['max_loss']:.4f}"
+        f"  {r['seconds']:7.2f} s{extra}  load {load}", flush=True)
+
+
+def classifier(args):
+  from ngdjax.experiment import train as exp
+  config = exp.default_config()
+  ds = exp.load(config)
+  model = ngdjax.mlp((512,), out_dim=10, activation="relu",
+                     w_std=float(config.w_std))
+  params0 = model.init(jax.random.key(config.seed), ds.x_train.shape[1])
+  x_all = jnp.asarray(ds.x_train)
+  labels = jnp.asarray(ds.labels_train)
+  x_test, labels_test = jnp.asarray(ds.x_test), jnp.asarray(ds.labels_test)
+  order = exp._batches(x_all.shape[0], 64, args.classifier_steps,
+                       config.seed)
+  acc = jax.jit(lambda p: jnp.mean(
+      jnp.argmax(model.apply(p, x_test), -1) == labels_test))
+  loss = "softmax_cross_entropy"
+  runs = {
+      "kfac": lambda: kfac(model, loss=loss, factor_decay=0.95,
+                           inverse_every=10, inverse="cholesky"),
+      "ngd": lambda: ngd(model, loss=loss),
+  }
+  results = {}
+  for name, make in runs.items():
+    opt = make()
+    step = jax.jit(opt.step)
+    state = opt.init(params0)
+    jax.block_until_ready(step(params0, state, x_all[order[0]],
+                               labels[order[0]]))
+    params, clock, curve = params0, 0.0, []
+    for k, idx in enumerate(order):
+      start = time.perf_counter()
+      params, state, info = step(params, state, x_all[idx], labels[idx])
+      jax.block_until_ready(params)
+      clock += time.perf_counter() - start
+      if (k + 1) % 10 == 0:
+        curve.append((k + 1, clock, float(acc(params))))
+    hit = next((c for c in curve if c[2] >= 0.97), None)
+    results[name] = {"curve": curve, "final_accuracy": curve[-1][2],
+                     "steps_to_97": None if hit is None else hit[0],
+                     "seconds_to_97": None if hit is None else hit[1],
+                     "load_average": os.getloadavg()}
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"classifier {name:6s} final {100 * curve[-1][2]:.1f}%  97% at "
+          f"step {results[name]['steps_to_97']}  "
+          f"({results[name]['seconds_to_97']} s)  {clock:.2f} s  "
+          f"load {load}", flush=True)
+  return results
+
+
+def statistics_cost(args, repeats=5, steps=20):
+  """Milliseconds per step of the autoencoder: SGD, and K-FAC (Monte Carlo,
+  fixed step) with statistics every step or never (only at step 0), no
+  inverse refresh after step 0; and the adaptive K-FAC of ``autoencoder``.
+
+  Median over ``repeats`` blocks of ``steps`` steps, all in this process.
+  """
+  x_all = jnp.asarray(digits_01())
+  order = batches(x_all.shape[0], args.batch, steps + 1, args.seed)
+  params = init_params(args.seed)
+  example = x_all[:args.batch]
+  never = 10 ** 9
+
+  def kfac_fixed(every):
+    return kfac(apply, 0.1, damping=float(args.batch), fisher="monte_carlo",
+                factor_decay=0.95, inverse_every=never,
+                statistics_every=every, example_inputs=example)
+
+  makers = {
+      "sgd": lambda: gd(apply, 0.1 / args.batch),
+      "kfac_statistics_every_step": lambda: kfac_fixed(1),
+      "kfac_no_statistics": lambda: kfac_fixed(never),
+      "kfac_adaptive (inverses every 5)": lambda: kfac(
+          apply, fisher="monte_carlo", factor_decay=0.95, inverse_every=5,
+          example_inputs=example),
+  }
+  out = {}
+  for name, make in makers.items():
+    opt = make()
+    step = jax.jit(opt.step)
+    p, state = params, opt.init(params)
+    xb = x_all[order[0]]
+    p, state, _ = jax.block_until_ready(step(p, state, xb, xb))  # step 0
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for idx in order[1:]:
+        xb = x_all[idx]
+        p, state, _ = step(p, state, xb, xb)
+      jax.block_until_ready(p)
+      times.append(1e3 * (time.perf_counter() - start) / steps)
+    out[name] = {"ms_per_step": float(np.median(times)),
+                 "ms_min": float(np.min(times)),
+                 "load_average": os.getloadavg()}
+  for name, r in out.items():
+    ratio = r["ms_per_step"] / out["sgd"]["ms_per_step"]
+    print(f"{name:34s} {r['ms_per_step']:8.2f} ms/step (min "
+          f"{r['ms_min']:.2f}) = {ratio:5.1f} x SGD  load "
+          + ", ".join(f"{v:.1f}" for v in r["load_average"]), flush=True)
+  return out
+
+
+def plot(results, out):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for name, r in results.items():
+    if name.startswith(("adam_", "sgd_")) and not r.get("best"):
+      continue
+    if not np.isfinite(r["final_loss"]):
+      continue  # diverged: listed in the table only
+    steps, secs, loss = zip(*r["curve"], strict=True)
+    axes[0].plot(steps, loss, label=name)
+    axes[1].plot(secs, loss, label=name)
+  for ax, xlabel in zip(axes, ("step", "seconds"), strict=True):
+    ax.set_yscale("log")
+    ax.set_ylim(0.05, 20.0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("full-data loss (mean 1/2||u-y||^2)")
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.suptitle("tanh autoencoder on digits, batch 256")
+  fig.tight_layout()
+  path = os.path.join(out, "autoencoder.png")
+  fig.savefig(path, dpi=120)
+  return path
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", default="/tmp/ngdjax_train")
+  p.add_argument("--steps", type=int, default=300)
+  p.add_argument("--batch", type=int, default=256)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--adam_lrs", type=float, nargs="*",
+                 default=[1e-3, 3e-3, 1e-2])
+  p.add_argument("--sgd_lrs", type=float, nargs="*",
+                 default=[0.003, 0.01, 0.03])
+  p.add_argument("--no_lm_sweep", dest="lm_sweep", action="store_false")
+  p.add_argument("--only", nargs="*", default=None,
+                 help="run only the autoencoder methods with these prefixes")
+  p.add_argument("--tasks", nargs="*",
+                 default=["autoencoder", "classifier", "statistics"])
+  p.add_argument("--classifier_steps", type=int, default=200)
+  p.add_argument("--kfac_jax_python", default=KFAC_JAX)
+  args = p.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, "
+        f"load {os.getloadavg()}")
+  out = {}
+  if "autoencoder" in args.tasks:
+    res = autoencoder(args)
+    for prefix in ("adam_", "sgd_"):
+      group = {k: v for k, v in res.items() if k.startswith(prefix)}
+      if group:
+        best = min(group, key=lambda k: group[k]["final_loss"])
+        res[best]["best"] = True
+        print(f"best {prefix[:-1]}: {best}")
+    out["autoencoder"] = res
+    print("figure:", plot(res, args.out))
+  if "classifier" in args.tasks:
+    out["classifier"] = classifier(args)
+  if "statistics" in args.tasks:
+    out["statistics"] = statistics_cost(args)
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump(out, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+  main()

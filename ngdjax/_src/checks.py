@@ -11,7 +11,7 @@ returned value. ``bfloat16`` and ``float16`` are numeric and accepted;
 operations without a half-precision kernel (``eigh``, Cholesky) compute in
 ``float32`` internally (``solvers.psd_solve``, ``linalg.lambda_min``).
 
-Multi-process runs (DESIGN.md): a global ``jax.Array`` that spans other
+Multi-process runs: a global ``jax.Array`` that spans other
 processes (``not x.is_fully_addressable``) cannot be copied to this host with
 ``np.asarray``. Checks never do that: on such arrays they check shapes and
 dtypes, and finiteness and row norms by a ``jnp`` reduction whose (replicated)

@@ -1,6 +1,6 @@
 """Data for the experiments: sphere samples, scikit-learn digits, IDX files.
 
-Conventions (MATH.md 1): inputs are ``(n, d)`` with unit-norm rows (the
+Conventions (docs/math.md): inputs are ``(n, d)`` with unit-norm rows (the
 theory's setting), targets are always 2-D, ``(n, c)``, like the models'
 outputs, so ``u - y`` never broadcasts an ``(n, 1)`` output against an
 ``(n,)`` target into an ``(n, n)`` matrix. Arrays come back as JAX arrays of

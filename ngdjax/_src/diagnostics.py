@@ -1,6 +1,6 @@
 """The paper's conditions and measures, computed on a network during training.
 
-Each function measures one quantity of MATH.md and is tested on its own
+Each function measures one quantity of docs/math.md, tested on its own
 against a dense ``numpy`` reference:
 
 * ``gram_lambda_min``: ``lambda_min(G)`` with ``G = J J^T`` (Condition 1;
@@ -9,7 +9,7 @@ against a dense ``numpy`` reference:
   Lemma 7), densely for small problems, else by matrix-free block power
   iteration on ``(J - J_0)(J - J_0)^T`` built from JVPs and VJPs.
 * ``distance_from_init`` and ``distance_bound``: ``||theta - theta_0||``
-  against ``R = 3 ||y - u(0)|| / sqrt(lambda_0)`` (MATH.md 2).
+  against ``R = 3 ||y - u(0)|| / sqrt(lambda_0)`` (docs/math.md).
 * ``activation_flips``: the fraction of the two-layer net's activation
   pattern ``S_ir = 1{w_r^T x_i > 0}`` that changed since initialisation.
 * ``generalization_measure``: ``sqrt(2 y^T G_inf^{-1} y / n)`` (Theorem 6).
@@ -277,7 +277,7 @@ def distance_from_init(params: Params, params0: Params) -> Array:
 
 
 def distance_bound(y: Array, u0: Array, lambda_0: float) -> Array:
-  """``R = 3 ||y - u(0)|| / sqrt(lambda_0)`` (MATH.md 2, Condition 2).
+  """``R = 3 ||y - u(0)|| / sqrt(lambda_0)`` (Condition 2, docs/math.md).
 
   Theorem 1's proof keeps ``||theta(k) - theta(0)|| <= R`` along NGD.
 
@@ -312,7 +312,7 @@ def _first_layer(w, name):
 
 
 def activation_pattern(w, x: Array) -> Array:
-  """``S_ir = 1{w_r^T x_i > 0}``, ``(n, m)`` bool (MATH.md 3).
+  """``S_ir = 1{w_r^T x_i > 0}``, ``(n, m)`` bool (docs/math.md).
 
   Strict ``>`` like ``two_layer_relu``'s autodiff convention (the paper's
   ``>=`` differs on a set of measure zero).

@@ -3,11 +3,11 @@
 Given ``x`` (``(n, d)``, ``n >= d``) with its rows in general position, find an
 invertible ``A`` (``(d, d)``) such that ``Z = normalize_rows(x A)`` satisfies
 
-    Z^T Z = (n / d) I                                        (MATH.md 5)
+    Z^T Z = (n / d) I                                        (docs/math.md)
 
 Then every leverage score ``z_i^T (Z^T Z)^{-1} z_i`` equals ``d / n`` and
 K-FAC's output-space update on ``Z`` is natural gradient descent up to the
-scale ``d`` (MATH.md 4-5). Accuracy is measured by
+scale ``d`` (docs/math.md, K-FAC, Forster). Accuracy is measured by
 
     error(Z) = ||Z^T Z - (n/d) I||_F / (n/d).
 
@@ -52,7 +52,7 @@ holds more than ``k n / d`` rows, nor exactly ``k n / d`` unless the rest
 lie in a complementary subspace (Forster 2002 asks for general position).
 Otherwise ``phi`` is unbounded below, the iterations drive ``A`` to a singular
 matrix, and Algorithm 1 can report a tiny error on its own ``Z`` while
-``normalize_rows(x A)`` is far from isotropic (MATH.md 5: ``cond(A)`` about
+``normalize_rows(x A)`` is far from isotropic (docs/math.md: ``cond(A)`` about
 1e18). This module never reports such an ``A`` as converged:
 
 * rank-deficient ``x`` (every row in a ``(d-1)``-dimensional subspace) and
@@ -486,7 +486,7 @@ def _forster_jit(xn, tol, max_cond, patience, *, method, max_iters):
   s = ForsterStatus
   # The loop's status refers to its own iterate; the claim is re-checked on
   # Z = normalize(x A). A "converged" iterate whose recomputed Z misses tol
-  # is the silent failure of MATH.md 5 and is reported as such.
+  # is the silent failure of docs/math.md and is reported as such.
   status = jnp.where(
       ok,
       s.CONVERGED,
@@ -722,7 +722,7 @@ def forster(
         f"x has n = {n} rows but d = {d} columns: Z^T Z = (n/d) I needs "
         f"rank d, but {n} rows span at most {n} dimensions, so the target "
         "is unreachable. No transform is needed there: with d >= n the "
-        "row-space projection P_X is already the identity (MATH.md 4-5), "
+        "row-space projection P_X is already the identity, "
         "so K-FAC on x is already natural gradient descent. Use x as is, "
         "or project it onto its row space (d' = n columns) first."
     )

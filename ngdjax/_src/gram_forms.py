@@ -9,7 +9,7 @@ three exact ways; ``choose_forms`` picks one per layer from a FLOP and
 memory model (flops per pair of examples, ``r`` rows each):
 
 * ``"outer"`` (dense layers, ``T = G = 1``): ``(A A^T) * (S S^T)``, an
-  input Gram times a gradient Gram, ``2 (a + r^2 b)`` per pair (MATH.md's
+  input Gram times a gradient Gram, ``2 (a + r^2 b)`` per pair (docs/math.md's
   ``(X X^T) * (S S^T) / m`` for the two-layer net). Always the cheapest for
   ``T = 1``.
 * ``"patch"``: ``sum_{t,t'} (A_it . A_jt') (S_ikt . S_jlt')``, per pair

@@ -1,6 +1,6 @@
 """Jacobians, Jacobian products and the empirical Gram matrix ``G = J J^T``.
 
-Conventions (MATH.md section 1): outputs ``u`` are ``(n, c)`` and flattened
+Conventions (docs/math.md): outputs ``u`` are ``(n, c)`` and flattened
 row-major, ``vec(u)[i * c + k] = u[i, k]`` (length ``N = n c``); parameters are
 flattened in ``jax.flatten_util.ravel_pytree`` order; ``G = J J^T`` has no
 ``1/n``.
@@ -25,7 +25,7 @@ chunked evaluation exact.
 * ``"structured"``: the closed form of dense layers:
   ``G = sum_l (A_l A_l^T) (x) (B_l B_l^T)``, an elementwise product of an
   input Gram and a backpropagated-gradient Gram per layer. For the two-layer
-  net this is ``(X X^T) * (S S^T) / m`` (MATH.md 3): ``O(n^2 (d + m))``
+  net this is ``(X X^T) * (S S^T) / m`` (docs/math.md): ``O(n^2 (d + m))``
   instead of ``O(n^2 m d)``. ``Model``s provide their layer factors; for a
   bare ``apply`` the dense layers (``dot_general`` of an activation with a
   parameter leaf, plus its bias) are found in the traced computation

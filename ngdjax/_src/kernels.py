@@ -121,7 +121,7 @@ def _check_x(x, name="x"):
 
 @precision.curvature
 def relu_gram_inf(x: Array, x2: Array | None = None) -> Array:
-  """``G_inf`` of the two-layer ReLU net with only ``W`` trained (MATH.md 3).
+  """``G_inf`` of the two-layer ReLU net with only ``W`` trained (docs/math.md).
 
   ``G_inf[i, j] = x_i^T x_j (pi - theta_ij) / (2 pi)`` with ``theta_ij``
   the angle between ``x_i`` and ``x_j`` (``_row_angles``, accurate near 0

@@ -1,16 +1,16 @@
 """Linearised (NTK-regime) dynamics: closed-form GD and NGD trajectories.
 
-MATH.md section 6. With the Jacobian frozen at ``theta_0``
+docs/math.md (linearised dynamics). With the Jacobian frozen at ``theta_0``
 (``f_lin(theta) = f(theta_0) + J (theta - theta_0)``) gradient descent and
 natural gradient descent on the sum-of-squares loss are linear dynamical
 systems whose trajectories have closed forms in the eigenbasis of the Gram
 matrix ``G = J J^T`` (``N x N``, ``N = n c``).
 
-Sign convention: MATH.md writes ``y - u(t) = exp(-G t) (y - u(0))``; this
+Sign convention: docs/math.md writes ``y - u(t) = exp(-G t) (y - u(0))``; this
 module works with the residual ``r = vec(u - y)`` (the same equation
 multiplied by -1), so every function takes ``r0 = vec(u(0) - y)`` and returns
 ``u(t) - y``, ``w(t) - w(0)`` or ``u_test(t)``. Outputs are flattened
-row-major, ``vec(u)[i * c + k] = u[i, k]`` (MATH.md section 1).
+row-major, ``vec(u)[i * c + k] = u[i, k]`` (docs/math.md, conventions).
 
 All trajectories share one form. With ``G = V diag(s) V^T`` and a per-mode
 decay ``e_i(t)``,
@@ -96,7 +96,7 @@ def linearize(
   """The first-order Taylor model of a network around ``params0``.
 
   ``f_lin(params, x) = f(params0, x) + J(x) (params - params0)`` with
-  ``J = d vec(f) / d params`` at ``params0`` (MATH.md section 6). Evaluated by
+  ``J = d vec(f) / d params`` at ``params0`` (docs/math.md). Evaluated by
   one ``jax.jvp`` (forward mode), which returns ``f(params0, x)`` and
   ``J (params - params0)`` together without forming ``J``.
 
@@ -340,7 +340,7 @@ def residuals(
 ) -> Array:
   """Residuals ``u(t) - y`` of GD or NGD on the linearised model.
 
-  MATH.md section 6, in terms of ``r = u - y``:
+  docs/math.md (linearised dynamics), in terms of ``r = u - y``:
 
       GD  flow:  r(t) = exp(-G t) r0           steps:  (I - eta G)^k r0
       NGD flow:  r(t) = exp(-G (G + lam I)^{-1} t) r0   (= exp(-t) r0)
@@ -391,7 +391,8 @@ def weights(
 ) -> Array:
   """Weight displacements ``w(t) - w(0)`` of GD or NGD on the linearised model.
 
-  MATH.md section 6 with ``r0 = u(0) - y``: ``w(t) - w(0) = -J^T a(t)``,
+  docs/math.md (linearised dynamics) with ``r0 = u(0) - y``:
+  ``w(t) - w(0) = -J^T a(t)``,
 
       GD  flow:  a(t) = G^{-1} (I - exp(-G t)) r0
       NGD flow:  a(t) = (1 - exp(-t)) G^{-1} r0     (lam = 0)
@@ -447,7 +448,7 @@ def predict(
   """Test outputs ``u_test(t)`` of GD or NGD on the linearised model.
 
   ``u_test(t) = u_test(0) + J_test (w(t) - w(0)) = u_test(0) - K a(t)`` with
-  the cross-Gram ``K = J_test J^T`` (MATH.md section 6: predictions follow
+  the cross-Gram ``K = J_test J^T`` (docs/math.md: predictions follow
   through ``G_test,train G^{-1}``); e.g. for the GD flow
   ``u_test(t) = u_test(0) - K G^{-1} (I - exp(-G t)) r0``.
 
@@ -541,8 +542,9 @@ def min_norm_solution(
 ) -> MinNormSolution:
   """The minimum-norm least-squares step ``J^T G^{-1} (y - u(0))``.
 
-  MATH.md section 6: ``w(inf) - w(0)`` for GD and NGD (flow or convergent
-  steps, any damping) on the linearised model, i.e. ``-pinv(J) r0``, with norm
+  docs/math.md (linearised dynamics): ``w(inf) - w(0)`` for GD and NGD
+  (flow or convergent steps, any damping) on the linearised model, i.e.
+  ``-pinv(J) r0``, with norm
   ``sqrt(r0^T G^{-1} r0)`` (since ``||J^T a||^2 = a^T G a``). Solved by one
   Cholesky factorisation of ``G``; a singular ``G`` falls back to its
   pseudo-inverse (one eigendecomposition).

@@ -1,10 +1,10 @@
-"""Losses in output space, in the sum convention (MATH.md 1, 7, Theorem 2).
+"""Losses in output space, in the sum convention (docs/math.md, Theorem 2).
 
 A ``Loss`` bundles the value ``L(u, y) = sum_i l(u_i, y_i)``, its gradient in
 ``u`` and the constants of Theorem 2: every ``l(., y)`` is ``mu``-strongly
 convex with an ``L``-Lipschitz gradient (``mu I <= d^2 l / du^2 <= L I``).
 
-For the Fisher (natural gradient of a likelihood, MATH.md 7) a loss also
+For the Fisher (natural gradient of a likelihood, docs/math.md) a loss also
 carries its per-example output metric ``H_i``: ``None`` means the identity,
 which is the Hessian of the squared loss and the Gauss-Newton metric that
 Theorem 2 uses for every regression loss; ``softmax_cross_entropy`` gives
@@ -133,7 +133,7 @@ def _as_distribution(u: Array, y: Array) -> Array:
 
 
 def softmax_cross_entropy() -> Loss:
-  """``L = -sum_i sum_k y_ik log p_ik``, ``p_i = softmax(u_i)`` (MATH.md 7).
+  """``L = -sum_i sum_k y_ik log p_ik``, ``p_i = softmax(u_i)`` (docs/math.md).
 
   Targets are integer labels ``(n,)`` or rows of class probabilities
   ``(n, c)`` (one-hot or soft). With rows summing to one,

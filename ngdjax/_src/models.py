@@ -1,6 +1,6 @@
 """Models as ``init``/``apply`` pairs, with the structure the fast methods use.
 
-Two families (MATH.md section 3):
+Two families (docs/math.md, two-layer net):
 
 * ``two_layer_relu``: the paper's network
   ``f(x) = (1/sqrt(m)) sum_r a_r relu(w_r^T x)``, ``w_r ~ N(0, nu^2 I)``,
@@ -113,7 +113,7 @@ def _check_width(name: str, value) -> int:
 def two_layer_relu(
     width: int, out_dim: int = 1, *, nu: float = 1.0, output_seed: int = 0
 ) -> Model:
-  """The two-layer ReLU network of MATH.md section 3.
+  """The two-layer ReLU network of docs/math.md (two-layer net).
 
   ``f(x) = (1/sqrt(m)) relu(x W^T) a`` with ``W`` ``(m, d)``, rows
   ``~ N(0, nu^2 I)``, and ``a`` ``(m, c)`` with entries uniform in

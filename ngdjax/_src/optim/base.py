@@ -101,10 +101,10 @@ def check_batch(apply_or_model, params, x, y, loss=None) -> tuple[Array, Array]:
   Returns:
     ``(x, y)`` with ``y`` as ``(n, c)``.
   """
-  # params against the model's structure (issue 13: named paths instead
+  # Params are checked against the model's structure (named paths instead
   # of KeyError / dot_general errors); values are the step's concern.
   apply, model = split_model(apply_or_model)
-  # A bare apply takes inputs of any shape (n, ...) (issue 10).
+  # A bare apply takes inputs of any shape (n, ...).
   x = checks.check_inputs("x", x, any_shape=model is None)
   # Integer x only for a bare apply (token ids); half-precision x of a
   # wider model is computed in the model's dtype.

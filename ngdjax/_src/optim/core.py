@@ -35,7 +35,7 @@ a function that builds the optimizer from its learning rate) or schedules
 ``count -> value``; a schedule is evaluated at the step count and the value
 used is stored back in the state.
 
-Faults inside a jitted step (issue 13; DESIGN.md "Bad input"):
+Faults inside a jitted step (docs/guide, "Bad input"):
 
 * Params holding NaN/Inf raise ``ValueError`` before tracing when they are
   concrete; when traced, ``info["params_nonfinite"] = 1``.

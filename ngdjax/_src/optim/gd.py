@@ -1,6 +1,6 @@
 """Gradient descent, and any optax optimizer, in the ``Optimizer`` shape.
 
-The baselines against which NGD and K-FAC are compared (MATH.md 2 and 6):
+The baselines against which NGD and K-FAC are compared (docs/math.md):
 full-batch gradient descent on the sum loss,
 ``theta <- theta - eta J^T grad_u L(u)``, and a wrapper that runs any
 ``optax.GradientTransformation`` with the same ``init``/``step`` signature
@@ -87,7 +87,7 @@ def gd(
 ) -> base.Optimizer:
   """Full-batch gradient descent, ``theta <- theta - eta grad L(theta)``.
 
-  ``L`` is the sum loss of MATH.md 1, so the gradient is
+  ``L`` is the sum loss of docs/math.md, so the gradient is
   ``J^T grad_u L(u)`` (no ``1/n``). Faults are handled as in
   ``ngdjax.optim.core``: non-finite params raise before tracing, a
   learning-rate schedule that turns NaN/negative falls back to the last

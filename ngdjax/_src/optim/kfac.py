@@ -19,7 +19,7 @@ and is block-diagonal over layers. With damping on each factor,
 
 For ``two_layer_relu`` the layer matrix is ``M = W^T`` ``(d, m)``,
 ``A = X`` and ``B = S~`` (rows ``s_i = a * S_i / sqrt(m)``), ``Gamma =
-diag(r)`` for the squared loss, and this is MATH.md 4's
+diag(r)`` for the squared loss, and this is docs/math.md's
 ``Delta W = - eta n (S~^T S~ + lam_S I)^{-1} S~^T R X (X^T X + lam_X I)^{-1}``
 transposed (``lam_A = lam_X``, ``lam_B = lam_S``). The two-layer net is
 the one-layer special case of the generic code; nothing is special-cased.
@@ -37,7 +37,7 @@ Damping (``damping = lam``, ``damping_split``, ``factor_damping``):
   of the factors (more expensive than Cholesky: use for references and
   small layers).
 * ``factor_damping=(lam_in, lam_out)``: fixed amounts added to ``A^T A`` and
-  ``B^T B`` themselves (MATH.md 4's ``lam_X``, ``lam_S`` for the two-layer
+  ``B^T B`` themselves (docs/math.md's ``lam_X``, ``lam_S`` for the two-layer
   net), on top of either split.
 
 Relation to kfac-jax's conventions: kfac-jax preconditions the gradient of
@@ -50,7 +50,7 @@ is the split above (``pi = pi' / sqrt(n)``, which the sum convention's
 mode against that mean-convention form (``_pi_damped_step``).
 
 Undamped (``damping=0``, no factor damping) the inverses are
-pseudo-inverses, as in MATH.md 4's ``P_S = S~ (S~^T S~)^+ S~^T``.
+pseudo-inverses, as in docs/math.md's ``P_S = S~ (S~^T S~)^+ S~^T``.
 
 Primal and dual forms. Each factor is inverted either in its own size
 (primal: ``a x a`` for ``A^T A``) or, by the push-through identity
@@ -61,12 +61,12 @@ Both are exact, so they agree to rounding. For the two-layer net with
 ``m > n > d`` "auto" is primal on ``X^T X`` and dual on ``S~``: an ``n x n``
 solve instead of an ``m x m`` one.
 
-Output-space effect (MATH.md 4): for the two-layer net, undamped,
+Output-space effect (docs/math.md): for the two-layer net, undamped,
 ``J Delta theta = - eta n (P_S * P_X) r``; with ``S~`` of full row rank and
 Forster-isotropic inputs (``X^T X = (n/d) I``, unit rows) this is
 ``- eta d r``, so ``eta = 1/d`` is a full natural-gradient step.
 
-Cross-entropy (MATH.md 7). The output-side factor is ``B^T H B`` with
+Cross-entropy (docs/math.md). The output-side factor is ``B^T H B`` with
 ``H`` the loss's output metric: ``fisher="true"`` writes it exactly as
 ``B'^T B'`` with ``B'_i = S_i^T B_i`` (``S_i S_i^T = H_i``) and the gradient
 as ``sum_k h_ik B'_ik`` (``S_i h_i = g_i``), so every form above applies
@@ -489,7 +489,7 @@ def _fisher_cotangents(loss, fisher, u, y, g, key):
 def _fisher_factors(loss, fisher, u, y, g, grads, key):
   """``(B', h)``: the factor's back-propagated rows and gradient weights.
 
-  ``B'^T B' = B^T H B`` is the output-side factor (MATH.md 7) and, where it
+  ``B'^T B' = B^T H B`` is the output-side factor (docs/math.md) and, where it
   exists, ``h`` (``(n, c')``) writes the gradient in the same rows,
   ``sum_k g_ik B_ik = sum_k h_ik B'_ik``; ``h = None`` when it does not
   (the Monte Carlo factor: the gradient is then formed from ``B`` and ``g``).
@@ -932,7 +932,7 @@ def kfac(
     weight_sharing: str = "expand",
     momentum: float | str | None = None,
 ) -> base.Optimizer:
-  """K-FAC (MATH.md 4 and 7; module docstring).
+  """K-FAC (docs/math.md; module docstring).
 
   ``Delta M_l = - eta n (A^T A + lam_A)^{-1} A^T Gamma B (B^T H B +
   lam_B)^{-1}`` for every layer ``l`` (or the exact ``(F_kfac + lam

@@ -1,4 +1,4 @@
-"""Exact natural gradient descent in kernel ("dual") form (MATH.md 2).
+"""Exact natural gradient descent in kernel ("dual") form (docs/math.md).
 
     theta <- theta - eta * J^T (G + lam I)^{-1} grad_u L(u),   G = J J^T
 
@@ -268,7 +268,7 @@ def _relative(residual: Array, rhs: Array) -> Array:
 
 
 def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
-  """``v`` with ``J^T v = (J^T H J + lam I)^{-1} J^T g`` (MATH.md 2, 7).
+  """``v`` with ``J^T v = (J^T H J + lam I)^{-1} J^T g`` (docs/math.md).
 
   * ``fisher="true"``, ``H = I`` (regression losses): ``(G + lam I) v = g``.
   * ``fisher="true"`` with an output Hessian: the symmetric form
@@ -420,8 +420,9 @@ def ngd(
 ) -> base.Optimizer:
   """Exact NGD, ``theta <- theta - eta (J^T H J + lam I)^{-1} J^T g``.
 
-  MATH.md 2 and 7 (Theorem 1 for the squared loss, Theorem 2 for a general
-  regression loss, the Fisher for softmax cross-entropy; on a linear model
+  docs/math.md (kernel form, cross-entropy Fisher; Theorem 1 for the
+  squared loss, Theorem 2 for a general regression loss, the Fisher for
+  softmax cross-entropy; on a linear model
   with the squared loss ``eta = 1`` and ``lam = 0`` solve in one step).
   Always through the push-through identity ``(J^T H J + lam I)^{-1} J^T =
   J^T (H G + lam I)^{-1}``: an ``N x N`` (``N = n c``) or ``n x n`` solve,
@@ -579,7 +580,7 @@ def ngd_preconditioner(
     preconditioner_rank: int = PRECONDITIONER_RANK,
     precision: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """NGD's direction as an optax transformation (MATH.md 2).
+  """NGD's direction as an optax transformation (docs/math.md).
 
   ``update(updates, state, params, x=x, y=y)`` returns the natural gradient
   ``J^T (G + lam I)^{-1} grad_u L(u)`` at ``params`` on the batch

@@ -142,13 +142,13 @@ def steps(n: int, d: int, widths, rates, repeats: int, device):
         lambda p, x, prec=prec: ngdjax.gram(model, p, x, precision=prec)),
         (params, x), g_flops / rates[prec]))
   for prec in (*PRECISIONS, "mixed"):
-    opt = ngdjax.ngd(model, 1.0, 1e-3, precision=prec)
+    opt = ngdjax.ngd(model, 1.0, damping=1e-3, precision=prec)
     rate = rates["default" if prec == "mixed" else prec]
     jobs.append(("ngd step", prec, jax.jit(opt.step),
                  (params, opt.init(params), x, y),
                  (g_flops + chol_flops) / rate))
   for prec in PRECISIONS:
-    opt = ngdjax.kfac(model, 1.0, 1e-3, precision=prec)
+    opt = ngdjax.kfac(model, 1.0, damping=1e-3, precision=prec)
     jobs.append(("kfac step", prec, jax.jit(opt.step),
                  (params, opt.init(params), x, y), None))
   with jax.default_device(device):

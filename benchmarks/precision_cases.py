@@ -119,25 +119,28 @@ def quantities(case: Case, dtype, precision: str | None, *,
       r = jax.jit(lambda p, x, v: ngdjax.gram_vp(model, p, x, v, **kw))(
           params, x, v)
     elif name == "ngd_cholesky":
-      r, _ = _step_update(ngdjax.ngd(model, 1.0, damping, **kw), params, x, y)
+      r, _ = _step_update(ngdjax.ngd(model, 1.0, damping=damping, **kw),
+                          params, x, y)
     elif name == "ngd_cg":
-      r, _ = _step_update(ngdjax.ngd(model, 1.0, damping, solver="cg",
+      r, _ = _step_update(ngdjax.ngd(model, 1.0, damping=damping, solver="cg",
                                      cg_tol=1e-10, **kw), params, x, y)
     elif name == "kfac":
-      r, _ = _step_update(ngdjax.kfac(model, 1.0, damping, **kw),
+      r, _ = _step_update(ngdjax.kfac(model, 1.0, damping=damping, **kw),
                           params, x, y)
     elif name == "kfac_minibatch":
       # inverse="cholesky": the default eigh refresh clamps the factors'
       # small eigenvalues at a dtype-dependent level, so its float32 step
       # differs from float64 by itself (60 % on the MLP, on CPU).
-      r, _ = _step_update(ngdjax.kfac(model, 1.0, damping, factor_decay=0.95,
+      r, _ = _step_update(ngdjax.kfac(model, 1.0, damping=damping,
+                                      factor_decay=0.95,
                                       inverse="cholesky", **kw),
                           params, x, y)
     elif name == "relu_gram_inf":
       r = jax.jit(lambda x: ngdjax.relu_gram_inf(x, **kw))(x)
     elif name == "ngd_mixed":
       mixed = "mixed" if precision in (None, "highest") else precision
-      r, _ = _step_update(ngdjax.ngd(model, 1.0, damping, precision=mixed),
+      r, _ = _step_update(ngdjax.ngd(model, 1.0, damping=damping,
+                                     precision=mixed),
                           params, x, y)
     else:
       raise ValueError(f"unknown quantity {name!r}")

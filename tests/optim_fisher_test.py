@@ -490,6 +490,7 @@ def test_row_gram_matches_dense_jacobian(rows_per_example):
                              atol=1e-12 * np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_readme_classification_snippet_runs(capsys):
   # The README's snippet as written: NGD and K-FAC (as an optax chain with
   # updates=None) each reach 80 % test accuracy on digits in 20 batches.

@@ -24,7 +24,7 @@ CASES = pathlib.Path(__file__).parent / "multidevice" / "sharded_cases.py"
 WORKER = pathlib.Path(__file__).parent / "multidevice" / "two_process_worker.py"
 
 
-def test_sharded_cases_on_four_cpu_devices():
+def _run_sharded_cases(marker: str):
   env = dict(os.environ)
   env["XLA_FLAGS"] = (
       env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
@@ -32,10 +32,19 @@ def test_sharded_cases_on_four_cpu_devices():
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-       "-p", "no:xdist", "-o", "addopts=", str(CASES)],
+       "-p", "no:xdist", "-o", "addopts=", "-m", marker, str(CASES)],
       env=env, capture_output=True, text=True, timeout=600,
   )
   assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+def test_sharded_cases_on_four_cpu_devices():
+  _run_sharded_cases("not slow")
+
+
+@pytest.mark.slow
+def test_slow_sharded_cases_on_four_cpu_devices():
+  _run_sharded_cases("slow")
 
 
 def test_one_device_mesh_equals_unsharded():

@@ -159,7 +159,7 @@ def test_half_precision_curvature_in_float32():
   ref = ngdjax.gram(model, jax.tree_util.tree_map(
       lambda a: a.astype(jnp.float32), p16), x16.astype(jnp.float32))
   np.testing.assert_array_equal(np.asarray(g), np.asarray(ref))
-  opt = ngdjax.ngd(model, 1.0, 1e-3)
+  opt = ngdjax.ngd(model, 1.0, damping=1e-3)
   state = opt.init(p16)
   new, state2, info = jax.jit(opt.step)(p16, state, x16,
                                         y.astype(jnp.bfloat16))
@@ -173,7 +173,7 @@ def test_half_precision_curvature_in_float32():
 def test_mixed_reports_products_and_falls_back():
   model, params, x, y = _mlp_problem(24)
   with emulate("bf16"):
-    opt = ngdjax.ngd(model, 1.0, 1e-3, precision="mixed")
+    opt = ngdjax.ngd(model, 1.0, damping=1e-3, precision="mixed")
     _, _, info = jax.jit(opt.step)(params, opt.init(params), x, y)
     assert 1 <= int(info["mixed_products"]) <= 8
     assert int(info["mixed_fallback"]) == 0
@@ -181,7 +181,7 @@ def test_mixed_reports_products_and_falls_back():
     # cannot precondition it; the step falls back to the HIGHEST Gram.
     xd = jnp.concatenate([x, x])
     yd = jnp.concatenate([y, -y])
-    opt0 = ngdjax.ngd(model, 1.0, 0.0, precision="mixed")
+    opt0 = ngdjax.ngd(model, 1.0, damping=0.0, precision="mixed")
     _, _, info0 = jax.jit(opt0.step)(params, opt0.init(params), xd, yd)
   assert int(info0["mixed_fallback"]) == 1
   assert int(info0["mixed_products"]) >= 1

@@ -407,7 +407,9 @@ def _norm_embedding():
   return apply, params, x
 
 
-@pytest.mark.parametrize("case", ["transformer", "norm_embedding"])
+@pytest.mark.parametrize(
+    "case", [pytest.param("transformer", marks=pytest.mark.slow),
+             "norm_embedding"])
 def test_sequence_models_gram_is_exact_on_every_path(case):
   apply, params, x = {"transformer": _flax_transformer,
                       "norm_embedding": _norm_embedding}[case]()

@@ -294,7 +294,8 @@ def _x9(n):
 
 
 @pytest.mark.parametrize("name", sorted(USER))
-@pytest.mark.parametrize("method", ["auto", "structured", "jacobian"])
+@pytest.mark.parametrize("method", [
+    pytest.param("auto", marks=pytest.mark.slow), "structured", "jacobian"])
 def test_sharded_gram_of_user_models(name, method):
   params = _cnn_init(jax.random.key(5), 9)
   x = _x9(10)

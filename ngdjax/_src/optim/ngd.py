@@ -267,6 +267,46 @@ def _relative(residual: Array, rhs: Array) -> Array:
           ).astype(rhs.dtype)
 
 
+def _hessian_kernel_solve(cfg: _Config, params, x, u, y, lam, key, st,
+                          g_mat, gmv):
+  """The true Fisher of a loss with an output Hessian ``H = S S^T``:
+  ``v = S w``, ``(S^T G S + lam I) w = h`` (``ngd`` docstring).
+
+  ``st`` is the ``Structure`` when the kernel is built rows first
+  (``gram_forms.row_gram``), else ``None`` (from ``g_mat``, or matrix-free
+  through ``gmv``). Returns ``(v, diagnostics, G v or None)``; ``G v`` is
+  computed here when CG's true residual needs it.
+  """
+  n, c = u.shape
+  s_mat, h = core.hessian_root(cfg.loss, u, y)
+  if st is not None:
+    kernel = gram_forms.row_gram(st, params, x, s_mat).astype(u.dtype)
+  elif g_mat is not None:
+    blocks = g_mat.reshape(n, c, n, c)
+    kernel = jnp.einsum("ika,ikjl,jlb->iajb", s_mat, blocks, s_mat)
+    kernel = kernel.reshape(n * c, n * c)
+  else:
+    kernel = None
+
+  def kmv(w):
+    sw = jnp.einsum("ikb,ib->ik", s_mat, w.reshape(n, c)).reshape(-1)
+    return jnp.einsum("ika,ik->ia", s_mat,
+                      gmv(sw).reshape(n, c)).reshape(-1)
+
+  build = (_nystrom_builder(cfg, params, x, key, rows=s_mat)
+           if cfg.preconditioner is not None else None)
+  w, diagnostics = _solve(cfg, kernel, kmv, h.reshape(-1), lam, build)
+  v = jnp.einsum("ikb,ib->ik", s_mat, w.reshape(n, c)).reshape(-1)
+  gv = None
+  if "cg_residual" in diagnostics:
+    # K w = S^T G S w = S^T (G v): the true residual from G v.
+    gv = gmv(v)
+    kw = jnp.einsum("ika,ik->ia", s_mat, gv.reshape(n, c)).reshape(-1)
+    diagnostics["cg_residual"] = _relative(kw + lam * w - h.reshape(-1),
+                                           h.reshape(-1))
+  return v, diagnostics, gv
+
+
 def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
   """``v`` with ``J^T v = (J^T H J + lam I)^{-1} J^T g`` (docs/math.md).
 
@@ -356,31 +396,10 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
       direction = pullback(v.reshape(n, c))[0]
       return _Direction(u, g, v, gv, direction, diagnostics)
   elif cfg.fisher == "true":
-    s_mat, h = core.hessian_root(cfg.loss, u, y)
-    if rows_first:
-      kernel = gram_forms.row_gram(st, params, x, s_mat).astype(u.dtype)
-    elif g_mat is not None:
-      blocks = g_mat.reshape(n, c, n, c)
-      kernel = jnp.einsum("ika,ikjl,jlb->iajb", s_mat, blocks, s_mat)
-      kernel = kernel.reshape(n * c, n * c)
-    else:
-      kernel = None
-
-    def kmv(w):
-      sw = jnp.einsum("ikb,ib->ik", s_mat, w.reshape(n, c)).reshape(-1)
-      return jnp.einsum("ika,ik->ia", s_mat,
-                        gmv(sw).reshape(n, c)).reshape(-1)
-
-    build = (_nystrom_builder(cfg, params, x, key, rows=s_mat) if precond
-             else None)
-    w, diagnostics = _solve(cfg, kernel, kmv, h.reshape(-1), lam, build)
-    v = jnp.einsum("ikb,ib->ik", s_mat, w.reshape(n, c)).reshape(-1)
-    if "cg_residual" in diagnostics:
-      # K w = S^T G S w = S^T (G v): the true residual from G v below.
-      gv = gmv(v)
-      kw = jnp.einsum("ika,ik->ia", s_mat, gv.reshape(n, c)).reshape(-1)
-      diagnostics["cg_residual"] = _relative(kw + lam * w - h.reshape(-1),
-                                             h.reshape(-1))
+    v, diagnostics, gv = _hessian_kernel_solve(
+        cfg, params, x, u, y, lam, key, st if rows_first else None, g_mat,
+        gmv)
+    if gv is not None:
       direction = pullback(v.reshape(n, c))[0]
       return _Direction(u, g, v, gv, direction, diagnostics)
   elif cfg.fisher == "empirical":

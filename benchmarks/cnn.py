@@ -12,8 +12,8 @@ every step), inverses every 5 steps (``--every``), ``inverse="cholesky"``
 (kfac-jax's default refresh; ``"eigh"`` also timed), the conv layers on
 their Kronecker-factored blocks (``weight_sharing="expand"``). kfac-jax
 0.0.8 runs the same net in its own interpreter (``--kfac-jax-python``,
-default ``/work/kfacjax-venv/bin/python``; skipped when absent) through
-``kfac_jax_cnn.py``, before and after ngdjax's timings.
+default: the ``KFAC_JAX_PYTHON`` environment variable; skipped when
+unset) through ``kfac_jax_cnn.py``, before and after ngdjax's timings.
 
 Timing: amortised time per step over cycles of ``--every`` steps (one
 inverse refresh per cycle), after one warm-up cycle (compilation excluded),
@@ -50,7 +50,8 @@ import kfac_jax_cnn as net  # noqa: E402  (the shared net and data)
 
 import ngdjax  # noqa: E402
 
-KFAC_JAX_PYTHON = "/work/kfacjax-venv/bin/python"
+# An interpreter with kfac-jax 0.0.8 and jax 0.9.1 (never a dependency).
+KFAC_JAX_PYTHON = os.environ.get("KFAC_JAX_PYTHON", "")
 
 
 def make_kfac(x_example, *, learning_rate, damping, every,
@@ -106,7 +107,7 @@ def time_steps(args, data, params):
 
 def run_kfac_jax(args):
   """kfac-jax's figures from its own interpreter, or None."""
-  if not os.path.exists(args.kfac_jax_python):
+  if not (args.kfac_jax_python and os.path.exists(args.kfac_jax_python)):
     return None
   cmd = [args.kfac_jax_python, str(Path(__file__).with_name(
       "kfac_jax_cnn.py")), f"--repeats={args.repeats}",

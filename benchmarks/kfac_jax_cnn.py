@@ -1,6 +1,6 @@
 """The digits CNN of ``benchmarks/cnn.py``, and kfac-jax's K-FAC step on it.
 
-    /work/kfacjax-venv/bin/python benchmarks/kfac_jax_cnn.py --repeats=5
+    $KFAC_JAX_PYTHON benchmarks/kfac_jax_cnn.py --repeats=5
 
 Prints one JSON object: kfac-jax's K-FAC step and an SGD step on the same
 net, in milliseconds (amortised per step over cycles of ``--every`` steps,

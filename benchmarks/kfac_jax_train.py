@@ -14,52 +14,21 @@ Loss: kfac-jax's registration ``weight * sum ||u - y||^2 / batch`` with
 ``weight = 1/2`` is the per-example mean of ``1/2 ||u - y||^2``, the
 figure ``benchmarks/train.py`` prints (ngdjax's sum loss over ``n``).
 
-    /work/kfacjax-venv/bin/python benchmarks/kfac_jax_train.py --steps 300
+    $KFAC_JAX_PYTHON benchmarks/kfac_jax_train.py --steps 300
 """
 
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import kfac_jax
-import numpy as np
-from sklearn.datasets import load_digits
 
-SIZES = (64, 128, 64, 16, 64, 128, 64)
-
-
-def init_params(seed):
-  """``benchmarks/train.py``'s ``init_params`` (same numpy draws)."""
-  rng = np.random.default_rng(seed)
-  params = []
-  for a, b in zip(SIZES[:-1], SIZES[1:], strict=True):
-    w = rng.standard_normal((a, b)) / np.sqrt(a)
-    params.append({"w": w.astype(np.float32), "b": np.zeros(b, np.float32)})
-  return params
-
-
-def apply(params, x):
-  h = x
-  for i, p in enumerate(params):
-    h = h @ p["w"] + p["b"]
-    if i < len(params) - 1:
-      h = jnp.tanh(h)
-  return h
-
-
-def batches(n, batch, steps, seed):
-  """``benchmarks/train.py``'s batches: a new permutation every epoch."""
-  rng = np.random.default_rng([seed, 1])
-  out, epoch = [], []
-  while len(out) < steps:
-    if len(epoch) < batch:
-      epoch = list(rng.permutation(n))
-    out.append(np.asarray(epoch[:batch]))
-    epoch = epoch[batch:]
-  return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from autoencoder_task import apply, batches, digits_01, init_params  # noqa: E402
 
 
 def main():
@@ -69,7 +38,7 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--initial_damping", type=float, default=1.0)
   args = parser.parse_args()
-  x_all = jnp.asarray(load_digits().data.astype(np.float32) / 16.0)
+  x_all = jnp.asarray(digits_01())
   n = x_all.shape[0]
 
   def loss_fn(params, batch):

@@ -136,18 +136,23 @@ def _sym(rows: int) -> float:
   return (SELF_OUTER_BLOCKS + 1) / (2 * SELF_OUTER_BLOCKS)
 
 
-def two_layer(n, d, m, dtype, repeats, damping):
-  model = ngdjax.two_layer_relu(m)
+def _problem(model, n, d, dtype, damping, kfac_lr, forms):
+  """Params, data and the optimizers timed on ``model``."""
   params = jax.tree_util.tree_map(lambda t: t.astype(dtype),
                                   model.init(jax.random.key(0), d))
   x, y = _data(n, d, 1, dtype)
-  optimizers = {
-      "gd": gd(model, 0.1),
-      "ngd": ngd(model, 1.0, damping=damping),
-      "kfac_auto": kfac(model, 1.0 / d, damping=damping),
-      "kfac_primal": kfac(model, 1.0 / d, damping=damping, form="primal"),
-      "kfac_dual": kfac(model, 1.0 / d, damping=damping, form="dual"),
-  }
+  optimizers = {"gd": gd(model, 0.1),
+                "ngd": ngd(model, 1.0, damping=damping)}
+  for form in forms:
+    optimizers[f"kfac_{form}"] = kfac(model, kfac_lr, damping=damping,
+                                      form=form)
+  return params, x, y, optimizers
+
+
+def two_layer(n, d, m, dtype, repeats, damping):
+  model = ngdjax.two_layer_relu(m)
+  params, x, y, optimizers = _problem(model, n, d, dtype, damping, 1.0 / d,
+                                      ("auto", "primal", "dual"))
   common = 4 * n * m * d
   models = {
       "gd": common,
@@ -172,15 +177,8 @@ def two_layer(n, d, m, dtype, repeats, damping):
 
 def mlp(n, d, widths, dtype, repeats, damping):
   model = ngdjax.mlp(widths, out_dim=1)
-  params = jax.tree_util.tree_map(lambda t: t.astype(dtype),
-                                  model.init(jax.random.key(0), d))
-  x, y = _data(n, d, 1, dtype)
-  optimizers = {
-      "gd": gd(model, 0.1),
-      "ngd": ngd(model, 1.0, damping=damping),
-      "kfac_auto": kfac(model, 0.1, damping=damping),
-      "kfac_primal": kfac(model, 0.1, damping=damping, form="primal"),
-  }
+  params, x, y, optimizers = _problem(model, n, d, dtype, damping, 0.1,
+                                      ("auto", "primal"))
   sizes = (d, *widths, 1)
   layers = [(a + 1, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
   gd_flops = 6 * n * sum(a * b for a, b in layers)

@@ -46,46 +46,17 @@ import optax
 import ngdjax
 from ngdjax.optim import gd, kfac, levenberg_marquardt, ngd, optax_optimizer
 
-SIZES = (64, 128, 64, 16, 64, 128, 64)
-KFAC_JAX = "/work/kfacjax-venv/bin/python"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import autoencoder_task as task  # noqa: E402
+from autoencoder_task import apply, batches, digits_01  # noqa: E402
 
-
-def digits_01():
-  from sklearn.datasets import load_digits
-  return load_digits().data.astype(np.float32) / 16.0
+# An interpreter with kfac-jax 0.0.8 and jax 0.9.1 (never a dependency).
+KFAC_JAX = os.environ.get("KFAC_JAX_PYTHON", "")
 
 
 def init_params(seed):
-  """Weights ``N(0, 1/fan_in)``, zero biases (kfac_jax_train.py draws the
-  same)."""
-  rng = np.random.default_rng(seed)
-  params = []
-  for a, b in zip(SIZES[:-1], SIZES[1:], strict=True):
-    w = rng.standard_normal((a, b)) / np.sqrt(a)
-    params.append({"w": jnp.asarray(w.astype(np.float32)),
-                   "b": jnp.zeros(b, jnp.float32)})
-  return params
-
-
-def apply(params, x):
-  h = x
-  for i, p in enumerate(params):
-    h = h @ p["w"] + p["b"]
-    if i < len(params) - 1:
-      h = jnp.tanh(h)
-  return h
-
-
-def batches(n, batch, steps, seed):
-  """A new permutation every epoch (kfac_jax_train.py draws the same)."""
-  rng = np.random.default_rng([seed, 1])
-  out, epoch = [], []
-  while len(out) < steps:
-    if len(epoch) < batch:
-      epoch = list(rng.permutation(n))
-    out.append(np.asarray(epoch[:batch]))
-    epoch = epoch[batch:]
-  return out
+  """``autoencoder_task.init_params`` as jax arrays."""
+  return jax.tree_util.tree_map(jnp.asarray, task.init_params(seed))
 
 
 def train(opt, params, x_all, order, evaluate, every=10):

@@ -175,9 +175,19 @@ def two_layer_relu(
     key = ("two_layer_relu", m, c, nu, operator.index(output_seed))
   except TypeError:  # a seed numpy takes but that is not an integer
     key = None
+  return _keyed_model(key, f"two_layer_relu(m={m}, c={c}, nu={nu})", c,
+                      init, apply, layer_factors, to_layer_matrices,
+                      from_layer_matrices, kernel_inf)
+
+
+def _keyed_model(key, name, out_dim, init, apply, layer_factors,
+                 to_layer_matrices, from_layer_matrices, kernel_inf
+                 ) -> Model:
+  """A ``Model`` whose functions compare and hash by ``key`` (the
+  builder's arguments; ``ngdjax._src.keyed``)."""
   return Model(
-      out_dim=c,
-      name=f"two_layer_relu(m={m}, c={c}, nu={nu})",
+      out_dim=out_dim,
+      name=name,
       **by_value(
           key,
           init=init,
@@ -362,17 +372,7 @@ def mlp(
   kernel_inf = spec.kernel_inf if act_name == "relu" else None
 
   key = ("mlp", widths, c, activation, w_std, b_std)
-  return Model(
-      out_dim=c,
-      name=f"mlp(widths={list(widths)}, c={c}, {act_name})",
-      **by_value(
-          key,
-          init=init,
-          apply=apply,
-          layer_factors=layer_factors,
-          to_layer_matrices=to_layer_matrices,
-          from_layer_matrices=from_layer_matrices,
-          kernel_inf=kernel_inf,
-      ),
-  )
+  return _keyed_model(key, f"mlp(widths={list(widths)}, c={c}, {act_name})",
+                      c, init, apply, layer_factors, to_layer_matrices,
+                      from_layer_matrices, kernel_inf)
 

@@ -4,8 +4,39 @@ Tests that exercise float32 behaviour ask for it with explicit dtypes.
 """
 
 import jax
+import pytest
 
 jax.config.update("jax_enable_x64", True)
 # Random draws compile ~5x faster on CPU with the classic stream; results
 # never depend on which stream is used.
 jax.config.update("jax_threefry_partitionable", False)
+
+
+# Cases kept out of the default run (``pytest -n 2``) so that it stays under
+# ten minutes on 2 cores; ``pytest -n 2 -m slow`` runs them. Each is a second
+# variant of a check that runs by default in another variant: the ``jit``-free
+# twins of the chex variants, the precision cases beyond the two-layer net,
+# and repeated layouts of the convolution and K-FAC reference checks.
+SLOW_CASES = (
+    "__without_jit",
+    "precision_test.py::test_default_policy_matches_cpu_float32[mlp",
+    "precision_test.py::test_default_policy_matches_cpu_float32[flax-cnn",
+    "precision_test.py::test_mixed_matches_cpu_float32[mlp",
+    "precision_test.py::test_mixed_matches_cpu_float32[flax-cnn",
+    "precision_test.py::test_default_precision_rounds[mlp",
+    "precision_test.py::test_default_precision_rounds[flax-cnn",
+    "test_conv_gram_is_exact_in_every_form_and_chunked[True-2-VALID]",
+    "test_conv_layers_are_found_and_their_factors_are_exact[False-1-SAME]",
+    "test_bare_mlp_apply_gives_the_models_own_factors[0.1]",
+    "test_kfac_preconditioner_equals_kfac_over_steps[extra1]",
+    "test_default_gram_is_exact_and_structured[eqx_cnn_digits]",
+    "test_chunked_and_cross_gram[eqx_cnn_digits]",
+    "test_fixed_momentum_with_fixed_learning_rate_is_heavy_ball",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if any(case in item.nodeid for case in SLOW_CASES):
+      item.add_marker(pytest.mark.slow)

@@ -295,7 +295,8 @@ def _x9(n):
 
 @pytest.mark.parametrize("name", sorted(USER))
 @pytest.mark.parametrize("method", [
-    pytest.param("auto", marks=pytest.mark.slow), "structured", "jacobian"])
+    pytest.param("auto", marks=pytest.mark.slow),
+    pytest.param("structured", marks=pytest.mark.slow), "jacobian"])
 def test_sharded_gram_of_user_models(name, method):
   params = _cnn_init(jax.random.key(5), 9)
   x = _x9(10)

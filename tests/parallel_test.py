@@ -24,7 +24,7 @@ CASES = pathlib.Path(__file__).parent / "multidevice" / "sharded_cases.py"
 WORKER = pathlib.Path(__file__).parent / "multidevice" / "two_process_worker.py"
 
 
-def _run_sharded_cases(marker: str):
+def _run_sharded_cases(marker: str, keywords: str = ""):
   env = dict(os.environ)
   env["XLA_FLAGS"] = (
       env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
@@ -32,14 +32,18 @@ def _run_sharded_cases(marker: str):
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-       "-p", "no:xdist", "-o", "addopts=", "-m", marker, str(CASES)],
+       "-p", "no:xdist", "-o", "addopts=", "-m", marker,
+       *(["-k", keywords] if keywords else []), str(CASES)],
       env=env, capture_output=True, text=True, timeout=600,
   )
   assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 
 
-def test_sharded_cases_on_four_cpu_devices():
-  _run_sharded_cases("not slow")
+# The default cases run in two child processes, split by name, so that the
+# two pytest-xdist workers share them instead of one worker running them all.
+@pytest.mark.parametrize("keywords", ["gram", "not gram"])
+def test_sharded_cases_on_four_cpu_devices(keywords):
+  _run_sharded_cases("not slow", keywords)
 
 
 @pytest.mark.slow

@@ -187,6 +187,7 @@ def test_mixed_reports_products_and_falls_back():
   assert int(info0["mixed_products"]) >= 1
 
 
+@pytest.mark.slow  # ~30 s; the command itself is run on each device
 def test_accelerator_quick_mode(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[1]
   out = tmp_path / "table.md"

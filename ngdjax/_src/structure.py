@@ -79,7 +79,7 @@ from ngdjax._src.layer_kinds import (
     bias_to_rows,
     match_scale,
 )
-from ngdjax._src.linalg import as_columns
+from ngdjax._src.linalg import as_columns, pad_rows
 from ngdjax._src.models import LayerFactors, Model
 from ngdjax._src.typing import Array, Params
 
@@ -557,20 +557,49 @@ def _from_layer_matrices(plan: Plan, mats, generic=None) -> Params:
 
 def _generic_jacobian(apply, plan: Plan, params, x) -> Array:
   """``(n c, p_g)``: Jacobian of the generic leaves, leaf by leaf."""
-  leaves = jax.tree_util.tree_leaves(params)
   idx = plan.generic_leaves
 
-  def f(gl, xi):
-    ll = list(leaves)
-    for li, v in zip(idx, gl, strict=True):
-      ll[li] = v
-    p = jax.tree_util.tree_unflatten(plan.treedef, ll)
-    return as_columns(apply(p, xi[None]))[0]
+  def per_example(leaves, xs):
+    def f(gl, xi):
+      ll = list(leaves)
+      for li, v in zip(idx, gl, strict=True):
+        ll[li] = v
+      p = jax.tree_util.tree_unflatten(plan.treedef, ll)
+      return as_columns(apply(p, xi[None]))[0]
 
-  jac = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(
-      [leaves[li] for li in idx], x)  # leaves (n, c, *s)
-  n, c = jac[0].shape[:2]
-  return jnp.concatenate([j.reshape(n * c, -1) for j in jac], axis=1)
+    jac = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(
+        [leaves[li] for li in idx], xs)  # leaves (n, c, *s)
+    n, c = jac[0].shape[:2]
+    return jnp.concatenate([j.reshape(n, c, -1) for j in jac], axis=2)
+
+  jac = _on_example_shards(per_example, jax.tree_util.tree_leaves(params), x)
+  return jac.reshape(-1, jac.shape[-1])
+
+
+def _on_example_shards(fn, consts, x):
+  """``fn(consts, x)`` for a per-example ``fn`` (row ``i`` of the result
+  depends on ``x[i]`` alone), each device of the mesh in context (a step
+  traced under ``parallel.mesh_context``) running its own rows.
+
+  Left to the SPMD partitioner, the per-example kernel gradients of a
+  convolution (``vmap`` of its VJP with the example axis sharded) come out
+  wrong on jax 0.10 with 4 CPU devices; inside ``shard_map`` each device
+  runs the one-device program. ``check_vma=False``: the replicated
+  ``consts`` must not have their cotangents summed over devices (the
+  derivatives are per example). Without a one-axis ``Auto`` mesh in
+  context (or inside ``shard_map`` already) ``fn`` runs as is.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if (mesh.empty or len(mesh.axis_names) != 1
+      or mesh.axis_types[0] != jax.sharding.AxisType.Auto):
+    return fn(consts, x)
+  axis = mesh.axis_names[0]
+  n = x.shape[0]
+  xp, _ = pad_rows(x, mesh.shape[axis])
+  spec = jax.sharding.PartitionSpec
+  out = jax.shard_map(fn, mesh=mesh, in_specs=(spec(), spec(axis)),
+                      out_specs=spec(axis), check_vma=False)(consts, xp)
+  return out[:n]
 
 
 # --------------------------------------------------------------------------

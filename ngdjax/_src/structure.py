@@ -72,6 +72,7 @@ from ngdjax._src.layer_kinds import (
     MATCHERS,
     ConvLayer,
     DenseLayer,
+    EmbedLayer,
     Layer,
     ScaleLayer,
     SharedDenseLayer,
@@ -172,6 +173,9 @@ class StructureReport(NamedTuple):
     norm: elementwise scales (normalisation gains; a shift added after one
       is its bias), as ``SharedLayerInfo`` with ``fan_in`` 1 (plus the
       shift) and ``fan_out`` the number of features.
+    embed: embedding lookups (a ``gather`` of table rows by tokens), as
+      ``SharedLayerInfo`` with ``fan_in`` the vocabulary ``V``, ``fan_out``
+      the row size and ``positions`` the tokens per example.
   """
 
   layers: tuple[DenseLayerInfo, ...]
@@ -179,6 +183,7 @@ class StructureReport(NamedTuple):
   conv: tuple[ConvLayerInfo, ...] = ()
   shared: tuple[SharedLayerInfo, ...] = ()
   norm: tuple[SharedLayerInfo, ...] = ()
+  embed: tuple[SharedLayerInfo, ...] = ()
 
   def __str__(self) -> str:
     def bias(lay):
@@ -203,6 +208,11 @@ class StructureReport(NamedTuple):
       lines.append(f"{len(self.norm)} elementwise scale(s) (norm gains):")
       lines += [f"  {lay.weight} {lay.weight_shape}{bias(lay)} at "
                 f"{lay.positions} positions" for lay in self.norm]
+    if self.embed:
+      lines.append(f"{len(self.embed)} embedding(s):")
+      lines += [f"  {lay.weight} {lay.weight_shape}: {lay.fan_in} rows of "
+                f"{lay.fan_out} at {lay.positions} tokens"
+                for lay in self.embed]
     size = sum(math.prod(g.shape) for g in self.generic)
     lines.append(f"{len(self.generic)} leaf/leaves ({size} parameters) on the "
                  "generic path (exact per-example Jacobian):")
@@ -303,7 +313,10 @@ def _attach_biases(an: Analysis, layers, reasons):
     # sees; if that operation adds a bias leaf, the bias joins the layer.
     z_chain = an.follow(lay.out_id)
     lay = dataclasses.replace(lay, z_chain=z_chain)
-    if z_chain.use is not None and z_chain.use in by_add:
+    # (An embedding's one-hot inputs have no constant column: a vector added
+    # after a lookup is an elementwise shift of its own, ``_match_shifts``.)
+    if (z_chain.use is not None and z_chain.use in by_add
+        and lay.kind != "embed"):
       li, chain = by_add[z_chain.use]
       if bias_rows(lay, z_chain, chain, graph.shape(graph.in_ids[li]),
                    graph.shape(z_chain.end)):
@@ -376,9 +389,13 @@ def _report(plan: Plan) -> StructureReport:
       SharedLayerInfo(p[lay.weight_leaf], s[lay.weight_leaf], *bias(lay),
                       fan_in(lay), lay.fan_out, lay.positions)
       for lay in plan.layers if isinstance(lay, ScaleLayer))
+  embed = tuple(
+      SharedLayerInfo(p[lay.weight_leaf], s[lay.weight_leaf], None, None,
+                      lay.fan_in, lay.fan_out, lay.positions)
+      for lay in plan.layers if isinstance(lay, EmbedLayer))
   generic = tuple(GenericLeafInfo(p[li], s[li], plan.reasons[li])
                   for li in plan.generic_leaves)
-  return StructureReport(dense, generic, conv, shared, norm)
+  return StructureReport(dense, generic, conv, shared, norm, embed)
 
 
 # --------------------------------------------------------------------------
@@ -494,7 +511,9 @@ def _traced_factors(apply, plan: Plan, params, x, cotangents=None):
     if batched is not None:
       e_z = batched[1][k][3]
       g = jnp.moveaxis(g, e_z + 1, 1).reshape((g.shape[0], n) + lay.z_shape)
-    out.append(lay.factors(h.astype(u.dtype), jnp.swapaxes(g, 0, 1)))
+    if jnp.issubdtype(h.dtype, jnp.inexact):  # (not an embedding's tokens)
+      h = h.astype(u.dtype)
+    out.append(lay.factors(h, jnp.swapaxes(g, 0, 1)))
   return tuple(out)
 
 

@@ -474,3 +474,24 @@ def _check_embedding_forms(apply, params, x, ref, tol):
   gamma = jax.scipy.linalg.block_diag(*[r.T for r in rows])
   np.testing.assert_allclose(gram_forms.row_gram(st, params, x, rows),
                              gamma @ ref @ gamma.T, atol=tol)
+
+
+def test_equinox_embedding_under_vmap_is_an_embedding():
+  # equinox's Embedding indexes W[i] per token; under vmap that is a gather
+  # with an index vector (row, 0) in clip mode: still whole rows.
+  eqx = pytest.importorskip("equinox")
+  emb = eqx.nn.Embedding(9, 4, key=jax.random.key(0))
+  params = {"w": emb.weight.astype(jnp.float64),
+            "out": jnp.cos(jnp.arange(24.0)).reshape(12, 2)}
+
+  def apply(p, x):
+    def one(ids):
+      table = eqx.nn.Embedding(weight=p["w"])
+      return jnp.tanh(jax.vmap(table)(ids)).reshape(-1) @ p["out"]
+    return jax.vmap(one)(x.astype(jnp.int32))
+
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 9, (4, 3)),
+                  jnp.float64)
+  report = ngdjax.describe_structure(apply, params, x)
+  assert len(report.embed) == 1 and not report.generic, str(report)
+  _check_gram(apply, params, x)

@@ -541,6 +541,7 @@ class EmbedLayer(Layer):
 
   kind: ClassVar[str] = "embed"
   mode: str = "PROMISE_IN_BOUNDS"
+  component: int = 0  # of the index vector that picks the row
 
   @property
   def positions(self) -> int:
@@ -558,7 +559,8 @@ class EmbedLayer(Layer):
 
   def factors(self, h: Array, g: Array) -> LayerFactors:
     n, v = h.shape[0], self.fan_in
-    ids = h.reshape(n, self.positions).astype(jnp.int32)
+    ids = h[..., self.component].reshape(n, self.positions).astype(
+        jnp.int32)
     s = self.z_rows(g) * self.input_scale(g.dtype) / self.output_scale(
         g.dtype)
     if self.mode in _CLIP_MODES:
@@ -590,19 +592,26 @@ def match_gather(an: Analysis, li: int, chain: Chain):
   h_shape = graph.shape(h_ref[1])
   z_shape = graph.shape(node.outs[0])
   rest = w_shape[1:]
-  if (tuple(dn.collapsed_slice_dims) != (0,)
-      or tuple(dn.start_index_map) != (0,)
+  smap = tuple(int(d) for d in dn.start_index_map)
+  collapsed = tuple(int(d) for d in dn.collapsed_slice_dims)
+  mode = getattr(prm.get("mode"), "name", str(prm.get("mode")))
+  kept = len(w_shape) - len(collapsed)  # slice dims in the output
+  # Row 0.. of the table's axis 0, whole rows: the start indices of the
+  # other axes (an index vector (row, 0) of ``W[i]`` under ``vmap``) can
+  # only be 0 when clipped or promised in bounds.
+  if (0 not in smap or collapsed not in ((0,), ())
       or tuple(getattr(dn, "operand_batching_dims", ()))
       or tuple(prm["slice_sizes"]) != (1, *rest)
-      or not h_shape or h_shape[-1] != 1
-      or tuple(dn.offset_dims) != tuple(range(len(z_shape) - len(rest),
+      or not h_shape or h_shape[-1] != len(smap)
+      or (len(smap) > 1 and mode in _FILL_MODES)
+      or tuple(dn.offset_dims) != tuple(range(len(z_shape) - kept,
                                               len(z_shape)))):
     return "gather that is not a lookup of whole rows"
-  mode = getattr(prm.get("mode"), "name", str(prm.get("mode")))
   return EmbedLayer(op=k, weight_leaf=li, weight=chain, w_pos=pos,
                     h_ref=h_ref, h_shape=h_shape, out_id=node.outs[0],
                     z_shape=z_shape, fan_in=w_shape[0],
-                    fan_out=math.prod(rest), mode=mode)
+                    fan_out=math.prod(rest), mode=mode,
+                    component=smap.index(0))
 
 
 MATCHERS["gather"] = match_gather

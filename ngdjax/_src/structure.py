@@ -1,8 +1,9 @@
 """A model's layer structure, analysed once into one value.
 
 The structured Gram and K-FAC need, for every layer whose Jacobian is an
-outer product (dense layers, dense layers shared over tokens, convolutions:
-``ngdjax._src.layer_kinds``), the layer's inputs ``A`` and the
+outer product (dense layers, dense layers shared over tokens, convolutions,
+elementwise norm scales, embedding lookups: ``ngdjax._src.layer_kinds``;
+docs/guide/layers.md), the layer's inputs ``A`` and the
 back-propagated gradients ``S`` at its pre-activations. The library's own
 models provide them in closed form; for any other model (flax, equinox,
 plain pytrees) this module finds them in the traced computation:
@@ -12,12 +13,12 @@ plain pytrees) this module finds them in the traced computation:
    inlined. Each parameter leaf is followed through layout operations
    (transpose, reshape, unit broadcasts, dtype conversion) and constant
    scalar factors to the operation that uses it; that operation's kind
-   (``layer_kinds.MATCHERS``: ``dot_general``, ``conv_general_dilated``)
-   decides whether the leaf is a layer's weight. A *bias* is a leaf that
-   reaches, the same way (broadcasts over positions allowed), an ``add``
-   with the layer output, adding the same value at every position. The
-   result is a ``Plan``: the layers by kind and the other leaves with the
-   reason they were not matched.
+   (``layer_kinds.MATCHERS``: ``dot_general``, ``conv_general_dilated``,
+   ``mul``, ``gather``) decides whether the leaf is a layer's weight. A
+   *bias* is a leaf that reaches, the same way (broadcasts over positions
+   allowed), an ``add`` with the layer output, adding the same value at
+   every position. The result is a ``Plan``: the layers by kind and the
+   other leaves with the reason they were not matched.
 2. ``model_structure`` turns the plan into a ``Structure``, the one value
    that the Gram, NGD and K-FAC take. Its ``factors`` evaluate the model by
    an interpreter of the jaxpr on the whole batch (a second trace, with the
@@ -30,8 +31,8 @@ plain pytrees) this module finds them in the traced computation:
    operations are those of ``apply`` itself, so XLA shares the forward pass
    with an optimizer's own.
 
-Every other parameter leaf (layer-norm scales, embeddings, weights used
-twice, biases that do not fit the pattern) is on the *generic path*: its
+Every other parameter leaf (weights used twice, gathers that are not row
+lookups, biases that do not fit the pattern) is on the *generic path*: its
 per-example Jacobian is taken exactly (``vmap`` of ``jacrev`` over those
 leaves only). Sums over layers and generic leaves are therefore exact for
 every model that satisfies the library's assumption that example ``i``'s

@@ -506,7 +506,8 @@ def test_readme_classification_snippet_runs(capsys):
 
 
 @pytest.mark.parametrize("fisher,solver", [
-    ("empirical", "cholesky"), ("monte_carlo", "cholesky"),
+    ("empirical", "cholesky"),
+    pytest.param("monte_carlo", "cholesky", marks=pytest.mark.slow),
     ("monte_carlo", "cg")])
 def test_ngd_fisher_of_a_flax_model_is_structured_and_exact(
     fisher, solver, monkeypatch):

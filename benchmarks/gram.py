@@ -23,21 +23,31 @@ convolutions in the form ``gram_forms`` picks), against the floor ``2 N^2
 p_conv`` flops at the matmul rate measured in the same process (an ``(N',
 p_conv) x (p_conv, N')`` product), with the peak resident memory of the
 process (``ru_maxrss``, after the Gram and before the rate measurement) and
-the load average (the machine is shared: timings are noisy).
+the load average (the machine is shared: timings are noisy); then
+neural-tangents' empirical NTK of the same net at the same ``n``
+(``nt_cnn.py``, run with the interpreter ``NT_PYTHON`` of a separate
+environment; skipped when unset).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-import ngdjax
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nt_cnn  # noqa: E402  (the CNN, shared with neural-tangents' run)
+
+import ngdjax  # noqa: E402
 
 
 def _time(fn, *args, repeats=3):
@@ -160,44 +170,12 @@ def flax_mlp(n, d, width, depth, repeats):
   return times
 
 
-def _cnn_model():
-  dn = ("NHWC", "HWIO", "NHWC")
-
-  def apply(p, x):
-    h = jax.lax.conv_general_dilated(x, p["k1"], (1, 1), "SAME",
-                                     dimension_numbers=dn)
-    h = jax.nn.relu(h + p["b1"])
-    h = jax.lax.conv_general_dilated(h, p["k2"], (2, 2), "SAME",
-                                     dimension_numbers=dn)
-    h = jax.nn.relu(h + p["b2"])
-    return h.reshape(h.shape[0], -1) @ p["w"] + p["b"]
-
-  shapes = {"k1": (3, 3, 1, 32), "b1": (32,), "k2": (3, 3, 32, 64),
-            "b2": (64,), "w": (4 * 4 * 64, 10), "b": (10,)}
-  keys = jax.random.split(jax.random.key(0), len(shapes))
-  params = {k: jax.random.normal(key, s) / (s[0] * s[1] if len(s) == 4
-                                            else s[0]) ** 0.5
-            for key, (k, s) in zip(keys, shapes.items(), strict=True)}
-  return apply, params
-
-
-def _digits(n):
-  try:
-    from sklearn.datasets import load_digits
-    data = load_digits().data / 16.0
-  except ImportError:
-    data = jax.random.uniform(jax.random.key(3), (1797, 64))
-  reps = -(-n // data.shape[0])
-  return jnp.asarray(jnp.tile(jnp.asarray(data), (reps, 1))[:n].reshape(
-      n, 8, 8, 1), jnp.float32)
-
-
 def cnn(n, chunk, repeats):
   """The CNN's structured Gram against ``2 N^2 p_conv`` at the matmul rate."""
   from ngdjax._src import gram_forms, structure
 
-  apply, params = _cnn_model()
-  x = _digits(n)
+  apply, params = nt_cnn.cnn_model()
+  x = nt_cnn.digits(n)
   c = 10
   big = n * c
   p_conv = sum(params[k].size for k in ("k1", "b1", "k2", "b2"))
@@ -240,6 +218,29 @@ def cnn(n, chunk, repeats):
   return best / floor
 
 
+def neural_tangents(n, repeats):
+  """neural-tangents' empirical NTK of the same CNN, in the interpreter
+  ``NT_PYTHON`` (``nt_cnn.py``); skipped when unset."""
+  python = os.environ.get("NT_PYTHON", "")
+  if not python:
+    print("  neural-tangents: skipped (set NT_PYTHON, see nt_cnn.py)")
+    return
+  out = subprocess.run(
+      [python, str(Path(__file__).resolve().parent / "nt_cnn.py"), "--n",
+       str(n), "--implementations", "1", "2", "--repeats", str(repeats)],
+      capture_output=True, text=True, check=False)
+  for line in out.stdout.splitlines():
+    if line.startswith("{"):
+      r = json.loads(line)
+      if "error" in r:
+        print(f"  neural-tangents {r['implementation']}: {r['error']}")
+      else:
+        print(f"  neural-tangents {r['implementation']}: min "
+              f"{r['min_s']:.2f} s, median {r['median_s']:.2f} s, peak RSS "
+              f"{r['peak_rss_gib']:.2f} GiB (jax {r['jax']}, load "
+              f"{r['load_averages'][0][0]:.2f})")
+
+
 def _print(title, floor, rows):
   print(f"\n{title}")
   print(f"  {'method':<28}{'time (s)':>10}{'/ floor':>10}{'GFLOP':>10}")
@@ -257,6 +258,7 @@ def main():
   args = parser.parse_args()
   if args.cnn:
     cnn(args.cnn_n, 128, args.repeats)
+    neural_tangents(args.cnn_n, args.repeats)
     return
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, float32")
   all_methods = ["structured", "jacobian", "products"]

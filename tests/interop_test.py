@@ -323,8 +323,10 @@ def test_kfac_on_flax_mlp_equals_kronecker_reference(mode):
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_kfac_generic_leaves_get_their_exact_block(mode):
-  """A scale vector (not a dense layer) gets ``(J_s^T J_s + lam)^{-1}
-  J_s^T g``; the dense layers around it their Kronecker update."""
+  """A squared scale vector (a leaf outside any layer) gets ``(J_s^T J_s
+  + lam)^{-1} J_s^T g``; the dense layers around it their Kronecker
+  update. (A plain scale is a norm layer with per-feature Kronecker
+  blocks: optim_kfac_conv_test.)"""
   keys = jax.random.split(jax.random.key(4), 4)
   params = _f64({"w1": jax.random.normal(keys[0], (3, 5)),
                  "b1": jax.random.normal(keys[1], (5,)),
@@ -332,15 +334,14 @@ def test_kfac_generic_leaves_get_their_exact_block(mode):
                  "w2": jax.random.normal(keys[3], (5, 2))})
 
   def apply(p, x):
-    return (jnp.tanh(x @ p["w1"] + p["b1"]) * p["s"]) @ p["w2"]
+    return (jnp.tanh(x @ p["w1"] + p["b1"]) * p["s"] ** 2) @ p["w2"]
 
   report = ngdjax.describe_structure(apply, params, _x())
-  # An elementwise (norm-like) scale; K-FAC's dense view keeps it generic.
-  assert [lay.weight for lay in report.norm] == ["['s']"]
+  assert [leaf.path for leaf in report.generic] == ["['s']"]
 
   def forward(mats, x, eps):
     a1 = jnp.concatenate([x, jnp.ones((x.shape[0], 1))], axis=1)
-    h = jnp.tanh(a1 @ mats[0] + eps[0]) * params["s"]
+    h = jnp.tanh(a1 @ mats[0] + eps[0]) * params["s"] ** 2
     return h @ mats[1] + eps[1], [a1, h]
 
   x = _x(n=6)

@@ -375,14 +375,15 @@ def test_kfac_cholesky_inverse_falls_back_on_a_singular_factor():
 
 @pytest.mark.parametrize("fisher", ["true", "empirical"])
 def test_kfac_unmatched_leaf_gets_its_fisher_block(fisher):
-  # A bare apply with a leaf outside any dense layer (an output scale): its
-  # block is the exact damped Fisher of the loss, J_s^T H J_s (true) or
-  # sum_i (J_s,i . g_i)^2 (empirical), not the squared loss's J_s^T J_s.
+  # A bare apply with a leaf outside any layer (an output scale, squared:
+  # a plain scale would be an elementwise layer with a Kronecker block):
+  # its block is the exact damped Fisher of the loss, J_s^T H J_s (true)
+  # or sum_i (J_s,i . g_i)^2 (empirical), not the squared loss's J_s^T J_s.
   params, x, labels = _problem(seed=4)
   full = {"mlp": params, "scale": jnp.asarray(1.3)}
 
   def apply(p, xx):
-    return p["scale"] * MODEL.apply(p["mlp"], xx)
+    return p["scale"] ** 2 * MODEL.apply(p["mlp"], xx)
 
   lam, lr = 0.3, 0.7
   opt = kfac(apply, lr, damping=lam, loss="softmax_cross_entropy",
@@ -502,3 +503,47 @@ def test_readme_classification_snippet_runs(capsys):
   accs = [float(a) for a in re.findall(r"(?:NGD|K-FAC) ([0-9.]+)",
                                        capsys.readouterr().out)]
   assert len(accs) == 2 and min(accs) > 0.8
+
+
+@pytest.mark.parametrize("fisher,solver", [
+    ("empirical", "cholesky"),
+    pytest.param("monte_carlo", "cholesky", marks=pytest.mark.slow),
+    ("monte_carlo", "cg")])
+def test_ngd_fisher_of_a_flax_model_is_structured_and_exact(
+    fisher, solver, monkeypatch):
+  # A flax model's Structure serves the row Gram Gamma G Gamma^T (Cholesky)
+  # and the matrix-free structured products (CG), as ngdjax.mlp's factors
+  # do; checked against the dense p x p reference.
+  nn = pytest.importorskip("flax.linen")
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, z):
+      return nn.Dense(C)(jnp.tanh(nn.Dense(4)(z)))
+
+  _, x, labels = _problem(seed=2)
+  params = jax.tree_util.tree_map(
+      lambda a: 1.5 * a.astype(jnp.float64),
+      MLP().init(jax.random.key(3), x))
+  used = []
+  for name in ("row_gram", "product_operator"):
+    fn = getattr(gram_forms, name)
+    monkeypatch.setattr(gram_forms, name, lambda *a, fn=fn, name=name: (
+        used.append(name), fn(*a))[1])
+  lam = 0.3
+  opt = ngd(MLP().apply, 0.7, damping=lam, loss="softmax_cross_entropy",
+            fisher=fisher, solver=solver, cg_tol=1e-14)
+  new, _, _ = opt.step(params, opt.init(params), x, labels)
+  assert ("row_gram" if solver == "cholesky" else "product_operator") in used
+  flat, unravel = ravel_pytree(params)
+  u = MLP().apply(params, x)
+  jac = jax.jacrev(lambda f: MLP().apply(unravel(f), x).reshape(-1))(flat)
+
+  def example_loss(ui, yi):
+    return -jax.nn.log_softmax(ui)[yi]
+
+  g = jax.vmap(jax.grad(example_loss))(u, labels)
+  s = jax.vmap(jax.grad(example_loss))(u, _sampled(u))
+  ref = _reference(fisher, jac, g, None, s, 0.7, lam)
+  delta = ravel_pytree(new)[0] - flat
+  assert np.linalg.norm(np.asarray(delta) - ref) <= 1e-9 * np.linalg.norm(ref)

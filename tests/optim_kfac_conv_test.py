@@ -461,3 +461,69 @@ def test_monte_carlo_kfac_reduces_the_loss_on_a_cnn():
     params, state, info = step(params, state, x, labels)
     losses.append(float(info["loss"]))
   assert losses[-1] < 0.5 * losses[0]
+
+
+def _norm_embedding_model():
+  vocab, width, tokens = 7, 3, 4
+
+  def apply(p, x):  # x: (n, tokens) integer ids stored as floats
+    h = jnp.take(p["embed"], x.astype(jnp.int32), axis=0)
+    mu = h.mean(-1, keepdims=True)
+    h = (h - mu) / jnp.sqrt(((h - mu) ** 2).mean(-1, keepdims=True) + 1e-3)
+    h = h * p["scale"] + p["shift"]
+    return jnp.tanh(h).reshape(h.shape[0], -1) @ p["out"]
+
+  keys = jax.random.split(jax.random.key(8), 4)
+  params = {"embed": jax.random.normal(keys[0], (vocab, width)),
+            "scale": 1.0 + 0.1 * jax.random.normal(keys[1], (width,)),
+            "shift": 0.1 * jax.random.normal(keys[2], (width,)),
+            "out": jax.random.normal(keys[3], (tokens * width, 2))}
+  x = jnp.asarray(np.random.default_rng(2).integers(0, vocab, (5, tokens)),
+                  jnp.float64)
+  return apply, params, x
+
+
+def test_norm_and_embedding_blocks_are_their_kronecker_blocks():
+  # Norm gains and shifts: one (2 x 2) (x) (1 x 1) block per feature;
+  # the embedding: diag(token counts) (x) B^T B (its one-hot input factor
+  # is diagonal). Full batch, "exact" split, squared loss: delta =
+  # (F_kfac + lam)^{-1} grad per block, with A and B from jax.jacrev of a
+  # perturbation at the layer outputs (not from the library's factors).
+  apply, params, x = _norm_embedding_model()
+  y = jnp.sin(jnp.arange(10.0)).reshape(5, 2)
+  lam, n, t, d = 0.1, 5, 4, 3
+  opt = ngdjax.kfac(apply, learning_rate=1.0, damping=lam,
+                    damping_split="exact")
+  new, _, _ = jax.jit(opt.step)(params, opt.init(params), x, y)
+  grad = jax.grad(lambda p: 0.5 * jnp.sum((apply(p, x) - y) ** 2))(params)
+
+  def perturbed(eps_e, eps_s):  # eps at the lookup and at h * scale
+    ids = x.astype(jnp.int32)
+    h = params["embed"][ids] + eps_e
+    mu = h.mean(-1, keepdims=True)
+    h = (h - mu) / jnp.sqrt(((h - mu) ** 2).mean(-1, keepdims=True) + 1e-3)
+    z = h * params["scale"] + eps_s + params["shift"]
+    return jnp.tanh(z).reshape(n, -1) @ params["out"], h
+
+  zeros = jnp.zeros((n, t, d))
+  s_e, s_s = jax.jacrev(lambda a, b: perturbed(a, b)[0], (0, 1))(zeros, zeros)
+  h = perturbed(zeros, zeros)[1]
+  # s_*: (n, c, n, t, d): the gradient of output (i, k) at (j, t, :)
+  s_e = jnp.einsum("ikitd->iktd", s_e)
+  s_s = jnp.einsum("ikitd->iktd", s_s)
+  for f in range(d):
+    a_f = np.stack([np.asarray(h[..., f]).ravel(), np.ones(n * t)], 1)
+    b_f = np.asarray(s_s[..., f]).ravel()
+    fisher = np.kron(a_f.T @ a_f, [[b_f @ b_f]]) / (n * t)
+    g_f = np.array([grad["scale"][f], grad["shift"][f]])
+    got = np.array([params["scale"][f] - new["scale"][f],
+                    params["shift"][f] - new["shift"][f]])
+    np.testing.assert_allclose(got, np.linalg.solve(
+        fisher + lam * np.eye(2), g_f), rtol=1e-9)
+  counts = np.bincount(np.asarray(x, int).ravel(), minlength=7)
+  b = np.asarray(s_e).reshape(-1, d)
+  fisher = np.kron(np.diag(counts), b.T @ b) / (n * t)
+  ref = np.linalg.solve(fisher + lam * np.eye(7 * d),
+                        np.asarray(grad["embed"]).ravel())
+  np.testing.assert_allclose(params["embed"] - new["embed"],
+                             ref.reshape(7, d), rtol=1e-9, atol=1e-12)

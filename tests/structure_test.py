@@ -12,7 +12,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import ngdjax
-from ngdjax._src import structure
+from ngdjax._src import gram_forms, structure
 
 
 def _x(n=5, shape=(3,), seed=1):
@@ -331,7 +331,6 @@ def test_shared_weight_layer_factors_are_exact():
 @pytest.mark.parametrize("nchw,groups,padding",
                          [(False, 1, "SAME"), (True, 2, "VALID")])
 def test_conv_gram_is_exact_in_every_form_and_chunked(nchw, groups, padding):
-  from ngdjax._src import gram_forms
 
   apply, params, x = _cnn(nchw, groups, padding=padding)
   ref = _exact_gram(apply, params, x)
@@ -407,12 +406,31 @@ def _norm_embedding():
   return apply, params, x
 
 
+def _flax_norm_embedding():
+  nn = pytest.importorskip("flax.linen")
+
+  class Tagger(nn.Module):
+    @nn.compact
+    def __call__(self, x):  # x: (n, tokens) integer ids stored as floats
+      h = nn.Embed(6, 3)(x.astype(jnp.int32))
+      h = nn.Dense(4)(nn.LayerNorm()(h))
+      return nn.Dense(2)(jnp.tanh(h).reshape(h.shape[0], -1))
+
+  x = jnp.asarray(np.random.default_rng(3).integers(0, 6, (4, 3)),
+                  jnp.float64)
+  params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64),
+                                  Tagger().init(jax.random.key(1), x))
+  return Tagger().apply, params, x
+
+
 @pytest.mark.parametrize(
     "case", [pytest.param("transformer", marks=pytest.mark.slow),
-             "norm_embedding"])
+             "norm_embedding",
+             pytest.param("flax_norm_embedding", marks=pytest.mark.slow)])
 def test_sequence_models_gram_is_exact_on_every_path(case):
   apply, params, x = {"transformer": _flax_transformer,
-                      "norm_embedding": _norm_embedding}[case]()
+                      "norm_embedding": _norm_embedding,
+                      "flax_norm_embedding": _flax_norm_embedding}[case]()
   ref = _exact_gram(apply, params, x)
   tol = 1e-10 * float(jnp.max(jnp.abs(ref)))
   for method, chunk in [("auto", None), ("structured", None),
@@ -427,6 +445,62 @@ def test_sequence_models_gram_is_exact_on_every_path(case):
     # rsqrt product is an elementwise layer of its own).
     assert len(report.norm) == 4 and not report.generic, str(report)
   else:
-    assert [(lay.weight, lay.bias) for lay in report.norm] == [
-        ("['scale']", "['shift']")]
+    # The table is an embedding of its own; nothing is generic.
+    assert len(report.embed) == 1 and not report.generic, str(report)
+    vocab = {"norm_embedding": 7, "flax_norm_embedding": 6}[case]
+    assert report.embed[0][4:] == (vocab, 3, x.shape[1]), str(report)
+    if case == "norm_embedding":
+      assert [(lay.weight, lay.bias) for lay in report.norm] == [
+          ("['scale']", "['shift']")]
+    _check_embedding_forms(apply, params, x, ref, tol)
   _check_expanded_factors(apply, params, x)
+
+
+def _check_embedding_forms(apply, params, x, ref, tol):
+  """Both exact forms of the embedding's Gram block, its matrix-free
+  product and a row Gram (Gamma G Gamma^T) against the dense reference."""
+  st = structure.model_structure(apply, params, x)
+  auto = gram_forms.choose_forms(st, x.shape[0], ref.shape[0] // x.shape[0])
+  v = jnp.cos(jnp.arange(ref.shape[0], dtype=ref.dtype))
+  rows = jnp.sin(jnp.arange(ref.shape[0], dtype=ref.dtype)).reshape(
+      x.shape[0], -1, 1)
+
+  @jax.jit  # one compilation: op-by-op dispatch of the pieces is slower
+  def pieces(params, x):
+    grams = []
+    for form in ("embed", "jacobian"):
+      forms = tuple(form if lay.kind == "embed" else f
+                    for lay, f in zip(st.layers, auto, strict=True))
+      grams.append(gram_forms.self_gram(
+          forms, gram_forms.features(st, forms, params, x)))
+    gv = gram_forms.product_operator(st, params, x)(v.reshape(x.shape[0],
+                                                              -1))
+    return grams, gv.reshape(-1), gram_forms.row_gram(st, params, x, rows)
+
+  grams, gv, row_gram = pieces(params, x)
+  for form, g in zip(("embed", "jacobian"), grams, strict=True):
+    np.testing.assert_allclose(g, ref, atol=tol, err_msg=form)
+  np.testing.assert_allclose(gv, ref @ v, atol=tol * 10)
+  gamma = jax.scipy.linalg.block_diag(*[r.T for r in rows])
+  np.testing.assert_allclose(row_gram, gamma @ ref @ gamma.T, atol=tol)
+
+
+def test_equinox_embedding_under_vmap_is_an_embedding():
+  # equinox's Embedding indexes W[i] per token; under vmap that is a gather
+  # with an index vector (row, 0) in clip mode: still whole rows.
+  eqx = pytest.importorskip("equinox")
+  emb = eqx.nn.Embedding(9, 4, key=jax.random.key(0))
+  params = {"w": emb.weight.astype(jnp.float64),
+            "out": jnp.cos(jnp.arange(24.0)).reshape(12, 2)}
+
+  def apply(p, x):
+    def one(ids):
+      table = eqx.nn.Embedding(weight=p["w"])
+      return jnp.tanh(jax.vmap(table)(ids)).reshape(-1) @ p["out"]
+    return jax.vmap(one)(x.astype(jnp.int32))
+
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 9, (4, 3)),
+                  jnp.float64)
+  report = ngdjax.describe_structure(apply, params, x)
+  assert len(report.embed) == 1 and not report.generic, str(report)
+  _check_gram(apply, params, x)

@@ -20,6 +20,13 @@ memory model (flops per pair of examples, ``r`` rows each):
   G a b_g)``, ``r T G a b_g`` flops per example) and multiply, ``2 r^2 G a
   b_g`` per pair. Cheaper for convolutions with many output positions
   (``T^2 (a + r^2 b_g) > r^2 a b_g``), e.g. a first conv layer.
+* ``"embed"`` (embedding lookups, whose ``A`` are one-hot rows of the
+  vocabulary ``V``): the patch form with ``A_it . A_jt' = [tok_it ==
+  tok_jt']``, i.e. ``G[ik, jl] = sum over position pairs holding the same
+  token of S_ikt . S_jlt'`` (two positions update the same table row
+  exactly when their tokens agree); ``2 T^2 r^2 D`` per pair plus the
+  token comparison, no ``V``-sized array. The ``"jacobian"`` form (per
+  example ``(r, V D)`` rows, mostly zero) is kept for tiny vocabularies.
 
 Parameters outside any layer (``Structure.generic_jacobian``) are one more
 ``"jacobian"`` block. The features of a block of examples (``features``)
@@ -48,9 +55,14 @@ def layer_costs(layer, block: int, r: int, itemsize: int = 4):
   t, g = layer.positions, layer.groups
   a = layer.fan_in + layer.has_bias
   bg = layer.fan_out // g
+  costs = {"jacobian": 2 * r * r * g * a * bg}
+  if layer.kind == "embed":
+    if (block * r * t) ** 2 * itemsize <= PATCH_MAX_BYTES:
+      costs["embed"] = 2 * t * t * r * r * bg + PATCH_ENTRY_COST * (
+          r * r * t * t)
+    return costs
   if t == 1 and g == 1:
     return {"outer": 2 * (a + r * r * bg)}
-  costs = {"jacobian": 2 * r * r * g * a * bg}
   patch = 2 * g * t * t * (a + r * r * bg) + (
       PATCH_ENTRY_COST * r * r * t * t * g)
   if g * (block * r * t) ** 2 * itemsize <= PATCH_MAX_BYTES:
@@ -78,8 +90,12 @@ def features(structure, forms, params, x, cotangents=None) -> tuple:
   for a block-diagonal ``Gamma``, whose Gram is ``Gamma G Gamma^T``.
   """
   out = []
-  expanded = structure.expand(structure.factors(params, x, cotangents))
-  for form, (a, s) in zip(forms, expanded, strict=True):
+  factors = structure.factors(params, x, cotangents)
+  for form, lay, f in zip(forms, structure.layers, factors, strict=True):
+    if form == "embed":
+      out.append(tuple(f))  # tokens (n, T), gradients (n, r, T, D)
+      continue
+    a, s = lay.expand(f)
     if form == "outer":
       out.append((a[:, 0, 0], s[:, :, 0, 0]))
     elif form == "patch":
@@ -123,13 +139,17 @@ def product_operator(structure, params, x):
   product, without re-running the network (for iterative solvers); generic
   leaves by their Jacobian.
   """
-  expanded = structure.expand(structure.factors(params, x))
+  factors = structure.factors(params, x)
   jac = (structure.generic_jacobian(params, x) if structure.has_generic
          else None)
 
   def matvec(v):
     out = jnp.zeros(v.shape, v.dtype)
-    for a, s in expanded:
+    for lay, f in zip(structure.layers, factors, strict=True):
+      if lay.kind == "embed":
+        out = out + _embed_product(lay, f, v)
+        continue
+      a, s = lay.expand(f)
       m = jnp.einsum("itga,iktgb,ik->gab", a, s, v.astype(s.dtype))
       p = jnp.einsum("itga,gab->itgb", a, m)
       out = out + jnp.einsum("itgb,iktgb->ik", p, s).astype(v.dtype)
@@ -139,6 +159,26 @@ def product_operator(structure, params, x):
     return out
 
   return matvec
+
+
+def _embed_product(layer, f, v):
+  """``J (J^T v)`` of an embedding: ``J^T v`` scatter-adds ``sum_k v_ik
+  S_ikt`` into the rows ``tok_it`` of a ``(V, D)`` matrix; ``J M`` gathers
+  them back, ``(J M)_ik = sum_t M[tok_it] . S_ikt``."""
+  ids, s = f
+  rows = jnp.einsum("iktd,ik->itd", s, v.astype(s.dtype))
+  m = jnp.zeros((layer.fan_in, s.shape[-1]), s.dtype).at[ids].add(rows)
+  return jnp.einsum("itd,iktd->ik", m[ids], s).astype(v.dtype)
+
+
+def _embed(f1, f2):
+  (t1, s1), (t2, s2) = f1, f2
+  n1, r, t, _ = s1.shape
+  n2, _, t2n, _ = s2.shape
+  same = (t1[:, :, None, None] == t2[None, None]).astype(s1.dtype)
+  ss = s1.reshape(n1 * r * t, -1) @ s2.reshape(n2 * r * t2n, -1).T
+  prod = ss.reshape(n1, r, t, n2, r, t2n) * same[:, None, :, :, None, :]
+  return prod.sum(axis=(2, 5)).reshape(n1 * r, n2 * r)
 
 
 def _outer(f1, f2):
@@ -180,6 +220,8 @@ def cross(forms, f1, f2) -> Array:
       total = total + _outer(p, q)
     elif form == "patch":
       total = total + _patch(p, q)
+    elif form == "embed":
+      total = total + _embed(p, q)
     else:
       total = total + p @ q.T
   return total
@@ -194,6 +236,8 @@ def self_gram(forms, f) -> Array:
       total = total + _outer(p, p)
     elif form == "patch":
       total = total + _patch(p, p)
+    elif form == "embed":
+      total = total + _embed(p, p)
     else:
       total = total + self_outer(p)
   return total

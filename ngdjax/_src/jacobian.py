@@ -823,7 +823,7 @@ def _sharded_gram(apply_or_model, params, x, mesh, method, chunk_size):
     st = structure.model_structure(apply_or_model, params, x)
 
   if st is not None and not st.has_generic and all(
-      lay.positions == 1 and lay.groups == 1 for lay in st.layers):
+      lay.kind == "dense" for lay in st.layers):
 
     def local_rows(params, x_local):
       # Dense layers only: the factors of every device's examples are

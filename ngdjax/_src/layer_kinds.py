@@ -507,3 +507,111 @@ def match_scale(an: Analysis, li: int, chain: Chain):
 
 
 MATCHERS["mul"] = match_scale
+
+
+# --------------------------------------------------------------------------
+# Embeddings: rows of a table picked by integer tokens.
+# --------------------------------------------------------------------------
+
+# ``lax.GatherScatterMode`` names whose out-of-range tokens read nothing
+# (``jnp.take``'s default fills them), or the nearest row (clip).
+_FILL_MODES = ("FILL_OR_DROP",)
+_CLIP_MODES = ("CLIP",)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedLayer(Layer):
+  """``z[t] = W[tok_t]``: a ``gather`` of rows of a ``(V, D)`` table by
+  integer tokens computed from the inputs (``flax.linen.Embed``,
+  ``equinox.nn.Embedding``, ``jnp.take(W, ids, axis=0)``, ``W[ids]``).
+
+  As a matrix product, ``z[t] = onehot(tok_t) @ W``: a shared-weight layer
+  with one-hot inputs (``fan_in = V``, ``fan_out = D``, ``T`` tokens per
+  example, ``M = W``, no bias). The one-hot is never formed by the Gram
+  (``gram_forms``' ``"embed"`` form: ``A_it . A_jt'`` is ``[tok_it ==
+  tok_jt']``).
+
+  Factors: ``inputs`` ``(n, T)`` the tokens (``int32``; a token out of
+  range of a filling gather is mapped to 0 with its gradient zeroed, a
+  clipping gather's is clipped), ``output_grads`` ``(n, r, T, D)`` the
+  gradients at the picked rows, constant factors on the table or after
+  the gather folded in. ``expand`` gives the common form with the one-hot
+  ``A`` ``(n, T, 1, V)`` (dense: for small ``V`` only).
+  """
+
+  kind: ClassVar[str] = "embed"
+  mode: str = "PROMISE_IN_BOUNDS"
+  component: int = 0  # of the index vector that picks the row
+
+  @property
+  def positions(self) -> int:
+    return math.prod(self.h_shape[:-1])
+
+  def example_axes_h(self) -> set[int]:
+    return set(range(len(self.h_shape) - 1))
+
+  def weight_matrix(self, leaf: Array) -> Array:
+    return replay(self.weight.nodes, leaf).reshape(self.fan_in, self.fan_out)
+
+  def z_rows(self, z: Array) -> Array:
+    lead = z.shape[: z.ndim - len(self.z_shape)]
+    return z.reshape(lead + (self.positions, self.fan_out))
+
+  def factors(self, h: Array, g: Array) -> LayerFactors:
+    n, v = h.shape[0], self.fan_in
+    ids = h[..., self.component].reshape(n, self.positions).astype(
+        jnp.int32)
+    s = self.z_rows(g) * self.input_scale(g.dtype) / self.output_scale(
+        g.dtype)
+    if self.mode in _CLIP_MODES:
+      ids = jnp.clip(ids, 0, v - 1)
+    else:  # out of range: no row is read (fill) or none is promised
+      ok = (ids >= 0) & (ids < v)
+      s = s * ok[:, None, :, None].astype(s.dtype)
+      ids = jnp.where(ok, ids, 0)
+    return LayerFactors(ids, s)
+
+  def expand(self, f: LayerFactors):
+    a = jax.nn.one_hot(f.inputs, self.fan_in, dtype=f.output_grads.dtype)
+    return a[:, :, None, :], f.output_grads[:, :, :, None, :]
+
+
+def match_gather(an: Analysis, li: int, chain: Chain):
+  """An embedding lookup of rows of leaf ``li``, or the reason not."""
+  graph = an.graph
+  k, pos = chain.use
+  node = graph.nodes[k]
+  prm = node.params
+  if pos != 0:
+    return "gather indices, not its table"
+  h_ref = node.ins[1]
+  if h_ref[0] != "v" or h_ref[1] not in an.x_dep:
+    return "gather with input-independent indices"
+  dn = prm["dimension_numbers"]
+  w_shape = graph.shape(chain.end)
+  h_shape = graph.shape(h_ref[1])
+  z_shape = graph.shape(node.outs[0])
+  rest = w_shape[1:]
+  smap = tuple(int(d) for d in dn.start_index_map)
+  collapsed = tuple(int(d) for d in dn.collapsed_slice_dims)
+  mode = getattr(prm.get("mode"), "name", str(prm.get("mode")))
+  kept = len(w_shape) - len(collapsed)  # slice dims in the output
+  # Row 0.. of the table's axis 0, whole rows: the start indices of the
+  # other axes (an index vector (row, 0) of ``W[i]`` under ``vmap``) can
+  # only be 0 when clipped or promised in bounds.
+  if (0 not in smap or collapsed not in ((0,), ())
+      or tuple(getattr(dn, "operand_batching_dims", ()))
+      or tuple(prm["slice_sizes"]) != (1, *rest)
+      or not h_shape or h_shape[-1] != len(smap)
+      or (len(smap) > 1 and mode in _FILL_MODES)
+      or tuple(dn.offset_dims) != tuple(range(len(z_shape) - kept,
+                                              len(z_shape)))):
+    return "gather that is not a lookup of whole rows"
+  return EmbedLayer(op=k, weight_leaf=li, weight=chain, w_pos=pos,
+                    h_ref=h_ref, h_shape=h_shape, out_id=node.outs[0],
+                    z_shape=z_shape, fan_in=w_shape[0],
+                    fan_out=math.prod(rest), mode=mode,
+                    component=smap.index(0))
+
+
+MATCHERS["gather"] = match_gather

@@ -1,8 +1,9 @@
 """A model's layer structure, analysed once into one value.
 
 The structured Gram and K-FAC need, for every layer whose Jacobian is an
-outer product (dense layers, dense layers shared over tokens, convolutions:
-``ngdjax._src.layer_kinds``), the layer's inputs ``A`` and the
+outer product (dense layers, dense layers shared over tokens, convolutions,
+elementwise norm scales, embedding lookups: ``ngdjax._src.layer_kinds``;
+docs/guide/layers.md), the layer's inputs ``A`` and the
 back-propagated gradients ``S`` at its pre-activations. The library's own
 models provide them in closed form; for any other model (flax, equinox,
 plain pytrees) this module finds them in the traced computation:
@@ -12,12 +13,12 @@ plain pytrees) this module finds them in the traced computation:
    inlined. Each parameter leaf is followed through layout operations
    (transpose, reshape, unit broadcasts, dtype conversion) and constant
    scalar factors to the operation that uses it; that operation's kind
-   (``layer_kinds.MATCHERS``: ``dot_general``, ``conv_general_dilated``)
-   decides whether the leaf is a layer's weight. A *bias* is a leaf that
-   reaches, the same way (broadcasts over positions allowed), an ``add``
-   with the layer output, adding the same value at every position. The
-   result is a ``Plan``: the layers by kind and the other leaves with the
-   reason they were not matched.
+   (``layer_kinds.MATCHERS``: ``dot_general``, ``conv_general_dilated``,
+   ``mul``, ``gather``) decides whether the leaf is a layer's weight. A
+   *bias* is a leaf that reaches, the same way (broadcasts over positions
+   allowed), an ``add`` with the layer output, adding the same value at
+   every position. The result is a ``Plan``: the layers by kind and the
+   other leaves with the reason they were not matched.
 2. ``model_structure`` turns the plan into a ``Structure``, the one value
    that the Gram, NGD and K-FAC take. Its ``factors`` evaluate the model by
    an interpreter of the jaxpr on the whole batch (a second trace, with the
@@ -30,8 +31,8 @@ plain pytrees) this module finds them in the traced computation:
    operations are those of ``apply`` itself, so XLA shares the forward pass
    with an optimizer's own.
 
-Every other parameter leaf (layer-norm scales, embeddings, weights used
-twice, biases that do not fit the pattern) is on the *generic path*: its
+Every other parameter leaf (weights used twice, gathers that are not row
+lookups, biases that do not fit the pattern) is on the *generic path*: its
 per-example Jacobian is taken exactly (``vmap`` of ``jacrev`` over those
 leaves only). Sums over layers and generic leaves are therefore exact for
 every model that satisfies the library's assumption that example ``i``'s
@@ -72,6 +73,7 @@ from ngdjax._src.layer_kinds import (
     MATCHERS,
     ConvLayer,
     DenseLayer,
+    EmbedLayer,
     Layer,
     ScaleLayer,
     SharedDenseLayer,
@@ -79,7 +81,7 @@ from ngdjax._src.layer_kinds import (
     bias_to_rows,
     match_scale,
 )
-from ngdjax._src.linalg import as_columns
+from ngdjax._src.linalg import as_columns, pad_rows
 from ngdjax._src.models import LayerFactors, Model
 from ngdjax._src.typing import Array, Params
 
@@ -172,6 +174,9 @@ class StructureReport(NamedTuple):
     norm: elementwise scales (normalisation gains; a shift added after one
       is its bias), as ``SharedLayerInfo`` with ``fan_in`` 1 (plus the
       shift) and ``fan_out`` the number of features.
+    embed: embedding lookups (a ``gather`` of table rows by tokens), as
+      ``SharedLayerInfo`` with ``fan_in`` the vocabulary ``V``, ``fan_out``
+      the row size and ``positions`` the tokens per example.
   """
 
   layers: tuple[DenseLayerInfo, ...]
@@ -179,6 +184,7 @@ class StructureReport(NamedTuple):
   conv: tuple[ConvLayerInfo, ...] = ()
   shared: tuple[SharedLayerInfo, ...] = ()
   norm: tuple[SharedLayerInfo, ...] = ()
+  embed: tuple[SharedLayerInfo, ...] = ()
 
   def __str__(self) -> str:
     def bias(lay):
@@ -203,6 +209,11 @@ class StructureReport(NamedTuple):
       lines.append(f"{len(self.norm)} elementwise scale(s) (norm gains):")
       lines += [f"  {lay.weight} {lay.weight_shape}{bias(lay)} at "
                 f"{lay.positions} positions" for lay in self.norm]
+    if self.embed:
+      lines.append(f"{len(self.embed)} embedding(s):")
+      lines += [f"  {lay.weight} {lay.weight_shape}: {lay.fan_in} rows of "
+                f"{lay.fan_out} at {lay.positions} tokens"
+                for lay in self.embed]
     size = sum(math.prod(g.shape) for g in self.generic)
     lines.append(f"{len(self.generic)} leaf/leaves ({size} parameters) on the "
                  "generic path (exact per-example Jacobian):")
@@ -303,7 +314,10 @@ def _attach_biases(an: Analysis, layers, reasons):
     # sees; if that operation adds a bias leaf, the bias joins the layer.
     z_chain = an.follow(lay.out_id)
     lay = dataclasses.replace(lay, z_chain=z_chain)
-    if z_chain.use is not None and z_chain.use in by_add:
+    # (An embedding's one-hot inputs have no constant column: a vector added
+    # after a lookup is an elementwise shift of its own, ``_match_shifts``.)
+    if (z_chain.use is not None and z_chain.use in by_add
+        and lay.kind != "embed"):
       li, chain = by_add[z_chain.use]
       if bias_rows(lay, z_chain, chain, graph.shape(graph.in_ids[li]),
                    graph.shape(z_chain.end)):
@@ -376,9 +390,13 @@ def _report(plan: Plan) -> StructureReport:
       SharedLayerInfo(p[lay.weight_leaf], s[lay.weight_leaf], *bias(lay),
                       fan_in(lay), lay.fan_out, lay.positions)
       for lay in plan.layers if isinstance(lay, ScaleLayer))
+  embed = tuple(
+      SharedLayerInfo(p[lay.weight_leaf], s[lay.weight_leaf], None, None,
+                      lay.fan_in, lay.fan_out, lay.positions)
+      for lay in plan.layers if isinstance(lay, EmbedLayer))
   generic = tuple(GenericLeafInfo(p[li], s[li], plan.reasons[li])
                   for li in plan.generic_leaves)
-  return StructureReport(dense, generic, conv, shared, norm)
+  return StructureReport(dense, generic, conv, shared, norm, embed)
 
 
 # --------------------------------------------------------------------------
@@ -494,7 +512,9 @@ def _traced_factors(apply, plan: Plan, params, x, cotangents=None):
     if batched is not None:
       e_z = batched[1][k][3]
       g = jnp.moveaxis(g, e_z + 1, 1).reshape((g.shape[0], n) + lay.z_shape)
-    out.append(lay.factors(h.astype(u.dtype), jnp.swapaxes(g, 0, 1)))
+    if jnp.issubdtype(h.dtype, jnp.inexact):  # (not an embedding's tokens)
+      h = h.astype(u.dtype)
+    out.append(lay.factors(h, jnp.swapaxes(g, 0, 1)))
   return tuple(out)
 
 
@@ -557,20 +577,49 @@ def _from_layer_matrices(plan: Plan, mats, generic=None) -> Params:
 
 def _generic_jacobian(apply, plan: Plan, params, x) -> Array:
   """``(n c, p_g)``: Jacobian of the generic leaves, leaf by leaf."""
-  leaves = jax.tree_util.tree_leaves(params)
   idx = plan.generic_leaves
 
-  def f(gl, xi):
-    ll = list(leaves)
-    for li, v in zip(idx, gl, strict=True):
-      ll[li] = v
-    p = jax.tree_util.tree_unflatten(plan.treedef, ll)
-    return as_columns(apply(p, xi[None]))[0]
+  def per_example(leaves, xs):
+    def f(gl, xi):
+      ll = list(leaves)
+      for li, v in zip(idx, gl, strict=True):
+        ll[li] = v
+      p = jax.tree_util.tree_unflatten(plan.treedef, ll)
+      return as_columns(apply(p, xi[None]))[0]
 
-  jac = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(
-      [leaves[li] for li in idx], x)  # leaves (n, c, *s)
-  n, c = jac[0].shape[:2]
-  return jnp.concatenate([j.reshape(n * c, -1) for j in jac], axis=1)
+    jac = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(
+        [leaves[li] for li in idx], xs)  # leaves (n, c, *s)
+    n, c = jac[0].shape[:2]
+    return jnp.concatenate([j.reshape(n, c, -1) for j in jac], axis=2)
+
+  jac = _on_example_shards(per_example, jax.tree_util.tree_leaves(params), x)
+  return jac.reshape(-1, jac.shape[-1])
+
+
+def _on_example_shards(fn, consts, x):
+  """``fn(consts, x)`` for a per-example ``fn`` (row ``i`` of the result
+  depends on ``x[i]`` alone), each device of the mesh in context (a step
+  traced under ``parallel.mesh_context``) running its own rows.
+
+  Left to the SPMD partitioner, the per-example kernel gradients of a
+  convolution (``vmap`` of its VJP with the example axis sharded) come out
+  wrong on jax 0.10 with 4 CPU devices; inside ``shard_map`` each device
+  runs the one-device program. ``check_vma=False``: the replicated
+  ``consts`` must not have their cotangents summed over devices (the
+  derivatives are per example). Without a one-axis ``Auto`` mesh in
+  context (or inside ``shard_map`` already) ``fn`` runs as is.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if (mesh.empty or len(mesh.axis_names) != 1
+      or mesh.axis_types[0] != jax.sharding.AxisType.Auto):
+    return fn(consts, x)
+  axis = mesh.axis_names[0]
+  n = x.shape[0]
+  xp, _ = pad_rows(x, mesh.shape[axis])
+  spec = jax.sharding.PartitionSpec
+  out = jax.shard_map(fn, mesh=mesh, in_specs=(spec(), spec(axis)),
+                      out_specs=spec(axis), check_vma=False)(consts, xp)
+  return out[:n]
 
 
 # --------------------------------------------------------------------------

@@ -264,24 +264,30 @@ def test_sharded_cholesky_step_memory():
   assert analysis.temp_size_in_bytes <= 0.5 * 4 * n * n, (
       analysis.temp_size_in_bytes / (4 * n * n))
 # User models: a Model(init, apply, out_dim) without closed forms and a bare
-# apply (a small CNN: conv layers, a dense head; a layer-norm-like scale on
-# the generic path).
+# apply (a small CNN: conv layers, a dense head, a layer-norm-like scale; a
+# kernel used twice is on the generic path, whose per-example Jacobian runs
+# per device).
 # --------------------------------------------------------------------------
 
 
+def _conv(h, k):
+  return jax.lax.conv_general_dilated(
+      h, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def _cnn_apply(p, x):
-  h = jax.lax.conv_general_dilated(
-      x.reshape(x.shape[0], 3, 3, 1), p["k"], (1, 1), "SAME",
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  h = _conv(x.reshape(x.shape[0], 3, 3, 1), p["k"])
   h = jnp.tanh(h + p["b"]) * p["gain"]
+  h = h + jnp.tanh(_conv(h, p["k2"])) * _conv(h, p["k2"])
   return h.reshape(x.shape[0], -1) @ p["w"]
 
 
 def _cnn_init(key, in_dim):
   del in_dim
-  k1, k2, k3 = jax.random.split(key, 3)
+  k1, k2, k3, k4 = jax.random.split(key, 4)
   return {"k": jax.random.normal(k1, (2, 2, 1, 2)),
           "b": jax.random.normal(k2, (2,)), "gain": jnp.ones(2) * 1.1,
+          "k2": jax.random.normal(k4, (1, 1, 2, 2)) / 2.0,
           "w": jax.random.normal(k3, (18, 2)) / 4.0}
 
 
@@ -316,5 +322,18 @@ def test_sharded_ngd_step_of_user_models(name, solver):
   for m in (None, parallel.data_mesh()):
     opt = ngdjax.ngd(USER[name], learning_rate=0.5, damping=1e-3,
                      solver=solver, cg_tol=1e-12, cg_maxiter=200, mesh=m)
+    results.append(jax.jit(opt.step)(params, opt.init(params), x, y))
+  _tree_close(results[1][0], results[0][0], atol=1e-10)
+
+
+@pytest.mark.parametrize("name", [
+    "bare_apply", pytest.param("user_model", marks=pytest.mark.slow)])
+def test_sharded_kfac_step_of_user_models(name):
+  params = _cnn_init(jax.random.key(7), 9)
+  x = _x9(8)
+  y = jnp.sin(x[:, :2])
+  results = []
+  for m in (None, parallel.data_mesh()):
+    opt = ngdjax.kfac(USER[name], learning_rate=0.5, damping=1e-3, mesh=m)
     results.append(jax.jit(opt.step)(params, opt.init(params), x, y))
   _tree_close(results[1][0], results[0][0], atol=1e-10)

@@ -378,9 +378,12 @@ def _check_model(model):
 # that another source of layer factors plugs in here only). Dense layers
 # keep their ``(a, b)`` layer matrices; a convolution's or shared-weight
 # layer's ``(a, G b_g)`` matrix is handled as its ``G`` group blocks,
-# ``(G, a, b_g)``. Other kinds (elementwise scales) stay on the exact
-# generic path.
-KINDS = ("dense", "shared", "conv")
+# ``(G, a, b_g)``. Elementwise scales (norm gains and shifts) are such
+# layers with one group per feature (``a = 1`` or 2, ``b_g = 1``): a
+# Kronecker block per feature, block-diagonal over features; an embedding
+# is a shared layer with one-hot inputs (``layer_kinds.EmbedLayer``), whose
+# input factor is diagonal with the token counts.
+KINDS = ("dense", "shared", "conv", "norm", "embed")
 
 
 def _structure(model, params, x):
@@ -750,14 +753,16 @@ def _shared_update(patches, grads, h, lam, st: _Settings):
   c = grads.shape[1]
   if st.weight_sharing == "expand":
     h_e = jnp.repeat(h, t, axis=0)  # rows (i, t)
-    deltas, failed = [], jnp.zeros((), jnp.int32)
-    for k in range(groups):
-      g_k = jnp.swapaxes(grads[:, :, :, k], 1, 2).reshape(n * t, c, -1)
-      delta, fl = _dense_update(patches[:, :, k].reshape(n * t, -1), g_k,
-                                h_e, lam, st)
-      deltas.append(delta)
-      failed = failed + fl
-    return jnp.stack(deltas), failed
+
+    def group(p_k, g_k):  # (n, T, a), (n, c, T, b): rows (i, t)
+      return _dense_update(p_k.reshape(n * t, -1),
+                           jnp.swapaxes(g_k, 1, 2).reshape(n * t, c, -1),
+                           h_e, lam, st)
+
+    # (vmapped over groups: a norm layer has one per feature)
+    deltas, failed = _per_group(group, jnp.moveaxis(patches, 2, 0),
+                                jnp.moveaxis(grads, 3, 0))
+    return deltas, jnp.sum(failed)
   cov_a, cov_b = kfac_conv.factors(patches, grads, "reduce")
   grad_m = jnp.einsum("itga,iktgb,ik->gab", patches, grads, h)
 

@@ -480,7 +480,8 @@ def _model_step(s: _StepInputs) -> _StepOutputs:
 
   ``delta = alpha Delta + mu v`` with ``Delta = -d``; the loss at ``theta +
   delta`` on the batch gives ``rho = (h(theta + delta) - h(theta)) /
-  M(delta)``. The step is rejected (params and ``v`` reset, damping raised
+  (M(delta) - lam ||delta||^2 / 2)`` (the undamped model, as in
+  ``ngdjax.optim.damping``). The step is rejected (params and ``v`` reset, damping raised
   by the rule's ``increase`` at once when it is Levenberg-Marquardt) when
   the model has no minimiser (``Delta^T C~ Delta <= 0``), when the loss
   does not decrease (``rho < 0``, including a non-finite loss), or when the
@@ -516,7 +517,14 @@ def _model_step(s: _StepInputs) -> _StepOutputs:
         lambda a, b: (coef.alpha * a + coef.mu * b).astype(a.dtype), neg, v)
   new = base.tree_axpy(1.0, delta, s.params)
   loss1 = s.loss.value(f(new), s.y)
-  rho = damping_lib.reduction_ratio(loss1 - s.loss0, coef.change)
+  # rho against the undamped model M(delta) - lam |delta|^2 / 2 (Martens &
+  # Grosse 2015, section 6.5; kfac-jax's default): the damping term is the
+  # trust region's, not a prediction of the loss.
+  c_vec = jnp.stack([coef.alpha, coef.mu])
+  sq_mat = jnp.stack([jnp.stack([sq[0], sq[1]]), jnp.stack([sq[1], sq[2]])])
+  predicted = coef.change - 0.5 * s.lam * (c_vec @ sq_mat.astype(dtype)
+                                           @ c_vec)
+  rho = damping_lib.reduction_ratio(loss1 - s.loss0, predicted)
   finite = all_finite(new) & s.usable
   rejected = coef.bad_model | ~(loss1 <= s.loss0) | ~finite
   keep = lambda a, b: jnp.where(rejected, b, a)  # noqa: E731

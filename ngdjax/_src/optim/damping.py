@@ -33,9 +33,11 @@ network's nonlinearity. Then
 clipped to ``[min_damping, max_damping]``. With a fixed learning rate the
 step is always taken (as in K-FAC and Hessian-free): only the damping of
 the next step changes. With the quadratic-model step
-(``learning_rate="adaptive"``) the prediction is the damped model ``M``
-itself and a step that increases the loss is rejected
-(``ngdjax.optim.quadratic``).
+(``learning_rate="adaptive"``) the prediction is the quadratic model
+without its damping term, ``M(delta) - lam ||delta||^2 / 2`` (Martens &
+Grosse 2015, section 6.5; kfac-jax's default): the damping is the trust
+region's, not a prediction of the loss. A step that increases the loss is
+rejected (``ngdjax.optim.quadratic``).
 
 Degenerate predictions. When the linearised model itself predicts an
 *increase* (``predicted > 0``: a step longer than the model's minimiser,

@@ -415,3 +415,16 @@ def test_minibatch_eigh_update_in_float32_matches_float64():
                                  "pi")
   err = np.linalg.norm(np.asarray(got, np.float64) - want)
   assert err < 1e-2 * np.linalg.norm(want), err  # cond ~ 1e5
+
+
+def test_a_state_of_another_optimizer_is_named():
+  model = ngdjax.mlp((4,), out_dim=1)
+  params = model.init(jax.random.key(0), in_dim=3)
+  x, y = jnp.ones((4, 3)), jnp.ones((4,))
+  minibatch = kfac(model, 0.1, damping=1.0, factor_decay=0.9)
+  plain = ngdjax.optim.ngd(model, 0.1, damping=1.0)
+  for opt, other in ((minibatch, plain), (plain, minibatch)):
+    with pytest.raises(ValueError, match="state: its curvature"):
+      opt.step(params, other.init(params), x, y)
+  with pytest.raises(TypeError):
+    levenberg_marquardt(1.0, 0.5)  # options after init are keyword-only

@@ -339,6 +339,7 @@ def make(
 
   def step(params, state: CurvatureState, x, y):
     checks.check_state("state", state, CurvatureState)
+    _check_same_optimizer(state, jax.eval_shape(init, params))
     check_params(params)
     x, y = base.check_batch(model_or_apply, params, x, y, loss)
     x, y = base.shard_batch(x, y, mesh)
@@ -381,6 +382,21 @@ def make(
 
   return base.Optimizer(
       init, base.step_on_mesh(precision_lib.step(step, precision), mesh))
+
+
+def _check_same_optimizer(state: CurvatureState, want: CurvatureState):
+  """``state`` must come from this optimizer's ``init``: ``ngd``, ``kfac``
+  (full-batch or running factors) and momentum or none share the state
+  type but not its ``curvature`` and ``velocity`` fields."""
+  for field in ("curvature", "velocity"):
+    got = jax.tree_util.tree_structure(getattr(state, field))
+    expected = jax.tree_util.tree_structure(getattr(want, field))
+    if got != expected:
+      raise ValueError(
+          f"state: its {field} does not match this optimizer's (a state "
+          "from another optimizer's init, e.g. ngd's given to a mini-batch "
+          "kfac, or one built with other momentum settings); pass the "
+          "state from the same optimizer's init")
 
 
 class _StepInputs(NamedTuple):
@@ -481,8 +497,9 @@ def _model_step(s: _StepInputs) -> _StepOutputs:
   ``delta = alpha Delta + mu v`` with ``Delta = -d``; the loss at ``theta +
   delta`` on the batch gives ``rho = (h(theta + delta) - h(theta)) /
   (M(delta) - lam ||delta||^2 / 2)`` (the undamped model, as in
-  ``ngdjax.optim.damping``). The step is rejected (params and ``v`` reset, damping raised
-  by the rule's ``increase`` at once when it is Levenberg-Marquardt) when
+  ``ngdjax.optim.damping``). The step is rejected (params and ``v``
+  reset, damping raised by the rule's ``increase`` at once when it is
+  Levenberg-Marquardt) when
   the model has no minimiser (``Delta^T C~ Delta <= 0``), when the loss
   does not decrease (``rho < 0``, including a non-finite loss), or when the
   update is not finite. Levenberg-Marquardt adapts every ``every`` steps.

@@ -89,6 +89,7 @@ class LevenbergMarquardt(NamedTuple):
 
 def levenberg_marquardt(
     init: float = 1.0,
+    *,
     decrease: float = 2.0 / 3.0,
     increase: float = 1.5,
     lower: float = 0.25,
@@ -179,7 +180,7 @@ def resolve(damping, name: str = "damping") -> DampingRule:
       )
     damping = ADAPTIVE
   if isinstance(damping, LevenbergMarquardt):
-    lm = levenberg_marquardt(*damping)  # re-validate hand-built tuples
+    lm = levenberg_marquardt(**damping._asdict())  # hand-built tuples
     return DampingRule(lm.init, lambda lam, count: lam, lm, False)
   if callable(damping):
     try:

@@ -38,6 +38,13 @@ import subprocess
 import sys
 import time
 
+# OpenBLAS (numpy's and jaxlib's LAPACK: Cholesky, eigh) runs its own
+# threads; on a machine whose cores are busy they spin against the other
+# processes and one 129 x 129 eigh takes 90 ms instead of 2 ms. Both sides
+# of every comparison (this process and kfac-jax's) get one BLAS thread
+# unless the caller set it; XLA's own matmuls keep their thread pool.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,17 +73,20 @@ def train(opt, params, x_all, order, evaluate, every=10):
   first = x_all[order[0]]
   jax.block_until_ready(step(params, state, first, first))  # compiles
   curve, clock = [(0, 0.0, evaluate(params))], 0.0
-  flags = {"rejected": 0, "diverged": 0}
+  # Flags summed on the device: no host round trip inside the loop.
+  rejected = diverged = jnp.zeros((), jnp.int32)
   for k, idx in enumerate(order):
     xb = x_all[idx]
     start = time.perf_counter()
     params, state, info = step(params, state, xb, xb)
     jax.block_until_ready(params)
     clock += time.perf_counter() - start
-    flags["rejected"] += int(info.get("step_rejected", 0))
-    flags["diverged"] += int(info["diverged"])
+    rejected = rejected + info.get("step_rejected", 0)
+    diverged = diverged + info["diverged"]
     if (k + 1) % every == 0 or k + 1 == len(order):
       curve.append((k + 1, clock, evaluate(params)))
+  flags = {"rejected": int(rejected), "diverged": int(diverged),
+           "compiles": step._cache_size()}
   return curve, flags
 
 
@@ -124,15 +134,10 @@ def autoencoder(args):
                      "max_loss": max(c[2] for c in curve), **flags,
                      "load_average": os.getloadavg()}
     _print_row(name, results[name])
+  r = None
   if args.kfac_jax_python and os.path.exists(args.kfac_jax_python):
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = subprocess.run(
-        [args.kfac_jax_python, os.path.join(here, "kfac_jax_train.py"),
-         "--steps", str(args.steps), "--batch", str(args.batch),
-         "--seed", str(args.seed)],
-        capture_output=True, text=True, check=False)
-    if out.returncode == 0:
-      r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _kfac_jax_run(args)
+    if r is not None:
       curve = [(0, 0.0, r["initial_loss"])] + [tuple(c[:3])
                                                for c in r["curve"]]
       results["kfac_jax"] = {"curve": curve, "final_loss": r["final_loss"],
@@ -141,9 +146,84 @@ def autoencoder(args):
                              "max_loss": max(c[2] for c in curve),
                              "load_average": r["load_average"]}
       _print_row("kfac_jax", results["kfac_jax"])
-    else:
-      print("kfac-jax run failed:", out.stderr[-2000:], file=sys.stderr)
   return results
+
+
+def _kfac_jax_run(args):
+  """One kfac-jax run in its own interpreter; its JSON line, or None."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  out = subprocess.run(
+      [args.kfac_jax_python, os.path.join(here, "kfac_jax_train.py"),
+       "--steps", str(args.steps), "--batch", str(args.batch),
+       "--seed", str(args.seed)],
+      capture_output=True, text=True, check=False)
+  if out.returncode != 0:
+    print("kfac-jax run failed:", out.stderr[-2000:], file=sys.stderr)
+    return None
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wall_time(args):
+  """The issue's adaptive K-FAC call against kfac-jax, interleaved.
+
+  ``args.repeats`` rounds, each one 300-step run of ``ngdjax.kfac(apply,
+  learning_rate="adaptive", momentum="adaptive", damping="adaptive",
+  fisher="monte_carlo", factor_decay=0.95, inverse_every=5,
+  example_inputs=x)`` (one compiled step for all rounds, fresh state) then
+  one of kfac-jax (its own interpreter). Both loops block on the params
+  after every step and time only the steps; wall seconds and the process's
+  CPU seconds (all threads) are reported, medians over the rounds, with
+  the load average of each round.
+  """
+  x_all = jnp.asarray(digits_01())
+  n = x_all.shape[0]
+  order = batches(n, args.batch, args.steps, args.seed)
+  params0 = init_params(args.seed)
+  full = jax.jit(lambda p: 0.5 * jnp.sum((apply(p, x_all) - x_all) ** 2) / n)
+  opt = kfac(apply, learning_rate="adaptive", momentum="adaptive",
+             damping="adaptive", fisher="monte_carlo", factor_decay=0.95,
+             inverse_every=5, example_inputs=x_all[:args.batch])
+  step = jax.jit(opt.step)
+  first = x_all[order[0]]
+  jax.block_until_ready(step(params0, opt.init(params0), first, first))
+  rounds = {"ngdjax": [], "kfac_jax": []}
+  for _ in range(args.repeats):
+    params, state = params0, opt.init(params0)
+    clock = cpu = 0.0
+    for idx in order:
+      xb = x_all[idx]
+      start, start_cpu = time.perf_counter(), time.process_time()
+      params, state, _ = step(params, state, xb, xb)
+      jax.block_until_ready(params)
+      clock += time.perf_counter() - start
+      cpu += time.process_time() - start_cpu
+    rounds["ngdjax"].append({"seconds": clock, "cpu_seconds": cpu,
+                             "final_loss": float(full(params)),
+                             "load_average": os.getloadavg()})
+    if args.kfac_jax_python and os.path.exists(args.kfac_jax_python):
+      r = _kfac_jax_run(args)
+      if r is not None:
+        rounds["kfac_jax"].append({k: r[k] for k in (
+            "seconds", "cpu_seconds", "final_loss", "load_average")})
+  out = {"compiles": step._cache_size(), "rounds": rounds}
+  for name, rs in rounds.items():
+    if not rs:
+      continue
+    out[name] = {k: float(np.median([r[k] for r in rs]))
+                 for k in ("seconds", "cpu_seconds", "final_loss")}
+    loads = "; ".join(", ".join(f"{v:.1f}" for v in r["load_average"])
+                      for r in rs)
+    print(f"wall time {name:8s} median {out[name]['seconds']:6.2f} s wall, "
+          f"{out[name]['cpu_seconds']:6.2f} s CPU, final "
+          f"{out[name]['final_loss']:.4f} ({len(rs)} rounds; seconds "
+          + ", ".join(f"{r['seconds']:.2f}" for r in rs)
+          + f"; load {loads})", flush=True)
+  if rounds["kfac_jax"]:
+    ours, theirs = out["ngdjax"], out["kfac_jax"]
+    print(f"ngdjax / kfac-jax: {ours['seconds'] / theirs['seconds']:.2f} x "
+          f"wall, {ours['cpu_seconds'] / theirs['cpu_seconds']:.2f} x CPU; "
+          f"ngdjax compiled its step {out['compiles']} time(s)", flush=True)
+  return out
 
 
 def _print_row(name, r):
@@ -156,12 +236,17 @@ def _print_row(name, r):
 
 
 def classifier(args):
-  from ngdjax.experiment import train as exp
-  config = exp.default_config()
+  # D1's task exactly: its data, split, initialisation and batches.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  from configs import train as settings
+  from experiments import train as exp
+  from ngdjax.experiment.runner import seed_key
+  config = settings.get_config("digits")
   ds = exp.load(config)
   model = ngdjax.mlp((512,), out_dim=10, activation="relu",
                      w_std=float(config.w_std))
-  params0 = model.init(jax.random.key(config.seed), ds.x_train.shape[1])
+  params0 = model.init(seed_key(config.seed, "init"), ds.x_train.shape[1])
   x_all = jnp.asarray(ds.x_train)
   labels = jnp.asarray(ds.labels_train)
   x_test, labels_test = jnp.asarray(ds.x_test), jnp.asarray(ds.labels_test)
@@ -171,9 +256,11 @@ def classifier(args):
       jnp.argmax(model.apply(p, x_test), -1) == labels_test))
   loss = "softmax_cross_entropy"
   runs = {
-      "kfac": lambda: kfac(model, loss=loss, factor_decay=0.95,
-                           inverse_every=10, inverse="cholesky"),
-      "ngd": lambda: ngd(model, loss=loss),
+      "kfac": lambda: kfac(model, loss=loss,
+                           factor_decay=config.kfac_decay,
+                           inverse_every=config.kfac_inverse_every,
+                           inverse=config.kfac_inverse),
+      "ngd": lambda: ngd(model, loss=loss, fisher="true"),
   }
   results = {}
   for name, make in runs.items():
@@ -296,8 +383,11 @@ def main():
   p.add_argument("--only", nargs="*", default=None,
                  help="run only the autoencoder methods with these prefixes")
   p.add_argument("--tasks", nargs="*",
-                 default=["autoencoder", "classifier", "statistics"])
+                 default=["autoencoder", "classifier", "statistics",
+                          "walltime"])
   p.add_argument("--classifier_steps", type=int, default=200)
+  p.add_argument("--repeats", type=int, default=3,
+                 help="interleaved rounds of the walltime task")
   p.add_argument("--kfac_jax_python", default=KFAC_JAX)
   args = p.parse_args()
   os.makedirs(args.out, exist_ok=True)
@@ -316,6 +406,8 @@ def main():
     print("figure:", plot(res, args.out))
   if "classifier" in args.tasks:
     out["classifier"] = classifier(args)
+  if "walltime" in args.tasks:
+    out["walltime"] = wall_time(args)
   if "statistics" in args.tasks:
     out["statistics"] = statistics_cost(args)
   with open(os.path.join(args.out, "results.json"), "w") as f:

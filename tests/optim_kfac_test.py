@@ -387,3 +387,44 @@ def test_bad_model_and_batch_raise():
     opt.step(params, opt.init(params), x, jnp.zeros((6,)))
   with pytest.raises(ValueError, match="x"):
     opt.step(params, opt.init(params), x.at[1, 1].set(jnp.inf), jnp.zeros(5))
+
+
+
+def test_minibatch_eigh_update_in_float32_matches_float64():
+  # A cutoff relative to the largest denominator (a pseudo-inverse's) would
+  # drop directions the small damping keeps: the float32 step of a small MLP
+  # was 60 % off the float64 one.
+  from ngdjax._src.optim import kfac as kfac_lib
+  rng = np.random.default_rng(0)
+  n, lam = 128, 1e-3
+
+  def spd(k):
+    q, _ = np.linalg.qr(rng.standard_normal((k, k)))
+    return (q * np.logspace(0, -6, k)) @ q.T
+
+  cov_a, cov_b, grad_m = spd(65), spd(64), rng.standard_normal((65, 64))
+  pi = np.sqrt((np.trace(cov_a) / 65) / (np.trace(cov_b) / 64))
+  delta = np.sqrt(lam / n)
+  want = np.linalg.solve(cov_a + pi * delta * np.eye(65), grad_m) @ \
+      np.linalg.inv(cov_b + delta / pi * np.eye(64)) / n
+  f32 = lambda t: jnp.asarray(t, jnp.float32)  # noqa: E731
+  factors = kfac_lib.KFACFactors(
+      f32(cov_a), f32(cov_b), *jnp.linalg.eigh(f32(cov_a)),
+      *jnp.linalg.eigh(f32(cov_b)))
+  got = kfac_lib.averaged_update(factors, f32(grad_m), n, lam, 0.0, 0.0,
+                                 "pi")
+  err = np.linalg.norm(np.asarray(got, np.float64) - want)
+  assert err < 1e-2 * np.linalg.norm(want), err  # cond ~ 1e5
+
+
+def test_a_state_of_another_optimizer_is_named():
+  model = ngdjax.mlp((4,), out_dim=1)
+  params = model.init(jax.random.key(0), in_dim=3)
+  x, y = jnp.ones((4, 3)), jnp.ones((4,))
+  minibatch = kfac(model, 0.1, damping=1.0, factor_decay=0.9)
+  plain = ngdjax.optim.ngd(model, 0.1, damping=1.0)
+  for opt, other in ((minibatch, plain), (plain, minibatch)):
+    with pytest.raises(ValueError, match="state: its curvature"):
+      opt.step(params, other.init(params), x, y)
+  with pytest.raises(TypeError):
+    levenberg_marquardt(1.0, 0.5)  # options after init are keyword-only

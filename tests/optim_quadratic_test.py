@@ -94,6 +94,11 @@ def test_two_steps_match_the_dense_two_by_two_system(name, loss):
     np.testing.assert_allclose(info["learning_rate"], alpha, rtol=1e-8)
     np.testing.assert_allclose(info["momentum"], mu, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(info["model_change"], model, rtol=1e-8)
+    # rho against the undamped model (Martens & Grosse 2015, section 6.5).
+    undamped = g @ update + 0.5 * update @ curv @ update
+    np.testing.assert_allclose(
+        info["reduction_ratio"],
+        (info["loss_after"] - info["loss"]) / undamped, rtol=1e-7)
     assert int(info["step_rejected"]) == 0
     assert int(info["model_fallback"]) == 0
     np.testing.assert_allclose(ravel_pytree(params)[0], flat + update,

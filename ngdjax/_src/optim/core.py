@@ -339,6 +339,7 @@ def make(
 
   def step(params, state: CurvatureState, x, y):
     checks.check_state("state", state, CurvatureState)
+    _check_same_optimizer(state, jax.eval_shape(init, params))
     check_params(params)
     x, y = base.check_batch(model_or_apply, params, x, y, loss)
     x, y = base.shard_batch(x, y, mesh)
@@ -381,6 +382,21 @@ def make(
 
   return base.Optimizer(
       init, base.step_on_mesh(precision_lib.step(step, precision), mesh))
+
+
+def _check_same_optimizer(state: CurvatureState, want: CurvatureState):
+  """``state`` must come from this optimizer's ``init``: ``ngd``, ``kfac``
+  (full-batch or running factors) and momentum or none share the state
+  type but not its ``curvature`` and ``velocity`` fields."""
+  for field in ("curvature", "velocity"):
+    got = jax.tree_util.tree_structure(getattr(state, field))
+    expected = jax.tree_util.tree_structure(getattr(want, field))
+    if got != expected:
+      raise ValueError(
+          f"state: its {field} does not match this optimizer's (a state "
+          "from another optimizer's init, e.g. ngd's given to a mini-batch "
+          "kfac, or one built with other momentum settings); pass the "
+          "state from the same optimizer's init")
 
 
 class _StepInputs(NamedTuple):
@@ -480,8 +496,10 @@ def _model_step(s: _StepInputs) -> _StepOutputs:
 
   ``delta = alpha Delta + mu v`` with ``Delta = -d``; the loss at ``theta +
   delta`` on the batch gives ``rho = (h(theta + delta) - h(theta)) /
-  M(delta)``. The step is rejected (params and ``v`` reset, damping raised
-  by the rule's ``increase`` at once when it is Levenberg-Marquardt) when
+  (M(delta) - lam ||delta||^2 / 2)`` (the undamped model, as in
+  ``ngdjax.optim.damping``). The step is rejected (params and ``v``
+  reset, damping raised by the rule's ``increase`` at once when it is
+  Levenberg-Marquardt) when
   the model has no minimiser (``Delta^T C~ Delta <= 0``), when the loss
   does not decrease (``rho < 0``, including a non-finite loss), or when the
   update is not finite. Levenberg-Marquardt adapts every ``every`` steps.
@@ -516,7 +534,14 @@ def _model_step(s: _StepInputs) -> _StepOutputs:
         lambda a, b: (coef.alpha * a + coef.mu * b).astype(a.dtype), neg, v)
   new = base.tree_axpy(1.0, delta, s.params)
   loss1 = s.loss.value(f(new), s.y)
-  rho = damping_lib.reduction_ratio(loss1 - s.loss0, coef.change)
+  # rho against the undamped model M(delta) - lam |delta|^2 / 2 (Martens &
+  # Grosse 2015, section 6.5; kfac-jax's default): the damping term is the
+  # trust region's, not a prediction of the loss.
+  c_vec = jnp.stack([coef.alpha, coef.mu])
+  sq_mat = jnp.stack([jnp.stack([sq[0], sq[1]]), jnp.stack([sq[1], sq[2]])])
+  predicted = coef.change - 0.5 * s.lam * (c_vec @ sq_mat.astype(dtype)
+                                           @ c_vec)
+  rho = damping_lib.reduction_ratio(loss1 - s.loss0, predicted)
   finite = all_finite(new) & s.usable
   rejected = coef.bad_model | ~(loss1 <= s.loss0) | ~finite
   keep = lambda a, b: jnp.where(rejected, b, a)  # noqa: E731

@@ -33,9 +33,11 @@ network's nonlinearity. Then
 clipped to ``[min_damping, max_damping]``. With a fixed learning rate the
 step is always taken (as in K-FAC and Hessian-free): only the damping of
 the next step changes. With the quadratic-model step
-(``learning_rate="adaptive"``) the prediction is the damped model ``M``
-itself and a step that increases the loss is rejected
-(``ngdjax.optim.quadratic``).
+(``learning_rate="adaptive"``) the prediction is the quadratic model
+without its damping term, ``M(delta) - lam ||delta||^2 / 2`` (Martens &
+Grosse 2015, section 6.5; kfac-jax's default): the damping is the trust
+region's, not a prediction of the loss. A step that increases the loss is
+rejected (``ngdjax.optim.quadratic``).
 
 Degenerate predictions. When the linearised model itself predicts an
 *increase* (``predicted > 0``: a step longer than the model's minimiser,
@@ -87,6 +89,7 @@ class LevenbergMarquardt(NamedTuple):
 
 def levenberg_marquardt(
     init: float = 1.0,
+    *,
     decrease: float = 2.0 / 3.0,
     increase: float = 1.5,
     lower: float = 0.25,
@@ -177,7 +180,7 @@ def resolve(damping, name: str = "damping") -> DampingRule:
       )
     damping = ADAPTIVE
   if isinstance(damping, LevenbergMarquardt):
-    lm = levenberg_marquardt(*damping)  # re-validate hand-built tuples
+    lm = levenberg_marquardt(**damping._asdict())  # hand-built tuples
     return DampingRule(lm.init, lambda lam, count: lam, lm, False)
   if callable(damping):
     try:

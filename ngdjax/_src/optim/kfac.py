@@ -114,12 +114,14 @@ makes the amortised step cheapest (``benchmarks/steps.py``).
 eigendecompositions, each refresh stores the damped inverses
 ``(A~ + (lam_in / n + pi delta) I)^{-1}`` and ``(B~ + (lam_out / n +
 delta / pi) I)^{-1}`` (``delta = sqrt(lam / n)``, ``pi`` as in
-``averaged_update``) from a Cholesky factorisation (a non-finite factor or
-a pivot below ``k eps max`` falls back to the eigendecomposition
-pseudo-inverse and counts in ``cholesky_failed``), and every step
+``averaged_update``) from a Cholesky factorisation
+(``solvers.psd_solve``: a factorisation or solve it cannot vouch for falls
+back to the eigendecomposition pseudo-inverse and counts in
+``cholesky_failed``), and every step
 multiplies ``(1/n) inv_A grad_M inv_B``: the same step as ``"eigh"`` when
 the damping is constant, at a fraction of the refresh cost (``k^3 / 3``
-for the factorisation and ``2 k^3`` for the solve against ``I``, against
+for the factorisation, ``2 k^3`` for the solve against ``I`` and as much
+for its residual check, against
 LAPACK's tridiagonal eigensolver, ``9 k^3`` or more) and half the
 per-step products. A
 damping that changes between refreshes (a schedule) takes effect at the
@@ -612,25 +614,13 @@ def _damped_inverses(cov_a, cov_b, n, lam, lam_in, lam_out):
 
 
 def _damped_inverse(cov, damp) -> tuple[Array, Array]:
-  """``((cov + damp I)^{-1}, failed)`` by Cholesky.
-
-  A lean check (``psd_solve``'s residual test would cost another ``2 k^3``
-  with ``k`` right-hand sides): the factor must be finite with pivots above
-  ``k eps max diag``, else the eigendecomposition pseudo-inverse is used and
-  ``failed = 1``.
-  """
-  k = cov.shape[0]
+  """``((cov + damp I)^{-1}, failed)`` by ``solvers.psd_solve``: Cholesky
+  (the library's blocked one above ``solvers.CHOLESKY_BLOCK``), the
+  eigendecomposition pseudo-inverse when it fails (``failed = 1``)."""
   sym = 0.5 * (cov + cov.T)
-  eye = jnp.eye(k, dtype=cov.dtype)
-  mat = sym + damp * eye
-  chol = jnp.linalg.cholesky(mat)
-  tol = k * jnp.finfo(cov.dtype).eps * jnp.max(jnp.abs(jnp.diagonal(mat)))
-  ok = (jnp.all(jnp.isfinite(chol))
-        & jnp.all(jnp.square(jnp.diagonal(chol)) > tol))
-  inv = jax.lax.cond(ok,
-                     lambda: jax.scipy.linalg.cho_solve((chol, True), eye),
-                     lambda: solvers.eigh_solve(sym, eye, damp))
-  return 0.5 * (inv + inv.T), (~ok).astype(jnp.int32)
+  eye = jnp.eye(cov.shape[0], dtype=cov.dtype)
+  inv, failed = solvers.psd_solve(sym, eye, damp)
+  return 0.5 * (inv + inv.T), failed
 
 
 class _Settings(NamedTuple):

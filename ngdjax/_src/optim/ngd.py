@@ -224,34 +224,25 @@ def _solve(cfg: _Config, kernel, matvec, rhs, lam, build=None):
 def _nystrom_builder(cfg: _Config, params, x, key, rows=None):
   """``() -> (Nystrom, diagnostics)`` for ``G`` (``rows=None``) or the
   true-Fisher kernel ``S^T G S`` (``rows = S``, ``(n, c, c)``): pivots by
-  randomly pivoted Cholesky on Gram columns (``ngdjax._src.optim.nystrom``),
-  its rank and build time (seconds, host clock) for ``info``."""
+  randomly pivoted Cholesky on kernel columns (``ngdjax._src.optim.nystrom``;
+  from the layer factors when the Gram is structured), its rank and build
+  time (seconds, host clock) for ``info``."""
   model = cfg.model or cfg.apply
   key = jax.random.key(0) if key is None else key
+  st = _structure(cfg, params, x)
 
   def build():
     t0 = nystrom.wall_clock(x)
-    diag = nystrom.gram_diagonal_blocks(model, params, x,
-                                        method=cfg.gram_method,
-                                        chunk_size=cfg.chunk_size)
-    if rows is not None:
-      diag = jnp.einsum("ika,ikl,ila->ia", rows, diag, rows)
+    xs = x + (0.0 * t0).astype(x.dtype)  # built after t0
+    if st is not None:
+      sketch = nystrom.structured_sketch(st, params, xs, rows=rows,
+                                         chunk_size=cfg.chunk_size)
     else:
-      diag = jnp.diagonal(diag, axis1=1, axis2=2)
-    diag = diag.astype(x.dtype) + 0.0 * t0  # built after t0
-
-    def columns(idx):
-      cols = nystrom.gram_columns(model, params, x, idx,
-                                  method=cfg.gram_method,
-                                  chunk_size=cfg.chunk_size)
-      if rows is None:
-        return cols
-      n, c = diag.shape
-      cols = jnp.einsum("ika,ikm->iam", rows, cols.reshape(n, c, -1))
-      cols = cols.reshape(n * c, idx.shape[0], c)
-      return jnp.einsum("Nsk,ska->Nsa", cols, rows[idx]).reshape(n * c, -1)
-
-    f = nystrom.rp_cholesky(columns, diag, cfg.preconditioner_rank, key)
+      sketch = nystrom.generic_sketch(model, params, xs, rows=rows,
+                                      method=cfg.gram_method,
+                                      chunk_size=cfg.chunk_size)
+    f = nystrom.rp_cholesky(sketch.columns, sketch.diagonal(),
+                            cfg.preconditioner_rank, key)
     pre = nystrom.from_factor(f)
     t1 = nystrom.wall_clock(pre.basis)
     return pre, {"preconditioner_rank": pre.rank,

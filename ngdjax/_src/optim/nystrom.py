@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
+from ngdjax._src import gram_forms
 from ngdjax._src.jacobian import gram
 from ngdjax._src.linalg import pad_rows
 from ngdjax._src.typing import Array
@@ -211,3 +212,127 @@ def gram_columns(apply_or_model, params, x: Array, idx: Array, *,
   ``chunk_size``."""
   return gram(apply_or_model, params, x, x[idx], method=method,
               chunk_size=chunk_size)
+
+
+def _feature_diagonal(forms, feats, r: int) -> Array:
+  """``(n, r)`` squared norms of the rows ``J_ik`` (the diagonal of the
+  Gram of ``feats``, from ``gram_forms.features``) without any pair of
+  examples: ``|A_i|^2 |S_ik|^2`` (outer), ``sum_{g,t,t'} (A_itg .
+  A_it'g) (S_iktg . S_ikt'g)`` (patch), row norms (Jacobian rows)."""
+  total = 0.0
+  for k, p in enumerate(feats):
+    form = forms[k] if k < len(forms) else "jacobian"
+    if form == "outer":
+      a, s = p
+      total = total + (jnp.sum(jnp.square(a), axis=1)[:, None]
+                       * jnp.sum(jnp.square(s), axis=2))
+    elif form == "patch":
+      a, s = p
+      aa = jnp.einsum("itga,iuga->igtu", a, a, precision=_HIGHEST)
+      ss = jnp.einsum("iktgb,ikugb->ikgtu", s, s, precision=_HIGHEST)
+      total = total + jnp.einsum("igtu,ikgtu->ik", aa, ss)
+    else:
+      total = total + jnp.sum(jnp.square(p), axis=1).reshape(-1, r)
+  return total
+
+
+def _row_blocks(n: int, block: int, fn, out_rows: Array) -> Array:
+  """``out_rows`` (``(n, ...)``) with the rows of every block of ``block``
+  examples replaced by ``fn(start)`` (``(block, ...)``); the last block
+  starts at ``n - block`` (overlapping, no padding)."""
+  def step(i, out):
+    start = jnp.minimum(i * block, n - block)
+    blk = fn(start).astype(out.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(out, blk, start, axis=0)
+
+  return jax.lax.fori_loop(0, -(-n // block), step, out_rows)
+
+
+class KernelSketch(NamedTuple):
+  """The two things a Nystrom build reads from a kernel ``K = Gamma G
+  Gamma^T`` (``Gamma`` block diagonal, ``r`` rows per example).
+
+  Attributes:
+    diagonal: ``() -> (n, r)``, the diagonal of ``K``.
+    columns: ``idx (s,) -> (n r, s r)``, ``K[:, E]`` for the examples
+      ``idx`` (``rp_cholesky``'s ``columns``).
+  """
+
+  diagonal: Callable[[], Array]
+  columns: Callable[[Array], Array]
+
+
+def structured_sketch(st, params, x: Array, *, rows: Array | None = None,
+                      chunk_size: int | None = None) -> KernelSketch:
+  """Diagonal and columns of ``G`` (``rows=None``) or ``S^T G S``
+  (``rows = S``, ``(n, c, r)``) from the layer factors of a ``Structure``
+  (``ngdjax._src.gram_forms``), ``chunk_size`` examples at a time.
+
+  A column block ``K[:, E]`` is one pass over the examples: each block's
+  features (one forward pass and ``r`` VJPs, with ``rows`` pushed through
+  the backward pass) contracted against the ``s`` pivots' features in the
+  layers' cheapest forms (for a dense layer ``(A A_E^T) * (S S_E^T)``,
+  ``2 n s (a + r^2 b)`` flops); the diagonal is one such pass without a
+  contraction. No ``(n, p)`` Jacobian of the layers and no ``n x n``
+  array: memory ``O(chunk (d + m))`` plus the ``(n r, s r)`` result.
+  """
+  n = x.shape[0]
+  block = min(n, chunk_size or n)
+  r = (rows.shape[-1] if rows is not None else
+       jax.eval_shape(st.apply, params, x[:1]).shape[-1])
+  forms = gram_forms.choose_forms(st, block, r,
+                                  jnp.dtype(x.dtype).itemsize)
+
+  def feats(start, size):
+    xb = jax.lax.dynamic_slice_in_dim(x, start, size)
+    rb = (None if rows is None else
+          jax.lax.dynamic_slice_in_dim(rows, start, size))
+    return gram_forms.features(st, forms, params, xb, rb)
+
+  def diagonal():
+    out = jnp.zeros((n, r), x.dtype)
+    return _row_blocks(
+        n, block, lambda s: _feature_diagonal(forms, feats(s, block), r),
+        out)
+
+  def columns(idx):
+    pivots = gram_forms.features(
+        st, forms, params, x[idx], None if rows is None else rows[idx])
+    k = idx.shape[0] * r
+    out = jnp.zeros((n, r, k), x.dtype)
+
+    def blk(start):
+      return gram_forms.cross(forms, feats(start, block), pivots
+                              ).reshape(block, r, k)
+
+    return _row_blocks(n, block, blk, out).reshape(n * r, k)
+
+  return KernelSketch(diagonal, columns)
+
+
+def generic_sketch(apply_or_model, params, x: Array, *,
+                   rows: Array | None = None, method: str = "auto",
+                   chunk_size: int | None = None) -> KernelSketch:
+  """``structured_sketch`` for a model without a structured Gram: per
+  example ``c x c`` Gram blocks and cross-Grams against the pivots
+  (``jacobian.gram``), ``rows`` applied afterwards."""
+
+  def diagonal():
+    blocks = gram_diagonal_blocks(apply_or_model, params, x, method=method,
+                                  chunk_size=chunk_size)
+    if rows is None:
+      return jnp.diagonal(blocks, axis1=1, axis2=2).astype(x.dtype)
+    return jnp.einsum("ika,ikl,ila->ia", rows, blocks, rows).astype(x.dtype)
+
+  def columns(idx):
+    cols = gram_columns(apply_or_model, params, x, idx, method=method,
+                        chunk_size=chunk_size)
+    if rows is None:
+      return cols
+    n, c = rows.shape[:2]
+    cols = jnp.einsum("ika,ikm->iam", rows, cols.reshape(n, c, -1))
+    cols = cols.reshape(n * rows.shape[-1], idx.shape[0], c)
+    return jnp.einsum("Nsk,ska->Nsa", cols, rows[idx]).reshape(
+        cols.shape[0], -1)
+
+  return KernelSketch(diagonal, columns)

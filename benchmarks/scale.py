@@ -6,6 +6,8 @@
                                                # peak RSS
     python benchmarks/scale.py --single 131072 --solver cg \
         --preconditioner nystrom --cg-tol 1e-3 --chunk 2048
+    python benchmarks/scale.py --cg-131072     # the same, plus one Gram-vector
+                                               # product timed alone
     python benchmarks/scale.py --digits --rank 64 --cg-tol 1e-4
                                                # true-Fisher CG vs Cholesky
     /usr/bin/time -v python benchmarks/scale.py --memory-check
@@ -106,6 +108,11 @@ def _child(spec: dict) -> dict:
         model, p, x, method=spec.get("method", "auto"), chunk_size=chunk,
         mesh=mesh)
     _, out["gram_s"], out["gram_compile_s"], _ = timed(gram_fn, params, x)
+  if spec.get("time_product"):
+    # One matrix-free G v (what each CG iteration costs), timed alone.
+    vec = jnp.ones((n,), jnp.float32)
+    prod = lambda p, x, v: ngdjax.gram_vp(model, p, x, v, chunk)  # noqa: E731
+    _, out["product_s"], _, _ = timed(prod, params, x, vec)
   if spec.get("step", True):
     extra = {}
     if spec.get("preconditioner"):
@@ -249,6 +256,9 @@ def main():
                       help="the preconditioner's rank (pivot examples)")
   parser.add_argument("--with-gram", action="store_true",
                       help="with --single: also time the Gram alone")
+  parser.add_argument("--cg-131072", action="store_true",
+                      help="the preconditioned-CG step at n=131072 (cg-tol "
+                      "1e-3, chunk 2048, --rank), with one product timed")
   parser.add_argument("--digits", action="store_true",
                       help="the digits true-Fisher step: Cholesky against "
                       "Nystrom-preconditioned CG (--rank, --cg-tol)")
@@ -261,11 +271,15 @@ def main():
     spec = {"n": 4096, "d": 256, "m": 16384}
     print(json.dumps(_child(spec)))
     return
+  if args.cg_131072:
+    args.single, args.solver, args.preconditioner = 131072, "cg", "nystrom"
+    args.cg_tol, args.chunk = 1e-3, 2048
   if args.single:
     spec = {"n": args.single, "d": args.d, "m": args.m, "chunk": args.chunk,
             "solver": args.solver, "floor": True, "gram": args.with_gram,
             "cg_maxiter": args.cg_maxiter, "cg_tol": args.cg_tol,
             "preconditioner": args.preconditioner, "rank": args.rank,
+            "time_product": args.cg_131072,
             "load_before": os.getloadavg()}
     res = _run_child(spec)
     res.update(spec)

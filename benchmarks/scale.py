@@ -8,7 +8,7 @@
         --preconditioner nystrom --cg-tol 1e-3 --chunk 2048
     python benchmarks/scale.py --cg-131072     # the same, plus one Gram-vector
                                                # product timed alone
-    python benchmarks/scale.py --digits --rank 64 --cg-tol 1e-4
+    python benchmarks/scale.py --digits --cg-tol 1e-4
                                                # true-Fisher CG vs Cholesky
     /usr/bin/time -v python benchmarks/scale.py --memory-check
                                                # n=4096, d=256, m=16384 in one
@@ -117,7 +117,7 @@ def _child(spec: dict) -> dict:
     extra = {}
     if spec.get("preconditioner"):
       extra = {"preconditioner": spec["preconditioner"],
-               "preconditioner_rank": spec.get("rank", 512)}
+               "preconditioner_rank": spec.get("rank")}
     opt = ngdjax.ngd(model, learning_rate=1.0, damping=1e-3, chunk_size=chunk,
                      solver=solver, mesh=mesh, cg_tol=spec.get("cg_tol", 1e-6),
                      cg_maxiter=spec.get("cg_maxiter"), **extra)
@@ -144,11 +144,13 @@ def _child(spec: dict) -> dict:
   return out
 
 
-def digits_true_fisher(rank: int, cg_tol: float, repeats: int = 5) -> dict:
+def digits_true_fisher(rank: int | None, cg_tol: float,
+                       repeats: int = 7) -> dict:
   """The N = n c true-Fisher step of cross-entropy NGD on digits (MLP
   64-512-10, batch 256, float32, damping 0.3 as ``benchmarks/steps.py``):
   exact Cholesky against Nystrom-preconditioned CG; median step times in
-  one process, and the relative difference of the two updates."""
+  one process (interleaved), and the relative difference of the updates.
+  ``rank=None``: the library's default rank."""
   import jax
   import jax.numpy as jnp
 
@@ -172,22 +174,26 @@ def digits_true_fisher(rank: int, cg_tol: float, repeats: int = 5) -> dict:
           "cg_plain": ngdjax.ngd(model, 0.5, solver="cg", cg_tol=cg_tol,
                                  **kw)}
   out, updates = {"load_before": os.getloadavg()}, {}
+  steps, times = {}, {name: [] for name in opts}
   for name, opt in opts.items():
     step = jax.jit(opt.step)
     state = opt.init(params)
+    steps[name] = (step, state)
     res = jax.block_until_ready(step(params, state, x, labels))
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(step(params, state, x, labels))
-      times.append(time.perf_counter() - t0)
-    out[name + "_s"] = float(np.median(times))
     updates[name] = jax.flatten_util.ravel_pytree(jax.tree_util.tree_map(
         lambda a, b: a - b, res[0], params))[0]
     for k in ("cg_iterations", "cg_residual", "preconditioner_rank",
               "preconditioner_seconds"):
       if k in res[2]:
         out[f"{name}_{k}"] = float(res[2][k])
+  # Interleaved, so that a change of the machine's load hits all three.
+  for _ in range(repeats):
+    for name, (step, state) in steps.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(step(params, state, x, labels))
+      times[name].append(time.perf_counter() - t0)
+  for name in opts:
+    out[name + "_s"] = float(np.median(times[name]))
   ref = updates["cholesky"]
   for name in ("cg_nystrom", "cg_plain"):
     out[name + "_update_rel_diff"] = float(
@@ -252,8 +258,9 @@ def main():
   parser.add_argument("--cg-tol", type=float, default=1e-6)
   parser.add_argument("--preconditioner", default=None,
                       help="with --solver cg: 'nystrom'")
-  parser.add_argument("--rank", type=int, default=512,
-                      help="the preconditioner's rank (pivot examples)")
+  parser.add_argument("--rank", type=int, default=None,
+                      help="the preconditioner's rank (pivot examples; "
+                      "default: the library's rule)")
   parser.add_argument("--with-gram", action="store_true",
                       help="with --single: also time the Gram alone")
   parser.add_argument("--cg-131072", action="store_true",

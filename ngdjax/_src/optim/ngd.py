@@ -89,8 +89,9 @@ from ngdjax._src.typing import Array, Params
 SOLVERS = ("cholesky", "cg")
 # solver="cg": preconditioners (None: plain CG).
 PRECONDITIONERS = (None, "nystrom")
-# Default rank (pivot examples) of the Nystrom preconditioner.
-PRECONDITIONER_RANK = 512
+# Default rank (pivot examples) of the Nystrom preconditioner: None is
+# nystrom.default_rank (from the system size).
+PRECONDITIONER_RANK = None
 
 
 NGDState = core.CurvatureState  # count, damping, learning_rate, ...
@@ -110,7 +111,7 @@ class _Config(NamedTuple):
   mesh: Any = None
   fisher: str = "true"
   preconditioner: str | None = None
-  preconditioner_rank: int = PRECONDITIONER_RANK
+  preconditioner_rank: int | None = PRECONDITIONER_RANK
   precision: str = "highest"
 
 
@@ -144,12 +145,14 @@ def _check_config(
     raise ValueError(
         f"preconditioner={preconditioner!r} needs solver='cg' and "
         f"fisher='true', got solver={solver!r}, fisher={fisher!r}")
-  checks.check_scalar("preconditioner_rank", preconditioner_rank,
-                      positive=True, integer=True)
+  if preconditioner_rank is not None:
+    checks.check_scalar("preconditioner_rank", preconditioner_rank,
+                        positive=True, integer=True)
+    preconditioner_rank = int(preconditioner_rank)
   return _Config(apply, model, loss, solver, method.value, chunk_size,
                  float(cg_tol), cg_maxiter, fisher=fisher,
                  preconditioner=preconditioner,
-                 preconditioner_rank=int(preconditioner_rank))
+                 preconditioner_rank=preconditioner_rank)
 
 
 def _structure(cfg: _Config, params, x):
@@ -241,8 +244,9 @@ def _nystrom_builder(cfg: _Config, params, x, key, rows=None):
       sketch = nystrom.generic_sketch(model, params, xs, rows=rows,
                                       method=cfg.gram_method,
                                       chunk_size=cfg.chunk_size)
-    f = nystrom.rp_cholesky(sketch.columns, sketch.diagonal(),
-                            cfg.preconditioner_rank, key)
+    diag = sketch.diagonal()
+    rank = cfg.preconditioner_rank or nystrom.default_rank(*diag.shape)
+    f = nystrom.rp_cholesky(sketch.columns, diag, rank, key)
     pre = nystrom.from_factor(f)
     t1 = nystrom.wall_clock(pre.basis)
     return pre, {"preconditioner_rank": pre.rank,
@@ -424,7 +428,7 @@ def ngd(
     fisher: str = "true",
     key=None,
     preconditioner: str | None = None,
-    preconditioner_rank: int = PRECONDITIONER_RANK,
+    preconditioner_rank: int | None = PRECONDITIONER_RANK,
     precision: str | None = None,
     momentum: float | str | None = None,
 ) -> base.Optimizer:
@@ -503,7 +507,9 @@ def ngd(
       columns, pivots by randomly pivoted Cholesky, never the whole Gram
       (``ngdjax._src.optim.nystrom``); ``None`` is plain CG.
     preconditioner_rank: pivot examples of the preconditioner (``c``
-      columns each), rebuilt at every step.
+      columns each), rebuilt at every step; ``None``: at most
+      ``nystrom.MAX_COLUMNS`` columns and ``N / nystrom.COLUMN_FRACTION``
+      (``nystrom.default_rank``).
     precision: ``"highest"`` (default: float32-accurate curvature on every
       backend), ``"default"``, ``"fast"`` or ``"mixed"`` (the Gram at the
       fast precision, refined to float32 accuracy by preconditioned CG with
@@ -587,7 +593,7 @@ def ngd_preconditioner(
     fisher: str = "true",
     key=None,
     preconditioner: str | None = None,
-    preconditioner_rank: int = PRECONDITIONER_RANK,
+    preconditioner_rank: int | None = PRECONDITIONER_RANK,
     precision: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """NGD's direction as an optax transformation (docs/math.md).

@@ -113,6 +113,20 @@ def _child(spec: dict) -> dict:
     vec = jnp.ones((n,), jnp.float32)
     prod = lambda p, x, v: ngdjax.gram_vp(model, p, x, v, chunk)  # noqa: E731
     _, out["product_s"], _, _ = timed(prod, params, x, vec)
+  if spec.get("time_build"):
+    # The Nystrom preconditioner's build alone (as ngd builds it).
+    from ngdjax._src import structure
+    from ngdjax._src.optim import nystrom
+
+    def build(p, x):
+      st = structure.model_structure(model, p, x)
+      sketch = nystrom.structured_sketch(st, p, x, chunk_size=chunk)
+      diag = sketch.diagonal()
+      rank = spec.get("rank") or nystrom.default_rank(*diag.shape)
+      f = nystrom.rp_cholesky(sketch.columns, diag, rank, jax.random.key(0))
+      return nystrom.from_factor(f).eigvals
+
+    _, out["build_s"], _, _ = timed(build, params, x)
   if spec.get("step", True):
     extra = {}
     if spec.get("preconditioner"):
@@ -139,6 +153,8 @@ def _child(spec: dict) -> dict:
       floor = step_flops(n, d, m, solver) / (out["matmul_gflops"] * 1e9)
       out["floor_s"] = floor
       out["step / floor"] = out["step_s"] / floor
+  if "matmul_gflops" not in out and spec.get("time_product"):
+    out["matmul_gflops"] = _matmul_rate() / 1e9
   stats = jax.devices()[0].memory_stats() or {}
   out["device_peak_bytes"] = stats.get("peak_bytes_in_use")
   return out
@@ -266,6 +282,10 @@ def main():
   parser.add_argument("--cg-131072", action="store_true",
                       help="the preconditioned-CG step at n=131072 (cg-tol "
                       "1e-3, chunk 2048, --rank), with one product timed")
+  parser.add_argument(
+      "--split", type=int, default=None, metavar="N",
+      help="at n=N (d, m, --chunk, --rank): the Nystrom build and one "
+      "Gram-vector product timed alone, and the matmul rate (no CG step)")
   parser.add_argument("--digits", action="store_true",
                       help="the digits true-Fisher step: Cholesky against "
                       "Nystrom-preconditioned CG (--rank, --cg-tol)")
@@ -277,6 +297,15 @@ def main():
   if args.memory_check:
     spec = {"n": 4096, "d": 256, "m": 16384}
     print(json.dumps(_child(spec)))
+    return
+  if args.split:
+    spec = {"n": args.split, "d": args.d, "m": args.m, "chunk": args.chunk,
+            "rank": args.rank, "gram": False, "step": False,
+            "time_product": True, "time_build": True,
+            "load_before": os.getloadavg()}
+    res = _run_child(spec)
+    res.update(spec, load_after=os.getloadavg())
+    print(json.dumps(res, indent=1))
     return
   if args.cg_131072:
     args.single, args.solver, args.preconditioner = 131072, "cg", "nystrom"

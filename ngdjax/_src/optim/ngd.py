@@ -68,6 +68,7 @@ from ngdjax._src.jacobian import (
   GramMethod,
   gram,
   gram_vp,
+  gram_vp_sharded,
   outputs,
   parse_gram_method,
   resolve_gram_method,
@@ -332,6 +333,18 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
         method=cfg.gram_method, chunk_size=cfg.chunk_size)
     direction = pullback(v.reshape(n, c))[0]
     return _Direction(u, g, v, gv, direction, {"cholesky_failed": failed})
+  if (cfg.solver == "cholesky" and cfg.mesh is not None
+      and cfg.fisher == "true"):
+    # An output Hessian S S^T: S^T G S in block rows too (sharded_solve).
+    s_mat, h = core.hessian_root(cfg.loss, u, y)
+    w, _, failed = sharded_solve.gram_cholesky_solve_sharded(
+        cfg.model or cfg.apply, params, x, h.reshape(-1), lam, cfg.mesh,
+        method=cfg.gram_method, chunk_size=cfg.chunk_size, rows=s_mat)
+    v = jnp.einsum("ikb,ib->ik", s_mat, w.reshape(n, -1)).reshape(-1)
+    gv = gram_vp_sharded(cfg.model or cfg.apply, params, x, v, cfg.mesh)
+    direction = pullback(v.reshape(n, c))[0]
+    return _Direction(u, g, v, gv.astype(u.dtype), direction,
+                      {"cholesky_failed": failed})
   if (cfg.solver == "cholesky" and cfg.mesh is None
       and cfg.fisher == "true" and cfg.loss.hessian is None
       and not _mixed(cfg)

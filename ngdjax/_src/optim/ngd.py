@@ -503,11 +503,12 @@ def ngd(
     cg_tol: relative residual at which CG stops.
     cg_maxiter: CG iteration cap (default the system size).
     mesh: optional one-axis ``jax.sharding.Mesh`` (``ngdjax.parallel``): the
-      example axis is split over its devices. For the squared-loss (and
-      other regression) true-Fisher Cholesky step each device computes and
-      keeps its block rows of ``G``, and the factorisation and solves move
-      ``N x b`` panels, never the matrix (``sharded_solve``); other
-      Cholesky kernels are gathered and solved replicated; with
+      example axis is split over its devices. For the true-Fisher Cholesky
+      step each device computes and keeps its block rows of ``G`` (of
+      ``S^T G S`` for a loss with an output Hessian, e.g. cross-entropy),
+      and the factorisation and solves move ``N x b`` panels, never the
+      matrix (``sharded_solve``); the empirical and Monte Carlo kernels are
+      gathered and solved replicated; with
       ``solver="cg"`` the Gram-vector products stay sharded (only
       ``p``-sized reductions cross devices). Params stay replicated.
       Results equal the unsharded step.

@@ -522,7 +522,7 @@ def ngd(
       (``ngdjax._src.optim.nystrom``); ``None`` is plain CG.
     preconditioner_rank: pivot examples of the preconditioner (``c``
       columns each), rebuilt at every step; ``None``: at most
-      ``nystrom.MAX_COLUMNS`` columns and ``N / nystrom.COLUMN_FRACTION``
+      ``nystrom.MAX_COLUMNS`` (1024) columns and ``N / nystrom.COLUMN_FRACTION``
       (``nystrom.default_rank``).
     precision: ``"highest"`` (default: float32-accurate curvature on every
       backend), ``"default"``, ``"fast"`` or ``"mixed"`` (the Gram at the

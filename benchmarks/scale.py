@@ -6,7 +6,9 @@
                                                # peak RSS
     python benchmarks/scale.py --single 131072 --solver cg \
         --preconditioner nystrom --cg-tol 1e-3 --chunk 2048
-    python benchmarks/scale.py --digits --rank 64 --cg-tol 1e-4
+    python benchmarks/scale.py --cg-131072     # the same, plus one Gram-vector
+                                               # product timed alone
+    python benchmarks/scale.py --digits --cg-tol 1e-4
                                                # true-Fisher CG vs Cholesky
     /usr/bin/time -v python benchmarks/scale.py --memory-check
                                                # n=4096, d=256, m=16384 in one
@@ -106,11 +108,30 @@ def _child(spec: dict) -> dict:
         model, p, x, method=spec.get("method", "auto"), chunk_size=chunk,
         mesh=mesh)
     _, out["gram_s"], out["gram_compile_s"], _ = timed(gram_fn, params, x)
+  if spec.get("time_product"):
+    # One matrix-free G v (what each CG iteration costs), timed alone.
+    vec = jnp.ones((n,), jnp.float32)
+    prod = lambda p, x, v: ngdjax.gram_vp(model, p, x, v, chunk)  # noqa: E731
+    _, out["product_s"], _, _ = timed(prod, params, x, vec)
+  if spec.get("time_build"):
+    # The Nystrom preconditioner's build alone (as ngd builds it).
+    from ngdjax._src import structure
+    from ngdjax._src.optim import nystrom
+
+    def build(p, x):
+      st = structure.model_structure(model, p, x)
+      sketch = nystrom.structured_sketch(st, p, x, chunk_size=chunk)
+      diag = sketch.diagonal()
+      rank = spec.get("rank") or nystrom.default_rank(*diag.shape)
+      f = nystrom.rp_cholesky(sketch.columns, diag, rank, jax.random.key(0))
+      return nystrom.from_factor(f).eigvals
+
+    _, out["build_s"], _, _ = timed(build, params, x)
   if spec.get("step", True):
     extra = {}
     if spec.get("preconditioner"):
       extra = {"preconditioner": spec["preconditioner"],
-               "preconditioner_rank": spec.get("rank", 512)}
+               "preconditioner_rank": spec.get("rank")}
     opt = ngdjax.ngd(model, learning_rate=1.0, damping=1e-3, chunk_size=chunk,
                      solver=solver, mesh=mesh, cg_tol=spec.get("cg_tol", 1e-6),
                      cg_maxiter=spec.get("cg_maxiter"), **extra)
@@ -132,16 +153,20 @@ def _child(spec: dict) -> dict:
       floor = step_flops(n, d, m, solver) / (out["matmul_gflops"] * 1e9)
       out["floor_s"] = floor
       out["step / floor"] = out["step_s"] / floor
+  if "matmul_gflops" not in out and spec.get("time_product"):
+    out["matmul_gflops"] = _matmul_rate() / 1e9
   stats = jax.devices()[0].memory_stats() or {}
   out["device_peak_bytes"] = stats.get("peak_bytes_in_use")
   return out
 
 
-def digits_true_fisher(rank: int, cg_tol: float, repeats: int = 5) -> dict:
+def digits_true_fisher(rank: int | None, cg_tol: float,
+                       repeats: int = 7) -> dict:
   """The N = n c true-Fisher step of cross-entropy NGD on digits (MLP
   64-512-10, batch 256, float32, damping 0.3 as ``benchmarks/steps.py``):
   exact Cholesky against Nystrom-preconditioned CG; median step times in
-  one process, and the relative difference of the two updates."""
+  one process (interleaved), and the relative difference of the updates.
+  ``rank=None``: the library's default rank."""
   import jax
   import jax.numpy as jnp
 
@@ -165,22 +190,26 @@ def digits_true_fisher(rank: int, cg_tol: float, repeats: int = 5) -> dict:
           "cg_plain": ngdjax.ngd(model, 0.5, solver="cg", cg_tol=cg_tol,
                                  **kw)}
   out, updates = {"load_before": os.getloadavg()}, {}
+  steps, times = {}, {name: [] for name in opts}
   for name, opt in opts.items():
     step = jax.jit(opt.step)
     state = opt.init(params)
+    steps[name] = (step, state)
     res = jax.block_until_ready(step(params, state, x, labels))
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(step(params, state, x, labels))
-      times.append(time.perf_counter() - t0)
-    out[name + "_s"] = float(np.median(times))
     updates[name] = jax.flatten_util.ravel_pytree(jax.tree_util.tree_map(
         lambda a, b: a - b, res[0], params))[0]
     for k in ("cg_iterations", "cg_residual", "preconditioner_rank",
               "preconditioner_seconds"):
       if k in res[2]:
         out[f"{name}_{k}"] = float(res[2][k])
+  # Interleaved, so that a change of the machine's load hits all three.
+  for _ in range(repeats):
+    for name, (step, state) in steps.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(step(params, state, x, labels))
+      times[name].append(time.perf_counter() - t0)
+  for name in opts:
+    out[name + "_s"] = float(np.median(times[name]))
   ref = updates["cholesky"]
   for name in ("cg_nystrom", "cg_plain"):
     out[name + "_update_rel_diff"] = float(
@@ -245,10 +274,18 @@ def main():
   parser.add_argument("--cg-tol", type=float, default=1e-6)
   parser.add_argument("--preconditioner", default=None,
                       help="with --solver cg: 'nystrom'")
-  parser.add_argument("--rank", type=int, default=512,
-                      help="the preconditioner's rank (pivot examples)")
+  parser.add_argument("--rank", type=int, default=None,
+                      help="the preconditioner's rank (pivot examples; "
+                      "default: the library's rule)")
   parser.add_argument("--with-gram", action="store_true",
                       help="with --single: also time the Gram alone")
+  parser.add_argument("--cg-131072", action="store_true",
+                      help="the preconditioned-CG step at n=131072 (cg-tol "
+                      "1e-3, chunk 2048, --rank), with one product timed")
+  parser.add_argument(
+      "--split", type=int, default=None, metavar="N",
+      help="at n=N (d, m, --chunk, --rank): the Nystrom build and one "
+      "Gram-vector product timed alone, and the matmul rate (no CG step)")
   parser.add_argument("--digits", action="store_true",
                       help="the digits true-Fisher step: Cholesky against "
                       "Nystrom-preconditioned CG (--rank, --cg-tol)")
@@ -261,11 +298,24 @@ def main():
     spec = {"n": 4096, "d": 256, "m": 16384}
     print(json.dumps(_child(spec)))
     return
+  if args.split:
+    spec = {"n": args.split, "d": args.d, "m": args.m, "chunk": args.chunk,
+            "rank": args.rank, "gram": False, "step": False,
+            "time_product": True, "time_build": True,
+            "load_before": os.getloadavg()}
+    res = _run_child(spec)
+    res.update(spec, load_after=os.getloadavg())
+    print(json.dumps(res, indent=1))
+    return
+  if args.cg_131072:
+    args.single, args.solver, args.preconditioner = 131072, "cg", "nystrom"
+    args.cg_tol, args.chunk = 1e-3, 2048
   if args.single:
     spec = {"n": args.single, "d": args.d, "m": args.m, "chunk": args.chunk,
             "solver": args.solver, "floor": True, "gram": args.with_gram,
             "cg_maxiter": args.cg_maxiter, "cg_tol": args.cg_tol,
             "preconditioner": args.preconditioner, "rank": args.rank,
+            "time_product": args.cg_131072,
             "load_before": os.getloadavg()}
     res = _run_child(spec)
     res.update(spec)

@@ -48,7 +48,8 @@ def test_rp_cholesky_is_a_nystrom_approximation(rank, block):
 def test_inverse_equals_the_dense_formula():
   rng = np.random.default_rng(0)
   f = rng.standard_normal((20, 6))
-  pre = nystrom.from_factor(jnp.asarray(f))
+  # Rows rotated in place by blocks of 8 (two blocks and a remainder).
+  pre = nystrom.from_factor(jnp.asarray(f), block=8)
   u, sv, _ = np.linalg.svd(f, full_matrices=False)
   lam, mu = sv**2, 0.3
   dense = (lam[-1] + mu) * (u / (lam + mu)) @ u.T + np.eye(20) - u @ u.T
@@ -107,3 +108,43 @@ def test_bad_preconditioner_arguments():
   with pytest.raises(ValueError, match="preconditioner_rank"):
     ngdjax.ngd(model, 0.5, solver="cg", preconditioner="nystrom",
                preconditioner_rank=0)
+
+
+def _conv_apply(p, x):
+  """A conv layer (patch form), a dense head and a generic leaf (``off``
+  enters through ``sin``: Jacobian rows)."""
+  z = jax.lax.conv_general_dilated(x, p["w"], (1, 1), "VALID",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  h = jnp.tanh(z + jnp.sin(p["off"]))
+  return h.reshape(h.shape[0], -1) @ p["v"]
+
+
+@pytest.mark.parametrize("case", ["dense_rows", "conv"])
+def test_sketch_equals_dense_kernel(case):
+  """Diagonal and pivot columns of G and S^T G S from layer factors (and
+  from cross-Grams) equal the dense kernel, with a ragged last chunk."""
+  if case == "conv":
+    keys = jax.random.split(jax.random.key(0), 4)
+    params = {"w": 0.3 * jax.random.normal(keys[0], (3, 3, 8, 16)),
+              "off": 0.1 * jax.random.normal(keys[1], (16,)),
+              "v": 0.3 * jax.random.normal(keys[2], (64, 2))}
+    model, x = _conv_apply, jax.random.normal(keys[3], (11, 4, 4, 8))
+  else:
+    model, params, x = _problem(n=11, c=2)
+  n, c = 11, 2
+  g = np.asarray(ngdjax.gram(model, params, x, method="jacobian"))
+  rows = jax.random.normal(jax.random.key(5), (n, c, c))
+  idx = jnp.array([3, 10])
+  cols = (np.asarray(idx)[:, None] * c + np.arange(c)).reshape(-1)
+  st = ngdjax.models.model_structure(model, params, x)
+  for r in (None, rows) if case == "dense_rows" else (None,):
+    k = g if r is None else np.einsum(
+        "ika,ikjl,jlb->iajb", r, g.reshape(n, c, n, c), r).reshape(22, 22)
+    for sketch in (nystrom.structured_sketch(st, params, x, rows=r,
+                                             chunk_size=4),
+                   nystrom.generic_sketch(model, params, x, rows=r,
+                                          chunk_size=4)):
+      np.testing.assert_allclose(np.asarray(sketch.diagonal()).reshape(-1),
+                                 np.diag(k), rtol=1e-10)
+      np.testing.assert_allclose(np.asarray(sketch.columns(idx)),
+                                 k[:, cols], rtol=1e-10, atol=1e-12)

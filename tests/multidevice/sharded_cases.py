@@ -4,6 +4,8 @@ Run by ``tests/parallel_test.py`` in a child process with 4 CPU devices; not
 collected by the main pytest run (the file name does not end in ``_test``).
 """
 
+import re
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -337,3 +339,28 @@ def test_sharded_kfac_step_of_user_models(name):
     opt = ngdjax.kfac(USER[name], learning_rate=0.5, damping=1e-3, mesh=m)
     results.append(jax.jit(opt.step)(params, opt.init(params), x, y))
   _tree_close(results[1][0], results[0][0], atol=1e-10)
+
+
+@pytest.mark.slow
+def test_sharded_cross_entropy_cholesky_equals_one_device():
+  """The true Fisher of softmax cross-entropy (S^T G S) in block rows over
+  4 devices (uneven: 10 examples) equals the one-device step, and the
+  compiled step never gathers an N x N array."""
+  model = MODELS["two_layer_c2"]
+  params = model.init(jax.random.key(2), 3)
+  x = _x(10)
+  labels = jnp.arange(10) % 2
+  results = []
+  for m in (None, parallel.data_mesh()):
+    opt = ngdjax.ngd(model, learning_rate=0.5, damping=1e-3, mesh=m,
+                     loss="softmax_cross_entropy")
+    step = jax.jit(opt.step)
+    results.append(step(params, opt.init(params), x, labels))
+    if m is not None:
+      hlo = step.lower(params, opt.init(params), x, labels).as_text()
+      square = [s for s in re.findall(r"tensor<(\d+)x(\d+)xf64>", hlo)
+                if min(map(int, s)) >= 20]
+      assert not square, square
+  (p0, _, i0), (p1, _, i1) = results
+  assert int(i1["cholesky_failed"]) == 0
+  _tree_close(p1, p0, atol=1e-10)

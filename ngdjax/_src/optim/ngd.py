@@ -68,6 +68,7 @@ from ngdjax._src.jacobian import (
   GramMethod,
   gram,
   gram_vp,
+  gram_vp_sharded,
   outputs,
   parse_gram_method,
   resolve_gram_method,
@@ -89,8 +90,9 @@ from ngdjax._src.typing import Array, Params
 SOLVERS = ("cholesky", "cg")
 # solver="cg": preconditioners (None: plain CG).
 PRECONDITIONERS = (None, "nystrom")
-# Default rank (pivot examples) of the Nystrom preconditioner.
-PRECONDITIONER_RANK = 512
+# Default rank (pivot examples) of the Nystrom preconditioner: None is
+# nystrom.default_rank (from the system size).
+PRECONDITIONER_RANK = None
 
 
 NGDState = core.CurvatureState  # count, damping, learning_rate, ...
@@ -110,7 +112,7 @@ class _Config(NamedTuple):
   mesh: Any = None
   fisher: str = "true"
   preconditioner: str | None = None
-  preconditioner_rank: int = PRECONDITIONER_RANK
+  preconditioner_rank: int | None = PRECONDITIONER_RANK
   precision: str = "highest"
 
 
@@ -144,12 +146,14 @@ def _check_config(
     raise ValueError(
         f"preconditioner={preconditioner!r} needs solver='cg' and "
         f"fisher='true', got solver={solver!r}, fisher={fisher!r}")
-  checks.check_scalar("preconditioner_rank", preconditioner_rank,
-                      positive=True, integer=True)
+  if preconditioner_rank is not None:
+    checks.check_scalar("preconditioner_rank", preconditioner_rank,
+                        positive=True, integer=True)
+    preconditioner_rank = int(preconditioner_rank)
   return _Config(apply, model, loss, solver, method.value, chunk_size,
                  float(cg_tol), cg_maxiter, fisher=fisher,
                  preconditioner=preconditioner,
-                 preconditioner_rank=int(preconditioner_rank))
+                 preconditioner_rank=preconditioner_rank)
 
 
 def _structure(cfg: _Config, params, x):
@@ -228,34 +232,26 @@ def _solve(cfg: _Config, kernel, matvec, rhs, lam, build=None):
 def _nystrom_builder(cfg: _Config, params, x, key, rows=None):
   """``() -> (Nystrom, diagnostics)`` for ``G`` (``rows=None``) or the
   true-Fisher kernel ``S^T G S`` (``rows = S``, ``(n, c, c)``): pivots by
-  randomly pivoted Cholesky on Gram columns (``ngdjax._src.optim.nystrom``),
-  its rank and build time (seconds, host clock) for ``info``."""
+  randomly pivoted Cholesky on kernel columns (``ngdjax._src.optim.nystrom``;
+  from the layer factors when the Gram is structured), its rank and build
+  time (seconds, host clock) for ``info``."""
   model = cfg.model or cfg.apply
   key = jax.random.key(0) if key is None else key
+  st = _structure(cfg, params, x)
 
   def build():
     t0 = nystrom.wall_clock(x)
-    diag = nystrom.gram_diagonal_blocks(model, params, x,
-                                        method=cfg.gram_method,
-                                        chunk_size=cfg.chunk_size)
-    if rows is not None:
-      diag = jnp.einsum("ika,ikl,ila->ia", rows, diag, rows)
+    xs = x + (0.0 * t0).astype(x.dtype)  # built after t0
+    if st is not None:
+      sketch = nystrom.structured_sketch(st, params, xs, rows=rows,
+                                         chunk_size=cfg.chunk_size)
     else:
-      diag = jnp.diagonal(diag, axis1=1, axis2=2)
-    diag = diag.astype(x.dtype) + 0.0 * t0  # built after t0
-
-    def columns(idx):
-      cols = nystrom.gram_columns(model, params, x, idx,
-                                  method=cfg.gram_method,
-                                  chunk_size=cfg.chunk_size)
-      if rows is None:
-        return cols
-      n, c = diag.shape
-      cols = jnp.einsum("ika,ikm->iam", rows, cols.reshape(n, c, -1))
-      cols = cols.reshape(n * c, idx.shape[0], c)
-      return jnp.einsum("Nsk,ska->Nsa", cols, rows[idx]).reshape(n * c, -1)
-
-    f = nystrom.rp_cholesky(columns, diag, cfg.preconditioner_rank, key)
+      sketch = nystrom.generic_sketch(model, params, xs, rows=rows,
+                                      method=cfg.gram_method,
+                                      chunk_size=cfg.chunk_size)
+    diag = sketch.diagonal()
+    rank = cfg.preconditioner_rank or nystrom.default_rank(*diag.shape)
+    f = nystrom.rp_cholesky(sketch.columns, diag, rank, key)
     pre = nystrom.from_factor(f)
     t1 = nystrom.wall_clock(pre.basis)
     return pre, {"preconditioner_rank": pre.rank,
@@ -341,6 +337,18 @@ def _direction(cfg: _Config, params, x, y, lam, key=None) -> _Direction:
         method=cfg.gram_method, chunk_size=cfg.chunk_size)
     direction = pullback(v.reshape(n, c))[0]
     return _Direction(u, g, v, gv, direction, {"cholesky_failed": failed})
+  if (cfg.solver == "cholesky" and cfg.mesh is not None
+      and cfg.fisher == "true"):
+    # An output Hessian S S^T: S^T G S in block rows too (sharded_solve).
+    s_mat, h = core.hessian_root(cfg.loss, u, y)
+    w, _, failed = sharded_solve.gram_cholesky_solve_sharded(
+        cfg.model or cfg.apply, params, x, h.reshape(-1), lam, cfg.mesh,
+        method=cfg.gram_method, chunk_size=cfg.chunk_size, rows=s_mat)
+    v = jnp.einsum("ikb,ib->ik", s_mat, w.reshape(n, -1)).reshape(-1)
+    gv = gram_vp_sharded(cfg.model or cfg.apply, params, x, v, cfg.mesh)
+    direction = pullback(v.reshape(n, c))[0]
+    return _Direction(u, g, v, gv.astype(u.dtype), direction,
+                      {"cholesky_failed": failed})
   if (cfg.solver == "cholesky" and cfg.mesh is None
       and cfg.fisher == "true" and cfg.loss.hessian is None
       and not _mixed(cfg)
@@ -437,7 +445,7 @@ def ngd(
     fisher: str = "true",
     key=None,
     preconditioner: str | None = None,
-    preconditioner_rank: int = PRECONDITIONER_RANK,
+    preconditioner_rank: int | None = PRECONDITIONER_RANK,
     precision: str | None = None,
     momentum: float | str | None = None,
 ) -> base.Optimizer:
@@ -499,11 +507,12 @@ def ngd(
     cg_tol: relative residual at which CG stops.
     cg_maxiter: CG iteration cap (default the system size).
     mesh: optional one-axis ``jax.sharding.Mesh`` (``ngdjax.parallel``): the
-      example axis is split over its devices. For the squared-loss (and
-      other regression) true-Fisher Cholesky step each device computes and
-      keeps its block rows of ``G``, and the factorisation and solves move
-      ``N x b`` panels, never the matrix (``sharded_solve``); other
-      Cholesky kernels are gathered and solved replicated; with
+      example axis is split over its devices. For the true-Fisher Cholesky
+      step each device computes and keeps its block rows of ``G`` (of
+      ``S^T G S`` for a loss with an output Hessian, e.g. cross-entropy),
+      and the factorisation and solves move ``N x b`` panels, never the
+      matrix (``sharded_solve``); the empirical and Monte Carlo kernels are
+      gathered and solved replicated; with
       ``solver="cg"`` the Gram-vector products stay sharded (only
       ``p``-sized reductions cross devices). Params stay replicated.
       Results equal the unsharded step.
@@ -516,7 +525,9 @@ def ngd(
       columns, pivots by randomly pivoted Cholesky, never the whole Gram
       (``ngdjax._src.optim.nystrom``); ``None`` is plain CG.
     preconditioner_rank: pivot examples of the preconditioner (``c``
-      columns each), rebuilt at every step.
+      columns each), rebuilt at every step; ``None``: at most
+      ``nystrom.MAX_COLUMNS`` (1024) columns and ``N / nystrom.COLUMN_FRACTION``
+      (``nystrom.default_rank``).
     precision: ``"highest"`` (default: float32-accurate curvature on every
       backend), ``"default"``, ``"fast"`` or ``"mixed"`` (the Gram at the
       fast precision, refined to float32 accuracy by preconditioned CG with
@@ -600,7 +611,7 @@ def ngd_preconditioner(
     fisher: str = "true",
     key=None,
     preconditioner: str | None = None,
-    preconditioner_rank: int = PRECONDITIONER_RANK,
+    preconditioner_rank: int | None = PRECONDITIONER_RANK,
     precision: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """NGD's direction as an optax transformation (docs/math.md).

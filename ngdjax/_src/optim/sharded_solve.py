@@ -73,12 +73,16 @@ def padded_examples(n: int, t: int, devices: int) -> int:
 
 
 def _local_gram_rows(apply_or_model, params, x_local, x_all, lam, n, t,
-                     method, chunk_size, axis):
+                     method, chunk_size, axis, rows_local=None,
+                     rows_all=None):
   """Device's rows of ``A`` (``(R c, n_p c)``), tile of columns by tile;
-  padded examples get identity rows and columns."""
+  padded examples get identity rows and columns. With ``rows`` (``S``,
+  ``(n, c_out, c)``) the kernel is ``S^T G S``: each Gram tile is
+  multiplied by the rows of its examples (``S_i^T G_ij S_j``)."""
   r = x_local.shape[0]
   n_p = x_all.shape[0]
-  c = output_dim(apply_or_model, params, x_local[:1])
+  c = (output_dim(apply_or_model, params, x_local[:1]) if rows_local is None
+       else rows_local.shape[-1])
   q = jax.lax.axis_index(axis).astype(jnp.int32)
 
   rows = q * r * c + jnp.arange(r * c)  # global row indices
@@ -91,6 +95,11 @@ def _local_gram_rows(apply_or_model, params, x_local, x_all, lam, n, t,
     # and layer factors of t examples at a time.
     blk = gram(apply_or_model, params, x_local, xj, method=method,
                chunk_size=min(chunk_size or t, t)).astype(a.dtype)
+    if rows_local is not None:
+      sj = jax.lax.dynamic_slice_in_dim(rows_all, j * t, t)
+      k = rows_local.shape[1]
+      blk = jnp.einsum("ika,ikjl,jlb->iajb", rows_local,
+                       blk.reshape(r, k, t, k), sj).reshape(r * c, t * c)
     cols = j * t * c + jnp.arange(t * c)
     keep = real_row[:, None] & (cols < n * c)[None, :]
     diag = rows[:, None] == cols[None, :]
@@ -250,8 +259,12 @@ def _row_norms_local(chol, b, axis):
 def sharded_cholesky_solve(apply_or_model, params, x: Array, rhs: Array,
                            damping, mesh, *, method: str = "auto",
                            chunk_size: int | None = None,
-                           block: int | None = None):
-  """``v = (G + lam I)^{-1} rhs`` on ``mesh``, ``G`` kept in block rows.
+                           block: int | None = None,
+                           rows: Array | None = None):
+  """``v = (G + lam I)^{-1} rhs`` on ``mesh``, ``G`` kept in block rows;
+  with ``rows`` (``S``, ``(n, c, r)``) the kernel ``S^T G S`` instead of
+  ``G`` (the true Fisher of a loss with output Hessian ``S S^T``), ``rhs``
+  and ``v`` of size ``n r``.
 
   Returns ``(v, ok, checks)``: ``v`` ``(N,)`` replicated; ``ok`` False when
   a diagonal block's factorisation broke down; ``checks`` ``(pivot_min,
@@ -263,20 +276,27 @@ def sharded_cholesky_solve(apply_or_model, params, x: Array, rhs: Array,
   axis = parallel.mesh_axis(mesh)
   devices = mesh.devices.size
   n = x.shape[0]
-  c = output_dim(apply_or_model, params, x[:1])
+  c = (output_dim(apply_or_model, params, x[:1]) if rows is None
+       else rows.shape[-1])
   t = tile_examples(n, c, devices, block, chunk_size)
   n_p = padded_examples(n, t, devices)
   b = t * c
   dtype = rhs.dtype
   xp, _ = pad_rows(x, n_p) if n_p > n else (x, 0)
+  # Padded examples: zero rows (their A rows are identity rows anyway).
+  rows_p = None if rows is None else jnp.concatenate(
+      [rows, jnp.zeros((n_p - n,) + rows.shape[1:], rows.dtype)])
   rhs_p = jnp.concatenate([rhs, jnp.zeros(((n_p - n) * c,), dtype)])
   lam = jnp.asarray(damping, dtype)
   size = n_p * c
 
-  def local(params, x_local, rhs_all, lam):
+  def local(params, x_local, rhs_all, lam, rows_local):
     x_all = jax.lax.all_gather(x_local, axis, tiled=True)
+    rows_all = (None if rows_local is None else
+                jax.lax.all_gather(rows_local, axis, tiled=True))
     a = _local_gram_rows(apply_or_model, params, x_local, x_all, lam, n, t,
-                         method, chunk_size, axis).astype(dtype)
+                         method, chunk_size, axis, rows_local,
+                         rows_all).astype(dtype)
     chol, ok = _factor_local(a, b, axis, devices)
 
     def cho_solve(r, chol):
@@ -300,14 +320,14 @@ def sharded_cholesky_solve(apply_or_model, params, x: Array, rhs: Array,
     return v, ok, jnp.stack([pivot_min, lam_est, tol])
 
   with parallel.mesh_context(mesh):
-    params, xp = parallel.to_auto((params, xp), mesh)
+    params, xp, rows_p = parallel.to_auto((params, xp, rows_p), mesh)
     v, ok, checks = jax.shard_map(
         local, mesh=mesh,
         in_specs=(PartitionSpec(), PartitionSpec(axis), PartitionSpec(),
-                  PartitionSpec()),
+                  PartitionSpec(), PartitionSpec(axis)),
         out_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec()),
         check_vma=False,
-    )(params, xp, rhs_p, lam)
+    )(params, xp, rhs_p, lam, rows_p)
   return v[: n * c], ok, checks
 
 
@@ -315,23 +335,32 @@ def gram_cholesky_solve_sharded(apply_or_model, params, x: Array,
                                 rhs: Array, damping, mesh, *,
                                 method: str = "auto",
                                 chunk_size: int | None = None,
-                                block: int | None = None):
+                                block: int | None = None,
+                                rows: Array | None = None):
   """``kernel_solve.gram_cholesky_solve`` over ``mesh``: the same checks
   (pivots, inverse iteration, matrix-free residual) and CG fallback, with
   ``G`` in block rows (``sharded_cholesky_solve``) and the products
-  sharded (``jacobian.gram_vp_sharded``). Returns ``(v, gv, failed)``."""
+  sharded (``jacobian.gram_vp_sharded``). Returns ``(v, gv, failed)``;
+  with ``rows`` (``S``) the kernel ``K = S^T G S`` and ``gv = K v``."""
   dtype = rhs.dtype
   if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
     v, gv, failed = gram_cholesky_solve_sharded(
         apply_or_model, params, x, rhs.astype(jnp.float32), damping, mesh,
-        method=method, chunk_size=chunk_size, block=block)
+        method=method, chunk_size=chunk_size, block=block,
+        rows=None if rows is None else rows.astype(jnp.float32))
     return v.astype(dtype), gv.astype(dtype), failed
   lam = jnp.asarray(damping, dtype)
   v, factored, (pivot_min, lam_est, tol) = sharded_cholesky_solve(
       apply_or_model, params, x, rhs, lam, mesh, method=method,
-      chunk_size=chunk_size, block=block)
+      chunk_size=chunk_size, block=block, rows=rows)
 
   def matvec(vec):
+    if rows is not None:
+      n = x.shape[0]
+      sv = jnp.einsum("ikb,ib->ik", rows, vec.reshape(n, -1)).reshape(-1)
+      gsv = gram_vp_sharded(apply_or_model, params, x, sv, mesh)
+      return jnp.einsum("ika,ik->ia", rows,
+                        gsv.reshape(n, -1)).reshape(-1).astype(vec.dtype)
     return gram_vp_sharded(apply_or_model, params, x, vec,
                            mesh).astype(vec.dtype)
 

@@ -32,6 +32,24 @@ SLOW_CASES = (
     "test_default_gram_is_exact_and_structured[eqx_cnn_digits]",
     "test_chunked_and_cross_gram[eqx_cnn_digits]",
     "test_fixed_momentum_with_fixed_learning_rate_is_heavy_ball",
+    "test_two_steps_match_the_dense_two_by_two_system[kfac-softmax_cross",
+    "test_readme_snippet_runs_and_its_gram_is_exact[1]",
+    "test_learning_rate_sweep_compiles_once[gd]",
+    "test_chunked_products_and_streamed_cross_gram[mlp_tanh_c2]",
+    "test_chunked_products_and_streamed_cross_gram[two_layer_c3]",
+    "test_ngd_step_matches_dense[eqx_cnn_digits]",
+    "test_expand_exact_for_linear_net_with_loss_over_positions[1d_valid]",
+    "test_expand_exact_for_linear_net_with_loss_over_positions[nhwc_same",
+    "test_cg_on_a_singular_gram_flags_and_takes_a_bounded_step[float64]",
+    "test_kfac_step_on_a_cnn_matches_explicit_kronecker[nhwc-expand-pi-kwargs1",
+    "test_cross_gram_matches_dense[structured-mlp_relu_c1]",
+    "test_half_precision_inputs_compute_in_the_models_dtype[kfac-float16]",
+    "test_train_reads_mnist_idx_files",
+    # Multi-process runs (the guide's "slow multi-process" tests): the
+    # two-process equality and the 4-device optimizer steps; the 4-device
+    # Gram cases stay in the default run.
+    "test_two_processes_equal_one",
+    "test_sharded_cases_on_four_cpu_devices[not gram]",
 )
 
 

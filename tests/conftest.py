@@ -3,8 +3,18 @@
 Tests that exercise float32 behaviour ask for it with explicit dtypes.
 """
 
-import jax
-import pytest
+import os
+
+# Most of the suite's time is XLA compiling many small programs; LLVM's
+# optimisation passes are a third of that on CPU and buy nothing for arrays
+# of a few hundred numbers (matrix products call the same runtime library
+# either way). Set before JAX creates its backend; an explicit setting wins.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_backend_optimization_level=0").strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 # Random draws compile ~5x faster on CPU with the classic stream; results

@@ -94,15 +94,20 @@ def _mlp_problem(n=16):
 
 def test_precision_argument_honoured_under_emulation():
   model, params, x, _ = _mlp_problem()
+
+  def gram(precision=None):  # one compiled program, not op-by-op dispatch
+    return jax.jit(lambda p, x: ngdjax.gram(model, p, x,
+                                            precision=precision))(params, x)
+
   with emulate("tf32"):
-    hi = ngdjax.gram(model, params, x, precision="highest")
-    lo = ngdjax.gram(model, params, x, precision="default")
-    fast = ngdjax.gram(model, params, x, precision="fast")
+    hi = gram("highest")
+    lo = gram("default")
+    fast = gram("fast")
     with jax.default_matmul_precision("highest"):
       # "default" follows the user's flag; "fast" overrides it.
-      lo_flag = ngdjax.gram(model, params, x, precision="default")
-      fast_flag = ngdjax.gram(model, params, x, precision="fast")
-  cpu = ngdjax.gram(model, params, x)
+      lo_flag = gram("default")
+      fast_flag = gram("fast")
+  cpu = gram()
   np.testing.assert_array_equal(np.asarray(hi), np.asarray(cpu))
   np.testing.assert_array_equal(np.asarray(lo_flag), np.asarray(cpu))
   assert np.abs(np.asarray(lo) - np.asarray(cpu)).max() > 1e-5

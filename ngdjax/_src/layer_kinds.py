@@ -215,6 +215,29 @@ class SharedDenseLayer(_DotLayer):
     return f.inputs[:, :, None, :], f.output_grads[:, :, :, None, :]
 
 
+def _x_operand(an: Analysis, node, index: int):
+  """Operand ``index`` of ``node`` when it is a value computed from the
+  inputs ``x`` (a layer's data side), else ``None``."""
+  ref = node.ins[index]
+  return ref if ref[0] == "v" and ref[1] in an.x_dep else None
+
+
+def _weight_op(an: Analysis, chain: Chain, weight_pos: int, data_pos: int,
+               reasons: tuple[str, str]):
+  """``(op index, node, data operand)`` of the op that uses the leaf as
+  operand ``weight_pos``, or the reason it is no layer: ``reasons[0]`` when
+  the leaf is another operand, ``reasons[1]`` when operand ``data_pos``
+  does not depend on the inputs."""
+  k, pos = chain.use
+  node = an.graph.nodes[k]
+  if pos != weight_pos:
+    return reasons[0]
+  h_ref = _x_operand(an, node, data_pos)
+  if h_ref is None:
+    return reasons[1]
+  return k, node, h_ref
+
+
 def match_dot(an: Analysis, li: int, chain: Chain):
   """A dense or shared-weight layer fed by leaf ``li``, or the reason not."""
   graph = an.graph
@@ -223,8 +246,8 @@ def match_dot(an: Analysis, li: int, chain: Chain):
   (lc, rc), (lb, rb) = node.params["dimension_numbers"]
   if lb or rb:
     return "dot_general with batch dimensions"
-  h_ref = node.ins[1 - pos]
-  if h_ref[0] != "v" or h_ref[1] not in an.x_dep:
+  h_ref = _x_operand(an, node, 1 - pos)
+  if h_ref is None:
     return "dot_general with an input-independent operand"
   h_shape = graph.shape(h_ref[1])
   w_shape = graph.shape(chain.end)
@@ -346,14 +369,13 @@ class ConvLayer(Layer):
 def match_conv(an: Analysis, li: int, chain: Chain):
   """A convolution whose kernel is leaf ``li``, or the reason not."""
   graph = an.graph
-  k, pos = chain.use
-  node = graph.nodes[k]
-  prm = node.params
-  if pos != 1:
-    return "convolution input, not its kernel"
-  h_ref = node.ins[0]
-  if h_ref[0] != "v" or h_ref[1] not in an.x_dep:
-    return "convolution of an input-independent operand"
+  found = _weight_op(an, chain, 1, 0,
+                     ("convolution input, not its kernel",
+                      "convolution of an input-independent operand"))
+  if isinstance(found, str):
+    return found
+  k, node, h_ref = found
+  pos, prm = 1, node.params
   if prm["batch_group_count"] != 1:
     return "convolution with batch_group_count > 1"
   dn = prm["dimension_numbers"]
@@ -579,14 +601,13 @@ class EmbedLayer(Layer):
 def match_gather(an: Analysis, li: int, chain: Chain):
   """An embedding lookup of rows of leaf ``li``, or the reason not."""
   graph = an.graph
-  k, pos = chain.use
-  node = graph.nodes[k]
-  prm = node.params
-  if pos != 0:
-    return "gather indices, not its table"
-  h_ref = node.ins[1]
-  if h_ref[0] != "v" or h_ref[1] not in an.x_dep:
-    return "gather with input-independent indices"
+  found = _weight_op(an, chain, 0, 1,
+                     ("gather indices, not its table",
+                      "gather with input-independent indices"))
+  if isinstance(found, str):
+    return found
+  k, node, h_ref = found
+  pos, prm = 0, node.params
   dn = prm["dimension_numbers"]
   w_shape = graph.shape(chain.end)
   h_shape = graph.shape(h_ref[1])

@@ -1,4 +1,4 @@
-"""Tests for ngdjax._src.checks: the one validation layer (issue 13).
+"""Tests for ngdjax._src.checks: the one validation layer.
 
 Each failure the public-API fault suite found has a minimal reproduction
 here: Python lists, half precision, NaN and malformed vectors in the

@@ -51,7 +51,8 @@ def test_kfac_forster_smoke_and_resume(tmp_path):
   np.testing.assert_allclose([u["cond_achieved"] for u in per_cond],
                              config.conds, rtol=1e-5)
   # K-FAC on Forster inputs at eta = 1/d equals NGD at eta = 1 to first
-  # order, whatever the width (an exact identity of MATH.md 4-5).
+  # order, whatever the width (an exact identity: docs/math.md, "K-FAC"
+  # and "The Forster transform").
   assert m["first_order_gap_max"] < 1e-8
   again = kfac_forster.SPEC.run(config, tmp_path)
   assert again["resumed_units"] == len(config.conds)

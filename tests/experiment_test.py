@@ -343,7 +343,7 @@ def test_entry_point_rejects_misspelled_override(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Faults on the command line and on resume (issue 13 items 11 and 12).
+# Faults on the command line and on resume.
 # --------------------------------------------------------------------------
 
 

@@ -53,7 +53,8 @@ def _anisotropic(n=N, d=D, seed=0):
 
 
 def _half_in_plane(n=500, d=10, seed=0):
-  """MATH.md 5: half the rows exactly in a 2-dim subspace (n/2 > 2 n/d)."""
+  """Half the rows exactly in a 2-dim subspace (n/2 > 2 n/d); docs/math.md,
+  "The Forster transform"."""
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((n, d))
   x[: n // 2] = rng.standard_normal((n // 2, 2)) @ rng.standard_normal((2, d))
@@ -69,7 +70,8 @@ def _harmonic_frame(n=N, d=D):
 
 
 def _algorithm1_reference(x, iters):
-  """The appendix's Algorithm 1, transcribed in numpy (MATH.md 5)."""
+  """The appendix's Algorithm 1, transcribed in numpy (docs/math.md, "The
+  Forster transform")."""
   z = _normalize(x)
   a = np.eye(x.shape[1])
   for _ in range(iters):
@@ -250,7 +252,8 @@ def test_degenerate_inputs_refused(method, make, match):
 
 
 def test_silent_failure_of_algorithm_1_is_caught():
-  # MATH.md 5: with the safeguards off (no cond limit, no stall test),
+  # docs/math.md, "The Forster transform": with the safeguards off (no cond
+  # limit, no stall test),
   # Algorithm 1's own iterate reaches tol while cond(A) explodes and
   # normalize_rows(x A) is nowhere near isotropic.
   x = _half_in_plane()

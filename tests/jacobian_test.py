@@ -133,7 +133,8 @@ def test_jvp_and_vjp_match_dense():
 
 
 def test_two_layer_structured_equals_paper_formula():
-  """G = (X X^T) * (S S^T) / m, and the multi-output form of MATH.md 3."""
+  """G = (X X^T) * (S S^T) / m, and the multi-output form (docs/math.md,
+  "The two-layer ReLU network")."""
   m, c = 32, 2
   model = ngdjax.two_layer_relu(m, out_dim=c)
   params = model.init(jax.random.key(4), 4)

@@ -1,4 +1,5 @@
-"""NGD and K-FAC with the Fisher of softmax cross-entropy (MATH.md 7).
+"""NGD and K-FAC with the Fisher of softmax cross-entropy (docs/math.md,
+"The Fisher of cross-entropy").
 
 Every step is compared with a dense ``p x p`` reference built from the
 definitions: ``J`` by ``jax.jacrev``, the output Hessian by ``jax.hessian``

@@ -30,7 +30,7 @@ def _mlp_and_data():
 
 
 def _sum_loss(model, params, x, y):
-  """MATH.md 1: ``L = 1/2 sum_i ||u_i - y_i||^2`` (no 1/n)."""
+  """docs/math.md, "Conventions": ``L = 1/2 sum_i ||u_i - y_i||^2`` (no 1/n)."""
   return 0.5 * jnp.sum((model.apply(params, x) - y) ** 2)
 
 

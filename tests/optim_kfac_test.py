@@ -1,4 +1,5 @@
-"""K-FAC against explicit Kronecker products, and MATH.md 4's output update."""
+"""K-FAC against explicit Kronecker products, and its output update
+(docs/math.md, "K-FAC")."""
 
 import functools
 import math
@@ -57,7 +58,8 @@ def _output_signs(model, m, d):
 
 
 def _two_layer_reference(model, params, x, y, lr, split, lam, lam_in, lam_out):
-  """MATH.md 4 with explicit ``kron``: ``-eta (F_kfac + damping)^+ grad``.
+  """docs/math.md, "K-FAC", with explicit ``kron``: ``-eta (F_kfac +
+  damping)^+ grad``.
 
   Built from the definitions (``S = 1{X W^T > 0}``, ``s_i = a * S_i /
   sqrt(m)``, gradient by ``jax.grad``), not from the model's factors. The
@@ -183,7 +185,7 @@ def test_mlp_matches_explicit_kronecker(split, lam, forms):
 
 
 def test_primal_equals_dual_to_float64_precision():
-  """The push-through identity at m > n > d (MATH.md 4)."""
+  """The push-through identity at m > n > d (docs/math.md, "K-FAC")."""
   model = ngdjax.two_layer_relu(96)
   params = _init(model, 4, seed=2)
   x = _unit_rows(20, 4, seed=3)
@@ -242,8 +244,9 @@ def wide_kfac_step():
 
 
 def test_forster_isotropic_inputs_make_kfac_natural_gradient(wide_kfac_step):
-  """MATH.md 5: with ``X^T X = (n/d) I`` and unit rows, ``J Delta theta =
-  -eta d r``; ``eta = 1/d`` is an NGD step with ``eta = 1``."""
+  """docs/math.md, "The Forster transform": with ``X^T X = (n/d) I`` and
+  unit rows, ``J Delta theta = -eta d r``; ``eta = 1/d`` is an NGD step
+  with ``eta = 1``."""
   run, n, d = wide_kfac_step
   x = _isotropic_rows(n, d, seed=9)
   np.testing.assert_allclose(x.T @ x, (n / d) * np.eye(d), atol=1e-12)
@@ -334,7 +337,8 @@ def test_cholesky_failure_falls_back_in_float32():
 
 def test_mlp_training_decreases_the_loss_without_recompiling():
   # Each layer's K-FAC step moves the outputs by about -eta * rank * r
-  # (MATH.md 4), so the safe step size of a deep net is well below 1.
+  # (docs/math.md, "K-FAC"), so the safe step size of a deep net is well
+  # below 1.
   model = ngdjax.mlp([32, 32], out_dim=1)
   params = _init(model, 4, seed=1)
   x = _unit_rows(16, 4, seed=2)

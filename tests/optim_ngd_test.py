@@ -1,4 +1,5 @@
-"""Exact NGD against dense references, and the rates of MATH.md 2.
+"""Exact NGD against dense references, and its rates (docs/math.md,
+"Natural gradient in kernel form").
 
 References are computed in numpy from a dense ``jax.jacrev`` Jacobian; each
 test compiles as few functions as it can, since compilation dominates the
@@ -178,7 +179,8 @@ def _one_step(fn, loss_name, params, x, y, eta):
 
 
 def test_linear_model_converges_in_one_step():
-  """MATH.md 2, linear model: ``eta = 1`` gives ``u = y`` after one step."""
+  """Linear model: ``eta = 1`` gives ``u = y`` after one step (docs/math.md,
+  "Natural gradient in kernel form")."""
   x = _unit_rows(6, 10, seed=6)
   y = _targets(6, 3, seed=6)
   w = np.random.default_rng(7).standard_normal((10, 3))
@@ -197,7 +199,8 @@ def test_linear_model_converges_in_one_step():
 
 @pytest.fixture(scope="module")
 def wide():
-  """n = 32 unit rows, m = 16384: Conditions 1-2 of MATH.md 2 hold."""
+  """n = 32 unit rows, m = 16384: Conditions 1-2 hold (docs/math.md,
+  "Natural gradient in kernel form")."""
   n, d, m = 32, 8, 16384
   model = ngdjax.two_layer_relu(m)
   params = _init(model, d, seed=11)
@@ -487,7 +490,7 @@ def test_chunked_step_equals_unchunked():
 
 
 # --------------------------------------------------------------------------
-# CG on singular systems (issue 13 item 1).
+# CG on singular systems.
 # --------------------------------------------------------------------------
 
 

@@ -200,7 +200,7 @@ def test_linear_model_converges_in_one_step():
 @pytest.fixture(scope="module")
 def wide():
   """n = 32 unit rows, m = 16384: Conditions 1-2 hold (docs/math.md,
-  "Natural gradient in kernel form")."""
+  "The theorems, as the experiments check them")."""
   n, d, m = 32, 8, 16384
   model = ngdjax.two_layer_relu(m)
   params = _init(model, d, seed=11)

@@ -23,7 +23,8 @@ counts as a length-``V`` vector); "one-hot" sets
 ``kfac._ONE_HOT_EMBEDDINGS`` (the shared-layer form on the ``(n T, V)``
 one-hot inputs, ``V x V`` running factors). The one-hot form is skipped
 above ``--one-hot-max-mini`` / ``--one-hot-max-full`` (its size is printed
-instead). Per configuration: step milliseconds (median and min over
+instead, and up to ``--one-hot-compile-max`` the memory of its compiled
+step). Per configuration: step milliseconds (median and min over
 ``--repeats`` cycles, at most ``--one-hot-repeats`` for the one-hot form,
 after one warm-up cycle that compiles; vector and
 one-hot alternate within each repeat), XLA's memory of the compiled step
@@ -105,16 +106,16 @@ def _bytes(tree) -> int:
              for a in jax.tree_util.tree_leaves(tree))
 
 
-def prepare(mode, one_hot, params, data, every, lam):
+def prepare(mode, one_hot, params, data, every, lam, run=True):
   """``(cycle, carry, memory)``: one cycle of ``every`` steps (traced with
   the embedding form ``one_hot`` picks), its first carry and memory
-  figures."""
+  figures; only the memory figures (compiled, not run) without ``run``."""
   kfac_lib._ONE_HOT_EMBEDDINGS = one_hot  # read when the step is traced
   try:
     opt = make(mode, data[0][0], every, lam)
     state_shape = jax.eval_shape(opt.init, params)
     step = jax.jit(opt.step).lower(params, state_shape, *data[0]).compile()
-    state = opt.init(params)
+    state = opt.init(params) if run else None
   finally:
     kfac_lib._ONE_HOT_EMBEDDINGS = False
   mem = step.memory_analysis()
@@ -153,9 +154,12 @@ def run_vocab(args, mode, vocab):
   if "one_hot" not in forms:
     a_bytes = 4 * vocab * vocab
     result["one_hot"] = {
-        "skipped": f"V = {vocab}: a V x V float32 factor is "
+        "not_run": f"V = {vocab}: a V x V float32 factor is "
                    f"{a_bytes / 2**30:.1f} GiB, the one-hot (n T, V) "
                    f"{4 * args.batch * TOKENS * vocab / 2**30:.2f} GiB"}
+    if vocab <= args.one_hot_compile_max:  # its compiled memory only
+      result["one_hot"].update(prepare(mode, True, params, data, every, lam,
+                                       run=False)[2])
   times = {form: [] for form in forms}
   loads = []
   for rep in range(args.repeats):
@@ -187,6 +191,9 @@ def main(argv=None):
                       help="kfac-jax's mean-convention lam' (times batch)")
   parser.add_argument("--one-hot-max-mini", type=int, default=10000)
   parser.add_argument("--one-hot-max-full", type=int, default=50000)
+  parser.add_argument("--one-hot-compile-max", type=int, default=50000,
+                      help="above the --one-hot-max-* limits, compile the "
+                      "one-hot step (memory figures) up to this V")
   parser.add_argument("--one-hot-repeats", type=int, default=3,
                       help="at most this many timed cycles of the one-hot "
                       "form (slow at large V)")

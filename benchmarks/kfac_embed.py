@@ -152,11 +152,14 @@ def run_vocab(args, mode, vocab):
     carries[form] = cycles[form](carries[form])  # warm-up
     result[form]["compile_and_warmup_s"] = time.perf_counter() - t0
   if "one_hot" not in forms:
-    a_bytes = 4 * vocab * vocab
+    m = args.batch * TOKENS
+    why = (f"a V x V float32 factor is {4 * vocab**2 / 2**30:.1f} GiB"
+           if mode == "mini" else
+           f"A A^T alone is 2 (n T)^2 V = {2 * m * m * vocab / 1e12:.1f} "
+           "TFLOP per step")
     result["one_hot"] = {
-        "not_run": f"V = {vocab}: a V x V float32 factor is "
-                   f"{a_bytes / 2**30:.1f} GiB, the one-hot (n T, V) "
-                   f"{4 * args.batch * TOKENS * vocab / 2**30:.2f} GiB"}
+        "not_run": f"V = {vocab} > the limit: {why}, the one-hot (n T, V) "
+                   f"{4 * m * vocab / 2**30:.2f} GiB"}
     if vocab <= args.one_hot_compile_max:  # its compiled memory only
       result["one_hot"].update(prepare(mode, True, params, data, every, lam,
                                        run=False)[2])

@@ -87,6 +87,17 @@ solved in primal form (its gradient ``sum_t a_it y_it^T`` is not in the
 row space of the aggregated inputs, so the push-through identity does
 not apply).
 
+Embeddings (a lookup of rows of a ``(V, D)`` table by tokens) are such a
+layer with one-hot inputs; with ``"expand"`` their input factor is the
+diagonal ``diag(counts) / (n T)`` of the token counts, kept as a length-
+``V`` vector in the statistics, the running averages and the damped
+inverse (``ngdjax._src.optim.kfac_embed``): each row of the table is
+scaled by its own inverse count factor (a token absent from the batch by
+the damping only) and multiplied by the shared ``D x D`` (or dual)
+output-factor inverse, with no ``V x V`` matrix. ``"reduce"`` averages
+the tokens of an example, whose input factor is not diagonal: it keeps
+the dense one-hot form (``V x V`` factors).
+
 Full-batch and mini-batch modes. By default (``factor_decay=None``,
 ``inverse_every=1``, ``statistics_every=1``) the factors are recomputed on
 the batch at every step: the setting of the paper's Theorem 4. Mini-batch
@@ -156,7 +167,7 @@ from ngdjax._src import precision as precision_lib
 from ngdjax._src.jacobian import jvp, split_model
 from ngdjax._src.linalg import self_outer
 from ngdjax._src.models import Model
-from ngdjax._src.optim import base, core, kfac_conv, solvers
+from ngdjax._src.optim import base, core, kfac_conv, kfac_embed, solvers
 from ngdjax._src.optim import damping as damping_lib
 from ngdjax._src.typing import Array
 
@@ -384,26 +395,47 @@ def _check_model(model):
 # layers with one group per feature (``a = 1`` or 2, ``b_g = 1``): a
 # Kronecker block per feature, block-diagonal over features; an embedding
 # is a shared layer with one-hot inputs (``layer_kinds.EmbedLayer``), whose
-# input factor is diagonal with the token counts.
+# "expand" input factor is diagonal with the token counts
+# (``kfac_embed``: a vector; "reduce" takes the one-hot shared-layer form).
 KINDS = ("dense", "shared", "conv", "norm", "embed")
+
+# True: embeddings take the one-hot shared-layer form with "expand" too
+# (``(n T, V)`` inputs, ``V x V`` running factors): the reference the
+# tests and ``benchmarks/kfac_embed.py`` compare the vector form with.
+_ONE_HOT_EMBEDDINGS = False
+
+
+def _vector_embedding(kind: str, weight_sharing: str) -> bool:
+  """Whether a layer of ``kind`` gets ``kfac_embed``'s vector form."""
+  return (kind == "embed" and weight_sharing == "expand"
+          and not _ONE_HOT_EMBEDDINGS)
 
 
 def _structure(model, params, x):
   return structure.model_structure(model, params, x).only(KINDS)
 
 
-def _layer_factors(model, params, x, cotangents=None):
+def _layer_factors(model, params, x, cotangents=None,
+                   weight_sharing="expand"):
   """Per layer: a dense layer's ``LayerFactors(inputs (n, a), output_grads
-  (n, r, b))``, or a convolution's (shared-weight layer's)
-  ``kfac_conv.SharedFactors(patches (n, T, G, a), output_grads (n, r, T,
-  G, b))``. The ``r`` rows are the pullbacks of ``cotangents``
-  (``Structure.factors``: ``None`` for the ``c`` outputs, ``(n, c)`` for
-  one row, ``(n, c, r)`` for ``r``)."""
+  (n, r, b))``, an embedding's ``kfac_embed.EmbedFactors(ids (n, T),
+  output_grads (n, r, T, D), V)`` (``"expand"``), or a convolution's
+  (shared-weight layer's) ``kfac_conv.SharedFactors(patches (n, T, G, a),
+  output_grads (n, r, T, G, b))``. The ``r`` rows are the pullbacks of
+  ``cotangents`` (``Structure.factors``: ``None`` for the ``c`` outputs,
+  ``(n, c)`` for one row, ``(n, c, r)`` for ``r``)."""
   st = _structure(model, params, x)
-  return tuple(
-      f if lay.kind == "dense" else kfac_conv.SharedFactors(*lay.expand(f))
-      for lay, f in zip(st.layers, st.factors(params, x, cotangents),
-                        strict=True))
+  out = []
+  for lay, f in zip(st.layers, st.factors(params, x, cotangents),
+                    strict=True):
+    if lay.kind == "dense":
+      out.append(f)
+    elif _vector_embedding(lay.kind, weight_sharing):
+      out.append(kfac_embed.EmbedFactors(f.inputs, f.output_grads,
+                                         lay.fan_in))
+    else:
+      out.append(kfac_conv.SharedFactors(*lay.expand(f)))
+  return tuple(out)
 
 
 def _grouped(layer, mat: Array) -> Array:
@@ -428,16 +460,17 @@ def _layer_matrices(model, params, x, tree) -> tuple[Array, ...]:
 
 
 def _layer_shapes(model, params, example_inputs=None
-                  ) -> tuple[tuple[int, ...], ...]:
-  """``(a, b)`` of every dense layer matrix, ``(G, a, b)`` of every
-  convolution's (the running factors' shapes).
+                  ) -> tuple[tuple[str, tuple[int, ...]], ...]:
+  """``(kind, shape)`` per layer: ``(a, b)`` of every dense layer matrix,
+  ``(G, a, b)`` of every other kind's (the running factors' shapes).
 
   A ``Model`` knows them from its params; a bare apply's layers are found
   by tracing it on ``example_inputs`` (only their per-example shape and
   dtype matter).
   """
   if isinstance(model, Model) and model.to_layer_matrices is not None:
-    return tuple(m.shape for m in model.to_layer_matrices(params))
+    return tuple(("dense", m.shape)
+                 for m in model.to_layer_matrices(params))
   if example_inputs is None:
     raise ValueError(
         "example_inputs: running K-FAC factors (factor_decay, inverse_every "
@@ -445,9 +478,15 @@ def _layer_shapes(model, params, example_inputs=None
         "function need example_inputs=, a batch of inputs (n, ...) like the "
         "training batches (any n), to find its layers at init"
     )
-  mats = jax.eval_shape(
-      lambda p: _layer_matrices(model, p, example_inputs, p), params)
-  return tuple(m.shape for m in mats)
+  kinds = []
+
+  def matrices(p):  # (records the kinds while it is traced)
+    kinds.extend(lay.kind for lay in
+                 _structure(model, p, example_inputs).layers)
+    return _layer_matrices(model, p, example_inputs, p)
+
+  mats = jax.eval_shape(matrices, params)
+  return tuple((k, m.shape) for k, m in zip(kinds, mats, strict=True))
 
 
 def _to_params(model, mats, params, x, lam, fisher_rows):
@@ -545,13 +584,26 @@ def averaged_update(
   lam I)^{-1} vec(grad_M)``. Both through the cached eigendecompositions,
   so the damping may change between refreshes.
   """
-  ea = solvers.clamp_spectrum(factors.inputs_eigvals) + lam_in / n
-  eb = solvers.clamp_spectrum(factors.grads_eigvals) + lam_out / n
   qa, qb = factors.inputs_eigvecs, factors.grads_eigvecs
   core_m = qa.T @ grad_m @ qb
+  core_m = core_m * _eigen_inverse(factors.inputs_eigvals,
+                                   factors.grads_eigvals, n, damping, lam_in,
+                                   lam_out, split)
+  return qa @ core_m @ qb.T
+
+
+def _eigen_inverse(eig_a, eig_b, n, damping, lam_in, lam_out, split, *,
+                   clamp_a=True):
+  """``(a, b)``: the elementwise inverse of the damped curvature in the
+  factors' eigenbasis (``averaged_update``; 0 in a pseudo-inverse's null
+  space), from the eigenvalues ``eig_a`` ``(a,)`` and ``eig_b`` ``(b,)``
+  of the running factors. ``clamp_a=False`` for exact eigenvalues (an
+  embedding's diagonal: none is round-off)."""
+  ea = solvers.clamp_spectrum(eig_a) if clamp_a else eig_a
+  ea = ea + lam_in / n
+  eb = solvers.clamp_spectrum(eig_b) + lam_out / n
   if split == "pi":
-    pi = _pi(jnp.sum(factors.inputs_eigvals) / ea.shape[0],
-             jnp.sum(factors.grads_eigvals) / eb.shape[0])
+    pi = _pi(jnp.sum(eig_a) / ea.shape[0], jnp.sum(eig_b) / eb.shape[0])
     delta = jnp.sqrt(jnp.asarray(damping, ea.dtype) / n)
     den = n * (ea + pi * delta)[:, None] * (eb + delta / pi)[None, :]
   else:
@@ -563,8 +615,7 @@ def averaged_update(
   # drop real curvature directions once adaptive damping has become small.
   damped = (jnp.asarray(damping) > 0) | (lam_in > 0) | (lam_out > 0)
   keep = keep | (damped & (den > 0))
-  core_m = core_m * jnp.where(keep, 1.0 / jnp.where(keep, den, 1.0), 0.0)
-  return qa @ core_m @ qb.T
+  return jnp.where(keep, 1.0 / jnp.where(keep, den, 1.0), 0.0)
 
 
 def average_weight(decay: float, k, dtype) -> Array:
@@ -689,13 +740,18 @@ def _check_settings(form, damping_split, factor_damping, fisher, loss,
 
 def _init_curvature(model, st: _Settings, params):
   """Zero running factors (identity inverses) per layer; ``()`` in the
-  full-batch mode. A convolution's carry a leading group axis."""
+  full-batch mode. A convolution's carry a leading group axis; an
+  embedding's (``"expand"``) are ``kfac_embed``'s, with vectors on the
+  token side."""
   if not st.averaged:
     return ()
   dtype = base.param_dtype(params)
   out = []
-  for shape in _layer_shapes(model, params, st.example_inputs):
+  for kind, shape in _layer_shapes(model, params, st.example_inputs):
     lead, (a, b) = shape[:-2], shape[-2:]
+    if _vector_embedding(kind, st.weight_sharing):
+      out.append(kfac_embed.init_state(a, b, dtype, st.inverse))
+      continue
 
     def eye(k, lead=lead):
       return jnp.broadcast_to(jnp.eye(k, dtype=dtype), lead + (k, k))
@@ -766,6 +822,31 @@ def _shared_update(patches, grads, h, lam, st: _Settings):
           jnp.zeros((), jnp.int32))
 
 
+def _embed_update(f: kfac_embed.EmbedFactors, h, lam, st: _Settings):
+  """The full-batch step of an embedding (``"expand"``): ``(delta (1, V,
+  D), fallbacks)``, ``_shared_update``'s with the one-hot inputs, in
+  ``kfac_embed``'s vector form. Its pi split is ``pi_split``'s with ``m =
+  n T`` one-hot rows (``tr(A^T A) / (m V) = 1 / V``); ``form`` picks the
+  ``B`` side's form only (the token side is diagonal either way)."""
+  n, c, t, d = f.output_grads.shape
+  m = n * t
+  dual_b = use_dual(st.form, m * c, d)
+  if st.damping_split == "exact":
+    delta = kfac_embed.exact_update(f, h, lam, st.lam_in, st.lam_out,
+                                    dual_b=dual_b)
+    return delta[None], jnp.zeros((), jnp.int32)
+  dtype = f.output_grads.dtype
+  pi = _pi(jnp.asarray(1.0 / f.vocab, dtype),
+           jnp.sum(jnp.square(f.output_grads)) / d)
+  root = jnp.sqrt(jnp.asarray(lam, dtype))
+  delta, failed = kfac_embed.factored_update(
+      f, h, st.lam_in + m * pi * root, st.lam_out + root / pi,
+      dual_b=dual_b,
+      pinv_a=st.static_zero and st.lam_in == 0.0,
+      pinv_b=st.static_zero and st.lam_out == 0.0)
+  return delta[None], failed
+
+
 def _per_group(fn, *args):
   """``fn`` on each group (leading axis) of ``args``; without ``vmap`` for
   one group, so that ``lax.cond`` inside stays a branch."""
@@ -783,9 +864,11 @@ def _full_batch_direction(model, loss, st: _Settings, params, x, y, lam,
   g = loss.grad(u, y).astype(u.dtype)
   deltas, failed = [], jnp.zeros((), jnp.int32)
   cotangents, h = _fisher_cotangents(loss, st.fisher, u, y, g, key)
-  for f in _layer_factors(model, params, x, cotangents):
+  for f in _layer_factors(model, params, x, cotangents, st.weight_sharing):
     grads = f.output_grads
-    if isinstance(f, kfac_conv.SharedFactors):
+    if isinstance(f, kfac_embed.EmbedFactors):
+      delta, fl = _embed_update(f, h, lam, st)
+    elif isinstance(f, kfac_conv.SharedFactors):
       delta, fl = _shared_update(f.patches, grads, h, lam, st)
     else:
       delta, fl = _dense_update(f.inputs, grads, h, lam, st)
@@ -812,10 +895,13 @@ def _statistics(model, loss, st: _Settings, params, x, u, y, g, key, count,
   w = average_weight(st.decay, count // st.statistics_every + 1, u.dtype)
   covs = []
   cotangents, _ = _fisher_cotangents(loss, st.fisher, u, y, g, key)
-  for f, (old_a, old_b) in zip(_layer_factors(model, params, x, cotangents),
-                               old_covs, strict=True):
+  for f, (old_a, old_b) in zip(
+      _layer_factors(model, params, x, cotangents, st.weight_sharing),
+      old_covs, strict=True):
     grads = f.output_grads
-    if isinstance(f, kfac_conv.SharedFactors):
+    if isinstance(f, kfac_embed.EmbedFactors):
+      new_a, new_b = kfac_embed.factors(f)
+    elif isinstance(f, kfac_conv.SharedFactors):
       new_a, new_b = kfac_conv.factors(f.patches, grads, st.weight_sharing)
     else:
       bf = grads.reshape(-1, grads.shape[-1])
@@ -841,6 +927,40 @@ def _averaged_layer(old, cov_a, cov_b, grad_m, refresh, n, lam,
   return (averaged_update(factors, grad_m, n, lam, st.lam_in, st.lam_out,
                           st.damping_split),
           factors, jnp.zeros((), jnp.int32))
+
+
+def _averaged_embed(old, cov_a, cov_b, grad_m, refresh, n, lam,
+                    st: _Settings):
+  """``_averaged_layer`` for an embedding's vector state
+  (``kfac_embed.EmbedKFACFactors`` or ``EmbedKFACInverses``; ``cov_a``
+  ``(V,)``, ``grad_m`` ``(V, D)``): the input side's eigenvectors are the
+  identity and its inverse elementwise."""
+  if st.inverse == "cholesky":
+
+    def inverses(c):
+      pi = _pi(jnp.sum(c[0]) / c[0].shape[0],
+               jnp.trace(c[1]) / c[1].shape[0])
+      delta = jnp.sqrt(jnp.asarray(lam, c[0].dtype) / n)
+      inv_a, fa = kfac_embed.diagonal_inverse(c[0] + st.lam_in / n
+                                              + pi * delta)
+      inv_b, fb = _damped_inverse(c[1], st.lam_out / n + delta / pi)
+      return inv_a, inv_b, fa + fb
+
+    inv_a, inv_b, fl = jax.lax.cond(
+        refresh, inverses,
+        lambda c: (c[2], c[3], jnp.zeros((), jnp.int32)),
+        (cov_a, cov_b, old.inputs_inv, old.grads_inv))
+    return (inv_a[:, None] * grad_m @ inv_b / n,
+            kfac_embed.EmbedKFACInverses(cov_a, cov_b, inv_a, inv_b), fl)
+  ea, eb, qb = jax.lax.cond(
+      refresh, lambda c: (c[0], *jnp.linalg.eigh(0.5 * (c[1] + c[1].T))),
+      lambda c: (old.inputs_eigvals, old.grads_eigvals, old.grads_eigvecs),
+      (cov_a, cov_b))
+  core_m = (grad_m @ qb) * _eigen_inverse(ea, eb, n, lam, st.lam_in,
+                                          st.lam_out, st.damping_split,
+                                          clamp_a=False)
+  return (core_m @ qb.T, kfac_embed.EmbedKFACFactors(cov_a, cov_b, ea, eb, qb),
+          jnp.zeros((), jnp.int32))
 
 
 def _averaged_direction(model, loss, st: _Settings, params, curvature, x, y,
@@ -871,7 +991,12 @@ def _averaged_direction(model, loss, st: _Settings, params, curvature, x, y,
     grad_m = grad_m.astype(u.dtype)
     layer = functools.partial(_averaged_layer, refresh=refresh, n=n, lam=lam,
                               st=st)
-    if grad_m.ndim == 3:  # a convolution: one Kronecker block per group
+    if isinstance(old, (kfac_embed.EmbedKFACFactors,
+                        kfac_embed.EmbedKFACInverses)):
+      delta, new, fl = _averaged_embed(old, cov_a, cov_b, grad_m[0], refresh,
+                                       n, lam, st)
+      delta = delta[None]
+    elif grad_m.ndim == 3:  # a convolution: one Kronecker block per group
       delta, new, fl = _per_group(layer, old, cov_a, cov_b, grad_m)
       fl = jnp.sum(fl)
     else:
@@ -937,15 +1062,17 @@ def kfac(
   Args:
     model: a ``Model`` with layer factors (``two_layer_relu``, ``mlp``),
       or a bare ``apply(params, x)`` with any params pytree (flax,
-      equinox, plain) and ``x`` ``(n, ...)``: its dense layers are found in
-      the traced computation (``ngdjax.describe_structure``) and get the
-      K-FAC update; all unmatched leaves together (layer norms, convolution
-      kernels, shared weights) get their exact damped Fisher block on the
-      batch, ``(J_g^T H J_g + lam I)^{-1} J_g^T grad_u L`` (the empirical
-      Fisher's rows for ``fisher="empirical"``, the true Fisher for
-      ``"monte_carlo"``), solved in kernel form (``N x N``, ``N = n c``; a
-      pseudo-inverse when ``damping=0``). A bare apply's mini-batch mode
-      needs ``example_inputs``.
+      equinox, plain) and ``x`` ``(n, ...)``: its dense, shared-weight,
+      convolution, norm and embedding layers are found in the traced
+      computation (``ngdjax.describe_structure``; docs/guide/layers.md)
+      and get Kronecker-factored blocks; all unmatched leaves together
+      (weights used twice, gathers that are not row lookups) get their
+      exact damped Fisher block on the batch, ``(J_g^T H J_g + lam
+      I)^{-1} J_g^T grad_u L`` (the empirical Fisher's rows for
+      ``fisher="empirical"``, the true Fisher for ``"monte_carlo"``),
+      solved in kernel form (``N x N``, ``N = n c``; a pseudo-inverse when
+      ``damping=0``). A bare apply's mini-batch mode needs
+      ``example_inputs``.
     learning_rate: ``eta > 0`` (number or scalar array, held in the state),
       a schedule ``count -> eta``, or ``"adaptive"`` (default): the step
       size (and momentum) minimising the damped quadratic model on the

@@ -62,6 +62,11 @@ SLOW_CASES = (
     "test_sharded_cases_on_four_cpu_devices[",
     "test_learning_rate_sweep_compiles_once[ngd]",
     "test_kfac_step_on_a_cnn_matches_explicit_kronecker[nchw-expand-exact",
+    "test_full_batch_vector_form_equals_the_one_hot_form[kwargs1]",
+    "test_full_batch_vector_form_equals_the_one_hot_form[kwargs3]",
+    "test_full_batch_vector_form_equals_the_one_hot_form[kwargs5]",
+    "test_mini_batch_vector_form_equals_the_one_hot_form[kwargs1]",
+    "test_mini_batch_vector_form_equals_the_one_hot_form[kwargs3]",
 )
 
 

@@ -464,32 +464,37 @@ def test_sharded_nystrom_cg_step_float32_equals_one_device():
                              atol=1e-5 * scale)
 
 
-def _big_arrays(hlo: str, size: int) -> list[str]:
-  """Shapes of the arrays of at least ``size`` elements in HLO text."""
+def _row_blocks_whole(hlo: str, n: int, c: int, size: int) -> list[str]:
+  """Shapes in HLO text of at least ``size`` elements with all ``n``
+  examples on one axis (``n c`` rows, or ``n`` and ``c`` axes)."""
   out = []
   for dims in re.findall(r"f(?:32|64)\[([\d,]+)\]", hlo):
     shape = [int(d) for d in dims.split(",")]
-    if int(np.prod(shape)) >= size:
+    whole = n * c in shape or (n in shape and c in shape)
+    if whole and int(np.prod(shape)) >= size:
       out.append(dims)
   return out
 
 
 def test_sharded_nystrom_step_never_gathers_the_basis():
   """The compiled 4-device step (per-device shapes, after partitioning)
-  holds no array of N k / 2 elements or more: the N x k factor and basis
-  stay in blocks of N k / 4 (N = 40 x 2 outputs, k = 4 rounds x 4 x 2 = 32
-  columns). The one-device step holds them whole (the check can fail)."""
+  holds no array with all N = 40 x 2 rows and s c = 8 columns or more:
+  neither the N x k factor and basis (k = 4 rounds x 8 = 32 columns; each
+  device holds its 20 x 32 rows) nor a round's N x s c column block, which
+  the SPMD partitioner alone all-gathered for the triangular solve, also
+  with chunk_size. The one-device step holds them (the check can fail)."""
   model = ngdjax.two_layer_relu(4, out_dim=2)
   params = model.init(jax.random.key(2), 3)
   x = _x(40)
   y = jnp.sin(3 * x[:, :2])
-  big = {}
-  for name, m in (("one", None), ("mesh", parallel.data_mesh())):
+  whole = {}
+  for m, chunk in ((None, None), (parallel.data_mesh(), None),
+                   (parallel.data_mesh(), 8)):
     opt = ngdjax.ngd(model, learning_rate=0.5, damping=1e-3, mesh=m,
                      solver="cg", preconditioner="nystrom",
-                     preconditioner_rank=16)
+                     preconditioner_rank=16, chunk_size=chunk)
     hlo = jax.jit(opt.step).lower(params, opt.init(params), x,
                                   y).compile().as_text()
-    big[name] = _big_arrays(hlo, 80 * 32 // 2)
-  assert big["one"], big
-  assert not big["mesh"], big["mesh"]
+    whole[m is not None, chunk] = _row_blocks_whole(hlo, 40, 2, 80 * 8)
+  assert "80,32" in whole[False, None], whole
+  assert not whole[True, None] and not whole[True, 8], whole

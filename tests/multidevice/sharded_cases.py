@@ -173,7 +173,7 @@ def test_explicit_mesh_gram(use):
 @pytest.mark.parametrize(
     "use,solver",
     [("plain", "cholesky"), ("placed", "cg"), ("set_mesh", "cholesky"),
-     ("set_mesh", "kfac")],
+     ("set_mesh", "kfac"), ("placed", "nystrom")],
 )
 def test_explicit_mesh_steps(use, solver):
   model = MODELS["two_layer_c1"]
@@ -185,6 +185,9 @@ def test_explicit_mesh_steps(use, solver):
   def make(m):
     if solver == "kfac":
       return ngdjax.kfac(model, learning_rate=0.3, damping=1e-3, mesh=m)
+    if solver == "nystrom":  # no host clock with the mesh (ngd's info)
+      return ngdjax.ngd(model, learning_rate=0.5, damping=1e-3, mesh=m,
+                        **NYSTROM)
     return ngdjax.ngd(model, learning_rate=0.5, damping=1e-3, solver=solver,
                       cg_tol=1e-12, cg_maxiter=200, mesh=m)
 

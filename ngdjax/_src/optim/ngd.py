@@ -257,21 +257,24 @@ def _nystrom_builder(cfg: _Config, params, x, key, rows=None):
                                   chunk_size=cfg.chunk_size)
 
   def build():
+    if cfg.mesh is not None:
+      # No host clock: a host callback in a step whose inputs sit on an
+      # Explicit mesh (jax.make_mesh) fails to lower ("mesh should be the
+      # same across the entire program"); the seconds are NaN.
+      pre = nystrom.sharded_factor(make_sketch, params, x, cfg.mesh,
+                                   rank=rank, key=key, rows=rows)
+      return (lambda lam: nystrom.mesh_inverse(pre, lam, cfg.mesh, n * r),
+              {"preconditioner_rank": pre.rank,
+               "preconditioner_seconds": jnp.full((), jnp.nan,
+                                                 pre.basis.dtype)})
     t0 = nystrom.wall_clock(x)
     xs = x + (0.0 * t0).astype(x.dtype)  # built after t0
-    if cfg.mesh is not None:
-      pre = nystrom.sharded_factor(make_sketch, params, xs, cfg.mesh,
-                                   rank=rank, key=key, rows=rows)
-      inverse = lambda lam: nystrom.mesh_inverse(  # noqa: E731
-          pre, lam, cfg.mesh, n * r)
-    else:
-      sketch = make_sketch(params, xs, rows)
-      f = nystrom.rp_cholesky(sketch.columns, sketch.diagonal(), rank, key)
-      pre = nystrom.from_factor(f)
-      inverse = pre.inverse
+    sketch = make_sketch(params, xs, rows)
+    f = nystrom.rp_cholesky(sketch.columns, sketch.diagonal(), rank, key)
+    pre = nystrom.from_factor(f)
     t1 = nystrom.wall_clock(pre.basis)
-    return inverse, {"preconditioner_rank": pre.rank,
-                     "preconditioner_seconds": (t1 - t0).astype(x.dtype)}
+    return pre.inverse, {"preconditioner_rank": pre.rank,
+                         "preconditioner_seconds": (t1 - t0).astype(x.dtype)}
 
   return build
 
@@ -566,7 +569,8 @@ def ngd(
     kernel system, ``||(K + lam I) v - b|| / ||b||``, else CG's recursive
     one) and ``cg_failed`` (cg), with a preconditioner also
     ``preconditioner_rank`` (columns kept) and ``preconditioner_seconds``
-    (its build, host wall clock), the fault flags of ``ngdjax.optim.core``
+    (its build, host wall clock; NaN with a mesh), the fault flags of
+    ``ngdjax.optim.core``
     (``diverged``, ``update_skipped``, ``learning_rate_invalid``,
     ``damping_invalid``, ``params_nonfinite``), and for
     Levenberg-Marquardt ``reduction_ratio`` and ``loss_after`` (the loss at

@@ -150,6 +150,39 @@ def test_sketch_equals_dense_kernel(case):
                                  k[:, cols], rtol=1e-10, atol=1e-12)
 
 
+def test_one_device_mesh_factor_equals_unsharded():
+  """nystrom.sharded_factor and mesh_inverse (inside shard_map) on a
+  one-device mesh: the same F F^T = U diag(l) U^T and M^{-1} r as
+  rp_cholesky and from_factor. The 4-device cases (tests/multidevice) are
+  slow-marked; this keeps the mesh path in the default run."""
+  from ngdjax import parallel
+
+  model, params, x = _problem(n=12, d=4, c=2)
+  st = ngdjax.models.model_structure(model, params, x)
+  key = jax.random.key(3)
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  r = jnp.cos(jnp.arange(24.0))
+
+  def make(p, z, rows):
+    return nystrom.structured_sketch(st, p, z, rows=rows)
+
+  @jax.jit
+  def both(p, z):
+    sketch = make(p, z, None)
+    ref = nystrom.from_factor(nystrom.rp_cholesky(
+        sketch.columns, sketch.diagonal(), 4, key))
+    out = nystrom.sharded_factor(make, p, z, mesh, rank=4, key=key)
+    return (ref, out, ref.inverse(0.1)(r),
+            nystrom.mesh_inverse(out, 0.1, mesh, 24)(r))
+
+  ref, out, ref_r, out_r = both(params, x)
+  np.testing.assert_allclose(
+      (out.basis * out.eigvals) @ out.basis.T,
+      (ref.basis * ref.eigvals) @ ref.basis.T, atol=1e-12)
+  np.testing.assert_allclose(out_r, ref_r, atol=1e-12)
+
+
+@pytest.mark.slow
 def test_one_device_mesh_preconditioned_step_equals_unsharded():
   """The mesh path (nystrom.sharded_factor and mesh_inverse inside
   shard_map) on a one-device mesh: the same step, rank and products as

@@ -119,11 +119,25 @@ def _conv_apply(p, x):
   return h.reshape(h.shape[0], -1) @ p["v"]
 
 
-@pytest.mark.parametrize("case", ["dense_rows", "conv"])
+def _embed_apply(p, x):
+  """An embedding table (gather by the integer ids in x) and a dense
+  head: the structured sketch's "embed" form."""
+  h = jnp.tanh(p["embed"][x.astype(jnp.int32)])  # (n, T, D)
+  return h.reshape(h.shape[0], -1) @ p["out"]
+
+
+@pytest.mark.parametrize("case", ["dense_rows", "conv", "embed"])
 def test_sketch_equals_dense_kernel(case):
   """Diagonal and pivot columns of G and S^T G S from layer factors (and
   from cross-Grams) equal the dense kernel, with a ragged last chunk."""
-  if case == "conv":
+  if case == "embed":
+    keys = jax.random.split(jax.random.key(0), 2)
+    params = {"embed": jax.random.normal(keys[0], (50, 3)),
+              "out": jax.random.normal(keys[1], (4 * 3, 2))}
+    model = _embed_apply
+    x = jnp.asarray(np.random.default_rng(2).integers(0, 50, (11, 4)),
+                    jnp.float64)
+  elif case == "conv":
     keys = jax.random.split(jax.random.key(0), 4)
     params = {"w": 0.3 * jax.random.normal(keys[0], (3, 3, 8, 16)),
               "off": 0.1 * jax.random.normal(keys[1], (16,)),

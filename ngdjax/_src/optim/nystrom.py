@@ -343,7 +343,8 @@ def _feature_diagonal(forms, feats, r: int) -> Array:
   """``(n, r)`` squared norms of the rows ``J_ik`` (the diagonal of the
   Gram of ``feats``, from ``gram_forms.features``) without any pair of
   examples: ``|A_i|^2 |S_ik|^2`` (outer), ``sum_{g,t,t'} (A_itg .
-  A_it'g) (S_iktg . S_ikt'g)`` (patch), row norms (Jacobian rows)."""
+  A_it'g) (S_iktg . S_ikt'g)`` (patch), ``sum_{t,t'} [tok_it = tok_it']
+  (S_ikt . S_ikt')`` (embed), row norms (Jacobian rows)."""
   total = 0.0
   for k, p in enumerate(feats):
     form = forms[k] if k < len(forms) else "jacobian"
@@ -351,6 +352,12 @@ def _feature_diagonal(forms, feats, r: int) -> Array:
       a, s = p
       total = total + (jnp.sum(jnp.square(a), axis=1)[:, None]
                        * jnp.sum(jnp.square(s), axis=2))
+    elif form == "embed":
+      # sum_{t,t'} [tok_it = tok_it'] (S_ikt . S_ikt'), as gram_forms.
+      tok, s = p
+      same = (tok[:, :, None] == tok[:, None, :]).astype(s.dtype)
+      ss = jnp.einsum("iktd,ikud->iktu", s, s, precision=_HIGHEST)
+      total = total + jnp.einsum("itu,iktu->ik", same, ss)
     elif form == "patch":
       a, s = p
       aa = jnp.einsum("itga,iuga->igtu", a, a, precision=_HIGHEST)

@@ -135,8 +135,9 @@ def test_sketch_equals_dense_kernel(case):
     params = {"embed": jax.random.normal(keys[0], (50, 3)),
               "out": jax.random.normal(keys[1], (4 * 3, 2))}
     model = _embed_apply
+    # Integer tokens: the kernel in the parameters' dtype.
     x = jnp.asarray(np.random.default_rng(2).integers(0, 50, (11, 4)),
-                    jnp.float64)
+                    jnp.int32)
   elif case == "conv":
     keys = jax.random.split(jax.random.key(0), 4)
     params = {"w": 0.3 * jax.random.normal(keys[0], (3, 3, 8, 16)),

@@ -274,7 +274,8 @@ def _nystrom_builder(cfg: _Config, params, x, key, rows=None):
     pre = nystrom.from_factor(f)
     t1 = nystrom.wall_clock(pre.basis)
     return pre.inverse, {"preconditioner_rank": pre.rank,
-                         "preconditioner_seconds": (t1 - t0).astype(x.dtype)}
+                         "preconditioner_seconds": (t1 - t0).astype(
+                             pre.basis.dtype)}
 
   return build
 

@@ -380,6 +380,15 @@ def _row_blocks(n: int, block: int, fn, out_rows: Array) -> Array:
   return jax.lax.fori_loop(0, -(-n // block), step, out_rows)
 
 
+def _dtype(params, x: Array):
+  """The kernel's dtype: ``x``'s when floating, else (integer tokens)
+  the parameters' floating dtype."""
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    return x.dtype
+  return jnp.result_type(*[leaf for leaf in jax.tree_util.tree_leaves(params)
+                           if jnp.issubdtype(leaf.dtype, jnp.floating)])
+
+
 class KernelSketch(NamedTuple):
   """The two things a Nystrom build reads from a kernel ``K = Gamma G
   Gamma^T`` (``Gamma`` block diagonal, ``r`` rows per example).
@@ -424,7 +433,7 @@ def structured_sketch(st, params, x: Array, *, rows: Array | None = None,
   r = (rows.shape[-1] if rows is not None else
        jax.eval_shape(st.apply, params, x[:1]).shape[-1])
   forms = gram_forms.choose_forms(st, block, r,
-                                  jnp.dtype(x.dtype).itemsize)
+                                  jnp.dtype(_dtype(params, x)).itemsize)
 
   def feats(start, size):
     xb = jax.lax.dynamic_slice_in_dim(x, start, size)
@@ -433,7 +442,7 @@ def structured_sketch(st, params, x: Array, *, rows: Array | None = None,
     return gram_forms.features(st, forms, params, xb, rb)
 
   def diagonal():
-    out = jnp.zeros((n, r), x.dtype)
+    out = jnp.zeros((n, r), _dtype(params, x))
     return _row_blocks(
         n, block, lambda s: _feature_diagonal(forms, feats(s, block), r),
         out)
@@ -441,7 +450,7 @@ def structured_sketch(st, params, x: Array, *, rows: Array | None = None,
   def pivot_columns(x_piv, rows_piv):
     pivots = gram_forms.features(st, forms, params, x_piv, rows_piv)
     k = x_piv.shape[0] * r
-    out = jnp.zeros((n, r, k), x.dtype)
+    out = jnp.zeros((n, r, k), _dtype(params, x))
 
     def blk(start):
       return gram_forms.cross(forms, feats(start, block), pivots
@@ -463,8 +472,9 @@ def generic_sketch(apply_or_model, params, x: Array, *,
     blocks = gram_diagonal_blocks(apply_or_model, params, x, method=method,
                                   chunk_size=chunk_size)
     if rows is None:
-      return jnp.diagonal(blocks, axis1=1, axis2=2).astype(x.dtype)
-    return jnp.einsum("ika,ikl,ila->ia", rows, blocks, rows).astype(x.dtype)
+      return jnp.diagonal(blocks, axis1=1, axis2=2).astype(_dtype(params, x))
+    return jnp.einsum("ika,ikl,ila->ia", rows, blocks, rows).astype(
+        _dtype(params, x))
 
   def pivot_columns(x_piv, rows_piv):
     cols = gram(apply_or_model, params, x, x_piv, method=method,

@@ -119,11 +119,26 @@ def _conv_apply(p, x):
   return h.reshape(h.shape[0], -1) @ p["v"]
 
 
-@pytest.mark.parametrize("case", ["dense_rows", "conv"])
+def _embed_apply(p, x):
+  """An embedding table (gather by the integer ids in x) and a dense
+  head: the structured sketch's "embed" form."""
+  h = jnp.tanh(p["embed"][x.astype(jnp.int32)])  # (n, T, D)
+  return h.reshape(h.shape[0], -1) @ p["out"]
+
+
+@pytest.mark.parametrize("case", ["dense_rows", "conv", "embed"])
 def test_sketch_equals_dense_kernel(case):
   """Diagonal and pivot columns of G and S^T G S from layer factors (and
   from cross-Grams) equal the dense kernel, with a ragged last chunk."""
-  if case == "conv":
+  if case == "embed":
+    keys = jax.random.split(jax.random.key(0), 2)
+    params = {"embed": jax.random.normal(keys[0], (50, 3)),
+              "out": jax.random.normal(keys[1], (4 * 3, 2))}
+    model = _embed_apply
+    # Integer tokens: the kernel in the parameters' dtype.
+    x = jnp.asarray(np.random.default_rng(2).integers(0, 50, (11, 4)),
+                    jnp.int32)
+  elif case == "conv":
     keys = jax.random.split(jax.random.key(0), 4)
     params = {"w": 0.3 * jax.random.normal(keys[0], (3, 3, 8, 16)),
               "off": 0.1 * jax.random.normal(keys[1], (16,)),
@@ -148,3 +163,56 @@ def test_sketch_equals_dense_kernel(case):
                                  np.diag(k), rtol=1e-10)
       np.testing.assert_allclose(np.asarray(sketch.columns(idx)),
                                  k[:, cols], rtol=1e-10, atol=1e-12)
+
+
+def test_one_device_mesh_factor_equals_unsharded():
+  """nystrom.sharded_factor and mesh_inverse (inside shard_map) on a
+  one-device mesh: the same F F^T = U diag(l) U^T and M^{-1} r as
+  rp_cholesky and from_factor. The 4-device cases (tests/multidevice) are
+  slow-marked; this keeps the mesh path in the default run."""
+  from ngdjax import parallel
+
+  model, params, x = _problem(n=12, d=4, c=2)
+  st = ngdjax.models.model_structure(model, params, x)
+  key = jax.random.key(3)
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  r = jnp.cos(jnp.arange(24.0))
+
+  def make(p, z, rows):
+    return nystrom.structured_sketch(st, p, z, rows=rows)
+
+  @jax.jit
+  def both(p, z):
+    sketch = make(p, z, None)
+    ref = nystrom.from_factor(nystrom.rp_cholesky(
+        sketch.columns, sketch.diagonal(), 4, key))
+    out = nystrom.sharded_factor(make, p, z, mesh, rank=4, key=key)
+    return (ref, out, ref.inverse(0.1)(r),
+            nystrom.mesh_inverse(out, 0.1, mesh, 24)(r))
+
+  ref, out, ref_r, out_r = both(params, x)
+  np.testing.assert_allclose(
+      (out.basis * out.eigvals) @ out.basis.T,
+      (ref.basis * ref.eigvals) @ ref.basis.T, atol=1e-12)
+  np.testing.assert_allclose(out_r, ref_r, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_one_device_mesh_preconditioned_step_equals_unsharded():
+  """The mesh path (nystrom.sharded_factor and mesh_inverse inside
+  shard_map) on a one-device mesh: the same step, rank and products as
+  without a mesh. The 4-device cases run in tests/multidevice."""
+  from ngdjax import parallel
+
+  model, params, x = _problem(n=12, d=4, c=2)
+  y = jnp.sin(3 * x[:, :2])
+  results = []
+  for m in (None, parallel.data_mesh(jax.devices()[:1])):
+    opt = ngdjax.ngd(model, 0.5, damping=1e-3, solver="cg", mesh=m,
+                     preconditioner="nystrom", preconditioner_rank=4,
+                     cg_tol=1e-12)
+    results.append(jax.jit(opt.step)(params, opt.init(params), x, y))
+  (p0, _, i0), (p1, _, i1) = results
+  np.testing.assert_allclose(p1["W"], p0["W"], rtol=1e-10, atol=1e-12)
+  for k in ("preconditioner_rank", "cg_iterations"):
+    assert int(i1[k]) == int(i0[k]), k

@@ -4,6 +4,7 @@ Run by ``tests/parallel_test.py`` in a child process with 4 CPU devices; not
 collected by the main pytest run (the file name does not end in ``_test``).
 """
 
+import functools
 import re
 
 import jax
@@ -172,7 +173,7 @@ def test_explicit_mesh_gram(use):
 @pytest.mark.parametrize(
     "use,solver",
     [("plain", "cholesky"), ("placed", "cg"), ("set_mesh", "cholesky"),
-     ("set_mesh", "kfac")],
+     ("set_mesh", "kfac"), ("placed", "nystrom")],
 )
 def test_explicit_mesh_steps(use, solver):
   model = MODELS["two_layer_c1"]
@@ -184,6 +185,9 @@ def test_explicit_mesh_steps(use, solver):
   def make(m):
     if solver == "kfac":
       return ngdjax.kfac(model, learning_rate=0.3, damping=1e-3, mesh=m)
+    if solver == "nystrom":  # no host clock with the mesh (ngd's info)
+      return ngdjax.ngd(model, learning_rate=0.5, damping=1e-3, mesh=m,
+                        **NYSTROM)
     return ngdjax.ngd(model, learning_rate=0.5, damping=1e-3, solver=solver,
                       cg_tol=1e-12, cg_maxiter=200, mesh=m)
 
@@ -364,3 +368,136 @@ def test_sharded_cross_entropy_cholesky_equals_one_device():
   (p0, _, i0), (p1, _, i1) = results
   assert int(i1["cholesky_failed"]) == 0
   _tree_close(p1, p0, atol=1e-10)
+
+
+# --------------------------------------------------------------------------
+# Nystrom-preconditioned CG: the preconditioner built and applied in the
+# example blocks of the mesh (nystrom.sharded_factor, nystrom.mesh_inverse).
+# --------------------------------------------------------------------------
+
+
+def test_sharded_nystrom_factor_equals_one_device():
+  """The same pivots and the same F F^T = U diag(l) U^T as one device
+  (10 examples padded to 12 over 4 devices, two outputs, S^T G S rows),
+  and the preconditioner applied to a vector as one device."""
+  from ngdjax._src.optim import nystrom
+
+  model = MODELS["two_layer_c2"]
+  params = model.init(jax.random.key(2), 3)
+  x = _x(10)
+  rows = jax.random.normal(jax.random.key(4), (10, 2, 2))
+  st = ngdjax.models.model_structure(model, params, x)
+  key = jax.random.key(7)
+  mesh = parallel.data_mesh()
+  r = jnp.cos(jnp.arange(20.0))
+
+  def make(p, z, s):
+    return nystrom.structured_sketch(st, p, z, rows=s, chunk_size=4)
+
+  for rr in (None, rows):
+    sketch = nystrom.structured_sketch(st, params, x, rows=rr, chunk_size=4)
+    ref = nystrom.from_factor(nystrom.rp_cholesky(
+        sketch.columns, sketch.diagonal(), 6, key))
+
+    build = functools.partial(nystrom.sharded_factor, make, mesh=mesh,
+                              rank=6, key=key)
+    out = jax.jit(build)(params, x, rows=rr)
+    assert out.basis.sharding.spec[0] == "data"
+    assert int(out.rank) == int(ref.rank)
+    u = np.asarray(out.basis)[:20]
+    np.testing.assert_allclose(
+        (u * np.asarray(out.eigvals)) @ u.T,
+        (np.asarray(ref.basis) * np.asarray(ref.eigvals)) @ ref.basis.T,
+        atol=1e-11)
+    np.testing.assert_allclose(
+        np.asarray(nystrom.mesh_inverse(out, 0.1, mesh, 20)(r)),
+        np.asarray(ref.inverse(0.1)(r)), atol=1e-11)
+
+
+NYSTROM = dict(solver="cg", preconditioner="nystrom", preconditioner_rank=4,
+               cg_tol=1e-12, cg_maxiter=200)
+
+
+@pytest.mark.parametrize("case", ["squared", "cross_entropy", "chunked",
+                                  "bare_apply"])
+def test_sharded_nystrom_cg_step_equals_one_device(case):
+  """float64: the preconditioned CG step on 4 devices (uneven: 10 or 9
+  examples) equals the one-device step to 1e-10; the cross-entropy case is
+  the N = n c true-Fisher system S^T G S; the bare apply builds its
+  sketch from per-example Gram blocks and cross-Grams (generic_sketch)."""
+  if case == "bare_apply":
+    model, params = _cnn_apply, _cnn_init(jax.random.key(6), 9)
+    x, kwargs = _x9(9), {"gram_method": "jacobian"}
+  else:
+    model = MODELS["two_layer_c2"]
+    params = model.init(jax.random.key(2), 3)
+    x, kwargs = _x(10), {"chunk_size": 3} if case == "chunked" else {}
+  if case == "cross_entropy":
+    y, kwargs = jnp.arange(10) % 2, {"loss": "softmax_cross_entropy"}
+  else:
+    y = jnp.sin(3 * x[:, :2])
+  results = []
+  for m in (None, parallel.data_mesh()):
+    opt = ngdjax.ngd(model, learning_rate=0.5, damping=1e-3, mesh=m,
+                     **NYSTROM, **kwargs)
+    results.append(jax.jit(opt.step)(params, opt.init(params), x, y))
+  (p0, _, i0), (p1, _, i1) = results
+  _tree_close(p1, p0, atol=1e-10)
+  assert int(i1["preconditioner_rank"]) == int(i0["preconditioner_rank"])
+  assert float(i1["cg_residual"]) <= 1e-11
+  assert abs(int(i1["cg_iterations"]) - int(i0["cg_iterations"])) <= 1
+
+
+def test_sharded_nystrom_cg_step_float32_equals_one_device():
+  model = ngdjax.two_layer_relu(256)
+  params = jax.tree.map(lambda a: a.astype(jnp.float32),
+                        model.init(jax.random.key(2), 16))
+  x = ngdjax.normalize_rows(
+      jax.random.normal(jax.random.key(5), (37, 16), jnp.float32))
+  y = jnp.sin(3 * x[:, :1])
+  results = []
+  for m in (None, parallel.data_mesh()):
+    opt = ngdjax.ngd(model, learning_rate=0.5, damping=1e-2, mesh=m,
+                     solver="cg", preconditioner="nystrom",
+                     preconditioner_rank=8, cg_tol=1e-6)
+    results.append(jax.jit(opt.step)(params, opt.init(params), x, y))
+  (p0, _, _), (p1, _, _) = results
+  scale = float(jnp.abs(p0["W"] - params["W"]).max())
+  np.testing.assert_allclose(np.asarray(p1["W"]), np.asarray(p0["W"]),
+                             atol=1e-5 * scale)
+
+
+def _row_blocks_whole(hlo: str, n: int, c: int, size: int) -> list[str]:
+  """Shapes in HLO text of at least ``size`` elements with all ``n``
+  examples on one axis (``n c`` rows, or ``n`` and ``c`` axes)."""
+  out = []
+  for dims in re.findall(r"f(?:32|64)\[([\d,]+)\]", hlo):
+    shape = [int(d) for d in dims.split(",")]
+    whole = n * c in shape or (n in shape and c in shape)
+    if whole and int(np.prod(shape)) >= size:
+      out.append(dims)
+  return out
+
+
+def test_sharded_nystrom_step_never_gathers_the_basis():
+  """The compiled 4-device step (per-device shapes, after partitioning)
+  holds no array with all N = 40 x 2 rows and s c = 8 columns or more:
+  neither the N x k factor and basis (k = 4 rounds x 8 = 32 columns; each
+  device holds its 20 x 32 rows) nor a round's N x s c column block, which
+  the SPMD partitioner alone all-gathered for the triangular solve, also
+  with chunk_size. The one-device step holds them (the check can fail)."""
+  model = ngdjax.two_layer_relu(4, out_dim=2)
+  params = model.init(jax.random.key(2), 3)
+  x = _x(40)
+  y = jnp.sin(3 * x[:, :2])
+  whole = {}
+  for m, chunk in ((None, None), (parallel.data_mesh(), None),
+                   (parallel.data_mesh(), 8)):
+    opt = ngdjax.ngd(model, learning_rate=0.5, damping=1e-3, mesh=m,
+                     solver="cg", preconditioner="nystrom",
+                     preconditioner_rank=16, chunk_size=chunk)
+    hlo = jax.jit(opt.step).lower(params, opt.init(params), x,
+                                  y).compile().as_text()
+    whole[m is not None, chunk] = _row_blocks_whole(hlo, 40, 2, 80 * 8)
+  assert "80,32" in whole[False, None], whole
+  assert not whole[True, None] and not whole[True, 8], whole

@@ -8,11 +8,12 @@ Each process has 2 CPU devices; the two join through a coordinator on
 127.0.0.1:PORT into one 4-device mesh made the way JAX users make it
 (``jax.make_mesh``, Explicit axes). Each process builds the global batch
 from its own rows only (``jax.make_array_from_process_local_data``) and runs
-the sharded Gram, Gram-vector product, NGD steps (Cholesky, CG) and a K-FAC
-step. Process 0 gathers the results (``process_allgather``) and writes them
-to ``OUT_DIR/results.npz``; the test compares them with a one-process run
-that it computes from ``problem()`` and ``steps(None)`` (importing this file
-changes no JAX setting).
+the sharded Gram, Gram-vector product, NGD steps (Cholesky, CG, CG with
+the Nystrom preconditioner) and a K-FAC step. Process 0 gathers the
+results (``process_allgather``) and writes them to ``OUT_DIR/results.npz``;
+the test compares them with a one-process run that it computes from
+``problem()`` and ``steps(None)`` (importing this file changes no JAX
+setting).
 """
 
 import sys
@@ -58,6 +59,11 @@ def steps(mesh):
       "ngd_cg": ngdjax.ngd(model, learning_rate=0.5, damping=1e-3,
                            solver="cg", cg_tol=1e-12, cg_maxiter=200,
                            mesh=mesh),
+      # The preconditioner built and applied in the processes' row blocks.
+      "ngd_cg_nystrom": ngdjax.ngd(model, learning_rate=0.5, damping=1e-3,
+                                   solver="cg", preconditioner="nystrom",
+                                   preconditioner_rank=4, cg_tol=1e-12,
+                                   cg_maxiter=200, mesh=mesh),
       "kfac": ngdjax.kfac(model, learning_rate=0.3, damping=1e-3, mesh=mesh),
   }
 

@@ -35,7 +35,9 @@ Solvers:
   shows in ``cg_residual`` only; see ``ngdjax.optim.solvers``). With
   ``preconditioner="nystrom"``: preconditioned CG, the preconditioner of
   rank ``preconditioner_rank`` built from that many examples' Gram columns
-  (``ngdjax._src.optim.nystrom``; ``N`` beyond memory).
+  (``ngdjax._src.optim.nystrom``; ``N`` beyond memory); with a mesh it is
+  built and applied in the devices' example blocks like the products, its
+  ``N x k`` basis never gathered (``nystrom.sharded_factor``).
 
 Example:
 
@@ -69,6 +71,7 @@ from ngdjax._src.jacobian import (
   gram,
   gram_vp,
   gram_vp_sharded,
+  output_dim,
   outputs,
   parse_gram_method,
   resolve_gram_method,
@@ -213,15 +216,15 @@ def _gram_operator(cfg: _Config, params, x, f, n, c, st=None):
 def _solve(cfg: _Config, kernel, matvec, rhs, lam, build=None):
   """``(kernel + lam I)^{-1} rhs``: Cholesky on ``kernel`` or CG on
   ``matvec``; returns ``(solution, diagnostics)``. ``build`` (CG with a
-  preconditioner): ``() -> (Nystrom, diagnostics)``."""
+  preconditioner): ``() -> (lam -> (r -> M^{-1} r), diagnostics)``."""
   if kernel is not None:
     sol, failed = solvers.psd_solve(kernel, rhs, lam)
     return sol, {"cholesky_failed": failed}
   maxiter = cfg.cg_maxiter or rhs.shape[0]
   extra, precond = {}, None
   if build is not None:
-    pre, extra = build()
-    precond = pre.inverse(lam)
+    inverse, extra = build()
+    precond = inverse(lam)
   result = solvers.cg(matvec, rhs, lam, cfg.cg_tol, maxiter,
                       preconditioner=precond)
   return result.x, {"cg_iterations": result.iterations,
@@ -230,32 +233,49 @@ def _solve(cfg: _Config, kernel, matvec, rhs, lam, build=None):
 
 
 def _nystrom_builder(cfg: _Config, params, x, key, rows=None):
-  """``() -> (Nystrom, diagnostics)`` for ``G`` (``rows=None``) or the
+  """``() -> (inverse, diagnostics)`` for ``G`` (``rows=None``) or the
   true-Fisher kernel ``S^T G S`` (``rows = S``, ``(n, c, c)``): pivots by
   randomly pivoted Cholesky on kernel columns (``ngdjax._src.optim.nystrom``;
-  from the layer factors when the Gram is structured), its rank and build
-  time (seconds, host clock) for ``info``."""
+  from the layer factors when the Gram is structured); ``inverse(lam)``
+  is ``r -> M^{-1} r``; diagnostics: its rank and build time (seconds,
+  host clock) for ``info``. With a mesh, built and applied sharded like
+  the products (``nystrom.sharded_factor``, ``nystrom.mesh_inverse``):
+  each device holds its examples' rows of the ``N x k`` basis."""
   model = cfg.model or cfg.apply
   key = jax.random.key(0) if key is None else key
   st = _structure(cfg, params, x)
+  n = x.shape[0]
+  r = rows.shape[-1] if rows is not None else output_dim(model, params, x)
+  rank = cfg.preconditioner_rank or nystrom.default_rank(n, r)
+
+  def make_sketch(params, xs, rows):
+    if st is not None:
+      return nystrom.structured_sketch(st, params, xs, rows=rows,
+                                       chunk_size=cfg.chunk_size)
+    return nystrom.generic_sketch(model, params, xs, rows=rows,
+                                  method=cfg.gram_method,
+                                  chunk_size=cfg.chunk_size)
 
   def build():
+    if cfg.mesh is not None:
+      # No host clock: a host callback in a step whose inputs sit on an
+      # Explicit mesh (jax.make_mesh) fails to lower ("mesh should be the
+      # same across the entire program"); the seconds are NaN.
+      pre = nystrom.sharded_factor(make_sketch, params, x, cfg.mesh,
+                                   rank=rank, key=key, rows=rows)
+      return (lambda lam: nystrom.mesh_inverse(pre, lam, cfg.mesh, n * r),
+              {"preconditioner_rank": pre.rank,
+               "preconditioner_seconds": jnp.full((), jnp.nan,
+                                                 pre.basis.dtype)})
     t0 = nystrom.wall_clock(x)
     xs = x + (0.0 * t0).astype(x.dtype)  # built after t0
-    if st is not None:
-      sketch = nystrom.structured_sketch(st, params, xs, rows=rows,
-                                         chunk_size=cfg.chunk_size)
-    else:
-      sketch = nystrom.generic_sketch(model, params, xs, rows=rows,
-                                      method=cfg.gram_method,
-                                      chunk_size=cfg.chunk_size)
-    diag = sketch.diagonal()
-    rank = cfg.preconditioner_rank or nystrom.default_rank(*diag.shape)
-    f = nystrom.rp_cholesky(sketch.columns, diag, rank, key)
+    sketch = make_sketch(params, xs, rows)
+    f = nystrom.rp_cholesky(sketch.columns, sketch.diagonal(), rank, key)
     pre = nystrom.from_factor(f)
     t1 = nystrom.wall_clock(pre.basis)
-    return pre, {"preconditioner_rank": pre.rank,
-                 "preconditioner_seconds": (t1 - t0).astype(x.dtype)}
+    return pre.inverse, {"preconditioner_rank": pre.rank,
+                         "preconditioner_seconds": (t1 - t0).astype(
+                             pre.basis.dtype)}
 
   return build
 
@@ -514,7 +534,12 @@ def ngd(
       matrix (``sharded_solve``); the empirical and Monte Carlo kernels are
       gathered and solved replicated; with
       ``solver="cg"`` the Gram-vector products stay sharded (only
-      ``p``-sized reductions cross devices). Params stay replicated.
+      ``p``-sized reductions cross devices), and so does the Nystrom
+      preconditioner: each device computes the diagonal and pivot
+      columns of its own examples and keeps their rows of the ``N x k``
+      basis; only ``k x k`` pieces and the pivots' rows cross devices
+      (``nystrom.sharded_factor``, docs/guide/parallel.md). Params stay
+      replicated.
       Results equal the unsharded step.
     fisher: ``"true"``, ``"empirical"`` or ``"monte_carlo"`` (above).
     key: PRNG key for ``"monte_carlo"`` and the preconditioner's pivots
@@ -545,7 +570,8 @@ def ngd(
     kernel system, ``||(K + lam I) v - b|| / ||b||``, else CG's recursive
     one) and ``cg_failed`` (cg), with a preconditioner also
     ``preconditioner_rank`` (columns kept) and ``preconditioner_seconds``
-    (its build, host wall clock), the fault flags of ``ngdjax.optim.core``
+    (its build, host wall clock; NaN with a mesh), the fault flags of
+    ``ngdjax.optim.core``
     (``diverged``, ``update_skipped``, ``learning_rate_invalid``,
     ``damping_invalid``, ``params_nonfinite``), and for
     Levenberg-Marquardt ``reduction_ratio`` and ``loss_after`` (the loss at

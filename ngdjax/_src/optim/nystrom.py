@@ -49,8 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
+from jax.sharding import PartitionSpec
 
-from ngdjax._src import gram_forms
+from ngdjax._src import gram_forms, parallel
 from ngdjax._src.jacobian import gram
 from ngdjax._src.linalg import pad_rows
 from ngdjax._src.optim import solvers
@@ -99,28 +100,81 @@ class Nystrom(NamedTuple):
 
   def inverse(self, damping) -> Callable[[Array], Array]:
     """``r -> M^{-1} r`` (module docstring) for the damping ``mu``."""
-    mu = jnp.asarray(damping, self.basis.dtype)
-    keep = self.eigvals > 0
-    last = jnp.min(jnp.where(keep, self.eigvals, jnp.inf))
-    last = jnp.where(jnp.isfinite(last), last, 0.0)
-    scale = jnp.where(keep, (last + mu) / (self.eigvals + mu), 1.0)
+    scale = _inverse_scale(self.eigvals, damping, self.basis.dtype)
+    return lambda r: _apply_inverse(self.basis, scale, r)
 
-    def apply(r):
-      coeff = jnp.matmul(self.basis.T, r, precision=_HIGHEST)
-      return r + jnp.matmul(self.basis, (scale - 1.0) * coeff,
-                            precision=_HIGHEST)
 
-    return apply
+def _inverse_scale(eigvals: Array, damping, dtype) -> Array:
+  """``(l_k + mu) / (l + mu)`` per kept column (1 for the zero ones)."""
+  mu = jnp.asarray(damping, dtype)
+  keep = eigvals > 0
+  last = jnp.min(jnp.where(keep, eigvals, jnp.inf))
+  last = jnp.where(jnp.isfinite(last), last, 0.0)
+  return jnp.where(keep, (last + mu) / (eigvals + mu), 1.0)
+
+
+def _apply_inverse(basis: Array, scale: Array, r: Array,
+                   total=lambda a: a) -> Array:
+  """``r + U ((scale - 1) * U^T r)``: ``M^{-1} r`` for ``U`` = ``basis``
+  (its rows and ``r``'s on this device; ``total`` sums ``U^T r`` over
+  the devices)."""
+  coeff = total(jnp.matmul(basis.T, r, precision=_HIGHEST))
+  return r + jnp.matmul(basis, (scale - 1.0) * coeff, precision=_HIGHEST)
+
+
+def _gumbel_scores(weights: Array, gumbel: Array) -> Array:
+  """``log w + g`` (Gumbel top-k keys); zero weights below every positive
+  one (``-1e30 + g``)."""
+  logits = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights,
+                                                    1.0)), -jnp.inf)
+  return jnp.where(weights > 0, logits + gumbel, -1e30 + gumbel)
 
 
 def _sample_without_replacement(key, weights: Array, count: int) -> Array:
   """``count`` indices drawn with probability ``~ weights``, no repeats
   (Gumbel top-``count``; zero weights only after the positive ones)."""
   gumbel = jax.random.gumbel(key, weights.shape, weights.dtype)
-  logits = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights,
-                                                    1.0)), -jnp.inf)
-  score = jnp.where(weights > 0, logits + gumbel, -1e30 + gumbel)
-  return jax.lax.top_k(score, count)[1]
+  return jax.lax.top_k(_gumbel_scores(weights, gumbel), count)[1]
+
+
+class Layout(NamedTuple):
+  """Where the rows of ``K``'s columns and of ``F`` live: all on this
+  device (``local_layout``), or this device's block of examples of a
+  mesh (``_mesh_layout``, inside ``shard_map``).
+
+  Attributes:
+    examples: ``n``, the examples of the whole kernel (unpadded).
+    offset: global index of this device's first example.
+    total: sum over the devices (``psum``; the identity on one device).
+    largest: max over the devices (``pmax``).
+    sample: ``(key, weights (R,), count) -> (count,)`` global example
+      indices, drawn as ``_sample_without_replacement`` draws them from
+      all ``n`` weights.
+  """
+
+  examples: int
+  offset: Array | int
+  total: Callable[[Array], Array]
+  largest: Callable[[Array], Array]
+  sample: Callable
+
+
+def local_layout(n: int) -> Layout:
+  """All ``n`` examples on this device."""
+  same = lambda a: a  # noqa: E731
+  return Layout(n, 0, same, same, _sample_without_replacement)
+
+
+def take_rows(layout: Layout, local: Array, idx: Array) -> Array:
+  """``global[idx]`` (``(s, ...)``, on every device) for the array whose
+  rows ``[offset, offset + R)`` are ``local`` (``(R, ...)``): each device
+  contributes the rows it owns, zeros elsewhere, summed (``s`` rows
+  cross devices, never the array)."""
+  pos = idx - layout.offset
+  mine = (pos >= 0) & (pos < local.shape[0])
+  rows = local[jnp.clip(pos, 0, local.shape[0] - 1)]
+  mine = mine.reshape(mine.shape + (1,) * (local.ndim - 1))
+  return layout.total(jnp.where(mine, rows, jnp.zeros_like(rows)))
 
 
 def _whiten(cols: Array, core: Array, scale: Array) -> Array:
@@ -157,6 +211,7 @@ def rp_cholesky(
     key,
     *,
     block: int | None = None,
+    layout: Layout | None = None,
 ) -> Array:
   """``F`` (``N x k``) with ``F F^T`` the Nystrom approximation of ``K``
   on pivots drawn by block randomly pivoted Cholesky (module docstring).
@@ -164,54 +219,71 @@ def rp_cholesky(
   Args:
     columns: ``idx (s,) -> K[:, E]`` as ``(N, s c)`` for the examples
       ``idx``, their outputs in order (column ``j c + k`` is output ``k`` of
-      example ``idx[j]``).
-    diagonal: ``(n, c)`` diagonal of ``K`` (``N = n c``).
+      example ``idx[j]``); with a mesh ``layout``, this device's rows.
+    diagonal: ``(n, c)`` diagonal of ``K`` (``N = n c``); with a mesh
+      ``layout``, this device's ``(R, c)`` rows.
     rank: pivot examples (columns of ``F``: ``rank c``).
     key: PRNG key.
     block: pivot examples per round (default ``ceil(rank / ROUNDS)``:
       each round is one pass over the examples).
+    layout: where the rows live (default ``local_layout``: all here).
+      With a device's block of a mesh (``sharded_factor``), ``F``'s rows
+      stay on the device of their examples; only the ``s c`` pivot rows
+      of ``F`` and of the new columns cross devices (``take_rows``).
 
   Returns:
     ``(N, k)``, ``k = ceil(rank / block) block c`` (columns of a pivot
     already explained by the others, and of the last round's repeats, are
-    zero).
+    zero); with a mesh ``layout``, this device's ``(R c, k)`` rows.
   """
-  n, c = diagonal.shape
-  rank = int(min(rank, n))
+  layout = layout or local_layout(diagonal.shape[0])
+  n_here, c = diagonal.shape
+  rank = int(min(rank, layout.examples))
   s = int(min(block or -(-rank // ROUNDS), rank))
   rounds = -(-rank // s)
   dtype = diagonal.dtype
-  f = jnp.zeros((n * c, rounds * s * c), dtype)
-  scale = jnp.max(diagonal)
+  f = jnp.zeros((n_here * c, rounds * s * c), dtype)
+  scale = layout.largest(jnp.max(diagonal))
   residual = diagonal
+
+  def pivot_rows(a, idx):  # rows of the pivots' outputs, (s c, cols)
+    return take_rows(layout, a.reshape(n_here, c, -1), idx).reshape(s * c,
+                                                                     -1)
 
   def one_round(t, carry):
     f, residual, taken = carry
     # Chosen examples carry zero weight (their residual is ~0; round-off
     # could leave it positive).
     weights = jnp.where(taken, 0.0, jnp.maximum(residual.sum(axis=1), 0.0))
-    idx = _sample_without_replacement(jax.random.fold_in(key, t), weights, s)
-    taken = taken.at[idx].set(True)
-    rows = (idx[:, None] * c + jnp.arange(c)).reshape(-1)  # (s c,)
+    idx = layout.sample(jax.random.fold_in(key, t), weights, s)
+    pos = idx - layout.offset  # out of this device's range: dropped
+    taken = taken.at[jnp.where((pos >= 0) & (pos < n_here), pos, n_here)
+                     ].set(True, mode="drop")
     cols = columns(idx).astype(dtype)
-    cols = cols - jnp.matmul(f, f[rows].T, precision=_HIGHEST)
-    new = _whiten(cols, cols[rows], scale)  # (N, s c)
+    cols = cols - jnp.matmul(f, pivot_rows(f, idx).T, precision=_HIGHEST)
+    new = _whiten(cols, pivot_rows(cols, idx), scale)  # (N, s c)
     f = jax.lax.dynamic_update_slice(f, new, (0, t * s * c))
-    residual = residual - jnp.square(new).sum(axis=1).reshape(n, c)
+    residual = residual - jnp.square(new).sum(axis=1).reshape(n_here, c)
     return f, residual, taken
 
   f, _, _ = jax.lax.fori_loop(
-      0, rounds, one_round, (f, residual, jnp.zeros((n,), bool)))
+      0, rounds, one_round, (f, residual, jnp.zeros((n_here,), bool)))
   return f
 
 
-def from_factor(f: Array, *, block: int = 8192) -> Nystrom:
+def from_factor(f: Array, *, block: int = 8192,
+                total: Callable[[Array], Array] | None = None) -> Nystrom:
   """``Nystrom`` from ``F`` (``N x k``): the thin SVD of ``F`` from the
   eigendecomposition of ``F^T F`` (``2 N k^2`` flops). ``U = F V
   diag(l)^{-1/2}`` is written over ``F``'s buffer ``block`` rows at a time
-  (one ``N x k`` array, not two)."""
+  (one ``N x k`` array, not two). With ``total`` (``psum`` over a mesh)
+  ``f`` is this device's rows of ``F``: ``F^T F`` is the sum of the
+  devices' ``k x k`` pieces, the rotation is local, and the result holds
+  this device's rows of ``U``."""
   eps = float(jnp.finfo(f.dtype).eps)
   gram = jnp.matmul(f.T, f, precision=_HIGHEST)
+  if total is not None:
+    gram = total(gram)
   e, v = jnp.linalg.eigh(0.5 * (gram + gram.T))
   e, v = e[::-1], v[:, ::-1]
   keep = e > f.shape[1] * eps * jnp.max(jnp.abs(e))
@@ -267,21 +339,12 @@ def gram_diagonal_blocks(apply_or_model, params, x: Array, *,
   return blocks.reshape((-1,) + blocks.shape[2:])[:n]
 
 
-def gram_columns(apply_or_model, params, x: Array, idx: Array, *,
-                 method: str = "auto",
-                 chunk_size: int | None = None) -> Array:
-  """``G[:, E]`` (``(n c, s c)``) for the examples ``E = idx`` (``(s,)``):
-  the cross-Gram of all examples against ``x[idx]``, by row blocks of
-  ``chunk_size``."""
-  return gram(apply_or_model, params, x, x[idx], method=method,
-              chunk_size=chunk_size)
-
-
 def _feature_diagonal(forms, feats, r: int) -> Array:
   """``(n, r)`` squared norms of the rows ``J_ik`` (the diagonal of the
   Gram of ``feats``, from ``gram_forms.features``) without any pair of
   examples: ``|A_i|^2 |S_ik|^2`` (outer), ``sum_{g,t,t'} (A_itg .
-  A_it'g) (S_iktg . S_ikt'g)`` (patch), row norms (Jacobian rows)."""
+  A_it'g) (S_iktg . S_ikt'g)`` (patch), ``sum_{t,t'} [tok_it = tok_it']
+  (S_ikt . S_ikt')`` (embed), row norms (Jacobian rows)."""
   total = 0.0
   for k, p in enumerate(feats):
     form = forms[k] if k < len(forms) else "jacobian"
@@ -289,6 +352,12 @@ def _feature_diagonal(forms, feats, r: int) -> Array:
       a, s = p
       total = total + (jnp.sum(jnp.square(a), axis=1)[:, None]
                        * jnp.sum(jnp.square(s), axis=2))
+    elif form == "embed":
+      # sum_{t,t'} [tok_it = tok_it'] (S_ikt . S_ikt'), as gram_forms.
+      tok, s = p
+      same = (tok[:, :, None] == tok[:, None, :]).astype(s.dtype)
+      ss = jnp.einsum("iktd,ikud->iktu", s, s, precision=_HIGHEST)
+      total = total + jnp.einsum("itu,iktu->ik", same, ss)
     elif form == "patch":
       a, s = p
       aa = jnp.einsum("itga,iuga->igtu", a, a, precision=_HIGHEST)
@@ -311,6 +380,15 @@ def _row_blocks(n: int, block: int, fn, out_rows: Array) -> Array:
   return jax.lax.fori_loop(0, -(-n // block), step, out_rows)
 
 
+def _dtype(params, x: Array):
+  """The kernel's dtype: ``x``'s when floating, else (integer tokens)
+  the parameters' floating dtype."""
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    return x.dtype
+  return jnp.result_type(*[leaf for leaf in jax.tree_util.tree_leaves(params)
+                           if jnp.issubdtype(leaf.dtype, jnp.floating)])
+
+
 class KernelSketch(NamedTuple):
   """The two things a Nystrom build reads from a kernel ``K = Gamma G
   Gamma^T`` (``Gamma`` block diagonal, ``r`` rows per example).
@@ -319,10 +397,21 @@ class KernelSketch(NamedTuple):
     diagonal: ``() -> (n, r)``, the diagonal of ``K``.
     columns: ``idx (s,) -> (n r, s r)``, ``K[:, E]`` for the examples
       ``idx`` (``rp_cholesky``'s ``columns``).
+    pivot_columns: ``(x_E (s, ...), rows_E (s, c, r) or None) -> (n r, s
+      r)``, the same columns from the pivots' inputs (and rows), which
+      may live on another device (``sharded_factor``).
   """
 
   diagonal: Callable[[], Array]
   columns: Callable[[Array], Array]
+  pivot_columns: Callable[[Array, Array | None], Array]
+
+
+def _sketch(x, rows, diagonal, pivot_columns) -> KernelSketch:
+  def columns(idx):
+    return pivot_columns(x[idx], None if rows is None else rows[idx])
+
+  return KernelSketch(diagonal, columns, pivot_columns)
 
 
 def structured_sketch(st, params, x: Array, *, rows: Array | None = None,
@@ -344,7 +433,7 @@ def structured_sketch(st, params, x: Array, *, rows: Array | None = None,
   r = (rows.shape[-1] if rows is not None else
        jax.eval_shape(st.apply, params, x[:1]).shape[-1])
   forms = gram_forms.choose_forms(st, block, r,
-                                  jnp.dtype(x.dtype).itemsize)
+                                  jnp.dtype(_dtype(params, x)).itemsize)
 
   def feats(start, size):
     xb = jax.lax.dynamic_slice_in_dim(x, start, size)
@@ -353,16 +442,15 @@ def structured_sketch(st, params, x: Array, *, rows: Array | None = None,
     return gram_forms.features(st, forms, params, xb, rb)
 
   def diagonal():
-    out = jnp.zeros((n, r), x.dtype)
+    out = jnp.zeros((n, r), _dtype(params, x))
     return _row_blocks(
         n, block, lambda s: _feature_diagonal(forms, feats(s, block), r),
         out)
 
-  def columns(idx):
-    pivots = gram_forms.features(
-        st, forms, params, x[idx], None if rows is None else rows[idx])
-    k = idx.shape[0] * r
-    out = jnp.zeros((n, r, k), x.dtype)
+  def pivot_columns(x_piv, rows_piv):
+    pivots = gram_forms.features(st, forms, params, x_piv, rows_piv)
+    k = x_piv.shape[0] * r
+    out = jnp.zeros((n, r, k), _dtype(params, x))
 
     def blk(start):
       return gram_forms.cross(forms, feats(start, block), pivots
@@ -370,7 +458,7 @@ def structured_sketch(st, params, x: Array, *, rows: Array | None = None,
 
     return _row_blocks(n, block, blk, out).reshape(n * r, k)
 
-  return KernelSketch(diagonal, columns)
+  return _sketch(x, rows, diagonal, pivot_columns)
 
 
 def generic_sketch(apply_or_model, params, x: Array, *,
@@ -384,18 +472,155 @@ def generic_sketch(apply_or_model, params, x: Array, *,
     blocks = gram_diagonal_blocks(apply_or_model, params, x, method=method,
                                   chunk_size=chunk_size)
     if rows is None:
-      return jnp.diagonal(blocks, axis1=1, axis2=2).astype(x.dtype)
-    return jnp.einsum("ika,ikl,ila->ia", rows, blocks, rows).astype(x.dtype)
+      return jnp.diagonal(blocks, axis1=1, axis2=2).astype(_dtype(params, x))
+    return jnp.einsum("ika,ikl,ila->ia", rows, blocks, rows).astype(
+        _dtype(params, x))
 
-  def columns(idx):
-    cols = gram_columns(apply_or_model, params, x, idx, method=method,
-                        chunk_size=chunk_size)
+  def pivot_columns(x_piv, rows_piv):
+    cols = gram(apply_or_model, params, x, x_piv, method=method,
+                chunk_size=chunk_size)
     if rows is None:
       return cols
     n, c = rows.shape[:2]
     cols = jnp.einsum("ika,ikm->iam", rows, cols.reshape(n, c, -1))
-    cols = cols.reshape(n * rows.shape[-1], idx.shape[0], c)
-    return jnp.einsum("Nsk,ska->Nsa", cols, rows[idx]).reshape(
+    cols = cols.reshape(n * rows.shape[-1], x_piv.shape[0], c)
+    return jnp.einsum("Nsk,ska->Nsa", cols, rows_piv).reshape(
         cols.shape[0], -1)
 
-  return KernelSketch(diagonal, columns)
+  return _sketch(x, rows, diagonal, pivot_columns)
+
+
+# --------------------------------------------------------------------------
+# Over a device mesh: F and U row-sharded like the examples.
+# --------------------------------------------------------------------------
+
+
+def _mesh_layout(axis: str, n: int, n_here: int, devices: int) -> Layout:
+  """This device's block of ``n_here`` examples (inside ``shard_map``;
+  ``n`` real examples padded to ``devices n_here``).
+
+  Sampling draws the one-device Gumbel variates for all ``n`` examples
+  (the same key: ``n`` words on every device, replicated), keeps this
+  device's slice, takes its local top ``min(s, R)`` scores and merges the
+  ``P min(s, R)`` candidates (all-gathered) into the global top ``s``:
+  the one-device draw, without gathering the diagonal. Padded examples
+  score ``-inf``: never drawn (there are at least ``s`` real ones).
+  """
+  offset = jax.lax.axis_index(axis).astype(jnp.int32) * n_here
+
+  def sample(key, weights, count):
+    gumbel = jax.random.gumbel(key, (n,), weights.dtype)
+    gumbel = jnp.pad(gumbel, (0, devices * n_here - n))
+    gumbel = jax.lax.dynamic_slice_in_dim(gumbel, offset, n_here)
+    real = offset + jnp.arange(n_here) < n
+    score = jnp.where(real, _gumbel_scores(weights, gumbel), -jnp.inf)
+    top, pos = jax.lax.top_k(score, min(count, n_here))
+    top = jax.lax.all_gather(top, axis, tiled=True)
+    ids = jax.lax.all_gather(pos.astype(jnp.int32) + offset, axis,
+                             tiled=True)
+    return ids[jax.lax.top_k(top, count)[1]]
+
+  return Layout(n, offset, lambda a: jax.lax.psum(a, axis),
+                lambda a: jax.lax.pmax(a, axis), sample)
+
+
+def sharded_factor(make_sketch: Callable, params, x: Array, mesh, *,
+                   rank: int, key, rows: Array | None = None,
+                   block: int | None = None) -> Nystrom:
+  """The preconditioner of ``rp_cholesky`` and ``from_factor`` over the
+  one-axis ``mesh``, built where the examples are.
+
+  The ``n`` examples (``rows`` too) are padded to ``P R`` and split in
+  blocks of ``R``; inside ``shard_map`` device ``q`` builds
+  ``make_sketch(params, x_q, rows_q)`` on its own examples and computes
+  the diagonal and the pivot columns ``K[X_q, E]`` of its rows only
+  (``R r x s r``). What crosses devices: the pivots' inputs and rows,
+  and the pivots' rows of ``F`` and of the new columns (``take_rows``, ``s
+  r x k`` words), the ``P min(s, R)`` sampling candidates, ``max_j
+  K_jj`` and the ``k x k`` ``F^T F`` (``psum``). The ``s r x s r`` pivot
+  block, its Cholesky or eigendecomposition and the ``k x k``
+  eigendecomposition are computed on every device (replicated). ``F``
+  and ``U`` are never gathered: each device holds ``R r x k`` words.
+
+  Args:
+    make_sketch: ``(params, x_q, rows_q) -> KernelSketch`` for a block of
+      examples (``structured_sketch`` or ``generic_sketch``).
+    params: parameters (replicated).
+    x: ``(n, ...)`` inputs.
+    mesh: one-axis mesh over the examples.
+    rank: pivot examples.
+    key: PRNG key (the one-device build's: same pivots, same ``F``).
+    rows: optional ``(n, c, r)`` rows ``Gamma`` of the kernel.
+    block: pivot examples per round (``rp_cholesky``).
+
+  Returns:
+    ``Nystrom`` whose ``basis`` is ``(P R r, k)``, rows split over the
+    mesh (``PartitionSpec(axis)``), zero on the padded examples; apply it
+    with ``mesh_inverse``.
+  """
+  mesh = parallel.auto_mesh(mesh)
+  axis = parallel.mesh_axis(mesh)
+  devices = mesh.devices.size
+  n = x.shape[0]
+  xp, pad = pad_rows(x, devices)
+  rows_p = None if rows is None else jnp.concatenate(
+      [rows, jnp.zeros((pad,) + rows.shape[1:], rows.dtype)])
+  n_here = xp.shape[0] // devices
+
+  def local(params, x_here, rows_here, key_data):
+    layout = _mesh_layout(axis, n, n_here, devices)
+    real = layout.offset + jnp.arange(n_here) < n
+    sketch = make_sketch(params, x_here, rows_here)
+    diag = sketch.diagonal()
+    diag = jnp.where(real[:, None], diag, jnp.zeros_like(diag))
+    real_rows = jnp.repeat(real, diag.shape[1])[:, None]
+
+    def columns(idx):
+      x_piv = take_rows(layout, x_here, idx)
+      rows_piv = (None if rows_here is None
+                  else take_rows(layout, rows_here, idx))
+      cols = sketch.pivot_columns(x_piv, rows_piv)
+      return jnp.where(real_rows, cols, jnp.zeros_like(cols))
+
+    f = rp_cholesky(columns, diag, rank, jax.random.wrap_key_data(key_data),
+                    block=block, layout=layout)
+    return from_factor(f, total=layout.total)
+
+  spec = PartitionSpec
+  with parallel.mesh_context(mesh):
+    params, xp, rows_p = parallel.to_auto((params, xp, rows_p), mesh)
+    return jax.shard_map(
+        local, mesh=mesh,
+        in_specs=(spec(), spec(axis), spec(axis), spec()),
+        out_specs=Nystrom(spec(axis), spec(), spec()),
+        check_vma=False,
+    )(params, xp, rows_p, jax.random.key_data(key))
+
+
+def mesh_inverse(pre: Nystrom, damping, mesh, size: int
+                 ) -> Callable[[Array], Array]:
+  """``r -> M^{-1} r`` (``Nystrom.inverse``) for the row-sharded ``pre``
+  of ``sharded_factor`` and ``r`` of ``size`` (``n r``) entries: ``r`` is
+  padded and split like ``U``'s rows, each device multiplies its rows
+  (``U_q^T r_q``, summed by ``psum``: ``k`` words) and forms its rows of
+  the result. ``U`` never moves."""
+  mesh = parallel.auto_mesh(mesh)
+  axis = parallel.mesh_axis(mesh)
+  scale = _inverse_scale(pre.eigvals, damping, pre.basis.dtype)
+  padded = pre.basis.shape[0]
+
+  def local(basis, scale, r):
+    return _apply_inverse(basis, scale, r,
+                          total=lambda a: jax.lax.psum(a, axis))
+
+  def apply(r):
+    rp = jnp.pad(r.astype(pre.basis.dtype), (0, padded - size))
+    spec = PartitionSpec
+    with parallel.mesh_context(mesh):
+      out = jax.shard_map(local, mesh=mesh,
+                          in_specs=(spec(axis), spec(), spec(axis)),
+                          out_specs=spec(axis), check_vma=False,
+                          )(pre.basis, scale, rp)
+    return out[:size]
+
+  return apply

@@ -119,9 +119,8 @@ def test_sharded_kfac_step_equals_unsharded():
 
 
 # --------------------------------------------------------------------------
-# Meshes as JAX users make them: jax.make_mesh gives Explicit axes (issue 13
-# item 9), used with plain arrays, with arrays placed on the mesh, and under
-# jax.set_mesh.
+# Meshes as JAX users make them: jax.make_mesh gives Explicit axes, used
+# with plain arrays, with arrays placed on the mesh, and under jax.set_mesh.
 # --------------------------------------------------------------------------
 
 USES = ["plain", "placed", "set_mesh"]

@@ -5,8 +5,9 @@ For each seed, the ``digits`` preset of ``configs/train.py`` with
 batch order), and NGD and K-FAC with the adaptive defaults (one run each,
 no grid), run by ``experiments.train._train`` exactly as ``python -m
 experiments.train --config=configs/train.py:digits --config.seed=S`` runs
-those two units (the same initialisation key and PRNG stream as inside its
-``Run``). Adam and SGD are not run. Prints one row per seed and method:
+those two units (in float64, the experiments' default, with the same
+initialisation key and PRNG stream as inside its ``Run``). Adam and SGD
+are not run. Prints one row per seed and method:
 the first evaluated step at which the test accuracy reaches the target
 (``None``: not within the budget), the best and the final test accuracy
 (with the number of test images right), and the seconds (training only;
@@ -50,8 +51,9 @@ def run(seed: int, method: str, *, steps: int | None = None,
   def log(**values):
     records.append(values)
 
-  # experiments.train's Run draws with the classic threefry stream.
-  with jax.threefry_partitionable(False):
+  # As experiments.train runs: float64 (experiments.common's --float64
+  # default) and, inside its Run, the classic threefry stream.
+  with jax.enable_x64(True), jax.threefry_partitionable(False):
     ds = exp.load(config)
     model = exp.models.mlp(tuple(int(w) for w in config.widths),
                            out_dim=10, activation="relu",
@@ -90,7 +92,8 @@ def main():
                  help="budget (default: the preset's curvature_steps)")
   p.add_argument("--json", default="", help="write the results here")
   args = p.parse_args()
-  print(f"jax {jax.__version__}, {jax.devices()[0].platform}", flush=True)
+  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64",
+        flush=True)
   results = {}
   for seed in args.seeds:
     for method in args.methods:

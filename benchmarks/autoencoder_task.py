@@ -1,8 +1,10 @@
 """The autoencoder task shared by ``train.py`` and ``kfac_jax_train.py``.
 
 Plain numpy and ``jax.numpy`` only, so that both interpreters (ngdjax's and
-the separate one with kfac-jax) build the same data, initialisation and
-batches from the same seeds.
+the separate one with kfac-jax, where ngdjax is not importable) build the
+same data and initialisation from the same seed. The batches come from
+``ngdjax.experiment.epoch_batches``; ``train.py`` hands kfac-jax's run the
+same index arrays in a file.
 """
 
 import jax.numpy as jnp
@@ -36,14 +38,3 @@ def apply(params, x):
       h = jnp.tanh(h)
   return h
 
-
-def batches(n, batch, steps, seed):
-  """``steps`` index arrays of ``batch``; a new permutation every epoch."""
-  rng = np.random.default_rng([seed, 1])
-  out, epoch = [], []
-  while len(out) < steps:
-    if len(epoch) < batch:
-      epoch = list(rng.permutation(n))
-    out.append(np.asarray(epoch[:batch]))
-    epoch = epoch[batch:]
-  return out

@@ -2,8 +2,12 @@
 
 Run by ``benchmarks/train.py`` with a separate interpreter that has
 kfac-jax 0.0.8 and jax 0.9.1 installed (kfac-jax is never a dependency of
-ngdjax). Same data, architecture, initialisation and batches as
-``benchmarks/train.py`` (both rebuild them from numpy with the same seeds);
+ngdjax, and ngdjax is not importable there). Same data, architecture,
+initialisation and batches as ``benchmarks/train.py``: both rebuild the
+data and initialisation from numpy with the same seed, and the batches are
+the index arrays ``benchmarks/train.py`` drew
+(``ngdjax.experiment.epoch_batches``) and saved with ``np.save`` as one
+``(steps, batch)`` array, read from ``--batches``;
 kfac-jax's recommended adaptive settings: learning rate, momentum and
 damping from the quadratic model (``use_adaptive_*``), Monte Carlo Fisher
 (its default ``fisher_gradients`` estimator), factor EMA 0.95, inverses
@@ -14,7 +18,7 @@ Loss: kfac-jax's registration ``weight * sum ||u - y||^2 / batch`` with
 ``weight = 1/2`` is the per-example mean of ``1/2 ||u - y||^2``, the
 figure ``benchmarks/train.py`` prints (ngdjax's sum loss over ``n``).
 
-    $KFAC_JAX_PYTHON benchmarks/kfac_jax_train.py --steps 300
+    $KFAC_JAX_PYTHON benchmarks/kfac_jax_train.py --batches ORDER.npy
 """
 
 import argparse
@@ -28,15 +32,16 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as benchmarks/train.py
 import jax
 import jax.numpy as jnp
 import kfac_jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from autoencoder_task import apply, batches, digits_01, init_params  # noqa: E402
+from autoencoder_task import apply, digits_01, init_params  # noqa: E402
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--batches", required=True,
+                      help="a .npy (steps, batch) array of example indices")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--initial_damping", type=float, default=1.0)
   args = parser.parse_args()
@@ -63,7 +68,7 @@ def main():
       multi_device=False,
   )
   params = jax.tree_util.tree_map(jnp.asarray, init_params(args.seed))
-  order = batches(n, args.batch, args.steps, args.seed)
+  order = np.load(args.batches)
   key = jax.random.key(args.seed)
   first = (x_all[order[0]], x_all[order[0]])
   state = optimizer.init(params, key, first)
@@ -85,7 +90,7 @@ def main():
     jax.block_until_ready(params)
     clock += time.perf_counter() - start
     cpu += time.process_time() - start_cpu
-    if (k + 1) % 10 == 0 or k + 1 == args.steps:
+    if (k + 1) % 10 == 0 or k + 1 == len(order):
       curve.append((k + 1, clock, float(full(params)),
                     *(float(stats[name]) for name in
                       ("learning_rate", "momentum", "damping", "rho"))))

@@ -19,7 +19,8 @@ Two tasks, every method from the same initialisation on the same batches:
   ``lam0`` = 0.01, 0.1, 1, 10 times the batch size.
 * ``classifier``: ``experiments.train``'s digits task (MLP 64-512-10 ReLU,
   batch 64, softmax cross-entropy), 200 steps of K-FAC and NGD with the
-  adaptive defaults (no grid): the test accuracy and the first step at
+  adaptive defaults (no grid), D1's units exactly (``d1_seeds.py``, which
+  runs them on several seeds): the test accuracy and the first step at
   which it reaches 97 %.
 
 Seconds are training time only (a discarded warm-up step compiles; the
@@ -50,12 +51,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import ngdjax
+from ngdjax.experiment.batching import epoch_batches as batches
 from ngdjax.optim import gd, kfac, levenberg_marquardt, ngd, optax_optimizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import autoencoder_task as task  # noqa: E402
-from autoencoder_task import apply, batches, digits_01  # noqa: E402
+import d1_seeds  # noqa: E402
+from autoencoder_task import apply, digits_01  # noqa: E402
 
 # An interpreter with kfac-jax 0.0.8 and jax 0.9.1 (never a dependency).
 KFAC_JAX = os.environ.get("KFAC_JAX_PYTHON", "")
@@ -136,7 +138,7 @@ def autoencoder(args):
     _print_row(name, results[name])
   r = None
   if args.kfac_jax_python and os.path.exists(args.kfac_jax_python):
-    r = _kfac_jax_run(args)
+    r = _kfac_jax_run(args, order)
     if r is not None:
       curve = [(0, 0.0, r["initial_loss"])] + [tuple(c[:3])
                                                for c in r["curve"]]
@@ -149,13 +151,16 @@ def autoencoder(args):
   return results
 
 
-def _kfac_jax_run(args):
-  """One kfac-jax run in its own interpreter; its JSON line, or None."""
+def _kfac_jax_run(args, order):
+  """One kfac-jax run in its own interpreter on the batches ``order``
+  (handed over in a file: ngdjax is not importable there); its JSON line,
+  or None."""
   here = os.path.dirname(os.path.abspath(__file__))
+  path = os.path.join(args.out, "autoencoder_batches.npy")
+  np.save(path, np.stack(order))
   out = subprocess.run(
       [args.kfac_jax_python, os.path.join(here, "kfac_jax_train.py"),
-       "--steps", str(args.steps), "--batch", str(args.batch),
-       "--seed", str(args.seed)],
+       "--batches", path, "--seed", str(args.seed)],
       capture_output=True, text=True, check=False)
   if out.returncode != 0:
     print("kfac-jax run failed:", out.stderr[-2000:], file=sys.stderr)
@@ -201,7 +206,7 @@ def wall_time(args):
                              "final_loss": float(full(params)),
                              "load_average": os.getloadavg()})
     if args.kfac_jax_python and os.path.exists(args.kfac_jax_python):
-      r = _kfac_jax_run(args)
+      r = _kfac_jax_run(args, order)
       if r is not None:
         rounds["kfac_jax"].append({k: r[k] for k in (
             "seconds", "cpu_seconds", "final_loss", "load_average")})
@@ -236,57 +241,17 @@ def _print_row(name, r):
 
 
 def classifier(args):
-  # D1's task exactly: its data, split, initialisation and batches.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))))
-  from configs import train as settings
-  from experiments import train as exp
-  from ngdjax.experiment.runner import seed_key
-  config = settings.get_config("digits")
-  ds = exp.load(config)
-  model = ngdjax.mlp((512,), out_dim=10, activation="relu",
-                     w_std=float(config.w_std))
-  params0 = model.init(seed_key(config.seed, "init"), ds.x_train.shape[1])
-  x_all = jnp.asarray(ds.x_train)
-  labels = jnp.asarray(ds.labels_train)
-  x_test, labels_test = jnp.asarray(ds.x_test), jnp.asarray(ds.labels_test)
-  order = exp._batches(x_all.shape[0], 64, args.classifier_steps,
-                       config.seed)
-  acc = jax.jit(lambda p: jnp.mean(
-      jnp.argmax(model.apply(p, x_test), -1) == labels_test))
-  loss = "softmax_cross_entropy"
-  runs = {
-      "kfac": lambda: kfac(model, loss=loss,
-                           factor_decay=config.kfac_decay,
-                           inverse_every=config.kfac_inverse_every,
-                           inverse=config.kfac_inverse),
-      "ngd": lambda: ngd(model, loss=loss, fisher="true"),
-  }
+  """D1's task exactly (``d1_seeds.run``: its data, split, initialisation
+  and batches): K-FAC and NGD with the adaptive defaults, no grid."""
   results = {}
-  for name, make in runs.items():
-    opt = make()
-    step = jax.jit(opt.step)
-    state = opt.init(params0)
-    jax.block_until_ready(step(params0, state, x_all[order[0]],
-                               labels[order[0]]))
-    params, clock, curve = params0, 0.0, []
-    for k, idx in enumerate(order):
-      start = time.perf_counter()
-      params, state, info = step(params, state, x_all[idx], labels[idx])
-      jax.block_until_ready(params)
-      clock += time.perf_counter() - start
-      if (k + 1) % 10 == 0:
-        curve.append((k + 1, clock, float(acc(params))))
-    hit = next((c for c in curve if c[2] >= 0.97), None)
-    results[name] = {"curve": curve, "final_accuracy": curve[-1][2],
-                     "steps_to_97": None if hit is None else hit[0],
-                     "seconds_to_97": None if hit is None else hit[1],
-                     "load_average": os.getloadavg()}
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"classifier {name:6s} final {100 * curve[-1][2]:.1f}%  97% at "
-          f"step {results[name]['steps_to_97']}  "
-          f"({results[name]['seconds_to_97']} s)  {clock:.2f} s  "
-          f"load {load}", flush=True)
+  for name in ("kfac", "ngd"):
+    r = d1_seeds.run(args.seed, name, steps=args.classifier_steps)
+    results[name] = {"curve": r["curve"],
+                     "final_accuracy": r["final_test_accuracy"],
+                     "steps_to_97": r["steps_to_target"],
+                     "seconds_to_97": r["seconds_to_target"],
+                     "load_average": r["load_average"]}
+    print("classifier " + d1_seeds.row(args.seed, name, r), flush=True)
   return results
 
 

@@ -49,10 +49,22 @@ def test_train_smoke_and_resume(tmp_path):
     assert len(steps) == u["steps_run"] + 1
     assert np.all(np.diff([rec["seconds"] for rec in steps]) >= 0)
     assert sum("test_accuracy" in rec for rec in steps) >= 2
+  # The criteria say what ran: the tiny config gives NGD and K-FAC grids.
+  assert "(each the best of its lr x damping grid)" in saved["expectation"]
   again = train.SPEC.run(config, tmp_path)
   assert again["resumed_units"] == len(saved["details"]["runs"])
   assert again["measured"]["test_accuracy"] == saved["measured"][
       "test_accuracy"]
+
+
+def test_criteria_text_names_the_adaptive_run_or_the_grid():
+  config = train.SPEC.default_config()  # adaptive: one run each
+  for method in train.CURVATURE:
+    assert train._how_chosen(config, method).startswith(
+        "one run with the adaptive learning rate")
+  config.ngd_dampings = ("adaptive", 1.0)
+  assert train._how_chosen(config, "ngd") == (
+      "the best of its lr x damping grid")
 
 
 def _append(logs, **values):

@@ -10,12 +10,14 @@ package holds what every claim shares:
 * ``config``: the schema and ``Rule`` checks, config files, workdirs.
 * ``verdicts``: checks as data, evaluated on the measured figures.
 * ``metrics`` / ``checkpoint`` / ``progress``: files, units, ETA.
+* ``batching``: the order of mini-batches every method of a run sees.
 * ``plots``: PNG figures (Agg canvas, no pyplot); ``timing``: interleaved
   wall-clock timing.
 * ``reproduce``: runs a list of experiments and writes ``report.md``.
 """
 
 from ngdjax.experiment import (
+    batching,
     checkpoint,
     config,
     metrics,
@@ -23,6 +25,7 @@ from ngdjax.experiment import (
     progress,
     timing,
 )
+from ngdjax.experiment.batching import epoch_batches
 from ngdjax.experiment.checkpoint import UnitStore
 from ngdjax.experiment.config import (
     check_config,
@@ -53,10 +56,12 @@ __all__ = [
     "Progress",
     "Run",
     "UnitStore",
+    "batching",
     "check_config",
     "check_workdir",
     "checkpoint",
     "config",
+    "epoch_batches",
     "initialize_distributed",
     "load_config_file",
     "metrics",

@@ -462,7 +462,8 @@ def test_claim_modules_import_no_other_claim():
   never imported from another claim's module."""
   import ast
 
-  shared = {"analysis", "checkpoint", "common", "config", "metrics",
+  shared = {"analysis", "batching", "checkpoint", "common", "config",
+            "metrics",
             "ngd_training",
             "plots", "progress", "runner", "timing", "verdicts"}
   for spec in registry.SPECS:

@@ -17,9 +17,9 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
+import numbers
 
-from ngdjax._src import checks
+import numpy as np
 
 
 def epoch_batches(n: int, batch: int, steps: int,
@@ -44,9 +44,11 @@ def epoch_batches(n: int, batch: int, steps: int,
     ValueError: ``batch`` outside ``[1, n]``, a negative ``steps``, a
       non-integer argument.
   """
-  checks.check_scalar("n", n, positive=True, integer=True)
-  checks.check_scalar("batch", batch, positive=True, integer=True)
-  checks.check_scalar("steps", steps, nonnegative=True, integer=True)
+  for name, value, low in (("n", n, 1), ("batch", batch, 1),
+                           ("steps", steps, 0)):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+        or value < low):
+      raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
   if batch > n:
     raise ValueError(f"batch must be at most n = {n}, got {batch}")
   rng = np.random.default_rng([seed, 1])

@@ -357,25 +357,18 @@ def exact_update(
     ``(a, b)``: the preconditioned gradient (the update is ``-eta`` times
     it).
   """
-  n, c, b = grads.shape
-  bf = grads.reshape(n * c, b)
-  if dual_b:
-    eb, ub = jnp.linalg.eigh(self_outer(bf))
-    right = jnp.einsum("ik,ikq->iq", g, ub.reshape(n, c, n * c))
-  else:
-    eb, qb = jnp.linalg.eigh(self_outer(bf.T))
-    right = jnp.einsum("ik,ikb->ib", g, grads) @ qb
+  n = grads.shape[0]
+  eb, right, back = solvers.output_factor_eigh(grads, g, dual=dual_b)
   if dual_a:
     ea, ua = jnp.linalg.eigh(self_outer(inputs))
     core = ua.T @ right
   else:
     ea, qa = jnp.linalg.eigh(self_outer(inputs.T))
     core = qa.T @ (inputs.T @ right)
-  ea = solvers.clamp_spectrum(ea) + lam_a
-  eb = solvers.clamp_spectrum(eb) + lam_b
-  den = ea[:, None] * eb[None, :] / n + damping
-  core = core * jnp.where(den > 0, 1.0 / jnp.where(den > 0, den, 1.0), 0.0)
-  core = (core @ ub.T) @ bf if dual_b else core @ qb.T
+  core = solvers.divide_by_kronecker_spectrum(
+      core, solvers.clamp_spectrum(ea) + lam_a,
+      solvers.clamp_spectrum(eb) + lam_b, n, damping)
+  core = back(core)
   return inputs.T @ (ua @ core) if dual_a else qa @ core
 
 

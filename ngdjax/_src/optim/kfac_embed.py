@@ -249,18 +249,10 @@ def exact_update(
   Returns:
     ``(V, D)``: the preconditioned gradient.
   """
-  grads, h_e, y = _rows(f, h)
-  m, r, d = grads.shape
-  bf = grads.reshape(m * r, d)
-  if dual_b:
-    eb, ub = jnp.linalg.eigh(self_outer(bf))
-    right = jnp.einsum("ik,ikq->iq", h_e, ub.reshape(m, r, m * r))
-  else:
-    eb, qb = jnp.linalg.eigh(self_outer(bf.T))
-    right = y @ qb
+  grads, h_e, _ = _rows(f, h)
+  eb, right, back = solvers.output_factor_eigh(grads, h_e, dual=dual_b)
   core = token_sums(f.ids, right, f.vocab)
-  ea = token_counts(f.ids, f.vocab, core.dtype) + lam_a
-  eb = solvers.clamp_spectrum(eb) + lam_b
-  den = ea[:, None] * eb[None, :] / m + damping
-  core = core * jnp.where(den > 0, 1.0 / jnp.where(den > 0, den, 1.0), 0.0)
-  return (core @ ub.T) @ bf if dual_b else core @ qb.T
+  core = solvers.divide_by_kronecker_spectrum(
+      core, token_counts(f.ids, f.vocab, core.dtype) + lam_a,
+      solvers.clamp_spectrum(eb) + lam_b, grads.shape[0], damping)
+  return back(core)

@@ -79,6 +79,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ngdjax._src.linalg import self_outer
 from ngdjax._src.typing import Array
 
 
@@ -94,6 +95,41 @@ def clamp_spectrum(e: Array) -> Array:
   """
   tol = e.shape[0] * _eps(e.dtype) * jnp.max(jnp.abs(e))
   return jnp.where(e > tol, e, 0.0)
+
+
+def output_factor_eigh(grads: Array, weights: Array, *, dual: bool):
+  """The eigenbasis of a K-FAC block's output side, ``B^T B = Q diag(beta)
+  Q^T`` with ``B`` the ``(n c, b)`` rows of ``grads`` ``(n, c, b)``, and the
+  loss-weighted rows ``(Gamma B)_i = sum_k weights[i, k] grads[i, k]``
+  projected on it.
+
+  In dual form (``dual``: fewer rows than ``b``) ``Q = B^T U`` comes from
+  ``B B^T = U diag(beta) U^T`` (no division by singular values; the
+  gradient has no component outside the range of ``B^T``).
+
+  Returns:
+    ``(beta, right, back)``: ``beta`` the spectrum, ``right`` ``(n, q)``
+    the projected rows ``Gamma B Q``, and ``back`` mapping a ``(r, q)``
+    core to ``(r, b)`` (``core Q^T``).
+  """
+  n, c, b = grads.shape
+  rows = grads.reshape(n * c, b)
+  if dual:
+    beta, u = jnp.linalg.eigh(self_outer(rows))
+    right = jnp.einsum("ik,ikq->iq", weights, u.reshape(n, c, n * c))
+    return beta, right, lambda core: (core @ u.T) @ rows
+  beta, q = jnp.linalg.eigh(self_outer(rows.T))
+  right = jnp.einsum("ik,ikb->ib", weights, grads) @ q
+  return beta, right, lambda core: core @ q.T
+
+
+def divide_by_kronecker_spectrum(core: Array, alpha: Array, beta: Array,
+                                 rows: int, damping) -> Array:
+  """``core / (alpha beta^T / rows + damping)`` elementwise, a zero
+  denominator giving 0 (the pseudo-inverse): the damped inverse of a
+  Kronecker block ``(A (x) B) / rows + damping I`` in its eigenbasis."""
+  den = alpha[:, None] * beta[None, :] / rows + damping
+  return core * jnp.where(den > 0, 1.0 / jnp.where(den > 0, den, 1.0), 0.0)
 
 
 def eigh_solve(mat: Array, rhs: Array, damping: Array) -> Array:

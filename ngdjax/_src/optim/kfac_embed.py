@@ -157,10 +157,9 @@ def diagonal_inverse(d: Array, *, pinv: bool = False
   entry is inverted, and ``failed`` is 1 when some entry was not (what
   ``psd_solve``'s Cholesky would count as a fallback).
   """
-  tol = 0.0
   if pinv:
-    tol = d.shape[0] * jnp.finfo(d.dtype).eps * jnp.max(jnp.abs(d))
-  keep = d > tol
+    d = solvers.clamp_spectrum(d)  # the eigh pseudo-inverse's threshold
+  keep = d > 0
   inv = jnp.where(keep, 1.0 / jnp.where(keep, d, 1.0), 0.0)
   failed = 0 if pinv else jnp.any(~keep)
   return inv, jnp.asarray(failed, jnp.int32)

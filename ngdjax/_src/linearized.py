@@ -142,11 +142,19 @@ def linearize(
       del params  # the Jacobian of f_lin does not depend on params
       return model.layer_factors(params0, x)
 
+  gram_product = None
+  if model.gram_product is not None:
+
+    def gram_product(params, x, chunk_size):
+      del params  # as layer_factors: the Jacobian at params0
+      return model.gram_product(params0, x, chunk_size)
+
   return model._replace(
       init=lambda key, in_dim: params0,
       apply=apply_lin,
       name=f"linearized({model.name})",
       layer_factors=layer_factors,
+      gram_product=gram_product,
   )
 
 

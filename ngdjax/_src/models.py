@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ngdjax._src import checks, kernels
+from ngdjax._src import checks, kernels, relu_pattern
 from ngdjax._src.keyed import by_value
 from ngdjax._src.typing import Array, Params
 
@@ -81,6 +81,10 @@ class Model(NamedTuple):
     from_layer_matrices: the inverse of ``to_layer_matrices``.
     kernel_inf: ``x -> (N, N)`` infinite-width Gram of this model's trainable
       parameters, or ``None``.
+    gram_product: ``(params, x, chunk_size) -> (v (n, c) -> G v (n, c))``,
+      a matrix-free ``G = J J^T`` product prepared once and applied many
+      times (CG's products), or ``None`` (the generic chunked product).
+      Like ``layer_factors`` it must agree with ``apply``.
 
   Equality and hashing are a tuple's, field by field. The functions of a
   model built by ``two_layer_relu`` or ``mlp`` compare by the builder's
@@ -98,6 +102,7 @@ class Model(NamedTuple):
   to_layer_matrices: Callable[[Params], tuple[Array, ...]] | None = None
   from_layer_matrices: Callable[[Sequence[Array]], Params] | None = None
   kernel_inf: Callable[[Array], Array] | None = None
+  gram_product: Callable[..., Callable[[Array], Array]] | None = None
 
 
 def _check_width(name: str, value) -> int:
@@ -133,8 +138,10 @@ def two_layer_relu(
 
   Returns:
     A ``Model`` with params ``{"W": (m, d)}``, its layer factors
-    (``inputs = X``, ``output_grads[i, k, r] = a[r, k] S[i, r] / sqrt(m)``)
-    and ``kernel_inf = relu_gram_inf`` (``kron`` with ``I_c`` for ``c > 1``).
+    (``inputs = X``, ``output_grads[i, k, r] = a[r, k] S[i, r] / sqrt(m)``),
+    ``kernel_inf = relu_gram_inf`` (``kron`` with ``I_c`` for ``c > 1``)
+    and ``gram_product`` from ``S`` kept as bits (``ngdjax._src.
+    relu_pattern``: two ``n x m x d`` matmuls per product, not four).
   """
   m = _check_width("width", width)
   c = _check_width("out_dim", out_dim)
@@ -171,18 +178,21 @@ def two_layer_relu(
     g = kernels.relu_gram_inf(x)
     return g if c == 1 else jnp.kron(g, jnp.eye(c, dtype=g.dtype))
 
+  def gram_product(params, x, chunk_size):
+    return relu_pattern.gram_product(params, x, a, chunk_size)
+
   try:
     key = ("two_layer_relu", m, c, nu, operator.index(output_seed))
   except TypeError:  # a seed numpy takes but that is not an integer
     key = None
   return _keyed_model(key, f"two_layer_relu(m={m}, c={c}, nu={nu})", c,
                       init, apply, layer_factors, to_layer_matrices,
-                      from_layer_matrices, kernel_inf)
+                      from_layer_matrices, kernel_inf, gram_product)
 
 
 def _keyed_model(key, name, out_dim, init, apply, layer_factors,
-                 to_layer_matrices, from_layer_matrices, kernel_inf
-                 ) -> Model:
+                 to_layer_matrices, from_layer_matrices, kernel_inf,
+                 gram_product=None) -> Model:
   """A ``Model`` whose functions compare and hash by ``key`` (the
   builder's arguments; ``ngdjax._src.keyed``)."""
   return Model(
@@ -196,6 +206,7 @@ def _keyed_model(key, name, out_dim, init, apply, layer_factors,
           to_layer_matrices=to_layer_matrices,
           from_layer_matrices=from_layer_matrices,
           kernel_inf=kernel_inf,
+          gram_product=gram_product,
       ),
   )
 

@@ -194,6 +194,14 @@ def _gram_operator(cfg: _Config, params, x, f, n, c, st=None):
           g_mat, jax.sharding.NamedSharding(cfg.mesh,
                                             jax.sharding.PartitionSpec()))
     return g_mat, lambda vec: g_mat.astype(vec.dtype) @ vec
+  product = getattr(cfg.model, "gram_product", None)
+  if (st is not None and product is not None and cfg.chunk_size is not None
+      and cfg.mesh is None):
+    # The model's own product, prepared once for all of CG's products
+    # (two_layer_relu: the activation pattern kept as bits, two matmuls
+    # per product where gram_vp below re-runs the forward pass for four).
+    matvec = product(params, x, cfg.chunk_size)
+    return None, lambda vec: matvec(vec.reshape(n, c)).reshape(-1)
   if st is not None and cfg.chunk_size is None and c == 1:
     # All layer factors at once: O(n (d + m)) memory; with chunk_size the
     # blocked gram_vp below keeps memory at O(chunk (d + m)). A product

@@ -109,10 +109,24 @@ def _child(spec: dict) -> dict:
         mesh=mesh)
     _, out["gram_s"], out["gram_compile_s"], _ = timed(gram_fn, params, x)
   if spec.get("time_product"):
-    # One matrix-free G v (what each CG iteration costs), timed alone.
-    vec = jnp.ones((n,), jnp.float32)
-    prod = lambda p, x, v: ngdjax.gram_vp(model, p, x, v, chunk)  # noqa: E731
-    _, out["product_s"], _, _ = timed(prod, params, x, vec)
+    # One matrix-free G v (what each CG iteration costs), timed alone: the
+    # model's product (the activation pattern computed once, as bits; the
+    # pattern's pass timed apart and subtracted) and the generic one
+    # (gram_vp: the forward pass re-run for the VJP and for the JVP).
+    vec = jnp.ones((n, 1), jnp.float32)
+    from ngdjax._src import relu_pattern
+
+    def pattern(p, x):
+      xb = ngdjax._src.linalg.pad_rows(x, chunk)[0]
+      return relu_pattern.packed_pattern(xb.reshape(-1, chunk, d), p["W"])
+
+    _, out["pattern_s"], _, _ = timed(pattern, params, x)
+    prod = lambda p, x, v: model.gram_product(p, x, chunk)(v)  # noqa: E731
+    _, with_pattern, _, _ = timed(prod, params, x, vec)
+    out["product_s"] = with_pattern - out["pattern_s"]
+    generic = lambda p, x, v: ngdjax.gram_vp(  # noqa: E731
+        model, p, x, v.reshape(-1), chunk)
+    _, out["generic_product_s"], _, _ = timed(generic, params, x, vec)
   if spec.get("time_build"):
     # The Nystrom preconditioner's build alone (as ngd builds it).
     from ngdjax._src import structure

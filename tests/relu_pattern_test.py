@@ -95,3 +95,17 @@ def test_cg_step_uses_the_model_product():
     want = np.asarray(params["W"]) - (np.asarray(jac).T @ coef).reshape(
         params["W"].shape)
     np.testing.assert_allclose(step(mdl), want, rtol=1e-8, atol=1e-10)
+
+
+def test_cross_entropy_cg_step_with_the_model_product_equals_cholesky():
+  # c = 3 outputs, the true Fisher of softmax cross-entropy: CG runs on
+  # S^T G S through the model's product (chunked), Cholesky on the Gram.
+  model, params, x, _ = _problem(10, 3, 24, 3)
+  labels = jnp.arange(10) % 3
+  kw = {"loss": "softmax_cross_entropy", "damping": 0.05}
+  cg = ngdjax.ngd(model, 1.0, solver="cg", cg_tol=1e-12, cg_maxiter=300,
+                  chunk_size=4, **kw)
+  chol = ngdjax.ngd(model, 1.0, **kw)
+  got = jax.jit(cg.step)(params, cg.init(params), x, labels)[0]["W"]
+  want = jax.jit(chol.step)(params, chol.init(params), x, labels)[0]["W"]
+  np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)

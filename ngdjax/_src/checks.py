@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType
 
 
 def is_concrete(x) -> bool:
@@ -557,6 +558,31 @@ def leading_rows(x, k: int = 1) -> jax.ShapeDtypeStruct:
   it is a collective; the shape is all ``eval_shape`` needs.
   """
   return jax.ShapeDtypeStruct((k,) + tuple(x.shape[1:]), x.dtype)
+
+
+def check_not_split(name: str, x) -> None:
+  """Refuses ``x`` split over an ``Explicit`` mesh axis when the call has
+  no ``mesh=``.
+
+  Such an array (``jax.device_put`` with a ``NamedSharding`` of
+  ``jax.make_mesh``'s mesh) carries its sharding in its type, and JAX then
+  refuses the step's slices and contractions with a sharding-type error
+  deep inside; the library shards a step only over the mesh it is given.
+  """
+  try:
+    sharding = jax.typeof(x).sharding
+  except (TypeError, AttributeError):
+    return
+  mesh = getattr(sharding, "mesh", None)
+  if not any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
+    return
+  axes = [a for a in sharding.spec if a is not None]
+  if axes:
+    raise ValueError(
+        f"{name} is split over the mesh axes {axes} of an Explicit mesh "
+        "(jax.make_mesh) but the optimizer was built without mesh=; pass "
+        "mesh=that mesh to run the step sharded, or replicate "
+        f"{name}")
 
 
 def check_apply(apply, params, x, *, name: str = "params"):

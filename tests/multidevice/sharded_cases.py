@@ -201,6 +201,21 @@ def test_explicit_mesh_steps(use, solver):
                              rtol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["ngd", "kfac"])
+def test_rows_split_on_an_explicit_mesh_without_mesh_argument_raise(method):
+  # Without mesh= the step cannot run on rows split over an Explicit mesh
+  # (JAX refuses its slices and contractions): a ValueError naming x.
+  model = MODELS["two_layer_c1"]
+  params = model.init(jax.random.key(2), 3)
+  x = _x(8)
+  y = jnp.sin(3 * x[:, :1])
+  opt = getattr(ngdjax, method)(model, learning_rate=0.3, damping=1e-3)
+  with pytest.raises(ValueError, match="x is split over the mesh axes"):
+    _on("placed", _explicit_mesh(),
+        lambda p, z, t: jax.jit(opt.step)(p, opt.init(p), z, t),
+        params, x, y)
+
+
 # --------------------------------------------------------------------------
 # The Cholesky step with G kept in block rows, never gathered.
 # --------------------------------------------------------------------------

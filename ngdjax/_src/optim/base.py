@@ -169,9 +169,12 @@ def shard_batch(x: Array, y: Array, mesh) -> tuple[Array, Array]:
 
   Everything downstream (forward pass, VJPs, factor reductions) is then
   partitioned by JAX's SPMD compiler, with the reductions over examples
-  turned into all-reduces; ``mesh=None`` returns the inputs unchanged.
+  turned into all-reduces; ``mesh=None`` returns the inputs unchanged
+  (and refuses inputs split over an ``Explicit`` mesh: a ValueError).
   """
   if mesh is None:
+    checks.check_not_split("x", x)
+    checks.check_not_split("y", y)
     return x, y
   return (jax.lax.with_sharding_constraint(x, parallel.row_sharding(mesh)),
           jax.lax.with_sharding_constraint(y, parallel.row_sharding(mesh)))

@@ -13,7 +13,7 @@ the first evaluated step at which the test accuracy reaches the target
 (with the number of test images right), and the seconds (training only;
 one run, no repeats, the load average printed beside it).
 
-    python benchmarks/d1_seeds.py                   # seeds 0-4
+    python benchmarks/d1_seeds.py                   # seeds 0-9
     python benchmarks/d1_seeds.py --seeds 0 --methods ngd --json out.json
 """
 
@@ -85,7 +85,7 @@ def row(seed: int, method: str, r: dict) -> str:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+  p.add_argument("--seeds", type=int, nargs="*", default=list(range(10)))
   p.add_argument("--methods", nargs="*", default=list(exp.CURVATURE),
                  choices=list(exp.CURVATURE))
   p.add_argument("--steps", type=int, default=None,

@@ -109,3 +109,37 @@ def test_cross_entropy_cg_step_with_the_model_product_equals_cholesky():
   got = jax.jit(cg.step)(params, cg.init(params), x, labels)[0]["W"]
   want = jax.jit(chol.step)(params, chol.init(params), x, labels)[0]["W"]
   np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+
+
+def test_gram_operator_takes_the_models_product_and_equals_gram_vp():
+  from ngdjax._src import jacobian
+
+  model, params, x, v = _problem(11, 3, 16, 2)
+  flat = v.reshape(-1)
+  want = ngdjax.gram_vp(model, params, x, flat, 4)
+  np.testing.assert_allclose(
+      jacobian.gram_operator(model, params, x, 4)(flat), want, rtol=1e-12)
+  # A model whose product is wrong shows which product the operator runs.
+  wrong = model._replace(gram_product=lambda p, z, b: lambda u: 0.0 * u)
+  assert float(jnp.abs(
+      jacobian.gram_operator(wrong, params, x, 4)(flat)).max()) == 0.0
+
+
+def test_cholesky_checks_run_on_the_models_product():
+  # The solve is checked with G v from the model's product: a product of
+  # 2 G makes the exact Cholesky solution fail its residual check.
+  from ngdjax._src.optim import kernel_solve
+
+  model, params, x, _ = _problem(12, 3, 32, 1)
+  rhs = jnp.cos(jnp.arange(12.0))
+
+  def doubled(params, x, chunk_size):
+    prod = relu_pattern.gram_product(params, x,
+                                     jnp.asarray(models.output_layer(32)),
+                                     chunk_size)
+    return lambda u: 2.0 * prod(u)
+
+  for mdl, failed in ((model, 0), (model._replace(gram_product=doubled), 1)):
+    _, _, flag = kernel_solve.gram_cholesky_solve(
+        mdl, params, x, rhs, 0.1, chunk_size=4)
+    assert int(flag) == failed

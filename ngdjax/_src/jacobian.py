@@ -364,6 +364,26 @@ def gram_vp(
   return jvp(apply, params, x, jt_v, chunk_size)
 
 
+def gram_operator(apply_or_model: ApplyOrModel, params: Params, x: Array,
+                  chunk_size: int | None) -> Callable[[Array], Array]:
+  """``vec (n c,) -> G vec``, prepared once for the many products of an
+  iterative solve.
+
+  A ``Model`` with ``gram_product`` (``two_layer_relu``: its activation
+  pattern computed here once and kept as bits, ``ngdjax._src.relu_pattern``)
+  gives its own product; otherwise every call is ``gram_vp``. Inputs are
+  not validated here (the callers' steps have done it).
+  """
+  product = (apply_or_model.gram_product
+             if isinstance(apply_or_model, Model) else None)
+  if product is None:
+    return lambda vec: gram_vp(apply_or_model, params, x, vec, chunk_size)
+  n = x.shape[0]
+  matvec = product(params, x, chunk_size)
+  return lambda vec: matvec(vec.reshape(n, -1)).reshape(vec.shape).astype(
+      vec.dtype)
+
+
 # --------------------------------------------------------------------------
 # Gram matrices.
 # --------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ngdjax._src.jacobian import gram_blocks, gram_vp
+from ngdjax._src.jacobian import gram_blocks, gram_operator
 from ngdjax._src.optim import solvers
 from ngdjax._src.typing import Array
 
@@ -141,8 +141,10 @@ def gram_cholesky_solve(
   chol, factored = solvers.blocked_cholesky(a, block=cholesky_block)
   v = solvers.cho_solve(chol, rhs, block=cholesky_block)
 
+  product = gram_operator(apply_or_model, params, x, block)
+
   def matvec(vec):
-    return gram_vp(apply_or_model, params, x, vec, block).astype(vec.dtype)
+    return product(vec).astype(vec.dtype)
 
   def factor_checks(v, residual):
     return factored & factor_ok(chol, v, residual, block=cholesky_block)

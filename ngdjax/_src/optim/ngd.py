@@ -25,8 +25,9 @@ Solvers:
   call on a matrix larger than ``solvers.CHOLESKY_BLOCK``.
 * ``"cg"``: conjugate gradients with matrix-free ``G v`` products, for ``N``
   too large to hold ``G``: ``ngdjax.gram_vp`` in blocks when ``chunk_size``
-  is given (memory of one block), else the structured form ``sum_l J_l
-  (J_l^T v)`` from layer factors for ``Model``s, else one
+  is given (memory of one block; a model's own ``gram_product`` instead
+  where it has one, ``jacobian.gram_operator``), else the structured form
+  ``sum_l J_l (J_l^T v)`` from layer factors for ``Model``s, else one
   ``jax.linearize`` shared by every product. Reports ``cg_iterations``,
   ``cg_residual`` and ``cg_failed`` (1 when CG broke down on a numerically
   singular ``G + lam I``, e.g. zero damping and repeated inputs with
@@ -69,7 +70,7 @@ from ngdjax._src import precision as precision_lib
 from ngdjax._src.jacobian import (
   GramMethod,
   gram,
-  gram_vp,
+  gram_operator,
   gram_vp_sharded,
   output_dim,
   outputs,
@@ -194,14 +195,6 @@ def _gram_operator(cfg: _Config, params, x, f, n, c, st=None):
           g_mat, jax.sharding.NamedSharding(cfg.mesh,
                                             jax.sharding.PartitionSpec()))
     return g_mat, lambda vec: g_mat.astype(vec.dtype) @ vec
-  product = getattr(cfg.model, "gram_product", None)
-  if (st is not None and product is not None and cfg.chunk_size is not None
-      and cfg.mesh is None):
-    # The model's own product, prepared once for all of CG's products
-    # (two_layer_relu: the activation pattern kept as bits, two matmuls
-    # per product where gram_vp below re-runs the forward pass for four).
-    matvec = product(params, x, cfg.chunk_size)
-    return None, lambda vec: matvec(vec.reshape(n, c)).reshape(-1)
   if st is not None and cfg.chunk_size is None and c == 1:
     # All layer factors at once: O(n (d + m)) memory; with chunk_size the
     # blocked gram_vp below keeps memory at O(chunk (d + m)). A product
@@ -212,8 +205,13 @@ def _gram_operator(cfg: _Config, params, x, f, n, c, st=None):
     matvec = gram_forms.product_operator(st, params, x)
     return None, lambda vec: matvec(vec.reshape(n, c)).reshape(-1)
   if cfg.chunk_size is not None:
-    return None, lambda vec: gram_vp(cfg.apply, params, x, vec,
-                                     cfg.chunk_size)
+    # Prepared once for every product: the model's own where it has one
+    # (two_layer_relu: the activation pattern kept as bits, two matmuls per
+    # product where gram_vp re-runs the forward pass for four); not with a
+    # mesh, where gram_vp's blocks follow the examples' sharding.
+    model = cfg.model if cfg.mesh is None and st is not None else None
+    return None, gram_operator(model or cfg.apply, params, x,
+                               cfg.chunk_size)
   # One linearisation shared by every product: J v and J^T v reuse the
   # forward pass instead of re-running it per CG iteration.
   _, jvp_fn = jax.linearize(f, params)

@@ -73,7 +73,7 @@ def gram_product(params, x: Array, a: Array, chunk_size: int | None
       bits plus a few ``(chunk_size, m)`` arrays.
 
   Returns:
-    The product, for ``v`` ``(n, c)`` in ``x``'s dtype.
+    The product, for ``v`` ``(n, c)``; ``G v`` has ``v``'s dtype.
   """
   w = params["W"]
   n, m = x.shape[0], w.shape[0]

@@ -377,7 +377,8 @@ def gram_operator(apply_or_model: ApplyOrModel, params: Params, x: Array,
   product = (apply_or_model.gram_product
              if isinstance(apply_or_model, Model) else None)
   if product is None:
-    return lambda vec: gram_vp(apply_or_model, params, x, vec, chunk_size)
+    return lambda vec: gram_vp(apply_or_model, params, x, vec,
+                               chunk_size).astype(vec.dtype)
   n = x.shape[0]
   matvec = product(params, x, chunk_size)
   return lambda vec: matvec(vec.reshape(n, -1)).reshape(vec.shape).astype(

@@ -141,10 +141,7 @@ def gram_cholesky_solve(
   chol, factored = solvers.blocked_cholesky(a, block=cholesky_block)
   v = solvers.cho_solve(chol, rhs, block=cholesky_block)
 
-  product = gram_operator(apply_or_model, params, x, block)
-
-  def matvec(vec):
-    return product(vec).astype(vec.dtype)
+  matvec = gram_operator(apply_or_model, params, x, block)
 
   def factor_checks(v, residual):
     return factored & factor_ok(chol, v, residual, block=cholesky_block)

@@ -66,6 +66,23 @@ def step_flops(n: int, d: int, m: int, solver: str = "cholesky") -> float:
   return n * n * (d + m) + n**3 / 3 + 4 * n * m * d
 
 
+def cg_step_flops(n: int, d: int, m: int, products: int, rank: int | None,
+                  rounds: int = 4) -> float:
+  """The preconditioned-CG step's floor (two-layer net, ``two_layer_relu``'s
+  pattern product, ``c = 1``): the gradient's forward pass and VJP ``4 n m
+  d``; the activation pattern ``2 n m d``; ``products + 1`` products (CG's
+  and the true residual's) at ``4 n m d``; and, with ``rank`` columns, the
+  Nystrom build: a forward pass for the diagonal and one per round ``2 n m
+  d`` each, the columns ``2 n k (d + m)``, and ``~5 n k^2`` for the
+  rounds' updates and the basis (``nystrom.rp_cholesky``, ``from_factor``).
+  The preconditioner's ``4 n k`` per iteration is left out."""
+  nmd = n * m * d
+  flops = 4 * nmd + 2 * nmd + (products + 1) * 4 * nmd
+  if rank:
+    flops += (rounds + 1) * 2 * nmd + 2 * n * rank * (d + m) + 5 * n * rank**2
+  return flops
+
+
 def _child(spec: dict) -> dict:
   """Runs one configuration and returns its times (called in a subprocess).
 
@@ -164,7 +181,11 @@ def _child(spec: dict) -> dict:
       # Measured after the step, so that its arrays do not add to the
       # step's peak memory.
       out["matmul_gflops"] = _matmul_rate() / 1e9
-      floor = step_flops(n, d, m, solver) / (out["matmul_gflops"] * 1e9)
+      flops = step_flops(n, d, m, solver)
+      if solver == "cg" and "cg_iterations" in out:
+        flops = cg_step_flops(n, d, m, out["cg_iterations"],
+                              out.get("preconditioner_rank"))
+      floor = flops / (out["matmul_gflops"] * 1e9)
       out["floor_s"] = floor
       out["step / floor"] = out["step_s"] / floor
   if "matmul_gflops" not in out and spec.get("time_product"):

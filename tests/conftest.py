@@ -67,6 +67,12 @@ SLOW_CASES = (
     "test_full_batch_vector_form_equals_the_one_hot_form[kwargs5]",
     "test_mini_batch_vector_form_equals_the_one_hot_form[kwargs1]",
     "test_mini_batch_vector_form_equals_the_one_hot_form[kwargs3]",
+    # Siblings of default cases on the same code paths (the suite's time).
+    "test_sequence_models_gram_is_exact_on_every_path[norm_embedding]",
+    "test_kfac_step_on_a_cnn_matches_explicit_kronecker[nhwc-expand-pi-kwargs0",
+    "test_jacobian_matches_jacrev[mlp_relu_c1]",
+    "test_cross_gram_matches_dense[jacobian-mlp_relu_c1]",
+    "test_mlp_matches_explicit_kronecker[pi-0.1-forms0]",
 )
 
 

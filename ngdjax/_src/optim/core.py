@@ -93,6 +93,9 @@ class CurvatureState(NamedTuple):
       the first step and after a rejected one), or ``()`` without momentum.
     momentum: ``()`` float: a fixed momentum (replace it to sweep), or the
       last ``mu`` chosen by the quadratic model.
+    previous: ``(x (n, ...), y (n, c))``, the previous batch, which the
+      quadratic model of ``model_batches=2`` adds to the current one
+      (zeros before the first step), or ``()``.
   """
 
   count: Array
@@ -103,6 +106,7 @@ class CurvatureState(NamedTuple):
   curvature: Any
   velocity: Any = ()
   momentum: Any = ()
+  previous: Any = ()
 
 
 class Direction(NamedTuple):
@@ -262,6 +266,8 @@ def make(
     jvp_fn: Callable | None = None,
     precision=None,
     momentum=0.0,
+    model_batches: int = 1,
+    example_inputs=None,
 ) -> base.Optimizer:
   """An ``Optimizer`` around a curvature ``method`` (module docstring).
 
@@ -280,11 +286,17 @@ def make(
     precision: the matmul policy of the step (``ngdjax.precision``).
     momentum: a number in ``[0, 1)`` (heavy ball: ``delta = -eta d + mu
       v``) or ``"adaptive"`` (``ngdjax.optim.quadratic``).
+    model_batches: 1 or 2: the batches the quadratic model is built on,
+      the current one or the current and the previous (``_model_step``).
+    example_inputs: a batch of inputs ``(n, ...)``, for the shape of the
+      stored previous batch (``model_batches=2`` only).
 
   Returns:
     ``Optimizer(init, step)``.
   """
   cfg = quadratic.settings(learning_rate, momentum, damping)
+  example_inputs = quadratic.check_model_batches(model_batches, cfg,
+                                                 example_inputs)
   adaptive_lr = isinstance(cfg.learning_rate, str)
   adaptive_mu = isinstance(cfg.momentum, str)
   if adaptive_lr:
@@ -316,7 +328,17 @@ def make(
         curvature=method.init(params),
         velocity=velocity,
         momentum=jnp.asarray(mu0, dtype),
+        previous=empty_batch(params),
     )
+
+  def empty_batch(params):
+    """Zeros shaped like a checked batch ``(x, y (n, c))``, or ``()``."""
+    if example_inputs is None:
+      return ()
+    u = jax.eval_shape(base.outputs_fn(apply, example_inputs), params)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params),
+                            example_inputs.dtype)
+    return (jnp.zeros_like(example_inputs), jnp.zeros(u.shape, dtype))
 
   def hyperparameters(state, n):
     dtype = state.damping.dtype
@@ -343,6 +365,7 @@ def make(
     check_params(params)
     x, y = base.check_batch(model_or_apply, params, x, y, loss)
     x, y = base.shard_batch(x, y, mesh)
+    previous = _check_previous(state.previous, x, y)
     dtype = state.damping.dtype
     lam, lam_bad, lam_ok, lr, lr_bad, lr_ok = hyperparameters(state,
                                                               x.shape[0])
@@ -355,7 +378,7 @@ def make(
     ctx = _StepInputs(apply, loss, _per_batch(rule, x.shape[0]), jvp_fn,
                       params, state, x, y, d, loss0, lam, lr,
                       None if adaptive_mu else state.momentum,
-                      lr_ok & lam_ok, with_velocity)
+                      lr_ok & lam_ok, with_velocity, previous)
     out = _model_step(ctx) if cfg.quadratic else _fixed_step(ctx)
     info = base.base_info(loss0, loss.residual(d.u, y), out.update_norm,
                           lam, out.learning_rate, dtype)
@@ -377,6 +400,8 @@ def make(
         curvature=d.curvature,
         velocity=out.velocity,
         momentum=jnp.asarray(out.momentum).astype(dtype),
+        previous=tuple(new.astype(old.dtype)
+                       for new, old in zip((x, y), previous)),
     )
     return out.params, new_state, info
 
@@ -388,7 +413,7 @@ def _check_same_optimizer(state: CurvatureState, want: CurvatureState):
   """``state`` must come from this optimizer's ``init``: ``ngd``, ``kfac``
   (full-batch or running factors) and momentum or none share the state
   type but not its ``curvature`` and ``velocity`` fields."""
-  for field in ("curvature", "velocity"):
+  for field in ("curvature", "velocity", "previous"):
     got = jax.tree_util.tree_structure(getattr(state, field))
     expected = jax.tree_util.tree_structure(getattr(want, field))
     if got != expected:
@@ -417,6 +442,7 @@ class _StepInputs(NamedTuple):
   mu: Array | None  # () fixed momentum; None: adaptive
   usable: Array  # () bool: the learning rate and damping are valid
   with_velocity: bool
+  previous: tuple  # (x, y) of the previous batch (model_batches=2), or ()
 
 
 class _StepOutputs(NamedTuple):
@@ -429,6 +455,25 @@ class _StepOutputs(NamedTuple):
   skipped: Array  # () int32
   loss_after_nonfinite: Array  # () int32
   info: dict
+
+
+def _check_previous(previous, x, y) -> tuple:
+  """The stored previous batch, checked against this one's shapes.
+
+  ``model_batches=2`` keeps each batch for the next step's model, so every
+  batch must be shaped like ``example_inputs`` (and ``y`` like its
+  outputs); the new batch is cast to the stored dtypes so that the state
+  keeps one structure (one compilation).
+  """
+  if not previous:
+    return ()
+  for name, new, old in (("x", x, previous[0]), ("y", y, previous[1])):
+    if new.shape != old.shape:
+      raise ValueError(
+          f"{name}: model_batches=2 keeps the previous batch, so every batch "
+          f"must have the shape of example_inputs' batch, {old.shape}; got "
+          f"{new.shape} (drop or pad the last, smaller batch)")
+  return previous
 
 
 def _per_batch(rule, n: int):
@@ -503,6 +548,12 @@ def _model_step(s: _StepInputs) -> _StepOutputs:
   the model has no minimiser (``Delta^T C~ Delta <= 0``), when the loss
   does not decrease (``rho < 0``, including a non-finite loss), or when the
   update is not finite. Levenberg-Marquardt adapts every ``every`` steps.
+
+  With the previous batch (``model_batches=2``, from the second step on),
+  ``M``, ``h`` and the damping term are sums over both batches
+  (``quadratic.model_terms`` of each, the damping ``lam`` once per batch,
+  so two copies of one batch give the one-batch step), and ``rho`` and
+  the rejection judge the loss of both.
   """
   dtype = s.lam.dtype
   f = base.outputs_fn(s.apply, s.x)
@@ -522,9 +573,29 @@ def _model_step(s: _StepInputs) -> _StepOutputs:
   sq = jnp.stack([quadratic.tree_vdot(neg, neg),
                   quadratic.tree_vdot(neg, v) if v is not None else 0.0,
                   quadratic.tree_vdot(v, v) if v is not None else 0.0])
+  sq = s.lam * sq.astype(dtype)
   grad_u = s.loss.grad(s.d.u, s.y).astype(s.d.u.dtype)
   quad, linear = quadratic.model_terms(s.loss, s.d.u, s.y, grad_u, j_delta,
-                                       j_v, s.lam * sq.astype(dtype))
+                                       j_v, sq)
+  batches = jnp.ones((), dtype)  # the damping counts once per batch
+  if s.previous:
+    # Delta minimises the current batch's model exactly when the curvature
+    # is the batch's own (NGD), which leaves alpha = 1 and mu = 0 with
+    # nothing to choose; on two batches the model weighs Delta, fitted to
+    # this batch, against v, fitted to the last one.
+    has_previous = s.state.count > 0
+    x_p, y_p = s.previous
+    f_p = base.outputs_fn(s.apply, x_p)
+    u_p, lin_p = jax.linearize(f_p, s.params)
+    j_delta_p = lin_p(neg).reshape(u_p.shape)
+    j_v_p = lin_p(v).reshape(u_p.shape) if v is not None else jnp.zeros_like(
+        u_p)
+    terms_p = quadratic.model_terms(
+        s.loss, u_p, y_p, s.loss.grad(u_p, y_p).astype(u_p.dtype), j_delta_p,
+        j_v_p, sq)
+    quad, linear = (jnp.where(has_previous, a + b, a)
+                    for a, b in zip((quad, linear), terms_p))
+    batches = jnp.where(has_previous, 2.0, 1.0).astype(dtype)
   coef = quadratic.coefficients(quad, linear, lr=s.lr, mu=s.mu)
   if v is None:
     delta = jax.tree_util.tree_map(lambda a: (coef.alpha * a).astype(a.dtype),
@@ -534,16 +605,19 @@ def _model_step(s: _StepInputs) -> _StepOutputs:
         lambda a, b: (coef.alpha * a + coef.mu * b).astype(a.dtype), neg, v)
   new = base.tree_axpy(1.0, delta, s.params)
   loss1 = s.loss.value(f(new), s.y)
+  actual = loss1 - s.loss0
+  if s.previous:
+    actual_p = s.loss.value(f_p(new), y_p) - s.loss.value(u_p, y_p)
+    actual = jnp.where(has_previous, actual + actual_p, actual)
   # rho against the undamped model M(delta) - lam |delta|^2 / 2 (Martens &
   # Grosse 2015, section 6.5; kfac-jax's default): the damping term is the
   # trust region's, not a prediction of the loss.
   c_vec = jnp.stack([coef.alpha, coef.mu])
   sq_mat = jnp.stack([jnp.stack([sq[0], sq[1]]), jnp.stack([sq[1], sq[2]])])
-  predicted = coef.change - 0.5 * s.lam * (c_vec @ sq_mat.astype(dtype)
-                                           @ c_vec)
-  rho = damping_lib.reduction_ratio(loss1 - s.loss0, predicted)
+  predicted = coef.change - 0.5 * batches * (c_vec @ sq_mat @ c_vec)
+  rho = damping_lib.reduction_ratio(actual, predicted)
   finite = all_finite(new) & s.usable
-  rejected = coef.bad_model | ~(loss1 <= s.loss0) | ~finite
+  rejected = coef.bad_model | ~(actual <= 0) | ~finite
   keep = lambda a, b: jnp.where(rejected, b, a)  # noqa: E731
   new_params = jax.tree_util.tree_map(keep, new, s.params)
   velocity = ()

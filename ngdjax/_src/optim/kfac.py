@@ -1044,6 +1044,7 @@ def kfac(
     precision: str | None = None,
     weight_sharing: str = "expand",
     momentum: float | str | None = None,
+    model_batches: int = 1,
 ) -> base.Optimizer:
   """K-FAC (docs/math.md; module docstring).
 
@@ -1132,6 +1133,11 @@ def kfac(
       d + mu v``; with ``learning_rate="adaptive"`` the step size is chosen
       for it), or ``None`` (default: ``"adaptive"`` with an adaptive
       learning rate, else 0).
+    model_batches: the batches the quadratic model of
+      ``learning_rate="adaptive"`` is built on: 1 (default; the current
+      one, as in Martens & Grosse 2015) or 2 (the current and the previous
+      one, stored in the state; needs ``example_inputs``, and every batch
+      must have its shape; as in ``ngd``).
 
   Returns:
     ``Optimizer(init, step)``. Info: ``loss``, ``residual_norm``,
@@ -1165,7 +1171,8 @@ def kfac(
   return core.make(model, split_model(model)[0], loss, learning_rate,
                    damping, method,
                    mesh=mesh, key=key, jvp_fn=jvp_fn, momentum=momentum,
-                   precision=_check_precision(precision))
+                   precision=_check_precision(precision),
+                   model_batches=model_batches, example_inputs=example_inputs)
 
 
 def kfac_preconditioner(

@@ -474,6 +474,8 @@ def ngd(
     preconditioner_rank: int | None = PRECONDITIONER_RANK,
     precision: str | None = None,
     momentum: float | str | None = None,
+    model_batches: int = 1,
+    example_inputs=None,
 ) -> base.Optimizer:
   """Exact NGD, ``theta <- theta - eta (J^T H J + lam I)^{-1} J^T g``.
 
@@ -566,6 +568,18 @@ def ngd(
       ``ngdjax.precision``.
     momentum: ``"adaptive"``, a number in ``[0, 1)`` or ``None`` (as in
       ``kfac``).
+    model_batches: the batches the quadratic model of
+      ``learning_rate="adaptive"`` is built on: 1 (default) or 2 (the
+      current and the previous batch). NGD's direction is the exact
+      minimiser of the damped model on its own batch, so with 1 the model
+      always returns ``learning_rate = 1`` and ``momentum = 0`` (full-batch
+      NGD); in mini-batch training 2 lets it weigh the direction fitted to
+      this batch against the update fitted to the last one (one
+      linearisation and one forward pass more per step;
+      docs/guide/optimizers.md).
+    example_inputs: a batch of inputs ``(n, ...)`` shaped like the
+      training batches, for ``model_batches=2`` (the state stores the
+      previous batch; every batch must have this shape).
 
   Returns:
     ``Optimizer(init, step)``; ``step(params, state, x, y)`` returns info
@@ -609,7 +623,8 @@ def ngd(
   method = core.Method(init=lambda params: (), direction=direction)
   return core.make(model_or_apply, cfg.apply, cfg.loss, learning_rate,
                    damping, method, mesh=cfg.mesh, key=key,
-                   precision=cfg.precision, momentum=momentum)
+                   precision=cfg.precision, momentum=momentum,
+                   model_batches=model_batches, example_inputs=example_inputs)
 
 
 def _check_monte_carlo_damping(fisher, damping):

@@ -122,6 +122,39 @@ def settings(learning_rate, momentum, damping) -> Settings:
   return Settings(learning_rate, momentum, damping, quadratic)
 
 
+MODEL_BATCHES = (1, 2)
+
+
+def check_model_batches(model_batches, cfg: Settings, example_inputs):
+  """Validates ``model_batches``; the inputs to shape the stored batch.
+
+  Returns:
+    ``example_inputs`` as an array when ``model_batches == 2``, else
+    ``None`` (nothing is stored).
+
+  Raises:
+    ValueError: ``model_batches`` not 1 or 2; 2 with a fixed learning rate
+      (the model chooses nothing then) or without ``example_inputs``.
+  """
+  if isinstance(model_batches, bool) or model_batches not in MODEL_BATCHES:
+    raise ValueError(
+        f"model_batches must be 1 (the current batch) or 2 (the current "
+        f"and the previous batch), got {model_batches!r}")
+  if model_batches == 1:
+    return None
+  if not isinstance(cfg.learning_rate, str):  # strings are "adaptive"
+    raise ValueError(
+        'model_batches=2 needs learning_rate="adaptive": the two-batch '
+        "model chooses the step size and momentum")
+  if example_inputs is None:
+    raise ValueError(
+        "example_inputs: model_batches=2 stores the previous batch in the "
+        "state, whose shape init must know; pass a batch of inputs "
+        "(n, ...) shaped like the training batches")
+  return checks.check_inputs("example_inputs", example_inputs,
+                             any_shape=True)
+
+
 def output_inner(loss, u: Array, y: Array, a: Array, b: Array) -> Array:
   """``a^T C b = sum_i a_i^T H_i b_i`` for output tangents ``J a``, ``J b``.
 

@@ -255,3 +255,139 @@ def test_fixed_momentum_with_fixed_learning_rate_is_heavy_ball():
   np.testing.assert_allclose(ravel_pytree(p2)[0],
                              ravel_pytree(q2)[0] + 0.9 * d1, rtol=1e-10)
   np.testing.assert_allclose(info["momentum"], 0.9)
+
+
+# --------------------------------------------------------------------------
+# model_batches=2: the model on the current and the previous batch.
+# --------------------------------------------------------------------------
+
+
+def _dense_loss(params, x, y, loss_name) -> float:
+  u = np.asarray(MODEL.apply(params, x))
+  if loss_name == "squared":
+    return 0.5 * float(np.sum((u - np.asarray(y)) ** 2))
+  shifted = u - u.max(1, keepdims=True)
+  logp = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+  return -float(np.sum(logp[np.arange(len(u)), np.asarray(y)]))
+
+
+TWO_BATCH = {
+    "kfac": lambda lr, mu, loss="squared", **kw: kfac(
+        MODEL, lr, damping=LAM, momentum=mu, loss=loss, **kw),
+    "ngd": lambda lr, mu, loss="squared", **kw: ngd(
+        MODEL, lr, damping=LAM, momentum=mu, loss=loss, **kw),
+}
+
+
+@pytest.mark.parametrize("loss", ["squared", "softmax_cross_entropy"])
+@pytest.mark.parametrize("name", sorted(TWO_BATCH))
+def test_two_batch_model_matches_the_dense_system_on_both_batches(name, loss):
+  params, x, y = _problem(seed=6, n=14, labels=loss != "squared")
+  batches = [(x[:7], y[:7]), (x[7:], y[7:]), (x[:7], y[:7])]
+  make = lambda lr, mu, **kw: TWO_BATCH[name](lr, mu, loss, **kw)  # noqa
+  opt = make("adaptive", "adaptive", model_batches=2,
+             example_inputs=x[:7])
+  state = opt.init(params)
+  step = jax.jit(opt.step)
+  v = None
+  for k, (xb, yb) in enumerate(batches):
+    flat = np.asarray(ravel_pytree(params)[0])
+    used = [(xb, yb)] + ([batches[k - 1]] if k else [])
+    g = sum(_dense(params, a, b, loss)[0] for a, b in used)
+    curv = sum(_dense(params, a, b, loss)[1] for a, b in used)
+    damped = curv + len(used) * LAM * np.eye(flat.size)
+    delta = _direction(make, params, xb, yb)  # the current batch's only
+    if v is None:
+      alpha, mu = -(g @ delta) / (delta @ damped @ delta), 0.0
+    else:
+      basis = np.stack([delta, v], axis=1)
+      alpha, mu = np.linalg.solve(basis.T @ damped @ basis, -basis.T @ g)
+    update = alpha * delta + mu * (0 if v is None else v)
+    unflat = ravel_pytree(params)[1](jnp.asarray(flat + update))
+    actual = sum(_dense_loss(unflat, a, b, loss)
+                 - _dense_loss(params, a, b, loss) for a, b in used)
+    undamped = g @ update + 0.5 * update @ curv @ update
+    params, state, info = step(params, state, xb, yb)
+    np.testing.assert_allclose(info["learning_rate"], alpha, rtol=1e-8)
+    np.testing.assert_allclose(info["momentum"], mu, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(
+        info["model_change"], g @ update + 0.5 * update @ damped @ update,
+        rtol=1e-8)
+    np.testing.assert_allclose(info["reduction_ratio"], actual / undamped,
+                               rtol=1e-7)
+    assert int(info["step_rejected"]) == 0
+    np.testing.assert_allclose(ravel_pytree(params)[0], flat + update,
+                               rtol=1e-9, atol=1e-12)
+    v = update
+  # Mini-batch NGD: the two-batch model does choose (not 1 and 0).
+  assert abs(float(info["learning_rate"]) - 1.0) > 1e-3
+  assert abs(float(info["momentum"])) > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(TWO_BATCH))
+def test_two_copies_of_one_batch_give_the_one_batch_step(name):
+  params, x, y = _problem(seed=7)
+  one = TWO_BATCH[name]("adaptive", "adaptive")
+  two = TWO_BATCH[name]("adaptive", "adaptive", model_batches=2,
+                        example_inputs=x)
+  p1, s1, p2, s2 = params, one.init(params), params, two.init(params)
+  for _ in range(3):
+    p1, s1, i1 = one.step(p1, s1, x, y)
+    p2, s2, i2 = two.step(p2, s2, x, y)
+    for key in ("learning_rate", "momentum", "reduction_ratio", "damping"):
+      np.testing.assert_allclose(i2[key], i1[key], rtol=1e-9, atol=1e-13)
+  chex.assert_trees_all_close(p2, p1, rtol=1e-9, atol=1e-13)
+
+
+def test_ngd_one_batch_model_is_the_direction_itself():
+  # NGD's direction minimises its own batch's damped model: alpha = 1 and
+  # mu = 0 whatever v is (the reason model_batches=2 exists).
+  params, x, y = _problem(seed=8, n=14)
+  opt = TWO_BATCH["ngd"]("adaptive", "adaptive")
+  state = opt.init(params)
+  for batch in (slice(0, 7), slice(7, 14), slice(0, 7)):
+    params, state, info = opt.step(params, state, x[batch], y[batch])
+    np.testing.assert_allclose(info["learning_rate"], 1.0, rtol=1e-8)
+    np.testing.assert_allclose(info["momentum"], 0.0, atol=1e-8)
+
+
+def test_two_batch_state_scans_with_one_structure():
+  params, x, y = _problem(seed=9, n=21)
+  opt = TWO_BATCH["ngd"]("adaptive", "adaptive", model_batches=2,
+                         example_inputs=x[:7])
+  xs, ys = x.reshape(3, 7, 4), y.reshape(3, 7, 3)
+
+  def body(carry, batch):
+    p, s = carry
+    p, s, info = opt.step(p, s, *batch)
+    return (p, s), info["learning_rate"]
+
+  (p_scan, s_scan), _ = jax.lax.scan(body, (params, opt.init(params)),
+                                     (xs, ys))
+  p, s = params, opt.init(params)
+  for k in range(3):
+    p, s, _ = opt.step(p, s, xs[k], ys[k])
+  chex.assert_trees_all_close(p_scan, p, rtol=1e-10)
+  np.testing.assert_array_equal(s_scan.previous[0], xs[2])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(model_batches=3, example_inputs=np.zeros((7, 4))), "model_batches"),
+    (dict(model_batches=True, example_inputs=np.zeros((7, 4))),
+     "model_batches"),
+    (dict(model_batches=2), "example_inputs"),
+    (dict(model_batches=2, learning_rate=0.1, momentum=0.0,
+          example_inputs=np.zeros((7, 4))), "learning_rate"),
+    (dict(model_batches=2, example_inputs=np.zeros(())), "example_inputs"),
+])
+@pytest.mark.parametrize("make", [kfac, ngd], ids=["kfac", "ngd"])
+def test_bad_model_batches_raise(make, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    make(MODEL, **kwargs)
+
+
+def test_a_batch_of_another_shape_is_named():
+  params, x, y = _problem(seed=10, n=14)
+  opt = ngd(MODEL, model_batches=2, example_inputs=x[:7])
+  with pytest.raises(ValueError, match="x: model_batches=2"):
+    opt.step(params, opt.init(params), x[:6], y[:6])

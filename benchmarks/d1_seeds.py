@@ -15,6 +15,7 @@ one run, no repeats, the load average printed beside it).
 
     python benchmarks/d1_seeds.py                   # seeds 0-9
     python benchmarks/d1_seeds.py --seeds 0 --methods ngd --json out.json
+    python benchmarks/d1_seeds.py --methods ngd --model-batches 1
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from ngdjax.experiment.runner import seed_key  # noqa: E402
 
 
 def run(seed: int, method: str, *, steps: int | None = None,
-        preset: str = "digits") -> dict:
+        preset: str = "digits", model_batches: int | None = None) -> dict:
   """One D1 unit (``method`` in ``experiments.train.CURVATURE``) at
-  ``seed`` with the preset's settings (adaptive by default).
+  ``seed`` with the preset's settings (adaptive by default);
+  ``model_batches`` overrides the config's ``{method}_model_batches``.
 
   Returns ``experiments.train._train``'s result plus ``curve`` (``[(step,
   seconds, test accuracy)]`` at every evaluation), ``n_test`` and
@@ -46,6 +48,8 @@ def run(seed: int, method: str, *, steps: int | None = None,
   config.seed = int(seed)
   if steps is not None:
     config.curvature_steps = int(steps)
+  if model_batches is not None:
+    config[f"{method}_model_batches"] = int(model_batches)
   records = []
 
   def log(**values):
@@ -90,6 +94,9 @@ def main():
                  choices=list(exp.CURVATURE))
   p.add_argument("--steps", type=int, default=None,
                  help="budget (default: the preset's curvature_steps)")
+  p.add_argument("--model-batches", type=int, default=None, choices=(1, 2),
+                 help="the adaptive step's model on 1 or 2 batches "
+                 "(default: the config's, NGD 2 and K-FAC 1)")
   p.add_argument("--json", default="", help="write the results here")
   args = p.parse_args()
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64",
@@ -97,7 +104,8 @@ def main():
   results = {}
   for seed in args.seeds:
     for method in args.methods:
-      r = run(seed, method, steps=args.steps)
+      r = run(seed, method, steps=args.steps,
+              model_batches=args.model_batches)
       results[f"{method}/seed={seed}"] = r
       print(row(seed, method, r), flush=True)
   if args.json:

@@ -109,13 +109,18 @@ def autoencoder(args):
     return kfac(apply, **adaptive, damping=damping, fisher="monte_carlo",
                 factor_decay=0.95, inverse_every=5, example_inputs=example)
 
-  def ngd_opt(fisher):
+  def ngd_opt(fisher, model_batches=1):
+    two = (dict(model_batches=2, example_inputs=example)
+           if model_batches == 2 else {})
     return ngd(apply, **adaptive, damping="adaptive", fisher=fisher,
-               solver="cg", cg_maxiter=50, cg_tol=1e-4)
+               solver="cg", cg_maxiter=50, cg_tol=1e-4, **two)
 
   runs = {"kfac": kfac_opt, "ngd_monte_carlo": lambda: ngd_opt("monte_carlo"),
           "ngd_empirical": lambda: ngd_opt("empirical"),
           "ngd_true_cg": lambda: ngd_opt("true")}
+  # The quadratic model on the current and the previous batch.
+  for fisher in ("monte_carlo", "empirical", "true"):
+    runs[f"ngd2_{fisher}"] = lambda f=fisher: ngd_opt(f, model_batches=2)
   for lr in args.adam_lrs:
     runs[f"adam_{lr:g}"] = lambda lr=lr: optax_optimizer(apply,
                                                          optax.adam(lr))

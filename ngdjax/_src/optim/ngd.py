@@ -576,7 +576,7 @@ def ngd(
       NGD); in mini-batch training 2 lets it weigh the direction fitted to
       this batch against the update fitted to the last one (one
       linearisation and one forward pass more per step;
-      docs/guide/optimizers.md).
+      docs/guide/step_control.md).
     example_inputs: a batch of inputs ``(n, ...)`` shaped like the
       training batches, for ``model_batches=2`` (the state stores the
       previous batch; every batch must have this shape).

@@ -118,6 +118,27 @@ def test_sharded_kfac_step_equals_unsharded():
   _tree_close(results[1][0], results[0][0], atol=1e-10)
 
 
+def test_sharded_two_batch_model_equals_unsharded():
+  """model_batches=2 keeps the previous batch in the state; on the mesh it
+  is stored sharded like x and the three steps equal one device's."""
+  model = MODELS["mlp"]
+  params = model.init(jax.random.key(4), 3)
+  x = _x(24)
+  y = jnp.sin(3 * x[:, :1])
+  results = []
+  for m in (None, parallel.data_mesh()):
+    opt = ngdjax.ngd(model, model_batches=2, example_inputs=x[:8], mesh=m)
+    step = jax.jit(opt.step)
+    p, state = params, opt.init(params)
+    for k in range(3):
+      p, state, info = step(p, state, x[8 * k:8 * k + 8],
+                            y[8 * k:8 * k + 8])
+    results.append((p, info))
+  _tree_close(results[1][0], results[0][0], atol=1e-10)
+  np.testing.assert_allclose(float(results[1][1]["momentum"]),
+                             float(results[0][1]["momentum"]), rtol=1e-8)
+
+
 # --------------------------------------------------------------------------
 # Meshes as JAX users make them: jax.make_mesh gives Explicit axes, used
 # with plain arrays, with arrays placed on the mesh, and under jax.set_mesh.

@@ -22,6 +22,8 @@ Two tasks, every method from the same initialisation on the same batches:
   adaptive defaults (no grid), D1's units exactly (``d1_seeds.py``, which
   runs them on several seeds): the test accuracy and the first step at
   which it reaches 97 %.
+* ``model_batches``: the milliseconds per step of that NGD with the
+  quadratic model on one batch and on two (``model_batches_cost``).
 
 Seconds are training time only (a discarded warm-up step compiles; the
 full-data evaluation is off the clock). The machine is shared: the load
@@ -312,6 +314,63 @@ def statistics_cost(args, repeats=5, steps=20):
   return out
 
 
+def model_batches_cost(args, repeats=5, steps=20):
+  """Milliseconds per step of D1's adaptive NGD (MLP 64-512-10, batch 64,
+  exact Fisher by Cholesky): the quadratic model on one batch and on two.
+
+  The rounds alternate between the two optimizers (median of ``repeats``
+  blocks of ``steps`` steps, one process). Beside them is a FLOP model of
+  what the second batch adds, in forward-pass units of ``2 n P`` flops
+  (``P`` weights): a linearisation (a forward pass and two JVPs, 3 units)
+  and a forward pass at the new params (1 unit).
+  """
+  config = d1_seeds.settings.get_config("digits")
+  ds = d1_seeds.exp.load(config)
+  n = int(config.batch_size)
+  x_all = jnp.asarray(ds.x_train)
+  labels = jnp.asarray(ds.labels_train)
+  model = d1_seeds.exp.models.mlp((512,), out_dim=10, activation="relu")
+  params0 = model.init(jax.random.key(args.seed), x_all.shape[1])
+  order = batches(x_all.shape[0], n, steps + 1, args.seed)
+  example = x_all[:n]
+  steppers = {}
+  for count in (1, 2):
+    extra = (dict(model_batches=2, example_inputs=example)
+             if count == 2 else {})
+    opt = ngd(model, loss="softmax_cross_entropy", **extra)
+    step = jax.jit(opt.step)
+    p, state, _ = jax.block_until_ready(step(
+        params0, opt.init(params0), x_all[order[0]], labels[order[0]]))
+    steppers[count] = [step, p, state, []]
+  for _ in range(repeats):
+    for count, entry in steppers.items():
+      step, p, state, times = entry
+      start = time.perf_counter()
+      for idx in order[1:]:
+        p, state, _ = step(p, state, x_all[idx], labels[idx])
+      jax.block_until_ready(p)
+      times.append(1e3 * (time.perf_counter() - start) / steps)
+      entry[1], entry[2] = p, state
+  weights = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(
+      params0))
+  extra_flops = 4 * 2 * n * weights
+  out = {}
+  for count, (_, _, _, times) in steppers.items():
+    out[count] = {"ms_per_step": float(np.median(times)),
+                  "ms_min": float(np.min(times))}
+  ratio = out[2]["ms_per_step"] / out[1]["ms_per_step"]
+  load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+  print(f"NGD, model on 1 batch  {out[1]['ms_per_step']:7.2f} ms/step "
+        f"(min {out[1]['ms_min']:.2f})\n"
+        f"NGD, model on 2 batches {out[2]['ms_per_step']:7.2f} ms/step "
+        f"(min {out[2]['ms_min']:.2f}) = {ratio:.2f} x; the second batch's "
+        f"FLOP model {extra_flops / 1e6:.1f} MFLOP (4 forward passes of "
+        f"{n} x {weights} weights)  load {load}", flush=True)
+  out["ratio"] = ratio
+  out["extra_mflop"] = extra_flops / 1e6
+  return out
+
+
 def plot(results, out):
   import matplotlib
   matplotlib.use("Agg")
@@ -354,7 +413,7 @@ def main():
                  help="run only the autoencoder methods with these prefixes")
   p.add_argument("--tasks", nargs="*",
                  default=["autoencoder", "classifier", "statistics",
-                          "walltime"])
+                          "walltime", "model_batches"])
   p.add_argument("--classifier_steps", type=int, default=200)
   p.add_argument("--repeats", type=int, default=3,
                  help="interleaved rounds of the walltime task")
@@ -380,6 +439,8 @@ def main():
     out["walltime"] = wall_time(args)
   if "statistics" in args.tasks:
     out["statistics"] = statistics_cost(args)
+  if "model_batches" in args.tasks:
+    out["model_batches"] = model_batches_cost(args)
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(out, f, indent=1, default=float)
 

@@ -483,3 +483,23 @@ def test_experiment_layer_uses_the_public_api():
   for path in sorted([*(REPO / "ngdjax" / "experiment").glob("*.py"),
                       *(REPO / "experiments").glob("*.py")]):
     assert "ngdjax._src" not in path.read_text(), path.name
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2,
+                    reason="one core: OpenBLAS starts one thread anyway")
+def test_experiments_give_openblas_one_thread_unless_told():
+  # As `python -m experiments.<name>` starts: the package first, then
+  # numpy and scipy's LAPACK. threadpoolctl comes with scikit-learn.
+  probe = ("import experiments, numpy, scipy.linalg, threadpoolctl; "
+           "print(sorted({i['num_threads'] for i in "
+           "threadpoolctl.threadpool_info() "
+           "if i['internal_api'] == 'openblas'}))")
+  root = Path(__file__).resolve().parent.parent
+  env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+  out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env,
+                       capture_output=True, text=True, check=True).stdout
+  assert out.strip() == "[1]"
+  env["OPENBLAS_NUM_THREADS"] = "2"  # the caller's choice is kept
+  out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env,
+                       capture_output=True, text=True, check=True).stdout
+  assert out.strip() == "[2]"

@@ -335,10 +335,12 @@ def make(
     """Zeros shaped like a checked batch ``(x, y (n, c))``, or ``()``."""
     if example_inputs is None:
       return ()
-    u = jax.eval_shape(base.outputs_fn(apply, example_inputs), params)
-    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params),
-                            example_inputs.dtype)
-    return (jnp.zeros_like(example_inputs), jnp.zeros(u.shape, dtype))
+    # The dtype the step computes in (check_batch casts half-precision x).
+    x = checks.compute_dtype_inputs("example_inputs", example_inputs, params,
+                                    integers=True)
+    u = jax.eval_shape(base.outputs_fn(apply, x), params)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params), x.dtype)
+    return (jnp.zeros_like(x), jnp.zeros(u.shape, dtype))
 
   def hyperparameters(state, n):
     dtype = state.damping.dtype

@@ -428,3 +428,32 @@ def test_readme_snippet_runs_and_its_gram_is_exact(index, capsys):
   assert np.isfinite(float(namespace["info"]["loss"]))
   j = _dense_jacobian(apply, params, x)
   assert _rel(namespace["G"], j @ j.T) <= 1e-5  # the README is float32
+
+
+@pytest.mark.parametrize("make", [ngdjax.optim.ngd, ngdjax.optim.kfac],
+                         ids=["ngd", "kfac"])
+def test_two_batch_model_on_a_flax_apply_with_half_precision_inputs(make):
+  # model_batches=2 stores the previous batch in the dtype the step
+  # computes in (float16 inputs of a float64 model are cast up), so the
+  # state keeps one structure: one compilation, float16 or not.
+  apply, params, _, _ = flax_mlp()
+  x = _x(n=12, seed=3)
+  y = jnp.asarray(np.random.default_rng(4).integers(0, 2, 12))
+  steps = {}
+  for dtype in (jnp.float64, jnp.float16):
+    xd = x.astype(dtype)
+    extra = {"factor_decay": 0.9} if make is ngdjax.optim.kfac else {}
+    opt = make(apply, loss="softmax_cross_entropy", model_batches=2,
+               example_inputs=xd[:4], **extra)
+    step = jax.jit(opt.step)
+    p, state = params, opt.init(params)
+    for k in range(3):
+      p, state, info = step(p, state, xd[4 * k:4 * k + 4],
+                            y[4 * k:4 * k + 4])
+    assert state.previous[0].dtype == jnp.float64
+    assert step._cache_size() == 1
+    assert int(info["step_rejected"]) == 0
+    steps[dtype] = float(info["learning_rate"])
+  # The float16 inputs only round x: the chosen step sizes stay close.
+  np.testing.assert_allclose(steps[jnp.float16], steps[jnp.float64],
+                             rtol=1e-2)

@@ -107,9 +107,10 @@ def autoencoder(args):
   example = x_all[:args.batch]
   adaptive = dict(learning_rate="adaptive", momentum="adaptive")
 
-  def kfac_opt(damping="adaptive"):
+  def kfac_opt(damping="adaptive", model_batches=1):
     return kfac(apply, **adaptive, damping=damping, fisher="monte_carlo",
-                factor_decay=0.95, inverse_every=5, example_inputs=example)
+                factor_decay=0.95, inverse_every=5, example_inputs=example,
+                model_batches=model_batches)
 
   def ngd_opt(fisher, model_batches=1):
     two = (dict(model_batches=2, example_inputs=example)
@@ -123,6 +124,7 @@ def autoencoder(args):
   # The quadratic model on the current and the previous batch.
   for fisher in ("monte_carlo", "empirical", "true"):
     runs[f"ngd2_{fisher}"] = lambda f=fisher: ngd_opt(f, model_batches=2)
+  runs["kfac2"] = lambda: kfac_opt(model_batches=2)
   for lr in args.adam_lrs:
     runs[f"adam_{lr:g}"] = lambda lr=lr: optax_optimizer(apply,
                                                          optax.adam(lr))

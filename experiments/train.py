@@ -20,11 +20,12 @@ mini-batches and the softmax cross-entropy (sum over the batch):
   By default both grids are ``("adaptive",)``: one run each, with the step
   size and momentum chosen by the quadratic model and Levenberg-Marquardt
   damping (``ngdjax.optim.quadratic``; two JVPs and a forward pass more per
-  step); numbers in ``*_lrs`` / ``*_dampings`` give a grid instead. NGD's
+  step); numbers in ``*_lrs`` / ``*_dampings`` give a grid instead. The
   model is built on the current and the previous batch
-  (``ngd_model_batches=2``): its direction minimises its own batch's model
-  exactly, so on that batch alone the model would always return step size
-  1 and momentum 0; K-FAC's on the current batch (``kfac_model_batches``);
+  (``ngd_model_batches=2``, ``kfac_model_batches=2``): NGD's direction
+  minimises its own batch's model exactly, so on that batch alone the model
+  would always return step size 1 and momentum 0, and K-FAC's one-batch
+  model lets it fall from its best accuracy late in longer runs;
 * ``adam``: ``optax.adam(lr)``, for each ``lr`` in ``adam_lrs``;
 * ``sgd``: plain mini-batch SGD on the batch-mean loss at each ``lr`` in
   ``sgd_lrs`` (the library's ``gd`` on the sum loss at ``lr / batch``).

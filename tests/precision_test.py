@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 from rounding_emulation import emulate
 
 import ngdjax
@@ -205,3 +206,35 @@ def test_accelerator_quick_mode(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   text = out.read_text()
   assert "| gram" in text and "FAIL" not in text
+
+
+def test_two_batch_adaptive_step_under_emulation():
+  # The adaptive step with model_batches=2 (its extra linearisation and
+  # forward pass on the stored batch run inside the step's policy): three
+  # float32 steps under TF32 emulation stay within FACTOR of CPU float32's
+  # error against float64; with precision="default" they do not.
+  model, params, x, y = _mlp_problem(n=24)
+
+  def update(dtype, precision=None):
+    p0 = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+    xs, ys = x.astype(dtype), y.astype(dtype)
+    opt = ngdjax.ngd(model, model_batches=2, example_inputs=xs[:8],
+                     precision=precision)
+    step = jax.jit(opt.step)
+    p, state = p0, opt.init(p0)
+    for k in range(3):
+      p, state, info = step(p, state, xs[8 * k:8 * k + 8],
+                            ys[8 * k:8 * k + 8])
+      assert int(info["step_rejected"]) == 0
+    flat = ravel_pytree
+    return np.asarray(flat(p)[0] - flat(p0)[0], np.float64)
+
+  ref = update(jnp.float64)
+  err = lambda u: np.linalg.norm(u - ref) / np.linalg.norm(ref)  # noqa
+  cpu = err(update(jnp.float32))
+  with emulate("tf32"):
+    tf32 = err(update(jnp.float32))
+    rounded = err(update(jnp.float32, "default"))
+  assert cpu < CPU_FLOAT32_BOUND, cpu
+  assert tf32 <= FACTOR * cpu, (tf32, cpu)
+  assert rounded > FACTOR * cpu, (rounded, cpu)

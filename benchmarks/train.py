@@ -345,7 +345,7 @@ def model_batches_cost(args, repeats=5, steps=20):
         params0, opt.init(params0), x_all[order[0]], labels[order[0]]))
     steppers[count] = [step, p, state, []]
   for _ in range(repeats):
-    for count, entry in steppers.items():
+    for entry in steppers.values():
       step, p, state, times = entry
       start = time.perf_counter()
       for idx in order[1:]:

@@ -403,7 +403,7 @@ def make(
         velocity=out.velocity,
         momentum=jnp.asarray(out.momentum).astype(dtype),
         previous=tuple(new.astype(old.dtype)
-                       for new, old in zip((x, y), previous)),
+                       for new, old in zip((x, y), previous, strict=True)),
     )
     return out.params, new_state, info
 
@@ -596,7 +596,7 @@ def _model_step(s: _StepInputs) -> _StepOutputs:
         s.loss, u_p, y_p, s.loss.grad(u_p, y_p).astype(u_p.dtype), j_delta_p,
         j_v_p, sq)
     quad, linear = (jnp.where(has_previous, a + b, a)
-                    for a, b in zip((quad, linear), terms_p))
+                    for a, b in zip((quad, linear), terms_p, strict=True))
     batches = jnp.where(has_previous, 2.0, 1.0).astype(dtype)
   coef = quadratic.coefficients(quad, linear, lr=s.lr, mu=s.mu)
   if v is None:

@@ -402,8 +402,9 @@ def make(
         curvature=d.curvature,
         velocity=out.velocity,
         momentum=jnp.asarray(out.momentum).astype(dtype),
-        previous=tuple(new.astype(old.dtype)
-                       for new, old in zip((x, y), previous, strict=True)),
+        previous=(tuple(new.astype(old.dtype) for new, old in
+                        zip((x, y), previous, strict=True))
+                  if previous else ()),
     )
     return out.params, new_state, info
 

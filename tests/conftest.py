@@ -68,6 +68,12 @@ SLOW_CASES = (
     "test_mini_batch_vector_form_equals_the_one_hot_form[kwargs1]",
     "test_mini_batch_vector_form_equals_the_one_hot_form[kwargs3]",
     # Siblings of default cases on the same code paths (the suite's time).
+    # The two-batch model: the cross-entropy dense cases, the NGD copy
+    # case and the float64 flax case stay in the default run.
+    "test_two_batch_model_matches_the_dense_system_on_both_batches[kfac-sq",
+    "test_two_batch_model_matches_the_dense_system_on_both_batches[ngd-sq",
+    "test_two_copies_of_one_batch_give_the_one_batch_step[kfac]",
+    "test_two_batch_model_on_a_flax_apply_with_half_precision_inputs[kfac]",
     "test_sequence_models_gram_is_exact_on_every_path[norm_embedding]",
     "test_kfac_step_on_a_cnn_matches_explicit_kronecker[nhwc-expand-pi-kwargs0",
     "test_jacobian_matches_jacrev[mlp_relu_c1]",
